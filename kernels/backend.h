@@ -1,0 +1,88 @@
+// A Backend is one kind of device (the CPU, one CUDA GPU) seen by the rest of tessera: memory,
+// streams, copies, and the table of ops that kernels/ops.h dispatches through.
+//
+// Backends are made explicitly by launch/ (kernels/cpu/cpu_backend.h, kernels/cuda/...), never by
+// static registration. A Backend is thread-compatible for Allocate/Copy/CreateStream (internally
+// synchronised); ops on one stream are driven by one thread.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/stream.h"
+#include "common/tensor.h"
+#include "kernels/op_params.h"
+
+namespace tessera::kernels {
+
+class Backend;
+
+// Owns `size` bytes of device memory; frees them when destroyed. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(void* data, size_t size, Device device, std::function<void(void*)> free_fn)
+      : data_(data), size_(size), device_(device), free_fn_(std::move(free_fn)) {}
+  DeviceBuffer(DeviceBuffer&& other) noexcept { *this = std::move(other); }
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  Device device() const { return device_; }
+  // A contiguous view of the whole buffer, or its first NumElements(shape) elements.
+  MutableTensorView View(DataType dtype, Shape shape) const;
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+  Device device_;
+  std::function<void(void*)> free_fn_;
+};
+
+// One function per op. Each receives params already validated by kernels/ops.cc (shapes, dtypes,
+// devices agree) and enqueues the work on `stream`.
+struct OpTable {
+  absl::Status (*embedding)(Backend&, const EmbeddingParams&, Stream&) = nullptr;
+  absl::Status (*rms_norm)(Backend&, const RmsNormParams&, Stream&) = nullptr;
+  absl::Status (*matmul)(Backend&, const MatmulParams&, Stream&) = nullptr;
+  absl::Status (*rope)(Backend&, const RopeParams&, Stream&) = nullptr;
+  absl::Status (*swiglu)(Backend&, const SwigluParams&, Stream&) = nullptr;
+  absl::Status (*kv_write)(Backend&, const KvWriteParams&, Stream&) = nullptr;
+  absl::Status (*paged_attention)(Backend&, const PagedAttentionParams&, Stream&) = nullptr;
+  absl::Status (*sample)(Backend&, const SampleParams&, Stream&) = nullptr;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual absl::string_view name() const = 0;  // "cpu", "cuda"
+  virtual Device device() const = 0;
+  const OpTable& ops() const { return ops_; }
+
+  // Uninitialised device memory, aligned to at least 256 bytes. kResourceExhausted when the
+  // device has no room.
+  virtual absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) = 0;
+  // Copies between host memory and this backend's device memory, or within the device. Ordered
+  // on `stream`; the host side must stay valid until the stream is synchronised.
+  virtual absl::Status CopyToDevice(const void* host, void* device, size_t bytes,
+                                    Stream& stream) = 0;
+  virtual absl::Status CopyToHost(const void* device, void* host, size_t bytes, Stream& stream) = 0;
+  virtual absl::Status CopyOnDevice(const void* src, void* dst, size_t bytes, Stream& stream) = 0;
+  virtual absl::Status Memset(void* device, int value, size_t bytes, Stream& stream) = 0;
+  virtual absl::StatusOr<std::unique_ptr<Stream>> CreateStream() = 0;
+
+ protected:
+  explicit Backend(OpTable ops) : ops_(ops) {}
+
+ private:
+  OpTable ops_;
+};
+
+}  // namespace tessera::kernels

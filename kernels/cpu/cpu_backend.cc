@@ -1,0 +1,104 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include <cblas.h>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_internal.h"
+
+namespace tessera::kernels {
+namespace cpu {
+namespace {
+
+constexpr size_t kAlignment = 256;
+
+OpTable CpuOpTable() {
+  OpTable table;
+  table.embedding = &CpuEmbedding;
+  table.rms_norm = &CpuRmsNorm;
+  table.matmul = &CpuMatmul;
+  table.rope = &CpuRope;
+  table.swiglu = &CpuSwiglu;
+  table.kv_write = &CpuKvWrite;
+  table.paged_attention = &CpuPagedAttention;
+  table.sample = &CpuSample;
+  return table;
+}
+
+absl::Status CheckCopy(absl::string_view call, const void* a, const void* b, size_t bytes) {
+  if (bytes != 0 && (a == nullptr || b == nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CpuBackend::", call, ": null pointer for ", bytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int num_threads, const SimdKernels& simd)
+    : Backend(CpuOpTable()), num_threads_(num_threads), simd_(simd) {}
+
+absl::StatusOr<DeviceBuffer> CpuBackend::Allocate(size_t bytes) {
+  // aligned_alloc wants a multiple of the alignment; a zero-byte buffer still gets a pointer.
+  const size_t rounded =
+      std::max<size_t>(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+  if (rounded < bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("CpuBackend::Allocate: ", bytes, " bytes is too large"));
+  }
+  void* data = std::aligned_alloc(kAlignment, rounded);
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("CpuBackend::Allocate: aligned_alloc of ", bytes, " bytes failed"));
+  }
+  return DeviceBuffer(data, bytes, Device::Cpu(), [](void* p) { std::free(p); });
+}
+
+absl::Status CpuBackend::CopyToDevice(const void* host, void* device, size_t bytes, Stream&) {
+  if (absl::Status s = CheckCopy("CopyToDevice", host, device, bytes); !s.ok()) return s;
+  if (bytes != 0) std::memmove(device, host, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::CopyToHost(const void* device, void* host, size_t bytes, Stream&) {
+  if (absl::Status s = CheckCopy("CopyToHost", device, host, bytes); !s.ok()) return s;
+  if (bytes != 0) std::memmove(host, device, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::CopyOnDevice(const void* src, void* dst, size_t bytes, Stream&) {
+  if (absl::Status s = CheckCopy("CopyOnDevice", src, dst, bytes); !s.ok()) return s;
+  if (bytes != 0) std::memmove(dst, src, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Memset(void* device, int value, size_t bytes, Stream&) {
+  if (absl::Status s = CheckCopy("Memset", device, device, bytes); !s.ok()) return s;
+  if (bytes != 0) std::memset(device, value, bytes);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Stream>> CpuBackend::CreateStream() {
+  return std::unique_ptr<Stream>(std::make_unique<CpuStream>());
+}
+
+}  // namespace cpu
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options) {
+  if (options.num_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CreateCpuBackend: num_threads expected >= 0 (0 = OpenMP default), got ",
+                     options.num_threads));
+  }
+  const int threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
+  const cpu::SimdKernels* simd = options.portable_kernels ? nullptr : cpu::Avx2Kernels();
+  if (simd == nullptr) simd = &cpu::PortableKernels();
+  openblas_set_num_threads(1);
+  return std::unique_ptr<Backend>(std::make_unique<cpu::CpuBackend>(threads, *simd));
+}
+
+}  // namespace tessera::kernels

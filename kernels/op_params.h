@@ -1,0 +1,117 @@
+// Parameter structs of the backend-neutral ops (kernels/ops.h). Plain data: views, sizes and
+// scalars. Conventions shared by every op:
+//  - every view lives on the backend's device;
+//  - the last dimension of every view is contiguous (stride 1); other dimensions may be strided,
+//    so that q, k and v can be column ranges of one fused QKV output;
+//  - activations and outputs are f32 on the CPU backend (f32, f16 or bf16 on CUDA); weights and
+//    KV caches may be f32, f16 or bf16 and are computed in f32;
+//  - "optional" views are left default-constructed (empty()) when unused.
+#pragma once
+
+#include <cstdint>
+
+#include "common/tensor.h"
+
+namespace tessera::kernels {
+
+// output[i, :] = table[ids[i] - row_offset, :], or zeros when ids[i] is outside
+// [row_offset, row_offset + rows): a vocab-parallel rank holds rows [row_offset, ...) only.
+// Also gathers hidden-state rows (table = activations, row_offset = 0).
+struct EmbeddingParams {
+  TensorView ids;            // [tokens] i32
+  TensorView table;          // [rows, hidden]
+  MutableTensorView output;  // [tokens, hidden]
+  int64_t row_offset = 0;
+};
+
+// RMSNorm over the last dimension. With `residual` set (the fused form):
+//   residual = input + residual; output = rmsnorm(residual) * weight.
+// Without: output = rmsnorm(input) * weight. `output` may alias `input`.
+struct RmsNormParams {
+  TensorView input;            // [rows, hidden] or [rows, heads, hidden]
+  MutableTensorView residual;  // optional, same shape as input
+  TensorView weight;           // [hidden]
+  MutableTensorView output;    // same shape as input
+  float epsilon = 1e-6f;
+};
+
+// output[m, n] = sum_k input[m, k] * weight[n, k] + bias[n]  (PyTorch nn.Linear layout).
+struct MatmulParams {
+  TensorView input;          // [m, k]
+  TensorView weight;         // [n, k], contiguous
+  TensorView bias;           // optional [n]
+  MutableTensorView output;  // [m, n]; must not alias input
+};
+
+// Rotary embedding as Hugging Face Llama applies it (rotate_half: the first and second halves of
+// the rotary dimensions are the pairs), in place on query and key. rotary_dim = 2 * inv_freq
+// elements; dimensions past rotary_dim are left as they are. The angle of token t and frequency
+// j is positions[t] * inv_freq[j], computed in f32; inv_freq already carries any scaling
+// (model/rope.h computes it, llama3 scaling included).
+struct RopeParams {
+  MutableTensorView query;  // [tokens, q_heads, head_dim]
+  MutableTensorView key;    // [tokens, kv_heads, head_dim]
+  TensorView positions;     // [tokens] i32
+  TensorView inv_freq;      // [rotary_dim / 2] f32
+};
+
+// output = silu(gate) * up, where gate = gate_up[:, :inter] and up = gate_up[:, inter:].
+struct SwigluParams {
+  TensorView gate_up;        // [tokens, 2 * inter]
+  MutableTensorView output;  // [tokens, inter]
+};
+
+// Writes this step's keys and values into the paged cache. The cache of one layer is
+// [num_blocks, kv_heads, block_size, head_dim] (block-major, then head-major: the slice of a block
+// for a range of heads is contiguous). Token t goes to block slot_mapping[t] / block_size, offset
+// slot_mapping[t] % block_size; a negative slot skips the token.
+struct KvWriteParams {
+  TensorView key;                 // [tokens, kv_heads, head_dim]
+  TensorView value;               // [tokens, kv_heads, head_dim]
+  TensorView slot_mapping;        // [tokens] i64
+  MutableTensorView key_cache;    // [num_blocks, kv_heads, block_size, head_dim]
+  MutableTensorView value_cache;  // [num_blocks, kv_heads, block_size, head_dim]
+};
+
+// Attention over the paged cache for a batch that mixes prefill chunks and decode steps.
+// Sequence s owns query rows [query_start[s], query_start[s + 1]); its cache holds seq_lens[s]
+// tokens (this step's included, already written by KvWrite) in the blocks block_tables[s, :].
+// Query row i of s (0-based within s, q_len rows) is at position seq_lens[s] - q_len + i and
+// attends causally to cache positions [0, that position]. Grouped-query attention: query head h
+// reads KV head h / (q_heads / kv_heads).
+struct PagedAttentionParams {
+  TensorView query;          // [tokens, q_heads, head_dim]
+  TensorView key_cache;      // [num_blocks, kv_heads, block_size, head_dim]
+  TensorView value_cache;    // [num_blocks, kv_heads, block_size, head_dim]
+  TensorView block_tables;   // [num_seqs, max_blocks_per_seq] i32
+  TensorView query_start;    // [num_seqs + 1] i32, query_start[0] = 0, last = tokens
+  TensorView seq_lens;       // [num_seqs] i32
+  MutableTensorView output;  // [tokens, q_heads, head_dim]
+  float scale = 1.0f;        // usually 1 / sqrt(head_dim)
+};
+
+// Picks one token per row of logits.
+//  - temperature[s] <= 0: greedy (the lowest index among equal maxima).
+//  - otherwise: probabilities softmax(logits / temperature), restricted to the top_k[s] most
+//    likely (top_k <= 0: all), then to the smallest set of most likely tokens whose probability
+//    reaches top_p[s] (>= 1: all), renormalised; a token is drawn by inverse CDF (tokens ordered
+//    by descending probability, ties by index) with u = SampleUniform(seeds[s], steps[s]).
+// output_logprobs (optional) receives log_softmax(logits)[chosen] of the unscaled logits.
+struct SampleParams {
+  TensorView logits;                  // [num_seqs, vocab] f32
+  TensorView temperature;             // [num_seqs] f32
+  TensorView top_k;                   // [num_seqs] i32
+  TensorView top_p;                   // [num_seqs] f32
+  TensorView seeds;                   // [num_seqs] i64
+  TensorView steps;                   // [num_seqs] i64 (tokens generated so far by the sequence)
+  MutableTensorView output_ids;       // [num_seqs] i32
+  MutableTensorView output_logprobs;  // optional [num_seqs] f32
+};
+
+// The uniform draw in [0, 1) that sampling uses for (seed, step): 53 bits of
+// SplitMix64(seed ^ SplitMix64(step)). Every backend uses this exact function, so a seeded
+// request draws the same token whatever backend runs it.
+uint64_t SplitMix64(uint64_t x);
+double SampleUniform(int64_t seed, int64_t step);
+
+}  // namespace tessera::kernels

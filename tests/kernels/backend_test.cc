@@ -1,0 +1,118 @@
+// DeviceBuffer, the CPU backend's memory calls, and the sampling random numbers.
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/op_params.h"
+
+namespace tessera::kernels {
+namespace {
+
+TEST(DeviceBufferTest, FreesOnceAfterMoves) {
+  int frees = 0;
+  std::vector<char> storage(64);
+  {
+    DeviceBuffer a(storage.data(), storage.size(), Device::Cpu(), [&](void* p) {
+      EXPECT_EQ(p, storage.data());
+      ++frees;
+    });
+    DeviceBuffer b(std::move(a));
+    EXPECT_EQ(a.data(), nullptr);  // NOLINT(bugprone-use-after-move): moved-from is empty
+    EXPECT_EQ(a.size(), 0u);
+    EXPECT_EQ(b.size(), 64u);
+    DeviceBuffer c;
+    c = std::move(b);
+    EXPECT_EQ(c.data(), storage.data());
+    EXPECT_EQ(frees, 0);
+  }
+  EXPECT_EQ(frees, 1);
+}
+
+TEST(DeviceBufferTest, MoveAssignFreesThePreviousMemory) {
+  int frees_a = 0, frees_b = 0;
+  char x = 0, y = 0;
+  DeviceBuffer a(&x, 1, Device::Cpu(), [&](void*) { ++frees_a; });
+  DeviceBuffer b(&y, 1, Device::Cpu(), [&](void*) { ++frees_b; });
+  a = std::move(b);
+  EXPECT_EQ(frees_a, 1);
+  EXPECT_EQ(frees_b, 0);
+  EXPECT_EQ(a.data(), &y);
+}
+
+TEST(DeviceBufferTest, ViewCoversTheLeadingElements) {
+  std::vector<float> storage(12);
+  const DeviceBuffer buffer(storage.data(), 48, Device::Cpu(), nullptr);
+  const MutableTensorView view = buffer.View(DataType::kF32, {2, 5});
+  EXPECT_EQ(view.data(), storage.data());
+  EXPECT_EQ(view.shape(), (Shape{2, 5}));
+  EXPECT_TRUE(view.is_contiguous());
+  EXPECT_EQ(view.device(), Device::Cpu());
+}
+
+TEST(CpuBackendTest, RejectsNegativeThreadCount) {
+  CpuBackendOptions options;
+  options.num_threads = -1;
+  EXPECT_EQ(CreateCpuBackend(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CpuBackendTest, AllocatesAlignedMemoryAndCopies) {
+  auto backend = CreateCpuBackend({});
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EXPECT_EQ((*backend)->name(), "cpu");
+  auto stream = (*backend)->CreateStream();
+  ASSERT_TRUE(stream.ok());
+  for (size_t bytes : {size_t{0}, size_t{1}, size_t{1000}, size_t{1} << 20}) {
+    auto buffer = (*backend)->Allocate(bytes);
+    ASSERT_TRUE(buffer.ok()) << buffer.status();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer->data()) % 256, 0u);
+    EXPECT_EQ(buffer->size(), bytes);
+  }
+  auto a = (*backend)->Allocate(16);
+  auto b = (*backend)->Allocate(16);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const char text[16] = "fifteen chars..";
+  char back[16] = {};
+  ASSERT_TRUE((*backend)->CopyToDevice(text, a->data(), 16, **stream).ok());
+  ASSERT_TRUE((*backend)->CopyOnDevice(a->data(), b->data(), 16, **stream).ok());
+  ASSERT_TRUE((*backend)->CopyToHost(b->data(), back, 16, **stream).ok());
+  ASSERT_TRUE((*stream)->Synchronize().ok());
+  EXPECT_EQ(std::memcmp(text, back, 16), 0);
+  ASSERT_TRUE((*backend)->Memset(b->data(), 0, 16, **stream).ok());
+  EXPECT_EQ(static_cast<char*>(b->data())[7], 0);
+  EXPECT_EQ((*backend)->CopyToHost(nullptr, back, 16, **stream).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CpuBackendTest, HugeAllocationIsResourceExhausted) {
+  auto backend = CreateCpuBackend({});
+  ASSERT_TRUE(backend.ok());
+  EXPECT_EQ((*backend)->Allocate(size_t{1} << 62).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST(SamplingRandomTest, SplitMix64MatchesTheReferenceSequence) {
+  // The first two outputs of Vigna's splitmix64 seeded with 0.
+  EXPECT_EQ(SplitMix64(0), 0xe220a8397b1dcdafull);
+  EXPECT_EQ(SplitMix64(0x9e3779b97f4a7c15ull), 0x6e789e6aa1b965f4ull);
+}
+
+TEST(SamplingRandomTest, SampleUniformIsAFixedFunctionOfSeedAndStep) {
+  EXPECT_DOUBLE_EQ(SampleUniform(42, 0), 0.30315012456577295);
+  EXPECT_DOUBLE_EQ(SampleUniform(42, 1), 0.4949295270895354);
+  EXPECT_DOUBLE_EQ(SampleUniform(-1, 7), 0.6627413876392583);
+  double sum = 0;
+  for (int64_t step = 0; step < 10000; ++step) {
+    const double u = SampleUniform(7, step);
+    ASSERT_GE(u, 0.0);
+    ASSERT_LT(u, 1.0);
+    sum += u;
+  }
+  EXPECT_NEAR(sum / 10000, 0.5, 0.02);
+}
+
+}  // namespace
+}  // namespace tessera::kernels

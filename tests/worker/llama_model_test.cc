@@ -1,0 +1,193 @@
+// The Llama-family forward against Hugging Face transformers: logits of every position of a batch
+// of prompts of different lengths, and 16 greedy tokens, from the committed fixtures
+// (tests/reference/make_fixtures.py). Tolerance: |ours - theirs| <= 1e-4 * max(1, max |logit| of
+// the row), i.e. 1e-4 relative to the row's scale (both compute in f32).
+#include "worker/llama_model.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "tests/worker/test_util.h"
+
+namespace tessera::worker {
+namespace {
+
+using testing::Fixture;
+using testing::LoadFixture;
+using testing::MakeTestEngine;
+using testing::ReferencePrompt;
+using testing::TestEngine;
+
+constexpr float kRelativeTolerance = 1e-4f;
+
+// Compares `rows` logit rows of `ours` (contiguous [rows, vocab]) to the reference rows starting
+// at `first_row` of `prompt`.
+void ExpectLogitsMatch(const float* ours, int64_t rows, const ReferencePrompt& prompt,
+                       int64_t first_row, int64_t vocab, const std::string& what) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* theirs = prompt.logits.data() + (first_row + r) * vocab;
+    float scale = 1.0f;
+    for (int64_t v = 0; v < vocab; ++v) scale = std::max(scale, std::fabs(theirs[v]));
+    float worst = 0;
+    int64_t worst_v = 0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      const float diff = std::fabs(ours[r * vocab + v] - theirs[v]);
+      if (diff > worst) {
+        worst = diff;
+        worst_v = v;
+      }
+    }
+    ASSERT_LE(worst, kRelativeTolerance * scale)
+        << what << ": position " << first_row + r << ", vocab " << worst_v << ": ours "
+        << ours[r * vocab + worst_v] << " vs transformers " << theirs[worst_v];
+  }
+}
+
+class LlamaModelFixtureTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto fixture = LoadFixture(GetParam());
+    ASSERT_TRUE(fixture.ok()) << fixture.status();
+    fixture_ = std::move(*fixture);
+  }
+  Fixture fixture_;
+};
+
+// All prompts in one step (a batch of prefills of different lengths); logits of every position.
+TEST_P(LlamaModelFixtureTest, BatchedPrefillLogitsMatchTransformers) {
+  auto engine = MakeTestEngine(fixture_.config, *fixture_.weights);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const int32_t bs = engine->cache->config().block_size;
+  const int32_t width = engine->model->options().max_blocks_per_seq;
+  std::vector<int32_t> ids, positions, query_start{0}, seq_lens, tables, rows;
+  std::vector<int64_t> slots;
+  int32_t next_block = 0;
+  // Blocks handed out in reverse so that block ids are not simply position / block_size.
+  for (const ReferencePrompt& p : fixture_.prompts) {
+    const int32_t n = static_cast<int32_t>(p.ids.size());
+    const int32_t blocks = (n + bs - 1) / bs;
+    std::vector<int32_t> table(width, 0);
+    for (int32_t j = 0; j < blocks; ++j) table[j] = next_block + blocks - 1 - j;
+    next_block += blocks;
+    for (int32_t pos = 0; pos < n; ++pos) {
+      rows.push_back(static_cast<int32_t>(ids.size()));
+      ids.push_back(p.ids[pos]);
+      positions.push_back(pos);
+      slots.push_back(static_cast<int64_t>(table[pos / bs]) * bs + pos % bs);
+    }
+    query_start.push_back(static_cast<int32_t>(ids.size()));
+    seq_lens.push_back(n);
+    tables.insert(tables.end(), table.begin(), table.end());
+  }
+  auto stream = engine->backend->CreateStream();
+  ASSERT_TRUE(stream.ok());
+  auto logits = engine->model->Forward({ids, positions, slots, query_start, seq_lens, tables, rows},
+                                       *engine->cache, **stream);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_TRUE((*stream)->Synchronize().ok());
+  const int64_t vocab = fixture_.config.vocab_size;
+  ASSERT_EQ(logits->dim(0), static_cast<int64_t>(ids.size()));
+  ASSERT_EQ(logits->dim(1), vocab);
+  for (size_t i = 0; i < fixture_.prompts.size(); ++i) {
+    const int64_t start = query_start[i];
+    ExpectLogitsMatch(logits->data_as<float>() + start * vocab,
+                      static_cast<int64_t>(fixture_.prompts[i].ids.size()), fixture_.prompts[i], 0,
+                      vocab, absl::StrCat(GetParam(), " prompt ", i));
+  }
+}
+
+// The longest prompt fed in chunks of 6 over several steps: each chunk attends to the cached K/V
+// of the earlier ones.
+TEST_P(LlamaModelFixtureTest, ChunkedPrefillLogitsMatchTransformers) {
+  auto engine = MakeTestEngine(fixture_.config, *fixture_.weights);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const ReferencePrompt& p =
+      *std::max_element(fixture_.prompts.begin(), fixture_.prompts.end(),
+                        [](const auto& a, const auto& b) { return a.ids.size() < b.ids.size(); });
+  const int32_t bs = engine->cache->config().block_size;
+  const int32_t width = engine->model->options().max_blocks_per_seq;
+  std::vector<int32_t> table(width);
+  for (int32_t j = 0; j < width; ++j) table[j] = 3 * j + 1;  // scattered blocks
+  auto stream = engine->backend->CreateStream();
+  ASSERT_TRUE(stream.ok());
+  const int32_t n = static_cast<int32_t>(p.ids.size());
+  const int64_t vocab = fixture_.config.vocab_size;
+  constexpr int32_t kChunk = 6;
+  for (int32_t begin = 0; begin < n; begin += kChunk) {
+    const int32_t end = std::min(n, begin + kChunk);
+    std::vector<int32_t> ids, positions, rows;
+    std::vector<int64_t> slots;
+    for (int32_t pos = begin; pos < end; ++pos) {
+      rows.push_back(pos - begin);
+      ids.push_back(p.ids[pos]);
+      positions.push_back(pos);
+      slots.push_back(static_cast<int64_t>(table[pos / bs]) * bs + pos % bs);
+    }
+    const std::vector<int32_t> query_start = {0, end - begin};
+    const std::vector<int32_t> seq_lens = {end};
+    auto logits = engine->model->Forward(
+        {ids, positions, slots, query_start, seq_lens, table, rows}, *engine->cache, **stream);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ExpectLogitsMatch(logits->data_as<float>(), end - begin, p, begin, vocab,
+                      absl::StrCat(GetParam(), " chunk at ", begin));
+  }
+}
+
+// Greedy generation for all prompts at once, through the Generator (prefill, then batched
+// decode steps), equals transformers' 16 greedy tokens.
+TEST_P(LlamaModelFixtureTest, GreedyTokensMatchTransformers) {
+  auto engine = MakeTestEngine(fixture_.config, *fixture_.weights);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<GenerateRequest> requests;
+  for (const ReferencePrompt& p : fixture_.prompts) {
+    GenerateRequest r;
+    r.prompt = p.ids;
+    r.sampling.max_tokens = static_cast<int32_t>(p.greedy.size());
+    r.sampling.ignore_eos = true;
+    requests.push_back(r);
+  }
+  auto results = engine->generator->Generate(requests);
+  ASSERT_TRUE(results.ok()) << results.status();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ((*results)[i].tokens, fixture_.prompts[i].greedy) << GetParam() << " prompt " << i;
+  }
+  EXPECT_EQ(engine->generator->allocator().num_free(), engine->cache->config().num_blocks);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transformers, LlamaModelFixtureTest,
+                         ::testing::Values("llama_gqa", "qwen2_bias", "mistral", "qwen3_qknorm"));
+
+TEST(LlamaModelTest, RejectsWeightsThatDoNotMatchTheConfig) {
+  auto fixture = LoadFixture("llama_gqa");
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
+  model::ModelConfig wrong = fixture->config;
+  wrong.intermediate_size *= 2;
+  auto engine = MakeTestEngine(wrong, *fixture->weights);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_THAT(engine.status().message(), ::testing::HasSubstr("mlp.gate_proj.weight"));
+}
+
+TEST(LlamaModelTest, ForwardRejectsAnInconsistentBatch) {
+  auto fixture = LoadFixture("llama_gqa");
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
+  auto engine = MakeTestEngine(fixture->config, *fixture->weights);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto stream = engine->backend->CreateStream();
+  ASSERT_TRUE(stream.ok());
+  const int32_t width = engine->model->options().max_blocks_per_seq;
+  std::vector<int32_t> table(width, 0);
+  const std::vector<int32_t> ids = {1, 100000}, positions = {0, 1}, query_start = {0, 2},
+                             seq_lens = {2}, rows = {1};
+  const std::vector<int64_t> slots = {0, 1};
+  auto logits = engine->model->Forward({ids, positions, slots, query_start, seq_lens, table, rows},
+                                       *engine->cache, **stream);
+  EXPECT_EQ(logits.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(logits.status().message(), ::testing::HasSubstr("token id 100000"));
+}
+
+}  // namespace
+}  // namespace tessera::worker

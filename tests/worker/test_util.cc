@@ -1,0 +1,63 @@
+#include "tests/worker/test_util.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace tessera::worker::testing {
+
+absl::StatusOr<Fixture> LoadFixture(const std::string& name) {
+  Fixture f;
+  f.dir = absl::StrCat(TESSERA_SOURCE_DIR, "/tests/reference/fixtures/", name);
+  TESSERA_ASSIGN_OR_RETURN(f.config, model::LoadModelConfig(f.dir));
+  TESSERA_ASSIGN_OR_RETURN(f.weights, model::SafetensorsCheckpoint::Open(f.dir));
+  TESSERA_ASSIGN_OR_RETURN(auto reference,
+                           model::SafetensorsFile::Open(f.dir + "/reference.safetensors"));
+  for (int i = 0;; ++i) {
+    const std::string p = absl::StrCat("prompt", i, ".");
+    auto ids = reference->Get(p + "ids");
+    if (!ids.ok()) break;
+    TESSERA_ASSIGN_OR_RETURN(TensorView logits, reference->Get(p + "logits"));
+    TESSERA_ASSIGN_OR_RETURN(TensorView greedy, reference->Get(p + "greedy"));
+    ReferencePrompt prompt;
+    for (int64_t j = 0; j < ids->numel(); ++j) prompt.ids.push_back(ids->data_as<int64_t>()[j]);
+    for (int64_t j = 0; j < greedy.numel(); ++j) {
+      prompt.greedy.push_back(greedy.data_as<int64_t>()[j]);
+    }
+    prompt.logits.assign(logits.data_as<float>(), logits.data_as<float>() + logits.numel());
+    f.prompts.push_back(std::move(prompt));
+  }
+  if (f.prompts.empty()) {
+    return absl::NotFoundError(absl::StrCat(f.dir, "/reference.safetensors has no prompts"));
+  }
+  return f;
+}
+
+absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
+                                          const model::WeightSource& weights,
+                                          const TestEngineOptions& options) {
+  TestEngine e;
+  TESSERA_ASSIGN_OR_RETURN(e.backend, kernels::CreateCpuBackend({}));
+  LlamaModelOptions model_options;
+  model_options.max_num_tokens = options.max_num_batched_tokens;
+  model_options.max_num_seqs = options.max_num_seqs;
+  model_options.max_blocks_per_seq =
+      (options.max_model_len + options.block_size - 1) / options.block_size;
+  TESSERA_ASSIGN_OR_RETURN(e.model, LlamaModel::Create(config, weights, *e.backend, model_options));
+  KvCacheConfig cache;
+  cache.num_layers = static_cast<int32_t>(config.num_hidden_layers);
+  cache.num_blocks = options.num_blocks;
+  cache.block_size = options.block_size;
+  cache.kv_heads = static_cast<int32_t>(config.num_key_value_heads);
+  cache.head_dim = static_cast<int32_t>(config.head_dim);
+  cache.dtype = options.kv_dtype;
+  TESSERA_ASSIGN_OR_RETURN(e.cache, KvCache::Create(cache, *e.backend));
+  GeneratorOptions gen;
+  gen.max_model_len = options.max_model_len;
+  gen.max_num_seqs = options.max_num_seqs;
+  gen.max_num_batched_tokens = options.max_num_batched_tokens;
+  TESSERA_ASSIGN_OR_RETURN(e.generator, Generator::Create(*e.model, *e.cache, *e.backend, gen));
+  return e;
+}
+
+}  // namespace tessera::worker::testing

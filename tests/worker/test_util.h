@@ -1,0 +1,57 @@
+// Helpers shared by the worker tests: the committed transformers fixtures and engine assembly.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "worker/generator.h"
+#include "worker/kv_cache.h"
+#include "worker/llama_model.h"
+
+namespace tessera::worker::testing {
+
+// One prompt of a fixture: its ids, the transformers logits of every position [len, vocab], and
+// 16 greedy tokens.
+struct ReferencePrompt {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;
+  std::vector<int32_t> greedy;
+};
+
+struct Fixture {
+  std::string dir;
+  model::ModelConfig config;
+  std::unique_ptr<model::SafetensorsCheckpoint> weights;
+  std::vector<ReferencePrompt> prompts;
+};
+
+// tests/reference/fixtures/NAME.
+absl::StatusOr<Fixture> LoadFixture(const std::string& name);
+
+// A CPU backend, model, cache and generator sized for small tests.
+struct TestEngine {
+  std::unique_ptr<kernels::Backend> backend;
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<Generator> generator;
+};
+
+struct TestEngineOptions {
+  int32_t block_size = 4;
+  int32_t num_blocks = 256;
+  int32_t max_model_len = 128;
+  int32_t max_num_seqs = 16;
+  int32_t max_num_batched_tokens = 256;
+  DataType kv_dtype = DataType::kF32;
+};
+
+absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
+                                          const model::WeightSource& weights,
+                                          const TestEngineOptions& options = {});
+
+}  // namespace tessera::worker::testing

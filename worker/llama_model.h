@@ -1,0 +1,88 @@
+// The Llama-family forward pass (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) over the paged KV cache,
+// for a batch that mixes prefill chunks and decode steps of sequences of different lengths.
+// Built from kernels/ops.h only, so it runs on any Backend.
+//
+// Owns its weights (copied to the backend at Create, q/k/v and gate/up fused) and its activation
+// workspace, sized for `max_num_tokens` tokens and `max_num_seqs` sequences per step.
+// Thread-compatible: one thread calls Forward at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/stream.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "worker/kv_cache.h"
+
+namespace tessera::worker {
+
+struct LlamaModelOptions {
+  // Weight storage on the device; unset keeps each tensor's checkpoint dtype (bf16 stays bf16,
+  // read as f32 by the kernels). Compute is f32 on the CPU backend either way.
+  std::optional<DataType> weight_dtype;
+  int32_t max_num_tokens = 2048;   // tokens per step
+  int32_t max_num_seqs = 256;      // sequences per step
+  int32_t max_blocks_per_seq = 0;  // block-table width; required
+};
+
+// One step's batch. Sequence s owns token rows [query_start[s], query_start[s+1]); its cache holds
+// seq_lens[s] tokens after this step, in blocks block_tables[s * max_blocks_per_seq + j].
+struct ForwardInput {
+  absl::Span<const int32_t> token_ids;     // [tokens]
+  absl::Span<const int32_t> positions;     // [tokens]
+  absl::Span<const int64_t> slot_mapping;  // [tokens]: block * block_size + offset
+  absl::Span<const int32_t> query_start;   // [seqs + 1]
+  absl::Span<const int32_t> seq_lens;      // [seqs]
+  absl::Span<const int32_t> block_tables;  // [seqs * max_blocks_per_seq]
+  absl::Span<const int32_t> logits_rows;   // token rows whose logits are computed
+};
+
+class LlamaModel {
+ public:
+  // Validates the weights against the config (model/weights.h), then copies them to `backend`.
+  // The source may be destroyed afterwards.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(const model::ModelConfig& config,
+                                                            const model::WeightSource& weights,
+                                                            kernels::Backend& backend,
+                                                            const LlamaModelOptions& options);
+  ~LlamaModel();
+
+  // Runs one step: writes this step's K/V into `cache` and returns the logits of `logits_rows`,
+  // [logits_rows.size(), vocab] f32 on the device, valid until the next Forward.
+  // kInvalidArgument when the batch is inconsistent or exceeds the workspace.
+  absl::StatusOr<TensorView> Forward(const ForwardInput& input, KvCache& cache, Stream& stream);
+
+  const model::ModelConfig& config() const { return config_; }
+  const LlamaModelOptions& options() const { return options_; }
+  // Bytes of weights on the device (what a decode step reads once).
+  size_t weight_bytes() const { return weight_bytes_; }
+
+ private:
+  struct Weight;
+  struct Layer;
+  struct Workspace;
+  LlamaModel(const model::ModelConfig& config, kernels::Backend& backend,
+             const LlamaModelOptions& options);
+  absl::Status LoadWeights(const model::WeightSource& weights);
+  absl::Status AllocateWorkspace();
+  absl::Status Upload(const ForwardInput& input, Stream& stream);
+  absl::Status ValidateInput(const ForwardInput& input, const KvCache& cache) const;
+
+  model::ModelConfig config_;
+  kernels::Backend& backend_;
+  LlamaModelOptions options_;
+  size_t weight_bytes_ = 0;
+  std::unique_ptr<Weight> embedding_;
+  std::unique_ptr<Weight> final_norm_;
+  std::unique_ptr<Weight> lm_head_;  // null when tied to the embedding
+  std::vector<Layer> layers_;
+  std::unique_ptr<Workspace> ws_;
+};
+
+}  // namespace tessera::worker
