@@ -5,6 +5,7 @@
 
 #include <sstream>
 #include "absl/strings/string_view.h"
+#include "common/check.h"
 
 #include "absl/status/statusor.h"
 
@@ -36,7 +37,10 @@ class LogMessage {
 #define TESSERA_LOG_LEVEL_WARNING ::tessera::LogLevel::kWarning
 #define TESSERA_LOG_LEVEL_ERROR ::tessera::LogLevel::kError
 
-#define TESSERA_LOG(level)                                    \
-  if (TESSERA_LOG_LEVEL_##level < ::tessera::MinLogLevel()) { \
-  } else                                                      \
-    ::tessera::internal::LogMessage(TESSERA_LOG_LEVEL_##level, __FILE__, __LINE__).stream()
+// Safe inside an unbraced if/else: the whole statement is one expression.
+#define TESSERA_LOG(level)                                                                 \
+  !(TESSERA_LOG_LEVEL_##level >= ::tessera::MinLogLevel())                                 \
+      ? (void)0                                                                            \
+      : ::tessera::internal::Voidify() &                                                   \
+            ::tessera::internal::LogMessage(TESSERA_LOG_LEVEL_##level, __FILE__, __LINE__) \
+                .stream()

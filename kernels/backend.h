@@ -57,6 +57,7 @@ struct OpTable {
   absl::Status (*kv_write)(Backend&, const KvWriteParams&, Stream&) = nullptr;
   absl::Status (*paged_attention)(Backend&, const PagedAttentionParams&, Stream&) = nullptr;
   absl::Status (*sample)(Backend&, const SampleParams&, Stream&) = nullptr;
+  absl::Status (*apply_penalties)(Backend&, const ApplyPenaltiesParams&, Stream&) = nullptr;
 };
 
 class Backend {

@@ -92,20 +92,52 @@ struct PagedAttentionParams {
 
 // Picks one token per row of logits.
 //  - temperature[s] <= 0: greedy (the lowest index among equal maxima).
-//  - otherwise: probabilities softmax(logits / temperature), restricted to the top_k[s] most
-//    likely (top_k <= 0: all), then to the smallest set of most likely tokens whose probability
-//    reaches top_p[s] (>= 1: all), renormalised; a token is drawn by inverse CDF (tokens ordered
-//    by descending probability, ties by index) with u = SampleUniform(seeds[s], steps[s]).
-// output_logprobs (optional) receives log_softmax(logits)[chosen] of the unscaled logits.
+//  - otherwise: probabilities softmax(logits / temperature); tokens whose probability is below
+//    min_p[s] times the largest are dropped (min_p absent or <= 0: none); the rest are restricted
+//    to the top_k[s] most likely (top_k <= 0: all), then to the smallest set of most likely tokens
+//    whose probability reaches top_p[s] (>= 1: all), renormalised; a token is drawn by inverse CDF
+//    (tokens ordered by descending probability, ties by index) with
+//    u = SampleUniform(seeds[s], steps[s]). vLLM's order: temperature, min-p, top-k, top-p.
+// Logprobs come from log_softmax of raw_logits when given (the model's logits before penalties:
+// vLLM's "raw_logprobs"), else of logits; temperature never applies to them.
+//  - output_logprobs (optional) receives the logprob of the chosen token;
+//  - output_top_ids / output_top_logprobs (optional, both or neither) receive the n most likely
+//    tokens of that distribution and their logprobs, in descending order (ties by index).
 struct SampleParams {
-  TensorView logits;                  // [num_seqs, vocab] f32
-  TensorView temperature;             // [num_seqs] f32
-  TensorView top_k;                   // [num_seqs] i32
-  TensorView top_p;                   // [num_seqs] f32
-  TensorView seeds;                   // [num_seqs] i64
-  TensorView steps;                   // [num_seqs] i64 (tokens generated so far by the sequence)
-  MutableTensorView output_ids;       // [num_seqs] i32
-  MutableTensorView output_logprobs;  // optional [num_seqs] f32
+  TensorView logits;                      // [num_seqs, vocab] f32
+  TensorView temperature;                 // [num_seqs] f32
+  TensorView top_k;                       // [num_seqs] i32
+  TensorView top_p;                       // [num_seqs] f32
+  TensorView seeds;                       // [num_seqs] i64
+  TensorView steps;                       // [num_seqs] i64 (tokens generated so far)
+  MutableTensorView output_ids;           // [num_seqs] i32
+  MutableTensorView output_logprobs;      // optional [num_seqs] f32
+  TensorView min_p;                       // optional [num_seqs] f32
+  TensorView raw_logits;                  // optional [num_seqs, vocab] f32
+  MutableTensorView output_top_ids;       // optional [num_seqs, n] i32, 1 <= n <= vocab
+  MutableTensorView output_top_logprobs;  // optional [num_seqs, n] f32
+};
+
+// Adjusts logits in place as vLLM's sampler applies its penalties, then bans tokens. For every row
+// r and every entry e in [token_start[r], token_start[r + 1]) — the distinct tokens of the row's
+// prompt and output, each listed once, with output_counts[e] its occurrences in the output:
+//   x = logits[r, token_ids[e]];
+//   x *= x > 0 ? 1 / repetition_penalty[r] : repetition_penalty[r];   (1: unchanged)
+//   x -= frequency_penalty[r] * output_counts[e];
+//   x -= output_counts[e] > 0 ? presence_penalty[r] : 0;
+// then logits[r, banned_ids[b]] = -inf for b in [banned_start[r], banned_start[r + 1]) (min_tokens
+// bans the stop tokens this way). Token ids outside [0, vocab), bad offsets and a repetition
+// penalty that is not finite and > 0 are kInvalidArgument (nothing is written then).
+struct ApplyPenaltiesParams {
+  MutableTensorView logits;       // [rows, vocab] f32
+  TensorView repetition_penalty;  // [rows] f32, > 0
+  TensorView presence_penalty;    // [rows] f32
+  TensorView frequency_penalty;   // [rows] f32
+  TensorView token_ids;           // [entries] i32
+  TensorView output_counts;       // [entries] i32
+  TensorView token_start;         // [rows + 1] i32, 0 first, entries last, non-decreasing
+  TensorView banned_ids;          // optional [bans] i32
+  TensorView banned_start;        // optional (with banned_ids) [rows + 1] i32
 };
 
 // The uniform draw in [0, 1) that sampling uses for (seed, step): 53 bits of

@@ -246,6 +246,105 @@ absl::Status ValidateSample(const OpValidator& v, const SampleParams& p) {
     TESSERA_RETURN_IF_ERROR(
         v.Disjoint("output_logprobs", p.output_logprobs, "output_ids", p.output_ids));
   }
+  TESSERA_RETURN_IF_ERROR(v.OptionalTensor("min_p", p.min_p, 1, kF32));
+  if (!p.min_p.empty()) {
+    TESSERA_RETURN_IF_ERROR(v.Shape("min_p", p.min_p, per_seq, "[logits.rows]"));
+  }
+  TESSERA_RETURN_IF_ERROR(v.OptionalTensor("raw_logits", p.raw_logits, 2, kF32));
+  if (!p.raw_logits.empty()) {
+    TESSERA_RETURN_IF_ERROR(
+        v.Shape("raw_logits", p.raw_logits, p.logits.shape(), "the shape of logits"));
+  }
+  if (p.output_top_ids.empty() != p.output_top_logprobs.empty()) {
+    return v.Error("output_top_ids and output_top_logprobs go together: both or neither");
+  }
+  if (!p.output_top_ids.empty()) {
+    TESSERA_RETURN_IF_ERROR(v.Tensor("output_top_ids", p.output_top_ids, 2, kI32));
+    const int64_t n = p.output_top_ids.dim(1);
+    if (n < 1 || (num_seqs > 0 && n > p.logits.dim(1))) {
+      return v.Error(absl::StrCat("field output_top_ids expected 1 to vocab (", p.logits.dim(1),
+                                  ") columns, got ", n));
+    }
+    TESSERA_RETURN_IF_ERROR(
+        v.Shape("output_top_ids", p.output_top_ids, {num_seqs, n}, "[logits.rows, n]"));
+    TESSERA_RETURN_IF_ERROR(v.Tensor("output_top_logprobs", p.output_top_logprobs, 2, kF32));
+    TESSERA_RETURN_IF_ERROR(v.Shape("output_top_logprobs", p.output_top_logprobs, {num_seqs, n},
+                                    "the shape of output_top_ids"));
+    const struct {
+      const char* name;
+      const TensorView& view;
+    } outputs[] = {{"output_top_ids", p.output_top_ids},
+                   {"output_top_logprobs", p.output_top_logprobs}};
+    for (const auto& out : outputs) {
+      TESSERA_RETURN_IF_ERROR(v.NotSelfOverlapping(out.name, out.view));
+      TESSERA_RETURN_IF_ERROR(v.Disjoint(out.name, out.view, "logits", p.logits));
+      TESSERA_RETURN_IF_ERROR(v.Disjoint(out.name, out.view, "output_ids", p.output_ids));
+      if (!p.raw_logits.empty()) {
+        TESSERA_RETURN_IF_ERROR(v.Disjoint(out.name, out.view, "raw_logits", p.raw_logits));
+      }
+      if (!p.output_logprobs.empty()) {
+        TESSERA_RETURN_IF_ERROR(
+            v.Disjoint(out.name, out.view, "output_logprobs", p.output_logprobs));
+      }
+    }
+    TESSERA_RETURN_IF_ERROR(v.Disjoint("output_top_ids", p.output_top_ids, "output_top_logprobs",
+                                       p.output_top_logprobs));
+  }
+  if (!p.raw_logits.empty()) {
+    TESSERA_RETURN_IF_ERROR(v.Disjoint("output_ids", p.output_ids, "raw_logits", p.raw_logits));
+    if (!p.output_logprobs.empty()) {
+      TESSERA_RETURN_IF_ERROR(
+          v.Disjoint("output_logprobs", p.output_logprobs, "raw_logits", p.raw_logits));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateApplyPenalties(const OpValidator& v, const ApplyPenaltiesParams& p) {
+  TESSERA_RETURN_IF_ERROR(v.Tensor("logits", p.logits, 2, kF32));
+  TESSERA_RETURN_IF_ERROR(v.NotSelfOverlapping("logits", p.logits));
+  const int64_t rows = p.logits.dim(0);
+  const Shape per_row = {rows};
+  const Shape row_starts = {rows + 1};
+  const struct {
+    const char* name;
+    const TensorView& view;
+  } penalties[] = {{"repetition_penalty", p.repetition_penalty},
+                   {"presence_penalty", p.presence_penalty},
+                   {"frequency_penalty", p.frequency_penalty}};
+  for (const auto& field : penalties) {
+    TESSERA_RETURN_IF_ERROR(v.Tensor(field.name, field.view, 1, kF32));
+    TESSERA_RETURN_IF_ERROR(v.Shape(field.name, field.view, per_row, "[logits.rows]"));
+    TESSERA_RETURN_IF_ERROR(v.Disjoint("logits", p.logits, field.name, field.view));
+  }
+  TESSERA_RETURN_IF_ERROR(v.Tensor("token_ids", p.token_ids, 1, kI32));
+  TESSERA_RETURN_IF_ERROR(v.Tensor("output_counts", p.output_counts, 1, kI32));
+  TESSERA_RETURN_IF_ERROR(
+      v.Shape("output_counts", p.output_counts, p.token_ids.shape(), "the shape of token_ids"));
+  TESSERA_RETURN_IF_ERROR(v.Tensor("token_start", p.token_start, 1, kI32));
+  TESSERA_RETURN_IF_ERROR(v.Shape("token_start", p.token_start, row_starts, "[logits.rows + 1]"));
+  if (p.banned_ids.empty() != p.banned_start.empty()) {
+    return v.Error("banned_ids and banned_start go together: both or neither");
+  }
+  if (!p.banned_ids.empty()) {
+    TESSERA_RETURN_IF_ERROR(v.Tensor("banned_ids", p.banned_ids, 1, kI32));
+    TESSERA_RETURN_IF_ERROR(v.Tensor("banned_start", p.banned_start, 1, kI32));
+    TESSERA_RETURN_IF_ERROR(
+        v.Shape("banned_start", p.banned_start, row_starts, "[logits.rows + 1]"));
+  }
+  const struct {
+    const char* name;
+    const TensorView& view;
+  } lists[] = {{"token_ids", p.token_ids},
+               {"output_counts", p.output_counts},
+               {"token_start", p.token_start},
+               {"banned_ids", p.banned_ids},
+               {"banned_start", p.banned_start}};
+  for (const auto& field : lists) {
+    if (!field.view.empty()) {
+      TESSERA_RETURN_IF_ERROR(v.Disjoint("logits", p.logits, field.name, field.view));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -305,6 +404,13 @@ absl::Status Sample(Backend& backend, const SampleParams& params, Stream& stream
   TESSERA_RETURN_IF_ERROR(v.StreamDevice(stream));
   TESSERA_RETURN_IF_ERROR(ValidateSample(v, params));
   return Dispatch("Sample", backend.ops().sample, backend, params, stream);
+}
+
+absl::Status ApplyPenalties(Backend& backend, const ApplyPenaltiesParams& params, Stream& stream) {
+  const OpValidator v("ApplyPenalties", backend);
+  TESSERA_RETURN_IF_ERROR(v.StreamDevice(stream));
+  TESSERA_RETURN_IF_ERROR(ValidateApplyPenalties(v, params));
+  return Dispatch("ApplyPenalties", backend.ops().apply_penalties, backend, params, stream);
 }
 
 uint64_t SplitMix64(uint64_t x) {

@@ -19,5 +19,6 @@ absl::Status Swiglu(Backend& backend, const SwigluParams& params, Stream& stream
 absl::Status KvWrite(Backend& backend, const KvWriteParams& params, Stream& stream);
 absl::Status PagedAttention(Backend& backend, const PagedAttentionParams& params, Stream& stream);
 absl::Status Sample(Backend& backend, const SampleParams& params, Stream& stream);
+absl::Status ApplyPenalties(Backend& backend, const ApplyPenaltiesParams& params, Stream& stream);
 
 }  // namespace tessera::kernels

@@ -14,7 +14,10 @@
 #include "launch/commands.h"
 #include "launch/engine_setup.h"
 #include "launch/model_flags.h"
+#include "launch/replica_runner.h"
 #include "model/weights.h"
+#include "parallel/comm/timed_communicator.h"
+#include "worker/step.h"
 
 namespace tessera::launch {
 namespace {
@@ -22,6 +25,7 @@ namespace {
 struct BenchFlags {
   ModelShapeFlags shape;
   EngineFlags engine;
+  ReplicaFlags replica;
   std::string weight_dtype = "bfloat16";
   std::vector<int32_t> batch_sizes = {1, 8};
   int32_t prompt_len = 128;
@@ -48,108 +52,111 @@ double MeasureCopyBandwidth(double gib) {
   return best;
 }
 
+// Sequence s of a batch uses blocks [s * width, (s + 1) * width).
+worker::StepPlan PrefillPlan(const model::ModelConfig& config, int32_t s, int32_t prompt_len,
+                             int32_t block_size, int32_t width) {
+  worker::StepPlan plan;
+  for (int32_t p = 0; p < prompt_len; ++p) {
+    plan.token_ids.push_back((s * 7919 + p * 104729) % static_cast<int32_t>(config.vocab_size));
+    plan.positions.push_back(p);
+    plan.slot_mapping.push_back(static_cast<int64_t>(s * width + p / block_size) * block_size +
+                                p % block_size);
+  }
+  plan.query_start.push_back(prompt_len);
+  plan.seq_lens.push_back(prompt_len);
+  for (int32_t j = 0; j < width; ++j) plan.block_tables.push_back(s * width + j);
+  plan.logits_rows.push_back(prompt_len - 1);
+  plan.sampling.push_back({});
+  return plan;
+}
+
+worker::StepPlan DecodePlan(const model::ModelConfig& config, int32_t batch, int32_t pos,
+                            int32_t block_size, int32_t width) {
+  worker::StepPlan plan;
+  for (int32_t s = 0; s < batch; ++s) {
+    plan.token_ids.push_back((s + pos) % static_cast<int32_t>(config.vocab_size));
+    plan.positions.push_back(pos);
+    plan.slot_mapping.push_back(static_cast<int64_t>(s * width + pos / block_size) * block_size +
+                                pos % block_size);
+    plan.query_start.push_back(s + 1);
+    plan.seq_lens.push_back(pos + 1);
+    for (int32_t j = 0; j < width; ++j) plan.block_tables.push_back(s * width + j);
+    plan.logits_rows.push_back(s);
+    plan.sampling.push_back({});
+  }
+  return plan;
+}
+
 absl::Status Bench(BenchFlags flags) {
   TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, ModelConfigFromFlags(flags.shape));
   TESSERA_ASSIGN_OR_RETURN(DataType dtype, DataTypeFromName(flags.weight_dtype));
   int32_t max_batch = 1;
   for (int32_t b : flags.batch_sizes) max_batch = std::max(max_batch, b);
   const int32_t seq_len = flags.prompt_len + flags.decode_steps;
+  const int32_t block_size = flags.engine.block_size;
   flags.engine.max_num_seqs = std::max(flags.engine.max_num_seqs, max_batch);
   flags.engine.max_num_batched_tokens =
       std::max(flags.engine.max_num_batched_tokens, flags.prompt_len);
   flags.engine.max_model_len = seq_len;
-  flags.engine.num_kv_blocks =
-      max_batch * ((seq_len + flags.engine.block_size - 1) / flags.engine.block_size);
+  const int32_t width = (seq_len + block_size - 1) / block_size;
+  flags.engine.num_kv_blocks = max_batch * width;
 
   std::printf("memory bandwidth (memcpy, read+write): ");
   std::fflush(stdout);
   const double copy_bw = MeasureCopyBandwidth(flags.copy_gib);
   std::printf("%.2f GB/s\n", copy_bw / 1e9);
-
   std::printf("making random weights (%s, %s)...\n", flags.shape.preset.c_str(),
               std::string(DataTypeName(dtype)).c_str());
   std::fflush(stdout);
   auto weights = model::MakeRandomWeights(config, dtype, /*seed=*/1);
-  TESSERA_ASSIGN_OR_RETURN(Engine engine, BuildEngine(config, *weights, flags.engine));
-  weights.reset();
-  const double weight_bytes = static_cast<double>(engine.model->weight_bytes());
-  std::printf("model: %lld layers, hidden %lld, vocab %lld, weights %.2f GB\n",
+  double weight_bytes = 0;
+  for (const model::TensorSpec& spec : model::LlamaTensorSpecs(config)) {
+    weight_bytes += static_cast<double>(NumElements(spec.shape)) * DataTypeSize(dtype);
+  }
+  const int tp = flags.replica.tensor_parallel_size;
+  const int pp = flags.replica.pipeline_parallel_size;
+  std::printf("model: %lld layers, hidden %lld, vocab %lld, weights %.2f GB; tp %d x pp %d\n",
               static_cast<long long>(config.num_hidden_layers),
               static_cast<long long>(config.hidden_size), static_cast<long long>(config.vocab_size),
-              weight_bytes / 1e9);
-  std::printf("%6s %8s %14s %14s %14s %10s\n", "batch", "prompt", "prefill tok/s", "decode tok/s",
-              "decode GB/s", "vs memcpy");
+              weight_bytes / 1e9, tp, pp);
+  std::printf("%6s %8s %14s %14s %14s %10s %10s\n", "batch", "prompt", "prefill tok/s",
+              "decode tok/s", "decode GB/s", "vs memcpy", "comm share");
 
-  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Stream> stream, engine.backend->CreateStream());
-  const int32_t block_size = flags.engine.block_size;
-  const int32_t width = engine.model->options().max_blocks_per_seq;
-  const size_t kv_bytes_per_token =
-      engine.cache->config().BytesPerBlock() / static_cast<size_t>(block_size);
-  for (int32_t batch : flags.batch_sizes) {
-    // Sequence s uses blocks [s * width, (s + 1) * width).
-    auto block_of = [&](int32_t s, int32_t pos) { return s * width + pos / block_size; };
-    std::vector<int32_t> block_tables;
-    for (int32_t s = 0; s < batch; ++s) {
-      for (int32_t j = 0; j < width; ++j) block_tables.push_back(s * width + j);
-    }
-    // Prefill: one sequence per step (chunks of the whole prompt), as a server would see arrivals.
-    double prefill_seconds = 0;
-    for (int32_t s = 0; s < batch; ++s) {
-      std::vector<int32_t> ids, positions;
-      std::vector<int64_t> slots;
-      for (int32_t p = 0; p < flags.prompt_len; ++p) {
-        ids.push_back((s * 7919 + p * 104729) % static_cast<int32_t>(config.vocab_size));
-        positions.push_back(p);
-        slots.push_back(static_cast<int64_t>(block_of(s, p)) * block_size + p % block_size);
-      }
-      const std::vector<int32_t> query_start = {0, flags.prompt_len};
-      const std::vector<int32_t> seq_lens = {flags.prompt_len};
-      const std::vector<int32_t> table(block_tables.begin() + s * width,
-                                       block_tables.begin() + (s + 1) * width);
-      const std::vector<int32_t> rows = {flags.prompt_len - 1};
-      const auto start = std::chrono::steady_clock::now();
-      TESSERA_RETURN_IF_ERROR(
-          engine.model
-              ->Forward({ids, positions, slots, query_start, seq_lens, table, rows}, *engine.cache,
-                        *stream)
-              .status());
-      TESSERA_RETURN_IF_ERROR(stream->Synchronize());
-      prefill_seconds += Seconds(start);
-    }
-    // Decode: every sequence adds one token per step.
-    double decode_seconds = 0;
-    double kv_read = 0;
-    for (int32_t step = 0; step < flags.decode_steps; ++step) {
-      const int32_t pos = flags.prompt_len + step;
-      std::vector<int32_t> ids, positions, query_start{0}, seq_lens, rows;
-      std::vector<int64_t> slots;
+  const size_t kv_bytes_per_token = 2ull * static_cast<size_t>(config.num_hidden_layers) *
+                                    static_cast<size_t>(config.kv_size()) * sizeof(float);
+  parallel::CommStats comm;
+  auto leader = [&](worker::StepExecutor& executor, int32_t) -> absl::Status {
+    for (int32_t batch : flags.batch_sizes) {
+      double prefill_seconds = 0;
       for (int32_t s = 0; s < batch; ++s) {
-        ids.push_back((s + step) % static_cast<int32_t>(config.vocab_size));
-        positions.push_back(pos);
-        slots.push_back(static_cast<int64_t>(block_of(s, pos)) * block_size + pos % block_size);
-        query_start.push_back(s + 1);
-        seq_lens.push_back(pos + 1);
-        rows.push_back(s);
+        const worker::StepPlan plan = PrefillPlan(config, s, flags.prompt_len, block_size, width);
+        const auto start = std::chrono::steady_clock::now();
+        TESSERA_RETURN_IF_ERROR(executor.Execute(plan).status());
+        prefill_seconds += Seconds(start);
       }
-      const auto start = std::chrono::steady_clock::now();
-      TESSERA_RETURN_IF_ERROR(
-          engine.model
-              ->Forward({ids, positions, slots, query_start, seq_lens,
-                         absl::MakeConstSpan(block_tables).subspan(0, batch * width), rows},
-                        *engine.cache, *stream)
-              .status());
-      TESSERA_RETURN_IF_ERROR(stream->Synchronize());
-      decode_seconds += Seconds(start);
-      kv_read += static_cast<double>(batch) * (pos + 1) * static_cast<double>(kv_bytes_per_token);
+      comm.Reset();
+      double decode_seconds = 0;
+      double kv_read = 0;
+      for (int32_t step = 0; step < flags.decode_steps; ++step) {
+        const int32_t pos = flags.prompt_len + step;
+        const worker::StepPlan plan = DecodePlan(config, batch, pos, block_size, width);
+        const auto start = std::chrono::steady_clock::now();
+        TESSERA_RETURN_IF_ERROR(executor.Execute(plan).status());
+        decode_seconds += Seconds(start);
+        kv_read += static_cast<double>(batch) * (pos + 1) * static_cast<double>(kv_bytes_per_token);
+      }
+      const double prefill_tps = batch * static_cast<double>(flags.prompt_len) / prefill_seconds;
+      const double decode_tps = batch * static_cast<double>(flags.decode_steps) / decode_seconds;
+      const double decode_bytes = (weight_bytes * flags.decode_steps + kv_read) / decode_seconds;
+      std::printf("%6d %8d %14.1f %14.2f %14.2f %9.1f%% %9.1f%%\n", batch, flags.prompt_len,
+                  prefill_tps, decode_tps, decode_bytes / 1e9, 100.0 * decode_bytes / copy_bw,
+                  100.0 * comm.seconds() / decode_seconds);
+      std::fflush(stdout);
     }
-    const double prefill_tps = batch * static_cast<double>(flags.prompt_len) / prefill_seconds;
-    const double decode_tps = batch * static_cast<double>(flags.decode_steps) / decode_seconds;
-    const double decode_bytes = (weight_bytes * flags.decode_steps + kv_read) / decode_seconds;
-    std::printf("%6d %8d %14.1f %14.2f %14.2f %9.1f%%\n", batch, flags.prompt_len, prefill_tps,
-                decode_tps, decode_bytes / 1e9, 100.0 * decode_bytes / copy_bw);
-    std::fflush(stdout);
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  };
+  bool is_leader = false;
+  return RunReplica(config, *weights, flags.engine, flags.replica, leader, &is_leader, &comm);
 }
 
 }  // namespace
@@ -162,6 +169,7 @@ Command RegisterBenchEngine(CLI::App& app) {
       "bytes/s against this machine's memcpy bandwidth");
   AddModelShapeFlags(*sub, flags->shape);
   AddEngineFlags(*sub, flags->engine);
+  AddReplicaFlags(*sub, flags->replica);
   sub->add_option("--weight-dtype", flags->weight_dtype, "float32, bfloat16 or float16")
       ->capture_default_str();
   sub->add_option("--batch-sizes", flags->batch_sizes, "Decode batch sizes")

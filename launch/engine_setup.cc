@@ -7,9 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "common/logging.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/cpu_backend.h"
 
 namespace tessera::launch {
 
@@ -41,6 +39,11 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
   app.add_option("--kv-cache-gib", flags.kv_cache_gib, "KV-cache memory budget in GiB")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", flags.enable_prefix_caching,
+               "Reuse the KV blocks of cached prompt prefixes (default on)");
+  app.add_flag("--enable-chunked-prefill,!--no-enable-chunked-prefill",
+               flags.enable_chunked_prefill,
+               "Split long prompts into chunks that share steps with decodes (default on)");
   app.add_option("--threads", flags.threads, "CPU threads (0: all cores)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
@@ -73,69 +76,60 @@ absl::StatusOr<std::optional<DataType>> ParseDtypeFlag(const std::string& flag,
 }
 }  // namespace
 
-absl::StatusOr<Engine> BuildEngine(const model::ModelConfig& config,
-                                   const model::WeightSource& weights, const EngineFlags& flags) {
-  Engine engine;
-  TESSERA_ASSIGN_OR_RETURN(std::optional<DataType> weight_dtype,
-                           ParseDtypeFlag("--dtype", flags.dtype));
+absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& config,
+                                                 const EngineFlags& flags, int tp_size,
+                                                 int pp_size) {
+  EngineLimits limits;
+  TESSERA_ASSIGN_OR_RETURN(limits.model.weight_dtype, ParseDtypeFlag("--dtype", flags.dtype));
   TESSERA_ASSIGN_OR_RETURN(std::optional<DataType> kv_dtype,
                            ParseDtypeFlag("--kv-cache-dtype", flags.kv_cache_dtype));
+  limits.kv_cache_dtype = kv_dtype.value_or(DataType::kF32);
   const int64_t model_max = std::min<int64_t>(config.max_position_embeddings, 8192);
-  engine.max_model_len =
+  limits.max_model_len =
       flags.max_model_len > 0 ? flags.max_model_len : static_cast<int32_t>(model_max);
-  if (engine.max_model_len > config.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("--max-model-len ", engine.max_model_len,
+  if (limits.max_model_len > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-model-len ", limits.max_model_len,
                                                    " exceeds the model's max_position_embeddings ",
                                                    config.max_position_embeddings));
   }
-  const int32_t blocks_per_seq = (engine.max_model_len + flags.block_size - 1) / flags.block_size;
-
-  kernels::CpuBackendOptions cpu_options;
-  cpu_options.num_threads = flags.threads;
-  TESSERA_ASSIGN_OR_RETURN(engine.backend, kernels::CreateCpuBackend(cpu_options));
-
-  worker::LlamaModelOptions model_options;
-  model_options.weight_dtype = weight_dtype;
-  model_options.max_num_tokens = flags.max_num_batched_tokens;
-  model_options.max_num_seqs = flags.max_num_seqs;
-  model_options.max_blocks_per_seq = blocks_per_seq;
-  TESSERA_ASSIGN_OR_RETURN(
-      engine.model, worker::LlamaModel::Create(config, weights, *engine.backend, model_options));
-
-  worker::KvCacheConfig cache_config;
-  cache_config.num_layers = static_cast<int32_t>(config.num_hidden_layers);
-  cache_config.block_size = flags.block_size;
-  cache_config.kv_heads = static_cast<int32_t>(config.num_key_value_heads);
-  cache_config.head_dim = static_cast<int32_t>(config.head_dim);
-  cache_config.dtype = kv_dtype.value_or(DataType::kF32);
+  const int32_t blocks_per_seq = (limits.max_model_len + flags.block_size - 1) / flags.block_size;
+  limits.model.max_num_tokens = flags.max_num_batched_tokens;
+  limits.model.max_num_seqs = flags.max_num_seqs;
+  limits.model.max_blocks_per_seq = blocks_per_seq;
   if (flags.num_kv_blocks > 0) {
-    cache_config.num_blocks = flags.num_kv_blocks;
+    limits.num_kv_blocks = flags.num_kv_blocks;
   } else {
+    // The budget is per rank; a rank holds its stage's layers and its share of the KV heads.
+    worker::KvCacheConfig rank_cache;
+    rank_cache.num_layers =
+        static_cast<int32_t>((config.num_hidden_layers + pp_size - 1) / pp_size);
+    rank_cache.block_size = flags.block_size;
+    rank_cache.kv_heads =
+        static_cast<int32_t>(std::max<int64_t>(1, config.num_key_value_heads / tp_size));
+    rank_cache.head_dim = static_cast<int32_t>(config.head_dim);
+    rank_cache.dtype = limits.kv_cache_dtype;
     const double budget = flags.kv_cache_gib * 1024.0 * 1024.0 * 1024.0;
-    const int64_t by_memory = static_cast<int64_t>(budget / cache_config.BytesPerBlock());
+    const int64_t by_memory = static_cast<int64_t>(budget / rank_cache.BytesPerBlock());
     const int64_t needed = static_cast<int64_t>(flags.max_num_seqs) * blocks_per_seq;
-    cache_config.num_blocks = static_cast<int32_t>(std::min(by_memory, needed));
-    if (cache_config.num_blocks < blocks_per_seq) {
+    limits.num_kv_blocks = static_cast<int32_t>(std::min(by_memory, needed));
+    if (limits.num_kv_blocks < blocks_per_seq) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--kv-cache-gib ", flags.kv_cache_gib, " holds ", cache_config.num_blocks,
-                       " blocks, fewer than one sequence of --max-model-len ", engine.max_model_len,
+          absl::StrCat("--kv-cache-gib ", flags.kv_cache_gib, " holds ", limits.num_kv_blocks,
+                       " blocks, fewer than one sequence of --max-model-len ", limits.max_model_len,
                        " needs (", blocks_per_seq, ")"));
     }
   }
-  TESSERA_LOG(INFO) << "KV cache: " << cache_config.num_blocks << " blocks of "
-                    << cache_config.block_size << " tokens ("
-                    << cache_config.BytesPerBlock() * cache_config.num_blocks / (1 << 20)
-                    << " MiB, " << DataTypeName(cache_config.dtype) << ")";
-  TESSERA_ASSIGN_OR_RETURN(engine.cache, worker::KvCache::Create(cache_config, *engine.backend));
+  return limits;
+}
 
-  worker::GeneratorOptions generator_options;
-  generator_options.max_model_len = engine.max_model_len;
-  generator_options.max_num_seqs = flags.max_num_seqs;
-  generator_options.max_num_batched_tokens = flags.max_num_batched_tokens;
-  TESSERA_ASSIGN_OR_RETURN(
-      engine.generator,
-      worker::Generator::Create(*engine.model, *engine.cache, *engine.backend, generator_options));
-  return engine;
+worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_model_len) {
+  worker::EngineOptions options;
+  options.scheduler.max_model_len = max_model_len;
+  options.scheduler.max_num_seqs = flags.max_num_seqs;
+  options.scheduler.max_num_batched_tokens = flags.max_num_batched_tokens;
+  options.scheduler.enable_prefix_caching = flags.enable_prefix_caching;
+  options.scheduler.enable_chunked_prefill = flags.enable_chunked_prefill;
+  return options;
 }
 
 }  // namespace tessera::launch

@@ -1,6 +1,5 @@
-// Flags shared by the subcommands that run a model in this process (generate, bench-engine), and
-// the code that turns them into a backend, a model, a KV cache and a generator. launch/ is the
-// composition root: the only place that names concrete backends.
+// Flags shared by the subcommands that run a model (generate, bench-engine), and the sizes they
+// imply for the model's workspace and KV cache (launch/replica_runner.h builds the replica).
 #pragma once
 
 #include <cstdint>
@@ -13,7 +12,7 @@
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/weights.h"
-#include "worker/generator.h"
+#include "worker/engine.h"
 #include "worker/kv_cache.h"
 #include "worker/llama_model.h"
 
@@ -29,23 +28,24 @@ struct EngineFlags {
   int32_t num_kv_blocks = 0;  // 0: from kv_cache_gib, capped at what max_num_seqs needs
   double kv_cache_gib = 2.0;
   int32_t threads = 0;  // 0: all cores
+  bool enable_prefix_caching = true;
+  bool enable_chunked_prefill = true;
 };
 
 void AddEngineFlags(CLI::App& app, EngineFlags& flags);
 
-// A model ready to run in this process.
-struct Engine {
-  std::unique_ptr<kernels::Backend> backend;
-  std::unique_ptr<worker::LlamaModel> model;
-  std::unique_ptr<worker::KvCache> cache;
-  std::unique_ptr<worker::Generator> generator;
+// The sizes an engine is built with, derived from the flags and the model (and the rank's share
+// of it under TP/PP): the model's workspace, max_model_len, and the KV blocks per rank.
+struct EngineLimits {
+  worker::LlamaModelOptions model;
   int32_t max_model_len = 0;
+  int32_t num_kv_blocks = 0;
+  DataType kv_cache_dtype = DataType::kF32;
 };
-
-// Builds the CPU backend, loads `weights` and sizes the cache. kInvalidArgument for flags that
-// contradict each other or the model.
-absl::StatusOr<Engine> BuildEngine(const model::ModelConfig& config,
-                                   const model::WeightSource& weights, const EngineFlags& flags);
+absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& config,
+                                                 const EngineFlags& flags, int tp_size = 1,
+                                                 int pp_size = 1);
+worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_model_len);
 
 // Parses "1,2,3" into token ids; kInvalidArgument naming the bad element.
 absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text);

@@ -1,5 +1,6 @@
 // `tessera generate`: runs prompts (token ids) through a model in this process and prints the
 // generated token ids, one line per prompt.
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -11,8 +12,10 @@
 #include "common/status_macros.h"
 #include "launch/commands.h"
 #include "launch/engine_setup.h"
+#include "launch/replica_runner.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "worker/engine.h"
 
 namespace tessera::launch {
 namespace {
@@ -20,48 +23,81 @@ namespace {
 struct GenerateFlags {
   std::string model;
   std::vector<std::string> prompt_ids;
-  int32_t max_tokens = 16;
-  float temperature = 0.0f;
-  int32_t top_k = 0;
-  float top_p = 1.0f;
+  worker::SamplingParams sampling;
   int64_t seed = 0;
-  bool ignore_eos = false;
+  std::string stop_token_ids;
   std::string output = "text";
   EngineFlags engine;
+  ReplicaFlags replica;
 };
+
+std::string JsonFloat(float f) {
+  if (std::isinf(f)) return f > 0 ? "1e999" : "-1e999";  // JSON has no infinity; these parse as it
+  return absl::StrCat(f);
+}
+
+void PrintResults(const std::vector<worker::RequestOutput>& results, const std::string& output) {
+  for (size_t i = 0; i < results.size(); ++i) {
+    const worker::RequestOutput& r = results[i];
+    if (output == "json") {
+      std::string top;
+      for (size_t t = 0; t < r.top_logprobs.size(); ++t) {
+        absl::StrAppend(&top, t ? ", " : "", "[");
+        for (size_t k = 0; k < r.top_logprobs[t].size(); ++k) {
+          absl::StrAppend(&top, k ? ", " : "", "[", r.top_logprobs[t][k].token_id, ", ",
+                          JsonFloat(r.top_logprobs[t][k].logprob), "]");
+        }
+        absl::StrAppend(&top, "]");
+      }
+      std::vector<std::string> logprobs;
+      for (float f : r.logprobs) logprobs.push_back(JsonFloat(f));
+      std::printf(
+          "{\"index\": %zu, \"token_ids\": [%s], \"logprobs\": [%s], \"top_logprobs\": [%s], "
+          "\"finish_reason\": \"%s\", \"num_cached_tokens\": %d}\n",
+          i, absl::StrJoin(r.token_ids, ", ").c_str(), absl::StrJoin(logprobs, ", ").c_str(),
+          top.c_str(), std::string(worker::FinishReasonName(r.finish_reason)).c_str(),
+          r.num_cached_tokens);
+    } else {
+      std::printf("%s\n", absl::StrJoin(r.token_ids, ",").c_str());
+    }
+  }
+  std::fflush(stdout);
+}
 
 absl::Status Generate(const GenerateFlags& flags) {
   TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(flags.model));
   TESSERA_ASSIGN_OR_RETURN(auto weights, model::SafetensorsCheckpoint::Open(flags.model));
-  std::vector<worker::GenerateRequest> requests;
+  std::vector<worker::Request> requests;
+  worker::SamplingParams sampling = flags.sampling;
+  sampling.seed = flags.seed;
+  if (!flags.stop_token_ids.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(sampling.stop_token_ids, ParseIdList(flags.stop_token_ids));
+  }
   for (const std::string& text : flags.prompt_ids) {
-    worker::GenerateRequest request;
+    worker::Request request;
     TESSERA_ASSIGN_OR_RETURN(request.prompt, ParseIdList(text));
-    request.sampling.max_tokens = flags.max_tokens;
-    request.sampling.temperature = flags.temperature;
-    request.sampling.top_k = flags.top_k;
-    request.sampling.top_p = flags.top_p;
-    request.sampling.seed = flags.seed;
-    request.sampling.ignore_eos = flags.ignore_eos;
+    request.sampling = sampling;
     requests.push_back(std::move(request));
   }
-  TESSERA_ASSIGN_OR_RETURN(Engine engine, BuildEngine(config, *weights, flags.engine));
-  weights.reset();  // the weights are on the backend now
-  TESSERA_ASSIGN_OR_RETURN(std::vector<worker::GenerateResult> results,
-                           engine.generator->Generate(requests));
-  for (size_t i = 0; i < results.size(); ++i) {
-    const worker::GenerateResult& r = results[i];
-    if (flags.output == "json") {
-      std::printf(
-          "{\"index\": %zu, \"token_ids\": [%s], \"logprobs\": [%s], "
-          "\"finish_reason\": \"%s\"}\n",
-          i, absl::StrJoin(r.tokens, ", ").c_str(), absl::StrJoin(r.logprobs, ", ").c_str(),
-          std::string(worker::FinishReasonName(r.finish_reason)).c_str());
-    } else {
-      std::printf("%s\n", absl::StrJoin(r.tokens, ",").c_str());
+  // The replica's leader runs the engine and prints; under TP/PP the other ranks follow its steps.
+  auto leader = [&](worker::StepExecutor& executor, int32_t max_model_len) -> absl::Status {
+    TESSERA_ASSIGN_OR_RETURN(
+        auto engine,
+        worker::Engine::Create(executor, config, EngineOptionsFor(flags.engine, max_model_len)));
+    TESSERA_ASSIGN_OR_RETURN(std::vector<worker::RequestOutput> results,
+                             worker::GenerateAll(*engine, requests, absl::Hours(24)));
+    TESSERA_RETURN_IF_ERROR(engine->Shutdown(absl::Seconds(10)));
+    for (size_t i = 0; i < results.size(); ++i) {
+      if (!results[i].status.ok()) {
+        return absl::Status(results[i].status.code(),
+                            absl::StrCat("request ", i, ": ", results[i].status.message()));
+      }
     }
-  }
-  return absl::OkStatus();
+    PrintResults(results, flags.output);
+    return absl::OkStatus();
+  };
+  bool is_leader = false;
+  return RunReplica(config, *weights, flags.engine, flags.replica, leader, &is_leader);
 }
 
 }  // namespace
@@ -74,22 +110,31 @@ Command RegisterGenerate(CLI::App& app) {
   sub->add_option("--prompt-ids", flags->prompt_ids,
                   "A prompt as comma-separated token ids; repeat for several prompts")
       ->required();
-  sub->add_option("--max-tokens", flags->max_tokens)
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--temperature", flags->temperature, "0: greedy")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  sub->add_option("--top-k", flags->top_k, "0: no limit")
+  worker::SamplingParams& sp = flags->sampling;
+  sub->add_option("--max-tokens", sp.max_tokens)->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--min-tokens", sp.min_tokens, "EOS and stop ids are banned until this many")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--top-p", flags->top_p)->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--temperature", sp.temperature, "0: greedy")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--top-k", sp.top_k, "0: no limit")->capture_default_str();
+  sub->add_option("--top-p", sp.top_p)->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--min-p", sp.min_p)->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--repetition-penalty", sp.repetition_penalty)->capture_default_str();
+  sub->add_option("--presence-penalty", sp.presence_penalty)->capture_default_str();
+  sub->add_option("--frequency-penalty", sp.frequency_penalty)->capture_default_str();
+  sub->add_option("--logprobs", sp.logprobs, "Top-N logprobs per generated token (0 to 20)")
+      ->capture_default_str();
+  sub->add_option("--stop-token-ids", flags->stop_token_ids,
+                  "Comma-separated ids that end a sequence");
   sub->add_option("--seed", flags->seed)->capture_default_str();
-  sub->add_flag("--ignore-eos", flags->ignore_eos, "Keep generating past end-of-sequence tokens");
+  sub->add_flag("--ignore-eos", sp.ignore_eos, "Keep generating past end-of-sequence tokens");
   sub->add_option("--output", flags->output, "text (ids per line) or json (one object per line)")
       ->capture_default_str()
       ->check(CLI::IsMember({"text", "json"}));
   AddEngineFlags(*sub, flags->engine);
+  AddReplicaFlags(*sub, flags->replica);
   return [flags] {
     const absl::Status status = Generate(*flags);
     if (!status.ok()) {

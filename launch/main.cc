@@ -9,6 +9,27 @@
 #include "common/logging.h"
 #include "launch/commands.h"
 
+namespace {
+// vLLM spells some flags with one dash and several letters (-tp 2, -pp 2), which CLI11 does not
+// accept; they are rewritten to their long forms before parsing.
+std::vector<std::string> NormalizeArgs(int argc, char** argv) {
+  const std::pair<const char*, const char*> aliases[] = {{"-tp", "--tensor-parallel-size"},
+                                                         {"-pp", "--pipeline-parallel-size"}};
+  std::vector<std::string> args(argv, argv + argc);
+  for (std::string& arg : args) {
+    for (const auto& [short_name, long_name] : aliases) {
+      const std::string s = short_name;
+      if (arg == s) {
+        arg = long_name;
+      } else if (arg.rfind(s + "=", 0) == 0) {
+        arg = std::string(long_name) + arg.substr(s.size());
+      }
+    }
+  }
+  return args;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"tessera: serve large language models on a cluster of GPUs (or CPUs)"};
   app.require_subcommand(1);
@@ -26,7 +47,10 @@ int main(int argc, char** argv) {
   add(&tessera::launch::RegisterBenchEngine);
 
   try {
-    app.parse(argc, argv);
+    std::vector<std::string> args = NormalizeArgs(argc, argv);
+    std::vector<char*> pointers;
+    for (std::string& a : args) pointers.push_back(a.data());
+    app.parse(static_cast<int>(pointers.size()), pointers.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }

@@ -1,5 +1,6 @@
 #include "worker/llama_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -14,18 +15,56 @@
 namespace tessera::worker {
 namespace {
 
-// Appends `src` (host, contiguous) to `dst` converted to `dtype`.
-void AppendConverted(const TensorView& src, DataType dtype, std::vector<char>& dst) {
-  const size_t count = static_cast<size_t>(src.numel());
+// Appends `count` elements at `src` (host) to `dst` converted to `dtype`.
+void AppendConverted(const void* src, DataType src_dtype, size_t count, DataType dtype,
+                     std::vector<char>& dst) {
   const size_t offset = dst.size();
   dst.resize(offset + count * DataTypeSize(dtype));
-  if (src.dtype() == dtype) {
-    std::memcpy(dst.data() + offset, src.data(), count * DataTypeSize(dtype));
+  if (src_dtype == dtype) {
+    std::memcpy(dst.data() + offset, src, count * DataTypeSize(dtype));
     return;
   }
   std::vector<float> f32(count);
-  ConvertToF32(src.dtype(), src.data(), f32.data(), count);
+  ConvertToF32(src_dtype, src, f32.data(), count);
   ConvertFromF32(f32.data(), dtype, dst.data() + offset, count);
+}
+
+// A part of a checkpoint tensor that one rank loads: `count` indices from `begin` along `dim`
+// (0: rows, 1: columns), or the whole tensor. Rows past the tensor's end are zero padding (the
+// last vocabulary shard).
+struct Slice {
+  std::string name;
+  int dim = 0;
+  int64_t begin = 0;
+  int64_t count = -1;  // -1: the whole dimension
+};
+
+// Appends the slice of `src` (contiguous host tensor of rank 1 or 2) to `dst`; returns its shape.
+Shape AppendSlice(const TensorView& src, const Slice& slice, DataType dtype,
+                  std::vector<char>& dst) {
+  const char* base = static_cast<const char*>(src.data());
+  const size_t elem = src.element_size();
+  if (slice.count < 0) {
+    AppendConverted(base, src.dtype(), static_cast<size_t>(src.numel()), dtype, dst);
+    return src.shape();
+  }
+  const int64_t cols = src.rank() == 2 ? src.dim(1) : 1;
+  if (slice.dim == 0) {
+    const int64_t available = std::max<int64_t>(0, std::min(slice.count, src.dim(0) - slice.begin));
+    AppendConverted(base + slice.begin * cols * elem, src.dtype(),
+                    static_cast<size_t>(available * cols), dtype, dst);
+    dst.resize(
+        dst.size() + static_cast<size_t>((slice.count - available) * cols) * DataTypeSize(dtype),
+        0);
+    Shape shape = src.shape();
+    shape[0] = slice.count;
+    return shape;
+  }
+  for (int64_t r = 0; r < src.dim(0); ++r) {
+    AppendConverted(base + (r * cols + slice.begin) * elem, src.dtype(),
+                    static_cast<size_t>(slice.count), dtype, dst);
+  }
+  return {src.dim(0), slice.count};
 }
 
 }  // namespace
@@ -43,22 +82,34 @@ struct LlamaModel::Layer {
 
 // Activations for up to max_num_tokens tokens, and the step's index tensors.
 struct LlamaModel::Workspace {
-  kernels::DeviceBuffer residual, normed, delta, qkv, attn, gate_up, act, gathered, logits;
+  kernels::DeviceBuffer residual, normed, delta, qkv, attn, gate_up, act, gathered, logits,
+      all_logits, full_logits;
   kernels::DeviceBuffer token_ids, positions, slots, query_start, seq_lens, block_tables,
       logits_rows, inv_freq;
   int32_t rope_half = 0;
 };
 
 LlamaModel::LlamaModel(const model::ModelConfig& config, kernels::Backend& backend,
-                       const LlamaModelOptions& options)
-    : config_(config), backend_(backend), options_(options) {}
+                       const LlamaModelOptions& options, const ModelParallelism& parallelism)
+    : config_(config), backend_(backend), options_(options), par_(parallelism) {}
+
+KvCacheConfig LlamaModel::KvCacheShape(int32_t num_blocks, int32_t block_size,
+                                       DataType dtype) const {
+  KvCacheConfig c;
+  c.num_layers = static_cast<int32_t>(par_.plan.num_layers());
+  c.num_blocks = num_blocks;
+  c.block_size = block_size;
+  c.kv_heads = static_cast<int32_t>(par_.plan.num_kv_heads);
+  c.head_dim = static_cast<int32_t>(config_.head_dim);
+  c.dtype = dtype;
+  return c;
+}
 
 LlamaModel::~LlamaModel() = default;
 
-absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const model::ModelConfig& config,
-                                                               const model::WeightSource& weights,
-                                                               kernels::Backend& backend,
-                                                               const LlamaModelOptions& options) {
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
+    const model::ModelConfig& config, const model::WeightSource& weights, kernels::Backend& backend,
+    const LlamaModelOptions& options, const ModelParallelism& parallelism) {
   if (options.max_num_tokens <= 0 || options.max_num_seqs <= 0 || options.max_blocks_per_seq <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("LlamaModel: max_num_tokens (", options.max_num_tokens, "), max_num_seqs (",
@@ -75,8 +126,19 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const model::Mode
         "LlamaModel: sliding-window attention (sliding_window=", *config.sliding_window,
         ") is not supported yet"));
   }
+  ModelParallelism par = parallelism;
+  const parallel::ShardPlan& p = par.plan;
+  if (p.tp_size == 1 && p.pp_size == 1 && p.layer_end == 0) {
+    par.plan = parallel::SingleRankPlan(config);
+  }
+  if ((par.plan.tp_size > 1 && (par.tp == nullptr || par.tp->size() != par.plan.tp_size)) ||
+      (par.plan.pp_size > 1 && (par.pp == nullptr || par.pp->size() != par.plan.pp_size))) {
+    return absl::InvalidArgumentError(absl::StrCat("LlamaModel: the shard plan (",
+                                                   par.plan.DebugString(),
+                                                   ") needs TP and PP communicators of its sizes"));
+  }
   TESSERA_RETURN_IF_ERROR(model::ValidateWeights(config, weights));
-  auto llama = std::unique_ptr<LlamaModel>(new LlamaModel(config, backend, options));
+  auto llama = std::unique_ptr<LlamaModel>(new LlamaModel(config, backend, options, par));
   TESSERA_RETURN_IF_ERROR(llama->LoadWeights(weights));
   TESSERA_RETURN_IF_ERROR(llama->AllocateWorkspace());
   return llama;
@@ -84,23 +146,22 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const model::Mode
 
 absl::Status LlamaModel::LoadWeights(const model::WeightSource& weights) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Stream> stream, backend_.CreateStream());
-  // Builds one device weight from the concatenation (along dim 0) of `names`.
-  auto load =
-      [&](std::initializer_list<std::string> names) -> absl::StatusOr<std::unique_ptr<Weight>> {
+  // Builds one device weight from the concatenation (along dim 0) of the slices.
+  auto load = [&](std::initializer_list<Slice> slices) -> absl::StatusOr<std::unique_ptr<Weight>> {
     std::vector<char> host;
     Shape shape;
     DataType dtype = DataType::kF32;
     bool first = true;
-    for (const std::string& name : names) {
-      TESSERA_ASSIGN_OR_RETURN(TensorView src, weights.Get(name));
+    for (const Slice& slice : slices) {
+      TESSERA_ASSIGN_OR_RETURN(TensorView src, weights.Get(slice.name));
+      if (first) dtype = options_.weight_dtype.value_or(src.dtype());
+      const Shape part = AppendSlice(src, slice, dtype, host);
       if (first) {
-        dtype = options_.weight_dtype.value_or(src.dtype());
-        shape = src.shape();
+        shape = part;
         first = false;
       } else {
-        shape[0] += src.dim(0);
+        shape[0] += part[0];
       }
-      AppendConverted(src, dtype, host);
     }
     auto weight = std::make_unique<Weight>();
     TESSERA_ASSIGN_OR_RETURN(weight->buffer, backend_.Allocate(host.size()));
@@ -113,33 +174,52 @@ absl::Status LlamaModel::LoadWeights(const model::WeightSource& weights) {
     return weight;
   };
 
-  TESSERA_ASSIGN_OR_RETURN(embedding_, load({"model.embed_tokens.weight"}));
-  TESSERA_ASSIGN_OR_RETURN(final_norm_, load({"model.norm.weight"}));
-  if (!config_.tie_word_embeddings) {
-    TESSERA_ASSIGN_OR_RETURN(lm_head_, load({"lm_head.weight"}));
+  const parallel::ShardPlan& plan = par_.plan;
+  const int64_t hd = config_.head_dim;
+  const Slice vocab_rows{"", 0, plan.vocab_begin, plan.vocab_shard};
+  if (plan.first_stage()) {
+    Slice s = vocab_rows;
+    s.name = "model.embed_tokens.weight";
+    TESSERA_ASSIGN_OR_RETURN(embedding_, load({s}));
   }
-  layers_.resize(config_.num_hidden_layers);
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    const std::string p = absl::StrCat("model.layers.", i, ".");
+  if (plan.last_stage()) {
+    TESSERA_ASSIGN_OR_RETURN(final_norm_, load({{"model.norm.weight"}}));
+    Slice s = vocab_rows;
+    s.name = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    TESSERA_ASSIGN_OR_RETURN(lm_head_, load({s}));
+  }
+  const Slice q_rows{"", 0, plan.head_begin * hd, plan.num_heads * hd};
+  const Slice kv_rows{"", 0, plan.kv_head_begin * hd, plan.num_kv_heads * hd};
+  auto named = [](Slice s, std::string name) {
+    s.name = std::move(name);
+    return s;
+  };
+  layers_.resize(plan.num_layers());
+  for (int64_t i = 0; i < plan.num_layers(); ++i) {
+    const std::string p = absl::StrCat("model.layers.", plan.layer_begin + i, ".");
     Layer& layer = layers_[i];
-    TESSERA_ASSIGN_OR_RETURN(layer.input_norm, load({p + "input_layernorm.weight"}));
-    TESSERA_ASSIGN_OR_RETURN(layer.qkv,
-                             load({p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
-                                   p + "self_attn.v_proj.weight"}));
+    TESSERA_ASSIGN_OR_RETURN(layer.input_norm, load({{p + "input_layernorm.weight"}}));
+    TESSERA_ASSIGN_OR_RETURN(layer.qkv, load({named(q_rows, p + "self_attn.q_proj.weight"),
+                                              named(kv_rows, p + "self_attn.k_proj.weight"),
+                                              named(kv_rows, p + "self_attn.v_proj.weight")}));
     if (config_.attention_bias) {
-      TESSERA_ASSIGN_OR_RETURN(layer.qkv_bias,
-                               load({p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias",
-                                     p + "self_attn.v_proj.bias"}));
+      TESSERA_ASSIGN_OR_RETURN(layer.qkv_bias, load({named(q_rows, p + "self_attn.q_proj.bias"),
+                                                     named(kv_rows, p + "self_attn.k_proj.bias"),
+                                                     named(kv_rows, p + "self_attn.v_proj.bias")}));
     }
     if (config_.qk_norm) {
-      TESSERA_ASSIGN_OR_RETURN(layer.q_norm, load({p + "self_attn.q_norm.weight"}));
-      TESSERA_ASSIGN_OR_RETURN(layer.k_norm, load({p + "self_attn.k_norm.weight"}));
+      TESSERA_ASSIGN_OR_RETURN(layer.q_norm, load({{p + "self_attn.q_norm.weight"}}));
+      TESSERA_ASSIGN_OR_RETURN(layer.k_norm, load({{p + "self_attn.k_norm.weight"}}));
     }
-    TESSERA_ASSIGN_OR_RETURN(layer.o_proj, load({p + "self_attn.o_proj.weight"}));
-    TESSERA_ASSIGN_OR_RETURN(layer.post_norm, load({p + "post_attention_layernorm.weight"}));
-    TESSERA_ASSIGN_OR_RETURN(layer.gate_up,
-                             load({p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}));
-    TESSERA_ASSIGN_OR_RETURN(layer.down, load({p + "mlp.down_proj.weight"}));
+    TESSERA_ASSIGN_OR_RETURN(
+        layer.o_proj,
+        load({{p + "self_attn.o_proj.weight", 1, plan.head_begin * hd, plan.num_heads * hd}}));
+    TESSERA_ASSIGN_OR_RETURN(layer.post_norm, load({{p + "post_attention_layernorm.weight"}}));
+    const Slice inter_rows{"", 0, plan.inter_begin, plan.inter_size};
+    TESSERA_ASSIGN_OR_RETURN(layer.gate_up, load({named(inter_rows, p + "mlp.gate_proj.weight"),
+                                                  named(inter_rows, p + "mlp.up_proj.weight")}));
+    TESSERA_ASSIGN_OR_RETURN(
+        layer.down, load({{p + "mlp.down_proj.weight", 1, plan.inter_begin, plan.inter_size}}));
   }
   return absl::OkStatus();
 }
@@ -150,8 +230,12 @@ absl::Status LlamaModel::AllocateWorkspace() {
   const size_t s = static_cast<size_t>(options_.max_num_seqs);
   const size_t f = sizeof(float);
   const size_t hidden = static_cast<size_t>(config_.hidden_size);
-  const size_t qkv = static_cast<size_t>(config_.q_size() + 2 * config_.kv_size());
-  const size_t inter = static_cast<size_t>(config_.intermediate_size);
+  const parallel::ShardPlan& plan = par_.plan;
+  const size_t q_size = static_cast<size_t>(plan.num_heads * config_.head_dim);
+  const size_t qkv = q_size + 2 * static_cast<size_t>(plan.num_kv_heads * config_.head_dim);
+  const size_t inter = static_cast<size_t>(plan.inter_size);
+  const size_t shard = static_cast<size_t>(plan.vocab_shard);
+  const size_t tp = static_cast<size_t>(plan.tp_size);
   const size_t vocab = static_cast<size_t>(config_.vocab_size);
   // Logits are computed for at most max_num_tokens rows (all positions, for scoring prompts).
   struct Request {
@@ -163,11 +247,14 @@ absl::Status LlamaModel::AllocateWorkspace() {
       {&ws_->normed, t * hidden * f},
       {&ws_->delta, t * hidden * f},
       {&ws_->qkv, t * qkv * f},
-      {&ws_->attn, t * static_cast<size_t>(config_.q_size()) * f},
+      {&ws_->attn, t * q_size * f},
       {&ws_->gate_up, t * 2 * inter * f},
       {&ws_->act, t * inter * f},
       {&ws_->gathered, t * hidden * f},
-      {&ws_->logits, t * vocab * f},
+      {&ws_->logits, t * shard * f},
+      // TP: every rank's logits shard, then the rows reassembled to [rows, vocab].
+      {&ws_->all_logits, tp > 1 ? tp * t * shard * f : 0},
+      {&ws_->full_logits, tp > 1 ? t * vocab * f : 0},
       {&ws_->token_ids, t * sizeof(int32_t)},
       {&ws_->positions, t * sizeof(int32_t)},
       {&ws_->slots, t * sizeof(int64_t)},
@@ -177,6 +264,7 @@ absl::Status LlamaModel::AllocateWorkspace() {
       {&ws_->logits_rows, t * sizeof(int32_t)},
   };
   for (const Request& r : requests) {
+    if (r.bytes == 0) continue;
     TESSERA_ASSIGN_OR_RETURN(*r.buffer, backend_.Allocate(r.bytes));
   }
   const std::vector<float> inv_freq = model::RopeInvFreq(config_);
@@ -189,6 +277,14 @@ absl::Status LlamaModel::AllocateWorkspace() {
 }
 
 absl::Status LlamaModel::ValidateInput(const ForwardInput& in, const KvCache& cache) const {
+  const KvCacheConfig& kv = cache.config();
+  if (kv.num_layers != par_.plan.num_layers() || kv.kv_heads != par_.plan.num_kv_heads ||
+      kv.head_dim != config_.head_dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Forward: the KV cache holds ", kv.num_layers, " layers of ", kv.kv_heads,
+                     " heads of ", kv.head_dim, "; this rank needs ", par_.plan.num_layers(),
+                     " of ", par_.plan.num_kv_heads, " of ", config_.head_dim));
+  }
   const size_t tokens = in.token_ids.size();
   if (tokens == 0 || in.seq_lens.empty()) {
     return absl::InvalidArgumentError("Forward: empty batch");
@@ -267,20 +363,25 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
   TESSERA_RETURN_IF_ERROR(ValidateInput(in, cache));
   TESSERA_RETURN_IF_ERROR(Upload(in, stream));
   using namespace kernels;  // NOLINT: the op names read best unqualified here
+  const parallel::ShardPlan& plan = par_.plan;
   const int64_t t = static_cast<int64_t>(in.token_ids.size());
   const int64_t seqs = static_cast<int64_t>(in.seq_lens.size());
   const int64_t rows = static_cast<int64_t>(in.logits_rows.size());
   const int64_t hidden = config_.hidden_size;
-  const int64_t heads = config_.num_attention_heads;
-  const int64_t kv_heads = config_.num_key_value_heads;
+  const int64_t heads = plan.num_heads;
+  const int64_t kv_heads = plan.num_kv_heads;
   const int64_t head_dim = config_.head_dim;
-  const int64_t q_size = config_.q_size();
-  const int64_t kv_size = config_.kv_size();
+  const int64_t q_size = heads * head_dim;
+  const int64_t kv_size = kv_heads * head_dim;
   const int64_t qkv_width = q_size + 2 * kv_size;
-  const int64_t inter = config_.intermediate_size;
+  const int64_t inter = plan.inter_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   const DataType f32 = DataType::kF32;
   const Device dev = backend_.device();
+  parallel::Communicator* tp = plan.tp_size > 1 ? par_.tp : nullptr;
+  auto all_reduce = [&](MutableTensorView x) {
+    return tp == nullptr ? absl::OkStatus() : tp->AllReduce(x, x, parallel::ReduceOp::kSum, stream);
+  };
 
   MutableTensorView residual = ws_->residual.View(f32, {t, hidden});
   MutableTensorView normed = ws_->normed.View(f32, {t, hidden});
@@ -308,12 +409,21 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
   const TensorView inv_freq = ws_->inv_freq.View(f32, {ws_->rope_half});
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
 
-  TESSERA_RETURN_IF_ERROR(Embedding(backend_, {ids, embedding_->view, residual, 0}, stream));
+  // The residual stream enters: from the embedding on the first stage, from the previous stage
+  // otherwise (residual and the pending sub-layer output `delta`).
+  if (plan.first_stage()) {
+    TESSERA_RETURN_IF_ERROR(
+        Embedding(backend_, {ids, embedding_->view, residual, plan.vocab_begin}, stream));
+    TESSERA_RETURN_IF_ERROR(all_reduce(residual));  // each rank looked up its vocab rows
+  } else {
+    TESSERA_RETURN_IF_ERROR(par_.pp->Recv(residual, plan.pp_rank - 1, stream));
+    TESSERA_RETURN_IF_ERROR(par_.pp->Recv(delta, plan.pp_rank - 1, stream));
+  }
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = layers_[i];
-    // Layer 0 normalises the embedding; later layers fold the previous MLP output into the
-    // residual first (fused add + norm).
-    if (i == 0) {
+    // The model's first layer normalises the embedding; later layers fold the previous MLP
+    // output into the residual first (fused add + norm).
+    if (i == 0 && plan.first_stage()) {
       TESSERA_RETURN_IF_ERROR(
           RmsNorm(backend_, {residual, {}, layer.input_norm->view, normed, eps}, stream));
     } else {
@@ -329,32 +439,58 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
       TESSERA_RETURN_IF_ERROR(RmsNorm(backend_, {k, {}, layer.k_norm->view, k, eps}, stream));
     }
     TESSERA_RETURN_IF_ERROR(Rope(backend_, {q, k, positions, inv_freq}, stream));
-    TESSERA_RETURN_IF_ERROR(KvWrite(
-        backend_, {k, v, slots, cache.key(static_cast<int>(i)), cache.value(static_cast<int>(i))},
-        stream));
+    const int cache_layer = static_cast<int>(i);
     TESSERA_RETURN_IF_ERROR(
-        PagedAttention(backend_,
-                       {q, cache.key(static_cast<int>(i)), cache.value(static_cast<int>(i)),
-                        block_tables, query_start, seq_lens, attn, scale},
-                       stream));
+        KvWrite(backend_, {k, v, slots, cache.key(cache_layer), cache.value(cache_layer)}, stream));
+    TESSERA_RETURN_IF_ERROR(PagedAttention(backend_,
+                                           {q, cache.key(cache_layer), cache.value(cache_layer),
+                                            block_tables, query_start, seq_lens, attn, scale},
+                                           stream));
     TESSERA_RETURN_IF_ERROR(
         Matmul(backend_, {attn.Reshape({t, q_size}), layer.o_proj->view, {}, delta}, stream));
+    TESSERA_RETURN_IF_ERROR(all_reduce(delta));  // row-parallel o_proj
     TESSERA_RETURN_IF_ERROR(
         RmsNorm(backend_, {delta, residual, layer.post_norm->view, normed, eps}, stream));
     TESSERA_RETURN_IF_ERROR(Matmul(backend_, {normed, layer.gate_up->view, {}, gate_up}, stream));
     TESSERA_RETURN_IF_ERROR(Swiglu(backend_, {gate_up, act}, stream));
     TESSERA_RETURN_IF_ERROR(Matmul(backend_, {act, layer.down->view, {}, delta}, stream));
+    TESSERA_RETURN_IF_ERROR(all_reduce(delta));  // row-parallel down_proj
+  }
+  MutableTensorView logits = ws_->logits.View(f32, {rows, plan.vocab_shard});
+  if (!plan.last_stage()) {
+    TESSERA_RETURN_IF_ERROR(par_.pp->Send(residual, plan.pp_rank + 1, stream));
+    TESSERA_RETURN_IF_ERROR(par_.pp->Send(delta, plan.pp_rank + 1, stream));
+    return TensorView(logits.Rows(0, 0));
   }
   TESSERA_RETURN_IF_ERROR(
       RmsNorm(backend_, {delta, residual, final_norm_->view, normed, eps}, stream));
+  if (rows == 0) return TensorView(logits);  // a step of prefill chunks only
   // Only the rows whose logits are wanted go through the LM head.
   MutableTensorView gathered = ws_->gathered.View(f32, {rows, hidden});
   TESSERA_RETURN_IF_ERROR(Embedding(
       backend_, {ws_->logits_rows.View(DataType::kI32, {rows}), normed, gathered, 0}, stream));
-  MutableTensorView logits = ws_->logits.View(f32, {rows, config_.vocab_size});
-  const TensorView head = lm_head_ ? lm_head_->view : embedding_->view;
-  TESSERA_RETURN_IF_ERROR(Matmul(backend_, {gathered, head, {}, logits}, stream));
-  return TensorView(logits);
+  TESSERA_RETURN_IF_ERROR(Matmul(backend_, {gathered, lm_head_->view, {}, logits}, stream));
+  if (tp == nullptr) return TensorView(logits);
+  // Vocab-parallel LM head: gather every rank's [rows, shard] and lay the shards side by side,
+  // dropping the padding of the last shard.
+  // TODO(tessera): greedy rows need only each shard's (max, argmax), not the full logits.
+  const int64_t shard = plan.vocab_shard;
+  MutableTensorView all = ws_->all_logits.View(f32, {plan.tp_size * rows, shard});
+  TESSERA_RETURN_IF_ERROR(tp->AllGather(logits, all, stream));
+  MutableTensorView full = ws_->full_logits.View(f32, {rows, config_.vocab_size});
+  const size_t f = sizeof(float);
+  for (int64_t r = 0; r < plan.tp_size; ++r) {
+    const int64_t begin = r * shard;
+    const int64_t width = std::min(shard, config_.vocab_size - begin);
+    if (width <= 0) break;
+    for (int64_t row = 0; row < rows; ++row) {
+      TESSERA_RETURN_IF_ERROR(backend_.CopyOnDevice(
+          static_cast<const char*>(all.data()) + ((r * rows + row) * shard) * f,
+          static_cast<char*>(full.data()) + (row * config_.vocab_size + begin) * f,
+          static_cast<size_t>(width) * f, stream));
+    }
+  }
+  return TensorView(full);
 }
 
 }  // namespace tessera::worker

@@ -1,6 +1,13 @@
 // The Llama-family forward pass (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) over the paged KV cache,
 // for a batch that mixes prefill chunks and decode steps of sequences of different lengths.
-// Built from kernels/ops.h only, so it runs on any Backend.
+// Built from kernels/ops.h and parallel/comm only, so it runs on any Backend and Communicator.
+//
+// Under tensor parallelism (Megatron style) a rank holds its heads of q/k/v and o_proj, its
+// columns of gate/up and rows of down_proj, and its vocabulary rows of the embedding and LM head;
+// o_proj and down_proj are followed by an all-reduce over the TP group, the embedding by an
+// all-reduce of the vocab-parallel lookups, and the LM head by an all-gather of the logits. Under
+// pipeline parallelism a rank runs the layers of its stage; the residual stream goes stage to
+// stage with Send/Recv over the PP group. Each rank reads only its own slices of the checkpoint.
 //
 // Owns its weights (copied to the backend at Create, q/k/v and gate/up fused) and its activation
 // workspace, sized for `max_num_tokens` tokens and `max_num_seqs` sequences per step.
@@ -18,6 +25,8 @@
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "parallel/comm/communicator.h"
+#include "parallel/shard_plan.h"
 #include "worker/kv_cache.h"
 
 namespace tessera::worker {
@@ -43,22 +52,34 @@ struct ForwardInput {
   absl::Span<const int32_t> logits_rows;   // token rows whose logits are computed
 };
 
+// This rank's share of the model and its groups. The default is the whole model on one rank.
+struct ModelParallelism {
+  parallel::ShardPlan plan;              // tp_size == pp_size == 1 and no layers: whole model
+  parallel::Communicator* tp = nullptr;  // required when plan.tp_size > 1; not owned
+  parallel::Communicator* pp = nullptr;  // required when plan.pp_size > 1; not owned
+};
+
 class LlamaModel {
  public:
-  // Validates the weights against the config (model/weights.h), then copies them to `backend`.
-  // The source may be destroyed afterwards.
-  static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(const model::ModelConfig& config,
-                                                            const model::WeightSource& weights,
-                                                            kernels::Backend& backend,
-                                                            const LlamaModelOptions& options);
+  // Validates the weights against the config (model/weights.h), then copies this rank's slices to
+  // `backend`. The source may be destroyed afterwards; the communicators must outlive the model.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(
+      const model::ModelConfig& config, const model::WeightSource& weights,
+      kernels::Backend& backend, const LlamaModelOptions& options,
+      const ModelParallelism& parallelism = {});
   ~LlamaModel();
 
   // Runs one step: writes this step's K/V into `cache` and returns the logits of `logits_rows`,
-  // [logits_rows.size(), vocab] f32 on the device, valid until the next Forward.
-  // kInvalidArgument when the batch is inconsistent or exceeds the workspace.
+  // [logits_rows.size(), vocab] f32 on the device, valid until the next Forward — on the last
+  // pipeline stage; earlier stages send their activations on and return an empty view. Every rank
+  // of the replica must call Forward with the same input. kInvalidArgument when the batch is
+  // inconsistent or exceeds the workspace; communicator errors as they come.
   absl::StatusOr<TensorView> Forward(const ForwardInput& input, KvCache& cache, Stream& stream);
 
   const model::ModelConfig& config() const { return config_; }
+  const parallel::ShardPlan& plan() const { return par_.plan; }
+  // The KV-cache shape this rank needs (layers of its stage, its KV heads).
+  KvCacheConfig KvCacheShape(int32_t num_blocks, int32_t block_size, DataType dtype) const;
   const LlamaModelOptions& options() const { return options_; }
   // Bytes of weights on the device (what a decode step reads once).
   size_t weight_bytes() const { return weight_bytes_; }
@@ -68,7 +89,7 @@ class LlamaModel {
   struct Layer;
   struct Workspace;
   LlamaModel(const model::ModelConfig& config, kernels::Backend& backend,
-             const LlamaModelOptions& options);
+             const LlamaModelOptions& options, const ModelParallelism& parallelism);
   absl::Status LoadWeights(const model::WeightSource& weights);
   absl::Status AllocateWorkspace();
   absl::Status Upload(const ForwardInput& input, Stream& stream);
@@ -77,10 +98,11 @@ class LlamaModel {
   model::ModelConfig config_;
   kernels::Backend& backend_;
   LlamaModelOptions options_;
+  ModelParallelism par_;
   size_t weight_bytes_ = 0;
-  std::unique_ptr<Weight> embedding_;
-  std::unique_ptr<Weight> final_norm_;
-  std::unique_ptr<Weight> lm_head_;  // null when tied to the embedding
+  std::unique_ptr<Weight> embedding_;   // first stage: vocab rows of this TP rank
+  std::unique_ptr<Weight> final_norm_;  // last stage
+  std::unique_ptr<Weight> lm_head_;     // last stage: vocab rows (the embedding's when tied)
   std::vector<Layer> layers_;
   std::unique_ptr<Workspace> ws_;
 };

@@ -26,6 +26,7 @@ OpTable CpuOpTable() {
   table.kv_write = &CpuKvWrite;
   table.paged_attention = &CpuPagedAttention;
   table.sample = &CpuSample;
+  table.apply_penalties = &CpuApplyPenalties;
   return table;
 }
 

@@ -66,5 +66,7 @@ absl::Status CpuKvWrite(Backend& backend, const KvWriteParams& params, Stream& s
 absl::Status CpuPagedAttention(Backend& backend, const PagedAttentionParams& params,
                                Stream& stream);
 absl::Status CpuSample(Backend& backend, const SampleParams& params, Stream& stream);
+absl::Status CpuApplyPenalties(Backend& backend, const ApplyPenaltiesParams& params,
+                               Stream& stream);
 
 }  // namespace tessera::kernels::cpu

@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_internal.h"
 
 namespace tessera::kernels::cpu {
@@ -113,7 +114,7 @@ int32_t Greedy(const float* logits, int64_t vocab) {
 }
 
 int32_t Draw(const float* logits, int64_t vocab, float temperature, int32_t top_k, float top_p,
-             double u, std::vector<Candidate>& candidates) {
+             float min_p, double u, std::vector<Candidate>& candidates) {
   float max = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < vocab; ++i) max = std::max(max, logits[i]);  // NaN is skipped
   if (!std::isfinite(max)) return Greedy(logits, vocab);
@@ -125,8 +126,12 @@ int32_t Draw(const float* logits, int64_t vocab, float temperature, int32_t top_
   Candidate* c = candidates.data();
   int64_t head = 0;
   int64_t tail = vocab;
+  // min-p relative to the most likely token, whose unnormalised probability is exactly 1; capped
+  // at 1 so that the most likely token always stays.
+  const float floor = std::min(min_p, 1.0f);
   for (int64_t i = 0; i < vocab; ++i) {
     const float prob = std::exp((logits[i] - max) / temperature);
+    if (prob < floor) continue;
     if (prob >= kThreshold) {
       c[head++] = {prob, static_cast<int32_t>(i)};
     } else if (prob > 0.0f) {  // zero and NaN are dropped
@@ -154,13 +159,44 @@ int32_t Draw(const float* logits, int64_t vocab, float temperature, int32_t top_
   return c[chosen - 1].index;
 }
 
-// log_softmax(logits)[index]: f32 exponentials summed in double.
-float LogProb(const SimdKernels& simd, const float* logits, int64_t vocab, int32_t index) {
-  float max = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < vocab; ++i) max = std::max(max, logits[i]);
-  if (!std::isfinite(max)) return std::isnan(logits[index]) ? logits[index] : -std::log(vocab);
-  const double sum = simd.sum_exp_shifted(logits, vocab, max);
-  return static_cast<float>(static_cast<double>(logits[index]) - max - std::log(sum));
+// log_softmax of one row: logprob(i) = logits[i] - max - log(sum), f32 exponentials summed in
+// double. Without a finite maximum every token gets -log(vocab) (NaN stays NaN).
+class LogSoftmax {
+ public:
+  LogSoftmax(const SimdKernels& simd, const float* logits, int64_t vocab)
+      : logits_(logits), vocab_(vocab) {
+    max_ = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < vocab; ++i) max_ = std::max(max_, logits[i]);
+    if (std::isfinite(max_)) log_sum_ = std::log(simd.sum_exp_shifted(logits, vocab, max_));
+  }
+  float operator()(int32_t index) const {
+    const float x = logits_[index];
+    if (!std::isfinite(max_)) return std::isnan(x) ? x : -std::log(static_cast<float>(vocab_));
+    return static_cast<float>(static_cast<double>(x) - max_ - log_sum_);
+  }
+
+ private:
+  const float* logits_;
+  int64_t vocab_;
+  float max_;
+  double log_sum_ = 0.0;
+};
+
+// The n most likely tokens (descending logit, ties by index, NaN last) and their logprobs.
+void TopLogprobs(const LogSoftmax& log_softmax, const float* logits, int64_t vocab, int64_t n,
+                 int32_t* ids, float* logprobs, std::vector<Candidate>& scratch) {
+  scratch.resize(static_cast<size_t>(vocab));
+  Candidate* c = scratch.data();
+  for (int64_t i = 0; i < vocab; ++i) {
+    const float x = logits[i];
+    c[i] = {std::isnan(x) ? -std::numeric_limits<float>::infinity() : x, static_cast<int32_t>(i)};
+  }
+  std::nth_element(c, c + n - 1, c + vocab, Before);
+  std::sort(c, c + n, Before);
+  for (int64_t j = 0; j < n; ++j) {
+    ids[j] = c[j].index;
+    logprobs[j] = log_softmax(c[j].index);
+  }
 }
 
 }  // namespace
@@ -169,6 +205,7 @@ absl::Status CpuSample(Backend& backend, const SampleParams& p, Stream&) {
   const CpuBackend& cpu = CpuBackend::From(backend);
   const int64_t num_seqs = p.logits.dim(0);
   const int64_t vocab = p.logits.dim(1);
+  const int64_t top_n = p.output_top_ids.empty() ? 0 : p.output_top_ids.dim(1);
   const int threads = ThreadsFor(cpu, num_seqs, vocab * 16);
 #pragma omp parallel num_threads(threads)
   {
@@ -183,12 +220,89 @@ absl::Status CpuSample(Backend& backend, const SampleParams& p, Stream&) {
       } else {
         const double u =
             SampleUniform(p.seeds.data_as<int64_t>()[s], p.steps.data_as<int64_t>()[s]);
+        const float min_p = p.min_p.empty() ? 0.0f : p.min_p.data_as<float>()[s];
         token = Draw(logits, vocab, temperature, p.top_k.data_as<int32_t>()[s],
-                     p.top_p.data_as<float>()[s], u, candidates);
+                     p.top_p.data_as<float>()[s], min_p, u, candidates);
       }
       p.output_ids.data_as<int32_t>()[s] = token;
-      if (!p.output_logprobs.empty()) {
-        p.output_logprobs.data_as<float>()[s] = LogProb(cpu.simd(), logits, vocab, token);
+      if (p.output_logprobs.empty() && top_n == 0) continue;
+      const float* raw = p.raw_logits.empty()
+                             ? logits
+                             : p.raw_logits.data_as<float>() + s * p.raw_logits.stride(0);
+      const LogSoftmax log_softmax(cpu.simd(), raw, vocab);
+      if (!p.output_logprobs.empty()) p.output_logprobs.data_as<float>()[s] = log_softmax(token);
+      if (top_n > 0) {
+        TopLogprobs(log_softmax, raw, vocab, top_n,
+                    p.output_top_ids.data_as<int32_t>() + s * p.output_top_ids.stride(0),
+                    p.output_top_logprobs.data_as<float>() + s * p.output_top_logprobs.stride(0),
+                    candidates);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuApplyPenalties(Backend&, const ApplyPenaltiesParams& p, Stream&) {
+  const int64_t rows = p.logits.dim(0);
+  const int64_t vocab = p.logits.dim(1);
+  const int32_t* ids = p.token_ids.data_as<int32_t>();
+  const int32_t* counts = p.output_counts.data_as<int32_t>();
+  const int32_t* start = p.token_start.data_as<int32_t>();
+  const int32_t* banned = p.banned_ids.empty() ? nullptr : p.banned_ids.data_as<int32_t>();
+  const int32_t* banned_start =
+      p.banned_start.empty() ? nullptr : p.banned_start.data_as<int32_t>();
+  // Ranges and ids live in memory: check them all before writing anything.
+  auto check_ranges = [&](const char* field, const int32_t* first, const int32_t* ids_of,
+                          int64_t total) -> absl::Status {
+    for (int64_t r = 0; r <= rows; ++r) {
+      const bool ok =
+          (r == 0 ? first[0] == 0 : first[r] >= first[r - 1]) && (r < rows || first[rows] == total);
+      if (!ok) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ApplyPenalties: field ", field, " expected non-decreasing offsets from 0 to ", total,
+            ", got ", first[r], " at ", r));
+      }
+    }
+    for (int64_t e = 0; e < total; ++e) {
+      if (ids_of[e] < 0 || ids_of[e] >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("ApplyPenalties: token id ", ids_of[e],
+                                                       " outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = check_ranges("token_start", start, ids, p.token_ids.dim(0)); !s.ok()) {
+    return s;
+  }
+  if (banned != nullptr) {
+    if (absl::Status s = check_ranges("banned_start", banned_start, banned, p.banned_ids.dim(0));
+        !s.ok()) {
+      return s;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float repetition = p.repetition_penalty.data_as<float>()[r];
+    if (!(repetition > 0.0f) || !std::isfinite(repetition)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ApplyPenalties: repetition_penalty expected finite and > 0, got ", repetition));
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float* logits = p.logits.data_as<float>() + r * p.logits.stride(0);
+    const float repetition = p.repetition_penalty.data_as<float>()[r];
+    const float presence = p.presence_penalty.data_as<float>()[r];
+    const float frequency = p.frequency_penalty.data_as<float>()[r];
+    for (int32_t e = start[r]; e < start[r + 1]; ++e) {
+      // In vLLM's order and arithmetic: scale by 1/penalty or penalty, then two subtractions.
+      float x = logits[ids[e]];
+      x *= x > 0.0f ? 1.0f / repetition : repetition;
+      x -= frequency * static_cast<float>(counts[e]);
+      x -= counts[e] > 0 ? presence : 0.0f;
+      logits[ids[e]] = x;
+    }
+    if (banned != nullptr) {
+      for (int32_t b = banned_start[r]; b < banned_start[r + 1]; ++b) {
+        logits[banned[b]] = -std::numeric_limits<float>::infinity();
       }
     }
   }

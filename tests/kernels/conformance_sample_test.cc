@@ -7,6 +7,7 @@
 #include <set>
 #include <vector>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
@@ -25,6 +26,7 @@ struct RowSettings {
   float top_p = 1.0f;
   int64_t seed = 0;
   int64_t step = 0;
+  float min_p = 0.0f;
 };
 
 // The spec of SampleParams, literally: probabilities as the CPU computes them (f32 exp of
@@ -43,6 +45,8 @@ int32_t ReferenceSample(const float* logits, int64_t vocab, const RowSettings& r
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   });
   while (!sorted.empty() && sorted.back().first == 0.0f) sorted.pop_back();
+  // min-p relative to the most likely token (unnormalised probability 1).
+  while (!sorted.empty() && sorted.back().first < std::min(r.min_p, 1.0f)) sorted.pop_back();
   if (r.top_k > 0 && r.top_k < static_cast<int64_t>(sorted.size())) sorted.resize(r.top_k);
   double mass = 0;
   for (const auto& e : sorted) mass += e.first;
@@ -66,25 +70,36 @@ int32_t ReferenceSample(const float* logits, int64_t vocab, const RowSettings& r
   return sorted.back().second;
 }
 
+struct SampleExtras {
+  int64_t top_n = 0;                        // top-N logprobs wanted
+  const std::vector<float>* raw = nullptr;  // raw_logits
+};
+
 class SampleConformance : public BackendTest {
  protected:
   struct Result {
     std::vector<int32_t> ids;
     std::vector<float> logprobs;
+    std::vector<int32_t> top_ids;     // [rows, top_n]
+    std::vector<float> top_logprobs;  // [rows, top_n]
   };
   // Samples every row of `logits` ([rows, vocab]) with its settings.
   Result Sample(const std::vector<float>& logits, int64_t vocab,
-                const std::vector<RowSettings>& rows, bool logprobs = false) {
+                const std::vector<RowSettings>& rows, bool logprobs = false,
+                SampleExtras extras = {}) {
     const auto n = static_cast<int64_t>(rows.size());
-    std::vector<float> temperature, top_p;
+    std::vector<float> temperature, top_p, min_p;
     std::vector<int32_t> top_k;
     std::vector<int64_t> seeds, steps;
+    bool any_min_p = false;
     for (const RowSettings& r : rows) {
       temperature.push_back(r.temperature);
       top_k.push_back(r.top_k);
       top_p.push_back(r.top_p);
       seeds.push_back(r.seed);
       steps.push_back(r.step);
+      min_p.push_back(r.min_p);
+      any_min_p |= r.min_p != 0.0f;
     }
     SampleParams params;
     params.logits = Upload(logits, DataType::kF32, {n, vocab});
@@ -95,11 +110,21 @@ class SampleConformance : public BackendTest {
     params.steps = UploadI64(steps, {n});
     params.output_ids = Uninitialized(DataType::kI32, {n});
     if (logprobs) params.output_logprobs = Uninitialized(DataType::kF32, {n});
+    if (any_min_p) params.min_p = Upload(min_p, DataType::kF32, {n});
+    if (extras.raw != nullptr) params.raw_logits = Upload(*extras.raw, DataType::kF32, {n, vocab});
+    if (extras.top_n > 0) {
+      params.output_top_ids = Uninitialized(DataType::kI32, {n, extras.top_n});
+      params.output_top_logprobs = Uninitialized(DataType::kF32, {n, extras.top_n});
+    }
     const absl::Status status = kernels::Sample(backend(), params, stream());
     EXPECT_TRUE(status.ok()) << status;
     Result result;
     result.ids = DownloadI32(params.output_ids);
     if (logprobs) result.logprobs = Download(params.output_logprobs);
+    if (extras.top_n > 0) {
+      result.top_ids = DownloadI32(params.output_top_ids);
+      result.top_logprobs = Download(params.output_top_logprobs);
+    }
     return result;
   }
 
@@ -126,7 +151,11 @@ std::vector<double> Distribution(const std::vector<float>& logits, const RowSett
   std::vector<double> p(vocab);
   double z = 0;
   for (int64_t i = 0; i < vocab; ++i) z += p[i] = std::exp(logits[i] / r.temperature);
-  const int64_t k = r.top_k > 0 ? std::min<int64_t>(r.top_k, vocab) : vocab;
+  // min-p keeps the tokens at least min_p times as likely as the most likely one.
+  const double p_max = p[order[0]];
+  int64_t kept = 0;
+  while (kept < vocab && p[order[kept]] >= r.min_p * p_max) ++kept;
+  const int64_t k = r.top_k > 0 ? std::min<int64_t>(r.top_k, kept) : kept;
   double kept_mass = 0;
   for (int64_t i = 0; i < k; ++i) kept_mass += p[order[i]];
   std::vector<double> out(vocab, 0.0);
@@ -249,11 +278,13 @@ TEST_P(SampleConformance, MatchesSortedReferenceExactly) {
       s.temperature = r % 6 == 0 ? 0.0f : 0.2f + 2.0f * unit(rng);
       s.top_k = r % 3 == 0 ? 0 : static_cast<int32_t>(1 + rng() % (2 * vocab));
       s.top_p = r % 4 == 0 ? 1.0f : 0.05f + unit(rng);
+      s.min_p = r % 5 == 0 ? 0.0f : 0.3f * unit(rng);
       s.seed = static_cast<int64_t>(rng());
       s.step = static_cast<int64_t>(rng() % 1000);
       settings.push_back(s);
     }
-    const auto result = Sample(logits, vocab, settings, /*logprobs=*/true);
+    const int64_t top_n = std::min<int64_t>(vocab, 20);
+    const auto result = Sample(logits, vocab, settings, /*logprobs=*/true, {top_n, nullptr});
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = &logits[r * vocab];
       EXPECT_EQ(result.ids[r], ReferenceSample(row, vocab, settings[r])) << "row " << r;
@@ -263,11 +294,203 @@ TEST_P(SampleConformance, MatchesSortedReferenceExactly) {
       for (int64_t i = 0; i < vocab; ++i) sum += std::exp(row[i] - max);
       const double want = row[result.ids[r]] - max - std::log(sum);
       EXPECT_NEAR(result.logprobs[r], want, 1e-5 * std::abs(want) + 1e-6) << "row " << r;
+      // Top-N: the N largest logits (ties by index), with their log_softmax.
+      std::vector<int32_t> order(vocab);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+      for (int64_t j = 0; j < top_n; ++j) {
+        ASSERT_EQ(result.top_ids[r * top_n + j], order[j]) << "row " << r << " rank " << j;
+        const double lp = row[order[j]] - max - std::log(sum);
+        EXPECT_NEAR(result.top_logprobs[r * top_n + j], lp, 1e-5 * std::abs(lp) + 1e-6);
+      }
     }
   }
 }
 
+TEST_P(SampleConformance, MinPDropsTokensBelowAFractionOfTheMostLikely) {
+  // Probabilities at T = 1 (descending): 0.4, 0.25, 0.15, 0.1, 0.06, 0.04.
+  const std::vector<double> probs = {0.15, 0.4, 0.04, 0.25, 0.1, 0.06};
+  std::vector<float> logits;
+  for (double p : probs) logits.push_back(static_cast<float>(std::log(p)));
+  RowSettings settings{1.0f, 0, 1.0f, 21, 0, /*min_p=*/0.3f};  // keeps p >= 0.12: tokens 1, 3, 0
+  const std::vector<int32_t> ids = Draws(logits, 20000, settings);
+  EXPECT_EQ(std::set<int32_t>(ids.begin(), ids.end()), (std::set<int32_t>{0, 1, 3}));
+  EXPECT_LT(ChiSquare(ids, Distribution(logits, settings)), 25.0);
+  // Temperature first: at T = 0.5 the ratios square, 0.25/0.4 squared = 0.39 < 0.5.
+  settings = {0.5f, 0, 1.0f, 22, 0, /*min_p=*/0.5f};
+  const std::vector<int32_t> hot = Draws(logits, 2000, settings);
+  EXPECT_EQ(std::set<int32_t>(hot.begin(), hot.end()), std::set<int32_t>{1});
+  // min_p above 1 still keeps the most likely token.
+  settings.min_p = 7.0f;
+  EXPECT_EQ(Draws(logits, 10, settings), std::vector<int32_t>(10, 1));
+}
+
+TEST_P(SampleConformance, LogprobsComeFromRawLogitsWhenGiven) {
+  const int64_t vocab = 6;
+  const std::vector<float> raw = {0.0f, 3.0f, 1.0f, 3.0f, -1.0f, 2.0f};
+  std::vector<float> processed = raw;
+  processed[1] = -100.0f;  // a penalty moved the greedy choice to token 3
+  const auto result =
+      Sample(processed, vocab, {RowSettings{0.0f}}, /*logprobs=*/true, {/*top_n=*/3, &raw});
+  EXPECT_EQ(result.ids, std::vector<int32_t>{3});
+  double sum = 0;
+  for (float x : raw) sum += std::exp(x - 3.0);
+  EXPECT_NEAR(result.logprobs[0], -std::log(sum), 1e-6);
+  EXPECT_EQ(result.top_ids, (std::vector<int32_t>{1, 3, 5}));  // tie 1/3 by index
+  EXPECT_NEAR(result.top_logprobs[0], -std::log(sum), 1e-6);
+  EXPECT_NEAR(result.top_logprobs[2], -1.0 - std::log(sum), 1e-6);
+}
+
+TEST_P(SampleConformance, ValidatesTheOptionalFields) {
+  SampleParams params;
+  params.logits = Upload({0.0f, 1.0f, 2.0f, 3.0f}, DataType::kF32, {2, 2});
+  params.temperature = Upload({0.0f, 0.0f}, DataType::kF32, {2});
+  params.top_k = UploadI32({0, 0}, {2});
+  params.top_p = Upload({1.0f, 1.0f}, DataType::kF32, {2});
+  params.seeds = UploadI64({0, 0}, {2});
+  params.steps = UploadI64({0, 0}, {2});
+  params.output_ids = Uninitialized(DataType::kI32, {2});
+  params.min_p = Upload({0.1f}, DataType::kF32, {1});
+  absl::Status status = kernels::Sample(backend(), params, stream());
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("field min_p"));
+  params.min_p = {};
+  params.output_top_ids = Uninitialized(DataType::kI32, {2, 1});
+  status = kernels::Sample(backend(), params, stream());
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("both or neither"));
+  params.output_top_ids = Uninitialized(DataType::kI32, {2, 3});
+  params.output_top_logprobs = Uninitialized(DataType::kF32, {2, 3});
+  status = kernels::Sample(backend(), params, stream());
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("1 to vocab (2)"));
+  params.output_top_ids = Uninitialized(DataType::kI32, {2, 2});
+  params.output_top_logprobs = Uninitialized(DataType::kF32, {2, 2});
+  params.raw_logits = Upload({0.0f, 1.0f}, DataType::kF32, {1, 2});
+  status = kernels::Sample(backend(), params, stream());
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("field raw_logits"));
+  params.raw_logits = {};
+  ASSERT_TRUE(kernels::Sample(backend(), params, stream()).ok());
+  EXPECT_EQ(DownloadI32(params.output_top_ids), (std::vector<int32_t>{1, 0, 1, 0}));
+}
+
+// vLLM's penalties on dense masks, literally (V1 sampler: apply_all_penalties).
+std::vector<float> ReferencePenalties(std::vector<float> logits, int64_t vocab,
+                                      const std::vector<std::vector<int32_t>>& prompts,
+                                      const std::vector<std::vector<int32_t>>& outputs,
+                                      const std::vector<float>& repetition,
+                                      const std::vector<float>& presence,
+                                      const std::vector<float>& frequency) {
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    std::vector<int32_t> counts(vocab, 0);
+    std::vector<bool> seen(vocab, false);
+    for (int32_t t : prompts[r]) seen[t] = true;
+    for (int32_t t : outputs[r]) ++counts[t];
+    for (int64_t i = 0; i < vocab; ++i) {
+      float& x = logits[r * vocab + i];
+      const float penalty = seen[i] || counts[i] > 0 ? repetition[r] : 1.0f;
+      x *= x > 0 ? 1.0f / penalty : penalty;
+      x -= frequency[r] * static_cast<float>(counts[i]);
+      x -= presence[r] * static_cast<float>(counts[i] > 0);
+    }
+  }
+  return logits;
+}
+
+class ApplyPenaltiesConformance : public BackendTest {};
+
+TEST_P(ApplyPenaltiesConformance, MatchesDenseReference) {
+  TESSERA_SEEDED_RNG(rng, 803);
+  const int64_t vocab = 300, rows = 9;
+  const std::vector<float> logits = RandomFloats(rng, rows * vocab, -6.0f, 6.0f);
+  std::vector<std::vector<int32_t>> prompts(rows), outputs(rows);
+  std::vector<float> repetition, presence, frequency;
+  std::vector<int32_t> ids, counts, start{0}, banned, banned_start{0};
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int i = 0, n = static_cast<int>(rng() % 40); i < n; ++i) {
+      prompts[r].push_back(static_cast<int32_t>(rng() % vocab));
+    }
+    for (int i = 0, n = static_cast<int>(rng() % 60); i < n; ++i) {
+      outputs[r].push_back(static_cast<int32_t>(rng() % 50));  // repeats
+    }
+    repetition.push_back(r == 0 ? 1.0f : 0.5f + 1.5f * unit(rng));
+    presence.push_back(r == 1 ? 0.0f : 4.0f * unit(rng) - 2.0f);
+    frequency.push_back(r == 2 ? 0.0f : 4.0f * unit(rng) - 2.0f);
+    // The distinct tokens of prompt and output, with output counts.
+    std::map<int32_t, int32_t> distinct;
+    for (int32_t t : prompts[r]) distinct.emplace(t, 0);
+    for (int32_t t : outputs[r]) ++distinct[t];
+    for (auto [t, c] : distinct) {
+      ids.push_back(t);
+      counts.push_back(c);
+    }
+    start.push_back(static_cast<int32_t>(ids.size()));
+    if (r % 2 == 0) banned.push_back(static_cast<int32_t>(r));
+    banned_start.push_back(static_cast<int32_t>(banned.size()));
+  }
+  ApplyPenaltiesParams params;
+  const MutableTensorView device_logits = Upload(logits, DataType::kF32, {rows, vocab});
+  params.logits = device_logits;
+  params.repetition_penalty = Upload(repetition, DataType::kF32, {rows});
+  params.presence_penalty = Upload(presence, DataType::kF32, {rows});
+  params.frequency_penalty = Upload(frequency, DataType::kF32, {rows});
+  params.token_ids = UploadI32(ids, {static_cast<int64_t>(ids.size())});
+  params.output_counts = UploadI32(counts, {static_cast<int64_t>(counts.size())});
+  params.token_start = UploadI32(start, {rows + 1});
+  params.banned_ids = UploadI32(banned, {static_cast<int64_t>(banned.size())});
+  params.banned_start = UploadI32(banned_start, {rows + 1});
+  ASSERT_TRUE(kernels::ApplyPenalties(backend(), params, stream()).ok());
+  const std::vector<float> got = Download(device_logits);
+  std::vector<float> want =
+      ReferencePenalties(logits, vocab, prompts, outputs, repetition, presence, frequency);
+  for (int64_t r = 0; r < rows; r += 2) want[r * vocab + r] = -INFINITY;
+  for (int64_t i = 0; i < rows * vocab; ++i) {
+    ASSERT_EQ(got[i], want[i]) << "row " << i / vocab << " token " << i % vocab;
+  }
+}
+
+TEST_P(ApplyPenaltiesConformance, RejectsBadIdsAndOffsetsWithoutWriting) {
+  const std::vector<float> logits = {1.0f, -1.0f, 2.0f, 0.5f};
+  ApplyPenaltiesParams params;
+  const MutableTensorView device_logits = Upload(logits, DataType::kF32, {1, 4});
+  params.logits = device_logits;
+  params.repetition_penalty = Upload({2.0f}, DataType::kF32, {1});
+  params.presence_penalty = Upload({1.0f}, DataType::kF32, {1});
+  params.frequency_penalty = Upload({1.0f}, DataType::kF32, {1});
+  params.output_counts = UploadI32({1, 1}, {2});
+  params.token_ids = UploadI32({0, 4}, {2});
+  params.token_start = UploadI32({0, 2}, {2});
+  absl::Status status = kernels::ApplyPenalties(backend(), params, stream());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("token id 4"));
+  params.token_ids = UploadI32({0, 1}, {2});
+  params.token_start = UploadI32({0, 3}, {2});
+  status = kernels::ApplyPenalties(backend(), params, stream());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  params.token_start = UploadI32({0, 2}, {2});
+  params.repetition_penalty = Upload({0.0f}, DataType::kF32, {1});
+  status = kernels::ApplyPenalties(backend(), params, stream());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_EQ(Download(device_logits), logits);
+  // Validation: a missing half of an optional pair, a wrong shape.
+  params.repetition_penalty = Upload({2.0f}, DataType::kF32, {1});
+  params.banned_ids = UploadI32({1}, {1});
+  status = kernels::ApplyPenalties(backend(), params, stream());
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("both or neither"));
+  params.banned_start = UploadI32({0, 1, 1}, {3});
+  status = kernels::ApplyPenalties(backend(), params, stream());
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("field banned_start"));
+  params.banned_start = UploadI32({0, 1}, {2});
+  ASSERT_TRUE(kernels::ApplyPenalties(backend(), params, stream()).ok());
+  // Token 0: 1 / 2 - 1 - 1; token 1: -1 * 2 - 1 - 1, then banned.
+  const std::vector<float> got = Download(device_logits);
+  EXPECT_EQ(got[0], -1.5f);
+  EXPECT_EQ(got[1], -INFINITY);
+  EXPECT_EQ(got[2], 2.0f);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, SampleConformance, ::testing::ValuesIn(testing::BackendNames()));
+INSTANTIATE_TEST_SUITE_P(Backends, ApplyPenaltiesConformance,
+                         ::testing::ValuesIn(testing::BackendNames()));
 
 }  // namespace
 }  // namespace tessera::kernels

@@ -32,6 +32,19 @@ cmp -s "$WORK/a" "$WORK/b" || fail "greedy output differs between runs"
   >"$WORK/c" 2>/dev/null || fail "generate (alone)"
 [ "$(sed -n 2p "$WORK/a")" = "$(cat "$WORK/c")" ] || fail "batched output differs from alone"
 
+# Tensor and pipeline parallelism give the same tokens: ranks as threads, and under mpirun.
+"$TESSERA" generate --model "$WORK/m" --max-tokens 6 --prompt-ids 1,2,3 --prompt-ids 4,5 \
+  --ignore-eos -tp 2 -pp 2 >"$WORK/tp" 2>"$WORK/err" || fail "generate -tp 2 -pp 2: $(cat "$WORK/err")"
+cmp -s "$WORK/a" "$WORK/tp" || fail "-tp 2 -pp 2 (threads) differs: $(cat "$WORK/tp")"
+if command -v mpirun >/dev/null; then
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 4 \
+    --mca btl self,vader,tcp --mca btl_tcp_if_include lo --mca plm_rsh_agent false \
+    "$TESSERA" generate --model "$WORK/m" --max-tokens 6 --prompt-ids 1,2,3 --prompt-ids 4,5 \
+    --ignore-eos -tp 2 -pp 2 >"$WORK/mpi" 2>"$WORK/err" || fail "mpirun -np 4: $(cat "$WORK/err")"
+  cmp -s "$WORK/a" "$WORK/mpi" || fail "mpirun -tp 2 -pp 2 differs: $(cat "$WORK/mpi")"
+fi
+expect_error "does not divide the model's 4 attention heads" generate --model "$WORK/m" -tp 3 --prompt-ids 1
+
 "$TESSERA" generate --model "$WORK/m" --max-tokens 5 --temperature 0.9 --top-k 50 --top-p 0.9 \
   --seed 9 --output json --prompt-ids 1,2 >"$WORK/s1" 2>/dev/null || fail "sampled generate"
 "$TESSERA" generate --model "$WORK/m" --max-tokens 5 --temperature 0.9 --top-k 50 --top-p 0.9 \

@@ -137,25 +137,24 @@ TEST_P(LlamaModelFixtureTest, ChunkedPrefillLogitsMatchTransformers) {
   }
 }
 
-// Greedy generation for all prompts at once, through the Generator (prefill, then batched
-// decode steps), equals transformers' 16 greedy tokens.
+// Greedy generation for all prompts at once through the Engine (prefill, then batched decode
+// steps) equals transformers' 16 greedy tokens.
 TEST_P(LlamaModelFixtureTest, GreedyTokensMatchTransformers) {
   auto engine = MakeTestEngine(fixture_.config, *fixture_.weights);
   ASSERT_TRUE(engine.ok()) << engine.status();
-  std::vector<GenerateRequest> requests;
-  for (const ReferencePrompt& p : fixture_.prompts) {
-    GenerateRequest r;
-    r.prompt = p.ids;
-    r.sampling.max_tokens = static_cast<int32_t>(p.greedy.size());
-    r.sampling.ignore_eos = true;
-    requests.push_back(r);
+  std::vector<std::vector<int32_t>> prompts;
+  for (const ReferencePrompt& p : fixture_.prompts) prompts.push_back(p.ids);
+  SchedulerConfig scheduler;
+  scheduler.max_model_len = 128;
+  scheduler.max_num_seqs = 16;
+  scheduler.max_num_batched_tokens = 64;
+  auto outputs =
+      testing::GenerateGreedy(*engine->executor, fixture_.config, prompts,
+                              static_cast<int32_t>(fixture_.prompts[0].greedy.size()), scheduler);
+  ASSERT_TRUE(outputs.ok()) << outputs.status();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ((*outputs)[i].token_ids, fixture_.prompts[i].greedy) << GetParam() << " prompt " << i;
   }
-  auto results = engine->generator->Generate(requests);
-  ASSERT_TRUE(results.ok()) << results.status();
-  for (size_t i = 0; i < requests.size(); ++i) {
-    EXPECT_EQ((*results)[i].tokens, fixture_.prompts[i].greedy) << GetParam() << " prompt " << i;
-  }
-  EXPECT_EQ(engine->generator->allocator().num_free(), engine->cache->config().num_blocks);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transformers, LlamaModelFixtureTest,

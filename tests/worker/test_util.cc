@@ -52,12 +52,30 @@ absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
   cache.head_dim = static_cast<int32_t>(config.head_dim);
   cache.dtype = options.kv_dtype;
   TESSERA_ASSIGN_OR_RETURN(e.cache, KvCache::Create(cache, *e.backend));
-  GeneratorOptions gen;
-  gen.max_model_len = options.max_model_len;
-  gen.max_num_seqs = options.max_num_seqs;
-  gen.max_num_batched_tokens = options.max_num_batched_tokens;
-  TESSERA_ASSIGN_OR_RETURN(e.generator, Generator::Create(*e.model, *e.cache, *e.backend, gen));
+  TESSERA_ASSIGN_OR_RETURN(e.executor, LocalExecutor::Create(*e.model, *e.cache, *e.backend));
   return e;
+}
+
+absl::StatusOr<std::vector<RequestOutput>> GenerateGreedy(
+    StepExecutor& executor, const model::ModelConfig& config,
+    const std::vector<std::vector<int32_t>>& prompts, int32_t max_tokens,
+    const SchedulerConfig& scheduler) {
+  EngineOptions options;
+  options.scheduler = scheduler;
+  TESSERA_ASSIGN_OR_RETURN(auto engine, Engine::Create(executor, config, options));
+  std::vector<Request> requests;
+  for (const auto& prompt : prompts) {
+    Request r;
+    r.prompt = prompt;
+    r.sampling.max_tokens = max_tokens;
+    r.sampling.ignore_eos = true;
+    requests.push_back(std::move(r));
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::vector<RequestOutput> outputs,
+                           GenerateAll(*engine, requests, absl::Seconds(120)));
+  TESSERA_RETURN_IF_ERROR(engine->Shutdown(absl::Seconds(10)));
+  for (const RequestOutput& out : outputs) TESSERA_RETURN_IF_ERROR(out.status);
+  return outputs;
 }
 
 }  // namespace tessera::worker::testing

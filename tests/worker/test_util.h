@@ -9,9 +9,10 @@
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/safetensors.h"
-#include "worker/generator.h"
+#include "worker/engine.h"
 #include "worker/kv_cache.h"
 #include "worker/llama_model.h"
+#include "worker/local_executor.h"
 
 namespace tessera::worker::testing {
 
@@ -33,12 +34,12 @@ struct Fixture {
 // tests/reference/fixtures/NAME.
 absl::StatusOr<Fixture> LoadFixture(const std::string& name);
 
-// A CPU backend, model, cache and generator sized for small tests.
+// A CPU backend, model, cache and executor sized for small tests.
 struct TestEngine {
   std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<KvCache> cache;
-  std::unique_ptr<Generator> generator;
+  std::unique_ptr<LocalExecutor> executor;
 };
 
 struct TestEngineOptions {
@@ -53,5 +54,12 @@ struct TestEngineOptions {
 absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
                                           const model::WeightSource& weights,
                                           const TestEngineOptions& options = {});
+
+// Greedy generation (ignoring EOS) of `max_tokens` tokens for each prompt through an Engine on
+// `executor`; outputs in prompt order.
+absl::StatusOr<std::vector<RequestOutput>> GenerateGreedy(
+    StepExecutor& executor, const model::ModelConfig& config,
+    const std::vector<std::vector<int32_t>>& prompts, int32_t max_tokens,
+    const SchedulerConfig& scheduler);
 
 }  // namespace tessera::worker::testing

@@ -1,0 +1,176 @@
+#include "launch/replica_runner.h"
+
+#include <algorithm>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "parallel/comm/inproc/in_process_communicator.h"
+#if TESSERA_HAVE_MPI
+#include "parallel/comm/mpi/mpi_runtime.h"
+#endif
+#include "worker/replica.h"
+
+namespace tessera::launch {
+
+void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags) {
+  app.add_option("--tensor-parallel-size,--tp", flags.tensor_parallel_size,
+                 "Ranks that split each layer (Megatron-style tensor parallelism)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--pipeline-parallel-size,--pp", flags.pipeline_parallel_size,
+                 "Pipeline stages (layers split across ranks)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--pp-layers", flags.pp_layers,
+                 "Layers per pipeline stage, e.g. 10,6 (default: as even as possible)");
+  app.add_option("--comm", flags.comm,
+                 "Communicators: auto (MPI under mpirun, else threads), inproc, mpi")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "inproc", "mpi"}));
+  app.add_option("--comm-timeout-s", flags.comm_timeout_s,
+                 "Longest wait for a peer rank before failing")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--rank", flags.rank.rank, "This process's rank (default: from the launcher)");
+  app.add_option("--world-size", flags.rank.world_size, "Processes in the job (with --rank)");
+}
+
+namespace {
+
+absl::StatusOr<worker::ReplicaRankOptions> RankOptions(const model::ModelConfig& config,
+                                                       const EngineFlags& engine,
+                                                       const ReplicaFlags& flags,
+                                                       int32_t* max_model_len) {
+  worker::ReplicaRankOptions o;
+  o.parallel.tp_size = flags.tensor_parallel_size;
+  o.parallel.pp_size = flags.pipeline_parallel_size;
+  if (!flags.pp_layers.empty()) {
+    for (absl::string_view part : absl::StrSplit(flags.pp_layers, ',')) {
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(part, &n)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--pp-layers: '", part, "' is not a number of layers"));
+      }
+      o.parallel.pp_layers.push_back(n);
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(parallel::ValidateParallelConfig(config, o.parallel));
+  TESSERA_ASSIGN_OR_RETURN(
+      EngineLimits limits,
+      ComputeEngineLimits(config, engine, o.parallel.tp_size, o.parallel.pp_size));
+  *max_model_len = limits.max_model_len;
+  o.model = limits.model;
+  o.num_kv_blocks = limits.num_kv_blocks;
+  o.block_size = engine.block_size;
+  o.kv_cache_dtype = limits.kv_cache_dtype;
+  return o;
+}
+
+// One rank's life: load its shard, then lead or follow.
+absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource& weights,
+                     kernels::Backend& backend, parallel::Communicator& comm,
+                     const worker::ReplicaRankOptions& options, int32_t max_model_len,
+                     const LeaderBody& leader, parallel::CommStats* stats) {
+  std::optional<parallel::TimedCommunicator> timed;
+  if (stats != nullptr && comm.rank() == 0) timed.emplace(comm, *stats);
+  parallel::Communicator& replica = timed ? *timed : comm;
+  TESSERA_ASSIGN_OR_RETURN(worker::ReplicaRank rank,
+                           worker::CreateReplicaRank(config, weights, backend, replica, options));
+  if (!rank.worker->is_leader()) return worker::RunFollower(*rank.worker);
+  TESSERA_ASSIGN_OR_RETURN(auto executor, worker::ReplicaExecutor::Create(*rank.worker));
+  const absl::Status status = leader(*executor, max_model_len);
+  const absl::Status stopped = executor->Stop();
+  return status.ok() ? stopped : status;
+}
+
+}  // namespace
+
+absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSource& weights,
+                        const EngineFlags& engine, const ReplicaFlags& flags,
+                        const LeaderBody& leader, bool* is_leader,
+                        parallel::CommStats* leader_comm_stats) {
+  int32_t max_model_len = 0;
+  TESSERA_ASSIGN_OR_RETURN(worker::ReplicaRankOptions options,
+                           RankOptions(config, engine, flags, &max_model_len));
+  const int ranks = flags.tensor_parallel_size * flags.pipeline_parallel_size;
+  const absl::Duration timeout = absl::Seconds(flags.comm_timeout_s);
+  TESSERA_ASSIGN_OR_RETURN(RankInfo info, DiscoverRank(flags.rank));
+  const bool use_mpi = flags.comm == "mpi" ||
+                       (flags.comm == "auto" && info.launched_by_mpirun() && info.world_size > 1);
+  *is_leader = true;
+
+  if (use_mpi) {
+#if TESSERA_HAVE_MPI
+    TESSERA_ASSIGN_OR_RETURN(auto mpi, parallel::MpiRuntime::Init());
+    if (mpi->world_size() != ranks) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the MPI job has ", mpi->world_size(), " processes but tensor-parallel size ",
+          flags.tensor_parallel_size, " x pipeline-parallel size ", flags.pipeline_parallel_size,
+          " needs ", ranks));
+    }
+    *is_leader = mpi->world_rank() == 0;
+    parallel::MpiCommunicatorOptions comm_options;
+    comm_options.timeout = timeout;
+    absl::Status status;
+    {
+      TESSERA_ASSIGN_OR_RETURN(auto world, mpi->CreateWorld(comm_options));
+      kernels::CpuBackendOptions cpu;
+      cpu.num_threads = engine.threads;
+      TESSERA_ASSIGN_OR_RETURN(auto backend, kernels::CreateCpuBackend(cpu));
+      status = RunRank(config, weights, *backend, *world, options, max_model_len, leader,
+                       leader_comm_stats);
+      if (!status.ok()) world->Abort();
+    }
+    return status;
+#else
+    return absl::FailedPreconditionError(
+        "this tessera was built without MPI (TESSERA_WITH_MPI=OFF); use --comm inproc");
+#endif
+  }
+
+  if (info.world_size > 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this process is rank ", info.rank, " of ", info.world_size, " (from ",
+                     info.source, "); multi-process replicas run under mpirun (or --comm mpi)"));
+  }
+  // Ranks as threads, each with its own CPU backend and a share of the cores.
+  TESSERA_ASSIGN_OR_RETURN(auto group, parallel::CreateInProcessGroup(ranks, timeout));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads_per_rank =
+      engine.threads > 0 ? std::max(1, engine.threads / ranks) : std::max(1, cores / ranks);
+  std::vector<absl::Status> status(ranks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ranks; ++r) {
+    threads.emplace_back([&, r] {
+      kernels::CpuBackendOptions cpu;
+      cpu.num_threads = threads_per_rank;
+      auto backend = kernels::CreateCpuBackend(cpu);
+      if (!backend.ok()) {
+        status[r] = backend.status();
+      } else {
+        status[r] = RunRank(config, weights, **backend, *group[r], options, max_model_len, leader,
+                            leader_comm_stats);
+      }
+      // A failed rank must not leave its peers waiting for the timeout.
+      if (!status[r].ok()) group[r]->Abort();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  // The first error that is not just the echo of another rank's abort.
+  for (const absl::Status& s : status) {
+    if (!s.ok() && s.code() != absl::StatusCode::kAborted) return s;
+  }
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tessera::launch

@@ -1,0 +1,45 @@
+// Brings up one model replica of tensor-parallel x pipeline-parallel ranks for the in-process
+// subcommands (generate; later the worker): as threads of this process with in-process
+// communicators, or as the processes of an `mpirun` job with MPI communicators, one rank each.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "launch/engine_setup.h"
+#include "launch/rank_env.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "parallel/comm/timed_communicator.h"
+#include "worker/step.h"
+
+namespace tessera::launch {
+
+struct ReplicaFlags {
+  int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  std::string pp_layers;      // "8,8": layers per stage; empty: even
+  std::string comm = "auto";  // auto (mpi under mpirun, else threads) | inproc | mpi
+  double comm_timeout_s = 60.0;
+  RankFlags rank;
+};
+
+void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags);
+
+// What the leader's body gets: the replica's executor and the engine limits it was built with.
+using LeaderBody =
+    std::function<absl::Status(worker::StepExecutor& executor, int32_t max_model_len)>;
+
+// Runs `leader` on the replica's rank 0 (in this process, or in the MPI job's rank 0) while the
+// other ranks follow its steps; returns when the leader is done and the followers have stopped.
+// `is_leader` is set to whether this process ran the leader (the one that should print). With
+// `leader_comm_stats`, the leader's communicators (the replica's and its TP/PP groups) are timed
+// into it.
+absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSource& weights,
+                        const EngineFlags& engine, const ReplicaFlags& flags,
+                        const LeaderBody& leader, bool* is_leader,
+                        parallel::CommStats* leader_comm_stats = nullptr);
+
+}  // namespace tessera::launch

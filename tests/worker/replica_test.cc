@@ -1,0 +1,169 @@
+// Tensor and pipeline parallelism on the CPU with ranks as threads (in-process communicators):
+// every split of the transformers fixtures gives the fixture's greedy tokens and logits within
+// the fixture tolerance of the single-rank run.
+#include "worker/replica.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "parallel/comm/inproc/in_process_communicator.h"
+#include "tests/worker/replica_test_util.h"
+
+namespace tessera::worker {
+namespace {
+
+using testing::Fixture;
+using ::testing::HasSubstr;
+using testing::LoadFixture;
+
+using testing::CompareLogits;
+using testing::GreedyBody;
+using testing::LogitsBody;
+using testing::ReplicaOptions;
+using testing::Split;
+
+// Runs `body(rank, replica rank resources)` on tp * pp threads, each with its own CPU backend.
+// Returns the first error of any rank.
+absl::Status RunReplica(const Fixture& f, const Split& split,
+                        const std::function<absl::Status(int, ReplicaRank&)>& body) {
+  const int n = split.tp * split.pp;
+  auto group = parallel::CreateInProcessGroup(n, absl::Seconds(30));
+  if (!group.ok()) return group.status();
+  std::vector<absl::Status> status(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      auto backend = kernels::CreateCpuBackend({.num_threads = 1});
+      if (!backend.ok()) {
+        status[r] = backend.status();
+        return;
+      }
+      auto rank =
+          CreateReplicaRank(f.config, *f.weights, **backend, *(*group)[r], ReplicaOptions(split));
+      if (!rank.ok()) {
+        status[r] = rank.status();
+        (*group)[r]->Abort();
+        return;
+      }
+      status[r] = body(r, *rank);
+      if (!status[r].ok()) (*group)[r]->Abort();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+class ReplicaTest : public ::testing::TestWithParam<std::tuple<std::string, Split>> {};
+
+TEST_P(ReplicaTest, GreedyTokensMatchTransformers) {
+  const auto& [fixture_name, split] = GetParam();
+  auto f = LoadFixture(fixture_name);
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::vector<RequestOutput> results;
+  const absl::Status status =
+      RunReplica(*f, split, [&](int, ReplicaRank& rank) { return GreedyBody(*f, rank, results); });
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_EQ(results.size(), f->prompts.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].token_ids, f->prompts[i].greedy) << split.name << " prompt " << i;
+  }
+}
+
+TEST_P(ReplicaTest, LogitsMatchTransformers) {
+  const auto& [fixture_name, split] = GetParam();
+  auto f = LoadFixture(fixture_name);
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::vector<float> logits;
+  const absl::Status status =
+      RunReplica(*f, split, [&](int, ReplicaRank& rank) { return LogitsBody(*f, rank, logits); });
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(CompareLogits(*f, logits), "") << split.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Splits, ReplicaTest,
+    ::testing::Combine(::testing::Values("llama_gqa", "qwen2_bias", "qwen3_qknorm"),
+                       ::testing::Values(Split{2, 1, {}, "tp2"}, Split{1, 2, {}, "pp2"},
+                                         Split{2, 2, {}, "tp2pp2"},
+                                         Split{4, 1, {}, "tp4_kv_replicated"})),
+    [](const auto& info) {
+      return absl::StrCat(std::get<0>(info.param), "_", std::get<1>(info.param).name);
+    });
+
+TEST(ReplicaSetupTest, RejectsSplitsThatCannotWork) {
+  auto f = LoadFixture("qwen2_bias");  // 4 heads, 2 KV heads, intermediate 128
+  ASSERT_TRUE(f.ok()) << f.status();
+  auto expect = [&](const Split& split, int ranks, const std::string& text) {
+    auto group = parallel::CreateInProcessGroup(ranks, absl::Seconds(5));
+    ASSERT_TRUE(group.ok());
+    auto backend = kernels::CreateCpuBackend({.num_threads = 1});
+    ASSERT_TRUE(backend.ok());
+    auto rank =
+        CreateReplicaRank(f->config, *f->weights, **backend, *(*group)[0], ReplicaOptions(split));
+    ASSERT_FALSE(rank.ok()) << split.name;
+    EXPECT_EQ(rank.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(rank.status().message(), HasSubstr(text)) << split.name;
+  };
+  expect({3, 1, {}, "tp3"}, 3, "does not divide the model's 4 attention heads");
+  expect({2, 2, {}, "ranks"}, 2, "needs 4 ranks, got 2");
+  expect({1, 3, {}, "pp3"}, 3, "exceeds the 2 layers");
+  expect({1, 2, {2, 1}, "split"}, 2, "adds up to 3 layers");
+}
+
+TEST(ReplicaSetupTest, AMissingRankEndsWithDeadlineExceeded) {
+  auto f = LoadFixture("llama_gqa");
+  ASSERT_TRUE(f.ok()) << f.status();
+  auto group = parallel::CreateInProcessGroup(2, absl::Milliseconds(300));
+  ASSERT_TRUE(group.ok());
+  auto backend = kernels::CreateCpuBackend({.num_threads = 1});
+  ASSERT_TRUE(backend.ok());
+  // Rank 1 never arrives.
+  auto rank = CreateReplicaRank(f->config, *f->weights, **backend, *(*group)[0],
+                                ReplicaOptions({2, 1, {}, "tp2"}));
+  ASSERT_FALSE(rank.ok());
+  EXPECT_EQ(rank.status().code(), absl::StatusCode::kDeadlineExceeded) << rank.status();
+}
+
+TEST(StepPlanWireTest, RoundTripsEveryField) {
+  StepPlan plan;
+  plan.token_ids = {1, 2, 3};
+  plan.positions = {0, 1, 5};
+  plan.slot_mapping = {10, 11, (int64_t{1} << 40)};
+  plan.query_start = {0, 2, 3};
+  plan.seq_lens = {2, 6};
+  plan.block_tables = {0, 1, 2, 3};
+  plan.logits_rows = {1, 2};
+  plan.sampling = {{0.5f, 40, 0.9f, -7, 3}, {0.0f, 0, 1.0f, 1, 0}};
+  int64_t kind = -1;
+  auto decoded = DecodeStepPlan(EncodeStepPlan(plan, 1), &kind);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(kind, 1);
+  EXPECT_EQ(decoded->token_ids, plan.token_ids);
+  EXPECT_EQ(decoded->positions, plan.positions);
+  EXPECT_EQ(decoded->slot_mapping, plan.slot_mapping);
+  EXPECT_EQ(decoded->query_start, plan.query_start);
+  EXPECT_EQ(decoded->seq_lens, plan.seq_lens);
+  EXPECT_EQ(decoded->block_tables, plan.block_tables);
+  EXPECT_EQ(decoded->logits_rows, plan.logits_rows);
+  ASSERT_EQ(decoded->sampling.size(), 2u);
+  EXPECT_EQ(decoded->sampling[0].temperature, 0.5f);
+  EXPECT_EQ(decoded->sampling[0].top_k, 40);
+  EXPECT_EQ(decoded->sampling[0].top_p, 0.9f);
+  EXPECT_EQ(decoded->sampling[0].seed, -7);
+  EXPECT_EQ(decoded->sampling[0].step, 3);
+  std::vector<int64_t> truncated = EncodeStepPlan(plan, 1);
+  truncated.pop_back();
+  EXPECT_EQ(DecodeStepPlan(truncated, &kind).status().code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace tessera::worker

@@ -1,0 +1,439 @@
+// The scheduling policy on a FakeExecutor (tests/worker/fake_executor.h): no model, so hundreds
+// of steps take milliseconds, and every plan is checked as a paged cache would see it.
+#include "worker/scheduler.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <map>
+#include <numeric>
+#include <random>
+
+#include "tests/worker/fake_executor.h"
+
+namespace tessera::worker {
+namespace {
+
+using ::testing::ElementsAreArray;
+using testing::FakeAlone;
+using testing::FakeExecutor;
+using ::testing::HasSubstr;
+
+constexpr int64_t kVocab = 1000;
+constexpr int32_t kEos = 2;
+
+model::ModelConfig Model() {
+  model::ModelConfig c;
+  c.vocab_size = kVocab;
+  c.eos_token_ids = {kEos};
+  return c;
+}
+
+ExecutorLimits Limits(int32_t num_blocks, int32_t block_size = 4) {
+  ExecutorLimits l;
+  l.num_blocks = num_blocks;
+  l.block_size = block_size;
+  l.max_blocks_per_seq = 64;
+  l.max_num_tokens = 512;
+  l.max_num_seqs = 64;
+  return l;
+}
+
+SchedulerConfig Config(int32_t budget = 64, int32_t max_seqs = 16) {
+  SchedulerConfig c;
+  c.max_model_len = 256;
+  c.max_num_batched_tokens = budget;
+  c.max_num_seqs = max_seqs;
+  return c;
+}
+
+Request MakeRequest(std::vector<int32_t> prompt, int32_t max_tokens) {
+  Request r;
+  r.prompt = std::move(prompt);
+  r.sampling.max_tokens = max_tokens;
+  r.sampling.ignore_eos = true;
+  return r;
+}
+
+std::vector<int32_t> RandomPrompt(std::mt19937& rng, int len) {
+  std::vector<int32_t> p;
+  for (int i = 0; i < len; ++i) p.push_back(3 + static_cast<int32_t>(rng() % (kVocab - 3)));
+  return p;
+}
+
+struct Outcome {
+  std::vector<int32_t> tokens;
+  std::optional<FinishReason> finish;
+  int32_t num_cached_tokens = 0;
+};
+
+// Runs the scheduler on the executor until every request has finished; request i arrives before
+// step arrivals[i].first. `between` runs before every step.
+class Driver {
+ public:
+  Driver(const SchedulerConfig& config, const ExecutorLimits& limits)
+      : executor_(limits, kVocab), config_(config) {
+    auto s = Scheduler::Create(config, limits, Model());
+    EXPECT_TRUE(s.ok()) << s.status();
+    scheduler_ = *std::move(s);
+  }
+
+  // Request i gets id i.
+  std::map<RequestId, Outcome> Run(const std::vector<std::pair<int, Request>>& arrivals,
+                                   const std::function<void(int)>& between = {}) {
+    std::vector<size_t> order(arrivals.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return arrivals[a].first < arrivals[b].first; });
+    size_t next = 0;
+    for (int step = 0; step < 100000; ++step) {
+      while (next < order.size() && arrivals[order[next]].first <= step) {
+        EXPECT_TRUE(scheduler_->Add(order[next], arrivals[order[next]].second).ok());
+        ++next;
+      }
+      if (between) between(step);
+      if (!scheduler_->HasWork()) {
+        if (next == order.size()) break;
+        continue;
+      }
+      const StepPlan plan = scheduler_->Schedule();
+      EXPECT_FALSE(plan.token_ids.empty()) << "step " << step;
+      EXPECT_LE(plan.token_ids.size(), static_cast<size_t>(config_.max_num_batched_tokens));
+      EXPECT_LE(plan.seq_lens.size(), static_cast<size_t>(config_.max_num_seqs));
+      auto result = executor_.Execute(plan);
+      EXPECT_TRUE(result.ok()) << result.status() << " at step " << step;
+      if (!result.ok()) break;
+      auto events = scheduler_->Update(*result);
+      EXPECT_TRUE(events.ok()) << events.status();
+      for (const TokenEvent& e : *events) {
+        Outcome& o = outcomes_[e.request_id];
+        if (o.tokens.empty()) o.num_cached_tokens = e.num_cached_tokens;
+        o.tokens.push_back(e.token_id);
+        EXPECT_FALSE(o.finish.has_value()) << "event after the last";
+        o.finish = e.finish_reason;
+      }
+      const absl::Status invariants = scheduler_->blocks().CheckInvariants();
+      EXPECT_TRUE(invariants.ok()) << invariants;
+      if (!invariants.ok()) break;
+    }
+    return outcomes_;
+  }
+
+  Scheduler& scheduler() { return *scheduler_; }
+  FakeExecutor& executor() { return executor_; }
+
+ private:
+  FakeExecutor executor_;
+  SchedulerConfig config_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::map<RequestId, Outcome> outcomes_;
+};
+
+void ExpectAllAlone(const std::vector<std::pair<int, Request>>& arrivals,
+                    const std::map<RequestId, Outcome>& outcomes) {
+  ASSERT_EQ(outcomes.size(), arrivals.size());
+  for (size_t i = 0; i < arrivals.size(); ++i) {
+    const Request& r = arrivals[i].second;
+    const Outcome& o = outcomes.at(i);
+    EXPECT_THAT(o.tokens, ElementsAreArray(FakeAlone(r.prompt, r.sampling.max_tokens, kVocab)))
+        << "request " << i;
+    EXPECT_EQ(o.finish, FinishReason::kLength) << "request " << i;
+  }
+}
+
+void ExpectAllBlocksBack(const Scheduler& s) {
+  const SchedulerCounters c = s.counters();
+  EXPECT_EQ(c.kv_blocks_in_use, 0);
+  EXPECT_EQ(c.kv_blocks_free + c.kv_blocks_cached, c.kv_blocks_total);
+  EXPECT_EQ(c.num_running + c.num_waiting, 0);
+}
+
+TEST(SchedulerTest, RequestsArrivingAtRandomStepsMatchEachAlone) {
+  std::mt19937 rng(17);
+  SCOPED_TRACE("seed 17");
+  std::vector<std::pair<int, Request>> arrivals;
+  for (int i = 0; i < 64; ++i) {
+    arrivals.emplace_back(static_cast<int>(rng() % 120),
+                          MakeRequest(RandomPrompt(rng, 1 + static_cast<int>(rng() % 60)),
+                                      1 + static_cast<int32_t>(rng() % 40)));
+  }
+  Driver d(Config(/*budget=*/48), Limits(/*num_blocks=*/512));
+  const auto outcomes = d.Run(arrivals);
+  ExpectAllAlone(arrivals, outcomes);
+  ExpectAllBlocksBack(d.scheduler());
+  const SchedulerCounters c = d.scheduler().counters();
+  EXPECT_EQ(c.requests_finished, 64);
+  EXPECT_EQ(c.preemptions, 0);
+  EXPECT_GT(c.decode_tokens, 0);
+  EXPECT_LT(c.steps, 64 * 40);  // batched: far fewer steps than one request at a time
+}
+
+TEST(SchedulerTest, ChunkedPrefillSplitsLongPromptsAndDecodesComeFirst) {
+  Driver d(Config(/*budget=*/8, /*max_seqs=*/8), Limits(64));
+  std::mt19937 rng(3);
+  std::vector<std::pair<int, Request>> arrivals = {{0, MakeRequest(RandomPrompt(rng, 3), 20)},
+                                                   {2, MakeRequest(RandomPrompt(rng, 30), 2)}};
+  const auto outcomes = d.Run(arrivals);
+  ExpectAllAlone(arrivals, outcomes);
+  // The 30-token prompt takes ceil(30 / 7) steps, each led by the running request's decode.
+  int full_steps = 0;
+  for (const StepPlan& plan : d.executor().plans()) {
+    if (plan.seq_lens.size() == 2) {
+      EXPECT_EQ(plan.query_start[1], 1) << "the decode goes first";
+    }
+    full_steps += plan.token_ids.size() == 8 ? 1 : 0;
+  }
+  EXPECT_EQ(full_steps, 4);  // 1 decode + 7 prompt tokens, four times, then the last 2
+  EXPECT_LE(d.executor().max_step_tokens(), 8);
+}
+
+TEST(SchedulerTest, WithoutChunkedPrefillWholePromptsRunInTheirOwnSteps) {
+  SchedulerConfig config = Config(/*budget=*/256);
+  config.enable_chunked_prefill = false;
+  Driver d(config, Limits(128));
+  std::mt19937 rng(4);
+  std::vector<std::pair<int, Request>> arrivals = {{0, MakeRequest(RandomPrompt(rng, 3), 20)},
+                                                   {3, MakeRequest(RandomPrompt(rng, 100), 2)}};
+  const auto outcomes = d.Run(arrivals);
+  ExpectAllAlone(arrivals, outcomes);
+  bool saw_whole_prompt = false;
+  for (const StepPlan& plan : d.executor().plans()) {
+    if (plan.token_ids.size() == 100) {
+      saw_whole_prompt = true;
+      EXPECT_EQ(plan.seq_lens.size(), 1u) << "a prefill step has no decodes";
+    }
+  }
+  EXPECT_TRUE(saw_whole_prompt);
+  config.max_num_batched_tokens = 100;
+  EXPECT_THAT(Scheduler::Create(config, Limits(128), Model()).status().message(),
+              HasSubstr("without chunked prefill"));
+}
+
+TEST(SchedulerTest, SharedPrefixReusesCachedBlocksButNeverTheLastToken) {
+  Driver d(Config(), Limits(64));
+  std::mt19937 rng(5);
+  const std::vector<int32_t> prefix = RandomPrompt(rng, 12);  // 3 blocks of 4
+  std::vector<int32_t> a = prefix, b = prefix;
+  a.push_back(7);
+  b.insert(b.end(), {8, 9});
+  std::vector<std::pair<int, Request>> arrivals = {
+      {0, MakeRequest(a, 5)}, {20, MakeRequest(b, 5)}, {40, MakeRequest(prefix, 5)}};
+  const auto outcomes = d.Run(arrivals);
+  ExpectAllAlone(arrivals, outcomes);
+  EXPECT_EQ(outcomes.at(0).num_cached_tokens, 0);
+  EXPECT_EQ(outcomes.at(1).num_cached_tokens, 12);
+  // The bare prefix is exactly 3 blocks: its last token must be computed, so 2 blocks hit.
+  EXPECT_EQ(outcomes.at(2).num_cached_tokens, 8);
+  const SchedulerCounters c = d.scheduler().counters();
+  EXPECT_EQ(c.prefix_cache_hits, 20);
+  EXPECT_EQ(c.prefix_cache_queries, 13 + 14 + 12);
+  EXPECT_GT(c.kv_blocks_cached, 0);
+  ExpectAllBlocksBack(d.scheduler());
+}
+
+TEST(SchedulerTest, RunningRequestsSharePrefixBlocks) {
+  Driver d(Config(), Limits(64));
+  std::mt19937 rng(6);
+  const std::vector<int32_t> prefix = RandomPrompt(rng, 16);
+  std::vector<std::pair<int, Request>> arrivals;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> p = prefix;
+    p.push_back(10 + i);
+    arrivals.emplace_back(i == 0 ? 0 : 2, MakeRequest(p, 30));
+  }
+  int32_t max_shared = 0;
+  const auto outcomes = d.Run(arrivals, [&](int) {
+    for (int32_t b = 0; b < 64; ++b) {
+      max_shared = std::max(max_shared, d.scheduler().blocks().references(b));
+    }
+  });
+  ExpectAllAlone(arrivals, outcomes);
+  EXPECT_EQ(max_shared, 6);  // the first prefix block, held by all six at once
+  for (int i = 1; i < 6; ++i) EXPECT_EQ(outcomes.at(i).num_cached_tokens, 16);
+}
+
+TEST(SchedulerTest, CacheSaltSeparatesPrefixes) {
+  Driver d(Config(), Limits(64));
+  std::mt19937 rng(7);
+  const std::vector<int32_t> prompt = RandomPrompt(rng, 13);
+  Request a = MakeRequest(prompt, 3), b = MakeRequest(prompt, 3), c = MakeRequest(prompt, 3);
+  b.cache_salt = "tenant-b";
+  c.cache_salt = "tenant-b";
+  const auto outcomes = d.Run({{0, a}, {10, b}, {20, c}});
+  EXPECT_EQ(outcomes.at(1).num_cached_tokens, 0);
+  EXPECT_EQ(outcomes.at(2).num_cached_tokens, 12);
+  EXPECT_EQ(outcomes.at(0).tokens, outcomes.at(2).tokens);
+}
+
+TEST(SchedulerTest, EvictionUnderPressureKeepsOutputsCorrect) {
+  std::mt19937 rng(8);
+  SCOPED_TRACE("seed 8");
+  std::vector<std::vector<int32_t>> prefixes;
+  for (int i = 0; i < 6; ++i) prefixes.push_back(RandomPrompt(rng, 20));
+  std::vector<std::pair<int, Request>> arrivals;
+  for (int i = 0; i < 60; ++i) {
+    std::vector<int32_t> p = prefixes[rng() % prefixes.size()];
+    const auto tail = RandomPrompt(rng, static_cast<int>(rng() % 6));
+    p.insert(p.end(), tail.begin(), tail.end());
+    arrivals.emplace_back(i * 3, MakeRequest(p, 1 + static_cast<int32_t>(rng() % 12)));
+  }
+  Driver d(Config(/*budget=*/32, /*max_seqs=*/4), Limits(/*num_blocks=*/24));
+  const auto outcomes = d.Run(arrivals);
+  ExpectAllAlone(arrivals, outcomes);
+  const SchedulerCounters c = d.scheduler().counters();
+  EXPECT_GT(c.prefix_cache_evictions, 0);
+  EXPECT_GT(c.prefix_cache_hits, 0);
+  ExpectAllBlocksBack(d.scheduler());
+}
+
+TEST(SchedulerTest, TinyCacheForcesPreemptionAndEveryRequestCompletes) {
+  for (bool prefix_caching : {true, false}) {
+    SCOPED_TRACE(prefix_caching ? "prefix caching" : "no prefix caching");
+    std::mt19937 rng(9);
+    std::vector<std::pair<int, Request>> arrivals;
+    for (int i = 0; i < 24; ++i) {
+      arrivals.emplace_back(i % 3, MakeRequest(RandomPrompt(rng, 1 + static_cast<int>(rng() % 20)),
+                                               10 + static_cast<int32_t>(rng() % 25)));
+    }
+    SchedulerConfig config = Config(/*budget=*/32);
+    config.enable_prefix_caching = prefix_caching;
+    // 14 blocks of 4 hold one 50-token request; several at once need more.
+    Driver d(config, Limits(/*num_blocks=*/14));
+    const auto outcomes = d.Run(arrivals);
+    ExpectAllAlone(arrivals, outcomes);
+    EXPECT_GT(d.scheduler().counters().preemptions, 0);
+    ExpectAllBlocksBack(d.scheduler());
+  }
+}
+
+TEST(SchedulerTest, AbortAtRandomPointsReturnsEveryBlock) {
+  std::mt19937 rng(10);
+  SCOPED_TRACE("seed 10");
+  std::vector<std::pair<int, Request>> arrivals;
+  for (int i = 0; i < 40; ++i) {
+    arrivals.emplace_back(static_cast<int>(rng() % 30),
+                          MakeRequest(RandomPrompt(rng, 1 + static_cast<int>(rng() % 30)), 25));
+  }
+  Driver d(Config(/*budget=*/24), Limits(/*num_blocks=*/40));
+  int aborted = 0;
+  d.Run(arrivals, [&](int) {
+    const auto ids = d.scheduler().request_ids();
+    if (!ids.empty() && rng() % 4 == 0) aborted += d.scheduler().Abort(ids[rng() % ids.size()]);
+    const absl::Status ok = d.scheduler().blocks().CheckInvariants();
+    EXPECT_TRUE(ok.ok()) << ok;
+  });
+  EXPECT_GT(aborted, 5);
+  EXPECT_FALSE(d.scheduler().Abort(12345));
+  EXPECT_EQ(d.scheduler().counters().requests_aborted, aborted);
+  ExpectAllBlocksBack(d.scheduler());
+}
+
+TEST(SchedulerTest, RejectsRequestsThatCanNeverRun) {
+  auto s = Scheduler::Create(Config(), Limits(/*num_blocks=*/8), Model());
+  ASSERT_TRUE(s.ok());
+  auto expect = [&](const Request& r, const std::string& text) {
+    const absl::Status status = (*s)->Validate(r);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_THAT(status.message(), HasSubstr(text));
+    EXPECT_FALSE((*s)->Add(99, r).ok());
+  };
+  // 8 blocks of 4 = 32 tokens: 30 + 3 needs K/V for 32 (fits); 30 + 4 needs 33.
+  EXPECT_TRUE((*s)->Validate(MakeRequest(std::vector<int32_t>(30, 5), 3)).ok());
+  expect(MakeRequest(std::vector<int32_t>(30, 5), 4), "could never run");
+  expect(MakeRequest(std::vector<int32_t>(250, 5), 7), "exceeds max_model_len 256");
+  expect(MakeRequest({}, 1), "empty prompt");
+  expect(MakeRequest({5, 1000}, 1), "outside the vocabulary");
+  Request r = MakeRequest({5}, 4);
+  r.sampling.min_tokens = 5;
+  expect(r, "min_tokens");
+  r = MakeRequest({5}, 4);
+  r.sampling.top_p = 1.5f;
+  expect(r, "top_p");
+  r.sampling.top_p = 1.0f;
+  r.sampling.min_p = -0.1f;
+  expect(r, "min_p");
+  r.sampling.min_p = 0.0f;
+  r.sampling.repetition_penalty = 0.0f;
+  expect(r, "repetition_penalty");
+  r.sampling.repetition_penalty = 1.0f;
+  r.sampling.presence_penalty = 2.5f;
+  expect(r, "presence_penalty");
+  r.sampling.presence_penalty = 0.0f;
+  r.sampling.logprobs = 21;
+  expect(r, "logprobs");
+  r.sampling.logprobs = 0;
+  r.sampling.stop_token_ids = {-1};
+  expect(r, "stop token");
+  EXPECT_THAT(Scheduler::Create(Config(1024), Limits(8), Model()).status().message(),
+              HasSubstr("executor's limits"));
+  EXPECT_THAT(Scheduler::Create(Config(8, 16), Limits(8), Model()).status().message(),
+              HasSubstr("at least max_num_seqs"));
+}
+
+TEST(SchedulerTest, StopsOnStopTokensEosAndLengthAfterMinTokens) {
+  const std::vector<int32_t> prompt = {11, 12, 13};
+  const std::vector<int32_t> free_run = FakeAlone(prompt, 12, kVocab);
+  Request stop = MakeRequest(prompt, 12);
+  stop.sampling.stop_token_ids = {free_run[4]};
+  Request eos = MakeRequest(prompt, 12);
+  eos.sampling.ignore_eos = false;
+  Request min_tokens = stop;
+  min_tokens.sampling.min_tokens = 8;
+  Driver d(Config(), Limits(64));
+  const auto outcomes = d.Run({{0, stop}, {0, eos}, {0, min_tokens}});
+  const auto first = std::find(free_run.begin(), free_run.end(), free_run[4]) - free_run.begin();
+  EXPECT_EQ(outcomes.at(0).tokens.size(), static_cast<size_t>(first + 1));
+  EXPECT_EQ(outcomes.at(0).finish, FinishReason::kStop);
+  EXPECT_EQ(outcomes.at(1).tokens, free_run);  // the fake never samples EOS (id 2)
+  EXPECT_EQ(outcomes.at(1).finish, FinishReason::kLength);
+  // min_tokens: the stop token is banned (in the sampling row) until 8 tokens are out.
+  EXPECT_GE(outcomes.at(2).tokens.size(), 8u);
+  bool banned = false;
+  for (const StepPlan& plan : d.executor().plans()) {
+    for (const SamplingRow& row : plan.sampling) {
+      if (std::find(row.banned_token_ids.begin(), row.banned_token_ids.end(), free_run[4]) !=
+          row.banned_token_ids.end()) {
+        banned = true;
+        EXPECT_LT(row.step, 8);
+        EXPECT_THAT(row.banned_token_ids, ::testing::Contains(kEos).Times(0));  // ignore_eos
+      }
+    }
+  }
+  EXPECT_TRUE(banned);
+}
+
+TEST(SchedulerTest, SamplingRowsCarryPenaltyTokensSeedsAndSteps) {
+  Request r = MakeRequest({5, 6, 5, 7}, 6);
+  r.sampling.temperature = 0.7f;
+  r.sampling.seed = 42;
+  r.sampling.frequency_penalty = 0.5f;
+  r.sampling.logprobs = 3;
+  Request unseeded = MakeRequest({5}, 2);
+  unseeded.sampling.temperature = 1.0f;
+  Driver d(Config(), Limits(64));
+  const auto outcomes = d.Run({{0, r}, {0, unseeded}});
+  SamplingRow want;
+  want.temperature = 0.7f;
+  want.seed = 42;
+  EXPECT_EQ(outcomes.at(0).tokens, FakeAlone(r.prompt, 6, kVocab, want));
+  const StepPlan& last = d.executor().plans().back();
+  ASSERT_EQ(last.sampling.size(), 1u);
+  const SamplingRow& row = last.sampling[0];
+  EXPECT_EQ(row.step, 5);
+  EXPECT_EQ(row.num_top_logprobs, 3);
+  EXPECT_EQ(row.frequency_penalty, 0.5f);
+  // Distinct tokens of prompt and output, each once, with output counts.
+  std::map<int32_t, int32_t> counts;
+  for (size_t i = 0; i < row.penalty_token_ids.size(); ++i) {
+    EXPECT_TRUE(counts.emplace(row.penalty_token_ids[i], row.penalty_output_counts[i]).second);
+  }
+  std::map<int32_t, int32_t> want_counts = {{5, 0}, {6, 0}, {7, 0}};
+  for (size_t i = 0; i < 5; ++i) ++want_counts[outcomes.at(0).tokens[i]];
+  EXPECT_EQ(counts, want_counts);
+  // The unseeded request got a seed of its own (not 0) all the same.
+  EXPECT_NE(d.executor().plans()[0].sampling[1].seed, 0);
+}
+
+}  // namespace
+}  // namespace tessera::worker

@@ -1,0 +1,137 @@
+// The in-process serving engine of one replica: a control thread that owns the Scheduler and the
+// StepExecutor's calls, fed by a queue. Clients Submit requests and Cancel them from any thread;
+// each request's tokens come back as TokenEvents through its RequestSink, on the engine thread.
+// The serving layer puts this behind gRPC/HTTP; `tessera generate` uses it directly.
+//
+// Time: request timeouts are measured on the injected Clock (MonotonicNow), checked between
+// steps, so tests drive them with a FakeClock. Waits inside the engine are bounded by real time
+// (EngineOptions::idle_wait) so that no wait is unbounded.
+//
+// Errors: Submit returns kInvalidArgument (malformed or never-fitting request),
+// kResourceExhausted (too many requests in flight), kUnimplemented (stop strings without a
+// StopMatcherFactory), kUnavailable (shut down, or the executor failed). An executor failure ends
+// every request in flight with that error; the engine accepts nothing afterwards.
+//
+// Thread-safety: every public method may be called from any thread, including from a sink on the
+// engine thread — except Shutdown and the destructor, which must not be called from a sink.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "model/config.h"
+#include "worker/request.h"
+#include "worker/scheduler.h"
+#include "worker/step.h"
+
+namespace tessera::worker {
+
+struct EngineOptions {
+  SchedulerConfig scheduler;
+  int32_t max_requests_in_flight = 4096;  // submitted, not finished; more: kResourceExhausted
+  absl::Duration idle_wait = absl::Milliseconds(100);  // an idle engine thread re-checks this often
+  StopMatcherFactory* stop_matchers = nullptr;         // not owned; must outlive the engine
+};
+
+// Scheduler counters plus the engine's own.
+struct EngineCounters : SchedulerCounters {
+  int64_t requests_submitted = 0;
+  int64_t requests_rejected = 0;  // Submit errors
+  int64_t requests_in_flight = 0;
+};
+
+class Engine {
+ public:
+  // Starts the control thread. `executor` (and `clock`) must outlive the engine; the engine is
+  // the executor's only caller. kInvalidArgument for options the executor cannot meet.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(StepExecutor& executor,
+                                                        const model::ModelConfig& config,
+                                                        const EngineOptions& options,
+                                                        Clock& clock = RealClock::Get());
+  // Shutdown(absl::ZeroDuration()): requests in flight end with kAborted. Waits for the step in
+  // progress (an executor step is bounded), never for requests.
+  ~Engine();
+
+  // Validates and queues a request; its events go to `sink` (shared by the caller and the engine
+  // thread until the last event). Returns the request's id.
+  absl::StatusOr<RequestId> Submit(Request request, std::shared_ptr<RequestSink> sink);
+  // As above with a ResponseStream to read from (its request_id() is set).
+  absl::StatusOr<std::shared_ptr<ResponseStream>> Submit(Request request);
+  // Ends a request (finish reason kAbort, status kCancelled) and returns its blocks, at the next
+  // step boundary. Unknown or finished ids are ignored.
+  void Cancel(RequestId id);
+  // Stops accepting requests, lets those in flight finish until `drain_timeout` has passed on the
+  // clock, aborts the rest (kAborted), and stops the thread. OK when nothing had to be aborted,
+  // kDeadlineExceeded otherwise, the executor's error if it failed. Idempotent.
+  absl::Status Shutdown(absl::Duration drain_timeout);
+
+  // A snapshot, updated after every step and every queue drain.
+  EngineCounters counters() const;
+  const SchedulerConfig& config() const { return options_.scheduler; }
+
+ private:
+  struct Command {
+    enum class Kind { kSubmit, kCancel } kind;
+    RequestId id = 0;
+    Request request;
+    std::shared_ptr<RequestSink> sink;
+    std::unique_ptr<StopMatcher> stop_matcher;
+    absl::Time deadline = absl::InfiniteFuture();
+  };
+  struct Live {
+    std::shared_ptr<RequestSink> sink;
+    absl::Time deadline;
+  };
+
+  Engine(StepExecutor& executor, std::unique_ptr<Scheduler> scheduler, const EngineOptions& options,
+         Clock& clock);
+  void Run();
+  void RunLoop();
+  // Engine-thread helpers.
+  void ApplyCommands(std::vector<Command>& commands);
+  void ExpireDeadlines();
+  absl::Status Step();
+  void End(RequestId id, absl::Status status);  // aborts a live request with a final event
+  void EndAll(const absl::Status& status);
+  void Deliver(const TokenEvent& event);
+  void PublishCounters();
+  void Push(Command command);
+
+  StepExecutor& executor_;
+  const EngineOptions options_;
+  Clock& clock_;
+  std::unique_ptr<Scheduler> scheduler_;       // engine thread only (Validate: any thread)
+  absl::flat_hash_map<RequestId, Live> live_;  // engine thread only
+
+  mutable absl::Mutex mu_;
+  std::vector<Command> inbox_ ABSL_GUARDED_BY(mu_);
+  RequestId next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // submitted and not yet ended
+  bool accepting_ ABSL_GUARDED_BY(mu_) = true;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time drain_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);  // the executor's error, once failed
+  int64_t aborted_at_shutdown_ ABSL_GUARDED_BY(mu_) = 0;
+  EngineCounters counters_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex join_mu_;  // serialises Shutdown's join
+  std::thread thread_ ABSL_GUARDED_BY(join_mu_);
+};
+
+// Submits `requests` in order and waits for every one to finish, `timeout` in all; outputs in
+// request order (a request that ended with an error carries it in its status). A Submit error is
+// returned after cancelling the requests already submitted. For batch jobs (`tessera generate`).
+absl::StatusOr<std::vector<RequestOutput>> GenerateAll(Engine& engine,
+                                                       const std::vector<Request>& requests,
+                                                       absl::Duration timeout);
+
+}  // namespace tessera::worker

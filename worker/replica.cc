@@ -1,0 +1,317 @@
+#include "worker/replica.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace tessera::worker {
+namespace {
+
+constexpr int64_t kStop = 0;
+constexpr int64_t kStep = 1;
+constexpr int64_t kKeepAlive = 2;
+constexpr int64_t kHeaderWords = 2;  // kind, payload words
+
+// Adding a field to SamplingRow or StepPlan must extend the wire format below.
+static_assert(sizeof(SamplingRow) == 128, "update EncodeStepPlan/DecodeStepPlan for SamplingRow");
+
+int64_t FloatBits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+}
+
+float BitsFloat(int64_t word) {
+  const uint32_t bits = static_cast<uint32_t>(word);
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+template <typename T>
+void Append(std::vector<int64_t>& words, const std::vector<T>& values) {
+  words.push_back(static_cast<int64_t>(values.size()));
+  for (const T& v : values) words.push_back(static_cast<int64_t>(v));
+}
+
+template <typename T>
+bool Read(const std::vector<int64_t>& words, size_t& at, std::vector<T>& out) {
+  if (at >= words.size()) return false;
+  const int64_t n = words[at++];
+  if (n < 0 || static_cast<size_t>(n) > words.size() - at) return false;
+  out.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(words[at++]);
+  return true;
+}
+
+MutableTensorView HostView(void* data, DataType dtype, int64_t n) {
+  return MutableTensorView(data, dtype, {n});
+}
+
+}  // namespace
+
+std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind) {
+  std::vector<int64_t> words = {kind};
+  Append(words, plan.token_ids);
+  Append(words, plan.positions);
+  Append(words, plan.slot_mapping);
+  Append(words, plan.query_start);
+  Append(words, plan.seq_lens);
+  Append(words, plan.block_tables);
+  Append(words, plan.logits_rows);
+  words.push_back(static_cast<int64_t>(plan.sampling.size()));
+  for (const SamplingRow& r : plan.sampling) {
+    words.push_back(FloatBits(r.temperature));
+    words.push_back(r.top_k);
+    words.push_back(FloatBits(r.top_p));
+    words.push_back(r.seed);
+    words.push_back(r.step);
+    words.push_back(FloatBits(r.min_p));
+    words.push_back(FloatBits(r.repetition_penalty));
+    words.push_back(FloatBits(r.presence_penalty));
+    words.push_back(FloatBits(r.frequency_penalty));
+    words.push_back(r.num_top_logprobs);
+    Append(words, r.penalty_token_ids);
+    Append(words, r.penalty_output_counts);
+    Append(words, r.banned_token_ids);
+  }
+  return words;
+}
+
+absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64_t* kind) {
+  StepPlan plan;
+  size_t at = 0;
+  const auto bad = [] { return absl::DataLossError("a step plan from the leader is malformed"); };
+  if (words.empty()) return bad();
+  *kind = words[at++];
+  if (!Read(words, at, plan.token_ids) || !Read(words, at, plan.positions) ||
+      !Read(words, at, plan.slot_mapping) || !Read(words, at, plan.query_start) ||
+      !Read(words, at, plan.seq_lens) || !Read(words, at, plan.block_tables) ||
+      !Read(words, at, plan.logits_rows) || at >= words.size()) {
+    return bad();
+  }
+  const int64_t rows = words[at++];
+  constexpr size_t kScalars = 10;
+  if (rows < 0 || static_cast<size_t>(rows) > (words.size() - at) / kScalars) return bad();
+  plan.sampling.resize(static_cast<size_t>(rows));
+  for (SamplingRow& r : plan.sampling) {
+    if (words.size() - at < kScalars) return bad();
+    r.temperature = BitsFloat(words[at++]);
+    r.top_k = static_cast<int32_t>(words[at++]);
+    r.top_p = BitsFloat(words[at++]);
+    r.seed = words[at++];
+    r.step = words[at++];
+    r.min_p = BitsFloat(words[at++]);
+    r.repetition_penalty = BitsFloat(words[at++]);
+    r.presence_penalty = BitsFloat(words[at++]);
+    r.frequency_penalty = BitsFloat(words[at++]);
+    r.num_top_logprobs = static_cast<int32_t>(words[at++]);
+    if (!Read(words, at, r.penalty_token_ids) || !Read(words, at, r.penalty_output_counts) ||
+        !Read(words, at, r.banned_token_ids)) {
+      return bad();
+    }
+  }
+  if (at != words.size()) return bad();
+  return plan;
+}
+
+absl::StatusOr<std::unique_ptr<ShardWorker>> ShardWorker::Create(LlamaModel& model, KvCache& cache,
+                                                                 kernels::Backend& backend,
+                                                                 parallel::Communicator& replica) {
+  const parallel::ShardPlan& plan = model.plan();
+  if (replica.size() != plan.tp_size * plan.pp_size ||
+      replica.rank() !=
+          parallel::ShardPlan::ReplicaRank(plan.tp_rank, plan.pp_rank, plan.tp_size)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ShardWorker: replica communicator rank ", replica.rank(), " of ",
+                     replica.size(), " does not match the shard plan (", plan.DebugString(), ")"));
+  }
+  auto worker = std::unique_ptr<ShardWorker>(new ShardWorker(model, cache, replica));
+  TESSERA_ASSIGN_OR_RETURN(worker->stream_, backend.CreateStream());
+  if (plan.last_stage()) {
+    TESSERA_ASSIGN_OR_RETURN(worker->sampler_,
+                             DeviceSampler::Create(backend, model.options().max_num_tokens));
+  }
+  return worker;
+}
+
+ExecutorLimits ShardWorker::limits() const {
+  ExecutorLimits l;
+  l.num_blocks = cache_.config().num_blocks;
+  l.block_size = cache_.config().block_size;
+  l.max_blocks_per_seq = model_.options().max_blocks_per_seq;
+  l.max_num_tokens = model_.options().max_num_tokens;
+  l.max_num_seqs = model_.options().max_num_seqs;
+  return l;
+}
+
+absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
+  if (plan.sampling.size() != plan.logits_rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("step plan: ", plan.sampling.size(),
+                                                   " sampling rows for ", plan.logits_rows.size(),
+                                                   " logits rows"));
+  }
+  const parallel::ShardPlan& shard = model_.plan();
+  TESSERA_ASSIGN_OR_RETURN(TensorView logits,
+                           model_.Forward(plan.AsForwardInput(), cache_, *stream_));
+  StepResult result;
+  const int64_t rows = static_cast<int64_t>(plan.logits_rows.size());
+  if (shard.last_stage() && rows > 0) {
+    // Every TP rank of the last stage holds the same logits and draws the same tokens; TP rank 0
+    // hands them to the leader.
+    TESSERA_ASSIGN_OR_RETURN(result, sampler_->Sample(logits, plan.sampling, *stream_));
+  } else {
+    TESSERA_RETURN_IF_ERROR(stream_->Synchronize());
+  }
+  const int sender = parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size);
+  if (rows == 0 || sender == 0) return is_leader() ? result : StepResult{};
+  // The hand-back: top_n, then the chosen tokens and logprobs, then rows * top_n alternatives.
+  CpuStream host;
+  if (replica_.rank() == sender) {
+    int64_t top_n = result.top_n;
+    TESSERA_RETURN_IF_ERROR(replica_.Send(HostView(&top_n, DataType::kI64, 1), 0, host));
+    TESSERA_RETURN_IF_ERROR(
+        replica_.Send(HostView(result.token_ids.data(), DataType::kI32, rows), 0, host));
+    TESSERA_RETURN_IF_ERROR(
+        replica_.Send(HostView(result.logprobs.data(), DataType::kF32, rows), 0, host));
+    if (top_n > 0) {
+      TESSERA_RETURN_IF_ERROR(replica_.Send(
+          HostView(result.top_token_ids.data(), DataType::kI32, rows * top_n), 0, host));
+      TESSERA_RETURN_IF_ERROR(replica_.Send(
+          HostView(result.top_logprobs.data(), DataType::kF32, rows * top_n), 0, host));
+    }
+    return StepResult{};
+  }
+  if (!is_leader()) return StepResult{};
+  int64_t top_n = 0;
+  TESSERA_RETURN_IF_ERROR(replica_.Recv(HostView(&top_n, DataType::kI64, 1), sender, host));
+  if (top_n < 0 || top_n > 1024) {
+    return absl::DataLossError(absl::StrCat("the last stage sent top_n ", top_n));
+  }
+  result.top_n = static_cast<int32_t>(top_n);
+  result.token_ids.resize(static_cast<size_t>(rows));
+  result.logprobs.resize(static_cast<size_t>(rows));
+  TESSERA_RETURN_IF_ERROR(
+      replica_.Recv(HostView(result.token_ids.data(), DataType::kI32, rows), sender, host));
+  TESSERA_RETURN_IF_ERROR(
+      replica_.Recv(HostView(result.logprobs.data(), DataType::kF32, rows), sender, host));
+  if (top_n > 0) {
+    result.top_token_ids.resize(static_cast<size_t>(rows * top_n));
+    result.top_logprobs.resize(static_cast<size_t>(rows * top_n));
+    TESSERA_RETURN_IF_ERROR(replica_.Recv(
+        HostView(result.top_token_ids.data(), DataType::kI32, rows * top_n), sender, host));
+    TESSERA_RETURN_IF_ERROR(replica_.Recv(
+        HostView(result.top_logprobs.data(), DataType::kF32, rows * top_n), sender, host));
+  }
+  return result;
+}
+
+namespace {
+// Broadcasts a plan (the leader) or receives one (followers).
+absl::Status BroadcastWords(parallel::Communicator& comm, std::vector<int64_t>& words) {
+  CpuStream host;
+  int64_t header[kHeaderWords] = {0, static_cast<int64_t>(words.size())};
+  TESSERA_RETURN_IF_ERROR(comm.Broadcast(HostView(header, DataType::kI64, kHeaderWords), 0, host));
+  if (header[1] < 0 || header[1] > (int64_t{1} << 32)) {
+    return absl::DataLossError(absl::StrCat("a step plan of ", header[1], " words"));
+  }
+  words.resize(static_cast<size_t>(header[1]));
+  return comm.Broadcast(HostView(words.data(), DataType::kI64, header[1]), 0, host);
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ReplicaExecutor>> ReplicaExecutor::Create(
+    ShardWorker& worker, absl::Duration keepalive_interval, Clock& clock) {
+  if (!worker.is_leader()) {
+    return absl::InvalidArgumentError("ReplicaExecutor runs on the replica's rank 0");
+  }
+  return std::unique_ptr<ReplicaExecutor>(new ReplicaExecutor(worker, keepalive_interval, clock));
+}
+
+ReplicaExecutor::~ReplicaExecutor() {
+  const absl::Status status = Stop();
+  if (!status.ok()) TESSERA_LOG(WARNING) << "stopping the replica's followers: " << status;
+}
+
+absl::StatusOr<StepResult> ReplicaExecutor::Execute(const StepPlan& plan) {
+  if (stopped_) return absl::FailedPreconditionError("the replica was stopped");
+  if (worker_.replica().size() > 1) {
+    std::vector<int64_t> words = EncodeStepPlan(plan, kStep);
+    TESSERA_RETURN_IF_ERROR(BroadcastWords(worker_.replica(), words));
+    last_sent_ = clock_.MonotonicNow();
+  }
+  return worker_.RunStep(plan);
+}
+
+absl::Status ReplicaExecutor::Idle() {
+  if (stopped_ || worker_.replica().size() == 1) return absl::OkStatus();
+  const absl::Time now = clock_.MonotonicNow();
+  if (now - last_sent_ < keepalive_interval_) return absl::OkStatus();
+  last_sent_ = now;
+  std::vector<int64_t> words = EncodeStepPlan(StepPlan{}, kKeepAlive);
+  return BroadcastWords(worker_.replica(), words);
+}
+
+absl::Status ReplicaExecutor::Stop() {
+  if (stopped_) return absl::OkStatus();
+  stopped_ = true;
+  if (worker_.replica().size() == 1) return absl::OkStatus();
+  std::vector<int64_t> words = EncodeStepPlan(StepPlan{}, kStop);
+  return BroadcastWords(worker_.replica(), words);
+}
+
+absl::Status RunFollower(ShardWorker& worker) {
+  if (worker.is_leader()) return absl::InvalidArgumentError("RunFollower on the leader");
+  while (true) {
+    std::vector<int64_t> words;
+    TESSERA_RETURN_IF_ERROR(BroadcastWords(worker.replica(), words));
+    int64_t kind = 0;
+    TESSERA_ASSIGN_OR_RETURN(StepPlan plan, DecodeStepPlan(words, &kind));
+    if (kind == kStop) return absl::OkStatus();
+    if (kind == kKeepAlive) continue;
+    if (kind != kStep) return absl::DataLossError(absl::StrCat("unknown plan kind ", kind));
+    TESSERA_RETURN_IF_ERROR(worker.RunStep(plan).status());
+  }
+}
+
+absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
+                                              const model::WeightSource& weights,
+                                              kernels::Backend& backend,
+                                              parallel::Communicator& replica,
+                                              const ReplicaRankOptions& options) {
+  const parallel::ParallelConfig& par = options.parallel;
+  TESSERA_RETURN_IF_ERROR(parallel::ValidateParallelConfig(config, par));
+  if (replica.size() != par.tp_size * par.pp_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a replica of tensor-parallel size ", par.tp_size, " x pipeline-parallel size ",
+        par.pp_size, " needs ", par.tp_size * par.pp_size, " ranks, got ", replica.size()));
+  }
+  const int tp_rank = replica.rank() % par.tp_size;
+  const int pp_rank = replica.rank() / par.tp_size;
+  ReplicaRank rank;
+  ModelParallelism parallelism;
+  TESSERA_ASSIGN_OR_RETURN(parallelism.plan,
+                           parallel::MakeShardPlan(config, par, tp_rank, pp_rank));
+  if (par.tp_size > 1) {
+    TESSERA_ASSIGN_OR_RETURN(rank.tp, replica.Split(/*color=*/pp_rank, /*key=*/tp_rank));
+    parallelism.tp = rank.tp.get();
+  }
+  if (par.pp_size > 1) {
+    TESSERA_ASSIGN_OR_RETURN(rank.pp, replica.Split(/*color=*/tp_rank, /*key=*/pp_rank));
+    parallelism.pp = rank.pp.get();
+  }
+  TESSERA_ASSIGN_OR_RETURN(
+      rank.model, LlamaModel::Create(config, weights, backend, options.model, parallelism));
+  TESSERA_ASSIGN_OR_RETURN(
+      rank.cache,
+      KvCache::Create(rank.model->KvCacheShape(options.num_kv_blocks, options.block_size,
+                                               options.kv_cache_dtype),
+                      backend));
+  TESSERA_ASSIGN_OR_RETURN(rank.worker,
+                           ShardWorker::Create(*rank.model, *rank.cache, backend, replica));
+  return rank;
+}
+
+}  // namespace tessera::worker

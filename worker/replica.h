@@ -1,0 +1,127 @@
+// A replica spread over several ranks (TP x PP): the leader (replica rank 0) plans every step and
+// hands the plan to its followers over the replica's communicator; every rank runs its shard of
+// the forward pass (TP all-reduces and PP sends happen inside LlamaModel); the last stage samples
+// and its TP rank 0 sends the tokens back to the leader.
+//
+//   leader:    ReplicaExecutor (a StepExecutor for the scheduler) -> ShardWorker
+//   followers: RunFollower(ShardWorker) until the leader stops the replica
+//
+// Plans travel with Broadcast over the replica communicator, which bounds every wait: a follower
+// idles at most until the communicator's timeout, so a leader with no work sends a keep-alive
+// (an empty plan) more often than that — Idle() does it. Thread-compatible, one thread per rank.
+#pragma once
+
+#include <memory>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "kernels/backend.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "parallel/comm/communicator.h"
+#include "parallel/shard_plan.h"
+#include "worker/kv_cache.h"
+#include "worker/llama_model.h"
+#include "worker/local_executor.h"
+#include "worker/step.h"
+
+namespace tessera::worker {
+
+// This rank's part of a replica: its model shard, its KV cache and, on the last stage, a sampler.
+// `replica` is the communicator of all ranks of the replica (rank = ShardPlan::ReplicaRank); it
+// carries plans and tokens in host memory, so it is a CPU communicator (MPI or in-process) even
+// when the TP/PP groups are NCCL.
+class ShardWorker {
+ public:
+  // Everything referenced must outlive the worker.
+  static absl::StatusOr<std::unique_ptr<ShardWorker>> Create(LlamaModel& model, KvCache& cache,
+                                                             kernels::Backend& backend,
+                                                             parallel::Communicator& replica);
+  // Runs one step on this rank. On the leader returns the sampled tokens; elsewhere an empty
+  // result.
+  absl::StatusOr<StepResult> RunStep(const StepPlan& plan);
+
+  bool is_leader() const { return replica_.rank() == 0; }
+  ExecutorLimits limits() const;
+  parallel::Communicator& replica() { return replica_; }
+
+ private:
+  ShardWorker(LlamaModel& model, KvCache& cache, parallel::Communicator& replica)
+      : model_(model), cache_(cache), replica_(replica) {}
+
+  LlamaModel& model_;
+  KvCache& cache_;
+  parallel::Communicator& replica_;
+  std::unique_ptr<Stream> stream_;
+  std::unique_ptr<DeviceSampler> sampler_;  // last stage only
+};
+
+// The leader's executor: broadcasts each plan, runs its own shard, returns the tokens.
+class ReplicaExecutor final : public StepExecutor {
+ public:
+  // `worker` must be the leader's (replica rank 0) and outlive the executor.
+  // Keep-alives go out at most every `keepalive_interval` of `clock`'s monotonic time; keep it
+  // well under the replica communicator's timeout.
+  static absl::StatusOr<std::unique_ptr<ReplicaExecutor>> Create(
+      ShardWorker& worker, absl::Duration keepalive_interval = absl::Seconds(1),
+      Clock& clock = RealClock::Get());
+  // Stops the followers if Stop() was not called (errors are logged).
+  ~ReplicaExecutor() override;
+
+  absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
+  ExecutorLimits limits() const override { return worker_.limits(); }
+
+  // A keep-alive for idle followers (an empty plan), unless a step or keep-alive went out within
+  // the interval.
+  absl::Status Idle() override;
+  // Tells the followers to return from RunFollower. Idempotent.
+  absl::Status Stop();
+
+ private:
+  ReplicaExecutor(ShardWorker& worker, absl::Duration keepalive_interval, Clock& clock)
+      : worker_(worker), keepalive_interval_(keepalive_interval), clock_(clock) {}
+  ShardWorker& worker_;
+  const absl::Duration keepalive_interval_;
+  Clock& clock_;
+  absl::Time last_sent_ = absl::InfinitePast();
+  bool stopped_ = false;
+};
+
+// A follower's loop: receives plans from the leader and runs them until told to stop (OK) or a
+// communicator fails (its error).
+absl::Status RunFollower(ShardWorker& worker);
+
+struct ReplicaRankOptions {
+  parallel::ParallelConfig parallel;
+  LlamaModelOptions model;
+  int32_t num_kv_blocks = 0;
+  int32_t block_size = 16;
+  DataType kv_cache_dtype = DataType::kF32;
+};
+
+// Everything one rank of a replica holds, declared so that it is destroyed in a safe order.
+struct ReplicaRank {
+  std::unique_ptr<parallel::Communicator> tp;  // null when tp_size == 1
+  std::unique_ptr<parallel::Communicator> pp;  // null when pp_size == 1
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<ShardWorker> worker;
+};
+
+// Collective over `replica` (size tp_size * pp_size): splits the TP and PP groups, then loads
+// this rank's shard of `weights` onto `backend` and allocates its KV cache. kInvalidArgument when
+// the replica's size does not match the parallel config or the config cannot split the model.
+absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
+                                              const model::WeightSource& weights,
+                                              kernels::Backend& backend,
+                                              parallel::Communicator& replica,
+                                              const ReplicaRankOptions& options);
+
+// The wire form of a plan: a header of sizes, then every field, as int64 words (floats bit-cast).
+// kind 0 = stop, 1 = step, 2 = keep-alive.
+std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind);
+absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64_t* kind);
+
+}  // namespace tessera::worker

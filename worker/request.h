@@ -1,0 +1,136 @@
+// What a client hands the engine (Request, SamplingParams) and what it gets back (a stream of
+// TokenEvents through a RequestSink). Plain data, no protobuf: worker/rpc/ and coordinator/api/
+// convert. The engine (worker/engine.h) and its scheduler (worker/scheduler.h) use these types.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace tessera::worker {
+
+using RequestId = uint64_t;
+
+// Sampling of one request, with vLLM's meanings. The scheduler validates the ranges at Submit.
+struct SamplingParams {
+  float temperature = 0.0f;         // 0: greedy
+  int32_t top_k = 0;                // 0 or -1: no limit
+  float top_p = 1.0f;               // (0, 1]
+  float min_p = 0.0f;               // [0, 1]; relative to the most likely token
+  float repetition_penalty = 1.0f;  // > 0; over prompt and output tokens; 1: off
+  float presence_penalty = 0.0f;    // [-2, 2]; over output tokens
+  float frequency_penalty = 0.0f;   // [-2, 2]; over output tokens
+  std::optional<int64_t> seed;      // unset: the engine picks one per request
+  int32_t max_tokens = 16;          // >= 1
+  int32_t min_tokens = 0;           // EOS and stop tokens are banned until this many are out
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  int32_t logprobs = 0;  // top-N logprobs per generated token, 0..kMaxLogprobs
+  // Stop strings need a detokenizer: the engine accepts them only with a StopMatcherFactory
+  // (EngineOptions), which the tokenizer issue provides; kUnimplemented otherwise.
+  std::vector<std::string> stop;
+};
+
+inline constexpr int32_t kMaxLogprobs = 20;
+
+struct Request {
+  std::vector<int32_t> prompt;  // token ids
+  SamplingParams sampling;
+  // Part of every prefix-cache block hash: requests with different salts never share blocks
+  // (tenant isolation, as vLLM's cache_salt). Empty: the shared namespace.
+  std::string cache_salt;
+  // From Submit; on expiry the request ends with finish reason kAbort and kDeadlineExceeded.
+  absl::Duration timeout = absl::InfiniteDuration();
+};
+
+enum class FinishReason { kStop, kLength, kAbort };
+absl::string_view FinishReasonName(FinishReason finish);  // "stop", "length", "abort"
+
+struct TokenLogprob {
+  int32_t token_id = 0;
+  float logprob = 0.0f;
+};
+
+// One event of a request's stream: a generated token, and on the last event the finish reason.
+struct TokenEvent {
+  RequestId request_id = 0;
+  int32_t token_id = -1;  // -1: no token (the last event of a request that ended early)
+  float logprob = 0.0f;   // of token_id under the model's raw distribution
+  std::vector<TokenLogprob> top_logprobs;     // SamplingParams::logprobs most likely, descending
+  std::optional<FinishReason> finish_reason;  // set on the last event only
+  // On the last event: OK, or why the request ended early — kCancelled (Cancel),
+  // kDeadlineExceeded (timeout), kAborted (engine shut down), or the executor's error.
+  absl::Status status;
+  int32_t num_cached_tokens = 0;  // on the first event: prompt tokens served by the prefix cache
+};
+
+// Receives the events of one request, in order, on the engine's thread: implementations must not
+// block for long (they stall every request) and may call Engine::Submit/Cancel but never
+// Engine::Shutdown. The last event carries finish_reason.
+class RequestSink {
+ public:
+  virtual ~RequestSink() = default;
+  virtual void OnEvent(const TokenEvent& event) = 0;
+};
+
+// A request's tokens gathered by ResponseStream::Collect.
+struct RequestOutput {
+  RequestId request_id = 0;
+  std::vector<int32_t> token_ids;
+  std::vector<float> logprobs;
+  std::vector<std::vector<TokenLogprob>> top_logprobs;  // per token
+  FinishReason finish_reason = FinishReason::kAbort;
+  absl::Status status;  // the last event's
+  int32_t num_cached_tokens = 0;
+};
+
+// A RequestSink that queues events for a consumer thread. Thread-safe.
+class ResponseStream final : public RequestSink {
+ public:
+  void OnEvent(const TokenEvent& event) override;
+  // The next event, waiting at most `timeout` (real time): kDeadlineExceeded when none came (the
+  // request goes on; call again), kOutOfRange once the last event has been returned.
+  absl::StatusOr<TokenEvent> Next(absl::Duration timeout);
+  // Every remaining event up to the last, waiting at most `timeout` in all: kDeadlineExceeded
+  // when the request has not finished by then (events read so far are lost to the caller).
+  absl::StatusOr<RequestOutput> Collect(absl::Duration timeout);
+  RequestId request_id() const { return request_id_; }
+
+ private:
+  friend class Engine;
+  RequestId request_id_ = 0;  // set by Engine::Submit before it returns the stream
+  absl::Mutex mu_;
+  std::deque<TokenEvent> events_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // the last event has been queued
+  bool drained_ ABSL_GUARDED_BY(mu_) = false;   // ... and returned by Next
+};
+
+// Incremental stop-string matching over a request's generated tokens. Needs a detokenizer: the
+// tokenizer issue implements it. One per request, driven on the engine thread.
+class StopMatcher {
+ public:
+  virtual ~StopMatcher() = default;
+  // Called with each generated token; true when the text now contains one of the stop strings
+  // (the request then finishes with kStop).
+  virtual bool Matches(int32_t token_id) = 0;
+};
+
+class StopMatcherFactory {
+ public:
+  virtual ~StopMatcherFactory() = default;
+  // Called on the submitting thread; kInvalidArgument for strings it cannot match. Thread-safe.
+  virtual absl::StatusOr<std::unique_ptr<StopMatcher>> Create(
+      const std::vector<std::string>& stop) = 0;
+};
+
+}  // namespace tessera::worker

@@ -1,0 +1,466 @@
+#include "worker/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "kernels/op_params.h"
+
+namespace tessera::worker {
+
+struct Scheduler::Sequence {
+  RequestId id = 0;
+  SamplingParams sampling;
+  uint64_t salt_key = 0;
+  int64_t seed = 0;
+  std::unique_ptr<StopMatcher> stop_matcher;
+  std::vector<int32_t> tokens;  // prompt, then generated
+  int32_t num_prompt = 0;
+  int32_t num_computed = 0;  // tokens whose K/V are in `blocks`
+  std::vector<int32_t> blocks;
+  std::vector<uint64_t> block_hashes;  // of the full blocks of `tokens`, as far as computed
+  int32_t num_registered = 0;          // leading blocks offered to the prefix cache
+  bool penalties = false;
+  absl::flat_hash_map<int32_t, int32_t> penalty_counts;  // prompt and output tokens -> output count
+  bool admitted = false;                                 // once; for num_cached_tokens
+  bool sent_first = false;
+  int32_t num_cached_tokens = 0;
+
+  int32_t generated() const { return static_cast<int32_t>(tokens.size()) - num_prompt; }
+};
+
+Scheduler::Scheduler(const SchedulerConfig& config, const ExecutorLimits& limits,
+                     const model::ModelConfig& model)
+    : config_(config),
+      limits_(limits),
+      block_size_(limits.block_size),
+      vocab_size_(model.vocab_size),
+      eos_token_ids_(model.eos_token_ids),
+      blocks_(limits.num_blocks, config.enable_prefix_caching) {}
+
+Scheduler::~Scheduler() = default;
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerConfig& config,
+                                                             const ExecutorLimits& limits,
+                                                             const model::ModelConfig& model) {
+  auto error = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat("Scheduler: ", parts...));
+  };
+  if (config.max_model_len <= 0 || config.max_num_seqs <= 0 || config.max_num_batched_tokens <= 0) {
+    return error("max_model_len (", config.max_model_len, "), max_num_seqs (", config.max_num_seqs,
+                 ") and max_num_batched_tokens (", config.max_num_batched_tokens,
+                 ") must be positive");
+  }
+  if (limits.num_blocks <= 0 || limits.block_size <= 0) {
+    return error("the executor has ", limits.num_blocks, " KV blocks of ", limits.block_size,
+                 " tokens");
+  }
+  if (model.vocab_size <= 0) return error("the model has no vocabulary");
+  const int64_t blocks_per_seq =
+      (int64_t{config.max_model_len} + limits.block_size - 1) / limits.block_size;
+  if (config.max_num_batched_tokens > limits.max_num_tokens ||
+      config.max_num_seqs > limits.max_num_seqs || blocks_per_seq > limits.max_blocks_per_seq) {
+    return error("the options exceed the executor's limits: max_num_batched_tokens ",
+                 config.max_num_batched_tokens, " (at most ", limits.max_num_tokens,
+                 "), max_num_seqs ", config.max_num_seqs, " (at most ", limits.max_num_seqs,
+                 "), max_model_len ", config.max_model_len, " = ", blocks_per_seq,
+                 " blocks (at most ", limits.max_blocks_per_seq, ")");
+  }
+  if (config.max_num_batched_tokens < config.max_num_seqs) {
+    return error("max_num_batched_tokens (", config.max_num_batched_tokens,
+                 ") must be at least max_num_seqs (", config.max_num_seqs,
+                 "): every running sequence needs a token per step");
+  }
+  if (!config.enable_chunked_prefill && config.max_num_batched_tokens < config.max_model_len) {
+    return error("without chunked prefill max_num_batched_tokens (", config.max_num_batched_tokens,
+                 ") must cover max_model_len (", config.max_model_len, ")");
+  }
+  return std::unique_ptr<Scheduler>(new Scheduler(config, limits, model));
+}
+
+absl::Status Scheduler::Validate(const Request& request) const {
+  const SamplingParams& s = request.sampling;
+  auto error = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (request.prompt.empty()) return error("empty prompt");
+  for (int32_t id : request.prompt) {
+    if (id < 0 || id >= vocab_size_) {
+      return error("prompt token ", id, " outside the vocabulary [0, ", vocab_size_, ")");
+    }
+  }
+  if (s.max_tokens < 1) return error("max_tokens must be at least 1, got ", s.max_tokens);
+  if (s.min_tokens < 0 || s.min_tokens > s.max_tokens) {
+    return error("min_tokens must be in [0, max_tokens = ", s.max_tokens, "], got ", s.min_tokens);
+  }
+  const int64_t total = static_cast<int64_t>(request.prompt.size()) + s.max_tokens;
+  if (total > config_.max_model_len) {
+    return error("prompt (", request.prompt.size(), " tokens) + max_tokens (", s.max_tokens,
+                 ") exceeds max_model_len ", config_.max_model_len);
+  }
+  // The last generated token is never run, so total - 1 tokens need K/V.
+  const int64_t blocks = (total - 1 + block_size_ - 1) / block_size_;
+  if (blocks > limits_.num_blocks) {
+    return error("prompt (", request.prompt.size(), " tokens) + max_tokens (", s.max_tokens,
+                 ") needs ", blocks, " KV blocks of ", block_size_,
+                 " tokens but the whole cache has ", limits_.num_blocks,
+                 ": the request could never run");
+  }
+  if (!std::isfinite(s.temperature) || s.temperature < 0.0f) {
+    return error("temperature must be a finite number >= 0, got ", s.temperature);
+  }
+  if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) return error("top_p must be in (0, 1], got ", s.top_p);
+  if (s.top_k < -1) return error("top_k must be >= -1 (0 or -1: no limit), got ", s.top_k);
+  if (!(s.min_p >= 0.0f && s.min_p <= 1.0f)) return error("min_p must be in [0, 1], got ", s.min_p);
+  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0.0f) {
+    return error("repetition_penalty must be a finite number > 0, got ", s.repetition_penalty);
+  }
+  if (!(s.presence_penalty >= -2.0f && s.presence_penalty <= 2.0f)) {
+    return error("presence_penalty must be in [-2, 2], got ", s.presence_penalty);
+  }
+  if (!(s.frequency_penalty >= -2.0f && s.frequency_penalty <= 2.0f)) {
+    return error("frequency_penalty must be in [-2, 2], got ", s.frequency_penalty);
+  }
+  if (s.logprobs < 0 || s.logprobs > kMaxLogprobs || s.logprobs > vocab_size_) {
+    return error("logprobs must be in [0, ", std::min<int64_t>(kMaxLogprobs, vocab_size_),
+                 "], got ", s.logprobs);
+  }
+  for (int32_t id : s.stop_token_ids) {
+    if (id < 0 || id >= vocab_size_) {
+      return error("stop token ", id, " outside the vocabulary [0, ", vocab_size_, ")");
+    }
+  }
+  if (request.timeout < absl::ZeroDuration()) {
+    return error("timeout must not be negative, got ", absl::FormatDuration(request.timeout));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::Add(RequestId id, Request request,
+                            std::unique_ptr<StopMatcher> stop_matcher) {
+  if (sequences_.contains(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request ", id, " is already scheduled"));
+  }
+  if (absl::Status s = Validate(request); !s.ok()) return s;
+  auto seq = std::make_unique<Sequence>();
+  seq->id = id;
+  seq->sampling = std::move(request.sampling);
+  seq->salt_key = CacheSaltKey(request.cache_salt);
+  seq->seed = seq->sampling.seed.has_value()
+                  ? *seq->sampling.seed
+                  : static_cast<int64_t>(kernels::SplitMix64(config_.seed ^ id));
+  seq->stop_matcher = std::move(stop_matcher);
+  seq->tokens = std::move(request.prompt);
+  seq->num_prompt = static_cast<int32_t>(seq->tokens.size());
+  const SamplingParams& s = seq->sampling;
+  seq->penalties =
+      s.repetition_penalty != 1.0f || s.presence_penalty != 0.0f || s.frequency_penalty != 0.0f;
+  if (seq->penalties) {
+    for (int32_t t : seq->tokens) seq->penalty_counts.emplace(t, 0);
+  }
+  waiting_.push_back(seq.get());
+  sequences_.emplace(id, std::move(seq));
+  return absl::OkStatus();
+}
+
+bool Scheduler::Abort(RequestId id) {
+  TESSERA_CHECK(scheduled_.empty()) << "Abort between Schedule and Update";
+  const auto it = sequences_.find(id);
+  if (it == sequences_.end()) return false;
+  ReleaseBlocks(*it->second);
+  Remove(it->second.get());
+  ++counters_.requests_aborted;
+  return true;
+}
+
+std::vector<RequestId> Scheduler::request_ids() const {
+  std::vector<RequestId> ids;
+  for (const auto& [id, seq] : sequences_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+void Scheduler::ComputeBlockHashes(Sequence& seq, int32_t full_blocks) const {
+  while (static_cast<int32_t>(seq.block_hashes.size()) < full_blocks) {
+    const size_t i = seq.block_hashes.size();
+    const uint64_t parent = i == 0 ? kRootBlockHash : seq.block_hashes[i - 1];
+    const auto block = absl::MakeConstSpan(seq.tokens).subspan(i * block_size_, block_size_);
+    seq.block_hashes.push_back(BlockHash(parent, seq.salt_key, block));
+  }
+}
+
+void Scheduler::ReleaseBlocks(Sequence& seq) {
+  TESSERA_CHECK_OK(blocks_.Release(seq.blocks));
+  seq.blocks.clear();
+  seq.num_computed = 0;
+  seq.num_registered = 0;
+}
+
+void Scheduler::Remove(Sequence* seq) {
+  std::erase(running_, seq);
+  if (auto it = std::find(waiting_.begin(), waiting_.end(), seq); it != waiting_.end()) {
+    waiting_.erase(it);
+  }
+  const RequestId id = seq->id;
+  sequences_.erase(id);  // destroys seq
+}
+
+void Scheduler::Preempt(Sequence& seq) {
+  ReleaseBlocks(seq);
+  std::erase(running_, &seq);
+  waiting_.push_front(&seq);
+  ++counters_.preemptions;
+}
+
+StepPlan Scheduler::Schedule() {
+  TESSERA_CHECK(scheduled_.empty()) << "Schedule twice without Update";
+  int32_t budget = config_.max_num_batched_tokens;
+  bool preempted = false;
+  if (config_.enable_chunked_prefill) {
+    ScheduleRunning(budget, preempted);
+    // As vLLM: no admissions in a step that had to preempt (the cache is short already).
+    if (!preempted) ScheduleWaiting(budget);
+  } else if (!ScheduleWaiting(budget)) {
+    // Without chunked prefill whole prompts run in steps of their own, before decodes.
+    ScheduleRunning(budget, preempted);
+  }
+  return BuildPlan();
+}
+
+bool Scheduler::ScheduleRunning(int32_t& budget, bool& preempted) {
+  bool any = false;
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence* seq = running_[i];
+    const int32_t pending = static_cast<int32_t>(seq->tokens.size()) - seq->num_computed;
+    const int32_t n = std::min(pending, budget);
+    const int32_t need =
+        BlocksFor(seq->num_computed + n) - static_cast<int32_t>(seq->blocks.size());
+    bool preempted_self = false;
+    while (need > blocks_.num_available()) {
+      Sequence* victim = running_.back();  // the most recently admitted
+      Preempt(*victim);
+      preempted = true;
+      if (victim == seq) {
+        preempted_self = true;
+        break;
+      }
+    }
+    if (preempted_self) break;  // everything after it has been preempted too
+    if (need > 0) {
+      absl::StatusOr<std::vector<int32_t>> fresh = blocks_.Allocate(need);
+      TESSERA_CHECK(fresh.ok()) << fresh.status();
+      seq->blocks.insert(seq->blocks.end(), fresh->begin(), fresh->end());
+    }
+    scheduled_.push_back({seq, n});
+    budget -= n;
+    any = true;
+    ++i;
+  }
+  return any;
+}
+
+bool Scheduler::ScheduleWaiting(int32_t& budget) {
+  bool any = false;
+  while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < config_.max_num_seqs &&
+         budget > 0) {
+    Sequence* seq = waiting_.front();
+    const int32_t len = static_cast<int32_t>(seq->tokens.size());
+    // The longest cached prefix of full blocks, short of the last token (it must be computed
+    // for the logits).
+    int32_t hits = 0;
+    if (blocks_.prefix_caching()) {
+      const int32_t max_hits = (len - 1) / block_size_;
+      ComputeBlockHashes(*seq, max_hits);
+      hits = blocks_.LookUp(absl::MakeConstSpan(seq->block_hashes).first(max_hits));
+    }
+    const auto hit_hashes = absl::MakeConstSpan(seq->block_hashes).first(hits);
+    const int32_t computed = hits * block_size_;
+    const int32_t pending = len - computed;
+    int32_t n = pending;
+    if (pending > budget) {
+      if (!config_.enable_chunked_prefill) break;
+      n = budget;
+    }
+    const int32_t need = BlocksFor(computed + n) - hits;
+    if (need > blocks_.num_available() - blocks_.CountEvictable(hit_hashes)) break;
+    seq->blocks = blocks_.AcquireCached(hit_hashes);
+    absl::StatusOr<std::vector<int32_t>> fresh = blocks_.Allocate(need);
+    TESSERA_CHECK(fresh.ok()) << fresh.status();
+    seq->blocks.insert(seq->blocks.end(), fresh->begin(), fresh->end());
+    seq->num_computed = computed;
+    seq->num_registered = hits;
+    if (!seq->admitted) seq->num_cached_tokens = computed;
+    seq->admitted = true;
+    if (blocks_.prefix_caching()) {
+      counters_.prefix_cache_queries += len;
+      counters_.prefix_cache_hits += computed;
+    }
+    waiting_.pop_front();
+    running_.push_back(seq);
+    scheduled_.push_back({seq, n});
+    budget -= n;
+    any = true;
+  }
+  return any;
+}
+
+void Scheduler::DiscardStep() { scheduled_.clear(); }
+
+SamplingRow Scheduler::MakeSamplingRow(const Sequence& seq) const {
+  const SamplingParams& s = seq.sampling;
+  SamplingRow row;
+  row.temperature = s.temperature;
+  row.top_k = std::max(s.top_k, 0);
+  row.top_p = s.top_p;
+  row.min_p = s.min_p;
+  row.seed = seq.seed;
+  row.step = seq.generated();
+  row.num_top_logprobs = s.logprobs;
+  if (seq.penalties) {
+    row.repetition_penalty = s.repetition_penalty;
+    row.presence_penalty = s.presence_penalty;
+    row.frequency_penalty = s.frequency_penalty;
+    row.penalty_token_ids.reserve(seq.penalty_counts.size());
+    row.penalty_output_counts.reserve(seq.penalty_counts.size());
+    for (const auto& [token, count] : seq.penalty_counts) {
+      row.penalty_token_ids.push_back(token);
+      row.penalty_output_counts.push_back(count);
+    }
+  }
+  if (seq.generated() < s.min_tokens) {
+    row.banned_token_ids = s.stop_token_ids;
+    if (!s.ignore_eos) {
+      for (int64_t eos : eos_token_ids_) {
+        if (eos >= 0 && eos < vocab_size_)
+          row.banned_token_ids.push_back(static_cast<int32_t>(eos));
+      }
+    }
+  }
+  return row;
+}
+
+StepPlan Scheduler::BuildPlan() const {
+  StepPlan plan;
+  const int32_t width = limits_.max_blocks_per_seq;
+  for (const auto& [seq, n] : scheduled_) {
+    for (int32_t j = 0; j < n; ++j) {
+      const int32_t pos = seq->num_computed + j;
+      plan.token_ids.push_back(seq->tokens[pos]);
+      plan.positions.push_back(pos);
+      plan.slot_mapping.push_back(
+          static_cast<int64_t>(seq->blocks[pos / block_size_]) * block_size_ + pos % block_size_);
+    }
+    plan.query_start.push_back(static_cast<int32_t>(plan.token_ids.size()));
+    plan.seq_lens.push_back(seq->num_computed + n);
+    for (int32_t j = 0; j < width; ++j) {
+      plan.block_tables.push_back(j < static_cast<int32_t>(seq->blocks.size()) ? seq->blocks[j]
+                                                                               : 0);
+    }
+    if (seq->num_computed + n == static_cast<int32_t>(seq->tokens.size())) {
+      plan.logits_rows.push_back(static_cast<int32_t>(plan.token_ids.size()) - 1);
+      plan.sampling.push_back(MakeSamplingRow(*seq));
+    }
+  }
+  return plan;
+}
+
+std::optional<FinishReason> Scheduler::CheckStop(Sequence& seq, int32_t token) const {
+  const SamplingParams& s = seq.sampling;
+  // The matcher sees every token, to keep its text whole, but min_tokens holds it back.
+  const bool text_stop = seq.stop_matcher != nullptr && seq.stop_matcher->Matches(token);
+  if (seq.generated() >= s.min_tokens) {
+    const bool eos = !s.ignore_eos && std::find(eos_token_ids_.begin(), eos_token_ids_.end(),
+                                                token) != eos_token_ids_.end();
+    const bool stop_id = std::find(s.stop_token_ids.begin(), s.stop_token_ids.end(), token) !=
+                         s.stop_token_ids.end();
+    if (eos || stop_id || text_stop) return FinishReason::kStop;
+  }
+  if (seq.generated() >= s.max_tokens ||
+      static_cast<int32_t>(seq.tokens.size()) >= config_.max_model_len) {
+    return FinishReason::kLength;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& result) {
+  std::vector<Scheduled> scheduled = std::move(scheduled_);
+  scheduled_.clear();
+  size_t rows = 0;
+  for (const auto& [seq, n] : scheduled) {
+    rows += seq->num_computed + n == static_cast<int32_t>(seq->tokens.size()) ? 1 : 0;
+  }
+  const size_t top_n = result.top_n > 0 ? static_cast<size_t>(result.top_n) : 0;
+  if (result.token_ids.size() != rows || result.logprobs.size() != rows ||
+      result.top_token_ids.size() != rows * top_n || result.top_logprobs.size() != rows * top_n) {
+    return absl::InternalError(absl::StrCat("the executor returned ", result.token_ids.size(),
+                                            " tokens for ", rows, " logits rows"));
+  }
+  ++counters_.steps;
+  counters_.last_step_prefill_tokens = 0;
+  counters_.last_step_decode_tokens = 0;
+  counters_.last_step_seqs = static_cast<int64_t>(scheduled.size());
+  std::vector<TokenEvent> events;
+  std::vector<Sequence*> finished;
+  size_t row = 0;
+  for (const auto& [seq, n] : scheduled) {
+    // A decode feeds back the one token generated last step; anything else is a prefill
+    // (prompt chunks, and recomputation after preemption).
+    const bool decode = n == 1 && seq->num_computed >= seq->num_prompt &&
+                        seq->num_computed + 1 == static_cast<int32_t>(seq->tokens.size());
+    (decode ? counters_.last_step_decode_tokens : counters_.last_step_prefill_tokens) += n;
+    seq->num_computed += n;
+    if (blocks_.prefix_caching()) {
+      const int32_t full = seq->num_computed / block_size_;
+      ComputeBlockHashes(*seq, full);
+      for (int32_t i = seq->num_registered; i < full; ++i) {
+        blocks_.Register(seq->blocks[i], seq->block_hashes[i]);
+      }
+      seq->num_registered = std::max(seq->num_registered, full);
+    }
+    if (seq->num_computed != static_cast<int32_t>(seq->tokens.size())) continue;
+    const int32_t token = result.token_ids[row];
+    if (token < 0 || token >= vocab_size_) {
+      return absl::InternalError(absl::StrCat("the executor sampled token ", token,
+                                              " outside the vocabulary [0, ", vocab_size_, ")"));
+    }
+    TokenEvent event;
+    event.request_id = seq->id;
+    event.token_id = token;
+    event.logprob = result.logprobs[row];
+    const size_t wanted = std::min<size_t>(static_cast<size_t>(seq->sampling.logprobs), top_n);
+    for (size_t j = 0; j < wanted; ++j) {
+      event.top_logprobs.push_back(
+          {result.top_token_ids[row * top_n + j], result.top_logprobs[row * top_n + j]});
+    }
+    if (!seq->sent_first) event.num_cached_tokens = seq->num_cached_tokens;
+    seq->sent_first = true;
+    ++row;
+    seq->tokens.push_back(token);
+    if (seq->penalties) ++seq->penalty_counts[token];
+    event.finish_reason = CheckStop(*seq, token);
+    if (event.finish_reason.has_value()) finished.push_back(seq);
+    events.push_back(std::move(event));
+  }
+  counters_.prefill_tokens += counters_.last_step_prefill_tokens;
+  counters_.decode_tokens += counters_.last_step_decode_tokens;
+  for (Sequence* seq : finished) {
+    ReleaseBlocks(*seq);
+    Remove(seq);
+    ++counters_.requests_finished;
+  }
+  return events;
+}
+
+SchedulerCounters Scheduler::counters() const {
+  SchedulerCounters c = counters_;
+  c.num_running = static_cast<int64_t>(running_.size());
+  c.num_waiting = static_cast<int64_t>(waiting_.size());
+  c.kv_blocks_total = blocks_.num_blocks();
+  c.kv_blocks_free = blocks_.num_free();
+  c.kv_blocks_in_use = blocks_.num_in_use();
+  c.kv_blocks_cached = blocks_.num_cached();
+  c.prefix_cache_evictions = blocks_.evictions();
+  return c;
+}
+
+}  // namespace tessera::worker

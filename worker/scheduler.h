@@ -1,0 +1,148 @@
+// The scheduling policy of one replica, as pure logic: no threads, no clock, no executor. The
+// engine (worker/engine.h) calls Schedule() for a StepPlan, runs it on a StepExecutor, and hands
+// the StepResult to Update(); between steps it adds and aborts requests.
+//
+// Policy (docs/decisions/0005-engine-scheduler.md):
+//  - Continuous batching. Running sequences, oldest admission first, each get their next tokens
+//    (decodes, then the remaining chunk of a prompt: only the newest admissions can still be
+//    prefilling, so decodes always come first), then waiting requests are admitted in arrival
+//    order, under max_num_batched_tokens tokens and max_num_seqs sequences per step.
+//  - Chunked prefill (default): a prompt takes whatever budget is left and goes on next step.
+//    Off: prompts are prefilled whole, in steps of their own that come before decodes (vLLM's
+//    behaviour without chunked prefill).
+//  - KV blocks are allocated as sequences grow. When none is left for a running sequence, the most
+//    recently admitted running sequence is preempted: its blocks are released (full ones stay in
+//    the prefix cache) and it goes back to the front of the waiting queue, to be recomputed from
+//    its prompt and the tokens generated so far. The oldest sequence is never preempted for a
+//    newer one, so the scheduler always makes progress.
+//  - Prefix caching (default): an admitted request takes the cached blocks of its longest cached
+//    prefix of full blocks, short of its last token (which must be computed to get logits).
+//  - A request that could never run — longer than max_model_len, or more blocks than the whole
+//    cache — is rejected by Validate.
+//
+// Thread-compatible, except Validate (const, thread-safe).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/config.h"
+#include "worker/block_manager.h"
+#include "worker/request.h"
+#include "worker/step.h"
+
+namespace tessera::worker {
+
+struct SchedulerConfig {
+  int32_t max_model_len = 0;  // prompt + output tokens of one request; required
+  int32_t max_num_seqs = 256;
+  int32_t max_num_batched_tokens = 2048;
+  bool enable_chunked_prefill = true;  // off: max_num_batched_tokens >= max_model_len
+  bool enable_prefix_caching = true;
+  uint64_t seed = 0;  // unseeded requests draw with SplitMix64(seed ^ request id)
+};
+
+// Counters the serving layer exports (vLLM's metric names in parentheses).
+struct SchedulerCounters {
+  int64_t num_running = 0;  // (num_requests_running)
+  int64_t num_waiting = 0;  // (num_requests_waiting), preempted ones included
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_free = 0;
+  int64_t kv_blocks_in_use = 0;
+  int64_t kv_blocks_cached = 0;        // unreferenced, evictable
+  int64_t prefix_cache_queries = 0;    // tokens looked up at admission (prefix_cache_queries)
+  int64_t prefix_cache_hits = 0;       // of which served from the cache (prefix_cache_hits)
+  int64_t prefix_cache_evictions = 0;  // cached blocks evicted for fresh ones
+  int64_t preemptions = 0;             // (num_preemptions)
+  int64_t steps = 0;
+  int64_t prefill_tokens = 0;  // prompt (and recomputed) tokens run (prompt_tokens)
+  int64_t decode_tokens = 0;   // generated tokens fed back (generation_tokens)
+  int64_t last_step_prefill_tokens = 0;
+  int64_t last_step_decode_tokens = 0;
+  int64_t last_step_seqs = 0;
+  int64_t requests_finished = 0;  // by stop or length
+  int64_t requests_aborted = 0;   // cancelled, timed out, shut down, failed
+
+  double prefix_cache_hit_rate() const {
+    return prefix_cache_queries > 0
+               ? static_cast<double>(prefix_cache_hits) / static_cast<double>(prefix_cache_queries)
+               : 0.0;
+  }
+};
+
+class Scheduler {
+ public:
+  // kInvalidArgument when the config is inconsistent or exceeds the executor's limits.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const SchedulerConfig& config,
+                                                           const ExecutorLimits& limits,
+                                                           const model::ModelConfig& model);
+  ~Scheduler();
+
+  // kInvalidArgument (what is wrong, with the limit) for a request that is malformed or could
+  // never run. Does not look at the scheduler's state: thread-safe.
+  absl::Status Validate(const Request& request) const;
+  // Queues a request (validated first). `stop_matcher` may be null. kAlreadyExists for a
+  // duplicate id.
+  absl::Status Add(RequestId id, Request request, std::unique_ptr<StopMatcher> stop_matcher = {});
+  // Removes a waiting or running request; its blocks return. False when the id is unknown
+  // (finished already). Never between Schedule and Update.
+  bool Abort(RequestId id);
+  std::vector<RequestId> request_ids() const;
+
+  bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
+  // Plans the next step: at least one token when HasWork(). Call Update with its result before
+  // anything else.
+  StepPlan Schedule();
+  // Applies the executor's result to the sequences of the last plan: one event per sampled token
+  // (finish reason on a request's last), finished requests removed and their blocks released.
+  // kInternal when the result does not match the plan.
+  absl::StatusOr<std::vector<TokenEvent>> Update(const StepResult& result);
+  // Forgets the last plan when the executor failed to run it (the sequences keep their state and
+  // blocks; abort them next).
+  void DiscardStep();
+
+  SchedulerCounters counters() const;
+  const BlockManager& blocks() const { return blocks_; }
+  const SchedulerConfig& config() const { return config_; }
+
+ private:
+  struct Sequence;
+  struct Scheduled {
+    Sequence* seq;
+    int32_t num_tokens;
+  };
+  Scheduler(const SchedulerConfig& config, const ExecutorLimits& limits,
+            const model::ModelConfig& model);
+
+  int32_t BlocksFor(int32_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
+  void ComputeBlockHashes(Sequence& seq, int32_t full_blocks) const;
+  // Running phase and admission phase of Schedule; true when they scheduled anything.
+  bool ScheduleRunning(int32_t& budget, bool& preempted);
+  bool ScheduleWaiting(int32_t& budget);
+  void Preempt(Sequence& seq);
+  void ReleaseBlocks(Sequence& seq);
+  void Remove(Sequence* seq);
+  StepPlan BuildPlan() const;
+  SamplingRow MakeSamplingRow(const Sequence& seq) const;
+  std::optional<FinishReason> CheckStop(Sequence& seq, int32_t token) const;
+
+  const SchedulerConfig config_;
+  const ExecutorLimits limits_;
+  const int32_t block_size_;
+  const int64_t vocab_size_;
+  const std::vector<int64_t> eos_token_ids_;
+  BlockManager blocks_;
+  absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> sequences_;
+  std::deque<Sequence*> waiting_;     // arrival order; preempted sequences at the front
+  std::vector<Sequence*> running_;    // admission order
+  std::vector<Scheduled> scheduled_;  // the plan awaiting Update
+  SchedulerCounters counters_;
+};
+
+}  // namespace tessera::worker
