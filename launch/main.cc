@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   try {
     std::vector<std::string> args = NormalizeArgs(argc, argv);
     std::vector<char*> pointers;
+    pointers.reserve(args.size());
     for (std::string& a : args) pointers.push_back(a.data());
     app.parse(static_cast<int>(pointers.size()), pointers.data());
   } catch (const CLI::ParseError& e) {

@@ -147,6 +147,7 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
       engine.threads > 0 ? std::max(1, engine.threads / ranks) : std::max(1, cores / ranks);
   std::vector<absl::Status> status(ranks);
   std::vector<std::thread> threads;
+  threads.reserve(ranks);
   for (int r = 0; r < ranks; ++r) {
     threads.emplace_back([&, r] {
       kernels::CpuBackendOptions cpu;

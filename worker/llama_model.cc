@@ -379,7 +379,7 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
   const DataType f32 = DataType::kF32;
   const Device dev = backend_.device();
   parallel::Communicator* tp = plan.tp_size > 1 ? par_.tp : nullptr;
-  auto all_reduce = [&](MutableTensorView x) {
+  auto all_reduce = [&](const MutableTensorView& x) {
     return tp == nullptr ? absl::OkStatus() : tp->AllReduce(x, x, parallel::ReduceOp::kSum, stream);
   };
 

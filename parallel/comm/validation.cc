@@ -13,7 +13,7 @@ absl::string_view DeviceTypeName(DeviceType type) {
   return type == DeviceType::kCpu ? "cpu" : "cuda";
 }
 
-absl::Status SameDtype(absl::string_view call, TensorView send, TensorView recv) {
+absl::Status SameDtype(absl::string_view call, const TensorView& send, const TensorView& recv) {
   if (send.dtype() != recv.dtype()) {
     return absl::InvalidArgumentError(
         absl::StrCat(call, ": send is ", send.DebugString(), " but recv is ", recv.DebugString()));
@@ -30,8 +30,8 @@ absl::Status Reducible(absl::string_view call, DataType dtype) {
 }
 
 // `inner` must be exactly `outer` + offset_bytes, or not overlap it at all.
-absl::Status InPlaceOrDisjoint(absl::string_view call, TensorView inner, TensorView outer,
-                               size_t offset_bytes) {
+absl::Status InPlaceOrDisjoint(absl::string_view call, const TensorView& inner,
+                               const TensorView& outer, size_t offset_bytes) {
   const char* expected = static_cast<const char*>(outer.data()) + offset_bytes;
   if (inner.data() != expected &&
       Overlaps(inner.data(), inner.nbytes(), outer.data(), outer.nbytes())) {
@@ -43,7 +43,7 @@ absl::Status InPlaceOrDisjoint(absl::string_view call, TensorView inner, TensorV
 
 }  // namespace
 
-absl::Status ValidateView(absl::string_view call, absl::string_view what, TensorView view,
+absl::Status ValidateView(absl::string_view call, absl::string_view what, const TensorView& view,
                           DeviceType device_type) {
   if (view.device().type != device_type) {
     return absl::InvalidArgumentError(absl::StrCat(call, ": ", what, " ", view.DebugString(),
@@ -61,7 +61,8 @@ absl::Status ValidateView(absl::string_view call, absl::string_view what, Tensor
   return absl::OkStatus();
 }
 
-absl::Status ValidateAllReduce(TensorView send, TensorView recv, DeviceType device_type) {
+absl::Status ValidateAllReduce(const TensorView& send, const TensorView& recv,
+                               DeviceType device_type) {
   TESSERA_RETURN_IF_ERROR(ValidateView("AllReduce", "send", send, device_type));
   TESSERA_RETURN_IF_ERROR(ValidateView("AllReduce", "recv", recv, device_type));
   TESSERA_RETURN_IF_ERROR(SameDtype("AllReduce", send, recv));
@@ -74,8 +75,8 @@ absl::Status ValidateAllReduce(TensorView send, TensorView recv, DeviceType devi
   return InPlaceOrDisjoint("AllReduce", recv, send, 0);
 }
 
-absl::Status ValidateAllGather(TensorView send, TensorView recv, int rank, int group_size,
-                               DeviceType device_type) {
+absl::Status ValidateAllGather(const TensorView& send, const TensorView& recv, int rank,
+                               int group_size, DeviceType device_type) {
   TESSERA_RETURN_IF_ERROR(ValidateView("AllGather", "send", send, device_type));
   TESSERA_RETURN_IF_ERROR(ValidateView("AllGather", "recv", recv, device_type));
   TESSERA_RETURN_IF_ERROR(SameDtype("AllGather", send, recv));
@@ -87,8 +88,8 @@ absl::Status ValidateAllGather(TensorView send, TensorView recv, int rank, int g
   return InPlaceOrDisjoint("AllGather", send, recv, static_cast<size_t>(rank) * send.nbytes());
 }
 
-absl::Status ValidateReduceScatter(TensorView send, TensorView recv, int rank, int group_size,
-                                   DeviceType device_type) {
+absl::Status ValidateReduceScatter(const TensorView& send, const TensorView& recv, int rank,
+                                   int group_size, DeviceType device_type) {
   TESSERA_RETURN_IF_ERROR(ValidateView("ReduceScatter", "send", send, device_type));
   TESSERA_RETURN_IF_ERROR(ValidateView("ReduceScatter", "recv", recv, device_type));
   TESSERA_RETURN_IF_ERROR(SameDtype("ReduceScatter", send, recv));
@@ -101,7 +102,8 @@ absl::Status ValidateReduceScatter(TensorView send, TensorView recv, int rank, i
   return InPlaceOrDisjoint("ReduceScatter", recv, send, static_cast<size_t>(rank) * recv.nbytes());
 }
 
-absl::Status ValidateBroadcast(TensorView data, int root, int group_size, DeviceType device_type) {
+absl::Status ValidateBroadcast(const TensorView& data, int root, int group_size,
+                               DeviceType device_type) {
   TESSERA_RETURN_IF_ERROR(ValidateView("Broadcast", "data", data, device_type));
   if (root < 0 || root >= group_size) {
     return absl::InvalidArgumentError(
@@ -110,8 +112,8 @@ absl::Status ValidateBroadcast(TensorView data, int root, int group_size, Device
   return absl::OkStatus();
 }
 
-absl::Status ValidatePointToPoint(absl::string_view call, TensorView data, int peer, int rank,
-                                  int group_size, DeviceType device_type) {
+absl::Status ValidatePointToPoint(absl::string_view call, const TensorView& data, int peer,
+                                  int rank, int group_size, DeviceType device_type) {
   TESSERA_RETURN_IF_ERROR(ValidateView(call, "data", data, device_type));
   if (peer < 0 || peer >= group_size) {
     return absl::InvalidArgumentError(

@@ -2,6 +2,7 @@
 
 #include <climits>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -114,7 +115,7 @@ MpiCommunicator::~MpiCommunicator() {
     if (!done) {
       pending = true;
       // MPI may still write this memory when the late peers arrive: leak it on purpose.
-      new std::vector<char>(std::move(orphan.scratch));
+      new (std::nothrow) std::vector<char>(std::move(orphan.scratch));
     }
   }
   // Open MPI 4.1 keeps progressing a pending non-blocking collective on a freed communicator and
