@@ -30,6 +30,10 @@ void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags) {
       ->check(CLI::PositiveNumber);
   app.add_option("--pp-layers", flags.pp_layers,
                  "Layers per pipeline stage, e.g. 10,6 (default: as even as possible)");
+  app.add_option("--pp-micro-batches", flags.pp_micro_batches,
+                 "Micro-batches each step is split into through the pipeline (0: one per stage)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--comm", flags.comm,
                  "Communicators: auto (MPI under mpirun, else threads), inproc, mpi")
       ->capture_default_str()
@@ -51,6 +55,7 @@ absl::StatusOr<worker::ReplicaRankOptions> RankOptions(const model::ModelConfig&
   worker::ReplicaRankOptions o;
   o.parallel.tp_size = flags.tensor_parallel_size;
   o.parallel.pp_size = flags.pipeline_parallel_size;
+  o.pp_micro_batches = flags.pp_micro_batches;
   if (!flags.pp_layers.empty()) {
     for (absl::string_view part : absl::StrSplit(flags.pp_layers, ',')) {
       int64_t n = 0;

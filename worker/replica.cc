@@ -1,6 +1,8 @@
 #include "worker/replica.h"
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -119,7 +121,8 @@ absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64
 
 absl::StatusOr<std::unique_ptr<ShardWorker>> ShardWorker::Create(LlamaModel& model, KvCache& cache,
                                                                  kernels::Backend& backend,
-                                                                 parallel::Communicator& replica) {
+                                                                 parallel::Communicator& replica,
+                                                                 int micro_batches) {
   const parallel::ShardPlan& plan = model.plan();
   if (replica.size() != plan.tp_size * plan.pp_size ||
       replica.rank() !=
@@ -128,7 +131,11 @@ absl::StatusOr<std::unique_ptr<ShardWorker>> ShardWorker::Create(LlamaModel& mod
         absl::StrCat("ShardWorker: replica communicator rank ", replica.rank(), " of ",
                      replica.size(), " does not match the shard plan (", plan.DebugString(), ")"));
   }
-  auto worker = std::unique_ptr<ShardWorker>(new ShardWorker(model, cache, replica));
+  if (micro_batches < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ShardWorker: micro_batches must be >= 1, got ", micro_batches));
+  }
+  auto worker = std::unique_ptr<ShardWorker>(new ShardWorker(model, cache, replica, micro_batches));
   TESSERA_ASSIGN_OR_RETURN(worker->stream_, backend.CreateStream());
   if (plan.last_stage()) {
     TESSERA_ASSIGN_OR_RETURN(worker->sampler_,
@@ -147,6 +154,58 @@ ExecutorLimits ShardWorker::limits() const {
   return l;
 }
 
+std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
+                                    std::vector<std::vector<size_t>>* origin) {
+  const size_t seqs = plan.seq_lens.size();
+  const size_t width = seqs == 0 ? 0 : plan.block_tables.size() / seqs;
+  const int64_t tokens = static_cast<int64_t>(plan.token_ids.size());
+  std::vector<StepPlan> out;
+  origin->clear();
+  size_t seq = 0;
+  for (int p = 0; p < parts && seq < seqs; ++p) {
+    // Take sequences until this part has its share of the remaining tokens.
+    const int64_t begin_token = plan.query_start[seq];
+    const int64_t target = (tokens - begin_token) / (parts - p);
+    size_t end = seq + 1;
+    while (end < seqs && plan.query_start[end] - begin_token < target) ++end;
+    StepPlan part;
+    const int32_t t0 = plan.query_start[seq];
+    const int32_t t1 = plan.query_start[end];
+    part.token_ids.assign(plan.token_ids.begin() + t0, plan.token_ids.begin() + t1);
+    part.positions.assign(plan.positions.begin() + t0, plan.positions.begin() + t1);
+    part.slot_mapping.assign(plan.slot_mapping.begin() + t0, plan.slot_mapping.begin() + t1);
+    for (size_t s = seq; s < end; ++s) {
+      part.query_start.push_back(plan.query_start[s + 1] - t0);
+      part.seq_lens.push_back(plan.seq_lens[s]);
+    }
+    part.block_tables.assign(plan.block_tables.begin() + seq * width,
+                             plan.block_tables.begin() + end * width);
+    std::vector<size_t> rows;
+    for (size_t r = 0; r < plan.logits_rows.size(); ++r) {
+      if (plan.logits_rows[r] >= t0 && plan.logits_rows[r] < t1) {
+        part.logits_rows.push_back(plan.logits_rows[r] - t0);
+        part.sampling.push_back(plan.sampling[r]);
+        rows.push_back(r);
+      }
+    }
+    out.push_back(std::move(part));
+    origin->push_back(std::move(rows));
+    seq = end;
+  }
+  return out;
+}
+
+absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(const StepPlan& plan) {
+  TESSERA_ASSIGN_OR_RETURN(TensorView logits,
+                           model_.Forward(plan.AsForwardInput(), cache_, *stream_));
+  if (model_.plan().last_stage() && !plan.logits_rows.empty()) {
+    // Every TP rank of the last stage holds the same logits and draws the same tokens.
+    return sampler_->Sample(logits, plan.sampling, *stream_);
+  }
+  TESSERA_RETURN_IF_ERROR(stream_->Synchronize());
+  return StepResult{};
+}
+
 absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
   if (plan.sampling.size() != plan.logits_rows.size()) {
     return absl::InvalidArgumentError(absl::StrCat("step plan: ", plan.sampling.size(),
@@ -154,16 +213,41 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
                                                    " logits rows"));
   }
   const parallel::ShardPlan& shard = model_.plan();
-  TESSERA_ASSIGN_OR_RETURN(TensorView logits,
-                           model_.Forward(plan.AsForwardInput(), cache_, *stream_));
-  StepResult result;
   const int64_t rows = static_cast<int64_t>(plan.logits_rows.size());
-  if (shard.last_stage() && rows > 0) {
-    // Every TP rank of the last stage holds the same logits and draws the same tokens; TP rank 0
-    // hands them to the leader.
-    TESSERA_ASSIGN_OR_RETURN(result, sampler_->Sample(logits, plan.sampling, *stream_));
+  StepResult result;
+  if (shard.pp_size == 1 || micro_batches_ == 1 || plan.seq_lens.size() < 2) {
+    TESSERA_ASSIGN_OR_RETURN(result, ForwardAndSample(plan));
   } else {
-    TESSERA_RETURN_IF_ERROR(stream_->Synchronize());
+    // Micro-batches in order on every stage: a stage sends micro-batch i on and starts i+1
+    // while the next stage works on i.
+    std::vector<std::vector<size_t>> origin;
+    const std::vector<StepPlan> parts = SplitStepPlan(plan, micro_batches_, &origin);
+    std::vector<StepResult> partial;
+    int32_t top_n = 0;
+    for (const StepPlan& part : parts) {
+      TESSERA_ASSIGN_OR_RETURN(StepResult r, ForwardAndSample(part));
+      top_n = std::max(top_n, r.top_n);
+      partial.push_back(std::move(r));
+    }
+    if (shard.last_stage() && rows > 0) {
+      result.top_n = top_n;
+      result.token_ids.resize(rows);
+      result.logprobs.resize(rows);
+      result.top_token_ids.assign(rows * top_n, -1);
+      result.top_logprobs.assign(rows * top_n, -std::numeric_limits<float>::infinity());
+      for (size_t p = 0; p < parts.size(); ++p) {
+        for (size_t i = 0; i < origin[p].size(); ++i) {
+          const size_t at = origin[p][i];
+          result.token_ids[at] = partial[p].token_ids[i];
+          result.logprobs[at] = partial[p].logprobs[i];
+          for (int32_t k = 0; k < partial[p].top_n; ++k) {
+            result.top_token_ids[at * top_n + k] =
+                partial[p].top_token_ids[i * partial[p].top_n + k];
+            result.top_logprobs[at * top_n + k] = partial[p].top_logprobs[i * partial[p].top_n + k];
+          }
+        }
+      }
+    }
   }
   const int sender = parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size);
   if (rows == 0 || sender == 0) return is_leader() ? result : StepResult{};
@@ -309,8 +393,9 @@ absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
       KvCache::Create(rank.model->KvCacheShape(options.num_kv_blocks, options.block_size,
                                                options.kv_cache_dtype),
                       backend));
-  TESSERA_ASSIGN_OR_RETURN(rank.worker,
-                           ShardWorker::Create(*rank.model, *rank.cache, backend, replica));
+  const int micro_batches = options.pp_micro_batches > 0 ? options.pp_micro_batches : par.pp_size;
+  TESSERA_ASSIGN_OR_RETURN(
+      rank.worker, ShardWorker::Create(*rank.model, *rank.cache, backend, replica, micro_batches));
   return rank;
 }
 

@@ -36,9 +36,14 @@ namespace tessera::worker {
 class ShardWorker {
  public:
   // Everything referenced must outlive the worker.
+  // With pipeline stages, each step runs as up to `micro_batches` micro-batches of whole
+  // sequences, so that stage s+1 works on micro-batch i while stage s works on i+1 (GPipe within
+  // a step: the idle share of a stage falls from (P-1)/P to (P-1)/(M+P-1)). Every rank of the
+  // replica must use the same value.
   static absl::StatusOr<std::unique_ptr<ShardWorker>> Create(LlamaModel& model, KvCache& cache,
                                                              kernels::Backend& backend,
-                                                             parallel::Communicator& replica);
+                                                             parallel::Communicator& replica,
+                                                             int micro_batches = 1);
   // Runs one step on this rank. On the leader returns the sampled tokens; elsewhere an empty
   // result.
   absl::StatusOr<StepResult> RunStep(const StepPlan& plan);
@@ -48,12 +53,15 @@ class ShardWorker {
   parallel::Communicator& replica() { return replica_; }
 
  private:
-  ShardWorker(LlamaModel& model, KvCache& cache, parallel::Communicator& replica)
-      : model_(model), cache_(cache), replica_(replica) {}
+  ShardWorker(LlamaModel& model, KvCache& cache, parallel::Communicator& replica, int micro_batches)
+      : model_(model), cache_(cache), replica_(replica), micro_batches_(micro_batches) {}
+  // Forward and, on the last stage, sampling of one (micro-)batch.
+  absl::StatusOr<StepResult> ForwardAndSample(const StepPlan& plan);
 
   LlamaModel& model_;
   KvCache& cache_;
   parallel::Communicator& replica_;
+  const int micro_batches_;
   std::unique_ptr<Stream> stream_;
   std::unique_ptr<DeviceSampler> sampler_;  // last stage only
 };
@@ -95,6 +103,7 @@ absl::Status RunFollower(ShardWorker& worker);
 
 struct ReplicaRankOptions {
   parallel::ParallelConfig parallel;
+  int pp_micro_batches = 0;  // 0: one per pipeline stage
   LlamaModelOptions model;
   int32_t num_kv_blocks = 0;
   int32_t block_size = 16;
@@ -118,6 +127,11 @@ absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
                                               kernels::Backend& backend,
                                               parallel::Communicator& replica,
                                               const ReplicaRankOptions& options);
+
+// Splits `plan` into at most `parts` plans of whole sequences, in order, balanced by tokens;
+// `origin[i]` lists, for plan i, the index in `plan`'s logits rows of each of its logits rows.
+std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
+                                    std::vector<std::vector<size_t>>* origin);
 
 // The wire form of a plan: a header of sizes, then every field, as int64 words (floats bit-cast).
 // kind 0 = stop, 1 = step, 2 = keep-alive.

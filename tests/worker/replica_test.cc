@@ -94,6 +94,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values("llama_gqa", "qwen2_bias", "qwen3_qknorm"),
                        ::testing::Values(Split{2, 1, {}, "tp2"}, Split{1, 2, {}, "pp2"},
                                          Split{2, 2, {}, "tp2pp2"},
+                                         Split{1, 2, {1, 1}, "pp2_one_micro_batch", 1},
                                          Split{4, 1, {}, "tp4_kv_replicated"})),
     [](const auto& info) {
       return absl::StrCat(std::get<0>(info.param), "_", std::get<1>(info.param).name);
@@ -131,6 +132,35 @@ TEST(ReplicaSetupTest, AMissingRankEndsWithDeadlineExceeded) {
                                 ReplicaOptions({2, 1, {}, "tp2"}));
   ASSERT_FALSE(rank.ok());
   EXPECT_EQ(rank.status().code(), absl::StatusCode::kDeadlineExceeded) << rank.status();
+}
+
+TEST(SplitStepPlanTest, SplitsWholeSequencesBalancedByTokens) {
+  // Three sequences: a 6-token prefill chunk and two decodes; blocks tables 2 wide.
+  StepPlan plan;
+  plan.token_ids = {1, 2, 3, 4, 5, 6, 7, 8};
+  plan.positions = {0, 1, 2, 3, 4, 5, 9, 3};
+  plan.slot_mapping = {0, 1, 2, 3, 4, 5, 19, 23};
+  plan.query_start = {0, 6, 7, 8};
+  plan.seq_lens = {6, 10, 4};
+  plan.block_tables = {0, 1, 2, 3, 5, 0};
+  plan.logits_rows = {5, 6, 7};
+  plan.sampling = {{0.0f, 1}, {0.5f, 2}, {1.0f, 3}};
+  std::vector<std::vector<size_t>> origin;
+  const std::vector<StepPlan> parts = SplitStepPlan(plan, 2, &origin);
+  ASSERT_EQ(parts.size(), 2u);
+  EXPECT_EQ(parts[0].token_ids, (std::vector<int32_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(parts[0].query_start, (std::vector<int32_t>{0, 6}));
+  EXPECT_EQ(parts[0].logits_rows, (std::vector<int32_t>{5}));
+  EXPECT_EQ(parts[1].token_ids, (std::vector<int32_t>{7, 8}));
+  EXPECT_EQ(parts[1].query_start, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_EQ(parts[1].seq_lens, (std::vector<int32_t>{10, 4}));
+  EXPECT_EQ(parts[1].block_tables, (std::vector<int32_t>{2, 3, 5, 0}));
+  EXPECT_EQ(parts[1].slot_mapping, (std::vector<int64_t>{19, 23}));
+  EXPECT_EQ(parts[1].logits_rows, (std::vector<int32_t>{0, 1}));
+  EXPECT_EQ(parts[1].sampling[1].top_k, 3);
+  EXPECT_EQ(origin, (std::vector<std::vector<size_t>>{{0}, {1, 2}}));
+  // More parts than sequences: one per sequence.
+  EXPECT_EQ(SplitStepPlan(plan, 8, &origin).size(), 3u);
 }
 
 TEST(StepPlanWireTest, RoundTripsEveryField) {

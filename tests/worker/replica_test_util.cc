@@ -12,6 +12,7 @@ ReplicaRankOptions ReplicaOptions(const Split& split) {
   o.parallel.tp_size = split.tp;
   o.parallel.pp_size = split.pp;
   o.parallel.pp_layers = split.pp_layers;
+  o.pp_micro_batches = split.micro_batches;
   o.model.max_num_tokens = 128;
   o.model.max_num_seqs = 8;
   o.model.max_blocks_per_seq = 32;

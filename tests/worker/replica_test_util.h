@@ -18,6 +18,7 @@ struct Split {
   int pp;
   std::vector<int64_t> pp_layers;
   std::string name;
+  int micro_batches = 0;  // 0: one per stage
 };
 
 // gtest prints parameters with this (the default dumps the bytes).
