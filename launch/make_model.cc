@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -12,6 +13,7 @@
 #include "launch/model_flags.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "model/tokenizer.h"
 #include "model/weights.h"
 
 namespace tessera::launch {
@@ -45,6 +47,15 @@ absl::Status MakeModel(const MakeModelFlags& flags) {
   std::filesystem::create_directories(flags.out, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", flags.out, ": ", ec.message()));
 
+  // A byte-level BPE tokenizer (Llama 3 layout: specials at the top ids) when the vocabulary has
+  // room for the 256 byte tokens and the specials; bos/eos follow it.
+  std::optional<model::ByteLevelTokenizerFiles> tokenizer;
+  if (config.vocab_size >= 261) {
+    TESSERA_ASSIGN_OR_RETURN(
+        tokenizer, model::MakeByteLevelTokenizerFiles(static_cast<int32_t>(config.vocab_size)));
+    config.bos_token_id = tokenizer->bos_token_id;
+    config.eos_token_ids = {tokenizer->eos_token_id, tokenizer->end_of_text_id};
+  }
   std::unique_ptr<model::InMemoryWeights> weights =
       model::MakeRandomWeights(config, dtype, flags.seed, flags.init_std);
   std::vector<std::pair<std::string, TensorView>> tensors;
@@ -55,6 +66,11 @@ absl::Status MakeModel(const MakeModelFlags& flags) {
   TESSERA_RETURN_IF_ERROR(
       model::WriteSafetensors(flags.out + "/model.safetensors", tensors, {{"format", "pt"}}));
   TESSERA_RETURN_IF_ERROR(WriteText(flags.out + "/config.json", model::ModelConfigToJson(config)));
+  if (tokenizer.has_value()) {
+    TESSERA_RETURN_IF_ERROR(WriteText(flags.out + "/tokenizer.json", tokenizer->tokenizer_json));
+    TESSERA_RETURN_IF_ERROR(
+        WriteText(flags.out + "/tokenizer_config.json", tokenizer->tokenizer_config_json));
+  }
   std::string eos = "[";
   for (size_t i = 0; i < config.eos_token_ids.size(); ++i) {
     absl::StrAppend(&eos, i ? ", " : "", config.eos_token_ids[i]);

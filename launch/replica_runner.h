@@ -21,7 +21,7 @@ struct ReplicaFlags {
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
   std::string pp_layers;      // "8,8": layers per stage; empty: even
-  int pp_micro_batches = 0;   // micro-batches per step through the pipeline; 0: one per stage
+  int pp_micro_batches = 0;   // micro-batches per step through the pipeline; 0: 1
   std::string comm = "auto";  // auto (mpi under mpirun, else threads) | inproc | mpi
   double comm_timeout_s = 60.0;
   RankFlags rank;

@@ -15,7 +15,7 @@ PKGS=(
   libucx-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libopenblas-dev
-  nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libpcre2-dev libxxhash-dev
+  nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libpcre2-dev libxxhash-dev libutf8proc-dev
   clang-format clang-tidy clang libclang-rt-14-dev
 )
 

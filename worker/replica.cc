@@ -393,7 +393,7 @@ absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
       KvCache::Create(rank.model->KvCacheShape(options.num_kv_blocks, options.block_size,
                                                options.kv_cache_dtype),
                       backend));
-  const int micro_batches = options.pp_micro_batches > 0 ? options.pp_micro_batches : par.pp_size;
+  const int micro_batches = options.pp_micro_batches > 0 ? options.pp_micro_batches : 1;
   TESSERA_ASSIGN_OR_RETURN(
       rank.worker, ShardWorker::Create(*rank.model, *rank.cache, backend, replica, micro_batches));
   return rank;

@@ -103,7 +103,7 @@ absl::Status RunFollower(ShardWorker& worker);
 
 struct ReplicaRankOptions {
   parallel::ParallelConfig parallel;
-  int pp_micro_batches = 0;  // 0: one per pipeline stage
+  int pp_micro_batches = 0;  // 0: 1 (see docs/parallelism.md for when more pays)
   LlamaModelOptions model;
   int32_t num_kv_blocks = 0;
   int32_t block_size = 16;

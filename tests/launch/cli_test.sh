@@ -17,7 +17,7 @@ expect_error() {  # expect_error "text in stderr" args...
 }
 
 "$TESSERA" make-model --out "$WORK/m" --preset tiny --seed 3 --init-std 0.5 >/dev/null || fail "make-model"
-for f in config.json generation_config.json model.safetensors; do
+for f in config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json; do
   [ -s "$WORK/m/$f" ] || fail "make-model did not write $f"
 done
 
