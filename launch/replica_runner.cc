@@ -30,9 +30,10 @@ void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags) {
       ->check(CLI::PositiveNumber);
   app.add_option("--pp-layers", flags.pp_layers,
                  "Layers per pipeline stage, e.g. 10,6 (default: as even as possible)");
-  app.add_option("--pp-micro-batches", flags.pp_micro_batches,
-                 "Micro-batches each step is split into through the pipeline (0: 1); pays when stages "
-                 "have their own memory (GPUs, nodes)")
+  app.add_option(
+         "--pp-micro-batches", flags.pp_micro_batches,
+         "Micro-batches each step is split into through the pipeline (0: 1); pays when stages "
+         "have their own memory (GPUs, nodes)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--comm", flags.comm,
