@@ -122,8 +122,10 @@ absl::Status Bench(BenchFlags flags) {
   std::printf("%6s %8s %14s %14s %14s %10s %10s\n", "batch", "prompt", "prefill tok/s",
               "decode tok/s", "decode GB/s", "vs memcpy", "comm share");
 
+  TESSERA_ASSIGN_OR_RETURN(EngineLimits limits, ComputeEngineLimits(config, flags.engine));
   const size_t kv_bytes_per_token = 2ull * static_cast<size_t>(config.num_hidden_layers) *
-                                    static_cast<size_t>(config.kv_size()) * sizeof(float);
+                                    static_cast<size_t>(config.kv_size()) *
+                                    DataTypeSize(limits.kv_cache_dtype);
   parallel::CommStats comm;
   auto leader = [&](worker::StepExecutor& executor, int32_t) -> absl::Status {
     for (int32_t batch : flags.batch_sizes) {
