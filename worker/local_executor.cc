@@ -209,14 +209,16 @@ absl::StatusOr<StepResult> LocalExecutor::Execute(const StepPlan& plan) {
   return sampler_->Sample(logits, plan.sampling, *stream_);
 }
 
-ExecutorLimits LocalExecutor::limits() const {
+ExecutorLimits LimitsOf(const LlamaModel& model, const KvCache& cache) {
   ExecutorLimits l;
-  l.num_blocks = cache_.config().num_blocks;
-  l.block_size = cache_.config().block_size;
-  l.max_blocks_per_seq = model_.options().max_blocks_per_seq;
-  l.max_num_tokens = model_.options().max_num_tokens;
-  l.max_num_seqs = model_.options().max_num_seqs;
+  l.num_blocks = cache.config().num_blocks;
+  l.block_size = cache.config().block_size;
+  l.max_blocks_per_seq = model.options().max_blocks_per_seq;
+  l.max_num_tokens = model.options().max_num_tokens;
+  l.max_num_seqs = model.options().max_num_seqs;
   return l;
 }
+
+ExecutorLimits LocalExecutor::limits() const { return LimitsOf(model_, cache_); }
 
 }  // namespace tessera::worker

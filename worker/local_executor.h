@@ -49,6 +49,9 @@ class DeviceSampler {
   kernels::DeviceBuffer penalty_ids_, penalty_counts_, penalty_start_, banned_, banned_start_;
 };
 
+// The limits a scheduler plans with for `model` running on `cache`.
+ExecutorLimits LimitsOf(const LlamaModel& model, const KvCache& cache);
+
 class LocalExecutor final : public StepExecutor {
  public:
   static absl::StatusOr<std::unique_ptr<LocalExecutor>> Create(LlamaModel& model, KvCache& cache,

@@ -144,15 +144,7 @@ absl::StatusOr<std::unique_ptr<ShardWorker>> ShardWorker::Create(LlamaModel& mod
   return worker;
 }
 
-ExecutorLimits ShardWorker::limits() const {
-  ExecutorLimits l;
-  l.num_blocks = cache_.config().num_blocks;
-  l.block_size = cache_.config().block_size;
-  l.max_blocks_per_seq = model_.options().max_blocks_per_seq;
-  l.max_num_tokens = model_.options().max_num_tokens;
-  l.max_num_seqs = model_.options().max_num_seqs;
-  return l;
-}
+ExecutorLimits ShardWorker::limits() const { return LimitsOf(model_, cache_); }
 
 std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
                                     std::vector<std::vector<size_t>>* origin) {
