@@ -113,16 +113,22 @@ absl::Status InProcessCommunicator::Begin(const Contribution& mine) {
   return absl::OkStatus();
 }
 
+// What a rank brings to a data collective: the op, its buffers and their element type and count.
+Contribution DataContribution(OpKind kind, const TensorView& send, void* recv) {
+  Contribution c;
+  c.kind = kind;
+  c.dtype = send.dtype();
+  c.count = send.numel();
+  c.send = send.data();
+  c.recv = recv;
+  return c;
+}
+
 absl::Status InProcessCommunicator::AllReduce(TensorView send, MutableTensorView recv, ReduceOp op,
                                               Stream& stream) {
   TESSERA_RETURN_IF_ERROR(ValidateAllReduce(send, recv, DeviceType::kCpu));
-  Contribution mine;
-  mine.kind = OpKind::kAllReduce;
-  mine.dtype = send.dtype();
-  mine.count = send.numel();
+  Contribution mine = DataContribution(OpKind::kAllReduce, send, recv.data());
   mine.op = op;
-  mine.send = send.data();
-  mine.recv = recv.data();
   TESSERA_RETURN_IF_ERROR(Begin(mine));
 
   // Like NCCL's ring: each rank reduces one chunk into its own recv (reduce-scatter), then every
@@ -154,12 +160,7 @@ absl::Status InProcessCommunicator::AllReduce(TensorView send, MutableTensorView
 absl::Status InProcessCommunicator::AllGather(TensorView send, MutableTensorView recv,
                                               Stream& stream) {
   TESSERA_RETURN_IF_ERROR(ValidateAllGather(send, recv, rank_, size(), DeviceType::kCpu));
-  Contribution mine;
-  mine.kind = OpKind::kAllGather;
-  mine.dtype = send.dtype();
-  mine.count = send.numel();
-  mine.send = send.data();
-  mine.recv = recv.data();
+  Contribution mine = DataContribution(OpKind::kAllGather, send, recv.data());
   TESSERA_RETURN_IF_ERROR(Begin(mine));
   const size_t bytes = send.nbytes();
   for (int r = 0; r < size(); ++r) {
@@ -172,13 +173,8 @@ absl::Status InProcessCommunicator::AllGather(TensorView send, MutableTensorView
 absl::Status InProcessCommunicator::ReduceScatter(TensorView send, MutableTensorView recv,
                                                   ReduceOp op, Stream& stream) {
   TESSERA_RETURN_IF_ERROR(ValidateReduceScatter(send, recv, rank_, size(), DeviceType::kCpu));
-  Contribution mine;
-  mine.kind = OpKind::kReduceScatter;
-  mine.dtype = send.dtype();
-  mine.count = send.numel();
+  Contribution mine = DataContribution(OpKind::kReduceScatter, send, recv.data());
   mine.op = op;
-  mine.send = send.data();
-  mine.recv = recv.data();
   TESSERA_RETURN_IF_ERROR(Begin(mine));
   const int64_t n = recv.numel();
   const size_t offset = static_cast<size_t>(rank_) * recv.nbytes();
@@ -190,13 +186,8 @@ absl::Status InProcessCommunicator::ReduceScatter(TensorView send, MutableTensor
 
 absl::Status InProcessCommunicator::Broadcast(MutableTensorView data, int root, Stream& stream) {
   TESSERA_RETURN_IF_ERROR(ValidateBroadcast(data, root, size(), DeviceType::kCpu));
-  Contribution mine;
-  mine.kind = OpKind::kBroadcast;
-  mine.dtype = data.dtype();
-  mine.count = data.numel();
+  Contribution mine = DataContribution(OpKind::kBroadcast, data, data.data());
   mine.root = root;
-  mine.send = data.data();
-  mine.recv = data.data();
   TESSERA_RETURN_IF_ERROR(Begin(mine));
   if (rank_ != root && data.nbytes() > 0) {
     std::memcpy(data.data(), slot(root).send, data.nbytes());
