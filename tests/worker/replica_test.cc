@@ -134,6 +134,46 @@ TEST(ReplicaSetupTest, AMissingRankEndsWithDeadlineExceeded) {
   EXPECT_EQ(rank.status().code(), absl::StatusCode::kDeadlineExceeded) << rank.status();
 }
 
+// Followers wait for plans with the communicator's timeout; an idle leader's keep-alives must keep
+// them waiting past it (here 1 s of idling against a 300 ms timeout).
+TEST(ReplicaExecutorTest, KeepAlivesHoldIdleFollowersPastTheTimeout) {
+  auto f = LoadFixture("llama_gqa");
+  ASSERT_TRUE(f.ok()) << f.status();
+  auto group = parallel::CreateInProcessGroup(2, absl::Milliseconds(300));
+  ASSERT_TRUE(group.ok());
+  std::vector<absl::Status> status(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      auto backend = kernels::CreateCpuBackend({.num_threads = 1});
+      auto rank = CreateReplicaRank(f->config, *f->weights, **backend, *(*group)[r],
+                                    ReplicaOptions({1, 2, {}, "pp2"}));
+      if (!rank.ok()) {
+        status[r] = rank.status();
+        return;
+      }
+      if (r == 1) {
+        status[r] = RunFollower(*rank->worker);
+        return;
+      }
+      auto executor = ReplicaExecutor::Create(*rank->worker, absl::Milliseconds(50));
+      if (!executor.ok()) {
+        status[r] = executor.status();
+        return;
+      }
+      const absl::Time end = absl::Now() + absl::Seconds(1);
+      while (status[r].ok() && absl::Now() < end) {
+        status[r] = (*executor)->Idle();
+        absl::SleepFor(absl::Milliseconds(20));  // real idle time is what is under test
+      }
+      status[r].Update((*executor)->Stop());
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(status[0].ok()) << status[0];
+  EXPECT_TRUE(status[1].ok()) << status[1];
+}
+
 TEST(SplitStepPlanTest, SplitsWholeSequencesBalancedByTokens) {
   // Three sequences: a 6-token prefill chunk and two decodes; blocks tables 2 wide.
   StepPlan plan;
