@@ -6,18 +6,6 @@
 
 namespace tessera::worker {
 
-absl::string_view FinishReasonName(FinishReason finish) {
-  switch (finish) {
-    case FinishReason::kStop:
-      return "stop";
-    case FinishReason::kLength:
-      return "length";
-    case FinishReason::kAbort:
-      return "abort";
-  }
-  return "abort";
-}
-
 void ResponseStream::OnEvent(const TokenEvent& event) {
   absl::MutexLock lock(&mu_);
   events_.push_back(event);

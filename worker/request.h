@@ -16,32 +16,17 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "model/sampling.h"
 
 namespace tessera::worker {
 
 using RequestId = uint64_t;
 
-// Sampling of one request, with vLLM's meanings. The scheduler validates the ranges at Submit.
-struct SamplingParams {
-  float temperature = 0.0f;         // 0: greedy
-  int32_t top_k = 0;                // 0 or -1: no limit
-  float top_p = 1.0f;               // (0, 1]
-  float min_p = 0.0f;               // [0, 1]; relative to the most likely token
-  float repetition_penalty = 1.0f;  // > 0; over prompt and output tokens; 1: off
-  float presence_penalty = 0.0f;    // [-2, 2]; over output tokens
-  float frequency_penalty = 0.0f;   // [-2, 2]; over output tokens
-  std::optional<int64_t> seed;      // unset: the engine picks one per request
-  int32_t max_tokens = 16;          // >= 1
-  int32_t min_tokens = 0;           // EOS and stop tokens are banned until this many are out
-  std::vector<int32_t> stop_token_ids;
-  bool ignore_eos = false;
-  int32_t logprobs = 0;  // top-N logprobs per generated token, 0..kMaxLogprobs
-  // Stop strings need a detokenizer: the engine accepts them only with a StopMatcherFactory
-  // (EngineOptions), which the tokenizer issue provides; kUnimplemented otherwise.
-  std::vector<std::string> stop;
-};
-
-inline constexpr int32_t kMaxLogprobs = 20;
+using model::FinishReason;
+using model::FinishReasonName;
+using model::kMaxLogprobs;
+using model::SamplingParams;
+using model::TokenLogprob;
 
 struct Request {
   std::vector<int32_t> prompt;  // token ids
@@ -51,14 +36,6 @@ struct Request {
   std::string cache_salt;
   // From Submit; on expiry the request ends with finish reason kAbort and kDeadlineExceeded.
   absl::Duration timeout = absl::InfiniteDuration();
-};
-
-enum class FinishReason { kStop, kLength, kAbort };
-absl::string_view FinishReasonName(FinishReason finish);  // "stop", "length", "abort"
-
-struct TokenLogprob {
-  int32_t token_id = 0;
-  float logprob = 0.0f;
 };
 
 // One event of a request's stream: a generated token, and on the last event the finish reason.

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/status_macros.h"
 #include "kernels/op_params.h"
 
 namespace tessera::worker {
@@ -89,10 +90,7 @@ absl::Status Scheduler::Validate(const Request& request) const {
       return error("prompt token ", id, " outside the vocabulary [0, ", vocab_size_, ")");
     }
   }
-  if (s.max_tokens < 1) return error("max_tokens must be at least 1, got ", s.max_tokens);
-  if (s.min_tokens < 0 || s.min_tokens > s.max_tokens) {
-    return error("min_tokens must be in [0, max_tokens = ", s.max_tokens, "], got ", s.min_tokens);
-  }
+  TESSERA_RETURN_IF_ERROR(model::ValidateSamplingParams(s, vocab_size_));
   const int64_t total = static_cast<int64_t>(request.prompt.size()) + s.max_tokens;
   if (total > config_.max_model_len) {
     return error("prompt (", request.prompt.size(), " tokens) + max_tokens (", s.max_tokens,
@@ -105,30 +103,6 @@ absl::Status Scheduler::Validate(const Request& request) const {
                  ") needs ", blocks, " KV blocks of ", block_size_,
                  " tokens but the whole cache has ", limits_.num_blocks,
                  ": the request could never run");
-  }
-  if (!std::isfinite(s.temperature) || s.temperature < 0.0f) {
-    return error("temperature must be a finite number >= 0, got ", s.temperature);
-  }
-  if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) return error("top_p must be in (0, 1], got ", s.top_p);
-  if (s.top_k < -1) return error("top_k must be >= -1 (0 or -1: no limit), got ", s.top_k);
-  if (!(s.min_p >= 0.0f && s.min_p <= 1.0f)) return error("min_p must be in [0, 1], got ", s.min_p);
-  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0.0f) {
-    return error("repetition_penalty must be a finite number > 0, got ", s.repetition_penalty);
-  }
-  if (!(s.presence_penalty >= -2.0f && s.presence_penalty <= 2.0f)) {
-    return error("presence_penalty must be in [-2, 2], got ", s.presence_penalty);
-  }
-  if (!(s.frequency_penalty >= -2.0f && s.frequency_penalty <= 2.0f)) {
-    return error("frequency_penalty must be in [-2, 2], got ", s.frequency_penalty);
-  }
-  if (s.logprobs < 0 || s.logprobs > kMaxLogprobs || s.logprobs > vocab_size_) {
-    return error("logprobs must be in [0, ", std::min<int64_t>(kMaxLogprobs, vocab_size_),
-                 "], got ", s.logprobs);
-  }
-  for (int32_t id : s.stop_token_ids) {
-    if (id < 0 || id >= vocab_size_) {
-      return error("stop token ", id, " outside the vocabulary [0, ", vocab_size_, ")");
-    }
   }
   if (request.timeout < absl::ZeroDuration()) {
     return error("timeout must not be negative, got ", absl::FormatDuration(request.timeout));
