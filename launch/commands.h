@@ -14,5 +14,8 @@ using Command = std::function<int()>;
 Command RegisterMakeModel(CLI::App& app);
 Command RegisterGenerate(CLI::App& app);
 Command RegisterBenchEngine(CLI::App& app);
+Command RegisterWorker(CLI::App& app);
+Command RegisterCoordinator(CLI::App& app);
+Command RegisterServe(CLI::App& app);
 
 }  // namespace tessera::launch

@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
   add(&tessera::launch::RegisterMakeModel);
   add(&tessera::launch::RegisterGenerate);
   add(&tessera::launch::RegisterBenchEngine);
+  add(&tessera::launch::RegisterWorker);
+  add(&tessera::launch::RegisterCoordinator);
+  add(&tessera::launch::RegisterServe);
 
   try {
     std::vector<std::string> args = NormalizeArgs(argc, argv);

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+export PATH="$(cd "${TESSERA_PYENV:-.pyenv}" && pwd)/bin:$PATH"
 
 echo "== layering"
 python3 scripts/check_layering.py

@@ -1,0 +1,95 @@
+// How the coordinator sees a replica: what it registered (ReplicaInfo), the load it reports with
+// each heartbeat (ReplicaLoad), and the client seam through which requests reach it
+// (ReplicaClient / ReplicaCall), implemented over gRPC in coordinator/rpc/ and by in-process
+// fakes in tests. Plain structs: protobuf stops in coordinator/rpc/.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "model/sampling.h"
+
+namespace tessera::coordinator {
+
+struct ReplicaInfo {
+  std::string name;     // unique per replica; logs and metric labels
+  std::string address;  // host:port of its Replica service
+  std::string role = "mixed";
+  std::string model_name;
+  int32_t max_model_len = 0;
+  int32_t vocab_size = 0;
+  int32_t block_size = 0;
+  int64_t kv_blocks_total = 0;
+  int32_t max_num_seqs = 0;
+  int32_t tensor_parallel_size = 1;
+  int32_t pipeline_parallel_size = 1;
+};
+
+struct ReplicaLoad {
+  int32_t num_requests_running = 0;
+  int32_t num_requests_waiting = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_free = 0;
+  int64_t prompt_tokens_total = 0;
+  int64_t generation_tokens_total = 0;
+  int64_t preemptions_total = 0;
+  int64_t prefix_cache_queries_total = 0;
+  int64_t prefix_cache_hits_total = 0;
+  int64_t requests_in_flight = 0;
+};
+
+// A request as a replica runs it: token ids, sampling without stop strings (the coordinator
+// matches those on the text), and its deadline.
+struct ReplicaRequest {
+  std::string request_id;
+  std::vector<int32_t> prompt;
+  model::SamplingParams sampling;
+  std::string cache_salt;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+struct ReplicaEvent {
+  std::vector<int32_t> token_ids;
+  std::vector<float> logprobs;
+  std::vector<std::vector<model::TokenLogprob>> top_logprobs;
+  bool finished = false;
+  std::optional<model::FinishReason> finish_reason;
+  absl::Status status;  // when finished: OK or why it ended early
+  int32_t num_cached_tokens = 0;
+};
+
+// One request on one replica. Next() is for one reader thread; Cancel() for any thread.
+class ReplicaCall {
+ public:
+  virtual ~ReplicaCall() = default;  // cancels the request when it has not finished
+  // The next event within `timeout`: kDeadlineExceeded when none came (call again). A broken
+  // connection surfaces as a finished event with kUnavailable. kOutOfRange after the finished
+  // event.
+  virtual absl::StatusOr<ReplicaEvent> Next(absl::Duration timeout) = 0;
+  virtual void Cancel() = 0;
+};
+
+// A connection to one replica. Thread-safe.
+class ReplicaClient {
+ public:
+  virtual ~ReplicaClient() = default;
+  // Starts a request. Errors the replica returns before any token (kInvalidArgument,
+  // kResourceExhausted, kUnavailable when it is draining or gone) come back here or as the first
+  // event's status.
+  virtual absl::StatusOr<std::unique_ptr<ReplicaCall>> Generate(ReplicaRequest request) = 0;
+};
+
+// Makes clients for registered replicas (gRPC channels in production, fakes in tests).
+class ReplicaConnector {
+ public:
+  virtual ~ReplicaConnector() = default;
+  virtual absl::StatusOr<std::unique_ptr<ReplicaClient>> Connect(const ReplicaInfo& info) = 0;
+};
+
+}  // namespace tessera::coordinator

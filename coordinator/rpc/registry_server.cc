@@ -1,0 +1,116 @@
+#include "coordinator/rpc/registry_server.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "tessera/v1/replica.grpc.pb.h"
+
+namespace tessera::coordinator {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+ReplicaInfo FromProto(const v1::ReplicaDescriptor& d) {
+  ReplicaInfo info;
+  info.name = d.name();
+  info.address = d.address();
+  info.role = d.role().empty() ? "mixed" : d.role();
+  info.model_name = d.model_name();
+  info.max_model_len = d.max_model_len();
+  info.vocab_size = d.vocab_size();
+  info.block_size = d.block_size();
+  info.kv_blocks_total = d.kv_blocks_total();
+  info.max_num_seqs = d.max_num_seqs();
+  info.tensor_parallel_size = d.tensor_parallel_size();
+  info.pipeline_parallel_size = d.pipeline_parallel_size();
+  return info;
+}
+
+ReplicaLoad FromProto(const v1::ReplicaStats& s) {
+  ReplicaLoad load;
+  load.num_requests_running = s.num_requests_running();
+  load.num_requests_waiting = s.num_requests_waiting();
+  load.kv_blocks_total = s.kv_blocks_total();
+  load.kv_blocks_free = s.kv_blocks_free();
+  load.prompt_tokens_total = s.prompt_tokens_total();
+  load.generation_tokens_total = s.generation_tokens_total();
+  load.preemptions_total = s.preemptions_total();
+  load.prefix_cache_queries_total = s.prefix_cache_queries_total();
+  load.prefix_cache_hits_total = s.prefix_cache_hits_total();
+  load.requests_in_flight = s.requests_in_flight();
+  return load;
+}
+
+class RegistryService final : public v1::Registry::Service {
+ public:
+  explicit RegistryService(Coordinator& coordinator) : coordinator_(coordinator) {}
+
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
+                        v1::RegisterResponse* response) override {
+    auto entry = coordinator_.RegisterReplica(FromProto(request->replica()));
+    if (!entry.ok()) return ToGrpc(entry.status());
+    response->set_replica_id((*entry)->id());
+    response->set_lease_ms(absl::ToInt64Milliseconds(coordinator_.registry().options().lease));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override {
+    response->set_known(coordinator_.Heartbeat(request->replica_id(), FromProto(request->stats())));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Deregister(grpc::ServerContext*, const v1::DeregisterRequest* request,
+                          v1::DeregisterResponse*) override {
+    coordinator_.DeregisterReplica(request->replica_id());
+    return grpc::Status::OK;
+  }
+
+ private:
+  Coordinator& coordinator_;
+};
+
+}  // namespace
+
+class RegistryServer::Impl {
+ public:
+  explicit Impl(Coordinator& coordinator) : service_(coordinator) {}
+  RegistryService service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Create(Coordinator& coordinator,
+                                                                       const std::string& address) {
+  auto impl = std::make_unique<Impl>(coordinator);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl->port_);
+  builder.RegisterService(&impl->service_);
+  impl->server_ = builder.BuildAndStart();
+  if (impl->server_ == nullptr || impl->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, " for the coordinator's registry"));
+  }
+  return std::unique_ptr<RegistryServer>(new RegistryServer(std::move(impl)));
+}
+
+RegistryServer::RegistryServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RegistryServer::~RegistryServer() { Shutdown(absl::Seconds(1)); }
+
+int RegistryServer::port() const { return impl_->port_; }
+
+void RegistryServer::Shutdown(absl::Duration grace) {
+  if (impl_->shut_down_) return;
+  impl_->shut_down_ = true;
+  impl_->server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  impl_->server_->Wait();
+}
+
+}  // namespace tessera::coordinator

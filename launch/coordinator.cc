@@ -1,0 +1,168 @@
+// `tessera coordinator`: the front door and control plane. Loads the model's config and tokenizer
+// (never its weights), serves the OpenAI HTTP API and the KServe v2 gRPC API, and takes replica
+// registrations on an internal gRPC port. SIGINT/SIGTERM drain it: readiness turns false, new
+// requests are refused, requests in flight get --drain-timeout seconds to finish.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "coordinator/api/kserve_server.h"
+#include "coordinator/api/openai_http.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/rpc/grpc_replica_client.h"
+#include "coordinator/rpc/registry_server.h"
+#include "launch/commands.h"
+#include "launch/signals.h"
+#include "model/chat_template.h"
+#include "model/config.h"
+#include "model/tokenizer.h"
+
+namespace tessera::launch {
+namespace {
+
+struct CoordinatorFlags {
+  std::string model;
+  std::string served_model_name;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  int grpc_port = 8001;
+  std::string internal_address = "127.0.0.1:8002";
+  int32_t max_model_len = 0;
+  int64_t max_queued_requests = 256;
+  double lease_timeout_s = 3.0;
+  double drain_timeout_s = 30.0;
+  std::string port_file;
+};
+
+absl::Status WritePortFile(const std::string& path, int http, int grpc, int internal) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << "{\"http\": " << http << ", \"grpc\": " << grpc << ", \"internal\": " << internal << "}\n";
+    if (!f) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::Status RunCoordinator(const CoordinatorFlags& flags) {
+  InstallTerminationHandlers();
+  TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(flags.model));
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
+                           model::Tokenizer::FromDirectory(flags.model));
+  std::optional<model::ChatTemplate> chat;
+  if (auto t = model::ChatTemplate::FromTokenizer(*tokenizer); t.ok()) {
+    chat = *std::move(t);
+  } else {
+    TESSERA_LOG(WARNING) << "no chat template: " << t.status()
+                         << " (/v1/chat/completions is refused)";
+  }
+  coordinator::CoordinatorOptions options;
+  options.model.name = flags.served_model_name.empty() ? flags.model : flags.served_model_name;
+  options.model.root = flags.model;
+  options.model.vocab_size = static_cast<int32_t>(config.vocab_size);
+  options.model.max_model_len =
+      flags.max_model_len > 0
+          ? flags.max_model_len
+          : static_cast<int32_t>(std::min<int64_t>(config.max_position_embeddings, 8192));
+  if (options.model.max_model_len > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-model-len ", flags.max_model_len,
+                                                   " exceeds the model's max_position_embeddings ",
+                                                   config.max_position_embeddings));
+  }
+  options.max_queued_requests = flags.max_queued_requests;
+  if (!(flags.lease_timeout_s > 0)) {
+    return absl::InvalidArgumentError("--lease-timeout must be positive");
+  }
+  options.registry.lease = absl::Seconds(flags.lease_timeout_s);
+  std::unique_ptr<coordinator::ReplicaConnector> connector =
+      coordinator::MakeGrpcReplicaConnector();
+  TESSERA_ASSIGN_OR_RETURN(
+      std::unique_ptr<coordinator::Coordinator> core,
+      coordinator::Coordinator::Create(options, std::move(tokenizer), std::move(chat), *connector));
+  TESSERA_ASSIGN_OR_RETURN(auto registry,
+                           coordinator::RegistryServer::Create(*core, flags.internal_address));
+  coordinator::KServeServerOptions kserve_options;
+  kserve_options.address = absl::StrCat(flags.host, ":", flags.grpc_port);
+  TESSERA_ASSIGN_OR_RETURN(auto kserve, coordinator::KServeServer::Create(*core, kserve_options));
+  coordinator::api::OpenAiHttpOptions http_options;
+  http_options.host = flags.host;
+  http_options.port = flags.port;
+  TESSERA_ASSIGN_OR_RETURN(auto http,
+                           coordinator::api::OpenAiHttpServer::Create(*core, http_options));
+  if (!flags.port_file.empty()) {
+    TESSERA_RETURN_IF_ERROR(
+        WritePortFile(flags.port_file, http->port(), kserve->port(), registry->port()));
+  }
+  std::printf(
+      "tessera coordinator: model %s; OpenAI HTTP on http://%s:%d/v1, KServe gRPC on %s:%d, "
+      "replicas register at port %d\n",
+      options.model.name.c_str(), flags.host.c_str(), http->port(), flags.host.c_str(),
+      kserve->port(), registry->port());
+  std::fflush(stdout);
+
+  // Serve until a termination signal; keep gRPC health in step with readiness meanwhile.
+  std::optional<int> sig;
+  while (!(sig = WaitForTerminationSignal(absl::Milliseconds(250))).has_value()) {
+    kserve->RefreshHealth();
+  }
+  TESSERA_LOG(INFO) << "signal " << *sig << ": draining (" << flags.drain_timeout_s << " s)";
+  kserve->SetServing(false);
+  const absl::Status drained = core->Drain(absl::Seconds(flags.drain_timeout_s));
+  if (!drained.ok()) TESSERA_LOG(WARNING) << drained;
+  http->Shutdown();
+  kserve->Shutdown(absl::Now() + absl::Seconds(2));
+  registry->Shutdown(absl::Seconds(1));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Command RegisterCoordinator(CLI::App& app) {
+  auto flags = std::make_shared<CoordinatorFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "coordinator", "Serve the OpenAI and KServe APIs in front of registered replicas");
+  sub->add_option("--model", flags->model, "Model directory (config.json, tokenizer.json)")
+      ->required();
+  sub->add_option("--served-model-name", flags->served_model_name,
+                  "The model's name in the APIs (default: the --model path, as vLLM)");
+  sub->add_option("--host", flags->host, "Address the public APIs bind to")->capture_default_str();
+  sub->add_option("--port", flags->port, "OpenAI HTTP port (0: any free port)")
+      ->capture_default_str();
+  sub->add_option("--grpc-port", flags->grpc_port, "KServe v2 gRPC port (0: any free port)")
+      ->capture_default_str();
+  sub->add_option("--internal-address", flags->internal_address,
+                  "Where replicas register (internal; loopback unless told otherwise)")
+      ->capture_default_str();
+  sub->add_option("--max-model-len", flags->max_model_len,
+                  "Prompt plus output tokens of one request (0: the model's, at most 8192)");
+  sub->add_option("--max-queued-requests", flags->max_queued_requests,
+                  "Requests admitted beyond the replicas' running capacity; more get 429")
+      ->capture_default_str();
+  sub->add_option("--lease-timeout", flags->lease_timeout_s,
+                  "Seconds without a heartbeat before a replica leaves rotation")
+      ->capture_default_str();
+  sub->add_option("--drain-timeout", flags->drain_timeout_s,
+                  "Seconds requests in flight get to finish on SIGTERM")
+      ->capture_default_str();
+  sub->add_option("--port-file", flags->port_file,
+                  "Write the bound ports here as JSON once listening (for scripts)");
+  return [flags] {
+    const absl::Status status = RunCoordinator(*flags);
+    if (!status.ok()) {
+      std::fprintf(stderr, "error: coordinator: %s\n", status.ToString().c_str());
+      return 1;
+    }
+    return 0;
+  };
+}
+
+}  // namespace tessera::launch

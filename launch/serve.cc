@@ -1,0 +1,302 @@
+// `tessera serve [MODEL_DIR]`: the embedded default — a coordinator and N replica workers as
+// local processes on this machine (CPU backend when there is no GPU), the built-in demo model
+// when no directory is given. Prints every command it runs, waits until the cluster is ready,
+// prints how to send a request, and on Ctrl-C (SIGINT) or SIGTERM drains the coordinator, then
+// stops the workers. When a child dies on its own, says which and how, stops the rest, exits 1.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status_macros.h"
+#include "launch/commands.h"
+#include "launch/processes.h"
+#include "launch/signals.h"
+#include "nlohmann/json.hpp"
+
+namespace tessera::launch {
+namespace {
+
+struct ServeFlags {
+  std::string model;  // empty: the built-in demo model
+  std::string served_model_name;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  int grpc_port = 8001;
+  int num_replicas = 1;
+  int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  int32_t max_model_len = 0;
+  int32_t max_num_seqs = 64;
+  int32_t block_size = 16;
+  double kv_cache_gib = 1.0;
+  int32_t threads = 0;
+  std::string dtype = "auto";
+  int64_t max_queued_requests = 256;
+  double drain_timeout_s = 30.0;
+  double ready_timeout_s = 300.0;
+  std::string work_dir;  // port files and the demo model; default: a fresh temp dir
+};
+
+struct Ports {
+  int http = 0;
+  int grpc = 0;
+  int internal = 0;
+};
+
+std::optional<Ports> ReadPortFile(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return std::nullopt;
+  std::stringstream text;
+  text << f.rdbuf();
+  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("http") || !j.contains("grpc") || !j.contains("internal")) {
+    return std::nullopt;
+  }
+  return Ports{j["http"].get<int>(), j["grpc"].get<int>(), j["internal"].get<int>()};
+}
+
+// Waits for `done` while watching the children; an exit or a signal ends the wait with an error.
+template <typename F>
+absl::Status WaitFor(ProcessGroup& children, absl::Duration timeout, const std::string& what,
+                     F done) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (!done()) {
+    if (std::optional<std::string> exited = children.PollExited(); exited.has_value()) {
+      return absl::UnavailableError(absl::StrCat(*exited, " while waiting for ", what));
+    }
+    if (std::optional<int> sig = WaitForTerminationSignal(absl::Milliseconds(100));
+        sig.has_value()) {
+      return absl::CancelledError(absl::StrCat("signal ", *sig, " while waiting for ", what));
+    }
+    if (absl::Now() > give_up) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(what, " did not happen within ", absl::FormatDuration(timeout)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The coordinator's /health answers 200 once a replica has registered.
+bool HealthOk(int port);
+
+absl::Status Serve(const ServeFlags& flags) {
+  InstallTerminationHandlers();
+  const std::string self = SelfExecutable();
+  std::string work = flags.work_dir;
+  if (work.empty()) {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "tessera-serve-XXXXXX").string();
+    if (mkdtemp(tmpl.data()) == nullptr) return absl::InternalError("cannot create a temp dir");
+    work = tmpl;
+  }
+  std::filesystem::create_directories(work);
+  ProcessGroup children;
+
+  std::string model = flags.model;
+  std::string name = flags.served_model_name;
+  if (model.empty()) {
+    model = work + "/demo-model";
+    if (name.empty()) name = "tessera-demo";
+    TESSERA_RETURN_IF_ERROR(
+        children.Spawn("make-model", {self, "make-model", "--out", model, "--preset", "tiny",
+                                      "--seed", "7", "--init-std", "0.5"}));
+    bool made = false;
+    TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(60), "the demo model", [&] {
+      return made || (made = std::filesystem::exists(model + "/generation_config.json"));
+    }));
+    while (!children.empty()) {  // reap make-model
+      if (auto exited = children.PollExited();
+          exited.has_value() && exited->find("status 0") == std::string::npos) {
+        return absl::InternalError(*exited);
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+  if (name.empty()) name = model;
+
+  const std::string port_file = work + "/coordinator-ports.json";
+  std::filesystem::remove(port_file);
+  std::vector<std::string> coordinator = {self,
+                                          "coordinator",
+                                          "--model",
+                                          model,
+                                          "--served-model-name",
+                                          name,
+                                          "--host",
+                                          flags.host,
+                                          "--port",
+                                          std::to_string(flags.port),
+                                          "--grpc-port",
+                                          std::to_string(flags.grpc_port),
+                                          "--internal-address",
+                                          "127.0.0.1:0",
+                                          "--port-file",
+                                          port_file,
+                                          "--max-queued-requests",
+                                          std::to_string(flags.max_queued_requests),
+                                          "--drain-timeout",
+                                          std::to_string(flags.drain_timeout_s)};
+  if (flags.max_model_len > 0) {
+    coordinator.insert(coordinator.end(), {"--max-model-len", std::to_string(flags.max_model_len)});
+  }
+  TESSERA_RETURN_IF_ERROR(children.Spawn("coordinator", coordinator));
+  std::optional<Ports> ports;
+  TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(60), "the coordinator to listen",
+                                  [&] { return (ports = ReadPortFile(port_file)).has_value(); }));
+
+  for (int i = 0; i < flags.num_replicas; ++i) {
+    const std::string replica = absl::StrCat("replica-", i);
+    std::vector<std::string> worker = {self,
+                                       "worker",
+                                       "--model",
+                                       model,
+                                       "--served-model-name",
+                                       name,
+                                       "--coordinator",
+                                       absl::StrCat("127.0.0.1:", ports->internal),
+                                       "--replica-name",
+                                       replica,
+                                       "--tensor-parallel-size",
+                                       std::to_string(flags.tensor_parallel_size),
+                                       "--pipeline-parallel-size",
+                                       std::to_string(flags.pipeline_parallel_size),
+                                       "--max-num-seqs",
+                                       std::to_string(flags.max_num_seqs),
+                                       "--block-size",
+                                       std::to_string(flags.block_size),
+                                       "--kv-cache-gib",
+                                       std::to_string(flags.kv_cache_gib),
+                                       "--dtype",
+                                       flags.dtype,
+                                       "--comm",
+                                       "inproc"};
+    if (flags.max_model_len > 0) {
+      worker.insert(worker.end(), {"--max-model-len", std::to_string(flags.max_model_len)});
+    }
+    if (flags.threads > 0)
+      worker.insert(worker.end(), {"--threads", std::to_string(flags.threads)});
+    TESSERA_RETURN_IF_ERROR(children.Spawn(replica, worker));
+  }
+  TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(flags.ready_timeout_s),
+                                  "a replica to register", [&] { return HealthOk(ports->http); }));
+
+  std::printf(
+      "\ntessera serve: ready — model \"%s\" on %d replica(s) (tp %d, pp %d)\n"
+      "  OpenAI HTTP: curl http://%s:%d/v1/completions -H 'Content-Type: application/json' "
+      "-d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 16}'\n"
+      "  KServe gRPC: %s:%d, model \"%s\", inputs text_input, stream, sampling_parameters "
+      "(tritonclient, perf_analyzer)\n"
+      "  metrics: http://%s:%d/metrics   Ctrl-C stops everything.\n\n",
+      name.c_str(), flags.num_replicas, flags.tensor_parallel_size, flags.pipeline_parallel_size,
+      flags.host.c_str(), ports->http, name.c_str(), flags.host.c_str(), ports->grpc, name.c_str(),
+      flags.host.c_str(), ports->http);
+  std::fflush(stdout);
+
+  absl::Status result = absl::OkStatus();
+  while (true) {
+    if (std::optional<std::string> exited = children.PollExited(); exited.has_value()) {
+      result = absl::InternalError(absl::StrCat(*exited, "; stopping the rest"));
+      break;
+    }
+    if (std::optional<int> sig = WaitForTerminationSignal(absl::Milliseconds(200));
+        sig.has_value()) {
+      std::printf("tessera serve: signal %d, shutting down\n", *sig);
+      std::fflush(stdout);
+      break;
+    }
+  }
+  // Coordinator first (it drains the requests in flight), then the workers.
+  children.Terminate("coordinator", absl::Seconds(flags.drain_timeout_s + 5));
+  children.TerminateAll(absl::Seconds(flags.drain_timeout_s + 5));
+  if (flags.work_dir.empty()) std::filesystem::remove_all(work);
+  return result;
+}
+
+bool HealthOk(int port) {
+  // A plain HTTP/1.0 GET over a socket keeps launch/ free of an HTTP client dependency.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = false;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buf[64] = {};
+      const ssize_t n = read(fd, buf, sizeof(buf) - 1);
+      ok = n > 12 && std::string(buf, static_cast<size_t>(n)).find(" 200 ") != std::string::npos;
+    }
+  }
+  close(fd);
+  return ok;
+}
+
+}  // namespace
+
+Command RegisterServe(CLI::App& app) {
+  auto flags = std::make_shared<ServeFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "serve", "Run a coordinator and replica workers on this machine (the demo model by default)");
+  sub->add_option("model", flags->model, "Model directory (default: the built-in demo model)");
+  sub->add_option("--served-model-name", flags->served_model_name,
+                  "The model's name in the APIs (default: the directory, or tessera-demo)");
+  sub->add_option("--host", flags->host, "Address the public APIs bind to")->capture_default_str();
+  sub->add_option("--port", flags->port, "OpenAI HTTP port")->capture_default_str();
+  sub->add_option("--grpc-port", flags->grpc_port, "KServe v2 gRPC port")->capture_default_str();
+  sub->add_option("--num-replicas", flags->num_replicas, "Replica workers")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--tensor-parallel-size", flags->tensor_parallel_size,
+                  "TP ranks per replica (threads of the worker)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--pipeline-parallel-size", flags->pipeline_parallel_size,
+                  "PP stages per replica (threads of the worker)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--max-model-len", flags->max_model_len, "Context length (0: the model's)");
+  sub->add_option("--max-num-seqs", flags->max_num_seqs, "Sequences per step, per replica")
+      ->capture_default_str();
+  sub->add_option("--block-size", flags->block_size, "KV block size in tokens")
+      ->capture_default_str();
+  sub->add_option("--kv-cache-gib", flags->kv_cache_gib, "KV cache per rank, GiB")
+      ->capture_default_str();
+  sub->add_option("--threads", flags->threads, "CPU threads per worker rank (0: all cores)");
+  sub->add_option("--dtype", flags->dtype, "Weights: auto, float32, bfloat16, float16")
+      ->capture_default_str();
+  sub->add_option("--max-queued-requests", flags->max_queued_requests,
+                  "Requests admitted beyond the replicas' capacity; more get 429")
+      ->capture_default_str();
+  sub->add_option("--drain-timeout", flags->drain_timeout_s,
+                  "Seconds requests in flight get to finish at shutdown")
+      ->capture_default_str();
+  sub->add_option("--ready-timeout", flags->ready_timeout_s,
+                  "Seconds to wait for the first replica")
+      ->capture_default_str();
+  sub->add_option("--work-dir", flags->work_dir,
+                  "Where the demo model and port files go (default: a fresh temp dir)");
+  return [flags] {
+    const absl::Status status = Serve(*flags);
+    if (!status.ok()) {
+      std::fprintf(stderr, "error: serve: %s\n", status.ToString().c_str());
+      return 1;
+    }
+    return 0;
+  };
+}
+
+}  // namespace tessera::launch

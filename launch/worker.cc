@@ -1,0 +1,199 @@
+// `tessera worker`: one replica of a model that serves the coordinator. The replica's leader (rank
+// 0) runs the engine behind the tessera.v1.Replica gRPC service, registers with the coordinator
+// and heartbeats; under mpirun the other ranks follow its steps. SIGINT/SIGTERM: deregister, drain
+// (--drain-timeout), shut down, exit 0.
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "launch/commands.h"
+#include "launch/engine_setup.h"
+#include "launch/model_flags.h"
+#include "launch/replica_runner.h"
+#include "launch/signals.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
+#include "worker/engine.h"
+#include "worker/rpc/registration.h"
+#include "worker/rpc/replica_server.h"
+
+namespace tessera::launch {
+namespace {
+
+struct WorkerFlags {
+  std::string model;
+  std::string coordinator;
+  std::string listen = "127.0.0.1:0";
+  std::string advertise_host;
+  std::string replica_name;
+  std::string role = "mixed";
+  std::string served_model_name;
+  double drain_timeout_s = 30.0;
+  double register_timeout_s = 60.0;
+  EngineFlags engine;
+  ReplicaFlags replica;
+};
+
+// host:port that the coordinator should dial: --advertise-host, else the --listen host unless it
+// is a wildcard (then this machine's hostname); the port is the one bound.
+std::string AdvertisedAddress(const WorkerFlags& flags, int port) {
+  std::string host = flags.advertise_host;
+  if (host.empty()) {
+    const size_t colon = flags.listen.rfind(':');
+    host = colon == std::string::npos ? flags.listen : flags.listen.substr(0, colon);
+    if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") {
+      char name[256] = {};
+      host = gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
+    }
+  }
+  if (absl::StrContains(host, ':') && !absl::StartsWith(host, "[")) host = "[" + host + "]";
+  return absl::StrCat(host, ":", port);
+}
+
+absl::Status RunWorker(const WorkerFlags& flags) {
+  // The model: a Hugging Face directory, or a preset shape with random weights (demos, tests).
+  model::ModelConfig config;
+  std::unique_ptr<model::WeightSource> weights;
+  std::error_code error;
+  if (std::filesystem::is_directory(flags.model, error)) {
+    TESSERA_ASSIGN_OR_RETURN(config, model::LoadModelConfig(flags.model));
+    TESSERA_ASSIGN_OR_RETURN(weights, model::SafetensorsCheckpoint::Open(flags.model));
+  } else {
+    ModelShapeFlags shape;
+    shape.preset = flags.model;
+    auto preset = ModelConfigFromFlags(shape);
+    if (!preset.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model '", flags.model,
+                       "' is neither a model directory nor a preset (tiny, llama-1b, llama-8b)"));
+    }
+    config = *preset;
+    weights = model::MakeRandomWeights(config, DataType::kF32, /*seed=*/1);
+  }
+  const std::string served_model_name =
+      flags.served_model_name.empty() ? flags.model : flags.served_model_name;
+  InstallTerminationHandlers();
+
+  auto leader = [&](worker::StepExecutor& executor, int32_t max_model_len) -> absl::Status {
+    TESSERA_ASSIGN_OR_RETURN(
+        std::unique_ptr<worker::Engine> engine,
+        worker::Engine::Create(executor, config, EngineOptionsFor(flags.engine, max_model_len)));
+    worker::rpc::ReplicaServerOptions server_options;
+    server_options.address = flags.listen;
+    absl::StatusOr<std::unique_ptr<worker::rpc::ReplicaServer>> server =
+        worker::rpc::ReplicaServer::Create(*engine, server_options);
+    if (!server.ok()) {
+      (void)engine->Shutdown(absl::ZeroDuration());
+      return server.status();
+    }
+    const std::string address = AdvertisedAddress(flags, (*server)->port());
+    tessera::v1::ReplicaDescriptor descriptor;
+    descriptor.set_name(flags.replica_name.empty() ? absl::StrCat(flags.role, "@", address)
+                                                   : flags.replica_name);
+    descriptor.set_address(address);
+    descriptor.set_role(flags.role);
+    descriptor.set_model_name(served_model_name);
+    descriptor.set_max_model_len(max_model_len);
+    descriptor.set_vocab_size(static_cast<int32_t>(config.vocab_size));
+    descriptor.set_block_size(flags.engine.block_size);
+    descriptor.set_kv_blocks_total(executor.limits().num_blocks);
+    descriptor.set_max_num_seqs(flags.engine.max_num_seqs);
+    descriptor.set_tensor_parallel_size(flags.replica.tensor_parallel_size);
+    descriptor.set_pipeline_parallel_size(flags.replica.pipeline_parallel_size);
+    worker::rpc::RegistrationOptions registration_options;
+    registration_options.coordinator = flags.coordinator;
+    registration_options.register_timeout = absl::Seconds(flags.register_timeout_s);
+    worker::Engine* engine_ptr = engine.get();
+    absl::StatusOr<std::unique_ptr<worker::rpc::RegistrationClient>> registration =
+        worker::rpc::RegistrationClient::Create(
+            descriptor,
+            [engine_ptr] { return worker::rpc::ToReplicaStats(engine_ptr->counters()); },
+            registration_options);
+    if (!registration.ok()) {
+      (*server)->Shutdown(absl::Now() + absl::Seconds(1));
+      (void)engine->Shutdown(absl::ZeroDuration());
+      return registration.status();
+    }
+    std::printf("tessera worker: replica %s serving on %s (registered with %s)\n",
+                descriptor.name().c_str(), address.c_str(), flags.coordinator.c_str());
+    std::fflush(stdout);
+
+    std::optional<int> signal;
+    while (!(signal = WaitForTerminationSignal(absl::Seconds(1))).has_value()) {
+    }
+    const int signo = *signal;
+    TESSERA_LOG(INFO) << "worker: " << (signo == SIGINT ? "SIGINT" : "SIGTERM")
+                      << ": deregistering and draining (up to " << flags.drain_timeout_s << "s)";
+    (*registration)->Stop();
+    const int32_t aborted = (*server)->Drain(absl::Seconds(flags.drain_timeout_s));
+    (*server)->Shutdown(absl::Now() + absl::Seconds(5));
+    const absl::Status stopped = engine->Shutdown(absl::Seconds(5));
+    if (!stopped.ok() && stopped.code() != absl::StatusCode::kDeadlineExceeded) return stopped;
+    TESSERA_LOG(INFO) << "worker: stopped (" << aborted
+                      << " requests aborted at the drain timeout)";
+    return absl::OkStatus();
+  };
+  bool is_leader = false;
+  return RunReplica(config, *weights, flags.engine, flags.replica, leader, &is_leader);
+}
+
+}  // namespace
+
+Command RegisterWorker(CLI::App& app) {
+  auto flags = std::make_shared<WorkerFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "worker", "Serve one model replica to a coordinator (register, heartbeat, take requests)");
+  sub->add_option("--model", flags->model,
+                  "Hugging Face model directory, or a preset with random weights (tiny, "
+                  "llama-1b, llama-8b)")
+      ->required();
+  sub->add_option("--coordinator", flags->coordinator,
+                  "host:port of the coordinator's internal (Registry) service")
+      ->required();
+  sub->add_option("--listen", flags->listen, "Address of this replica's gRPC service (port 0: any)")
+      ->capture_default_str();
+  sub->add_option("--advertise-host", flags->advertise_host,
+                  "Host the coordinator should dial (default: the --listen host, or this "
+                  "machine's hostname when that is a wildcard)");
+  sub->add_option("--replica-name", flags->replica_name,
+                  "Unique name in the coordinator's logs and metrics (default: ROLE@ADDRESS)");
+  sub->add_option("--role", flags->role, "Pool: mixed, prefill or decode")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mixed", "prefill", "decode"}));
+  sub->add_option("--served-model-name", flags->served_model_name,
+                  "Model name clients use (default: --model as given)");
+  sub->add_option("--drain-timeout", flags->drain_timeout_s,
+                  "Seconds requests in flight get to finish on SIGINT/SIGTERM")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--register-timeout", flags->register_timeout_s,
+                  "Seconds to wait for the coordinator at startup")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  AddEngineFlags(*sub, flags->engine);
+  AddReplicaFlags(*sub, flags->replica);
+  return [flags] {
+    const absl::Status status = RunWorker(*flags);
+    if (!status.ok()) {
+      std::fprintf(stderr, "error: worker: %s\n", status.ToString().c_str());
+      return 1;
+    }
+    return 0;
+  };
+}
+
+}  // namespace tessera::launch

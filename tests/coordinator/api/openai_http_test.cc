@@ -1,0 +1,631 @@
+// OpenAiHttpServer over a FakeFrontend, driven by an httplib::Client over loopback.
+#include "coordinator/api/openai_http.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/coordinator/fake_frontend.h"
+
+namespace tessera::coordinator::api {
+namespace {
+
+using json = nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// Waits for `condition` until `timeout`; true when it held.
+template <typename Condition>
+bool AwaitCondition(Condition condition, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+// The payloads of "data: ..." events, in order.
+std::vector<std::string> SsePayloads(const std::string& body) {
+  std::vector<std::string> out;
+  for (absl::string_view event : absl::StrSplit(body, "\n\n", absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&event, "data: ")) out.emplace_back(event);
+  }
+  return out;
+}
+
+class OpenAiHttpTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartServer(OpenAiHttpOptions{}); }
+
+  void StartServer(OpenAiHttpOptions options) {
+    server_.reset();
+    auto server = OpenAiHttpServer::Create(frontend_, std::move(options));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    ASSERT_GT(server_->port(), 0);
+  }
+
+  httplib::Client Client() const {
+    httplib::Client client("127.0.0.1", server_->port());
+    client.set_read_timeout(std::chrono::seconds(30));
+    return client;
+  }
+
+  httplib::Result Post(const std::string& path, const json& body,
+                       const httplib::Headers& headers = {}) {
+    return Client().Post(path.c_str(), headers, body.dump(), "application/json");
+  }
+
+  // Posts and expects a JSON error with `status` whose message and param name `field`.
+  void ExpectError(const std::string& path, const json& body, int status,
+                   const std::string& field) {
+    httplib::Result res = Post(path, body);
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, status) << res->body;
+    const json error = json::parse(res->body);
+    ASSERT_TRUE(error.contains("error")) << res->body;
+    EXPECT_EQ(error["error"]["code"], status);
+    EXPECT_THAT(error["error"]["message"].get<std::string>(), HasSubstr(field)) << res->body;
+    if (status == 400) {
+      EXPECT_EQ(error["error"]["param"], field) << res->body;
+      EXPECT_EQ(error["error"]["type"], "BadRequestError");
+    }
+  }
+
+  std::vector<int32_t> Encode(const std::string& text, bool add_special_tokens = true) {
+    auto ids = frontend_.Tokenize(text, add_special_tokens);
+    EXPECT_TRUE(ids.ok());
+    return ids.ok() ? *ids : std::vector<int32_t>{};
+  }
+
+  std::string ExpectedText(const std::vector<int32_t>& prompt, int max_tokens) {
+    auto text =
+        frontend_.Detokenize(testing::FakeFrontend::ExpectedTokens(prompt, max_tokens), true);
+    EXPECT_TRUE(text.ok());
+    return text.ok() ? *text : "";
+  }
+
+  std::vector<int32_t> ChatPromptIds(const std::string& user) {
+    std::vector<model::ChatMessage> messages = {{"user", user, std::nullopt}};
+    auto text = frontend_.ApplyChatTemplate(messages, model::ChatTemplateOptions{});
+    EXPECT_TRUE(text.ok());
+    return Encode(text.ok() ? *text : "", false);
+  }
+
+  testing::FakeFrontend frontend_;
+  std::unique_ptr<OpenAiHttpServer> server_;
+};
+
+TEST_F(OpenAiHttpTest, ModelsListsTheServedModel) {
+  httplib::Result res = Client().Get("/v1/models");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  const json body = json::parse(res->body);
+  EXPECT_EQ(body["object"], "list");
+  ASSERT_EQ(body["data"].size(), 1u);
+  const json& model = body["data"][0];
+  EXPECT_EQ(model["id"], "fake-model");
+  EXPECT_EQ(model["object"], "model");
+  EXPECT_EQ(model["created"], 1700000000);
+  EXPECT_EQ(model["owned_by"], "tessera");
+  EXPECT_EQ(model["root"], "/models/fake-model");
+  EXPECT_TRUE(model["parent"].is_null());
+  EXPECT_EQ(model["max_model_len"], 256);
+}
+
+TEST_F(OpenAiHttpTest, ServedModelNamesAreAliases) {
+  OpenAiHttpOptions options;
+  options.served_model_names = {"alias-a", "alias-b"};
+  StartServer(options);
+  const json models = json::parse(Client().Get("/v1/models")->body);
+  ASSERT_EQ(models["data"].size(), 2u);
+  EXPECT_EQ(models["data"][1]["id"], "alias-b");
+  httplib::Result res = Post("/v1/completions", {{"model", "alias-b"}, {"prompt", "hi"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["model"], "alias-a");
+  ExpectError("/v1/completions", {{"model", "fake-model"}, {"prompt", "hi"}}, 404, "model");
+}
+
+TEST_F(OpenAiHttpTest, HealthFollowsReadiness) {
+  EXPECT_EQ(Client().Get("/health")->status, 200);
+  frontend_.ready = false;
+  EXPECT_EQ(Client().Get("/health")->status, 503);
+}
+
+TEST_F(OpenAiHttpTest, MetricsServePrometheusText) {
+  httplib::Result res = Client().Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_EQ(res->body, frontend_.RenderMetrics());
+}
+
+TEST_F(OpenAiHttpTest, VersionReportsTheConfiguredVersion) {
+  OpenAiHttpOptions options;
+  options.version = "1.2.3";
+  StartServer(options);
+  EXPECT_EQ(json::parse(Client().Get("/version")->body), json({{"version", "1.2.3"}}));
+}
+
+TEST_F(OpenAiHttpTest, CompletionReturnsTextUsageAndFinishReason) {
+  httplib::Result res =
+      Post("/v1/completions", {{"model", "fake-model"}, {"prompt", "Hello"}, {"max_tokens", 5}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json body = json::parse(res->body);
+  const std::vector<int32_t> prompt = Encode("Hello");
+  EXPECT_THAT(body["id"].get<std::string>(), StartsWith("cmpl-"));
+  EXPECT_EQ(body["object"], "text_completion");
+  EXPECT_EQ(body["model"], "fake-model");
+  EXPECT_GT(body["created"].get<int64_t>(), 1700000000);
+  ASSERT_EQ(body["choices"].size(), 1u);
+  const json& choice = body["choices"][0];
+  EXPECT_EQ(choice["index"], 0);
+  EXPECT_EQ(choice["text"], ExpectedText(prompt, 5));
+  EXPECT_TRUE(choice["logprobs"].is_null());
+  EXPECT_EQ(choice["finish_reason"], "length");
+  EXPECT_TRUE(choice["stop_reason"].is_null());
+  EXPECT_EQ(body["usage"]["prompt_tokens"], prompt.size());
+  EXPECT_EQ(body["usage"]["completion_tokens"], 5);
+  EXPECT_EQ(body["usage"]["total_tokens"], prompt.size() + 5);
+  // Sampling fields reach the Frontend.
+  const GenerateRequest request = frontend_.last_request();
+  EXPECT_EQ(request.prompt_text, "Hello");
+  EXPECT_EQ(request.sampling.max_tokens, 5);
+  EXPECT_EQ(request.sampling.temperature, 1.0f);
+}
+
+TEST_F(OpenAiHttpTest, CompletionPassesSamplingFields) {
+  httplib::Result res = Post("/v1/completions", {{"prompt", "Hi"},
+                                                 {"max_tokens", 3},
+                                                 {"temperature", 0.5},
+                                                 {"top_p", 0.9},
+                                                 {"top_k", 40},
+                                                 {"min_p", 0.1},
+                                                 {"seed", 7},
+                                                 {"stop", "xyz"},
+                                                 {"ignore_eos", true},
+                                                 {"min_tokens", 2},
+                                                 {"repetition_penalty", 1.1},
+                                                 {"presence_penalty", 0.5},
+                                                 {"frequency_penalty", -0.5},
+                                                 {"skip_special_tokens", false},
+                                                 {"include_stop_str_in_output", true},
+                                                 {"user", "ignored"}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const GenerateRequest request = frontend_.last_request();
+  EXPECT_FLOAT_EQ(request.sampling.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(request.sampling.top_p, 0.9f);
+  EXPECT_EQ(request.sampling.top_k, 40);
+  EXPECT_FLOAT_EQ(request.sampling.min_p, 0.1f);
+  EXPECT_EQ(request.sampling.seed, 7);
+  EXPECT_THAT(request.sampling.stop, ::testing::ElementsAre("xyz"));
+  EXPECT_TRUE(request.sampling.ignore_eos);
+  EXPECT_EQ(request.sampling.min_tokens, 2);
+  EXPECT_FLOAT_EQ(request.sampling.repetition_penalty, 1.1f);
+  EXPECT_FLOAT_EQ(request.sampling.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(request.sampling.frequency_penalty, -0.5f);
+  EXPECT_FALSE(request.skip_special_tokens);
+  EXPECT_TRUE(request.include_stop_str_in_output);
+}
+
+TEST_F(OpenAiHttpTest, CompletionAcceptsTokenIdsAndBatches) {
+  const std::vector<int32_t> a = {5, 6, 7};
+  const std::vector<int32_t> b = {9, 10};
+  httplib::Result res = Post("/v1/completions", {{"prompt", {a, b}}, {"max_tokens", 4}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json body = json::parse(res->body);
+  ASSERT_EQ(body["choices"].size(), 2u);
+  EXPECT_EQ(body["choices"][0]["index"], 0);
+  EXPECT_EQ(body["choices"][0]["text"], ExpectedText(a, 4));
+  EXPECT_EQ(body["choices"][1]["index"], 1);
+  EXPECT_EQ(body["choices"][1]["text"], ExpectedText(b, 4));
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 5);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 8);
+
+  res = Post("/v1/completions", {{"prompt", a}, {"max_tokens", 2}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["choices"][0]["text"], ExpectedText(a, 2));
+  EXPECT_EQ(frontend_.last_request().prompt_token_ids, a);
+}
+
+TEST_F(OpenAiHttpTest, CompletionNullMaxTokensFillsTheContext) {
+  const std::vector<int32_t> prompt(10, 65);
+  httplib::Result res = Post("/v1/completions", {{"prompt", prompt}, {"max_tokens", nullptr}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["usage"]["completion_tokens"], 256 - 10);
+}
+
+TEST_F(OpenAiHttpTest, CompletionEchoPrependsThePrompt) {
+  httplib::Result res =
+      Post("/v1/completions", {{"prompt", "Echo"}, {"max_tokens", 2}, {"echo", true}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["choices"][0]["text"], "Echo" + ExpectedText(Encode("Echo"), 2));
+}
+
+TEST_F(OpenAiHttpTest, CompletionLogprobsHaveOneEntryPerToken) {
+  httplib::Result res =
+      Post("/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 3}, {"logprobs", 2}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json logprobs = json::parse(res->body)["choices"][0]["logprobs"];
+  EXPECT_EQ(logprobs["tokens"].size(), 3u);
+  EXPECT_EQ(logprobs["token_logprobs"], json({-0.5, -0.5, -0.5}));
+  EXPECT_EQ(logprobs["text_offset"], json({0, 1, 2}));
+  EXPECT_EQ(logprobs["top_logprobs"].size(), 3u);
+  EXPECT_EQ(frontend_.last_request().sampling.logprobs, 2);
+}
+
+TEST_F(OpenAiHttpTest, StopTokenIdSetsStopReason) {
+  const std::vector<int32_t> prompt = {5};
+  const int32_t third = testing::FakeFrontend::ExpectedTokens(prompt, 3)[2];
+  httplib::Result res = Post("/v1/completions",
+                             {{"prompt", prompt}, {"max_tokens", 10}, {"stop_token_ids", {third}}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json body = json::parse(res->body);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(body["choices"][0]["stop_reason"], third);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 3);
+}
+
+TEST_F(OpenAiHttpTest, CompletionStreamSendsOneChunkPerTokenThenUsageAndDone) {
+  const std::vector<int32_t> prompt = Encode("Stream");
+  httplib::Result res = Post("/v1/completions", {{"prompt", "Stream"},
+                                                 {"max_tokens", 4},
+                                                 {"stream", true},
+                                                 {"stream_options", {{"include_usage", true}}}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  const std::vector<std::string> events = SsePayloads(res->body);
+  ASSERT_EQ(events.size(), 6u) << res->body;
+  const std::vector<int32_t> tokens = testing::FakeFrontend::ExpectedTokens(prompt, 4);
+  std::string text;
+  for (int i = 0; i < 4; ++i) {
+    const json chunk = json::parse(events[i]);
+    EXPECT_EQ(chunk["object"], "text_completion");
+    EXPECT_THAT(chunk["id"].get<std::string>(), StartsWith("cmpl-"));
+    ASSERT_EQ(chunk["choices"].size(), 1u);
+    EXPECT_EQ(chunk["choices"][0]["index"], 0);
+    EXPECT_EQ(chunk["choices"][0]["finish_reason"], i == 3 ? json("length") : json(nullptr));
+    EXPECT_FALSE(chunk.contains("usage"));
+    text += chunk["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_EQ(text, ExpectedText(prompt, 4));
+  const json usage = json::parse(events[4]);
+  EXPECT_EQ(usage["choices"], json::array());
+  EXPECT_EQ(usage["usage"]["prompt_tokens"], prompt.size());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 4);
+  EXPECT_EQ(usage["usage"]["total_tokens"], prompt.size() + 4);
+  EXPECT_EQ(events[5], "[DONE]");
+}
+
+TEST_F(OpenAiHttpTest, StreamWithoutIncludeUsageHasNoUsageChunk) {
+  httplib::Result res =
+      Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 3}, {"stream", true}});
+  ASSERT_TRUE(res);
+  const std::vector<std::string> events = SsePayloads(res->body);
+  ASSERT_EQ(events.size(), 4u) << res->body;
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(json::parse(events[i]).contains("usage"));
+  EXPECT_EQ(events[3], "[DONE]");
+}
+
+TEST_F(OpenAiHttpTest, ChatCompletionAppliesTheTemplate) {
+  httplib::Result res =
+      Post("/v1/chat/completions", {{"model", "fake-model"},
+                                    {"messages", {{{"role", "user"}, {"content", "Hello"}}}},
+                                    {"max_tokens", 3}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json body = json::parse(res->body);
+  const std::vector<int32_t> prompt = ChatPromptIds("Hello");
+  EXPECT_THAT(body["id"].get<std::string>(), StartsWith("chatcmpl-"));
+  EXPECT_EQ(body["object"], "chat.completion");
+  const json& choice = body["choices"][0];
+  EXPECT_EQ(choice["message"]["role"], "assistant");
+  EXPECT_EQ(choice["message"]["content"], ExpectedText(prompt, 3));
+  EXPECT_EQ(choice["finish_reason"], "length");
+  EXPECT_EQ(body["usage"]["prompt_tokens"], prompt.size());
+  EXPECT_EQ(body["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(frontend_.last_request().prompt_token_ids, prompt);
+}
+
+TEST_F(OpenAiHttpTest, ChatAcceptsTextPartsAndMaxCompletionTokens) {
+  httplib::Result res = Post(
+      "/v1/chat/completions",
+      {{"messages", {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Hello"}}}}}}},
+       {"max_tokens", 9},
+       {"max_completion_tokens", 2}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json body = json::parse(res->body);
+  EXPECT_EQ(body["choices"][0]["message"]["content"], ExpectedText(ChatPromptIds("Hello"), 2));
+}
+
+TEST_F(OpenAiHttpTest, ChatWithoutMaxTokensFillsTheContext) {
+  const std::vector<int32_t> prompt = ChatPromptIds("Hi");
+  httplib::Result res =
+      Post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["usage"]["completion_tokens"], 256 - prompt.size());
+}
+
+TEST_F(OpenAiHttpTest, ChatLogprobs) {
+  httplib::Result res =
+      Post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                    {"max_tokens", 2},
+                                    {"logprobs", true},
+                                    {"top_logprobs", 2}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json content = json::parse(res->body)["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 2u);
+  EXPECT_EQ(content[0]["logprob"], -0.5);
+  EXPECT_EQ(content[0]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(content[0]["top_logprobs"][1]["logprob"], -1.5);
+  EXPECT_TRUE(content[0]["bytes"].is_array());
+}
+
+TEST_F(OpenAiHttpTest, ChatStreamSendsRoleChunkTokensFinishUsageAndDone) {
+  const std::vector<int32_t> prompt = ChatPromptIds("Hello");
+  httplib::Result res =
+      Post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hello"}}}},
+                                    {"max_tokens", 3},
+                                    {"stream", true},
+                                    {"stream_options", {{"include_usage", true}}}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const std::vector<std::string> events = SsePayloads(res->body);
+  ASSERT_EQ(events.size(), 6u) << res->body;
+  const json role = json::parse(events[0]);
+  EXPECT_EQ(role["object"], "chat.completion.chunk");
+  EXPECT_EQ(role["choices"][0]["delta"], json({{"role", "assistant"}, {"content", ""}}));
+  EXPECT_TRUE(role["choices"][0]["finish_reason"].is_null());
+  std::string text;
+  for (int i = 1; i <= 3; ++i) {
+    const json chunk = json::parse(events[i]);
+    EXPECT_EQ(chunk["id"], role["id"]);
+    EXPECT_FALSE(chunk["choices"][0]["delta"].contains("role"));
+    EXPECT_EQ(chunk["choices"][0]["finish_reason"], i == 3 ? json("length") : json(nullptr));
+    text += chunk["choices"][0]["delta"]["content"].get<std::string>();
+  }
+  EXPECT_EQ(text, ExpectedText(prompt, 3));
+  const json usage = json::parse(events[4]);
+  EXPECT_EQ(usage["choices"], json::array());
+  EXPECT_EQ(usage["usage"]["prompt_tokens"], prompt.size());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(events[5], "[DONE]");
+}
+
+TEST_F(OpenAiHttpTest, RequestIdHeaderIsHonouredAndEchoed) {
+  httplib::Result res =
+      Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, {{"X-Request-Id", "my-id-42"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->get_header_value("X-Request-Id"), "my-id-42");
+  EXPECT_EQ(json::parse(res->body)["id"], "cmpl-my-id-42");
+  EXPECT_EQ(frontend_.last_request().request_id, "cmpl-my-id-42");
+  // Without one, a fresh id is made and echoed.
+  res = Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}});
+  ASSERT_TRUE(res);
+  const std::string id = res->get_header_value("X-Request-Id");
+  EXPECT_FALSE(id.empty());
+  EXPECT_EQ(json::parse(res->body)["id"], "cmpl-" + id);
+}
+
+TEST_F(OpenAiHttpTest, BadInputsAre400sNamingTheField) {
+  const std::string c = "/v1/completions";
+  ExpectError(c, {{"prompt", "x"}, {"max_tokens", 0}}, 400, "max_tokens");
+  ExpectError(c, {{"prompt", "x"}, {"max_tokens", -3}}, 400, "max_tokens");
+  ExpectError(c, {{"prompt", "x"}, {"top_p", 1.5}}, 400, "top_p");
+  ExpectError(c, {{"prompt", "x"}, {"top_p", 0}}, 400, "top_p");
+  ExpectError(c, {{"prompt", "x"}, {"temperature", -0.1}}, 400, "temperature");
+  ExpectError(c, {{"prompt", "x"}, {"temperature", "hot"}}, 400, "temperature");
+  ExpectError(c, {{"prompt", "x"}, {"n", 2}}, 400, "n");
+  ExpectError(c, {{"prompt", "x"}, {"logprobs", 21}}, 400, "logprobs");
+  ExpectError(c, {{"prompt", "x"}, {"stop", 5}}, 400, "stop");
+  ExpectError(c, {{"prompt", "x"}, {"stream_options", {{"include_usage", true}}}}, 400,
+              "stream_options");
+  ExpectError(c, {{"max_tokens", 3}}, 400, "prompt");
+  ExpectError(c, {{"prompt", json::array()}}, 400, "prompt");
+  ExpectError(c, {{"prompt", {1.5, 2}}}, 400, "prompt");
+  ExpectError(c, {{"prompt", std::vector<int32_t>(300, 65)}, {"max_tokens", 4}}, 400, "prompt");
+  ExpectError(c, {{"prompt", std::vector<int32_t>(300, 65)}, {"max_tokens", nullptr}}, 400,
+              "prompt");
+  ExpectError(c, {{"prompt", {70000}}}, 400, "prompt");
+  const std::string chat = "/v1/chat/completions";
+  ExpectError(chat, {{"max_tokens", 3}}, 400, "messages");
+  ExpectError(chat, {{"messages", "hello"}}, 400, "messages");
+  ExpectError(chat, {{"messages", {{{"content", "no role"}}}}}, 400, "messages");
+  ExpectError(chat,
+              {{"messages",
+                {{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", "x"}}}}}}}},
+              400, "messages");
+  ExpectError(chat, {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"top_logprobs", 2}},
+              400, "top_logprobs");
+  ExpectError(chat, {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"min_p", 2}}, 400,
+              "min_p");
+  EXPECT_EQ(frontend_.generated.load(), 0);
+}
+
+TEST_F(OpenAiHttpTest, MalformedJsonIs400) {
+  httplib::Result res = Client().Post("/v1/completions", "{not json", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  const json error = json::parse(res->body);
+  EXPECT_EQ(error["error"]["type"], "BadRequestError");
+  EXPECT_EQ(error["error"]["param"], "body");
+  res = Client().Post("/v1/chat/completions", "[1, 2]", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+}
+
+TEST_F(OpenAiHttpTest, UnknownModelIs404WithVllmShape) {
+  httplib::Result res = Post("/v1/completions", {{"model", "gpt-9"}, {"prompt", "x"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  EXPECT_EQ(json::parse(res->body), json::parse(R"({"error": {
+      "message": "The model `gpt-9` does not exist.", "type": "NotFoundError",
+      "param": "model", "code": 404}})"));
+}
+
+TEST_F(OpenAiHttpTest, FrontendErrorsMapToStatuses) {
+  const json body = {{"prompt", "x"}, {"max_tokens", 2}};
+  frontend_.generate_error = absl::ResourceExhaustedError("queue full");
+  ExpectError("/v1/completions", body, 429, "queue full");
+  frontend_.generate_error = absl::UnavailableError("no replica");
+  ExpectError("/v1/completions", body, 503, "no replica");
+  frontend_.generate_error = absl::DeadlineExceededError("too slow");
+  ExpectError("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "x"}}}}}, 504,
+              "too slow");
+  // Streaming requests that fail before the first byte get a plain JSON error too.
+  frontend_.generate_error = absl::ResourceExhaustedError("queue full");
+  httplib::Result res = Post("/v1/completions", {{"prompt", "x"}, {"stream", true}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 429);
+  EXPECT_EQ(json::parse(res->body)["error"]["type"], "RateLimitError");
+}
+
+TEST_F(OpenAiHttpTest, ErrorAfterStreamingBeganIsAnSseErrorEvent) {
+  frontend_.fail_after_first_token = absl::UnavailableError("replica lost; retry");
+  httplib::Result res =
+      Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 5}, {"stream", true}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  const std::vector<std::string> events = SsePayloads(res->body);
+  ASSERT_EQ(events.size(), 3u) << res->body;
+  EXPECT_EQ(json::parse(events[0])["choices"].size(), 1u);
+  const json error = json::parse(events[1]);
+  EXPECT_EQ(error["error"]["code"], 503);
+  EXPECT_THAT(error["error"]["message"].get<std::string>(), HasSubstr("replica lost"));
+  EXPECT_EQ(events[2], "[DONE]");
+  // Not streaming: the same failure is a 503.
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"max_tokens", 5}}, 503, "replica lost");
+}
+
+TEST_F(OpenAiHttpTest, UnknownPathIs404AndWrongMethodIs405) {
+  httplib::Result res = Client().Get("/v2/nothing");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  EXPECT_EQ(json::parse(res->body)["error"]["code"], 404);
+  res = Client().Get("/v1/completions");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 405);
+  EXPECT_EQ(res->get_header_value("Allow"), "POST");
+  EXPECT_EQ(json::parse(res->body)["error"]["code"], 405);
+  res = Client().Post("/v1/models", "{}", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 405);
+}
+
+TEST_F(OpenAiHttpTest, OversizedBodyIs413) {
+  OpenAiHttpOptions options;
+  options.max_body_bytes = 1024;
+  StartServer(options);
+  httplib::Result res = Post("/v1/completions", {{"prompt", std::string(4096, 'a')}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 413);
+  EXPECT_EQ(json::parse(res->body)["error"]["code"], 413);
+  EXPECT_EQ(frontend_.generated.load(), 0);
+}
+
+TEST_F(OpenAiHttpTest, SixtyFourConcurrentStreams) {
+  frontend_.token_delay = absl::Milliseconds(5);
+  constexpr int kStreams = 64;
+  constexpr int kTokens = 8;
+  std::vector<std::string> bodies(kStreams);
+  std::vector<int> statuses(kStreams, 0);
+  std::vector<std::string> errors(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      httplib::Result res =
+          Post("/v1/completions", {{"prompt", {i + 1}}, {"max_tokens", kTokens}, {"stream", true}});
+      if (res) {
+        statuses[i] = res->status;
+        bodies[i] = res->body;
+      } else {
+        errors[i] = httplib::to_string(res.error());
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_EQ(statuses[i], 200) << "stream " << i << ": " << errors[i];
+    const std::vector<std::string> events = SsePayloads(bodies[i]);
+    ASSERT_EQ(events.size(), kTokens + 1u) << "stream " << i;
+    std::string text;
+    for (int t = 0; t < kTokens; ++t) {
+      text += json::parse(events[t])["choices"][0]["text"].get<std::string>();
+    }
+    EXPECT_EQ(text, ExpectedText({i + 1}, kTokens)) << "stream " << i;
+    EXPECT_EQ(events.back(), "[DONE]");
+  }
+  EXPECT_EQ(frontend_.finished.load(), kStreams);
+  EXPECT_EQ(frontend_.cancelled.load(), 0);
+}
+
+TEST_F(OpenAiHttpTest, ClientDisconnectMidStreamCancelsTheRequest) {
+  frontend_.token_delay = absl::Milliseconds(10);
+  httplib::Client client = Client();
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = json({{"prompt", "x"}, {"max_tokens", 200}, {"stream", true}}).dump();
+  req.set_header("Content-Type", "application/json");
+  std::string received;
+  req.content_receiver = [&](const char* data, size_t length, uint64_t, uint64_t) {
+    received.append(data, length);
+    return received.find("\n\n") == std::string::npos;  // stop after the first event
+  };
+  httplib::Result res = client.send(req);
+  EXPECT_FALSE(res);  // the client cancelled
+  EXPECT_THAT(received, StartsWith("data: "));
+  EXPECT_TRUE(AwaitCondition([&] { return frontend_.cancelled.load() == 1; }))
+      << "cancelled=" << frontend_.cancelled.load();
+}
+
+TEST_F(OpenAiHttpTest, ShutdownEndsStreamsInFlight) {
+  frontend_.token_delay = absl::Milliseconds(10);
+  std::atomic<bool> got_first{false};
+  std::thread client_thread([&] {
+    httplib::Client client = Client();
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = json({{"prompt", "x"}, {"max_tokens", 250}, {"stream", true}}).dump();
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+      got_first = true;
+      return true;
+    };
+    client.send(req);
+  });
+  ASSERT_TRUE(AwaitCondition([&] { return got_first.load(); }));
+  const absl::Time start = absl::Now();
+  server_->Shutdown();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(8));
+  client_thread.join();
+  EXPECT_TRUE(AwaitCondition([&] { return frontend_.cancelled.load() == 1; }));
+}
+
+}  // namespace
+}  // namespace tessera::coordinator::api

@@ -1,0 +1,437 @@
+// The coordinator's core over in-process replicas (real engines on the fake executor): routing,
+// admission, validation, stop strings, leases, cancellation, drain, metrics.
+#include "coordinator/coordinator.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/tokenizer.h"
+#include "tests/coordinator/engine_replica.h"
+
+namespace tessera::coordinator {
+namespace {
+
+using testing::EngineReplica;
+using testing::EngineReplicaConnector;
+using ::testing::HasSubstr;
+
+constexpr int32_t kVocab = 512;
+
+std::unique_ptr<model::Tokenizer> MakeTokenizer() {
+  auto files = model::MakeByteLevelTokenizerFiles(kVocab);
+  EXPECT_TRUE(files.ok());
+  auto tokenizer = model::Tokenizer::FromJson(files->tokenizer_json, "tokenizer.json");
+  EXPECT_TRUE(tokenizer.ok());
+  return std::move(*tokenizer);
+}
+
+// The tokens the fake executor generates greedily after `prompt`.
+std::vector<int32_t> ExpectedGreedy(std::vector<int32_t> history, int n, int32_t vocab) {
+  std::vector<int32_t> out;
+  worker::SamplingRow row;
+  for (int i = 0; i < n; ++i) {
+    const int32_t t = worker::testing::FakeExecutor::NextToken(history, vocab, row);
+    out.push_back(t);
+    history.push_back(t);
+  }
+  return out;
+}
+
+struct Collected {
+  std::vector<int32_t> tokens;
+  std::string text;
+  GenerateEvent last;
+  int events = 0;
+};
+
+Collected Collect(GenerateStream& stream) {
+  Collected c;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < give_up) {
+    absl::StatusOr<GenerateEvent> e = stream.Next(absl::Seconds(1));
+    if (absl::IsDeadlineExceeded(e.status())) continue;
+    EXPECT_TRUE(e.ok()) << e.status();
+    if (!e.ok()) break;
+    c.events++;
+    c.tokens.insert(c.tokens.end(), e->token_ids.begin(), e->token_ids.end());
+    c.text += e->text;
+    if (e->finished) {
+      c.last = *e;
+      break;
+    }
+  }
+  EXPECT_TRUE(c.last.finished) << "the stream did not finish";
+  return c;
+}
+
+template <typename F>
+bool Await(F condition, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return true;
+}
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tokenizer_ = MakeTokenizer().release();
+    eos_ = *tokenizer_->TokenToId("<|eot_id|>");
+    // The fake executor samples below the first id without a token.
+    sample_below_ = 0;
+    while (tokenizer_->IdToToken(sample_below_).has_value()) ++sample_below_;
+  }
+  void TearDown() override {
+    coordinator_.reset();
+    replicas_.clear();
+    delete tokenizer_;
+  }
+
+  void Start(int num_replicas, CoordinatorOptions options = {}, int max_num_seqs = 8) {
+    options.model.name = "m";
+    options.model.root = "/models/m";
+    options.model.max_model_len = 200;
+    options.model.vocab_size = kVocab;
+    auto coordinator =
+        Coordinator::Create(options, MakeTokenizer(), std::nullopt, connector_, clock_);
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    coordinator_ = std::move(*coordinator);
+    for (int i = 0; i < num_replicas; ++i) AddReplica(absl::StrCat("r", i), max_num_seqs);
+  }
+
+  EngineReplica& AddReplica(const std::string& name, int max_num_seqs = 8) {
+    auto replica = std::make_unique<EngineReplica>(name, kVocab, eos_, max_num_seqs, sample_below_);
+    connector_.Add(replica->info("m").address, replica.get());
+    auto entry = coordinator_->RegisterReplica(replica->info("m"));
+    EXPECT_TRUE(entry.ok()) << entry.status();
+    ids_.push_back((*entry)->id());
+    replicas_.push_back(std::move(replica));
+    return *replicas_.back();
+  }
+
+  GenerateRequest Text(const std::string& text, int max_tokens) {
+    GenerateRequest r;
+    r.prompt_text = text;
+    r.sampling.max_tokens = max_tokens;
+    r.sampling.ignore_eos = true;
+    return r;
+  }
+
+  model::Tokenizer* tokenizer_ = nullptr;
+  int32_t eos_ = 0;
+  int32_t sample_below_ = 0;
+  FakeClock clock_;
+  EngineReplicaConnector connector_;
+  std::vector<std::unique_ptr<EngineReplica>> replicas_;
+  std::vector<std::string> ids_;
+  std::unique_ptr<Coordinator> coordinator_;
+};
+
+TEST_F(CoordinatorTest, StreamsTheReplicasTokensWithTheirText) {
+  Start(1);
+  auto stream = coordinator_->Generate(Text("hello world", 12));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  const std::vector<int32_t> prompt = *tokenizer_->Encode("hello world", true);
+  EXPECT_EQ((*stream)->prompt_token_ids(), prompt);
+  Collected c = Collect(**stream);
+  EXPECT_EQ(c.tokens, ExpectedGreedy(prompt, 12, sample_below_));
+  EXPECT_EQ(c.text, *tokenizer_->Decode(c.tokens, /*skip_special_tokens=*/true));
+  EXPECT_TRUE(c.last.status.ok()) << c.last.status;
+  EXPECT_EQ(c.last.finish_reason, model::FinishReason::kLength);
+  EXPECT_EQ(c.last.completion_tokens, 12);
+  EXPECT_EQ(c.last.prompt_tokens, static_cast<int32_t>(prompt.size()));
+  EXPECT_EQ(coordinator_->in_flight(), 0);
+  EXPECT_EQ((*stream)->Next(absl::Seconds(1)).status().code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(CoordinatorTest, TokenIdPromptsSkipTheTokenizer) {
+  Start(1);
+  GenerateRequest r;
+  r.prompt_token_ids = std::vector<int32_t>{5, 6, 7, 8, 9};
+  r.sampling.max_tokens = 5;
+  r.sampling.ignore_eos = true;
+  auto stream = coordinator_->Generate(r);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  EXPECT_EQ(Collect(**stream).tokens, ExpectedGreedy({5, 6, 7, 8, 9}, 5, sample_below_));
+}
+
+TEST_F(CoordinatorTest, RejectsBadInputNamingTheField) {
+  Start(1);
+  struct Case {
+    std::string name;
+    std::function<void(GenerateRequest&)> edit;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"max_tokens 0", [](GenerateRequest& r) { r.sampling.max_tokens = 0; }, "max_tokens"},
+      {"top_p 1.5", [](GenerateRequest& r) { r.sampling.top_p = 1.5f; }, "top_p"},
+      {"top_p 0", [](GenerateRequest& r) { r.sampling.top_p = 0.0f; }, "top_p"},
+      {"negative temperature", [](GenerateRequest& r) { r.sampling.temperature = -1.0f; },
+       "temperature"},
+      {"beyond the context", [](GenerateRequest& r) { r.sampling.max_tokens = 500; },
+       "context of 200"},
+      {"id outside the vocabulary",
+       [](GenerateRequest& r) {
+         r.prompt_token_ids = std::vector<int32_t>{1, 9999};
+       },
+       "outside the vocabulary"},
+      {"empty prompt", [](GenerateRequest& r) { r.prompt_token_ids = std::vector<int32_t>{}; },
+       "prompt"},
+      {"invalid UTF-8", [](GenerateRequest& r) { r.prompt_text = "ab\xff"; }, "prompt"},
+      {"stop token outside the vocabulary",
+       [](GenerateRequest& r) { r.sampling.stop_token_ids = {kVocab}; }, "stop token"},
+      {"empty stop string", [](GenerateRequest& r) { r.sampling.stop = {""}; }, "stop"},
+  };
+  for (const Case& c : cases) {
+    GenerateRequest r = Text("hi", 4);
+    c.edit(r);
+    auto stream = coordinator_->Generate(r);
+    ASSERT_FALSE(stream.ok()) << c.name;
+    EXPECT_EQ(stream.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_THAT(std::string(stream.status().message()), HasSubstr(c.message)) << c.name;
+  }
+  EXPECT_EQ(replicas_[0]->generate_calls(), 0);
+  EXPECT_THAT(coordinator_->RenderMetrics(),
+              HasSubstr("tessera_requests_rejected_total{model_name=\"m\",reason=\"invalid\"} 10"));
+}
+
+TEST_F(CoordinatorTest, WithoutReplicasRequestsAreUnavailable) {
+  Start(0);
+  EXPECT_FALSE(coordinator_->Ready());
+  auto stream = coordinator_->Generate(Text("hi", 4));
+  EXPECT_EQ(stream.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(stream.status().message()), HasSubstr("no replica"));
+}
+
+TEST_F(CoordinatorTest, AdmissionShedsLoadBeyondCapacity) {
+  CoordinatorOptions options;
+  options.max_queued_requests = 1;
+  Start(1, options, /*max_num_seqs=*/2);
+  std::vector<std::unique_ptr<GenerateStream>> held;
+  for (int i = 0; i < 3; ++i) {  // 2 running + 1 queued
+    auto stream = coordinator_->Generate(Text("hi", 4));
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    held.push_back(std::move(*stream));
+  }
+  auto refused = coordinator_->Generate(Text("hi", 4));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("overloaded"));
+  Collect(*held[0]);
+  EXPECT_TRUE(coordinator_->Generate(Text("hi", 4)).ok());  // room again
+}
+
+TEST_F(CoordinatorTest, StopStringsEndTheRequestAndTrimTheText) {
+  Start(1);
+  // A prompt whose output decodes to enough text to pick a stop string from its middle.
+  std::string prompt;
+  std::string full;
+  std::vector<int32_t> full_tokens;
+  for (int attempt = 0; attempt < 50 && full.size() < 8; ++attempt) {
+    prompt = absl::StrCat("prompt number ", attempt);
+    auto stream = coordinator_->Generate(Text(prompt, 24));
+    ASSERT_TRUE(stream.ok());
+    Collected c = Collect(**stream);
+    full = c.text;
+    full_tokens = c.tokens;
+  }
+  ASSERT_GE(full.size(), 8u) << "no prompt gave enough text";
+  // A stop string that starts at a character boundary in the middle.
+  size_t at = full.size() / 2;
+  while (at > 0 && (static_cast<unsigned char>(full[at]) & 0xC0) == 0x80) --at;
+  size_t end = at + 1;
+  while (end < full.size() && (static_cast<unsigned char>(full[end]) & 0xC0) == 0x80) ++end;
+  const std::string stop = full.substr(at, end - at);
+  const size_t first = full.find(stop);
+
+  GenerateRequest r = Text(prompt, 24);
+  r.sampling.stop = {stop};
+  auto stream = coordinator_->Generate(r);
+  ASSERT_TRUE(stream.ok());
+  Collected c = Collect(**stream);
+  EXPECT_EQ(c.text, full.substr(0, first));
+  EXPECT_EQ(c.last.finish_reason, model::FinishReason::kStop);
+  EXPECT_TRUE(c.last.status.ok());
+  EXPECT_LT(c.tokens.size(), full_tokens.size());
+
+  r.include_stop_str_in_output = true;
+  auto with_stop = coordinator_->Generate(r);
+  ASSERT_TRUE(with_stop.ok());
+  EXPECT_EQ(Collect(**with_stop).text, full.substr(0, first + stop.size()));
+}
+
+TEST_F(CoordinatorTest, ALapsedLeaseTakesTheReplicaOutAndFailsItsRequests) {
+  Start(2);
+  GenerateRequest r = Text("hi", 50);
+  auto stream = coordinator_->Generate(r);
+  ASSERT_TRUE(stream.ok());
+  // Only r1 keeps heartbeating.
+  clock_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(coordinator_->Heartbeat(ids_[1], replicas_[1]->load()));
+  clock_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(Await([&] { return coordinator_->registry().Live().size() == 1; }));
+  EXPECT_EQ(coordinator_->registry().Live()[0]->info().name, "r1");
+  EXPECT_FALSE(coordinator_->Heartbeat(ids_[0], replicas_[0]->load()));  // must re-register
+  // New requests go to r1 only.
+  const int before = replicas_[1]->generate_calls();
+  for (int i = 0; i < 4; ++i) {
+    auto s = coordinator_->Generate(Text("x", 2));
+    ASSERT_TRUE(s.ok());
+    Collect(**s);
+  }
+  EXPECT_EQ(replicas_[1]->generate_calls(), before + 4);
+  EXPECT_THAT(coordinator_->RenderMetrics(),
+              HasSubstr("tessera_replica_lease_expirations_total 1"));
+  // The request routed to r0 (if it was) fails with a retryable error.
+  if (replicas_[0]->generate_calls() == 1) {
+    Collected c = Collect(**stream);
+    EXPECT_EQ(c.last.status.code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string(c.last.status.message()), HasSubstr("retry"));
+  }
+}
+
+TEST_F(CoordinatorTest, ARequestOnALostReplicaEndsUnavailable) {
+  Start(1);
+  auto stream = coordinator_->Generate(Text("hi", 100));
+  ASSERT_TRUE(stream.ok());
+  coordinator_->DeregisterReplica(ids_[0]);
+  Collected c = Collect(**stream);
+  EXPECT_EQ(c.last.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(c.last.status.message()), HasSubstr("replica r0 was lost"));
+  EXPECT_TRUE(Await([&] { return replicas_[0]->engine().counters().requests_in_flight == 0; }));
+}
+
+TEST_F(CoordinatorTest, RoutingFollowsCachedPrefixesAndSpreadsLoad) {
+  Start(2);
+  const std::string long_prompt(64, 'a');
+  auto first = coordinator_->Generate(Text(long_prompt + " one", 2));
+  ASSERT_TRUE(first.ok());
+  Collect(**first);
+  const int served_by = replicas_[0]->generate_calls() == 1 ? 0 : 1;
+  for (int i = 0; i < 4; ++i) {
+    auto again = coordinator_->Generate(Text(long_prompt + " two", 2));
+    ASSERT_TRUE(again.ok());
+    Collect(**again);
+  }
+  EXPECT_EQ(replicas_[served_by]->generate_calls(), 5);
+  EXPECT_EQ(replicas_[1 - served_by]->generate_calls(), 0);
+
+  // Distinct prompts held in flight spread over both replicas.
+  std::vector<std::unique_ptr<GenerateStream>> held;
+  for (int i = 0; i < 6; ++i) {
+    auto s = coordinator_->Generate(Text(absl::StrCat("distinct ", i), 2));
+    ASSERT_TRUE(s.ok());
+    held.push_back(std::move(*s));
+  }
+  EXPECT_EQ(replicas_[0]->generate_calls() + replicas_[1]->generate_calls(), 11);
+  EXPECT_GE(replicas_[1 - served_by]->generate_calls(), 2);
+}
+
+TEST_F(CoordinatorTest, ARefusingReplicaIsRetriedElsewhere) {
+  Start(2);
+  replicas_[0]->set_refuse(absl::UnavailableError("replica is draining"));
+  for (int i = 0; i < 4; ++i) {
+    auto s = coordinator_->Generate(Text(absl::StrCat("p", i), 2));
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_TRUE(Collect(**s).last.status.ok());
+  }
+  EXPECT_EQ(replicas_[1]->generate_calls(), 4);
+  replicas_[1]->set_refuse(absl::UnavailableError("replica is draining"));
+  auto s = coordinator_->Generate(Text("p", 2));
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(coordinator_->in_flight(), 0);
+}
+
+TEST_F(CoordinatorTest, AStreamDroppedEarlyCancelsItsRequestOnTheReplica) {
+  Start(1);
+  // 150 steps of 5 ms: the request is still running when the stream is dropped.
+  replicas_[0]->executor().on_step = [] { absl::SleepFor(absl::Milliseconds(5)); };
+  {
+    auto stream = coordinator_->Generate(Text("hi", 150));
+    ASSERT_TRUE(stream.ok());
+    ASSERT_TRUE((*stream)->Next(absl::Seconds(10)).ok());
+  }
+  EXPECT_EQ(coordinator_->in_flight(), 0);
+  EXPECT_TRUE(Await([&] {
+    const worker::EngineCounters c = replicas_[0]->engine().counters();
+    return c.requests_in_flight == 0 && c.kv_blocks_in_use == 0;
+  }));
+  EXPECT_EQ(replicas_[0]->engine().counters().requests_aborted, 1);
+}
+
+TEST_F(CoordinatorTest, CancelEndsTheStreamWithCancelled) {
+  Start(1);
+  auto stream = coordinator_->Generate(Text("hi", 150));
+  ASSERT_TRUE(stream.ok());
+  (*stream)->Cancel();
+  Collected c = Collect(**stream);
+  EXPECT_EQ(c.last.status.code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(CoordinatorTest, DrainStopsAdmissionAndEndsWhatIsLeft) {
+  Start(1);
+  auto stream = coordinator_->Generate(Text("hi", 150));
+  ASSERT_TRUE(stream.ok());
+  absl::Status drained = coordinator_->Drain(absl::Milliseconds(50));
+  EXPECT_EQ(drained.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(coordinator_->Ready());
+  auto refused = coordinator_->Generate(Text("hi", 4));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("draining"));
+  Collected c = Collect(**stream);
+  EXPECT_EQ(c.last.status.code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(CoordinatorTest, RegistrationChecksTheReplica) {
+  Start(0);
+  EngineReplica replica("x", kVocab, eos_);
+  connector_.Add(replica.info("m").address, &replica);
+  ReplicaInfo other_model = replica.info("other");
+  EXPECT_THAT(std::string(coordinator_->RegisterReplica(other_model).status().message()),
+              HasSubstr("serves model \"other\""));
+  ReplicaInfo prefill = replica.info("m");
+  prefill.role = "prefill";
+  EXPECT_EQ(coordinator_->RegisterReplica(prefill).status().code(),
+            absl::StatusCode::kUnimplemented);
+  ReplicaInfo bad_role = replica.info("m");
+  bad_role.role = "both";
+  EXPECT_EQ(coordinator_->RegisterReplica(bad_role).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ReplicaInfo unreachable = replica.info("m");
+  unreachable.address = "inproc://nowhere";
+  EXPECT_EQ(coordinator_->RegisterReplica(unreachable).status().code(),
+            absl::StatusCode::kUnavailable);
+  // Registering twice under one name replaces the first entry.
+  auto a = coordinator_->RegisterReplica(replica.info("m"));
+  auto b = coordinator_->RegisterReplica(replica.info("m"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE((*a)->lost());
+  EXPECT_EQ(coordinator_->registry().Live().size(), 1u);
+}
+
+TEST_F(CoordinatorTest, MetricsUseVllmNames) {
+  Start(1);
+  auto stream = coordinator_->Generate(Text("hello", 6));
+  ASSERT_TRUE(stream.ok());
+  Collect(**stream);
+  ASSERT_TRUE(coordinator_->Heartbeat(ids_[0], replicas_[0]->load()));
+  const std::string text = coordinator_->RenderMetrics();
+  EXPECT_THAT(text, HasSubstr("vllm:time_to_first_token_seconds_count{model_name=\"m\"} 1"));
+  EXPECT_THAT(text, HasSubstr("vllm:e2e_request_latency_seconds_count{model_name=\"m\"} 1"));
+  EXPECT_THAT(text, HasSubstr("vllm:inter_token_latency_seconds_count{model_name=\"m\"} 5"));
+  EXPECT_THAT(text, HasSubstr("vllm:generation_tokens_total{model_name=\"m\"} 6"));
+  EXPECT_THAT(
+      text, HasSubstr("vllm:request_success_total{model_name=\"m\",finished_reason=\"length\"} 1"));
+  EXPECT_THAT(text, HasSubstr("vllm:num_requests_running{model_name=\"m\",engine=\"r0\"} 0"));
+  EXPECT_THAT(text, HasSubstr("vllm:kv_cache_usage_perc{model_name=\"m\",engine=\"r0\"}"));
+  EXPECT_THAT(text, HasSubstr("tessera_replicas{role=\"mixed\"} 1"));
+}
+
+}  // namespace
+}  // namespace tessera::coordinator

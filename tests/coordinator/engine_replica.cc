@@ -1,0 +1,150 @@
+#include "tests/coordinator/engine_replica.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+
+namespace tessera::coordinator::testing {
+namespace {
+
+worker::ExecutorLimits Limits(int32_t max_num_seqs) {
+  worker::ExecutorLimits l;
+  l.num_blocks = 512;
+  l.block_size = 4;
+  l.max_blocks_per_seq = 64;
+  l.max_num_tokens = 256;
+  l.max_num_seqs = max_num_seqs;
+  return l;
+}
+
+class EngineCall final : public ReplicaCall {
+ public:
+  EngineCall(worker::Engine& engine, std::shared_ptr<worker::ResponseStream> stream)
+      : engine_(engine), stream_(std::move(stream)) {}
+  ~EngineCall() override { engine_.Cancel(stream_->request_id()); }
+
+  absl::StatusOr<ReplicaEvent> Next(absl::Duration timeout) override {
+    absl::StatusOr<worker::TokenEvent> event = stream_->Next(timeout);
+    if (!event.ok()) return event.status();
+    ReplicaEvent out;
+    if (event->token_id >= 0) {
+      out.token_ids.push_back(event->token_id);
+      out.logprobs.push_back(event->logprob);
+      out.top_logprobs.push_back(event->top_logprobs);
+    }
+    out.finished = event->finish_reason.has_value();
+    out.finish_reason = event->finish_reason;
+    out.status = event->status;
+    out.num_cached_tokens = event->num_cached_tokens;
+    return out;
+  }
+  void Cancel() override { engine_.Cancel(stream_->request_id()); }
+
+ private:
+  worker::Engine& engine_;
+  std::shared_ptr<worker::ResponseStream> stream_;
+};
+
+}  // namespace
+
+class EngineReplica::Client final : public ReplicaClient {
+ public:
+  explicit Client(EngineReplica& replica) : replica_(replica) {}
+  absl::StatusOr<std::unique_ptr<ReplicaCall>> Generate(ReplicaRequest request) override {
+    {
+      absl::MutexLock lock(&replica_.mu_);
+      replica_.generate_calls_++;
+      if (!replica_.refuse_.ok()) return replica_.refuse_;
+    }
+    worker::Request r;
+    r.prompt = std::move(request.prompt);
+    r.sampling = std::move(request.sampling);
+    r.cache_salt = std::move(request.cache_salt);
+    if (request.deadline != absl::InfiniteFuture()) r.timeout = request.deadline - absl::Now();
+    auto stream = replica_.engine_->Submit(std::move(r));
+    if (!stream.ok()) return stream.status();
+    return std::unique_ptr<ReplicaCall>(new EngineCall(*replica_.engine_, std::move(*stream)));
+  }
+
+ private:
+  EngineReplica& replica_;
+};
+
+EngineReplica::EngineReplica(std::string name, int32_t vocab_size, int32_t eos_token_id,
+                             int32_t max_num_seqs, int32_t sample_below)
+    : name_(std::move(name)),
+      vocab_size_(vocab_size),
+      limits_(Limits(max_num_seqs)),
+      executor_(limits_, sample_below > 0 ? sample_below : vocab_size) {
+  config_.vocab_size = vocab_size;
+  config_.eos_token_ids = {eos_token_id};
+  worker::EngineOptions options;
+  options.scheduler.max_model_len = 200;
+  options.scheduler.max_num_seqs = max_num_seqs;
+  options.scheduler.max_num_batched_tokens = 64;
+  options.idle_wait = absl::Milliseconds(5);
+  auto engine = worker::Engine::Create(executor_, config_, options);
+  TESSERA_CHECK(engine.ok());
+  engine_ = std::move(*engine);
+}
+
+EngineReplica::~EngineReplica() { engine_->Shutdown(absl::ZeroDuration()).IgnoreError(); }
+
+ReplicaInfo EngineReplica::info(const std::string& model_name) const {
+  ReplicaInfo info;
+  info.name = name_;
+  info.address = absl::StrCat("inproc://", name_);
+  info.model_name = model_name;
+  info.max_model_len = 200;
+  info.vocab_size = vocab_size_;
+  info.block_size = limits_.block_size;
+  info.kv_blocks_total = limits_.num_blocks;
+  info.max_num_seqs = limits_.max_num_seqs;
+  return info;
+}
+
+ReplicaLoad EngineReplica::load() const {
+  const worker::EngineCounters c = engine_->counters();
+  ReplicaLoad load;
+  load.num_requests_running = static_cast<int32_t>(c.num_running);
+  load.num_requests_waiting = static_cast<int32_t>(c.num_waiting);
+  load.kv_blocks_total = c.kv_blocks_total;
+  load.kv_blocks_free = c.kv_blocks_free;
+  load.preemptions_total = c.preemptions;
+  load.prefix_cache_queries_total = c.prefix_cache_queries;
+  load.prefix_cache_hits_total = c.prefix_cache_hits;
+  load.requests_in_flight = c.requests_in_flight;
+  return load;
+}
+
+std::unique_ptr<ReplicaClient> EngineReplica::MakeClient() {
+  return std::make_unique<Client>(*this);
+}
+
+void EngineReplica::set_refuse(absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  refuse_ = std::move(status);
+}
+
+int EngineReplica::generate_calls() const {
+  absl::MutexLock lock(&mu_);
+  return generate_calls_;
+}
+
+void EngineReplicaConnector::Add(const std::string& address, EngineReplica* replica) {
+  absl::MutexLock lock(&mu_);
+  replicas_[address] = replica;
+}
+
+absl::StatusOr<std::unique_ptr<ReplicaClient>> EngineReplicaConnector::Connect(
+    const ReplicaInfo& info) {
+  absl::MutexLock lock(&mu_);
+  auto it = replicas_.find(info.address);
+  if (it == replicas_.end()) {
+    return absl::UnavailableError(absl::StrCat("no test replica at ", info.address));
+  }
+  return it->second->MakeClient();
+}
+
+}  // namespace tessera::coordinator::testing

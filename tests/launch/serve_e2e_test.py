@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""End to end: `tessera serve` (a coordinator and two replica workers as processes on loopback)
+driven by the real clients, `openai` (HTTP) and `tritonclient` (KServe v2 gRPC).
+
+1. 64 concurrent streaming requests, half over HTTP and half over gRPC, all greedy: every
+   output equals what `tessera generate` gives for the same prompt ids.
+2. A replica is killed (SIGKILL) while requests run: those on it end with a retryable error, the
+   coordinator takes it out of rotation within its lease, and new requests succeed on the other.
+3. SIGINT stops the whole cluster cleanly (exit 0, no process left behind).
+
+Usage: serve_e2e_test.py TESSERA_BINARY
+"""
+import concurrent.futures
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import openai
+import tritonclient.grpc as grpcclient
+
+TESSERA = os.path.abspath(sys.argv[1])
+MODEL = "tessera-demo"
+MAX_TOKENS = 12
+LEASE_S = 3.0  # the coordinator's default --lease-timeout
+
+
+SERVE_LOG = []  # serve's output, printed when the test fails
+
+
+def fail(message):
+    print("FAIL:", message, flush=True)
+    print("---- tessera serve output (last 60 lines) ----")
+    print("".join(SERVE_LOG[-60:]), flush=True)
+    sys.exit(1)
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+
+
+def generate_reference(model_dir, prompts):
+    """Greedy tokens from `tessera generate` (single process), one list per prompt."""
+    cmd = [TESSERA, "generate", "--model", model_dir, "--max-tokens", str(MAX_TOKENS),
+           "--ignore-eos", "--threads", "1", "--output", "json"]
+    for p in prompts:
+        cmd += ["--prompt-ids", ",".join(map(str, p))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    check(len(results) == len(prompts), f"generate printed {len(results)} results: {out}")
+    return [r["token_ids"] for r in results]
+
+
+def http_stream(client, prompt_ids):
+    text, ids = "", None
+    stream = client.completions.create(model=MODEL, prompt=prompt_ids, max_tokens=MAX_TOKENS,
+                                       temperature=0, stream=True, extra_body={"ignore_eos": True},
+                                       stream_options={"include_usage": True})
+    usage, finish = None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text += choice.text
+            finish = choice.finish_reason or finish
+    check(usage is not None and usage.completion_tokens == MAX_TOKENS, f"usage {usage}")
+    check(finish == "length", f"finish_reason {finish}")
+    return text
+
+
+def grpc_stream(url, prompt_ids, want_ids=True):
+    """One streaming request over ModelStreamInfer; returns (text, output ids)."""
+    results = queue.Queue()
+    client = grpcclient.InferenceServerClient(url=url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    ids = grpcclient.InferInput("input_ids", [len(prompt_ids)], "INT32")
+    ids.set_data_from_numpy(np.array(prompt_ids, dtype=np.int32))
+    stream = grpcclient.InferInput("stream", [1], "BOOL")
+    stream.set_data_from_numpy(np.array([True]))
+    params = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
+    params.set_data_from_numpy(np.array([json.dumps(
+        {"max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}).encode()],
+        dtype=np.object_))
+    ret_ids = grpcclient.InferInput("return_output_ids", [1], "BOOL")
+    ret_ids.set_data_from_numpy(np.array([want_ids]))
+    client.async_stream_infer(MODEL, [ids, stream, params, ret_ids], request_id="r",
+                              enable_empty_final_response=True)
+    text, out_ids = "", []
+    while True:
+        result, error = results.get(timeout=120)
+        if error is not None:
+            client.stop_stream()
+            raise RuntimeError(str(error))
+        response = result.get_response()
+        final = response.parameters["triton_final_response"].bool_param
+        chunk = result.as_numpy("text_output")
+        if chunk is not None:
+            text += b"".join(chunk).decode()
+        got = result.as_numpy("output_ids")
+        if got is not None:
+            out_ids += got.tolist()
+        if final:
+            break
+    client.stop_stream()
+    return text, out_ids
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="tessera-serve-e2e-")
+    serve = subprocess.Popen(
+        [TESSERA, "serve", "--port", "0", "--grpc-port", "0", "--num-replicas", "2",
+         "--threads", "1", "--work-dir", work, "--max-num-seqs", "32", "--kv-cache-gib", "0.25",
+         "--drain-timeout", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = SERVE_LOG
+    reader = threading.Thread(target=lambda: [lines.append(l) for l in serve.stdout], daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 120
+        while not any("tessera serve: ready" in l for l in lines):
+            check(serve.poll() is None, "serve exited early:\n" + "".join(lines))
+            check(time.time() < deadline, "serve not ready in 120 s:\n" + "".join(lines))
+            time.sleep(0.1)
+        ports = json.load(open(os.path.join(work, "coordinator-ports.json")))
+        base = f"http://127.0.0.1:{ports['http']}/v1"
+        grpc_url = f"127.0.0.1:{ports['grpc']}"
+        model_dir = os.path.join(work, "demo-model")
+        # Both replicas registered?
+        deadline = time.time() + 60
+        while True:
+            metrics = urllib.request.urlopen(base.replace("/v1", "/metrics")).read().decode()
+            if 'tessera_replicas{role="mixed"} 2' in metrics:
+                break
+            check(time.time() < deadline, "two replicas never registered:\n" + metrics)
+            time.sleep(0.2)
+
+        # 1. 64 concurrent streams, identical to `tessera generate`.
+        prompts = [[1 + (7 * i) % 400, 2 + (13 * i) % 300, 3 + i] for i in range(64)]
+        reference = generate_reference(model_dir, prompts)
+        http = openai.OpenAI(base_url=base, api_key="none", max_retries=0, timeout=120)
+        # The text of the reference ids, as the server detokenizes them (HTTP non-streaming).
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            futures = {}
+            for i, p in enumerate(prompts):
+                if i % 2 == 0:
+                    futures[i] = pool.submit(http_stream, http, p)
+                else:
+                    futures[i] = pool.submit(grpc_stream, grpc_url, p)
+            outputs = {i: f.result(timeout=300) for i, f in futures.items()}
+        for i, p in enumerate(prompts):
+            if i % 2 == 1:
+                text, ids = outputs[i]
+                check(ids == reference[i], f"prompt {i}: gRPC ids {ids} != generate {reference[i]}")
+        # HTTP outputs are text: compare with the gRPC text of the same prompt (ids checked above).
+        for i in range(0, 64, 2):
+            text, ids = grpc_stream(grpc_url, prompts[i])
+            check(ids == reference[i], f"prompt {i}: ids {ids} != generate {reference[i]}")
+            check(outputs[i] == text, f"prompt {i}: HTTP text {outputs[i]!r} != gRPC {text!r}")
+        print("64 concurrent streams match tessera generate", flush=True)
+
+        # 2. Kill a replica while it serves.
+        pids = subprocess.run(["pgrep", "-f", "replica-name replica-0"],
+                              capture_output=True, text=True).stdout.split()
+        worker_pids = []
+        for pid in pids:
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline").read()
+            except OSError:
+                continue
+            if work in cmdline and "worker" in cmdline:
+                worker_pids.append(pid)
+        check(len(worker_pids) == 1, f"replica-0 worker pid not found: {pids}")
+        started = threading.Semaphore(0)
+
+        def long_http(i):
+            try:
+                stream = http.completions.create(model=MODEL, prompt=[5, 6, 7 + i],
+                                                 max_tokens=1000, temperature=0, stream=True,
+                                                 extra_body={"ignore_eos": True})
+                first, finish = True, None
+                for chunk in stream:
+                    if first:
+                        started.release()
+                        first = False
+                    for choice in chunk.choices:
+                        finish = choice.finish_reason or finish
+                return ("ok", finish)
+            except openai.APIError as e:
+                return ("error", str(e))
+        # Freeze replica-0 mid-stream: it stops heartbeating (as a hung or partitioned host does).
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            long_requests = [pool.submit(long_http, i) for i in range(8)]
+            for _ in range(8):
+                check(started.acquire(timeout=60), "the long requests did not start")
+            os.kill(int(worker_pids[0]), signal.SIGSTOP)
+            killed_at = time.time()
+            results = [f.result(timeout=300) for f in long_requests]
+        errors = [r for r in results if r[0] == "error"]
+        check(errors, f"no request failed after the replica was frozen: {results}")
+        for e in errors:
+            check("retry" in e[1], f"not a retryable error: {e}")
+        # Out of rotation within the lease (plus the check interval).
+        while True:
+            metrics = urllib.request.urlopen(base.replace("/v1", "/metrics")).read().decode()
+            if 'tessera_replicas{role="mixed"} 1' in metrics:
+                break
+            check(time.time() - killed_at < LEASE_S * 3 + 2,
+                  "the dead replica is still in rotation")
+            time.sleep(0.1)
+        os.kill(int(worker_pids[0]), signal.SIGKILL)
+        print(f"frozen replica out of rotation after {time.time() - killed_at:.1f} s; "
+              f"{len(errors)} of 8 in-flight requests failed retryably", flush=True)
+        for i in range(6):
+            r = http.completions.create(model=MODEL, prompt=[9, 10 + i], max_tokens=4)
+            check(r.usage.completion_tokens == 4, f"after the kill: {r}")
+        print("new requests served by the surviving replica", flush=True)
+    finally:
+        # 3. SIGINT stops everything.
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGINT)
+            try:
+                code = serve.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                fail("serve did not stop within 60 s of SIGINT")
+    reader.join(timeout=5)
+    # serve exits 1 because a child (the killed replica) died: that is reported, not hidden.
+    check(any("replica-0" in l and "killed by signal 9" in l for l in lines),
+          "serve did not report the killed replica:\n" + "".join(lines))
+    left = subprocess.run(["pgrep", "-f", work], capture_output=True, text=True).stdout.split()
+    check(not left, f"processes left behind: {left}")
+    print("PASS", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # a client error: show what the cluster said
+        fail(f"{type(e).__name__}: {e}")

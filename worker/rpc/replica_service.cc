@@ -1,0 +1,225 @@
+#include "worker/rpc/replica_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "worker/rpc/grpc_status.h"
+
+namespace tessera::worker::rpc {
+namespace {
+
+namespace v1 = ::tessera::v1;
+
+v1::FinishReason ToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kAbort:
+      return v1::FINISH_REASON_ABORT;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+// The time left until the RPC's deadline; infinite when it has none.
+absl::Duration TimeLeft(const grpc::ServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteDuration();
+  return std::max(absl::FromChrono(deadline) - absl::Now(), absl::ZeroDuration());
+}
+
+v1::GenerateResponse ToResponse(const TokenEvent& event, bool first, bool with_top) {
+  v1::GenerateResponse response;
+  if (event.token_id >= 0) {
+    response.add_token_ids(event.token_id);
+    response.add_logprobs(event.logprob);
+    if (with_top) {
+      v1::TopLogprobs* top = response.add_top_logprobs();
+      for (const TokenLogprob& entry : event.top_logprobs) {
+        v1::TokenLogprob* out = top->add_entries();
+        out->set_token_id(entry.token_id);
+        out->set_logprob(entry.logprob);
+      }
+    }
+  }
+  if (first) response.set_num_cached_tokens(event.num_cached_tokens);
+  if (event.finish_reason.has_value()) {
+    response.set_finished(true);
+    response.set_finish_reason(ToProto(*event.finish_reason));
+    if (!event.status.ok()) {
+      response.set_status_code(static_cast<int32_t>(event.status.code()));
+      response.set_status_message(std::string(event.status.message()));
+    }
+  }
+  return response;
+}
+
+}  // namespace
+
+Request RequestFromProto(const v1::GenerateRequest& request, absl::Duration timeout) {
+  Request out;
+  out.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
+  out.cache_salt = request.cache_salt();
+  out.timeout = timeout;
+  if (request.has_sampling()) {
+    const v1::SamplingParams& in = request.sampling();
+    SamplingParams& s = out.sampling;
+    s.temperature = in.temperature();
+    s.top_k = in.top_k();
+    s.top_p = in.top_p();
+    s.min_p = in.min_p();
+    s.repetition_penalty = in.repetition_penalty();
+    s.presence_penalty = in.presence_penalty();
+    s.frequency_penalty = in.frequency_penalty();
+    if (in.has_seed()) s.seed = in.seed();
+    s.max_tokens = in.max_tokens();
+    s.min_tokens = in.min_tokens();
+    s.stop_token_ids.assign(in.stop_token_ids().begin(), in.stop_token_ids().end());
+    s.ignore_eos = in.ignore_eos();
+    s.logprobs = in.logprobs();
+  }
+  return out;
+}
+
+v1::ReplicaStats ToReplicaStats(const EngineCounters& c) {
+  v1::ReplicaStats stats;
+  stats.set_num_requests_running(static_cast<int32_t>(c.num_running));
+  stats.set_num_requests_waiting(static_cast<int32_t>(c.num_waiting));
+  stats.set_kv_blocks_total(c.kv_blocks_total);
+  stats.set_kv_blocks_free(c.kv_blocks_free + c.kv_blocks_cached);
+  stats.set_prompt_tokens_total(c.prefill_tokens);
+  stats.set_generation_tokens_total(c.decode_tokens);
+  stats.set_preemptions_total(c.preemptions);
+  stats.set_prefix_cache_queries_total(c.prefix_cache_queries);
+  stats.set_prefix_cache_hits_total(c.prefix_cache_hits);
+  stats.set_requests_in_flight(c.requests_in_flight);
+  stats.set_steps_total(c.steps);
+  return stats;
+}
+
+ReplicaService::ReplicaService(Engine& engine, ReplicaServiceOptions options)
+    : engine_(engine), options_(options) {}
+
+grpc::Status ReplicaService::Generate(grpc::ServerContext* context,
+                                      const v1::GenerateRequest* request,
+                                      grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  const bool with_top = request->has_sampling() && request->sampling().logprobs() > 0;
+  auto stream = std::make_shared<ResponseStream>();
+  RequestId id = 0;
+  {
+    // Under mu_, so that a Drain either sees this call or refuses it.
+    absl::MutexLock lock(&mu_);
+    if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "replica is draining");
+    absl::StatusOr<RequestId> submitted =
+        engine_.Submit(RequestFromProto(*request, TimeLeft(*context)), stream);
+    if (!submitted.ok()) return ToGrpcStatus(submitted.status());
+    id = *submitted;
+    calls_[id] = Call{request->request_id(), false};
+  }
+  absl::Cleanup forget = [this, id] {
+    absl::MutexLock lock(&mu_);
+    calls_.erase(id);
+  };
+  bool first = true;
+  while (true) {
+    absl::StatusOr<TokenEvent> event = stream->Next(options_.poll_interval);
+    if (!event.ok()) {
+      if (event.status().code() != absl::StatusCode::kDeadlineExceeded) {
+        return ToGrpcStatus(event.status());  // kOutOfRange: cannot happen after the last event
+      }
+      if (context->IsCancelled()) {
+        engine_.Cancel(id);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+      }
+      continue;
+    }
+    if (event->finish_reason.has_value() && event->status.code() == absl::StatusCode::kCancelled) {
+      absl::MutexLock lock(&mu_);
+      if (auto it = calls_.find(id); it != calls_.end() && it->second.aborted_by_drain) {
+        event->status = absl::UnavailableError(
+            "replica is draining: the request did not finish within the drain timeout");
+      }
+    }
+    const v1::GenerateResponse response = ToResponse(*event, first, with_top);
+    first = false;
+    if (!writer->Write(response)) {
+      engine_.Cancel(id);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+    if (event->finish_reason.has_value()) return grpc::Status::OK;
+  }
+}
+
+grpc::Status ReplicaService::Abort(grpc::ServerContext* /*context*/,
+                                   const v1::AbortRequest* request, v1::AbortResponse* response) {
+  std::vector<RequestId> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, call] : calls_) {
+      if (call.request_id == request->request_id()) ids.push_back(id);
+    }
+  }
+  for (RequestId id : ids) engine_.Cancel(id);
+  response->set_found(!ids.empty());
+  return grpc::Status::OK;
+}
+
+grpc::Status ReplicaService::Drain(grpc::ServerContext* context, const v1::DrainRequest* request,
+                                   v1::DrainResponse* response) {
+  const absl::Duration timeout =
+      std::min(absl::Milliseconds(std::max<int64_t>(0, request->timeout_ms())), TimeLeft(*context));
+  response->set_aborted(DrainUntil(absl::Now() + timeout, context));
+  return grpc::Status::OK;
+}
+
+grpc::Status ReplicaService::GetStats(grpc::ServerContext* /*context*/,
+                                      const v1::StatsRequest* /*request*/,
+                                      v1::ReplicaStats* response) {
+  *response = Stats();
+  return grpc::Status::OK;
+}
+
+int32_t ReplicaService::DrainFor(absl::Duration timeout) {
+  return DrainUntil(absl::Now() + std::max(timeout, absl::ZeroDuration()), nullptr);
+}
+
+int32_t ReplicaService::DrainUntil(absl::Time deadline, const grpc::ServerContext* context) {
+  std::vector<RequestId> rest;
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return calls_.empty(); };
+    // In slices, so that a Drain RPC whose client went away stops waiting.
+    while (!idle() && absl::Now() < deadline) {
+      if (context != nullptr && context->IsCancelled()) break;
+      mu_.AwaitWithDeadline(absl::Condition(&idle),
+                            std::min(deadline, absl::Now() + options_.poll_interval));
+    }
+    for (auto& [id, call] : calls_) {
+      call.aborted_by_drain = true;
+      rest.push_back(id);
+    }
+  }
+  for (RequestId id : rest) engine_.Cancel(id);
+  return static_cast<int32_t>(rest.size());
+}
+
+bool ReplicaService::draining() const {
+  absl::MutexLock lock(&mu_);
+  return draining_;
+}
+
+int64_t ReplicaService::calls_in_flight() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(calls_.size());
+}
+
+v1::ReplicaStats ReplicaService::Stats() const { return ToReplicaStats(engine_.counters()); }
+
+}  // namespace tessera::worker::rpc
