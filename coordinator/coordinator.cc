@@ -293,7 +293,6 @@ Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<model::Toke
     : options_(std::move(options)),
       tokenizer_(std::move(tokenizer)),
       chat_(std::move(chat)),
-      clock_(clock),
       registry_(options_.registry, connector, clock),
       router_(options_.router) {
   RegisterMetrics();
@@ -479,7 +478,7 @@ void Coordinator::DeregisterReplica(const std::string& replica_id) {
 
 bool Coordinator::Ready() const {
   if (draining_.load()) return false;
-  for (const auto& r : const_cast<ReplicaRegistry&>(registry_).Live()) {
+  for (const auto& r : registry_.Live()) {
     if (!r->lost()) return true;
   }
   return false;

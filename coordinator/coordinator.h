@@ -120,7 +120,6 @@ class Coordinator final : public Frontend {
   CoordinatorOptions options_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
   std::optional<model::ChatTemplate> chat_;
-  Clock& clock_;
   ReplicaRegistry registry_;
   Router router_;
   MetricsRegistry metrics_;

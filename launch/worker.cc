@@ -141,7 +141,7 @@ absl::Status RunWorker(const WorkerFlags& flags) {
     (*registration)->Stop();
     const int32_t aborted = (*server)->Drain(absl::Seconds(flags.drain_timeout_s));
     (*server)->Shutdown(absl::Now() + absl::Seconds(5));
-    const absl::Status stopped = engine->Shutdown(absl::Seconds(5));
+    absl::Status stopped = engine->Shutdown(absl::Seconds(5));
     if (!stopped.ok() && stopped.code() != absl::StatusCode::kDeadlineExceeded) return stopped;
     TESSERA_LOG(INFO) << "worker: stopped (" << aborted
                       << " requests aborted at the drain timeout)";

@@ -66,7 +66,7 @@ ReplicaEvent FromProto(const v1::GenerateResponse& r) {
 class GrpcReplicaCall final : public ReplicaCall {
  public:
   GrpcReplicaCall(std::string replica, std::shared_ptr<v1::Replica::Stub> stub,
-                  v1::GenerateRequest request, absl::Time deadline)
+                  const v1::GenerateRequest& request, absl::Time deadline)
       : replica_(std::move(replica)), stub_(std::move(stub)) {
     if (deadline != absl::InfiniteFuture()) context_.set_deadline(absl::ToChronoTime(deadline));
     reader_ = stub_->Generate(&context_, request);
@@ -151,8 +151,7 @@ class GrpcReplicaClient final : public ReplicaClient {
     proto.mutable_prompt_token_ids()->Assign(request.prompt.begin(), request.prompt.end());
     ToProto(request.sampling, proto.mutable_sampling());
     proto.set_cache_salt(request.cache_salt);
-    return std::unique_ptr<ReplicaCall>(
-        new GrpcReplicaCall(name_, stub_, std::move(proto), request.deadline));
+    return std::unique_ptr<ReplicaCall>(new GrpcReplicaCall(name_, stub_, proto, request.deadline));
   }
 
  private:
