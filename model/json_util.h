@@ -1,5 +1,6 @@
-// Internal to model/: JSON parsing that never throws and reports where a document is broken, and
-// helpers that describe JSON values in error messages.
+// Shared by model/ and the JSON-speaking API adapters (coordinator/api): JSON parsing that never
+// throws and reports where a document is broken, and helpers that describe JSON values in error
+// messages.
 #pragma once
 
 #include <string>

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/types/optional.h"
+#include "model/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace tessera::coordinator::kserve {
@@ -20,62 +21,7 @@ namespace {
 
 using json = nlohmann::json;
 
-// Keeps the first parse error of a document; used only to explain why it did not parse.
-class ErrorRecorder final : public nlohmann::json_sax<json> {
- public:
-  bool null() override { return true; }
-  bool boolean(bool) override { return true; }
-  bool number_integer(number_integer_t) override { return true; }
-  bool number_unsigned(number_unsigned_t) override { return true; }
-  bool number_float(number_float_t, const string_t&) override { return true; }
-  bool string(string_t&) override { return true; }
-  bool binary(binary_t&) override { return true; }
-  bool start_object(std::size_t) override { return true; }
-  bool key(string_t&) override { return true; }
-  bool end_object() override { return true; }
-  bool start_array(std::size_t) override { return true; }
-  bool end_array() override { return true; }
-  bool parse_error(std::size_t position, const std::string& /*last_token*/,
-                   const nlohmann::detail::exception& ex) override {
-    if (message_.empty()) {
-      position_ = position;
-      message_ = ex.what();
-    }
-    return false;
-  }
-
-  std::size_t position() const { return position_; }
-  const std::string& message() const { return message_; }
-
- private:
-  std::size_t position_ = 0;
-  std::string message_;
-};
-
-absl::Status ParseError(absl::string_view text, absl::string_view source) {
-  ErrorRecorder recorder;
-  json::sax_parse(text.begin(), text.end(), &recorder, nlohmann::detail::input_format_t::json,
-                  /*strict=*/true);
-  absl::string_view message = recorder.message();
-  if (absl::StartsWith(message, "[json.exception.")) {  // keep what follows "[...] "
-    const size_t close = message.find("] ");
-    if (close != absl::string_view::npos) message.remove_prefix(close + 2);
-  }
-  std::string ascii(message);  // it quotes the input, which may not be valid UTF-8
-  for (char& c : ascii) {
-    if (static_cast<unsigned char>(c) >= 0x80) c = '?';
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat(source, ": invalid JSON: ", ascii, " (byte ", recorder.position(), ")"));
-}
-
-// `string "abc"`, `number 1.5`, `array [...]`: for messages; long values are cut.
-std::string Describe(const json& value) {
-  std::string type = value.type_name();
-  std::string text = value.dump(-1, ' ', /*ensure_ascii=*/true);
-  if (text.size() > 40) text = absl::StrCat(text.substr(0, 37), "...");
-  return absl::StrCat(type, " ", text);
-}
+using model::internal::DescribeJson;
 
 class Reader {
  public:
@@ -83,7 +29,7 @@ class Reader {
 
   absl::Status Error(absl::string_view key, absl::string_view expected, const json& value) const {
     return absl::InvalidArgumentError(
-        absl::StrCat(source_, ": ", key, ": expected ", expected, ", got ", Describe(value)));
+        absl::StrCat(source_, ": ", key, ": expected ", expected, ", got ", DescribeJson(value)));
   }
 
   absl::StatusOr<double> Number(absl::string_view key, const json& value) const {
@@ -252,12 +198,12 @@ absl::Status ApplyOne(const Reader& r, const std::string& key, const json& value
 
 absl::Status ApplySamplingParameters(absl::string_view json_text, absl::string_view source,
                                      GenerateRequest* request) {
-  json doc =
-      json::parse(json_text.begin(), json_text.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) return ParseError(json_text, source);
+  absl::StatusOr<json> parsed = model::internal::ParseJson(json_text, source);
+  if (!parsed.ok()) return parsed.status();
+  json doc = *std::move(parsed);
   if (!doc.is_object()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(source, ": expected a JSON object, got ", Describe(doc)));
+        absl::StrCat(source, ": expected a JSON object, got ", DescribeJson(doc)));
   }
   const Reader reader(source);
   for (auto it = doc.begin(); it != doc.end(); ++it) {

@@ -1,4 +1,5 @@
 #include "coordinator/api/kserve_service.h"
+#include "parallel/comm/rpc/grpc_status.h"
 
 #include <chrono>
 #include <list>
@@ -22,11 +23,7 @@ using inference::ModelInferRequest;
 using inference::ModelStreamInferResponse;
 using Stream = grpc::ServerReaderWriter<ModelStreamInferResponse, ModelInferRequest>;
 
-grpc::Status ToGrpc(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  // absl's canonical codes and gRPC's have the same values.
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
+using parallel::rpc::ToGrpcStatus;
 
 // The call's deadline, tightened by the request's "timeout" parameter.
 absl::Time RequestDeadline(const grpc::ServerContext& context,
@@ -273,7 +270,7 @@ grpc::Status KServeService::ModelMetadata(grpc::ServerContext*,
                                           const inference::ModelMetadataRequest* request,
                                           inference::ModelMetadataResponse* response) {
   absl::Status status = kserve::CheckModel(frontend_.model(), request->name(), request->version());
-  if (!status.ok()) return ToGrpc(status);
+  if (!status.ok()) return ToGrpcStatus(status);
   kserve::FillModelMetadata(frontend_.model(), response);
   return grpc::Status::OK;
 }
@@ -282,7 +279,7 @@ grpc::Status KServeService::ModelConfig(grpc::ServerContext*,
                                         const inference::ModelConfigRequest* request,
                                         inference::ModelConfigResponse* response) {
   absl::Status status = kserve::CheckModel(frontend_.model(), request->name(), request->version());
-  if (!status.ok()) return ToGrpc(status);
+  if (!status.ok()) return ToGrpcStatus(status);
   kserve::FillModelConfig(frontend_.model(), response->mutable_config());
   return grpc::Status::OK;
 }
@@ -319,7 +316,7 @@ grpc::Status KServeService::ModelInfer(grpc::ServerContext* context,
   };
   absl::Status status = run();
   RecordRequest(status.ok(), absl::Now() - start);
-  return ToGrpc(status);
+  return ToGrpcStatus(status);
 }
 
 grpc::Status KServeService::ModelStreamInfer(grpc::ServerContext* context, Stream* stream) {
@@ -333,7 +330,7 @@ grpc::Status KServeService::ModelStatistics(grpc::ServerContext*,
   if (!request->name().empty()) {
     absl::Status status =
         kserve::CheckModel(frontend_.model(), request->name(), request->version());
-    if (!status.ok()) return ToGrpc(status);
+    if (!status.ok()) return ToGrpcStatus(status);
   }
   inference::ModelStatistics* stats = response->add_model_stats();
   stats->set_name(frontend_.model().name);

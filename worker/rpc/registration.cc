@@ -9,7 +9,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "worker/rpc/grpc_status.h"
+#include "parallel/comm/rpc/grpc_status.h"
 
 namespace tessera::worker::rpc {
 namespace {
@@ -114,7 +114,7 @@ absl::Status RegistrationClient::RegisterOnce() {
   const grpc::Status status = stub_->Register(&context, request, &response);
   absl::MutexLock lock(&mu_);
   in_flight_ = nullptr;
-  if (!status.ok()) return FromGrpcStatus("Registry.Register", status);
+  if (!status.ok()) return parallel::rpc::FromGrpcStatus("Registry.Register", status);
   if (response.replica_id().empty()) {
     return absl::UnavailableError("Registry.Register: the coordinator returned no replica_id");
   }
@@ -139,7 +139,7 @@ absl::StatusOr<bool> RegistrationClient::HeartbeatOnce(const std::string& replic
   const grpc::Status status = stub_->Heartbeat(&context, request, &response);
   absl::MutexLock lock(&mu_);
   in_flight_ = nullptr;
-  if (!status.ok()) return FromGrpcStatus("Registry.Heartbeat", status);
+  if (!status.ok()) return parallel::rpc::FromGrpcStatus("Registry.Heartbeat", status);
   return response.known();
 }
 
@@ -250,8 +250,8 @@ void RegistrationClient::Stop() {
   v1::DeregisterResponse response;
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + options_.deregister_timeout));
-  const absl::Status status =
-      FromGrpcStatus("Registry.Deregister", stub_->Deregister(&context, request, &response));
+  const absl::Status status = parallel::rpc::FromGrpcStatus(
+      "Registry.Deregister", stub_->Deregister(&context, request, &response));
   if (!status.ok()) {
     TESSERA_LOG(WARNING) << "replica '" << descriptor_.name() << "': could not deregister lease "
                          << replica_id << ": " << status.message();

@@ -1,5 +1,7 @@
 #include "parallel/comm/rpc/grpc_status.h"
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
 
 namespace tessera::parallel::rpc {
@@ -53,6 +55,15 @@ absl::Status FromGrpcStatus(absl::string_view call, const grpc::Status& status) 
                              : absl::StatusCode::kUnknown;
   return absl::Status(absl_code, absl::StrCat(call, ": ", GrpcCodeName(status.error_code()), ": ",
                                               status.error_message()));
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  const int code = static_cast<int>(status.code());
+  const auto grpc_code = code > 0 && code <= static_cast<int>(grpc::StatusCode::UNAUTHENTICATED)
+                             ? static_cast<grpc::StatusCode>(code)
+                             : grpc::StatusCode::UNKNOWN;
+  return grpc::Status(grpc_code, std::string(status.message()));
 }
 
 }  // namespace tessera::parallel::rpc

@@ -1,5 +1,6 @@
-// Conversion of gRPC statuses to absl::Status for the rpc adapters (internal to
-// parallel/comm/rpc). The codes map 1:1; the message names the call and the gRPC code.
+// Conversion between gRPC statuses and absl::Status for every rpc adapter (parallel/comm/rpc,
+// worker/rpc, coordinator/rpc and coordinator/api). The codes map 1:1; FromGrpcStatus's
+// message names the call and the gRPC code.
 #pragma once
 
 #include "absl/status/status.h"
@@ -12,5 +13,7 @@ namespace tessera::parallel::rpc {
 absl::string_view GrpcCodeName(grpc::StatusCode code);
 // OK stays OK; otherwise `call`: CODE_NAME: message, with the same canonical code.
 absl::Status FromGrpcStatus(absl::string_view call, const grpc::Status& status);
+// The same code and message, for a handler to return (codes outside gRPC's range: UNKNOWN).
+grpc::Status ToGrpcStatus(const absl::Status& status);
 
 }  // namespace tessera::parallel::rpc

@@ -495,7 +495,7 @@ std::vector<BadCase> BadCases() {
       {"UnknownSamplingKey", set_sampling(R"({"max_tokens": 4, "beam_width": 2})"),
        grpc::StatusCode::INVALID_ARGUMENT, "sampling_parameters: unknown key 'beam_width'"},
       {"WrongType", set_sampling(R"({"top_k": "many"})"), grpc::StatusCode::INVALID_ARGUMENT,
-       "sampling_parameters: top_k: expected an integer, got string \"many\""},
+       "sampling_parameters: top_k: expected an integer, got a string \"many\""},
       {"NotAnObject", set_sampling(R"([1, 2])"), grpc::StatusCode::INVALID_ARGUMENT,
        "sampling_parameters: expected a JSON object"},
       {"TopPOutOfRange", set_sampling(R"({"top_p": 1.5})"), grpc::StatusCode::INVALID_ARGUMENT,
