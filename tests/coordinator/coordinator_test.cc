@@ -420,6 +420,8 @@ TEST_F(CoordinatorTest, MetricsUseVllmNames) {
   auto stream = coordinator_->Generate(Text("hello", 6));
   ASSERT_TRUE(stream.ok());
   Collect(**stream);
+  // The engine publishes its counters after the step that delivered the last token.
+  ASSERT_TRUE(Await([&] { return replicas_[0]->load().num_requests_running == 0; }));
   ASSERT_TRUE(coordinator_->Heartbeat(ids_[0], replicas_[0]->load()));
   const std::string text = coordinator_->RenderMetrics();
   EXPECT_THAT(text, HasSubstr("vllm:time_to_first_token_seconds_count{model_name=\"m\"} 1"));

@@ -196,10 +196,12 @@ def main():
             except openai.APIError as e:
                 return ("error", str(e))
         # Freeze replica-0 mid-stream: it stops heartbeating (as a hung or partitioned host does).
+        # As soon as the first stream has started: waiting for all eight would let short ones
+        # finish first on a fast machine. The router spreads the eight over both replicas, so
+        # some are on (or still going to) replica-0 and must end with a retryable error.
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             long_requests = [pool.submit(long_http, i) for i in range(8)]
-            for _ in range(8):
-                check(started.acquire(timeout=60), "the long requests did not start")
+            check(started.acquire(timeout=60), "the long requests did not start")
             os.kill(int(worker_pids[0]), signal.SIGSTOP)
             killed_at = time.time()
             results = [f.result(timeout=300) for f in long_requests]
