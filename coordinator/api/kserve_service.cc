@@ -1,5 +1,5 @@
 #include "coordinator/api/kserve_service.h"
-#include "parallel/comm/rpc/grpc_status.h"
+#include "common/rpc/grpc_status.h"
 
 #include <chrono>
 #include <list>
@@ -23,7 +23,7 @@ using inference::ModelInferRequest;
 using inference::ModelStreamInferResponse;
 using Stream = grpc::ServerReaderWriter<ModelStreamInferResponse, ModelInferRequest>;
 
-using parallel::rpc::ToGrpcStatus;
+using tessera::rpc::ToGrpcStatus;
 
 // The call's deadline, tightened by the request's "timeout" parameter.
 absl::Time RequestDeadline(const grpc::ServerContext& context,

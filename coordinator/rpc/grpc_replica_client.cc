@@ -10,7 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
-#include "parallel/comm/rpc/grpc_status.h"
+#include "common/rpc/grpc_status.h"
 #include "tessera/v1/replica.grpc.pb.h"
 
 namespace tessera::coordinator {

@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "parallel/comm/rpc/grpc_status.h"
+#include "common/rpc/grpc_status.h"
 #include "tessera/v1/replica.grpc.pb.h"
 
 namespace tessera::coordinator {
@@ -49,7 +49,7 @@ class RegistryService final : public v1::Registry::Service {
   grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
                         v1::RegisterResponse* response) override {
     auto entry = coordinator_.RegisterReplica(FromProto(request->replica()));
-    if (!entry.ok()) return parallel::rpc::ToGrpcStatus(entry.status());
+    if (!entry.ok()) return tessera::rpc::ToGrpcStatus(entry.status());
     response->set_replica_id((*entry)->id());
     response->set_lease_ms(absl::ToInt64Milliseconds(coordinator_.registry().options().lease));
     return grpc::Status::OK;

@@ -9,7 +9,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "parallel/comm/rpc/grpc_status.h"
+#include "common/rpc/grpc_status.h"
 
 namespace tessera::worker::rpc {
 namespace {
@@ -114,7 +114,7 @@ absl::Status RegistrationClient::RegisterOnce() {
   const grpc::Status status = stub_->Register(&context, request, &response);
   absl::MutexLock lock(&mu_);
   in_flight_ = nullptr;
-  if (!status.ok()) return parallel::rpc::FromGrpcStatus("Registry.Register", status);
+  if (!status.ok()) return tessera::rpc::FromGrpcStatus("Registry.Register", status);
   if (response.replica_id().empty()) {
     return absl::UnavailableError("Registry.Register: the coordinator returned no replica_id");
   }
@@ -139,7 +139,7 @@ absl::StatusOr<bool> RegistrationClient::HeartbeatOnce(const std::string& replic
   const grpc::Status status = stub_->Heartbeat(&context, request, &response);
   absl::MutexLock lock(&mu_);
   in_flight_ = nullptr;
-  if (!status.ok()) return parallel::rpc::FromGrpcStatus("Registry.Heartbeat", status);
+  if (!status.ok()) return tessera::rpc::FromGrpcStatus("Registry.Heartbeat", status);
   return response.known();
 }
 
@@ -250,9 +250,14 @@ void RegistrationClient::Stop() {
   v1::DeregisterResponse response;
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + options_.deregister_timeout));
-  const absl::Status status = parallel::rpc::FromGrpcStatus(
+  const absl::Status status = tessera::rpc::FromGrpcStatus(
       "Registry.Deregister", stub_->Deregister(&context, request, &response));
-  if (!status.ok()) {
+  if (absl::IsUnavailable(status)) {
+    // The coordinator is gone already (it stops first when a whole cluster shuts down): there is
+    // no lease left to give back.
+    TESSERA_LOG(INFO) << "replica '" << descriptor_.name()
+                      << "': the coordinator is gone; lease " << replica_id << " ends with it";
+  } else if (!status.ok()) {
     TESSERA_LOG(WARNING) << "replica '" << descriptor_.name() << "': could not deregister lease "
                          << replica_id << ": " << status.message();
   } else {

@@ -8,7 +8,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
-#include "parallel/comm/rpc/grpc_status.h"
+#include "common/rpc/grpc_status.h"
 
 namespace tessera::worker::rpc {
 namespace {
@@ -118,7 +118,7 @@ grpc::Status ReplicaService::Generate(grpc::ServerContext* context,
     if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "replica is draining");
     absl::StatusOr<RequestId> submitted =
         engine_.Submit(RequestFromProto(*request, TimeLeft(*context)), stream);
-    if (!submitted.ok()) return parallel::rpc::ToGrpcStatus(submitted.status());
+    if (!submitted.ok()) return tessera::rpc::ToGrpcStatus(submitted.status());
     id = *submitted;
     calls_[id] = Call{request->request_id(), false};
   }
@@ -131,7 +131,7 @@ grpc::Status ReplicaService::Generate(grpc::ServerContext* context,
     absl::StatusOr<TokenEvent> event = stream->Next(options_.poll_interval);
     if (!event.ok()) {
       if (event.status().code() != absl::StatusCode::kDeadlineExceeded) {
-        return parallel::rpc::ToGrpcStatus(
+        return tessera::rpc::ToGrpcStatus(
             event.status());  // kOutOfRange: cannot happen after the last event
       }
       if (context->IsCancelled()) {

@@ -8,7 +8,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "parallel/comm/rpc/grpc_status.h"
+#include "common/rpc/grpc_status.h"
 #include "tessera/v1/store.grpc.pb.h"
 
 namespace tessera::parallel {
@@ -25,7 +25,7 @@ class GrpcStore::Impl {
     tessera::v1::SetResponse response;
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.set_timeout));
-    return rpc::FromGrpcStatus("RendezvousStore.Set", stub_->Set(&context, request, &response));
+    return tessera::rpc::FromGrpcStatus("RendezvousStore.Set", stub_->Set(&context, request, &response));
   }
 
   absl::StatusOr<std::string> Get(absl::string_view key, absl::Duration timeout) {
@@ -37,7 +37,7 @@ class GrpcStore::Impl {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout + options_.get_slack));
     const grpc::Status status = stub_->Get(&context, request, &response);
-    if (!status.ok()) return rpc::FromGrpcStatus("RendezvousStore.Get", status);
+    if (!status.ok()) return tessera::rpc::FromGrpcStatus("RendezvousStore.Get", status);
     return std::move(*response.mutable_value());
   }
 

@@ -1,10 +1,10 @@
-#include "parallel/comm/rpc/grpc_status.h"
+#include "common/rpc/grpc_status.h"
 
 #include <string>
 
 #include "absl/strings/str_cat.h"
 
-namespace tessera::parallel::rpc {
+namespace tessera::rpc {
 
 absl::string_view GrpcCodeName(grpc::StatusCode code) {
   switch (code) {
@@ -66,4 +66,4 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(grpc_code, std::string(status.message()));
 }
 
-}  // namespace tessera::parallel::rpc
+}  // namespace tessera::rpc
