@@ -4,6 +4,7 @@
 #include <exception>
 #include <utility>
 
+#include "absl/random/distributions.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -45,6 +46,11 @@ absl::StatusOr<RequestId> Engine::Submit(Request request, std::shared_ptr<Reques
     status = absl::InvalidArgumentError("Submit: no sink");
   } else {
     status = scheduler_->Validate(request);
+  }
+  if (status.ok() && options_.kv_port == nullptr &&
+      (request.kv_destination.has_value() || request.kv_import.has_value())) {
+    status = absl::FailedPreconditionError(
+        "this replica has no KV transport: it cannot take part in disaggregated serving");
   }
   if (status.ok() && !request.sampling.stop.empty()) {
     if (options_.stop_matchers == nullptr) {
@@ -91,6 +97,44 @@ absl::StatusOr<std::shared_ptr<ResponseStream>> Engine::Submit(Request request) 
   auto stream = std::make_shared<ResponseStream>();
   TESSERA_ASSIGN_OR_RETURN(stream->request_id_, Submit(std::move(request), stream));
   return stream;
+}
+
+struct Engine::ReserveReply {
+  absl::Notification done;
+  absl::StatusOr<KvDestination> result;
+};
+
+absl::StatusOr<KvDestination> Engine::ReserveKv(const Request& request, absl::Duration timeout) {
+  if (options_.kv_port == nullptr) {
+    return absl::FailedPreconditionError(
+        "this replica has no KV transport: it cannot take part in disaggregated serving");
+  }
+  TESSERA_RETURN_IF_ERROR(scheduler_->Validate(request));
+  auto reply = std::make_shared<ReserveReply>();
+  {
+    absl::MutexLock lock(&mu_);
+    if (!failure_.ok() || !accepting_) {
+      return absl::UnavailableError("the engine is not accepting requests");
+    }
+    Command command;
+    command.kind = Command::Kind::kReserve;
+    command.request = request;
+    command.reply = reply;
+    inbox_.push_back(std::move(command));
+  }
+  if (!reply->done.WaitForNotificationWithTimeout(timeout)) {
+    // The reservation, if it is made later, lapses with its lease.
+    return absl::DeadlineExceededError("the engine did not answer the KV reservation in time");
+  }
+  return reply->result;
+}
+
+void Engine::ReleaseKv(uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  Command command;
+  command.kind = Command::Kind::kRelease;
+  command.token = token;
+  inbox_.push_back(std::move(command));
 }
 
 void Engine::Cancel(RequestId id) {
@@ -163,7 +207,9 @@ void Engine::RunLoop() {
         auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return !inbox_.empty() || shutdown_;
         };
-        mu_.AwaitWithTimeout(absl::Condition(&woken), options_.idle_wait);
+        // KV sends in flight are polled often; otherwise sleep until there is something to do.
+        mu_.AwaitWithTimeout(absl::Condition(&woken),
+                             exports_.empty() ? options_.idle_wait : absl::Microseconds(200));
       }
       commands.swap(inbox_);
       stopping = shutdown_;
@@ -171,6 +217,7 @@ void Engine::RunLoop() {
     }
     ApplyCommands(commands);
     ExpireDeadlines();
+    PollExports();
     absl::Status failure;
     if (stopping && (!scheduler_->HasWork() || clock_.MonotonicNow() >= drain_deadline)) {
       failure = absl::AbortedError("the engine shut down");
@@ -191,6 +238,9 @@ void Engine::RunLoop() {
       ApplyCommands(commands);
       const auto aborted = static_cast<int64_t>(live_.size());
       EndAll(failure);
+      std::vector<uint64_t> tokens;
+      for (const auto& [token, lease] : reservations_) tokens.push_back(token);
+      for (uint64_t token : tokens) ReleaseReservation(token, "the engine stopped");
       {
         absl::MutexLock lock(&mu_);
         if (absl::IsAborted(failure)) aborted_at_shutdown_ = aborted;
@@ -204,15 +254,89 @@ void Engine::RunLoop() {
 
 void Engine::ApplyCommands(std::vector<Command>& commands) {
   for (Command& command : commands) {
-    if (command.kind == Command::Kind::kCancel) {
-      if (live_.contains(command.id)) End(command.id, absl::CancelledError("request cancelled"));
-      continue;
+    switch (command.kind) {
+      case Command::Kind::kCancel:
+        if (live_.contains(command.id)) End(command.id, absl::CancelledError("request cancelled"));
+        break;
+      case Command::Kind::kReserve:
+        Reserve(command);
+        break;
+      case Command::Kind::kRelease:
+        if (reservations_.contains(command.token)) {
+          ReleaseReservation(command.token, "released by the coordinator");
+        }
+        break;
+      case Command::Kind::kSubmit:
+        Submitted(command);
+        break;
     }
-    live_[command.id] = Live{std::move(command.sink), command.deadline};
-    const absl::Status added =
-        scheduler_->Add(command.id, std::move(command.request), std::move(command.stop_matcher));
-    if (!added.ok()) End(command.id, added);
   }
+}
+
+void Engine::Submitted(Command& command) {
+  live_[command.id] = Live{std::move(command.sink), command.deadline};
+  absl::Status added;
+  if (command.request.kv_import.has_value()) {
+    const uint64_t token = command.request.kv_import->token;
+    if (!reservations_.contains(token)) {
+      added = absl::NotFoundError(absl::StrCat(
+          "KV reservation ", token, " is unknown or expired; prefill the request again"));
+    } else {
+      reservations_.erase(token);
+      added = options_.kv_port->Commit(token, command.request.kv_import->checksums);
+      if (added.ok()) {
+        added = scheduler_->AddPrefilled(command.id, std::move(command.request),
+                                         std::move(command.stop_matcher));
+      }
+      if (!added.ok()) {
+        // The port closed the reservation (Commit failed) or the scheduler refused the sequence:
+        // either way its blocks go back.
+        (void)options_.kv_port->Abort(token);
+        (void)scheduler_->ReleaseReservation(token);
+      }
+    }
+  } else {
+    added =
+        scheduler_->Add(command.id, std::move(command.request), std::move(command.stop_matcher));
+  }
+  if (!added.ok()) End(command.id, added);
+}
+
+void Engine::Reserve(Command& command) {
+  ReserveReply& reply = *command.reply;
+  uint64_t token = 0;
+  while (token == 0 || reservations_.contains(token)) token = absl::Uniform<uint64_t>(bitgen_);
+  absl::StatusOr<Scheduler::KvReservationBlocks> blocks =
+      scheduler_->Reserve(token, command.request);
+  if (!blocks.ok()) {
+    reply.result = blocks.status();
+    reply.done.Notify();
+    return;
+  }
+  if (absl::Status s = options_.kv_port->Reserve(token, blocks->fresh); !s.ok()) {
+    (void)scheduler_->ReleaseReservation(token);
+    reply.result = s;
+    reply.done.Notify();
+    return;
+  }
+  reservations_[token] = clock_.MonotonicNow() + options_.kv_reservation_lease;
+  KvDestination d;
+  d.token = token;
+  d.num_cached_tokens = blocks->num_cached_tokens;
+  d.block_ids = std::move(blocks->fresh);
+  d.ranks.push_back(options_.kv_port->layout());
+  reply.result = std::move(d);
+  reply.done.Notify();
+}
+
+void Engine::ReleaseReservation(uint64_t token, const char* why) {
+  reservations_.erase(token);
+  if (absl::Status s = options_.kv_port->Abort(token); !s.ok() && !absl::IsNotFound(s)) {
+    // Writes may still land in its blocks: they stay reserved (never reused) rather than risk it.
+    TESSERA_LOG(ERROR) << "KV reservation " << token << " (" << why << "): " << s;
+    return;
+  }
+  (void)scheduler_->ReleaseReservation(token);
 }
 
 void Engine::ExpireDeadlines() {
@@ -223,6 +347,59 @@ void Engine::ExpireDeadlines() {
   }
   std::sort(expired.begin(), expired.end());
   for (RequestId id : expired) End(id, absl::DeadlineExceededError("the request timed out"));
+  std::vector<uint64_t> lapsed;
+  for (const auto& [token, lease] : reservations_) {
+    if (lease <= now) lapsed.push_back(token);
+  }
+  for (uint64_t token : lapsed) ReleaseReservation(token, "its lease expired");
+}
+
+void Engine::StartExport(TokenEvent event) {
+  const RequestId id = event.request_id;
+  const Scheduler::KvExportBlocks* x = scheduler_->ExportOf(id);
+  TESSERA_CHECK(x != nullptr) << "no export for request " << id;
+  absl::StatusOr<std::unique_ptr<KvExport>> transfer =
+      options_.kv_port->Export(x->blocks, x->destination);
+  exports_[id] = Export{nullptr, std::move(event)};
+  if (!transfer.ok()) {
+    EndExport(id, transfer.status());
+    return;
+  }
+  exports_[id].transfer = std::move(*transfer);
+}
+
+void Engine::PollExports() {
+  std::vector<RequestId> done;
+  for (const auto& [id, x] : exports_) {
+    if (x.transfer->Done()) done.push_back(id);
+  }
+  std::sort(done.begin(), done.end());
+  for (RequestId id : done) {
+    absl::StatusOr<std::vector<KvSegmentChecksum>> sums =
+        exports_[id].transfer->Wait(absl::ZeroDuration());
+    if (sums.ok()) {
+      Export x = std::move(exports_[id]);
+      exports_.erase(id);
+      scheduler_->ReleaseExport(id);
+      x.event.kv_checksums = *std::move(sums);
+      Deliver(x.event);
+    } else {
+      EndExport(id, sums.status());
+    }
+  }
+}
+
+void Engine::EndExport(RequestId id, absl::Status status) {
+  Export x = std::move(exports_[id]);
+  exports_.erase(id);
+  x.transfer.reset();  // cancels; returns once local memory is no longer read
+  scheduler_->ReleaseExport(id);
+  x.event.kv_handoff = false;
+  x.event.finish_reason = FinishReason::kAbort;
+  x.event.status = absl::Status(status.code(), absl::StrCat("sending the KV to the decode replica "
+                                                            "failed: ",
+                                                            status.message()));
+  Deliver(x.event);
 }
 
 absl::Status Engine::Step() {
@@ -237,11 +414,21 @@ absl::Status Engine::Step() {
     return result.status();
   }
   TESSERA_ASSIGN_OR_RETURN(std::vector<TokenEvent> events, scheduler_->Update(*result));
-  for (const TokenEvent& event : events) Deliver(event);
+  for (TokenEvent& event : events) {
+    if (event.kv_handoff) {
+      StartExport(std::move(event));
+    } else {
+      Deliver(event);
+    }
+  }
   return absl::OkStatus();
 }
 
 void Engine::End(RequestId id, absl::Status status) {
+  if (exports_.contains(id)) {
+    EndExport(id, status);
+    return;
+  }
   scheduler_->Abort(id);
   TokenEvent event;
   event.request_id = id;

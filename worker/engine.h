@@ -23,12 +23,15 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "model/config.h"
+#include "worker/kv_port.h"
 #include "worker/request.h"
 #include "worker/scheduler.h"
 #include "worker/step.h"
@@ -40,6 +43,12 @@ struct EngineOptions {
   int32_t max_requests_in_flight = 4096;  // submitted, not finished; more: kResourceExhausted
   absl::Duration idle_wait = absl::Milliseconds(100);  // an idle engine thread re-checks this often
   StopMatcherFactory* stop_matchers = nullptr;         // not owned; must outlive the engine
+  // Disaggregated serving: this replica's KV cache on a transport (not owned; must outlive the
+  // engine). Null: requests with kv_destination or kv_import, and ReserveKv, fail with
+  // kFailedPrecondition.
+  KvPort* kv_port = nullptr;
+  // A KV reservation not committed (Submit with kv_import) within this is released.
+  absl::Duration kv_reservation_lease = absl::Seconds(30);
 };
 
 // Scheduler counters plus the engine's own.
@@ -74,18 +83,37 @@ class Engine {
   // kDeadlineExceeded otherwise, the executor's error if it failed. Idempotent.
   absl::Status Shutdown(absl::Duration drain_timeout);
 
+  // Decode side of disaggregated serving: reserves this replica's blocks for `request`'s prompt
+  // (its cached prefix is reused, not sent) under a fresh token, for kv_reservation_lease. The
+  // prefill replica sends into it (Request::kv_destination); Submit with kv_import commits it.
+  // kFailedPrecondition without a kv_port; kResourceExhausted when the cache has no room now;
+  // kInvalidArgument as Submit; kUnavailable when the engine stopped; kDeadlineExceeded when the
+  // engine thread did not answer within `timeout`.
+  absl::StatusOr<KvDestination> ReserveKv(const Request& request,
+                                          absl::Duration timeout = absl::Seconds(10));
+  // Releases a reservation that will not be committed (the prefill failed, the request was
+  // cancelled). Unknown tokens are ignored. Asynchronous: takes effect at the next step boundary.
+  void ReleaseKv(uint64_t token);
+
   // A snapshot, updated after every step and every queue drain.
   EngineCounters counters() const;
   const SchedulerConfig& config() const { return options_.scheduler; }
 
  private:
+  struct ReserveReply;  // shared by ReserveKv's caller and the engine thread
   struct Command {
-    enum class Kind { kSubmit, kCancel } kind;
+    enum class Kind { kSubmit, kCancel, kReserve, kRelease } kind;
     RequestId id = 0;
     Request request;
     std::shared_ptr<RequestSink> sink;
     std::unique_ptr<StopMatcher> stop_matcher;
     absl::Time deadline = absl::InfiniteFuture();
+    uint64_t token = 0;                   // kReserve, kRelease
+    std::shared_ptr<ReserveReply> reply;  // kReserve
+  };
+  struct Export {
+    std::unique_ptr<KvExport> transfer;
+    TokenEvent event;  // the request's last event, delivered when the transfer is done
   };
   struct Live {
     std::shared_ptr<RequestSink> sink;
@@ -104,6 +132,12 @@ class Engine {
   void EndAll(const absl::Status& status);
   void Deliver(const TokenEvent& event);
   void PublishCounters();
+  void Reserve(Command& command);
+  void Submitted(Command& command);
+  void ReleaseReservation(uint64_t token, const char* why);
+  void StartExport(TokenEvent event);
+  void PollExports();
+  void EndExport(RequestId id, absl::Status status);
   void Push(Command command);
 
   StepExecutor& executor_;
@@ -111,6 +145,9 @@ class Engine {
   Clock& clock_;
   std::unique_ptr<Scheduler> scheduler_;       // engine thread only (Validate: any thread)
   absl::flat_hash_map<RequestId, Live> live_;  // engine thread only
+  absl::flat_hash_map<uint64_t, absl::Time> reservations_;  // token -> lease end; engine thread
+  absl::flat_hash_map<RequestId, Export> exports_;          // engine thread only
+  absl::BitGen bitgen_;                                     // reservation tokens; engine thread
 
   mutable absl::Mutex mu_;
   std::vector<Command> inbox_ ABSL_GUARDED_BY(mu_);

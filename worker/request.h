@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "model/sampling.h"
+#include "worker/kv_migration.h"
 
 namespace tessera::worker {
 
@@ -36,6 +37,21 @@ struct Request {
   std::string cache_salt;
   // From Submit; on expiry the request ends with finish reason kAbort and kDeadlineExceeded.
   absl::Duration timeout = absl::InfiniteDuration();
+
+  // Disaggregated serving (docs/decisions/0008-disaggregation.md). At most one of the two.
+  // On a prefill replica: after the prompt's first token, unless it ends the request, send the
+  // prompt's KV (from token kv_destination->num_cached_tokens on) into the decode replica's
+  // reserved blocks; the last event then has kv_handoff set and the checksums of what was sent.
+  std::optional<KvDestination> kv_destination;
+  // On a decode replica: the prompt's KV arrived in the reservation `kv_import->token`
+  // (Engine::ReserveKv); verify it, then continue from the first token, which the prefill replica
+  // sampled. The stream carries the tokens after the first.
+  struct KvImport {
+    uint64_t token = 0;
+    int32_t first_token = -1;
+    std::vector<KvSegmentChecksum> checksums;
+  };
+  std::optional<KvImport> kv_import;
 };
 
 // One event of a request's stream: a generated token, and on the last event the finish reason.
@@ -49,6 +65,11 @@ struct TokenEvent {
   // kDeadlineExceeded (timeout), kAborted (engine shut down), or the executor's error.
   absl::Status status;
   int32_t num_cached_tokens = 0;  // on the first event: prompt tokens served by the prefix cache
+  // Prefill replica, last event of a kv_destination request whose first token did not end it:
+  // the KV was sent (finish_reason kLength, status OK) and decoding goes on at the decode replica,
+  // which verifies `kv_checksums`. On a failed send the event has status set and no handoff.
+  bool kv_handoff = false;
+  std::vector<KvSegmentChecksum> kv_checksums;
 };
 
 // Receives the events of one request, in order, on the engine's thread: implementations must not

@@ -28,6 +28,7 @@ struct Scheduler::Sequence {
   bool admitted = false;                                 // once; for num_cached_tokens
   bool sent_first = false;
   int32_t num_cached_tokens = 0;
+  std::optional<KvDestination> kv_destination;  // prefill side of disaggregated serving
 
   int32_t generated() const { return static_cast<int32_t>(tokens.size()) - num_prompt; }
 };
@@ -107,6 +108,35 @@ absl::Status Scheduler::Validate(const Request& request) const {
   if (request.timeout < absl::ZeroDuration()) {
     return error("timeout must not be negative, got ", absl::FormatDuration(request.timeout));
   }
+  if (request.kv_destination.has_value() && request.kv_import.has_value()) {
+    return error("a request cannot both send (kv_destination) and receive (kv_import) its KV");
+  }
+  const int64_t len = static_cast<int64_t>(request.prompt.size());
+  if (const auto& d = request.kv_destination; d.has_value()) {
+    const int64_t cached = d->num_cached_tokens;
+    if (cached < 0 || cached % block_size_ != 0 || cached > len / block_size_ * block_size_) {
+      return error("kv_destination: num_cached_tokens ", cached,
+                   " must be a multiple of the block size ", block_size_,
+                   " covering only full blocks of the ", len, "-token prompt");
+    }
+    const int64_t want = (len + block_size_ - 1) / block_size_ - cached / block_size_;
+    if (static_cast<int64_t>(d->block_ids.size()) != want) {
+      return error("kv_destination: ", d->block_ids.size(), " destination blocks for the ", want,
+                   " blocks of the prompt past its cached prefix");
+    }
+    if (d->token == 0) return error("kv_destination: token 0 is reserved");
+    if (d->ranks.empty()) return error("kv_destination: no destination ranks");
+  }
+  if (const auto& i = request.kv_import; i.has_value()) {
+    if (i->first_token < 0 || i->first_token >= vocab_size_) {
+      return error("kv_import: first token ", i->first_token, " outside the vocabulary [0, ",
+                   vocab_size_, ")");
+    }
+    if (s.max_tokens < 2) {
+      return error("kv_import: max_tokens ", s.max_tokens,
+                   " leaves nothing to decode after the first token");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -126,6 +156,7 @@ absl::Status Scheduler::Add(RequestId id, Request request,
   seq->stop_matcher = std::move(stop_matcher);
   seq->tokens = std::move(request.prompt);
   seq->num_prompt = static_cast<int32_t>(seq->tokens.size());
+  seq->kv_destination = std::move(request.kv_destination);
   const SamplingParams& s = seq->sampling;
   seq->penalties =
       s.repetition_penalty != 1.0f || s.presence_penalty != 0.0f || s.frequency_penalty != 0.0f;
@@ -239,6 +270,24 @@ bool Scheduler::ScheduleWaiting(int32_t& budget) {
          budget > 0) {
     Sequence* seq = waiting_.front();
     const int32_t len = static_cast<int32_t>(seq->tokens.size());
+    if (!seq->blocks.empty()) {
+      // Imported (AddPrefilled): the prompt's KV is in its blocks; only the first token is left.
+      const int32_t n = std::min(len - seq->num_computed, budget);
+      const int32_t need =
+          BlocksFor(seq->num_computed + n) - static_cast<int32_t>(seq->blocks.size());
+      if (need > blocks_.num_available()) break;
+      if (need > 0) {
+        absl::StatusOr<std::vector<int32_t>> fresh = blocks_.Allocate(need);
+        TESSERA_CHECK(fresh.ok()) << fresh.status();
+        seq->blocks.insert(seq->blocks.end(), fresh->begin(), fresh->end());
+      }
+      waiting_.pop_front();
+      running_.push_back(seq);
+      scheduled_.push_back({seq, n});
+      budget -= n;
+      any = true;
+      continue;
+    }
     // The longest cached prefix of full blocks, short of the last token (it must be computed
     // for the logits).
     int32_t hits = 0;
@@ -412,17 +461,136 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
     seq->tokens.push_back(token);
     if (seq->penalties) ++seq->penalty_counts[token];
     event.finish_reason = CheckStop(*seq, token);
+    if (!event.finish_reason.has_value() && seq->kv_destination.has_value()) {
+      // Prefill done: decoding goes on at the decode replica once the KV is there.
+      event.finish_reason = FinishReason::kLength;
+      event.kv_handoff = true;
+    }
     if (event.finish_reason.has_value()) finished.push_back(seq);
     events.push_back(std::move(event));
   }
   counters_.prefill_tokens += counters_.last_step_prefill_tokens;
   counters_.decode_tokens += counters_.last_step_decode_tokens;
-  for (Sequence* seq : finished) {
-    ReleaseBlocks(*seq);
+  for (size_t i = 0, e = 0; i < finished.size(); ++i) {
+    Sequence* seq = finished[i];
+    while (events[e].request_id != seq->id) ++e;
+    if (events[e].kv_handoff) {
+      // Keep the blocks (in use) until the engine has sent them.
+      KvExportBlocks& x = exports_[seq->id];
+      const size_t from = static_cast<size_t>(seq->kv_destination->num_cached_tokens / block_size_);
+      const size_t to = static_cast<size_t>(BlocksFor(seq->num_prompt));
+      x.blocks.assign(seq->blocks.begin() + static_cast<std::ptrdiff_t>(from),
+                      seq->blocks.begin() + static_cast<std::ptrdiff_t>(to));
+      x.destination = std::move(*seq->kv_destination);
+      held_exports_[seq->id] = std::move(seq->blocks);
+      seq->blocks.clear();
+    } else {
+      ReleaseBlocks(*seq);
+    }
     Remove(seq);
     ++counters_.requests_finished;
   }
   return events;
+}
+
+absl::StatusOr<Scheduler::KvReservationBlocks> Scheduler::Reserve(uint64_t token,
+                                                                  const Request& request) {
+  TESSERA_RETURN_IF_ERROR(Validate(request));
+  if (reservations_.contains(token)) {
+    return absl::AlreadyExistsError(absl::StrCat("KV reservation ", token, " exists already"));
+  }
+  const auto len = static_cast<int32_t>(request.prompt.size());
+  const int32_t full = len / block_size_;
+  std::vector<uint64_t> hashes;
+  int32_t hits = 0;
+  if (blocks_.prefix_caching()) {
+    const uint64_t salt = CacheSaltKey(request.cache_salt);
+    for (int32_t i = 0; i < full; ++i) {
+      const uint64_t parent = i == 0 ? kRootBlockHash : hashes.back();
+      hashes.push_back(BlockHash(
+          parent, salt, absl::MakeConstSpan(request.prompt).subspan(i * block_size_, block_size_)));
+    }
+    hits = blocks_.LookUp(hashes);
+  }
+  const auto hit_hashes = absl::MakeConstSpan(hashes).first(hits);
+  const int32_t need = BlocksFor(len) - hits;
+  const int32_t available = blocks_.num_available() - blocks_.CountEvictable(hit_hashes);
+  if (need > available) {
+    return absl::ResourceExhaustedError(absl::StrCat("the ", len, "-token prompt needs ", need,
+                                                     " KV blocks and ", available,
+                                                     " are available now"));
+  }
+  Reservation r;
+  r.blocks = blocks_.AcquireCached(hit_hashes);
+  absl::StatusOr<std::vector<int32_t>> fresh = blocks_.Allocate(need);
+  TESSERA_CHECK(fresh.ok()) << fresh.status();
+  r.blocks.insert(r.blocks.end(), fresh->begin(), fresh->end());
+  r.num_cached_tokens = hits * block_size_;
+  KvReservationBlocks out{*fresh, r.num_cached_tokens};
+  reservations_.emplace(token, std::move(r));
+  return out;
+}
+
+absl::Status Scheduler::ReleaseReservation(uint64_t token) {
+  const auto it = reservations_.find(token);
+  if (it == reservations_.end()) {
+    return absl::NotFoundError(absl::StrCat("no KV reservation ", token));
+  }
+  TESSERA_CHECK_OK(blocks_.Release(it->second.blocks));
+  reservations_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::AddPrefilled(RequestId id, Request request,
+                                     std::unique_ptr<StopMatcher> stop_matcher) {
+  if (!request.kv_import.has_value()) {
+    return absl::InvalidArgumentError("AddPrefilled needs a request with kv_import");
+  }
+  const uint64_t token = request.kv_import->token;
+  const int32_t first = request.kv_import->first_token;
+  const auto it = reservations_.find(token);
+  if (it == reservations_.end()) {
+    return absl::NotFoundError(absl::StrCat("no KV reservation ", token));
+  }
+  if (sequences_.contains(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request ", id, " is already scheduled"));
+  }
+  TESSERA_RETURN_IF_ERROR(Validate(request));
+  Reservation r = std::move(it->second);
+  reservations_.erase(it);
+  const int32_t num_cached = r.num_cached_tokens;
+  if (absl::Status added = Add(id, std::move(request), std::move(stop_matcher)); !added.ok()) {
+    TESSERA_CHECK_OK(blocks_.Release(r.blocks));
+    return added;
+  }
+  Sequence& seq = *sequences_.at(id);
+  seq.blocks = std::move(r.blocks);
+  seq.num_computed = seq.num_prompt;
+  seq.admitted = true;
+  seq.sent_first = true;
+  seq.num_cached_tokens = num_cached;
+  if (blocks_.prefix_caching()) {
+    const int32_t full = seq.num_prompt / block_size_;
+    ComputeBlockHashes(seq, full);
+    for (int32_t i = 0; i < full; ++i) blocks_.Register(seq.blocks[i], seq.block_hashes[i]);
+    seq.num_registered = full;
+  }
+  seq.tokens.push_back(first);
+  if (seq.penalties) ++seq.penalty_counts[first];
+  return absl::OkStatus();
+}
+
+const Scheduler::KvExportBlocks* Scheduler::ExportOf(RequestId id) const {
+  const auto it = exports_.find(id);
+  return it == exports_.end() ? nullptr : &it->second;
+}
+
+void Scheduler::ReleaseExport(RequestId id) {
+  exports_.erase(id);
+  const auto it = held_exports_.find(id);
+  if (it == held_exports_.end()) return;
+  TESSERA_CHECK_OK(blocks_.Release(it->second));
+  held_exports_.erase(it);
 }
 
 SchedulerCounters Scheduler::counters() const {
@@ -434,6 +602,12 @@ SchedulerCounters Scheduler::counters() const {
   c.kv_blocks_in_use = blocks_.num_in_use();
   c.kv_blocks_cached = blocks_.num_cached();
   c.prefix_cache_evictions = blocks_.evictions();
+  for (const auto& [token, r] : reservations_) {
+    c.kv_blocks_reserved += static_cast<int64_t>(r.blocks.size());
+  }
+  for (const auto& [id, blocks] : held_exports_) {
+    c.kv_blocks_exporting += static_cast<int64_t>(blocks.size());
+  }
   return c;
 }
 

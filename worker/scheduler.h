@@ -66,8 +66,10 @@ struct SchedulerCounters {
   int64_t last_step_prefill_tokens = 0;
   int64_t last_step_decode_tokens = 0;
   int64_t last_step_seqs = 0;
-  int64_t requests_finished = 0;  // by stop or length
-  int64_t requests_aborted = 0;   // cancelled, timed out, shut down, failed
+  int64_t requests_finished = 0;    // by stop or length
+  int64_t requests_aborted = 0;     // cancelled, timed out, shut down, failed
+  int64_t kv_blocks_reserved = 0;   // decode side: held for KV that is arriving (in use)
+  int64_t kv_blocks_exporting = 0;  // prefill side: held until their KV has been sent (in use)
 
   double prefix_cache_hit_rate() const {
     return prefix_cache_queries > 0
@@ -107,6 +109,34 @@ class Scheduler {
   // blocks; abort them next).
   void DiscardStep();
 
+  // --- Disaggregated serving (decode side).
+  struct KvReservationBlocks {
+    std::vector<int32_t> fresh;     // blocks the prompt's KV is written into, in order
+    int32_t num_cached_tokens = 0;  // leading prompt tokens already in the prefix cache
+  };
+  // Takes blocks for `request`'s whole prompt under `token`: its longest cached prefix of full
+  // blocks (nothing to transfer) and fresh blocks for the rest, held until AddPrefilled or
+  // ReleaseReservation. kInvalidArgument (Validate), kAlreadyExists for a token in use,
+  // kResourceExhausted when the cache has no room for it now.
+  absl::StatusOr<KvReservationBlocks> Reserve(uint64_t token, const Request& request);
+  // Returns a reservation's blocks. kNotFound for an unknown token.
+  absl::Status ReleaseReservation(uint64_t token);
+  // Queues a request whose prompt's KV is in reservation `request.kv_import->token` (verified by
+  // the caller) and whose first token was sampled elsewhere; it keeps the reservation's blocks
+  // and waits for a place in the batch like any request. kNotFound for an unknown token.
+  absl::Status AddPrefilled(RequestId id, Request request,
+                            std::unique_ptr<StopMatcher> stop_matcher = {});
+
+  // --- Disaggregated serving (prefill side).
+  struct KvExportBlocks {
+    std::vector<int32_t> blocks;  // this replica's blocks to send, parallel to destination's
+    KvDestination destination;
+  };
+  // A request that ended with kv_handoff keeps its blocks until ReleaseExport. nullptr when the
+  // id has none.
+  const KvExportBlocks* ExportOf(RequestId id) const;
+  void ReleaseExport(RequestId id);
+
   SchedulerCounters counters() const;
   const BlockManager& blocks() const { return blocks_; }
   const SchedulerConfig& config() const { return config_; }
@@ -143,6 +173,13 @@ class Scheduler {
   std::vector<Sequence*> running_;    // admission order
   std::vector<Scheduled> scheduled_;  // the plan awaiting Update
   SchedulerCounters counters_;
+  struct Reservation {
+    std::vector<int32_t> blocks;  // cached prefix, then fresh
+    int32_t num_cached_tokens = 0;
+  };
+  absl::flat_hash_map<uint64_t, Reservation> reservations_;
+  absl::flat_hash_map<RequestId, KvExportBlocks> exports_;
+  absl::flat_hash_map<RequestId, std::vector<int32_t>> held_exports_;  // all the request's blocks
 };
 
 }  // namespace tessera::worker

@@ -76,8 +76,7 @@ class FakeExecutor final : public StepExecutor {
         if (plan.slot_mapping[t] != slot) return bad("slot of row ", t, " is not its block's");
         if (written[slot]) return bad("two tokens write slot ", slot, " in one step");
         written[slot] = true;
-        slot_token_[slot] = plan.token_ids[t];
-        slot_pos_[slot] = pos;
+        SetSlot(slot, plan.token_ids[t], pos);
       }
     }
     StepResult result;
@@ -88,11 +87,11 @@ class FakeExecutor final : public StepExecutor {
       for (int32_t p = 0; p <= plan.positions[row]; ++p) {
         const int32_t block = plan.block_tables[s * width + p / bs];
         const int64_t slot = static_cast<int64_t>(block) * bs + p % bs;
-        if (slot_pos_[slot] != p) {
+        if (SlotPos(slot) != p) {
           return absl::InternalError(
               absl::StrCat("position ", p, " of sequence ", s, " is not in its cache"));
         }
-        history.push_back(slot_token_[slot]);
+        history.push_back(SlotToken(slot));
       }
       const int32_t token = NextToken(history, vocab_, plan.sampling[i]);
       result.token_ids.push_back(token);
@@ -116,7 +115,35 @@ class FakeExecutor final : public StepExecutor {
   const std::vector<StepPlan>& plans() const { return plans_; }
   std::function<void()> on_step;  // called at the start of every Execute (on its thread)
 
+  // Keeps what each KV slot holds (token, position) in real KV-cache memory instead of private
+  // vectors: slot s at tokens[s * stride] and positions[s * stride] (position + 1, so that zeroed
+  // memory reads as empty). Then KV that migrates between replicas carries it, and a decode
+  // replica's tokens are right only if every slot arrived. Call before the first step.
+  void StoreSlotsIn(int32_t* tokens, int32_t* positions, int64_t stride) {
+    ext_tokens_ = tokens;
+    ext_positions_ = positions;
+    ext_stride_ = stride;
+  }
+
  private:
+  void SetSlot(int64_t slot, int32_t token, int32_t pos) {
+    if (ext_tokens_ != nullptr) {
+      ext_tokens_[slot * ext_stride_] = token;
+      ext_positions_[slot * ext_stride_] = pos + 1;
+      return;
+    }
+    slot_token_[slot] = token;
+    slot_pos_[slot] = pos;
+  }
+  int32_t SlotToken(int64_t slot) const {
+    return ext_tokens_ != nullptr ? ext_tokens_[slot * ext_stride_] : slot_token_[slot];
+  }
+  int32_t SlotPos(int64_t slot) const {
+    return ext_tokens_ != nullptr ? ext_positions_[slot * ext_stride_] - 1 : slot_pos_[slot];
+  }
+  int32_t* ext_tokens_ = nullptr;
+  int32_t* ext_positions_ = nullptr;
+  int64_t ext_stride_ = 1;
   ExecutorLimits limits_;
   int64_t vocab_;
   std::vector<int32_t> slot_token_;

@@ -9,6 +9,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/rpc/grpc_status.h"
+#include "worker/rpc/kv_convert.h"
 
 namespace tessera::worker::rpc {
 namespace {
@@ -49,6 +50,10 @@ v1::GenerateResponse ToResponse(const TokenEvent& event, bool first, bool with_t
     }
   }
   if (first) response.set_num_cached_tokens(event.num_cached_tokens);
+  if (event.kv_handoff) {
+    response.set_kv_handoff(true);
+    response.set_kv_checksums(ChecksumsToBytes(event.kv_checksums));
+  }
   if (event.finish_reason.has_value()) {
     response.set_finished(true);
     response.set_finish_reason(ToProto(*event.finish_reason));
@@ -62,8 +67,21 @@ v1::GenerateResponse ToResponse(const TokenEvent& event, bool first, bool with_t
 
 }  // namespace
 
-Request RequestFromProto(const v1::GenerateRequest& request, absl::Duration timeout) {
+absl::StatusOr<Request> RequestFromProto(const v1::GenerateRequest& request,
+                                         absl::Duration timeout) {
   Request out;
+  if (!request.kv_destination().empty()) {
+    absl::StatusOr<KvDestination> d = KvDestinationFromBytes(request.kv_destination());
+    if (!d.ok()) return d.status();
+    out.kv_destination = *std::move(d);
+  }
+  if (request.has_kv_import()) {
+    absl::StatusOr<std::vector<KvSegmentChecksum>> sums =
+        ChecksumsFromBytes(request.kv_import().checksums());
+    if (!sums.ok()) return sums.status();
+    out.kv_import = Request::KvImport{request.kv_import().token(),
+                                      request.kv_import().first_token(), *std::move(sums)};
+  }
   out.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
   out.cache_salt = request.cache_salt();
   out.timeout = timeout;
@@ -87,8 +105,18 @@ Request RequestFromProto(const v1::GenerateRequest& request, absl::Duration time
   return out;
 }
 
-v1::ReplicaStats ToReplicaStats(const EngineCounters& c) {
+v1::ReplicaStats ToReplicaStats(const EngineCounters& c, const KvPortCounters* kv) {
   v1::ReplicaStats stats;
+  stats.set_kv_blocks_cached(c.kv_blocks_cached);
+  stats.set_kv_blocks_reserved(c.kv_blocks_reserved);
+  stats.set_kv_blocks_exporting(c.kv_blocks_exporting);
+  if (kv != nullptr) {
+    stats.set_kv_bytes_sent(kv->bytes_sent);
+    stats.set_kv_bytes_received(kv->bytes_received);
+    stats.set_kv_transfers_failed(kv->transfers_failed);
+    stats.set_kv_writes_refused(kv->writes_refused);
+    stats.set_kv_checksum_failures(kv->checksum_failures);
+  }
   stats.set_num_requests_running(static_cast<int32_t>(c.num_running));
   stats.set_num_requests_waiting(static_cast<int32_t>(c.num_waiting));
   stats.set_kv_blocks_total(c.kv_blocks_total);
@@ -116,8 +144,9 @@ grpc::Status ReplicaService::Generate(grpc::ServerContext* context,
     // Under mu_, so that a Drain either sees this call or refuses it.
     absl::MutexLock lock(&mu_);
     if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "replica is draining");
-    absl::StatusOr<RequestId> submitted =
-        engine_.Submit(RequestFromProto(*request, TimeLeft(*context)), stream);
+    absl::StatusOr<Request> converted = RequestFromProto(*request, TimeLeft(*context));
+    if (!converted.ok()) return tessera::rpc::ToGrpcStatus(converted.status());
+    absl::StatusOr<RequestId> submitted = engine_.Submit(*std::move(converted), stream);
     if (!submitted.ok()) return tessera::rpc::ToGrpcStatus(submitted.status());
     id = *submitted;
     calls_[id] = Call{request->request_id(), false};
@@ -186,6 +215,31 @@ grpc::Status ReplicaService::GetStats(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
+grpc::Status ReplicaService::ReserveKv(grpc::ServerContext* context,
+                                       const v1::ReserveKvRequest* request,
+                                       v1::ReserveKvResponse* response) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "replica is draining");
+  }
+  absl::StatusOr<Request> converted = RequestFromProto(request->request(), TimeLeft(*context));
+  if (!converted.ok()) return tessera::rpc::ToGrpcStatus(converted.status());
+  absl::StatusOr<KvDestination> d =
+      engine_.ReserveKv(*converted, std::min(TimeLeft(*context), absl::Seconds(30)));
+  if (!d.ok()) return tessera::rpc::ToGrpcStatus(d.status());
+  response->set_token(d->token);
+  response->set_num_cached_tokens(d->num_cached_tokens);
+  response->set_destination(ToProto(*d).SerializeAsString());
+  return grpc::Status::OK;
+}
+
+grpc::Status ReplicaService::ReleaseKv(grpc::ServerContext* /*context*/,
+                                       const v1::ReleaseKvRequest* request,
+                                       v1::ReleaseKvResponse* /*response*/) {
+  engine_.ReleaseKv(request->token());
+  return grpc::Status::OK;
+}
+
 int32_t ReplicaService::DrainFor(absl::Duration timeout) {
   return DrainUntil(absl::Now() + std::max(timeout, absl::ZeroDuration()), nullptr);
 }
@@ -221,6 +275,10 @@ int64_t ReplicaService::calls_in_flight() const {
   return static_cast<int64_t>(calls_.size());
 }
 
-v1::ReplicaStats ReplicaService::Stats() const { return ToReplicaStats(engine_.counters()); }
+v1::ReplicaStats ReplicaService::Stats() const {
+  if (options_.kv_port == nullptr) return ToReplicaStats(engine_.counters());
+  const KvPortCounters kv = options_.kv_port->counters();
+  return ToReplicaStats(engine_.counters(), &kv);
+}
 
 }  // namespace tessera::worker::rpc

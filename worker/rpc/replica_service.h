@@ -37,6 +37,7 @@ namespace tessera::worker::rpc {
 struct ReplicaServiceOptions {
   // How often a Generate call with no event to send checks whether its client is still there.
   absl::Duration poll_interval = absl::Milliseconds(50);
+  KvPort* kv_port = nullptr;  // for the KV transfer counters in GetStats; not owned
 };
 
 class ReplicaService final : public tessera::v1::Replica::Service {
@@ -49,6 +50,10 @@ class ReplicaService final : public tessera::v1::Replica::Service {
                      tessera::v1::AbortResponse* response) override;
   grpc::Status Drain(grpc::ServerContext* context, const tessera::v1::DrainRequest* request,
                      tessera::v1::DrainResponse* response) override;
+  grpc::Status ReserveKv(grpc::ServerContext* context, const tessera::v1::ReserveKvRequest* request,
+                         tessera::v1::ReserveKvResponse* response) override;
+  grpc::Status ReleaseKv(grpc::ServerContext* context, const tessera::v1::ReleaseKvRequest* request,
+                         tessera::v1::ReleaseKvResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const tessera::v1::StatsRequest* request,
                         tessera::v1::ReplicaStats* response) override;
 
@@ -77,10 +82,13 @@ class ReplicaService final : public tessera::v1::Replica::Service {
 };
 
 // The proto request as an engine Request: sampling 1:1 (model::SamplingParams' defaults when the
-// `sampling` message is absent), `timeout` as given. Never fails: the engine validates.
-Request RequestFromProto(const tessera::v1::GenerateRequest& request, absl::Duration timeout);
+// `sampling` message is absent), `timeout` as given; the engine validates the values.
+// kInvalidArgument only for kv_destination/kv_import bytes that do not parse.
+absl::StatusOr<Request> RequestFromProto(const tessera::v1::GenerateRequest& request,
+                                         absl::Duration timeout);
 // A replica's load as heartbeats and GetStats report it. kv_blocks_free counts the blocks a
 // request can get now: free ones plus unreferenced prefix-cache blocks (evictable).
-tessera::v1::ReplicaStats ToReplicaStats(const EngineCounters& counters);
+tessera::v1::ReplicaStats ToReplicaStats(const EngineCounters& counters,
+                                         const KvPortCounters* kv = nullptr);
 
 }  // namespace tessera::worker::rpc

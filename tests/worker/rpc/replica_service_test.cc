@@ -197,7 +197,7 @@ TEST_F(ReplicaServiceTest, BadRequestsAreInvalidArgumentWithTheEnginesMessage) {
   Start();
   v1::GenerateRequest zero_tokens = Req(0);
   const absl::Status direct =
-      engine_->Submit(RequestFromProto(zero_tokens, absl::InfiniteDuration())).status();
+      engine_->Submit(*RequestFromProto(zero_tokens, absl::InfiniteDuration())).status();
   ASSERT_EQ(direct.code(), absl::StatusCode::kInvalidArgument);
   const Streamed out = Generate(zero_tokens);
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -355,6 +355,40 @@ TEST_F(ReplicaServiceTest, GetStatsReportsTheEnginesCounters) {
   EXPECT_GE(stats.generation_tokens_total(), 7);
   EXPECT_GE(stats.steps_total(), 8);
   EXPECT_GE(stats.prefix_cache_queries_total(), stats.prefix_cache_hits_total());
+}
+
+TEST_F(ReplicaServiceTest, KvReservationNeedsAKvTransport) {
+  Start();
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
+  v1::ReserveKvRequest request;
+  *request.mutable_request() = Req(8);
+  v1::ReserveKvResponse response;
+  const grpc::Status status = stub_->ReserveKv(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("no KV transport"));
+}
+
+TEST_F(ReplicaServiceTest, MalformedKvMessagesAreInvalidArgument) {
+  Start();
+  v1::GenerateRequest bad_destination = Req(8);
+  bad_destination.set_kv_destination("\xff\xff not a message");
+  Streamed out = Generate(bad_destination);
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(out.status.error_message(), ::testing::HasSubstr("kv_destination"));
+  v1::GenerateRequest no_ranks = Req(8);
+  v1::KvDestination empty;
+  empty.set_token(3);
+  no_ranks.set_kv_destination(empty.SerializeAsString());
+  out = Generate(no_ranks);
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(out.status.error_message(), ::testing::HasSubstr("0 ranks"));
+  v1::GenerateRequest bad_import = Req(8);
+  bad_import.mutable_kv_import()->set_token(5);
+  bad_import.mutable_kv_import()->set_checksums("\xff\xff");
+  out = Generate(bad_import);
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(out.status.error_message(), ::testing::HasSubstr("checksums"));
 }
 
 }  // namespace

@@ -1,0 +1,300 @@
+// Disaggregated prefill → decode at the engine level: a prefill engine and a decode engine, each
+// with its own real tiny Llama (the llama_gqa fixture) and KV cache, exchange the prompt's KV
+// through KvPorts over an in-process transport. The decode engine's tokens can only match the
+// mixed run if every byte of the KV arrived in the right block.
+#include <memory>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvtransfer/inproc/in_process_transport.h"
+#include "tests/worker/test_util.h"
+#include "worker/engine.h"
+#include "worker/kv_port.h"
+
+namespace tessera::worker {
+namespace {
+
+using testing::Fixture;
+using ::testing::HasSubstr;
+using testing::LoadFixture;
+using testing::MakeTestEngine;
+using testing::TestEngine;
+
+template <typename F>
+bool Await(F condition, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+// One replica: model, cache, transport, port, engine.
+struct Side {
+  TestEngine parts;
+  std::unique_ptr<kvtransfer::InProcessTransport> transport;
+  std::unique_ptr<KvPort> port;
+  std::unique_ptr<Engine> engine;
+};
+
+class DisaggregationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto fixture = LoadFixture("llama_gqa");
+    ASSERT_TRUE(fixture.ok()) << fixture.status();
+    fixture_ = std::move(*fixture);
+    fabric_ = kvtransfer::InProcessFabric::Create();
+    MakeSide("prefill", prefill_);
+    MakeSide("decode", decode_);
+  }
+  void TearDown() override {
+    for (Side* side : {&prefill_, &decode_}) {
+      if (side->engine != nullptr) {
+        (void)side->engine->Shutdown(absl::Seconds(5));
+        // Every block is back: none in use, none reserved or exporting.
+        const EngineCounters c = side->engine->counters();
+        EXPECT_EQ(c.kv_blocks_in_use, 0) << "blocks leaked on a replica";
+        EXPECT_EQ(c.kv_blocks_reserved, 0);
+        EXPECT_EQ(c.kv_blocks_exporting, 0);
+        EXPECT_EQ(c.kv_blocks_free + c.kv_blocks_cached, c.kv_blocks_total);
+      }
+      side->engine.reset();
+      side->port.reset();
+      side->transport.reset();
+    }
+  }
+
+  void MakeSide(const std::string& name, Side& side) {
+    testing::TestEngineOptions options;
+    options.num_blocks = 64;
+    auto parts = MakeTestEngine(fixture_.config, *fixture_.weights, options);
+    ASSERT_TRUE(parts.ok()) << parts.status();
+    side.parts = std::move(*parts);
+    kvtransfer::TransportOptions t;
+    t.name = name;
+    auto transport = kvtransfer::InProcessTransport::Create(fabric_, t);
+    ASSERT_TRUE(transport.ok()) << transport.status();
+    side.transport = std::move(*transport);
+    auto port = KvPort::Create(*side.parts.cache, *side.transport);
+    ASSERT_TRUE(port.ok()) << port.status();
+    side.port = std::move(*port);
+    EngineOptions e;
+    e.scheduler.max_model_len = 128;
+    e.scheduler.max_num_seqs = 16;
+    e.scheduler.max_num_batched_tokens = 256;
+    e.kv_port = side.port.get();
+    e.kv_reservation_lease = lease_;
+    auto engine = Engine::Create(*side.parts.executor, fixture_.config, e);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    side.engine = std::move(*engine);
+  }
+
+  static Request Greedy(const std::vector<int32_t>& prompt, int32_t max_tokens) {
+    Request r;
+    r.prompt = prompt;
+    r.sampling.max_tokens = max_tokens;
+    r.sampling.ignore_eos = true;
+    return r;
+  }
+
+  // The prefill half: reserve on D, prefill on P (which sends the KV). Returns P's output.
+  absl::StatusOr<RequestOutput> Prefill(const Request& request, KvDestination* destination,
+                                        std::vector<KvSegmentChecksum>* checksums) {
+    absl::StatusOr<KvDestination> d = decode_.engine->ReserveKv(request);
+    if (!d.ok()) return d.status();
+    *destination = *d;
+    Request p = request;
+    p.kv_destination = *d;
+    auto stream = prefill_.engine->Submit(p);
+    if (!stream.ok()) return stream.status();
+    // Collect the events by hand to read the handoff flag and checksums.
+    RequestOutput out;
+    while (true) {
+      absl::StatusOr<TokenEvent> e = (*stream)->Next(absl::Seconds(30));
+      if (!e.ok()) return e.status();
+      if (e->token_id >= 0) out.token_ids.push_back(e->token_id);
+      if (e->finish_reason.has_value()) {
+        out.finish_reason = *e->finish_reason;
+        out.status = e->status;
+        handoff_ = e->kv_handoff;
+        *checksums = e->kv_checksums;
+        return out;
+      }
+    }
+  }
+
+  // The whole disaggregated request: P's first token, then D's tokens.
+  absl::StatusOr<std::vector<int32_t>> Disaggregated(const Request& request) {
+    KvDestination d;
+    std::vector<KvSegmentChecksum> sums;
+    absl::StatusOr<RequestOutput> first = Prefill(request, &d, &sums);
+    if (!first.ok()) return first.status();
+    if (!first->status.ok()) return first->status;
+    if (!handoff_) return absl::InternalError("no handoff");
+    Request r = request;
+    r.kv_import = Request::KvImport{d.token, first->token_ids.at(0), sums};
+    auto stream = decode_.engine->Submit(r);
+    if (!stream.ok()) return stream.status();
+    absl::StatusOr<RequestOutput> rest = (*stream)->Collect(absl::Seconds(60));
+    if (!rest.ok()) return rest.status();
+    if (!rest->status.ok()) return rest->status;
+    std::vector<int32_t> tokens = first->token_ids;
+    tokens.insert(tokens.end(), rest->token_ids.begin(), rest->token_ids.end());
+    return tokens;
+  }
+
+  Fixture fixture_;
+  std::shared_ptr<kvtransfer::InProcessFabric> fabric_;
+  absl::Duration lease_ = absl::Seconds(30);
+  Side prefill_;
+  Side decode_;
+  bool handoff_ = false;
+};
+
+TEST_F(DisaggregationTest, GreedyTokensMatchTheMixedRun) {
+  for (const auto& prompt : fixture_.prompts) {
+    const Request request = Greedy(prompt.ids, 12);
+    // A third replica, mixed, as the reference.
+    auto parts = MakeTestEngine(fixture_.config, *fixture_.weights);
+    ASSERT_TRUE(parts.ok()) << parts.status();
+    auto mixed = testing::GenerateGreedy(*parts->executor, fixture_.config, {prompt.ids}, 12,
+                                         prefill_.engine->config());
+    ASSERT_TRUE(mixed.ok()) << mixed.status();
+    absl::StatusOr<std::vector<int32_t>> tokens = Disaggregated(request);
+    ASSERT_TRUE(tokens.ok()) << tokens.status();
+    EXPECT_EQ(*tokens, (*mixed)[0].token_ids);
+    // The fixture's transformers greedy tokens agree too (as far as they go).
+    const size_t n = std::min(tokens->size(), prompt.greedy.size());
+    EXPECT_EQ(std::vector<int32_t>(tokens->begin(), tokens->begin() + n),
+              std::vector<int32_t>(prompt.greedy.begin(), prompt.greedy.begin() + n));
+  }
+  EXPECT_GT(decode_.port->counters().commits, 0);
+  EXPECT_GT(prefill_.port->counters().bytes_sent, 0);
+  EXPECT_EQ(prefill_.port->counters().bytes_sent, decode_.port->counters().bytes_received);
+}
+
+TEST_F(DisaggregationTest, ADecodeCachedPrefixIsNotSentAgain) {
+  std::vector<int32_t> prompt = fixture_.prompts[0].ids;
+  const size_t n = prompt.size();
+  for (size_t i = 0; prompt.size() < 20; ++i) prompt.push_back(prompt[i % n]);
+  prompt.resize(20);
+  auto first = Disaggregated(Greedy(prompt, 6));
+  ASSERT_TRUE(first.ok()) << first.status();
+  const int64_t sent = prefill_.port->counters().bytes_sent;
+  KvDestination d;
+  std::vector<KvSegmentChecksum> sums;
+  auto again = decode_.engine->ReserveKv(Greedy(prompt, 6));
+  ASSERT_TRUE(again.ok()) << again.status();
+  // 20 tokens in blocks of 4: all 5 full blocks are cached on D; the last is recomputed by P and
+  // only blocks past the cached prefix travel.
+  EXPECT_EQ(again->num_cached_tokens, 20);
+  EXPECT_TRUE(again->block_ids.empty());
+  decode_.engine->ReleaseKv(again->token);
+  auto second = Disaggregated(Greedy(prompt, 6));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*second, *first);
+  EXPECT_EQ(prefill_.port->counters().bytes_sent, sent) << "cached blocks were sent again";
+}
+
+TEST_F(DisaggregationTest, CorruptedKvIsRefusedAndEveryBlockReturns) {
+  const Request request = Greedy(fixture_.prompts[0].ids, 8);
+  KvDestination d;
+  std::vector<KvSegmentChecksum> sums;
+  auto first = Prefill(request, &d, &sums);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(handoff_);
+  // One byte of one block flips after it landed (a bad link, a buggy kernel).
+  auto* base = static_cast<uint8_t*>(decode_.parts.cache->value(1).data());
+  base[static_cast<size_t>(d.block_ids[0]) * decode_.port->layout().BlockBytes() + 3] ^= 0x40;
+  Request r = request;
+  r.kv_import = Request::KvImport{d.token, first->token_ids[0], sums};
+  auto stream = decode_.engine->Submit(r);
+  ASSERT_TRUE(stream.ok());
+  auto out = (*stream)->Collect(absl::Seconds(30));
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->status.code(), absl::StatusCode::kDataLoss) << out->status;
+  EXPECT_THAT(out->status.message(), HasSubstr("checksum mismatch"));
+  EXPECT_TRUE(out->token_ids.empty());
+  EXPECT_EQ(decode_.port->counters().checksum_failures, 1);
+  // The request can be served again from scratch.
+  auto retry = Disaggregated(request);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+}
+
+TEST_F(DisaggregationTest, AWriteIntoAReleasedReservationIsRefused) {
+  const Request request = Greedy(fixture_.prompts[0].ids, 8);
+  auto d = decode_.engine->ReserveKv(request);
+  ASSERT_TRUE(d.ok()) << d.status();
+  decode_.engine->ReleaseKv(d->token);
+  ASSERT_TRUE(Await([&] { return decode_.engine->counters().kv_blocks_reserved == 0; }));
+  // The blocks are reused by another reservation; a late writer with the old token is refused.
+  auto other = decode_.engine->ReserveKv(request);
+  ASSERT_TRUE(other.ok()) << other.status();
+  Request p = request;
+  p.kv_destination = *d;
+  auto stream = prefill_.engine->Submit(p);
+  ASSERT_TRUE(stream.ok());
+  auto out = (*stream)->Collect(absl::Seconds(30));
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->status.code(), absl::StatusCode::kPermissionDenied) << out->status;
+  EXPECT_GT(decode_.port->counters().writes_refused, 0);
+  decode_.engine->ReleaseKv(other->token);
+  ASSERT_TRUE(Await([&] { return decode_.engine->counters().kv_blocks_reserved == 0; }));
+}
+
+TEST_F(DisaggregationTest, AnUncommittedReservationLapsesWithItsLease) {
+  decode_.engine.reset();
+  decode_.port.reset();
+  decode_.transport.reset();
+  lease_ = absl::Milliseconds(50);
+  MakeSide("decode-short-lease", decode_);
+  auto d = decode_.engine->ReserveKv(Greedy(fixture_.prompts[0].ids, 8));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_GT(
+      decode_.engine->counters().kv_blocks_reserved + decode_.port->counters().blocks_reserved, 0);
+  ASSERT_TRUE(Await([&] { return decode_.port->counters().blocks_reserved == 0; }));
+  ASSERT_TRUE(Await([&] { return decode_.engine->counters().kv_blocks_reserved == 0; }));
+  // Committing after the lapse fails clearly.
+  Request r = Greedy(fixture_.prompts[0].ids, 8);
+  r.kv_import = Request::KvImport{d->token, 5, {}};
+  auto stream = decode_.engine->Submit(r);
+  ASSERT_TRUE(stream.ok());
+  auto out = (*stream)->Collect(absl::Seconds(30));
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->status.code(), absl::StatusCode::kNotFound) << out->status;
+  EXPECT_THAT(out->status.message(), HasSubstr("unknown or expired"));
+}
+
+TEST_F(DisaggregationTest, AFirstTokenThatEndsTheRequestHandsNothingOff) {
+  const Request request = Greedy(fixture_.prompts[0].ids, 1);
+  KvDestination d;
+  std::vector<KvSegmentChecksum> sums;
+  auto out = Prefill(request, &d, &sums);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_FALSE(handoff_);
+  EXPECT_EQ(out->finish_reason, FinishReason::kLength);
+  EXPECT_EQ(out->token_ids.size(), 1u);
+  EXPECT_EQ(prefill_.port->counters().bytes_sent, 0);
+  decode_.engine->ReleaseKv(d.token);  // what the coordinator does
+  ASSERT_TRUE(Await([&] { return decode_.engine->counters().kv_blocks_reserved == 0; }));
+}
+
+TEST_F(DisaggregationTest, BadKvRequestsAreRefusedAtSubmit) {
+  Request r = Greedy(fixture_.prompts[0].ids, 8);
+  r.kv_import = Request::KvImport{1, 5, {}};
+  r.sampling.max_tokens = 1;
+  auto s = decode_.engine->Submit(r);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.status().message(), HasSubstr("nothing to decode"));
+  Request p = Greedy(fixture_.prompts[0].ids, 8);
+  p.kv_destination = KvDestination{7, 0, std::vector<int32_t>(40, 1), {decode_.port->layout()}};
+  s = prefill_.engine->Submit(p);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.status().message(), HasSubstr("destination blocks"));
+}
+
+}  // namespace
+}  // namespace tessera::worker

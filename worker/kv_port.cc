@@ -1,0 +1,343 @@
+#include "worker/kv_port.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace tessera::worker {
+namespace {
+
+// One transfer per destination rank, with the checksums of what it sends.
+class KvExportImpl final : public KvExport {
+ public:
+  KvExportImpl(std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers,
+               std::vector<KvSegmentChecksum> checksums,
+               std::function<void(bool, uint64_t, absl::Duration)> done, absl::Time start)
+      : transfers_(std::move(transfers)),
+        checksums_(std::move(checksums)),
+        done_(std::move(done)),
+        start_(start) {}
+  ~KvExportImpl() override {
+    for (auto& t : transfers_) t->Cancel();
+    transfers_.clear();  // each destructor waits until its local memory is no longer read
+  }
+
+  bool Done() override {
+    for (auto& t : transfers_) {
+      if (!t->Done()) return false;
+    }
+    return true;
+  }
+
+  absl::StatusOr<std::vector<KvSegmentChecksum>> Wait(absl::Duration timeout) override {
+    const absl::Time give_up = absl::Now() + timeout;
+    absl::Status first;
+    uint64_t bytes = 0;
+    for (auto& t : transfers_) {
+      absl::Status s = t->Wait(std::max(absl::ZeroDuration(), give_up - absl::Now()));
+      if (absl::IsDeadlineExceeded(s) && !t->Done()) return s;
+      if (!s.ok() && first.ok()) first = s;
+      bytes += t->bytes_done();
+    }
+    if (!reported_) {
+      reported_ = true;
+      if (done_) done_(first.ok(), bytes, absl::Now() - start_);
+    }
+    if (!first.ok()) return first;
+    return checksums_;
+  }
+
+  void Cancel() override {
+    for (auto& t : transfers_) t->Cancel();
+  }
+
+ private:
+  std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers_;
+  std::vector<KvSegmentChecksum> checksums_;
+  std::function<void(bool, uint64_t, absl::Duration)> done_;
+  const absl::Time start_;  // when Export began (checksums and submits included)
+  bool reported_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KvPort>> KvPort::Create(KvCache& cache,
+                                                       kvtransfer::Transport& transport,
+                                                       const KvPortOptions& options) {
+  const KvCacheConfig& c = cache.config();
+  std::unique_ptr<KvPort> port(new KvPort(cache, transport, options));
+  KvRankLayout& l = port->layout_;
+  l.layer_begin = options.layer_begin;
+  l.layer_end = options.layer_begin + c.num_layers;
+  l.head_begin = options.head_begin;
+  l.head_end = options.head_begin + c.kv_heads;
+  l.block_size = c.block_size;
+  l.head_dim = c.head_dim;
+  l.num_blocks = c.num_blocks;
+  l.dtype = c.dtype;
+  l.transport_kind = std::string(transport.kind());
+  port->block_bytes_ = l.BlockBytes();
+  const uint64_t bytes = port->block_bytes_ * static_cast<uint64_t>(c.num_blocks);
+  for (int32_t layer = 0; layer < c.num_layers; ++layer) {
+    for (bool key : {true, false}) {
+      auto* base = static_cast<uint8_t*>(key ? cache.key(layer).data() : cache.value(layer).data());
+      TESSERA_ASSIGN_OR_RETURN(kvtransfer::RegionId id, transport.RegisterMemory(base, bytes));
+      (key ? l.key_regions : l.value_regions).push_back(id);
+      port->regions_[id] = Region{layer, key, base};
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(l.Validate());
+  TESSERA_ASSIGN_OR_RETURN(l.descriptor, transport.LocalDescriptor());
+  {
+    absl::MutexLock lock(&port->mu_);
+    port->block_owner_.assign(static_cast<size_t>(c.num_blocks), 0);
+  }
+  transport.SetWriteListener(port.get());
+  return port;
+}
+
+KvPort::~KvPort() {
+  transport_.SetWriteListener(nullptr);
+  for (const auto& [id, region] : regions_) {
+    if (absl::Status s = transport_.DeregisterMemory(id); !s.ok()) {
+      TESSERA_LOG(WARNING) << "KvPort: " << s;
+    }
+  }
+}
+
+KvPortCounters KvPort::counters() const {
+  absl::MutexLock lock(&mu_);
+  KvPortCounters c = counters_;
+  c.reservations_open = 0;
+  c.blocks_reserved = 0;
+  for (const auto& [token, r] : reservations_) {
+    if (!r.open) continue;
+    ++c.reservations_open;
+    c.blocks_reserved += static_cast<int64_t>(r.blocks.size());
+  }
+  return c;
+}
+
+const uint8_t* KvPort::LocalBase(kvtransfer::RegionId region) const {
+  const auto it = regions_.find(region);
+  return it == regions_.end() ? nullptr : it->second.base;
+}
+
+absl::StatusOr<kvtransfer::PeerId> KvPort::PeerFor(const std::string& descriptor) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = peers_.find(descriptor); it != peers_.end()) return it->second;
+  }
+  // Connect outside the lock: it may wait for the peer.
+  TESSERA_ASSIGN_OR_RETURN(kvtransfer::PeerId peer, transport_.Connect(descriptor));
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] = peers_.emplace(descriptor, peer);
+  if (!inserted) (void)transport_.Disconnect(peer);  // another thread connected first
+  return it->second;
+}
+
+absl::Status KvPort::Preconnect(const std::string& descriptor) {
+  return PeerFor(descriptor).status();
+}
+
+absl::StatusOr<std::unique_ptr<KvExport>> KvPort::Export(absl::Span<const int32_t> blocks,
+                                                         const KvDestination& destination) {
+  const absl::Time start = absl::Now();
+  if (blocks.size() != destination.block_ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("KV export of ", blocks.size(),
+                                                   " blocks into a reservation of ",
+                                                   destination.block_ids.size()));
+  }
+  std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers;
+  std::vector<KvSegmentChecksum> checksums;
+  uint64_t total = 0;
+  for (const KvRankLayout& dst : destination.ranks) {
+    if (dst.transport_kind != layout_.transport_kind) {
+      return absl::InvalidArgumentError(absl::StrCat("the decode replica's KV transport is ",
+                                                     dst.transport_kind, ", this replica's is ",
+                                                     layout_.transport_kind));
+    }
+    TESSERA_ASSIGN_OR_RETURN(
+        std::vector<kvtransfer::Segment> segments,
+        PlanKvSegments(layout_, blocks, dst, destination.block_ids, destination.token));
+    if (segments.empty()) continue;
+    for (const kvtransfer::Segment& s : segments) {
+      checksums.push_back({s.remote_region, s.remote_offset, s.length,
+                           KvChecksum(LocalBase(s.local_region) + s.local_offset, s.length)});
+      total += s.length;
+    }
+    TESSERA_ASSIGN_OR_RETURN(kvtransfer::PeerId peer, PeerFor(dst.descriptor));
+    absl::StatusOr<std::unique_ptr<kvtransfer::Transfer>> transfer =
+        transport_.Submit(peer, segments);
+    if (!transfer.ok()) {
+      absl::MutexLock lock(&mu_);
+      ++counters_.transfers_failed;
+      return transfer.status();
+    }
+    transfers.push_back(std::move(*transfer));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    counters_.transfers_sent += static_cast<int64_t>(transfers.size());
+  }
+  (void)total;
+  auto done = [this](bool ok, uint64_t bytes, absl::Duration took) {
+    absl::MutexLock lock(&mu_);
+    counters_.bytes_sent += static_cast<int64_t>(bytes);
+    counters_.send_seconds += absl::ToDoubleSeconds(took);
+    if (!ok) ++counters_.transfers_failed;
+  };
+  return std::unique_ptr<KvExport>(
+      new KvExportImpl(std::move(transfers), std::move(checksums), std::move(done), start));
+}
+
+absl::Status KvPort::Reserve(uint64_t token, absl::Span<const int32_t> blocks) {
+  if (token == 0) return absl::InvalidArgumentError("KV reservation token 0 is reserved");
+  absl::MutexLock lock(&mu_);
+  if (reservations_.contains(token)) {
+    return absl::AlreadyExistsError(absl::StrCat("KV reservation ", token, " exists already"));
+  }
+  for (int32_t b : blocks) {
+    if (b < 0 || b >= layout_.num_blocks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV block ", b, " outside [0, ", layout_.num_blocks, ")"));
+    }
+    if (block_owner_[b] != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("KV block ", b, " is reserved by another transfer"));
+    }
+  }
+  for (int32_t b : blocks) block_owner_[b] = token;
+  Reservation r;
+  r.blocks.assign(blocks.begin(), blocks.end());
+  reservations_.emplace(token, std::move(r));
+  return absl::OkStatus();
+}
+
+uint64_t KvPort::ReservationBytes(const Reservation& r) const {
+  // Every layer, K and V, whole blocks.
+  return static_cast<uint64_t>(r.blocks.size()) * block_bytes_ * 2 *
+         static_cast<uint64_t>(layout_.layer_end - layout_.layer_begin);
+}
+
+absl::Status KvPort::CheckWriteLocked(const kvtransfer::WriteInfo& write) {
+  const auto region = regions_.find(write.region);
+  if (region == regions_.end()) {
+    return absl::PermissionDeniedError(absl::StrCat("region ", write.region, " is not KV cache"));
+  }
+  const uint64_t end = write.offset + write.length;
+  if (write.length == 0 || end < write.offset ||
+      end > block_bytes_ * static_cast<uint64_t>(layout_.num_blocks)) {
+    return absl::PermissionDeniedError("write outside the KV cache");
+  }
+  const auto first = static_cast<size_t>(write.offset / block_bytes_);
+  const auto last = static_cast<size_t>((end - 1) / block_bytes_);
+  for (size_t b = first; b <= last; ++b) {
+    if (block_owner_[b] != write.tag || write.tag == 0) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("KV block ", b, " is not reserved for transfer ", write.tag, " (from ",
+                       write.peer_name, "): a stale or foreign write"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvPort::Admit(const kvtransfer::WriteInfo& write) {
+  absl::MutexLock lock(&mu_);
+  absl::Status s = CheckWriteLocked(write);
+  auto it = reservations_.find(write.tag);
+  if (s.ok() && (it == reservations_.end() || !it->second.open)) {
+    s = absl::PermissionDeniedError(absl::StrCat("KV transfer ", write.tag, " is closed"));
+  }
+  if (!s.ok()) {
+    ++counters_.writes_refused;
+    return s;
+  }
+  ++it->second.writes_in_flight;
+  return absl::OkStatus();
+}
+
+void KvPort::Written(const kvtransfer::WriteInfo& write) {
+  absl::MutexLock lock(&mu_);
+  counters_.bytes_received += static_cast<int64_t>(write.length);
+  auto it = reservations_.find(write.tag);
+  if (it == reservations_.end()) return;
+  --it->second.writes_in_flight;
+  it->second.bytes_written += write.length;
+}
+
+absl::Status KvPort::CloseLocked(uint64_t token, Reservation& r) {
+  r.open = false;
+  auto quiet = [&r]() { return r.writes_in_flight == 0; };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&quiet), options_.quiesce_timeout)) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("KV transfer ", token, ": ", r.writes_in_flight,
+                     " admitted writes did not land in time; its blocks must not be reused"));
+  }
+  for (int32_t b : r.blocks) {
+    if (block_owner_[b] == token) block_owner_[b] = 0;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvPort::Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) {
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(token);
+  if (it == reservations_.end() || !it->second.open) {
+    return absl::NotFoundError(absl::StrCat("no open KV reservation ", token));
+  }
+  Reservation& r = it->second;
+  auto fail = [&](absl::Status why) {
+    ++counters_.checksum_failures;
+    absl::Status closed = CloseLocked(token, r);
+    reservations_.erase(token);
+    if (!closed.ok()) TESSERA_LOG(ERROR) << "KvPort: " << closed;
+    return why;
+  };
+  // Writes admitted but not yet landed would be counted short: wait for them (bounded).
+  auto quiet = [&r]() { return r.writes_in_flight == 0; };
+  mu_.AwaitWithTimeout(absl::Condition(&quiet), options_.quiesce_timeout);
+  const uint64_t expected = ReservationBytes(r);
+  uint64_t covered = 0;
+  for (const KvSegmentChecksum& c : checksums) {
+    kvtransfer::WriteInfo range{c.region, c.offset, c.length, token, ""};
+    if (absl::Status s = CheckWriteLocked(range); !s.ok()) {
+      return fail(absl::DataLossError(absl::StrCat("KV transfer ", token, ": checksum range ",
+                                                   c.region, "@", c.offset, "+", c.length,
+                                                   " is outside its reservation")));
+    }
+    const uint8_t* data = LocalBase(c.region) + c.offset;
+    if (KvChecksum(data, c.length) != c.checksum) {
+      return fail(
+          absl::DataLossError(absl::StrCat("KV transfer ", token, ": checksum mismatch in region ",
+                                           c.region, " at ", c.offset, "+", c.length)));
+    }
+    covered += c.length;
+  }
+  if (covered != expected || r.bytes_written != expected) {
+    return fail(absl::DataLossError(absl::StrCat(
+        "KV transfer ", token, ": ", r.bytes_written, " bytes arrived and the checksums cover ",
+        covered, ", of the ", expected, " the reserved blocks hold")));
+  }
+  absl::Status closed = CloseLocked(token, r);
+  reservations_.erase(token);
+  ++counters_.commits;
+  return closed;
+}
+
+absl::Status KvPort::Abort(uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(token);
+  if (it == reservations_.end()) {
+    return absl::NotFoundError(absl::StrCat("no KV reservation ", token));
+  }
+  absl::Status s = CloseLocked(token, it->second);
+  reservations_.erase(it);
+  return s;
+}
+
+}  // namespace tessera::worker

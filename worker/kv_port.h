@@ -1,0 +1,151 @@
+// KvPort: one rank's KV cache on a kvtransfer::Transport — the sending side of a prefill replica
+// and the receiving side of a decode replica (a replica may be both).
+//
+// Receiving. The port registers every layer's K and V tensor with the transport and installs
+// itself as the transport's WriteListener. Reserve(token, blocks) opens a reservation; from then
+// on a write is admitted only when its tag is that token and every block it touches is owned by
+// that reservation — so a write from any other transfer, and a late write from an aborted one into
+// blocks that were released and reused, is refused before its bytes land (the reservation token is
+// each reserved block's generation tag). Commit verifies that every byte of the reserved blocks
+// arrived and that the XXH3 checksums the sender computed match the bytes in place; only then may
+// the engine use the blocks. Abort closes the reservation and waits (bounded) until writes that
+// were admitted before it have landed, so the blocks are safe to reuse when it returns OK.
+//
+// Sending. Export plans the segments from local blocks into a destination's reserved blocks for
+// every destination rank that shares layers and heads with this one (worker/kv_migration.h),
+// computes their checksums, and submits one transfer per destination rank. Connections to peers
+// are cached by descriptor; Preconnect makes them before the first request.
+//
+// Ownership: the cache and transport must outlive the port. Threads: every method may be called
+// from any thread; the listener methods run on transport threads. The cache memory is host
+// memory on the CPU backend; a GPU backend registers device memory with a transport that can
+// read it (UCX with cuda_ipc or RDMA), which this class does not yet check.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "kvtransfer/transport.h"
+#include "worker/kv_cache.h"
+#include "worker/kv_migration.h"
+
+namespace tessera::worker {
+
+struct KvPortOptions {
+  int32_t layer_begin = 0;  // the global index of the cache's first layer (pipeline stage)
+  int32_t head_begin = 0;   // the global index of the cache's first KV head (tensor rank)
+  // How long Abort waits for writes admitted before it to land.
+  absl::Duration quiesce_timeout = absl::Seconds(10);
+};
+
+// Counters for metrics (tessera_kv_transfer_*).
+struct KvPortCounters {
+  int64_t bytes_sent = 0;
+  int64_t bytes_received = 0;
+  int64_t transfers_sent = 0;
+  int64_t transfers_failed = 0;   // sends that ended with an error
+  int64_t writes_refused = 0;     // incoming writes refused by the token/block check
+  int64_t commits = 0;            // reservations verified and committed
+  int64_t checksum_failures = 0;  // commits refused because bytes were missing or damaged
+  int64_t reservations_open = 0;  // now
+  int64_t blocks_reserved = 0;    // now, in open reservations
+  double send_seconds = 0;        // summed from each export\'s start to its completion
+};
+
+// One export in flight: a transfer per destination rank.
+class KvExport {
+ public:
+  virtual ~KvExport() = default;  // cancels and waits (bounded) until local memory is not read
+  virtual bool Done() = 0;
+  // The checksums of what was sent once every transfer is OK; the first error otherwise;
+  // kDeadlineExceeded while still running after `timeout`.
+  virtual absl::StatusOr<std::vector<KvSegmentChecksum>> Wait(absl::Duration timeout) = 0;
+  virtual void Cancel() = 0;
+};
+
+class KvPort final : public kvtransfer::WriteListener {
+ public:
+  // Registers the cache's tensors. Errors from the transport (registration, descriptor).
+  static absl::StatusOr<std::unique_ptr<KvPort>> Create(KvCache& cache,
+                                                        kvtransfer::Transport& transport,
+                                                        const KvPortOptions& options = {});
+  ~KvPort() override;  // uninstalls the listener, deregisters the regions
+
+  const KvRankLayout& layout() const { return layout_; }
+  KvPortCounters counters() const;
+
+  // --- sending
+  // Connects to the peer `descriptor` describes now, so the first export does not pay for it.
+  absl::Status Preconnect(const std::string& descriptor);
+  // Starts copying local `blocks` (this rank's slice) into `destination`'s reserved blocks on
+  // every destination rank that shares layers and heads with this one. kInvalidArgument when the
+  // block counts differ or the layouts cannot exchange; kUnavailable when a peer cannot be reached.
+  absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
+                                                   const KvDestination& destination);
+
+  // --- receiving
+  // Opens a reservation: `blocks` (all of whose bytes will be written) may receive writes tagged
+  // `token`. kAlreadyExists for a token in use, kFailedPrecondition for a block another open
+  // reservation owns, kInvalidArgument for token 0 or a block out of range.
+  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks);
+  // Verifies and closes the reservation: every byte of its blocks (every layer, K and V) arrived
+  // and `checksums` — the sender's, covering exactly those bytes — match. kNotFound for an
+  // unknown token; kDataLoss naming the first damaged or missing range (the reservation is then
+  // aborted as by Abort; the caller releases the blocks when that returned OK).
+  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums);
+  // Closes the reservation: later writes are refused. Waits up to quiesce_timeout for writes
+  // admitted earlier to land: OK when the blocks may be reused, kDeadlineExceeded when they must
+  // not (a write may still land in them). kNotFound for an unknown token.
+  absl::Status Abort(uint64_t token);
+
+  // kvtransfer::WriteListener
+  absl::Status Admit(const kvtransfer::WriteInfo& write) override;
+  void Written(const kvtransfer::WriteInfo& write) override;
+
+ private:
+  struct Region {
+    int32_t layer = 0;  // index into the cache's layers
+    bool key = true;
+    uint8_t* base = nullptr;
+  };
+  struct Reservation {
+    std::vector<int32_t> blocks;
+    bool open = true;
+    uint64_t bytes_written = 0;
+    int32_t writes_in_flight = 0;
+  };
+
+  KvPort(KvCache& cache, kvtransfer::Transport& transport, const KvPortOptions& options)
+      : cache_(cache), transport_(transport), options_(options) {}
+  const uint8_t* LocalBase(kvtransfer::RegionId region) const;
+  absl::StatusOr<kvtransfer::PeerId> PeerFor(const std::string& descriptor);
+  uint64_t ReservationBytes(const Reservation& r) const;
+  // Closes `r` and waits for its writes in flight. Requires mu_.
+  absl::Status CloseLocked(uint64_t token, Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The blocks a write touches, when it lies in one of our regions.
+  absl::Status CheckWriteLocked(const kvtransfer::WriteInfo& write) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  KvCache& cache_;
+  kvtransfer::Transport& transport_;
+  const KvPortOptions options_;
+  KvRankLayout layout_;
+  uint64_t block_bytes_ = 0;
+  absl::flat_hash_map<kvtransfer::RegionId, Region> regions_;  // fixed after Create
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, Reservation> reservations_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> block_owner_ ABSL_GUARDED_BY(mu_);  // token per block, 0 when none
+  absl::flat_hash_map<std::string, kvtransfer::PeerId> peers_ ABSL_GUARDED_BY(mu_);
+  KvPortCounters counters_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tessera::worker
