@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "coordinator/disaggregated_call.h"
 
 namespace tessera::coordinator {
 namespace {
@@ -57,7 +58,7 @@ class CoordinatorStream final : public GenerateStream {
     for (const std::string& s : request_.sampling.stop) {
       max_stop_len_ = std::max(max_stop_len_, s.size());
     }
-    replica_->AddInFlight(1);
+    if (replica_ != nullptr) replica_->AddInFlight(1);
   }
 
   ~CoordinatorStream() override {
@@ -80,7 +81,7 @@ class CoordinatorStream final : public GenerateStream {
         return Finish(std::nullopt,
                       absl::UnavailableError("the coordinator is shutting down; retry elsewhere"));
       }
-      if (replica_->lost()) {
+      if (replica_ != nullptr && replica_->lost()) {
         call_->Cancel();
         return Finish(std::nullopt,
                       absl::UnavailableError(absl::StrCat(
@@ -105,9 +106,9 @@ class CoordinatorStream final : public GenerateStream {
       }
       // Ended early with an error from the replica.
       absl::Status status = event->status;
-      if (absl::IsUnavailable(status)) {
-        status = absl::UnavailableError(absl::StrCat("replica ", replica_->info().name, " failed: ",
-                                                     status.message(), "; retry the request"));
+      if (absl::IsUnavailable(status) && replica_ != nullptr) {
+        status = absl::UnavailableError(
+            absl::StrCat(ReplicaName(), " failed: ", status.message(), "; retry the request"));
       }
       return Finish(event->finish_reason, std::move(status));
     }
@@ -213,6 +214,10 @@ class CoordinatorStream final : public GenerateStream {
     return out;
   }
 
+  std::string ReplicaName() const {
+    return replica_ != nullptr ? absl::StrCat("replica ", replica_->info().name) : "the replica";
+  }
+
   // Metrics and bookkeeping at the end (once).
   void End(std::optional<model::FinishReason> finish, const absl::Status& status) {
     if (ended_) return;
@@ -236,11 +241,11 @@ class CoordinatorStream final : public GenerateStream {
               {owner_.options_.model.name, std::string(absl::StatusCodeToString(status.code()))})
           .Increment();
     }
-    if (completion_tokens_ > 0 || status.ok()) {
+    if (replica_ != nullptr && (completion_tokens_ > 0 || status.ok())) {
       replica_->prefix_index().Insert(
           PromptBlockChain(prompt_, replica_->info().block_size, request_.cache_salt));
     }
-    replica_->AddInFlight(-1);
+    if (replica_ != nullptr) replica_->AddInFlight(-1);
     owner_.OnStreamEnd();
   }
 
@@ -411,10 +416,17 @@ void Coordinator::RegisterMetrics() {
       {"replica", "state"}, [this]() {
         std::vector<std::pair<std::vector<std::string>, double>> out;
         for (const auto& r : registry_.Live()) {
+          // The states add up to the total: free (no content), cached (evictable prefix
+          // blocks), reserved (decode: KV arriving), exporting (prefill: KV being sent), in use.
           const ReplicaLoad l = r->load();
-          out.push_back({{r->info().name, "free"}, static_cast<double>(l.kv_blocks_free)});
-          out.push_back({{r->info().name, "in_use"},
-                         static_cast<double>(l.kv_blocks_total - l.kv_blocks_free)});
+          const std::string& n = r->info().name;
+          const int64_t in_use =
+              l.kv_blocks_total - l.kv_blocks_free - l.kv_blocks_reserved - l.kv_blocks_exporting;
+          out.push_back({{n, "free"}, static_cast<double>(l.kv_blocks_free - l.kv_blocks_cached)});
+          out.push_back({{n, "cached"}, static_cast<double>(l.kv_blocks_cached)});
+          out.push_back({{n, "reserved"}, static_cast<double>(l.kv_blocks_reserved)});
+          out.push_back({{n, "exporting"}, static_cast<double>(l.kv_blocks_exporting)});
+          out.push_back({{n, "in_use"}, static_cast<double>(in_use)});
         }
         return out;
       });
@@ -424,6 +436,23 @@ void Coordinator::RegisterMetrics() {
   m_.failed = &metrics_.AddCounter("tessera_requests_failed_total",
                                    "Admitted requests that ended with an error, by status code.",
                                    {"model_name", "code"});
+  m_.disaggregated =
+      &metrics_
+           .AddCounter("tessera_disaggregated_requests_total",
+                       "Requests served by a prefill and a decode replica.", {"model_name"})
+           .WithLabels({name});
+  m_.kv_recoveries =
+      &metrics_.AddCounter("tessera_disaggregated_recoveries_total",
+                           "Disaggregated requests placed again after a failure, by what failed.",
+                           {"model_name", "reason"});
+  m_.kv_bytes = &metrics_.AddCounter("tessera_kv_transfer_bytes_total",
+                                     "KV-cache bytes moved between replicas, by direction.",
+                                     {"replica", "direction"});
+  m_.kv_failures = &metrics_.AddCounter(
+      "tessera_kv_transfer_failures_total",
+      "KV transfers that failed (send), writes refused by a decode replica (refused) and "
+      "transfers whose checksums did not match (checksum).",
+      {"replica", "kind"});
   m_.lease_expirations =
       &metrics_
            .AddCounter("tessera_replica_lease_expirations_total",
@@ -467,6 +496,15 @@ bool Coordinator::Heartbeat(const std::string& replica_id, const ReplicaLoad& lo
   add(m_.prefix_cache_queries, load.prefix_cache_queries_total,
       previous.prefix_cache_queries_total);
   add(m_.prefix_cache_hits, load.prefix_cache_hits_total, previous.prefix_cache_hits_total);
+  auto add_kv = [&](Family<Counter>* family, const char* label, int64_t now, int64_t before) {
+    if (now > before)
+      family->WithLabels({name, label}).Increment(static_cast<double>(now - before));
+  };
+  add_kv(m_.kv_bytes, "sent", load.kv_bytes_sent, previous.kv_bytes_sent);
+  add_kv(m_.kv_bytes, "received", load.kv_bytes_received, previous.kv_bytes_received);
+  add_kv(m_.kv_failures, "send", load.kv_transfers_failed, previous.kv_transfers_failed);
+  add_kv(m_.kv_failures, "refused", load.kv_writes_refused, previous.kv_writes_refused);
+  add_kv(m_.kv_failures, "checksum", load.kv_checksum_failures, previous.kv_checksum_failures);
   return true;
 }
 
@@ -564,23 +602,52 @@ absl::StatusOr<std::unique_ptr<GenerateStream>> Coordinator::Generate(GenerateRe
   if (request.request_id.empty()) {
     request.request_id = absl::StrCat("cmpl-", next_request_.fetch_add(1));
   }
+  ReplicaRequest replica_request;
+  replica_request.request_id = request.request_id;
+  replica_request.prompt = prompt;
+  replica_request.sampling = request.sampling;
+  replica_request.sampling.stop.clear();
+  replica_request.cache_salt = request.cache_salt;
+  replica_request.deadline = request.deadline;
+  absl::Status last_error;
+  // Disaggregated when both pools have a live replica; otherwise mixed replicas serve whole
+  // requests (and, when there are none, any replica does: every role can run a whole request).
+  if (!Pool(live, "prefill").empty() && !Pool(live, "decode").empty()) {
+    DisaggregationOptions d;
+    d.max_placement_attempts = options_.max_route_attempts;
+    d.poll_interval = options_.poll_interval;
+    d.on_recovery = [this, name](const std::string& reason) {
+      m_.kv_recoveries->WithLabels({name, reason}).Increment();
+    };
+    absl::StatusOr<std::unique_ptr<DisaggregatedCall>> call =
+        DisaggregatedCall::Start(registry_, router_, replica_request, std::move(d));
+    if (call.ok()) {
+      m_.disaggregated->Increment();
+      return std::unique_ptr<GenerateStream>(new CoordinatorStream(
+          *this, std::move(request), std::move(prompt), nullptr, *std::move(call), start));
+    }
+    last_error = call.status();
+    TESSERA_LOG(WARNING) << "request " << request.request_id
+                         << " could not be disaggregated: " << last_error;
+    if (!absl::IsUnavailable(last_error)) {
+      in_flight_--;
+      m_.rejected
+          ->WithLabels({name, absl::IsInvalidArgument(last_error) ? "invalid" : "replica_error"})
+          .Increment();
+      return last_error;
+    }
+  }
+  std::vector<std::shared_ptr<ReplicaEntry>> whole = Pool(live, "mixed");
+  if (whole.empty()) whole = live;
   // Route, retrying on another replica when one refuses before the first token.
   std::vector<const ReplicaEntry*> tried;
-  absl::Status last_error;
   const int64_t total = static_cast<int64_t>(prompt.size()) + request.sampling.max_tokens;
   for (int attempt = 0; attempt < options_.max_route_attempts; ++attempt) {
-    RouteChoice choice = router_.Pick(live, prompt, total, request.cache_salt, tried);
+    RouteChoice choice = router_.Pick(whole, prompt, total, request.cache_salt, tried);
     if (choice.replica == nullptr) break;
     tried.push_back(choice.replica.get());
-    ReplicaRequest replica_request;
-    replica_request.request_id = request.request_id;
-    replica_request.prompt = prompt;
-    replica_request.sampling = request.sampling;
-    replica_request.sampling.stop.clear();
-    replica_request.cache_salt = request.cache_salt;
-    replica_request.deadline = request.deadline;
     absl::StatusOr<std::unique_ptr<ReplicaCall>> call =
-        choice.replica->client().Generate(std::move(replica_request));
+        choice.replica->client().Generate(replica_request);
     if (call.ok()) {
       return std::unique_ptr<GenerateStream>(new CoordinatorStream(
           *this, std::move(request), std::move(prompt), choice.replica, std::move(*call), start));

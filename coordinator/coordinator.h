@@ -106,6 +106,10 @@ class Coordinator final : public Frontend {
     Family<Counter>* preemptions;           // engine
     Family<Counter>* prefix_cache_queries;  // engine
     Family<Counter>* prefix_cache_hits;     // engine
+    Counter* disaggregated;
+    Family<Counter>* kv_recoveries;  // model_name, reason
+    Family<Counter>* kv_bytes;       // replica, direction
+    Family<Counter>* kv_failures;    // replica, kind
   };
 
   Coordinator(CoordinatorOptions options, std::unique_ptr<model::Tokenizer> tokenizer,

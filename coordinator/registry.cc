@@ -54,11 +54,6 @@ absl::StatusOr<std::shared_ptr<ReplicaEntry>> ReplicaRegistry::Register(ReplicaI
   if (info.role != "mixed" && info.role != "prefill" && info.role != "decode") {
     return error("replica.role must be mixed, prefill or decode, got \"", info.role, "\"");
   }
-  if (info.role != "mixed") {
-    return absl::UnimplementedError(absl::StrCat(
-        "replica ", info.name, ": role \"", info.role,
-        "\" needs disaggregated serving, which this coordinator does not run yet; use mixed"));
-  }
   if (info.model_name != options_.model_name) {
     return error("replica ", info.name, " serves model \"", info.model_name,
                  "\" but this coordinator serves \"", options_.model_name, "\"");
@@ -91,9 +86,20 @@ absl::StatusOr<std::shared_ptr<ReplicaEntry>> ReplicaRegistry::Register(ReplicaI
       ++it;
     }
   }
+  if (info.role != "mixed") {
+    // KV moves block for block between the pools: they must agree on the block size.
+    for (const auto& [other_id, lease] : leases_) {
+      const ReplicaInfo& other = lease.entry->info();
+      if (other.role != "mixed" && other.name != info.name && other.block_size != info.block_size) {
+        return error("replica ", info.name, " (", info.role, ") has block_size ", info.block_size,
+                     " but ", other.role, " replica ", other.name, " has ", other.block_size,
+                     ": prefill and decode replicas must use the same --block-size");
+      }
+    }
+  }
   const std::string id = absl::StrCat(info.name, "#", next_id_++);
-  TESSERA_LOG(INFO) << "replica " << info.name << " registered at " << info.address << " (lease "
-                    << id << ", tp " << info.tensor_parallel_size << ", pp "
+  TESSERA_LOG(INFO) << info.role << " replica " << info.name << " registered at " << info.address
+                    << " (lease " << id << ", tp " << info.tensor_parallel_size << ", pp "
                     << info.pipeline_parallel_size << ", " << info.kv_blocks_total << " KV blocks)";
   auto entry = std::make_shared<ReplicaEntry>(id, std::move(info), std::move(*client),
                                               options_.prefix_index_blocks);

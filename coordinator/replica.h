@@ -42,6 +42,15 @@ struct ReplicaLoad {
   int64_t prefix_cache_queries_total = 0;
   int64_t prefix_cache_hits_total = 0;
   int64_t requests_in_flight = 0;
+  // KV blocks by state and KV transfer counters (disaggregated serving).
+  int64_t kv_blocks_cached = 0;
+  int64_t kv_blocks_reserved = 0;
+  int64_t kv_blocks_exporting = 0;
+  int64_t kv_bytes_sent = 0;
+  int64_t kv_bytes_received = 0;
+  int64_t kv_transfers_failed = 0;
+  int64_t kv_writes_refused = 0;
+  int64_t kv_checksum_failures = 0;
 };
 
 // A request as a replica runs it: token ids, sampling without stop strings (the coordinator
@@ -52,6 +61,24 @@ struct ReplicaRequest {
   model::SamplingParams sampling;
   std::string cache_salt;
   absl::Time deadline = absl::InfiniteFuture();
+  // Disaggregated serving (docs/decisions/0008-disaggregation.md); opaque to the coordinator.
+  // To a prefill replica: a decode replica's reservation (KvReservation::destination); the
+  // replica ends after the first token with kv_handoff.
+  std::string kv_destination;
+  // To a decode replica: the prompt's KV is in reservation `token`; continue after first_token.
+  struct KvImport {
+    uint64_t token = 0;
+    int32_t first_token = -1;
+    std::string checksums;  // ReplicaEvent::kv_checksums of the prefill replica's last event
+  };
+  std::optional<KvImport> kv_import;
+};
+
+// A decode replica's blocks reserved for one prompt's KV.
+struct KvReservation {
+  uint64_t token = 0;
+  int32_t num_cached_tokens = 0;  // prompt tokens the decode replica holds already
+  std::string destination;        // opaque; for the prefill replica
 };
 
 struct ReplicaEvent {
@@ -62,6 +89,10 @@ struct ReplicaEvent {
   std::optional<model::FinishReason> finish_reason;
   absl::Status status;  // when finished: OK or why it ended early
   int32_t num_cached_tokens = 0;
+  // Prefill replica, finished event: the KV went to the decode replica, which verifies
+  // kv_checksums (opaque) when it continues the request.
+  bool kv_handoff = false;
+  std::string kv_checksums;
 };
 
 // One request on one replica. Next() is for one reader thread; Cancel() for any thread.
@@ -83,6 +114,14 @@ class ReplicaClient {
   // kResourceExhausted, kUnavailable when it is draining or gone) come back here or as the first
   // event's status.
   virtual absl::StatusOr<std::unique_ptr<ReplicaCall>> Generate(ReplicaRequest request) = 0;
+  // Decode replicas: reserve blocks for `request`'s prompt KV / give them back.
+  // kResourceExhausted when it has no room now, kFailedPrecondition when it has no KV transport.
+  virtual absl::StatusOr<KvReservation> ReserveKv(const ReplicaRequest& request) {
+    return absl::UnimplementedError("this replica client cannot reserve KV blocks");
+  }
+  virtual absl::Status ReleaseKv(uint64_t token) {
+    return absl::UnimplementedError("this replica client cannot release KV blocks");
+  }
 };
 
 // Makes clients for registered replicas (gRPC channels in production, fakes in tests).

@@ -57,13 +57,13 @@ absl::Status ProcessGroup::Spawn(const std::string& name, const std::vector<std:
   return absl::OkStatus();
 }
 
-std::optional<std::string> ProcessGroup::PollExited() {
+std::optional<ProcessGroup::Exited> ProcessGroup::PollExited() {
   for (auto it = children_.begin(); it != children_.end(); ++it) {
     int status = 0;
     if (waitpid(it->pid, &status, WNOHANG) == it->pid) {
-      std::string what = Describe(it->name, status);
+      Exited exited{it->name, Describe(it->name, status)};
       children_.erase(it);
-      return what;
+      return exited;
     }
   }
   return std::nullopt;

@@ -25,9 +25,14 @@ class ProcessGroup {
   // Starts argv[0] (a path) with argv; prints "[name] $ command" to stdout first. kInternal when
   // fork fails; an exec failure shows up as the child exiting with status 127.
   absl::Status Spawn(const std::string& name, const std::vector<std::string>& argv);
-  // A child that has exited since the last call, described ("worker-0 exited with status 1",
-  // "... was killed by signal 9"), or nullopt. The child is forgotten.
-  std::optional<std::string> PollExited();
+  // A child that has exited since the last call: its name and what happened ("worker-0 exited
+  // with status 1", "... was killed by signal 9"), or nullopt. The child is forgotten.
+  struct Exited {
+    std::string name;
+    std::string what;
+  };
+  std::optional<Exited> PollExited();
+  size_t size() const { return children_.size(); }
   // SIGTERM to `name`, then waits up to `grace` for it to exit before SIGKILL. True when it exited
   // within the grace period with status 0.
   bool Terminate(const std::string& name, absl::Duration grace);

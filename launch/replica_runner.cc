@@ -92,7 +92,8 @@ absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource
                            worker::CreateReplicaRank(config, weights, backend, replica, options));
   if (!rank.worker->is_leader()) return worker::RunFollower(*rank.worker);
   TESSERA_ASSIGN_OR_RETURN(auto executor, worker::ReplicaExecutor::Create(*rank.worker));
-  const absl::Status status = leader(*executor, max_model_len);
+  const bool single = comm.size() == 1;
+  const absl::Status status = leader(*executor, max_model_len, single ? rank.cache.get() : nullptr);
   const absl::Status stopped = executor->Stop();
   return status.ok() ? stopped : status;
 }

@@ -13,6 +13,7 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "parallel/comm/timed_communicator.h"
+#include "worker/kv_cache.h"
 #include "worker/step.h"
 
 namespace tessera::launch {
@@ -29,9 +30,10 @@ struct ReplicaFlags {
 
 void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags);
 
-// What the leader's body gets: the replica's executor and the engine limits it was built with.
-using LeaderBody =
-    std::function<absl::Status(worker::StepExecutor& executor, int32_t max_model_len)>;
+// What the leader's body gets: the replica's executor, the engine limits it was built with, and
+// for a replica of one rank its KV cache (null for TP/PP replicas, whose cache is split).
+using LeaderBody = std::function<absl::Status(worker::StepExecutor& executor, int32_t max_model_len,
+                                              worker::KvCache* single_rank_cache)>;
 
 // Runs `leader` on the replica's rank 0 (in this process, or in the MPI job's rank 0) while the
 // other ranks follow its steps; returns when the leader is done and the followers have stopped.

@@ -18,7 +18,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "launch/commands.h"
@@ -35,7 +38,10 @@ struct ServeFlags {
   std::string host = "127.0.0.1";
   int port = 8000;
   int grpc_port = 8001;
-  int num_replicas = 1;
+  int num_replicas = -1;  // mixed replicas; default 1, or 0 when the pools are given
+  int num_prefill = 0;
+  int num_decode = 0;
+  std::string kv_transport = "grpc";
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
   int32_t max_model_len = 0;
@@ -74,8 +80,8 @@ absl::Status WaitFor(ProcessGroup& children, absl::Duration timeout, const std::
                      F done) {
   const absl::Time give_up = absl::Now() + timeout;
   while (!done()) {
-    if (std::optional<std::string> exited = children.PollExited(); exited.has_value()) {
-      return absl::UnavailableError(absl::StrCat(*exited, " while waiting for ", what));
+    if (std::optional<ProcessGroup::Exited> exited = children.PollExited(); exited.has_value()) {
+      return absl::UnavailableError(absl::StrCat(exited->what, " while waiting for ", what));
     }
     if (std::optional<int> sig = WaitForTerminationSignal(absl::Milliseconds(100));
         sig.has_value()) {
@@ -91,6 +97,7 @@ absl::Status WaitFor(ProcessGroup& children, absl::Duration timeout, const std::
 
 // The coordinator's /health answers 200 once a replica has registered.
 bool HealthOk(int port);
+int RegisteredReplicas(int port);
 
 absl::Status Serve(const ServeFlags& flags) {
   InstallTerminationHandlers();
@@ -118,8 +125,8 @@ absl::Status Serve(const ServeFlags& flags) {
     }));
     while (!children.empty()) {  // reap make-model
       if (auto exited = children.PollExited();
-          exited.has_value() && exited->find("status 0") == std::string::npos) {
-        return absl::InternalError(*exited);
+          exited.has_value() && exited->what.find("status 0") == std::string::npos) {
+        return absl::InternalError(exited->what);
       }
       absl::SleepFor(absl::Milliseconds(10));
     }
@@ -156,8 +163,26 @@ absl::Status Serve(const ServeFlags& flags) {
   TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(60), "the coordinator to listen",
                                   [&] { return (ports = ReadPortFile(port_file)).has_value(); }));
 
-  for (int i = 0; i < flags.num_replicas; ++i) {
-    const std::string replica = absl::StrCat("replica-", i);
+  // Mixed replicas first, then the prefill and decode pools.
+  const int num_mixed = flags.num_replicas >= 0
+                            ? flags.num_replicas
+                            : (flags.num_prefill + flags.num_decode > 0 ? 0 : 1);
+  if ((flags.num_prefill > 0) != (flags.num_decode > 0)) {
+    return absl::InvalidArgumentError(
+        "--num-prefill and --num-decode go together: disaggregated serving needs both pools");
+  }
+  if (num_mixed + flags.num_prefill + flags.num_decode == 0) {
+    return absl::InvalidArgumentError("no replicas: set --num-replicas or the pools");
+  }
+  std::vector<std::pair<std::string, std::string>> replicas;  // name, role
+  for (int i = 0; i < num_mixed; ++i) replicas.push_back({absl::StrCat("replica-", i), "mixed"});
+  for (int i = 0; i < flags.num_prefill; ++i) {
+    replicas.push_back({absl::StrCat("prefill-", i), "prefill"});
+  }
+  for (int i = 0; i < flags.num_decode; ++i) {
+    replicas.push_back({absl::StrCat("decode-", i), "decode"});
+  }
+  for (const auto& [replica, role] : replicas) {
     std::vector<std::string> worker = {self,
                                        "worker",
                                        "--model",
@@ -181,7 +206,11 @@ absl::Status Serve(const ServeFlags& flags) {
                                        "--dtype",
                                        flags.dtype,
                                        "--comm",
-                                       "inproc"};
+                                       "inproc",
+                                       "--role",
+                                       role,
+                                       "--kv-transport",
+                                       flags.kv_transport};
     if (flags.max_model_len > 0) {
       worker.insert(worker.end(), {"--max-model-len", std::to_string(flags.max_model_len)});
     }
@@ -189,26 +218,35 @@ absl::Status Serve(const ServeFlags& flags) {
       worker.insert(worker.end(), {"--threads", std::to_string(flags.threads)});
     TESSERA_RETURN_IF_ERROR(children.Spawn(replica, worker));
   }
-  TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(flags.ready_timeout_s),
-                                  "a replica to register", [&] { return HealthOk(ports->http); }));
+  const int expected = static_cast<int>(replicas.size());
+  TESSERA_RETURN_IF_ERROR(WaitFor(
+      children, absl::Seconds(flags.ready_timeout_s), "the replicas to register",
+      [&] { return HealthOk(ports->http) && RegisteredReplicas(ports->http) >= expected; }));
 
   std::printf(
-      "\ntessera serve: ready — model \"%s\" on %d replica(s) (tp %d, pp %d)\n"
+      "\ntessera serve: ready — model \"%s\" on %d replica(s) (%d mixed, %d prefill, %d "
+      "decode; tp %d, pp %d)\n"
       "  OpenAI HTTP: curl http://%s:%d/v1/completions -H 'Content-Type: application/json' "
       "-d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 16}'\n"
       "  KServe gRPC: %s:%d, model \"%s\", inputs text_input, stream, sampling_parameters "
       "(tritonclient, perf_analyzer)\n"
       "  metrics: http://%s:%d/metrics   Ctrl-C stops everything.\n\n",
-      name.c_str(), flags.num_replicas, flags.tensor_parallel_size, flags.pipeline_parallel_size,
-      flags.host.c_str(), ports->http, name.c_str(), flags.host.c_str(), ports->grpc, name.c_str(),
-      flags.host.c_str(), ports->http);
+      name.c_str(), expected, num_mixed, flags.num_prefill, flags.num_decode,
+      flags.tensor_parallel_size, flags.pipeline_parallel_size, flags.host.c_str(), ports->http,
+      name.c_str(), flags.host.c_str(), ports->grpc, name.c_str(), flags.host.c_str(), ports->http);
   std::fflush(stdout);
 
   absl::Status result = absl::OkStatus();
   while (true) {
-    if (std::optional<std::string> exited = children.PollExited(); exited.has_value()) {
-      result = absl::InternalError(absl::StrCat(*exited, "; stopping the rest"));
-      break;
+    if (std::optional<ProcessGroup::Exited> exited = children.PollExited(); exited.has_value()) {
+      // A replica that dies is routed around (its lease lapses); the cluster is gone only with
+      // the coordinator or the last replica.
+      if (exited->name == "coordinator" || children.size() <= 1) {
+        result = absl::InternalError(absl::StrCat(exited->what, "; stopping the rest"));
+        break;
+      }
+      std::printf("tessera serve: %s; the coordinator routes around it\n", exited->what.c_str());
+      std::fflush(stdout);
     }
     if (std::optional<int> sig = WaitForTerminationSignal(absl::Milliseconds(200));
         sig.has_value()) {
@@ -224,25 +262,47 @@ absl::Status Serve(const ServeFlags& flags) {
   return result;
 }
 
-bool HealthOk(int port) {
-  // A plain HTTP/1.0 GET over a socket keeps launch/ free of an HTTP client dependency.
+// The whole response (status line, headers, body) of GET `path` on loopback:`port`; nullopt when
+// the server cannot be reached. A plain HTTP/1.0 GET over a socket keeps launch/ free of an HTTP
+// client dependency.
+std::optional<std::string> HttpGet(int port, const std::string& path) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
+  if (fd < 0) return std::nullopt;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = false;
+  std::optional<std::string> response;
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request = "GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
     if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-      char buf[64] = {};
-      const ssize_t n = read(fd, buf, sizeof(buf) - 1);
-      ok = n > 12 && std::string(buf, static_cast<size_t>(n)).find(" 200 ") != std::string::npos;
+      std::string all;
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) all.append(buf, static_cast<size_t>(n));
+      response = std::move(all);
     }
   }
   close(fd);
-  return ok;
+  return response;
+}
+
+bool HealthOk(int port) {
+  const std::optional<std::string> r = HttpGet(port, "/health");
+  return r.has_value() && r->size() > 12 && r->find(" 200 ") != std::string::npos;
+}
+
+// Replicas in rotation (the coordinator's tessera_replicas gauge, all roles).
+int RegisteredReplicas(int port) {
+  const std::optional<std::string> r = HttpGet(port, "/metrics");
+  if (!r.has_value()) return 0;
+  int total = 0;
+  for (absl::string_view line : absl::StrSplit(*r, '\n')) {
+    if (!absl::StartsWith(line, "tessera_replicas{")) continue;
+    int n = 0;
+    if (absl::SimpleAtoi(line.substr(line.rfind(' ') + 1), &n)) total += n;
+  }
+  return total;
 }
 
 }  // namespace
@@ -257,9 +317,19 @@ Command RegisterServe(CLI::App& app) {
   sub->add_option("--host", flags->host, "Address the public APIs bind to")->capture_default_str();
   sub->add_option("--port", flags->port, "OpenAI HTTP port")->capture_default_str();
   sub->add_option("--grpc-port", flags->grpc_port, "KServe v2 gRPC port")->capture_default_str();
-  sub->add_option("--num-replicas", flags->num_replicas, "Replica workers")
+  sub->add_option("--num-replicas", flags->num_replicas,
+                  "Mixed replica workers (default 1, or 0 with --num-prefill/--num-decode)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--num-prefill", flags->num_prefill,
+                  "Prefill replicas (disaggregated serving, with --num-decode)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--num-decode", flags->num_decode,
+                  "Decode replicas (disaggregated serving, with --num-prefill)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--kv-transport", flags->kv_transport,
+                  "KV transport between prefill and decode replicas: grpc or ucx")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::IsMember({"grpc", "ucx"}));
   sub->add_option("--tensor-parallel-size", flags->tensor_parallel_size,
                   "TP ranks per replica (threads of the worker)")
       ->capture_default_str()

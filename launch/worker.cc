@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "kvtransfer/grpc/grpc_transport.h"
 #include "launch/commands.h"
 #include "launch/engine_setup.h"
 #include "launch/model_flags.h"
@@ -28,8 +29,12 @@
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "worker/engine.h"
+#include "worker/kv_port.h"
 #include "worker/rpc/registration.h"
 #include "worker/rpc/replica_server.h"
+#if TESSERA_HAVE_UCX
+#include "kvtransfer/ucx/ucx_transport.h"
+#endif
 
 namespace tessera::launch {
 namespace {
@@ -44,9 +49,47 @@ struct WorkerFlags {
   std::string served_model_name;
   double drain_timeout_s = 30.0;
   double register_timeout_s = 60.0;
+  // Disaggregated roles: the KV transport and where it listens.
+  std::string kv_transport = "grpc";
+  std::string kv_listen;  // gRPC transport; default: the --listen host, any port
+  double kv_reservation_lease_s = 30.0;
   EngineFlags engine;
   ReplicaFlags replica;
 };
+
+// The KV transport of a prefill or decode replica (launch/ names the concrete ones).
+absl::StatusOr<std::unique_ptr<kvtransfer::Transport>> MakeKvTransport(const WorkerFlags& flags,
+                                                                       const std::string& name) {
+  kvtransfer::TransportOptions base;
+  base.name = name;
+  if (flags.kv_transport == "grpc") {
+    kvtransfer::GrpcTransportOptions grpc;
+    if (!flags.kv_listen.empty()) {
+      grpc.listen_address = flags.kv_listen;
+    } else {
+      const size_t colon = flags.listen.rfind(':');
+      grpc.listen_address =
+          (colon == std::string::npos ? flags.listen : flags.listen.substr(0, colon)) + ":0";
+    }
+    grpc.advertise_host = flags.advertise_host;
+    TESSERA_ASSIGN_OR_RETURN(auto t, kvtransfer::GrpcTransport::Create(base, grpc));
+    return std::unique_ptr<kvtransfer::Transport>(std::move(t));
+  }
+#if TESSERA_HAVE_UCX
+  if (flags.kv_transport == "ucx") {
+    kvtransfer::UcxTransportOptions ucx;
+    ucx.base = base;
+    TESSERA_ASSIGN_OR_RETURN(auto t, kvtransfer::UcxTransport::Create(ucx));
+    return std::unique_ptr<kvtransfer::Transport>(std::move(t));
+  }
+#endif
+  return absl::InvalidArgumentError(absl::StrCat("--kv-transport ", flags.kv_transport,
+                                                 " is not available in this build (grpc",
+#if TESSERA_HAVE_UCX
+                                                 ", ucx",
+#endif
+                                                 ")"));
+}
 
 // host:port that the coordinator should dial: --advertise-host, else the --listen host unless it
 // is a wildcard (then this machine's hostname); the port is the one bound.
@@ -88,12 +131,31 @@ absl::Status RunWorker(const WorkerFlags& flags) {
       flags.served_model_name.empty() ? flags.model : flags.served_model_name;
   InstallTerminationHandlers();
 
-  auto leader = [&](worker::StepExecutor& executor, int32_t max_model_len) -> absl::Status {
-    TESSERA_ASSIGN_OR_RETURN(
-        std::unique_ptr<worker::Engine> engine,
-        worker::Engine::Create(executor, config, EngineOptionsFor(flags.engine, max_model_len)));
+  auto leader = [&](worker::StepExecutor& executor, int32_t max_model_len,
+                    worker::KvCache* cache) -> absl::Status {
+    // Prefill and decode replicas move KV: a transport and the cache's port on it.
+    std::unique_ptr<kvtransfer::Transport> transport;
+    std::unique_ptr<worker::KvPort> port;
+    worker::EngineOptions engine_options = EngineOptionsFor(flags.engine, max_model_len);
+    if (flags.role != "mixed") {
+      if (cache == nullptr) {
+        return absl::UnimplementedError(
+            absl::StrCat("--role ", flags.role,
+                         " needs a replica of one rank for now (-tp 1 -pp 1): KV "
+                         "migration between multi-rank replicas is not built yet"));
+      }
+      TESSERA_ASSIGN_OR_RETURN(
+          transport,
+          MakeKvTransport(flags, flags.replica_name.empty() ? flags.role : flags.replica_name));
+      TESSERA_ASSIGN_OR_RETURN(port, worker::KvPort::Create(*cache, *transport));
+      engine_options.kv_port = port.get();
+      engine_options.kv_reservation_lease = absl::Seconds(flags.kv_reservation_lease_s);
+    }
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine,
+                             worker::Engine::Create(executor, config, engine_options));
     worker::rpc::ReplicaServerOptions server_options;
     server_options.address = flags.listen;
+    server_options.service.kv_port = port.get();
     absl::StatusOr<std::unique_ptr<worker::rpc::ReplicaServer>> server =
         worker::rpc::ReplicaServer::Create(*engine, server_options);
     if (!server.ok()) {
@@ -121,7 +183,11 @@ absl::Status RunWorker(const WorkerFlags& flags) {
     absl::StatusOr<std::unique_ptr<worker::rpc::RegistrationClient>> registration =
         worker::rpc::RegistrationClient::Create(
             descriptor,
-            [engine_ptr] { return worker::rpc::ToReplicaStats(engine_ptr->counters()); },
+            [engine_ptr, port_ptr = port.get()] {
+              if (port_ptr == nullptr) return worker::rpc::ToReplicaStats(engine_ptr->counters());
+              const worker::KvPortCounters kv = port_ptr->counters();
+              return worker::rpc::ToReplicaStats(engine_ptr->counters(), &kv);
+            },
             registration_options);
     if (!registration.ok()) {
       (*server)->Shutdown(absl::Now() + absl::Seconds(1));
@@ -174,6 +240,18 @@ Command RegisterWorker(CLI::App& app) {
   sub->add_option("--role", flags->role, "Pool: mixed, prefill or decode")
       ->capture_default_str()
       ->check(CLI::IsMember({"mixed", "prefill", "decode"}));
+  sub->add_option("--kv-transport", flags->kv_transport,
+                  "How prefill and decode replicas move KV: grpc, or ucx (RDMA / cuda_ipc on real "
+                  "fabrics, tcp on loopback)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"grpc", "ucx"}));
+  sub->add_option("--kv-listen", flags->kv_listen,
+                  "host:port of the gRPC KV transport (default: the --listen host, any port)");
+  sub->add_option("--kv-reservation-lease", flags->kv_reservation_lease_s,
+                  "Seconds a decode replica holds blocks reserved for a prefill that does not "
+                  "arrive")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   sub->add_option("--served-model-name", flags->served_model_name,
                   "Model name clients use (default: --model as given)");
   sub->add_option("--drain-timeout", flags->drain_timeout_s,

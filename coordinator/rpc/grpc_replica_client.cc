@@ -59,7 +59,30 @@ ReplicaEvent FromProto(const v1::GenerateResponse& r) {
     }
   }
   e.num_cached_tokens = r.num_cached_tokens();
+  e.kv_handoff = r.kv_handoff();
+  e.kv_checksums = r.kv_checksums();
   return e;
+}
+
+v1::GenerateRequest ToProto(const ReplicaRequest& request) {
+  v1::GenerateRequest proto;
+  proto.set_request_id(request.request_id);
+  proto.mutable_prompt_token_ids()->Assign(request.prompt.begin(), request.prompt.end());
+  ToProto(request.sampling, proto.mutable_sampling());
+  proto.set_cache_salt(request.cache_salt);
+  proto.set_kv_destination(request.kv_destination);
+  if (request.kv_import.has_value()) {
+    v1::KvImport* kv = proto.mutable_kv_import();
+    kv->set_token(request.kv_import->token);
+    kv->set_first_token(request.kv_import->first_token);
+    kv->set_checksums(request.kv_import->checksums);
+  }
+  return proto;
+}
+
+// A unary RPC's deadline: the request's, at most `cap` from now.
+void SetDeadline(grpc::ClientContext& context, absl::Time deadline, absl::Duration cap) {
+  context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + cap)));
 }
 
 // One Generate RPC: a reader thread pushes events into a queue until the stream ends.
@@ -140,21 +163,54 @@ class GrpcReplicaCall final : public ReplicaCall {
   bool delivered_final_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// A failed unary call: connection problems are kUnavailable (retry elsewhere) naming the replica.
+absl::Status FailedCall(const std::string& replica, const char* call, const grpc::Status& status) {
+  const auto code = status.error_code();
+  if (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::INTERNAL ||
+      code == grpc::StatusCode::UNKNOWN) {
+    return absl::UnavailableError(
+        absl::StrCat("Replica.", call, " on ", replica, ": ", status.error_message()));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), status.error_message());
+}
+
 class GrpcReplicaClient final : public ReplicaClient {
  public:
   GrpcReplicaClient(std::string name, std::shared_ptr<v1::Replica::Stub> stub)
       : name_(std::move(name)), stub_(std::move(stub)) {}
 
   absl::StatusOr<std::unique_ptr<ReplicaCall>> Generate(ReplicaRequest request) override {
-    v1::GenerateRequest proto;
-    proto.set_request_id(request.request_id);
-    proto.mutable_prompt_token_ids()->Assign(request.prompt.begin(), request.prompt.end());
-    ToProto(request.sampling, proto.mutable_sampling());
-    proto.set_cache_salt(request.cache_salt);
-    return std::unique_ptr<ReplicaCall>(new GrpcReplicaCall(name_, stub_, proto, request.deadline));
+    return std::unique_ptr<ReplicaCall>(
+        new GrpcReplicaCall(name_, stub_, ToProto(request), request.deadline));
+  }
+
+  absl::StatusOr<KvReservation> ReserveKv(const ReplicaRequest& request) override {
+    grpc::ClientContext context;
+    SetDeadline(context, request.deadline, absl::Seconds(30));
+    v1::ReserveKvRequest proto;
+    *proto.mutable_request() = ToProto(request);
+    v1::ReserveKvResponse response;
+    const grpc::Status status = stub_->ReserveKv(&context, proto, &response);
+    if (!status.ok()) return Failed("ReserveKv", status);
+    return KvReservation{response.token(), response.num_cached_tokens(), response.destination()};
+  }
+
+  absl::Status ReleaseKv(uint64_t token) override {
+    grpc::ClientContext context;
+    SetDeadline(context, absl::InfiniteFuture(), absl::Seconds(10));
+    v1::ReleaseKvRequest proto;
+    proto.set_token(token);
+    v1::ReleaseKvResponse response;
+    const grpc::Status status = stub_->ReleaseKv(&context, proto, &response);
+    if (!status.ok()) return Failed("ReleaseKv", status);
+    return absl::OkStatus();
   }
 
  private:
+  absl::Status Failed(const char* call, const grpc::Status& status) const {
+    return FailedCall(name_, call, status);
+  }
+
   const std::string name_;
   std::shared_ptr<v1::Replica::Stub> stub_;  // shared with the calls, which may outlive us
 };

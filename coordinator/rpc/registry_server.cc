@@ -39,6 +39,14 @@ ReplicaLoad FromProto(const v1::ReplicaStats& s) {
   load.prefix_cache_queries_total = s.prefix_cache_queries_total();
   load.prefix_cache_hits_total = s.prefix_cache_hits_total();
   load.requests_in_flight = s.requests_in_flight();
+  load.kv_blocks_cached = s.kv_blocks_cached();
+  load.kv_blocks_reserved = s.kv_blocks_reserved();
+  load.kv_blocks_exporting = s.kv_blocks_exporting();
+  load.kv_bytes_sent = s.kv_bytes_sent();
+  load.kv_bytes_received = s.kv_bytes_received();
+  load.kv_transfers_failed = s.kv_transfers_failed();
+  load.kv_writes_refused = s.kv_writes_refused();
+  load.kv_checksum_failures = s.kv_checksum_failures();
   return load;
 }
 

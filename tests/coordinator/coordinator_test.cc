@@ -116,6 +116,29 @@ class CoordinatorTest : public ::testing::Test {
     return *replicas_.back();
   }
 
+  // A prefill or decode replica (real KV ports on one in-process fabric).
+  EngineReplica& AddRoleReplica(const std::string& name, const std::string& role) {
+    auto replica =
+        std::make_unique<EngineReplica>(name, kVocab, eos_, role, fabric_, 8, sample_below_);
+    connector_.Add(replica->info("m").address, replica.get());
+    auto entry = coordinator_->RegisterReplica(replica->info("m"));
+    EXPECT_TRUE(entry.ok()) << entry.status();
+    ids_.push_back((*entry)->id());
+    replicas_.push_back(std::move(replica));
+    return *replicas_.back();
+  }
+
+  // Every KV block is back on every replica: nothing in use, reserved or being sent.
+  void ExpectAllBlocksBack() {
+    for (const auto& r : replicas_) {
+      EXPECT_TRUE(Await([&] {
+        const worker::EngineCounters c = r->engine().counters();
+        return c.kv_blocks_in_use == 0 && c.kv_blocks_reserved == 0 && c.kv_blocks_exporting == 0;
+      })) << r->info("m").name
+          << " holds blocks";
+    }
+  }
+
   GenerateRequest Text(const std::string& text, int max_tokens) {
     GenerateRequest r;
     r.prompt_text = text;
@@ -129,6 +152,7 @@ class CoordinatorTest : public ::testing::Test {
   int32_t sample_below_ = 0;
   FakeClock clock_;
   EngineReplicaConnector connector_;
+  std::shared_ptr<kvtransfer::InProcessFabric> fabric_ = kvtransfer::InProcessFabric::Create();
   std::vector<std::unique_ptr<EngineReplica>> replicas_;
   std::vector<std::string> ids_;
   std::unique_ptr<Coordinator> coordinator_;
@@ -286,8 +310,11 @@ TEST_F(CoordinatorTest, ALapsedLeaseTakesTheReplicaOutAndFailsItsRequests) {
     Collect(**s);
   }
   EXPECT_EQ(replicas_[1]->generate_calls(), before + 4);
-  EXPECT_THAT(coordinator_->RenderMetrics(),
-              HasSubstr("tessera_replica_lease_expirations_total 1"));
+  // Counted by the lease thread right after it took the replica out.
+  EXPECT_TRUE(Await([&] {
+    return absl::StrContains(coordinator_->RenderMetrics(),
+                             "tessera_replica_lease_expirations_total 1");
+  }));
   // The request routed to r0 (if it was) fails with a retryable error.
   if (replicas_[0]->generate_calls() == 1) {
     Collected c = Collect(**stream);
@@ -397,8 +424,13 @@ TEST_F(CoordinatorTest, RegistrationChecksTheReplica) {
               HasSubstr("serves model \"other\""));
   ReplicaInfo prefill = replica.info("m");
   prefill.role = "prefill";
-  EXPECT_EQ(coordinator_->RegisterReplica(prefill).status().code(),
-            absl::StatusCode::kUnimplemented);
+  ASSERT_TRUE(coordinator_->RegisterReplica(prefill).ok());
+  ReplicaInfo decode = replica.info("m");
+  decode.name = "d";
+  decode.role = "decode";
+  decode.block_size = prefill.block_size * 2;
+  EXPECT_THAT(std::string(coordinator_->RegisterReplica(decode).status().message()),
+              HasSubstr("must use the same --block-size"));
   ReplicaInfo bad_role = replica.info("m");
   bad_role.role = "both";
   EXPECT_EQ(coordinator_->RegisterReplica(bad_role).status().code(),
@@ -433,6 +465,143 @@ TEST_F(CoordinatorTest, MetricsUseVllmNames) {
   EXPECT_THAT(text, HasSubstr("vllm:num_requests_running{model_name=\"m\",engine=\"r0\"} 0"));
   EXPECT_THAT(text, HasSubstr("vllm:kv_cache_usage_perc{model_name=\"m\",engine=\"r0\"}"));
   EXPECT_THAT(text, HasSubstr("tessera_replicas{role=\"mixed\"} 1"));
+}
+
+GenerateRequest Ids(std::vector<int32_t> prompt, int max_tokens) {
+  GenerateRequest r;
+  r.prompt_token_ids = std::move(prompt);
+  r.sampling.max_tokens = max_tokens;
+  r.sampling.ignore_eos = true;
+  return r;
+}
+
+TEST_F(CoordinatorTest, DisaggregatedRequestsMatchMixedOnes) {
+  Start(0);
+  AddRoleReplica("p0", "prefill");
+  AddRoleReplica("d0", "decode");
+  std::vector<std::unique_ptr<GenerateStream>> streams;
+  for (int i = 0; i < 8; ++i) {
+    // Long enough prompts that whole blocks (of 4) travel.
+    auto s = coordinator_->Generate(Ids({5, 6, 7, 8, 9, 10, 11, 12, 13, 20 + i}, 12));
+    ASSERT_TRUE(s.ok()) << s.status();
+    streams.push_back(std::move(*s));
+  }
+  for (int i = 0; i < 8; ++i) {
+    Collected c = Collect(*streams[i]);
+    EXPECT_TRUE(c.last.status.ok()) << c.last.status;
+    EXPECT_EQ(c.tokens, ExpectedGreedy({5, 6, 7, 8, 9, 10, 11, 12, 13, 20 + i}, 12, sample_below_));
+    EXPECT_EQ(c.last.finish_reason, model::FinishReason::kLength);
+    EXPECT_EQ(c.last.completion_tokens, 12);
+  }
+  streams.clear();
+  EXPECT_EQ(replicas_[1]->kv_port()->counters().commits, 8);
+  EXPECT_GT(replicas_[0]->kv_port()->counters().bytes_sent, 0);
+  const std::string metrics = coordinator_->RenderMetrics();
+  EXPECT_THAT(metrics, HasSubstr("tessera_disaggregated_requests_total{model_name=\"m\"} 8"));
+  EXPECT_THAT(metrics, HasSubstr("tessera_replicas{role=\"prefill\"} 1"));
+  ExpectAllBlocksBack();
+}
+
+TEST_F(CoordinatorTest, AFirstTokenThatEndsTheRequestReleasesTheReservation) {
+  Start(0);
+  AddRoleReplica("p0", "prefill");
+  AddRoleReplica("d0", "decode");
+  auto s = coordinator_->Generate(Ids({5, 6, 7, 8, 9}, 1));
+  ASSERT_TRUE(s.ok()) << s.status();
+  Collected c = Collect(**s);
+  EXPECT_EQ(c.tokens, ExpectedGreedy({5, 6, 7, 8, 9}, 1, sample_below_));
+  EXPECT_EQ(c.last.finish_reason, model::FinishReason::kLength);
+  ExpectAllBlocksBack();
+}
+
+TEST_F(CoordinatorTest, CorruptedKvIsDetectedAndTheRequestIsPlacedAgain) {
+  Start(0);
+  AddRoleReplica("p0", "prefill");
+  EngineReplica& d = AddRoleReplica("d0", "decode");
+  kvtransfer::FaultPlan plan;
+  plan.corrupt_write_at = 1;  // the first segment to land on d0 gets a flipped byte
+  d.faults().SetFaultPlan(plan);
+  auto s = coordinator_->Generate(Ids({5, 6, 7, 8, 9, 10, 11, 12, 13}, 8));
+  ASSERT_TRUE(s.ok()) << s.status();
+  Collected c = Collect(**s);
+  EXPECT_TRUE(c.last.status.ok()) << c.last.status;
+  // Exactly the tokens of an undisturbed run: none missing, none repeated.
+  EXPECT_EQ(c.tokens, ExpectedGreedy({5, 6, 7, 8, 9, 10, 11, 12, 13}, 8, sample_below_));
+  EXPECT_EQ(d.kv_port()->counters().checksum_failures, 1);
+  EXPECT_THAT(coordinator_->RenderMetrics(),
+              HasSubstr("tessera_disaggregated_recoveries_total{model_name=\"m\",reason=\""
+                        "decode_failed\"} 1"));
+  ExpectAllBlocksBack();
+}
+
+TEST_F(CoordinatorTest, ALostDecodeReplicaIsReplacedMidStreamWithoutGapsOrRepeats) {
+  Start(0);
+  AddRoleReplica("p0", "prefill");
+  EngineReplica& d0 = AddRoleReplica("d0", "decode");
+  EngineReplica& d1 = AddRoleReplica("d1", "decode");
+  // Slow decoding down so the request is mid-stream when its replica goes.
+  for (EngineReplica* d : {&d0, &d1}) {
+    d->executor().on_step = [] { absl::SleepFor(absl::Milliseconds(5)); };
+  }
+  const std::vector<int32_t> prompt = {5, 6, 7, 8, 9, 10, 11};
+  auto s = coordinator_->Generate(Ids(prompt, 40));
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<int32_t> tokens;
+  while (tokens.size() < 6) {
+    auto e = (*s)->Next(absl::Seconds(10));
+    ASSERT_TRUE(e.ok()) << e.status();
+    ASSERT_FALSE(e->finished) << e->status;
+    tokens.insert(tokens.end(), e->token_ids.begin(), e->token_ids.end());
+  }
+  // Whichever decode replica holds it deregisters (a clean shutdown, or a lapsed lease).
+  const int victim = d0.engine().counters().num_running > 0 ? 1 : 2;  // ids_: p0, d0, d1
+  coordinator_->DeregisterReplica(ids_[victim]);
+  Collected rest = Collect(**s);
+  EXPECT_TRUE(rest.last.status.ok()) << rest.last.status;
+  tokens.insert(tokens.end(), rest.tokens.begin(), rest.tokens.end());
+  EXPECT_EQ(tokens, ExpectedGreedy(prompt, 40, sample_below_));
+  EXPECT_EQ(rest.last.completion_tokens, 40);
+  EXPECT_THAT(coordinator_->RenderMetrics(),
+              HasSubstr("tessera_disaggregated_recoveries_total{model_name=\"m\",reason=\""
+                        "decode_lost\"} 1"));
+  s->reset();
+  ExpectAllBlocksBack();
+}
+
+TEST_F(CoordinatorTest, ARefusingPrefillReplicaIsSkipped) {
+  Start(0);
+  EngineReplica& p0 = AddRoleReplica("p0", "prefill");
+  AddRoleReplica("p1", "prefill");
+  AddRoleReplica("d0", "decode");
+  p0.set_refuse(absl::UnavailableError("p0 is going away"));
+  for (int i = 0; i < 4; ++i) {
+    auto s = coordinator_->Generate(Ids({5, 6, 7, 30 + i}, 6));
+    ASSERT_TRUE(s.ok()) << s.status();
+    Collected c = Collect(**s);
+    EXPECT_EQ(c.tokens, ExpectedGreedy({5, 6, 7, 30 + i}, 6, sample_below_));
+  }
+  ExpectAllBlocksBack();
+}
+
+TEST_F(CoordinatorTest, WithoutADecodePoolPrefillReplicasServeWholeRequests) {
+  Start(0);
+  AddRoleReplica("p0", "prefill");
+  auto s = coordinator_->Generate(Ids({5, 6, 7}, 6));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(Collect(**s).tokens, ExpectedGreedy({5, 6, 7}, 6, sample_below_));
+  EXPECT_THAT(coordinator_->RenderMetrics(),
+              HasSubstr("tessera_disaggregated_requests_total{model_name=\"m\"} 0"));
+}
+
+TEST_F(CoordinatorTest, NoDecodeReplicaWithRoomIsARetryableError) {
+  Start(0);
+  AddRoleReplica("p0", "prefill");
+  EngineReplica& d = AddRoleReplica("d0", "decode");
+  d.set_refuse(absl::ResourceExhaustedError("no KV blocks"));
+  auto s = coordinator_->Generate(Ids({5, 6, 7}, 6));
+  // No mixed replica to fall back to: the prefill replica serves it whole.
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(Collect(**s).tokens, ExpectedGreedy({5, 6, 7}, 6, sample_below_));
 }
 
 }  // namespace

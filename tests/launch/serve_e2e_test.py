@@ -13,7 +13,6 @@ Usage: serve_e2e_test.py TESSERA_BINARY
 import concurrent.futures
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -22,41 +21,21 @@ import threading
 import time
 import urllib.request
 
-import numpy as np
+import e2e_util as u
 import openai
-import tritonclient.grpc as grpcclient
 
 TESSERA = os.path.abspath(sys.argv[1])
-MODEL = "tessera-demo"
+MODEL = u.MODEL
 MAX_TOKENS = 12
 LEASE_S = 3.0  # the coordinator's default --lease-timeout
 
 
-SERVE_LOG = []  # serve's output, printed when the test fails
-
-
-def fail(message):
-    print("FAIL:", message, flush=True)
-    print("---- tessera serve output (last 60 lines) ----")
-    print("".join(SERVE_LOG[-60:]), flush=True)
-    sys.exit(1)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
+SERVE_LOG = u.SERVE_LOG  # serve's output, printed when the test fails
+fail, check = u.fail, u.check
 
 
 def generate_reference(model_dir, prompts):
-    """Greedy tokens from `tessera generate` (single process), one list per prompt."""
-    cmd = [TESSERA, "generate", "--model", model_dir, "--max-tokens", str(MAX_TOKENS),
-           "--ignore-eos", "--threads", "1", "--output", "json"]
-    for p in prompts:
-        cmd += ["--prompt-ids", ",".join(map(str, p))]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    check(len(results) == len(prompts), f"generate printed {len(results)} results: {out}")
-    return [r["token_ids"] for r in results]
+    return u.generate_reference(TESSERA, model_dir, prompts, MAX_TOKENS)
 
 
 def http_stream(client, prompt_ids):
@@ -76,41 +55,9 @@ def http_stream(client, prompt_ids):
     return text
 
 
-def grpc_stream(url, prompt_ids, want_ids=True):
+def grpc_stream(url, prompt_ids):
     """One streaming request over ModelStreamInfer; returns (text, output ids)."""
-    results = queue.Queue()
-    client = grpcclient.InferenceServerClient(url=url)
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
-    ids = grpcclient.InferInput("input_ids", [len(prompt_ids)], "INT32")
-    ids.set_data_from_numpy(np.array(prompt_ids, dtype=np.int32))
-    stream = grpcclient.InferInput("stream", [1], "BOOL")
-    stream.set_data_from_numpy(np.array([True]))
-    params = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
-    params.set_data_from_numpy(np.array([json.dumps(
-        {"max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}).encode()],
-        dtype=np.object_))
-    ret_ids = grpcclient.InferInput("return_output_ids", [1], "BOOL")
-    ret_ids.set_data_from_numpy(np.array([want_ids]))
-    client.async_stream_infer(MODEL, [ids, stream, params, ret_ids], request_id="r",
-                              enable_empty_final_response=True)
-    text, out_ids = "", []
-    while True:
-        result, error = results.get(timeout=120)
-        if error is not None:
-            client.stop_stream()
-            raise RuntimeError(str(error))
-        response = result.get_response()
-        final = response.parameters["triton_final_response"].bool_param
-        chunk = result.as_numpy("text_output")
-        if chunk is not None:
-            text += b"".join(chunk).decode()
-        got = result.as_numpy("output_ids")
-        if got is not None:
-            out_ids += got.tolist()
-        if final:
-            break
-    client.stop_stream()
-    return text, out_ids
+    return u.grpc_stream(url, prompt_ids, MAX_TOKENS)
 
 
 def main():
@@ -167,17 +114,7 @@ def main():
         print("64 concurrent streams match tessera generate", flush=True)
 
         # 2. Kill a replica while it serves.
-        pids = subprocess.run(["pgrep", "-f", "replica-name replica-0"],
-                              capture_output=True, text=True).stdout.split()
-        worker_pids = []
-        for pid in pids:
-            try:
-                cmdline = open(f"/proc/{pid}/cmdline").read()
-            except OSError:
-                continue
-            if work in cmdline and "worker" in cmdline:
-                worker_pids.append(pid)
-        check(len(worker_pids) == 1, f"replica-0 worker pid not found: {pids}")
+        worker = u.worker_pid(work, "replica-0")
         started = threading.Semaphore(0)
 
         def long_http(i):
@@ -202,7 +139,7 @@ def main():
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             long_requests = [pool.submit(long_http, i) for i in range(8)]
             check(started.acquire(timeout=60), "the long requests did not start")
-            os.kill(int(worker_pids[0]), signal.SIGSTOP)
+            os.kill(worker, signal.SIGSTOP)
             killed_at = time.time()
             results = [f.result(timeout=300) for f in long_requests]
         errors = [r for r in results if r[0] == "error"]
@@ -217,7 +154,7 @@ def main():
             check(time.time() - killed_at < LEASE_S * 3 + 2,
                   "the dead replica is still in rotation")
             time.sleep(0.1)
-        os.kill(int(worker_pids[0]), signal.SIGKILL)
+        os.kill(worker, signal.SIGKILL)
         print(f"frozen replica out of rotation after {time.time() - killed_at:.1f} s; "
               f"{len(errors)} of 8 in-flight requests failed retryably", flush=True)
         for i in range(6):
