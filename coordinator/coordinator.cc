@@ -476,8 +476,18 @@ absl::StatusOr<std::shared_ptr<ReplicaEntry>> Coordinator::RegisterReplica(Repli
   return registry_.Register(std::move(info));
 }
 
-bool Coordinator::Heartbeat(const std::string& replica_id, const ReplicaLoad& load) {
+bool Coordinator::Heartbeat(const std::string& replica_id, const ReplicaLoad& load,
+                            std::vector<std::string>* kv_peers) {
   if (!registry_.Heartbeat(replica_id, load)) return false;
+  if (kv_peers != nullptr) {
+    const std::vector<std::shared_ptr<ReplicaEntry>> live = registry_.Live();
+    const bool prefill = std::any_of(live.begin(), live.end(), [&](const auto& r) {
+      return r->id() == replica_id && r->info().role == "prefill";
+    });
+    for (const auto& r : prefill ? Pool(live, "decode") : decltype(live){}) {
+      if (!r->info().kv_descriptor.empty()) kv_peers->push_back(r->info().kv_descriptor);
+    }
+  }
   // Turn the replica's cumulative counters into increments of ours.
   std::string name = replica_id.substr(0, replica_id.rfind('#'));
   ReplicaLoad previous;

@@ -65,7 +65,9 @@ class Coordinator final : public Frontend {
 
   // The registry side (called by the internal Registry service).
   absl::StatusOr<std::shared_ptr<ReplicaEntry>> RegisterReplica(ReplicaInfo info);
-  bool Heartbeat(const std::string& replica_id, const ReplicaLoad& load);
+  // With `kv_peers` and a prefill replica: the KV descriptors of the live decode replicas.
+  bool Heartbeat(const std::string& replica_id, const ReplicaLoad& load,
+                 std::vector<std::string>* kv_peers = nullptr);
   void DeregisterReplica(const std::string& replica_id);
   ReplicaRegistry& registry() { return registry_; }
 

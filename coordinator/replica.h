@@ -29,6 +29,7 @@ struct ReplicaInfo {
   int32_t max_num_seqs = 0;
   int32_t tensor_parallel_size = 1;
   int32_t pipeline_parallel_size = 1;
+  std::string kv_descriptor;  // prefill/decode: their KV transport's descriptor (opaque)
 };
 
 struct ReplicaLoad {

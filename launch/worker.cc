@@ -10,13 +10,18 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kvtransfer/grpc/grpc_transport.h"
@@ -55,6 +60,54 @@ struct WorkerFlags {
   double kv_reservation_lease_s = 30.0;
   EngineFlags engine;
   ReplicaFlags replica;
+};
+
+// Connects a prefill replica's KV port to the decode replicas the coordinator names, on a thread
+// of its own (a connect may wait for a peer; the heartbeat thread that learns of them must not).
+// Each descriptor is tried once; a failed connect is retried by the first transfer that needs it.
+class KvPreconnector {
+ public:
+  explicit KvPreconnector(worker::KvPort& port) : port_(port), thread_([this] { Run(); }) {}
+  ~KvPreconnector() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    thread_.join();
+  }
+  void Offer(const std::vector<std::string>& descriptors) {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& d : descriptors) {
+      if (seen_.insert(d).second) queue_.push_back(d);
+    }
+  }
+
+ private:
+  void Run() {
+    while (true) {
+      std::string next;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !queue_.empty(); };
+        mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));
+        if (stop_) return;
+        if (queue_.empty()) continue;
+        next = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      if (absl::Status s = port_.Preconnect(next); !s.ok()) {
+        TESSERA_LOG(WARNING) << "worker: could not pre-connect to a decode replica: " << s;
+      }
+    }
+  }
+
+  worker::KvPort& port_;
+  absl::Mutex mu_;
+  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> seen_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
 };
 
 // The KV transport of a prefill or decode replica (launch/ names the concrete ones).
@@ -176,9 +229,18 @@ absl::Status RunWorker(const WorkerFlags& flags) {
     descriptor.set_max_num_seqs(flags.engine.max_num_seqs);
     descriptor.set_tensor_parallel_size(flags.replica.tensor_parallel_size);
     descriptor.set_pipeline_parallel_size(flags.replica.pipeline_parallel_size);
+    std::unique_ptr<KvPreconnector> preconnector;
+    if (port != nullptr) {
+      descriptor.set_kv_descriptor(port->layout().descriptor);
+      if (flags.role == "prefill") preconnector = std::make_unique<KvPreconnector>(*port);
+    }
     worker::rpc::RegistrationOptions registration_options;
     registration_options.coordinator = flags.coordinator;
     registration_options.register_timeout = absl::Seconds(flags.register_timeout_s);
+    if (preconnector != nullptr) {
+      registration_options.on_kv_peers =
+          [p = preconnector.get()](const std::vector<std::string>& peers) { p->Offer(peers); };
+    }
     worker::Engine* engine_ptr = engine.get();
     absl::StatusOr<std::unique_ptr<worker::rpc::RegistrationClient>> registration =
         worker::rpc::RegistrationClient::Create(

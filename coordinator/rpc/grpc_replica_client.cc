@@ -9,8 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "grpcpp/grpcpp.h"
 #include "common/rpc/grpc_status.h"
+#include "grpcpp/grpcpp.h"
 #include "tessera/v1/replica.grpc.pb.h"
 
 namespace tessera::coordinator {

@@ -3,9 +3,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/rpc/grpc_status.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "common/rpc/grpc_status.h"
 #include "tessera/v1/replica.grpc.pb.h"
 
 namespace tessera::coordinator {
@@ -24,6 +24,7 @@ ReplicaInfo FromProto(const v1::ReplicaDescriptor& d) {
   info.max_num_seqs = d.max_num_seqs();
   info.tensor_parallel_size = d.tensor_parallel_size();
   info.pipeline_parallel_size = d.pipeline_parallel_size();
+  info.kv_descriptor = d.kv_descriptor();
   return info;
 }
 
@@ -65,7 +66,10 @@ class RegistryService final : public v1::Registry::Service {
 
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
                          v1::HeartbeatResponse* response) override {
-    response->set_known(coordinator_.Heartbeat(request->replica_id(), FromProto(request->stats())));
+    std::vector<std::string> kv_peers;
+    response->set_known(
+        coordinator_.Heartbeat(request->replica_id(), FromProto(request->stats()), &kv_peers));
+    for (std::string& peer : kv_peers) response->add_kv_peers(std::move(peer));
     return grpc::Status::OK;
   }
 

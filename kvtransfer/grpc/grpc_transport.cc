@@ -13,7 +13,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "common/logging.h"
+#include "common/rpc/grpc_status.h"
 #include "grpc/grpc.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/create_channel.h"
@@ -22,14 +24,15 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "kvtransfer/grpc/grpc_status.h"
+#include "kvtransfer/grpc/worker_pool.h"
+#include "kvtransfer/region_table.h"
 #include "tessera/v1/kvtransfer.grpc.pb.h"
 
 namespace tessera::kvtransfer {
 namespace {
 
-using grpc_internal::FromGrpcStatus;
-using grpc_internal::ToGrpcStatus;
+using rpc::FromGrpcStatus;
+using rpc::ToGrpcStatus;
 using tessera::v1::KvPiece;
 using tessera::v1::KvTransportDescriptor;
 using tessera::v1::KvWriteRequest;
@@ -41,111 +44,9 @@ constexpr absl::Duration kStopWaitLimit = absl::Seconds(30);
 // Transfers of at most this many messages read their acknowledgements after writing (see
 // OutgoingTransfer::Call): 1024 acknowledgements take about 20 KiB on the wire.
 constexpr uint64_t kAcksReadAfterWriting = 1024;
-
-bool InBounds(uint64_t offset, uint64_t length, uint64_t region_length) {
-  return offset <= region_length && length <= region_length - offset;
-}
-
-// This transport's registered regions: sources of its transfers and destinations of peers'.
-class RegionTable {
- public:
-  RegionId Register(void* base, size_t length) {
-    absl::MutexLock lock(&mu_);
-    const RegionId id = next_++;
-    regions_[id] = Region{static_cast<char*>(base), length, 0};
-    return id;
-  }
-
-  absl::Status Deregister(RegionId id) {
-    absl::MutexLock lock(&mu_);
-    auto it = regions_.find(id);
-    if (it == regions_.end()) return absl::NotFoundError(absl::StrCat("unknown region ", id));
-    if (it->second.uses > 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("region ", id, " is used by ", it->second.uses, " running segment(s)"));
-    }
-    regions_.erase(it);
-    return absl::OkStatus();
-  }
-
-  void Describe(KvTransportDescriptor& descriptor) {
-    absl::MutexLock lock(&mu_);
-    std::vector<std::pair<RegionId, uint64_t>> sorted;
-    for (const auto& [id, region] : regions_) sorted.emplace_back(id, region.length);
-    std::sort(sorted.begin(), sorted.end());
-    for (const auto& [id, length] : sorted) {
-      KvTransportDescriptor::Region* region = descriptor.add_regions();
-      region->set_id(id);
-      region->set_length(length);
-    }
-  }
-
-  // Validates the local side of `segments`, takes a use of each segment's region and fills
-  // `sources`. All or nothing.
-  absl::Status AcquireSources(absl::Span<const Segment> segments,
-                              std::vector<const char*>& sources) {
-    absl::MutexLock lock(&mu_);
-    sources.clear();
-    for (size_t i = 0; i < segments.size(); ++i) {
-      const Segment& s = segments[i];
-      auto it = regions_.find(s.local_region);
-      if (it == regions_.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Submit: segment ", i, ": unknown local region ", s.local_region));
-      }
-      if (!InBounds(s.local_offset, s.length, it->second.length)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Submit: segment ", i, ": local [", s.local_offset, ", +", s.length,
-                         ") outside region ", s.local_region, " of ", it->second.length, " bytes"));
-      }
-      sources.push_back(it->second.base + s.local_offset);
-    }
-    for (const Segment& s : segments) ++regions_[s.local_region].uses;
-    return absl::OkStatus();
-  }
-
-  void ReleaseSources(absl::Span<const Segment> segments) {
-    absl::MutexLock lock(&mu_);
-    for (const Segment& s : segments) Release(s.local_region);
-  }
-
-  // An incoming segment: validates it and takes a use of its region until ReleaseDestination.
-  absl::StatusOr<char*> AcquireDestination(RegionId id, uint64_t offset, uint64_t length) {
-    absl::MutexLock lock(&mu_);
-    auto it = regions_.find(id);
-    if (it == regions_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("no region ", id, " on the receiver"));
-    }
-    if (length == 0 || !InBounds(offset, length, it->second.length)) {
-      return absl::InvalidArgumentError(absl::StrCat("[", offset, ", +", length,
-                                                     ") outside region ", id, " of ",
-                                                     it->second.length, " bytes"));
-    }
-    ++it->second.uses;
-    return it->second.base + offset;
-  }
-
-  void ReleaseDestination(RegionId id) {
-    absl::MutexLock lock(&mu_);
-    Release(id);
-  }
-
- private:
-  struct Region {
-    char* base = nullptr;
-    uint64_t length = 0;
-    int uses = 0;
-  };
-
-  void Release(RegionId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    auto it = regions_.find(id);
-    if (it != regions_.end()) --it->second.uses;
-  }
-
-  absl::Mutex mu_;
-  RegionId next_ ABSL_GUARDED_BY(mu_) = 1;
-  absl::flat_hash_map<RegionId, Region> regions_ ABSL_GUARDED_BY(mu_);
-};
+// Pool threads kept idle for the next transfers; more idle ones exit after the timeout.
+constexpr size_t kIdleWorkers = 4;
+constexpr absl::Duration kIdleWorkerTimeout = absl::Seconds(10);
 
 // The installed WriteListener; calls hold a reader lock so that SetWriteListener waits for them.
 class ListenerSlot {
@@ -197,12 +98,12 @@ class IncomingStream {
         if (piece.offset() != piece.segment_offset()) {
           return absl::InvalidArgumentError("a continuation piece without its segment's start");
         }
-        absl::StatusOr<char*> destination = regions_.AcquireDestination(
+        absl::StatusOr<RegionTable::Place> destination = regions_.AcquireDestination(
             piece.region(), piece.segment_offset(), piece.segment_length());
         if (!destination.ok()) return destination.status();
         open_ = OpenSegment{WriteInfo{piece.region(), piece.segment_offset(),
                                       piece.segment_length(), piece.tag(), sender_name_},
-                            *destination, piece.segment_offset()};
+                            destination->address, piece.segment_offset()};
         if (absl::Status admit = listener_.Admit(open_->info); !admit.ok()) {
           regions_.ReleaseDestination(piece.region());
           open_.reset();
@@ -284,27 +185,29 @@ struct PeerConnection {
   std::string name;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<tessera::v1::KvTransfer::Stub> stub;
-  absl::flat_hash_map<RegionId, uint64_t> regions;  // as the descriptor described them
-  size_t max_message_bytes = 0;                     // min(ours, the receiver's)
+  RemoteRegions regions;         // as the descriptor described them
+  size_t max_message_bytes = 0;  // min(ours, the receiver's)
 };
 
 int64_t NowNanos() { return absl::ToUnixNanos(absl::Now()); }
 
-// One outgoing transfer: a synchronous client stream run by Run() on the transfer's own thread
-// (which writes; a second thread reads the acknowledgements). Shared by its Transfer handle, the
-// transport's table of running transfers (weakly) and its thread. Abort (Cancel, the watchdog,
+// One outgoing transfer: a synchronous client stream run by Run() on a thread of the transport's
+// WorkerPool (which writes; for a long transfer a second pool thread reads the acknowledgements).
+// Shared by its Transfer handle, the transport's table of running transfers (weakly) and the
+// pool task running it. Abort (Cancel, the watchdog,
 // Disconnect, the transport's destructor) cancels the call's context, which makes every blocking
 // Read, Write and Finish of the stream return at once.
 class OutgoingTransfer final {
  public:
   OutgoingTransfer(PeerId peer, std::shared_ptr<PeerConnection> connection,
                    std::vector<Segment> segments, std::vector<const char*> sources,
-                   RegionTable& local_regions, std::string sender_name)
+                   RegionTable& local_regions, WorkerPool& pool, std::string sender_name)
       : peer_(peer),
         connection_(std::move(connection)),
         segments_(std::move(segments)),
         sources_(std::move(sources)),
         local_regions_(local_regions),
+        pool_(pool),
         sender_name_(std::move(sender_name)) {
     for (const Segment& s : segments_) total_ += s.length;
     last_progress_ns_.store(NowNanos());
@@ -315,7 +218,7 @@ class OutgoingTransfer final {
 
   PeerId peer() const { return peer_; }
 
-  // Runs the call to its end and records the outcome; on the transfer's thread.
+  // Runs the call to its end and records the outcome; on a pool thread.
   void Run() {
     const grpc::Status grpc_status = Call();
     local_regions_.ReleaseSources(segments_);  // local memory is no longer read
@@ -390,12 +293,18 @@ class OutgoingTransfer final {
     };
     // The receiver acknowledges every message (a few dozen bytes on the wire). When all of them
     // fit in HTTP/2's smallest flow-control window (64 KiB) its acknowledgements never block, so
-    // this thread reads them after writing; otherwise a second thread reads them meanwhile (one
-    // reader and one writer may use a stream concurrently).
+    // this thread reads them after writing; otherwise a second pool thread reads them meanwhile
+    // (one reader and one writer may use a stream concurrently; the pool never queues it).
     const uint64_t message_bytes = connection_->max_message_bytes;
     const uint64_t messages = (total_ + message_bytes - 1) / message_bytes + segments_.size();
-    std::thread reader;
-    if (messages > kAcksReadAfterWriting) reader = std::thread(read_acks);
+    const bool concurrent_reader = messages > kAcksReadAfterWriting;
+    absl::Notification acks_read;
+    if (concurrent_reader) {
+      pool_.Run([&read_acks, &acks_read] {
+        read_acks();
+        acks_read.Notify();
+      });
+    }
     KvWriteRequest request;
     bool last = false;
     while (!last && !aborted_.load()) {
@@ -409,8 +318,8 @@ class OutgoingTransfer final {
     }
     // Here the call is over or ending: a failed write means it ended, and an abort cancelled it
     // (which also keeps the receiver's status, if it came first). So the reads end too.
-    if (reader.joinable()) {
-      reader.join();
+    if (concurrent_reader) {
+      acks_read.WaitForNotification();  // the reads end with the call (above)
     } else {
       read_acks();
     }
@@ -450,10 +359,11 @@ class OutgoingTransfer final {
   const std::vector<Segment> segments_;
   const std::vector<const char*> sources_;
   RegionTable& local_regions_;
+  WorkerPool& pool_;
   const std::string sender_name_;
   uint64_t total_ = 0;
   grpc::ClientContext context_;
-  // Write side (the transfer's thread only).
+  // Write side (the thread running Run only).
   bool sent_name_ = false;
   size_t next_segment_ = 0;
   uint64_t next_offset_ = 0;
@@ -466,21 +376,19 @@ class OutgoingTransfer final {
   absl::Status abort_status_ ABSL_GUARDED_BY(mu_);  // why we cancelled, when we did
 };
 
-// The Transfer handle owns the transfer's thread: its destructor cancels, waits (bounded) and
-// joins it.
+// The Transfer handle: its destructor cancels and waits (bounded) until the transfer is done,
+// i.e. its local memory is no longer read. The pool task may still hold the transfer a moment
+// longer; the transport's destructor joins the pool.
 class GrpcTransferHandle final : public Transfer {
  public:
   explicit GrpcTransferHandle(std::shared_ptr<OutgoingTransfer> transfer)
-      : transfer_(std::move(transfer)), thread_([t = transfer_] { t->Run(); }) {}
+      : transfer_(std::move(transfer)) {}
   ~GrpcTransferHandle() override {
     transfer_->Cancel();
     if (absl::IsDeadlineExceeded(transfer_->Wait(kStopWaitLimit))) {
-      // Never expected (a cancelled call returns at once); the thread keeps the transfer alive.
+      // Never expected (a cancelled call returns at once); the pool task keeps it alive.
       TESSERA_LOG(ERROR) << "GrpcTransport: a cancelled transfer did not end within "
                          << kStopWaitLimit;
-      thread_.detach();
-    } else {
-      thread_.join();  // it only returns from Run
     }
   }
   bool Done() override { return transfer_->Done(); }
@@ -490,7 +398,6 @@ class GrpcTransferHandle final : public Transfer {
 
  private:
   std::shared_ptr<OutgoingTransfer> transfer_;
-  std::thread thread_;
 };
 
 // An empty segment list: done at once.
@@ -578,13 +485,11 @@ class GrpcTransport::Impl {
   int port() const { return port_; }
 
   absl::StatusOr<RegionId> RegisterMemory(void* base, size_t length) {
-    if (base == nullptr || length == 0) {
-      return absl::InvalidArgumentError("RegisterMemory: null base or zero length");
-    }
+    if (absl::Status status = CheckRegisterMemory(base, length); !status.ok()) return status;
     return regions_.Register(base, length);
   }
 
-  absl::Status DeregisterMemory(RegionId region) { return regions_.Deregister(region); }
+  absl::Status DeregisterMemory(RegionId region) { return regions_.Deregister(region).status(); }
 
   std::string LocalDescriptor() {
     KvTransportDescriptor descriptor;
@@ -592,7 +497,11 @@ class GrpcTransport::Impl {
     descriptor.set_address(address_);
     descriptor.set_name(options_.name);
     descriptor.set_max_message_bytes(grpc_options_.max_message_bytes);
-    regions_.Describe(descriptor);
+    for (const auto& [id, length] : regions_.List()) {
+      KvTransportDescriptor::Region* region = descriptor.add_regions();
+      region->set_id(id);
+      region->set_length(length);
+    }
     return descriptor.SerializeAsString();
   }
 
@@ -653,36 +562,24 @@ class GrpcTransport::Impl {
       }
       connection = it->second;
     }
-    for (size_t i = 0; i < segments.size(); ++i) {
-      const Segment& s = segments[i];
-      if (s.length == 0) {
-        return absl::InvalidArgumentError(absl::StrCat("Submit: segment ", i, " is empty"));
-      }
-      auto region = connection->regions.find(s.remote_region);
-      if (region == connection->regions.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Submit: segment ", i, ": unknown remote region ", s.remote_region));
-      }
-      if (!InBounds(s.remote_offset, s.length, region->second)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("Submit: segment ", i, ": remote [", s.remote_offset, ", +", s.length,
-                         ") outside region ", s.remote_region, " of ", region->second, " bytes"));
-      }
-    }
-    std::vector<const char*> sources;
-    if (absl::Status status = regions_.AcquireSources(segments, sources); !status.ok()) {
+    if (absl::Status status = CheckRemoteSegments(segments, connection->regions); !status.ok()) {
       return status;
     }
+    absl::StatusOr<std::vector<RegionTable::Place>> places = regions_.AcquireSources(segments);
+    if (!places.ok()) return places.status();
+    std::vector<const char*> sources;
+    for (const RegionTable::Place& place : *places) sources.push_back(place.address);
     if (segments.empty()) return std::unique_ptr<Transfer>(new CompletedTransfer());
     auto transfer = std::make_shared<OutgoingTransfer>(
         peer, std::move(connection), std::vector<Segment>(segments.begin(), segments.end()),
-        std::move(sources), regions_, options_.name);
+        std::move(sources), regions_, pool_, options_.name);
     {
       absl::MutexLock lock(&mu_);
       running_.remove_if([](const std::weak_ptr<OutgoingTransfer>& r) { return r.expired(); });
       running_.push_back(transfer);
     }
-    return std::unique_ptr<Transfer>(new GrpcTransferHandle(std::move(transfer)));  // starts it
+    pool_.Run([transfer] { transfer->Run(); });
+    return std::unique_ptr<Transfer>(new GrpcTransferHandle(std::move(transfer)));
   }
 
   void SetWriteListener(WriteListener* listener) { listener_.Set(listener); }
@@ -733,6 +630,8 @@ class GrpcTransport::Impl {
   absl::flat_hash_map<PeerId, std::shared_ptr<PeerConnection>> peers_ ABSL_GUARDED_BY(mu_);
   std::list<std::weak_ptr<OutgoingTransfer>> running_ ABSL_GUARDED_BY(mu_);
   std::thread watchdog_;
+  // Runs the outgoing transfers. Last: destroyed (joined) first, before what its tasks use.
+  WorkerPool pool_{WorkerPoolOptions{kIdleWorkers, kIdleWorkerTimeout, kStopWaitLimit}};
 };
 
 absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(

@@ -17,11 +17,13 @@
 // Threads: every method may be called from any thread. Only gRPC's synchronous API is used (its
 // callback API is not: gRPC 1.51 shares one callback completion queue among all callback servers
 // and channels and races when they come and go). Each incoming stream runs on a thread of the
-// server's pool; each outgoing transfer runs on a thread of its own (which writes; a second one
-// reads the acknowledgements), owned and joined by its Transfer handle. One watchdog thread per
-// transport enforces peer_timeout by cancelling the call, which ends every blocking stream
+// server's pool; each outgoing transfer runs on a thread of the transport's WorkerPool (which
+// writes; for a long transfer a second pool thread reads the acknowledgements). The pool reuses
+// idle threads and starts one when none is idle, so transfers never queue behind each other. A
+// Transfer handle's destructor cancels and waits until its transfer is done. One watchdog thread
+// per transport enforces peer_timeout by cancelling the call, which ends every blocking stream
 // operation at once. The destructor stops the server (cancelling incoming streams), cancels
-// outgoing transfers and waits for them, all bounded.
+// outgoing transfers, waits for them and joins the pool's threads, all bounded.
 #pragma once
 
 #include <cstddef>

@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
+#include "kvtransfer/region_table.h"
 
 namespace tessera::kvtransfer {
 namespace {
@@ -24,10 +25,6 @@ namespace {
 constexpr uint64_t kCopyChunkBytes = uint64_t{1} << 20;        // Cancel is checked between chunks
 constexpr absl::Duration kCloseWaitLimit = absl::Seconds(30);  // for a listener that blocks
 constexpr absl::string_view kDescriptorPrefix = "tessera.kvtransfer.inproc/1";
-
-bool InBounds(uint64_t offset, uint64_t length, uint64_t region_length) {
-  return offset <= region_length && length <= region_length - offset;
-}
 
 // Process-unique fabric ids, so that a descriptor of another fabric is recognised.
 std::atomic<uint64_t> next_fabric_id{1};
@@ -42,87 +39,26 @@ class Endpoint {
   uint64_t id() const { return id_; }
   const std::string& name() const { return name_; }
 
-  RegionId Register(void* base, size_t length) {
-    absl::MutexLock lock(&mu_);
-    const RegionId id = next_region_++;
-    regions_[id] = Region{static_cast<char*>(base), length, 0};
-    return id;
-  }
-
-  absl::Status Deregister(RegionId id) {
-    absl::MutexLock lock(&mu_);
-    auto it = regions_.find(id);
-    if (it == regions_.end()) return absl::NotFoundError(absl::StrCat("unknown region ", id));
-    if (it->second.uses > 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("region ", id, " is used by ", it->second.uses, " running segment(s)"));
-    }
-    regions_.erase(it);
-    return absl::OkStatus();
-  }
-
-  std::vector<std::pair<RegionId, uint64_t>> Regions() {
-    absl::MutexLock lock(&mu_);
-    std::vector<std::pair<RegionId, uint64_t>> out;
-    for (const auto& [id, region] : regions_) out.emplace_back(id, region.length);
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-
-  // Validates the local side of `segments` and takes one use of each segment's region (so that
-  // DeregisterMemory fails while they are read); fills `sources`. All or nothing.
-  absl::Status AcquireSources(absl::Span<const Segment> segments,
-                              std::vector<const char*>& sources) {
-    absl::MutexLock lock(&mu_);
-    sources.clear();
-    for (size_t i = 0; i < segments.size(); ++i) {
-      const Segment& s = segments[i];
-      auto it = regions_.find(s.local_region);
-      if (it == regions_.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("segment ", i, ": unknown local region ", s.local_region));
-      }
-      if (!InBounds(s.local_offset, s.length, it->second.length)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("segment ", i, ": local [", s.local_offset, ", +", s.length,
-                         ") outside region ", s.local_region, " of ", it->second.length, " bytes"));
-      }
-      sources.push_back(it->second.base + s.local_offset);
-    }
-    for (const Segment& s : segments) ++regions_[s.local_region].uses;
-    return absl::OkStatus();
-  }
-
-  void ReleaseSources(absl::Span<const Segment> segments) {
-    absl::MutexLock lock(&mu_);
-    for (const Segment& s : segments) {
-      auto it = regions_.find(s.local_region);
-      if (it != regions_.end()) --it->second.uses;
-    }
-  }
+  RegionTable& regions() { return regions_; }
 
   // One incoming segment: validate, Admit, copy (in chunks, stopping when `cancel` is set),
   // Written. kUnavailable once closed.
   absl::Status Write(const WriteInfo& info, const char* source, const std::atomic<bool>& cancel,
                      std::atomic<uint64_t>& bytes_done) {
-    char* destination = nullptr;
     {
       absl::MutexLock lock(&mu_);
       if (closed_) return absl::UnavailableError(absl::StrCat("peer '", name_, "' is gone"));
-      auto it = regions_.find(info.region);
-      if (it == regions_.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("peer '", name_, "' has no region ", info.region));
-      }
-      if (!InBounds(info.offset, info.length, it->second.length)) {
-        return absl::InvalidArgumentError(absl::StrCat("peer '", name_, "': [", info.offset, ", +",
-                                                       info.length, ") outside region ",
-                                                       info.region));
-      }
-      destination = it->second.base + info.offset;
-      ++it->second.uses;
-      ++writes_in_flight_;
+      ++writes_in_flight_;  // before the region's use, so that Close waits for both
     }
+    absl::StatusOr<RegionTable::Place> place =
+        regions_.AcquireDestination(info.region, info.offset, info.length);
+    if (!place.ok()) {
+      absl::MutexLock lock(&mu_);
+      --writes_in_flight_;
+      return absl::InvalidArgumentError(
+          absl::StrCat("peer '", name_, "': ", place.status().message()));
+    }
+    char* destination = place->address;
     absl::Status status;
     {
       absl::ReaderMutexLock lock(&listener_mu_);
@@ -141,9 +77,8 @@ class Endpoint {
       if (listener_ != nullptr) listener_->Written(info);
       bytes_done.fetch_add(info.length, std::memory_order_relaxed);
     }
+    regions_.ReleaseDestination(info.region);
     absl::MutexLock lock(&mu_);
-    auto it = regions_.find(info.region);
-    if (it != regions_.end()) --it->second.uses;
     --writes_in_flight_;
     return status;
   }
@@ -166,18 +101,11 @@ class Endpoint {
   }
 
  private:
-  struct Region {
-    char* base = nullptr;
-    uint64_t length = 0;
-    int uses = 0;  // running local reads plus incoming writes
-  };
-
   const uint64_t id_;
   const std::string name_;
+  RegionTable regions_;  // also the sources of this transport's own transfers
   absl::Mutex mu_;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  RegionId next_region_ ABSL_GUARDED_BY(mu_) = 1;
-  absl::flat_hash_map<RegionId, Region> regions_ ABSL_GUARDED_BY(mu_);
   int writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Mutex listener_mu_;  // readers: writes calling the listener; writer: SetListener
   WriteListener* listener_ ABSL_GUARDED_BY(listener_mu_) = nullptr;
@@ -252,7 +180,7 @@ class TransferState {
   enum class Phase { kQueued, kRunning, kDone };
 
   void Finish(absl::Status status) {
-    source_->ReleaseSources(segments_);
+    source_->regions().ReleaseSources(segments_);
     absl::MutexLock lock(&mu_);
     status_ = std::move(status);
     phase_ = Phase::kDone;
@@ -351,17 +279,17 @@ class InProcessTransport::Impl {
   }
 
   absl::StatusOr<RegionId> RegisterMemory(void* base, size_t length) {
-    if (base == nullptr || length == 0) {
-      return absl::InvalidArgumentError("RegisterMemory: null base or zero length");
-    }
-    return self_->Register(base, length);
+    if (absl::Status status = CheckRegisterMemory(base, length); !status.ok()) return status;
+    return self_->regions().Register(base, length);
   }
 
-  absl::Status DeregisterMemory(RegionId region) { return self_->Deregister(region); }
+  absl::Status DeregisterMemory(RegionId region) {
+    return self_->regions().Deregister(region).status();
+  }
 
   std::string LocalDescriptor() {
     std::vector<std::string> regions;
-    for (const auto& [id, length] : self_->Regions())
+    for (const auto& [id, length] : self_->regions().List())
       regions.push_back(absl::StrCat(id, ":", length));
     return absl::StrCat(kDescriptorPrefix, ";", fabric_->impl().id(), ";", self_->id(), ";",
                         absl::StrJoin(regions, ","));
@@ -418,28 +346,16 @@ class InProcessTransport::Impl {
         return absl::InvalidArgumentError(absl::StrCat("Submit: unknown peer ", peer_id));
       }
       const Peer& peer = it->second;
-      for (size_t i = 0; i < segments.size(); ++i) {
-        const Segment& s = segments[i];
-        if (s.length == 0) {
-          return absl::InvalidArgumentError(absl::StrCat("Submit: segment ", i, " is empty"));
-        }
-        auto region = peer.regions.find(s.remote_region);
-        if (region == peer.regions.end()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("Submit: segment ", i, ": unknown remote region ", s.remote_region));
-        }
-        if (!InBounds(s.remote_offset, s.length, region->second)) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("Submit: segment ", i, ": remote [", s.remote_offset, ", +", s.length,
-                           ") outside region ", s.remote_region, " of ", region->second, " bytes"));
-        }
+      if (absl::Status status = CheckRemoteSegments(segments, peer.regions); !status.ok()) {
+        return status;
       }
       target = peer.endpoint;
     }
+    absl::StatusOr<std::vector<RegionTable::Place>> places =
+        self_->regions().AcquireSources(segments);
+    if (!places.ok()) return places.status();
     std::vector<const char*> sources;
-    if (absl::Status status = self_->AcquireSources(segments, sources); !status.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("Submit: ", status.message()));
-    }
+    for (const RegionTable::Place& place : *places) sources.push_back(place.address);
     auto state = std::make_shared<TransferState>(
         peer_id, std::vector<Segment>(segments.begin(), segments.end()), std::move(sources), self_,
         std::move(target));
@@ -457,7 +373,7 @@ class InProcessTransport::Impl {
  private:
   struct Peer {
     std::shared_ptr<Endpoint> endpoint;
-    absl::flat_hash_map<RegionId, uint64_t> regions;  // as the descriptor described them
+    RemoteRegions regions;  // as the descriptor described them
   };
 
   template <typename Predicate>

@@ -21,6 +21,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "kvtransfer/region_table.h"
 #include "kvtransfer/ucx/ucx_status.h"
 #include "kvtransfer/ucx/wire.h"
 
@@ -36,19 +37,6 @@ using ucx_wire::HelloHeader;
 absl::string_view View(const void* p, size_t n) {
   return absl::string_view(static_cast<const char*>(p), n);
 }
-
-// True when [offset, offset + length) lies inside a region of `region_length` bytes.
-bool InBounds(uint64_t offset, uint64_t length, uint64_t region_length) {
-  return length > 0 && offset <= region_length && length <= region_length - offset;
-}
-
-struct Region {
-  char* base = nullptr;
-  uint64_t length = 0;
-  ucp_mem_h memh = nullptr;
-  int senders = 0;   // running local transfers reading it
-  int incoming = 0;  // peers' writes in progress into it
-};
 
 struct SegmentPlan {
   const char* src = nullptr;
@@ -68,7 +56,7 @@ struct TransferState {
   // Set before the state is shared, then read-only.
   uint64_t id = 0;
   PeerId peer = 0;
-  std::vector<RegionId> local_regions;  // one entry per distinct region, holds Region::senders
+  std::vector<Segment> submitted;  // holds a use of each segment's local region until retired
 
   // Owned by the progress thread.
   std::vector<SegmentPlan> segments;
@@ -132,7 +120,7 @@ class UcxTransportImpl final : public UcxTransport {
     enum class State { kConnecting, kConnected, kFailed } state = State::kConnecting;
     absl::Status failure;
     std::string name;
-    std::unordered_map<RegionId, uint64_t> regions;
+    RemoteRegions regions;
   };
   struct OutPeer {  // progress-thread view of a connection made by Connect
     ucp_ep_h ep = nullptr;
@@ -206,9 +194,7 @@ class UcxTransportImpl final : public UcxTransport {
   std::vector<std::function<void()>> commands_ ABSL_GUARDED_BY(cmd_mu_);
   bool accepting_ ABSL_GUARDED_BY(cmd_mu_) = true;
 
-  absl::Mutex regions_mu_;
-  std::unordered_map<RegionId, Region> regions_ ABSL_GUARDED_BY(regions_mu_);
-  RegionId next_region_ ABSL_GUARDED_BY(regions_mu_) = 1;
+  RegionTable regions_;  // handles: ucp_mem_h
 
   absl::Mutex peers_mu_;
   std::unordered_map<PeerId, PeerInfo> peer_info_ ABSL_GUARDED_BY(peers_mu_);
@@ -485,11 +471,7 @@ void UcxTransportImpl::ShutdownOnWorker() {
   }
   ucp_worker_destroy(worker_);  // may still complete receives: regions stay mapped until after
   worker_ = nullptr;
-  {
-    absl::MutexLock lock(&regions_mu_);
-    for (auto& [id, r] : regions_) ucp_mem_unmap(context_, r.memh);
-    regions_.clear();
-  }
+  for (void* memh : regions_.Clear()) ucp_mem_unmap(context_, static_cast<ucp_mem_h>(memh));
   stop_ = true;
 }
 
@@ -497,9 +479,7 @@ void UcxTransportImpl::ShutdownOnWorker() {
 // Public methods (any thread).
 
 absl::StatusOr<RegionId> UcxTransportImpl::RegisterMemory(void* base, size_t length) {
-  if (base == nullptr || length == 0) {
-    return absl::InvalidArgumentError("RegisterMemory: null base or zero length");
-  }
+  TESSERA_RETURN_IF_ERROR(CheckRegisterMemory(base, length));
   auto memh = std::make_shared<ucp_mem_h>(nullptr);
   TESSERA_RETURN_IF_ERROR(RunSync([this, base, length, memh] {
     ucp_mem_map_params_t mp{};
@@ -508,29 +488,12 @@ absl::StatusOr<RegionId> UcxTransportImpl::RegisterMemory(void* base, size_t len
     mp.length = length;
     return UcsToStatus(ucp_mem_map(context_, &mp, memh.get()), "ucp_mem_map");
   }));
-  absl::MutexLock lock(&regions_mu_);
-  const RegionId id = next_region_++;
-  Region& r = regions_[id];
-  r.base = static_cast<char*>(base);
-  r.length = length;
-  r.memh = *memh;
-  return id;
+  return regions_.Register(base, length, *memh);
 }
 
 absl::Status UcxTransportImpl::DeregisterMemory(RegionId region) {
-  ucp_mem_h memh = nullptr;
-  {
-    absl::MutexLock lock(&regions_mu_);
-    auto it = regions_.find(region);
-    if (it == regions_.end()) return absl::NotFoundError(absl::StrCat("unknown region ", region));
-    if (it->second.senders > 0 || it->second.incoming > 0) {
-      return absl::FailedPreconditionError(absl::StrCat("region ", region, " is in use by ",
-                                                        it->second.senders, " transfers and ",
-                                                        it->second.incoming, " incoming writes"));
-    }
-    memh = it->second.memh;
-    regions_.erase(it);
-  }
+  TESSERA_ASSIGN_OR_RETURN(void* handle, regions_.Deregister(region));
+  ucp_mem_h memh = static_cast<ucp_mem_h>(handle);
   return RunSync(
       [this, memh] { return UcsToStatus(ucp_mem_unmap(context_, memh), "ucp_mem_unmap"); });
 }
@@ -539,12 +502,7 @@ absl::StatusOr<std::string> UcxTransportImpl::LocalDescriptor() {
   ucx_wire::Descriptor d;
   d.name = options_.base.name;
   d.worker_address = worker_address_;
-  {
-    absl::MutexLock lock(&regions_mu_);
-    for (const auto& [id, r] : regions_) d.regions.push_back({id, r.length});
-  }
-  std::sort(d.regions.begin(), d.regions.end(),
-            [](const auto& a, const auto& b) { return a.id < b.id; });
+  for (const auto& [id, length] : regions_.List()) d.regions.push_back({id, length});
   return ucx_wire::EncodeDescriptor(d);
 }
 
@@ -598,49 +556,22 @@ absl::StatusOr<std::unique_ptr<Transfer>> UcxTransportImpl::Submit(
     if (it == peer_info_.end())
       return absl::InvalidArgumentError(absl::StrCat("unknown peer ", peer));
     if (it->second.state == PeerInfo::State::kFailed) return it->second.failure;
-    for (size_t i = 0; i < segments.size(); ++i) {
-      const Segment& s = segments[i];
-      auto r = it->second.regions.find(s.remote_region);
-      if (r == it->second.regions.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("segment ", i, ": unknown remote region ", s.remote_region));
-      }
-      if (!InBounds(s.remote_offset, s.length, r->second)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("segment ", i, ": [", s.remote_offset, ", +", s.length,
-                         ") outside remote region ", s.remote_region, " of ", r->second, " bytes"));
-      }
-    }
+    TESSERA_RETURN_IF_ERROR(CheckRemoteSegments(segments, it->second.regions));
   }
-  {
-    absl::MutexLock lock(&regions_mu_);
-    for (size_t i = 0; i < segments.size(); ++i) {
-      const Segment& s = segments[i];
-      auto r = regions_.find(s.local_region);
-      if (r == regions_.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("segment ", i, ": unknown local region ", s.local_region));
-      }
-      if (!InBounds(s.local_offset, s.length, r->second.length)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "segment ", i, ": [", s.local_offset, ", +", s.length, ") outside local region ",
-            s.local_region, " of ", r->second.length, " bytes"));
-      }
-      SegmentPlan& plan = t->segments[i];
-      plan.src = r->second.base + s.local_offset;
-      plan.memh = r->second.memh;
-      plan.header.transfer_id = t->id;
-      plan.header.segment_index = i;
-      plan.header.region = s.remote_region;
-      plan.header.offset = s.remote_offset;
-      plan.header.length = s.length;
-      plan.header.tag = s.tag;
-      if (std::find(t->local_regions.begin(), t->local_regions.end(), s.local_region) ==
-          t->local_regions.end()) {
-        t->local_regions.push_back(s.local_region);
-      }
-    }
-    for (RegionId id : t->local_regions) ++regions_[id].senders;
+  TESSERA_ASSIGN_OR_RETURN(std::vector<RegionTable::Place> sources,
+                           regions_.AcquireSources(segments));
+  t->submitted.assign(segments.begin(), segments.end());
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const Segment& s = segments[i];
+    SegmentPlan& plan = t->segments[i];
+    plan.src = sources[i].address;
+    plan.memh = static_cast<ucp_mem_h>(sources[i].handle);
+    plan.header.transfer_id = t->id;
+    plan.header.segment_index = i;
+    plan.header.region = s.remote_region;
+    plan.header.offset = s.remote_offset;
+    plan.header.length = s.length;
+    plan.header.tag = s.tag;
   }
   Post([this, t] { StartTransfer(t); });
   return std::make_unique<UcxTransfer>(this, std::move(t));
@@ -884,20 +815,16 @@ ucs_status_t UcxTransportImpl::OnData(absl::string_view header, void* data, size
   char* dest = nullptr;
   ucp_mem_h memh = nullptr;
   absl::Status admit;
-  {
-    absl::MutexLock lock(&regions_mu_);
-    auto r = regions_.find(h.region);
-    if (r == regions_.end()) {
-      admit = absl::InvalidArgumentError(absl::StrCat("unknown region ", h.region));
-    } else if (h.length != length || !InBounds(h.offset, h.length, r->second.length)) {
-      admit = absl::InvalidArgumentError(absl::StrCat("write [", h.offset, ", +", length,
-                                                      ") outside region ", h.region, " of ",
-                                                      r->second.length, " bytes"));
-    } else {
-      dest = r->second.base + h.offset;
-      memh = r->second.memh;
-      ++r->second.incoming;
-    }
+  if (h.length != length) {
+    admit = absl::InvalidArgumentError(
+        absl::StrCat("write of ", length, " bytes for a segment of ", h.length));
+  } else if (absl::StatusOr<RegionTable::Place> place =
+                 regions_.AcquireDestination(h.region, h.offset, h.length);
+             !place.ok()) {
+    admit = place.status();
+  } else {
+    dest = place->address;
+    memh = static_cast<ucp_mem_h>(place->handle);
   }
   if (admit.ok()) {
     absl::ReaderMutexLock lock(&listener_mu_);
@@ -950,11 +877,7 @@ void UcxTransportImpl::FinishRecv(RecvContext* rc, ucs_status_t status) {
   if (!shutting_down_) SendAck(rc->inbound_id, rc->header, result);
 }
 
-void UcxTransportImpl::ReleaseIncoming(RegionId region) {
-  absl::MutexLock lock(&regions_mu_);
-  auto r = regions_.find(region);
-  if (r != regions_.end()) --r->second.incoming;
-}
+void UcxTransportImpl::ReleaseIncoming(RegionId region) { regions_.ReleaseDestination(region); }
 
 void UcxTransportImpl::SendAck(uint64_t inbound_id, const DataHeader& h,
                                const absl::Status& status) {
@@ -1081,13 +1004,7 @@ void UcxTransportImpl::MaybeRetire(const std::shared_ptr<TransferState>& t) {
   if (transfers_.erase(t->id) == 0) return;
   auto p = out_peers_.find(t->peer);
   if (p != out_peers_.end()) p->second.transfers.erase(t->id);
-  {
-    absl::MutexLock lock(&regions_mu_);
-    for (RegionId id : t->local_regions) {
-      auto r = regions_.find(id);
-      if (r != regions_.end()) --r->second.senders;
-    }
-  }
+  regions_.ReleaseSources(t->submitted);
   absl::MutexLock lock(&t->mu);
   t->done = true;
   t->status = t->final_status;

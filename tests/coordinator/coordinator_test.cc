@@ -502,6 +502,20 @@ TEST_F(CoordinatorTest, DisaggregatedRequestsMatchMixedOnes) {
   ExpectAllBlocksBack();
 }
 
+TEST_F(CoordinatorTest, PrefillHeartbeatsLearnTheDecodeReplicasKvDescriptors) {
+  Start(0);
+  EngineReplica& p = AddRoleReplica("p0", "prefill");
+  EngineReplica& d0 = AddRoleReplica("d0", "decode");
+  EngineReplica& d1 = AddRoleReplica("d1", "decode");
+  std::vector<std::string> peers;
+  ASSERT_TRUE(coordinator_->Heartbeat(ids_[0], p.load(), &peers));
+  EXPECT_THAT(peers, ::testing::UnorderedElementsAre(d0.kv_port()->layout().descriptor,
+                                                     d1.kv_port()->layout().descriptor));
+  peers.clear();
+  ASSERT_TRUE(coordinator_->Heartbeat(ids_[1], d0.load(), &peers));
+  EXPECT_TRUE(peers.empty()) << "decode replicas connect to nobody";
+}
+
 TEST_F(CoordinatorTest, AFirstTokenThatEndsTheRequestReleasesTheReservation) {
   Start(0);
   AddRoleReplica("p0", "prefill");

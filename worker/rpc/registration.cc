@@ -5,11 +5,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/rpc/grpc_status.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "common/rpc/grpc_status.h"
 
 namespace tessera::worker::rpc {
 namespace {
@@ -140,6 +140,9 @@ absl::StatusOr<bool> RegistrationClient::HeartbeatOnce(const std::string& replic
   absl::MutexLock lock(&mu_);
   in_flight_ = nullptr;
   if (!status.ok()) return tessera::rpc::FromGrpcStatus("Registry.Heartbeat", status);
+  if (options_.on_kv_peers && response.kv_peers_size() > 0) {
+    options_.on_kv_peers({response.kv_peers().begin(), response.kv_peers().end()});
+  }
   return response.known();
 }
 
@@ -255,8 +258,8 @@ void RegistrationClient::Stop() {
   if (absl::IsUnavailable(status)) {
     // The coordinator is gone already (it stops first when a whole cluster shuts down): there is
     // no lease left to give back.
-    TESSERA_LOG(INFO) << "replica '" << descriptor_.name()
-                      << "': the coordinator is gone; lease " << replica_id << " ends with it";
+    TESSERA_LOG(INFO) << "replica '" << descriptor_.name() << "': the coordinator is gone; lease "
+                      << replica_id << " ends with it";
   } else if (!status.ok()) {
     TESSERA_LOG(WARNING) << "replica '" << descriptor_.name() << "': could not deregister lease "
                          << replica_id << ": " << status.message();

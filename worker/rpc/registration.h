@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -39,6 +40,9 @@ struct RegistrationOptions {
   absl::Duration max_backoff = absl::Seconds(5);             // ... up to this
   // Heartbeat period; zero: lease_ms / 3 as the coordinator granted it.
   absl::Duration heartbeat_interval = absl::ZeroDuration();
+  // Called on the heartbeat thread with the KV descriptors of the live decode replicas, when the
+  // coordinator sends them (to prefill replicas). Must not block.
+  std::function<void(const std::vector<std::string>&)> on_kv_peers;
 };
 
 using StatsCallback = std::function<tessera::v1::ReplicaStats()>;

@@ -5,10 +5,10 @@
 #include <cstdint>
 #include <utility>
 
+#include "common/rpc/grpc_status.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "common/rpc/grpc_status.h"
 #include "tessera/v1/store.grpc.pb.h"
 
 namespace tessera::parallel {
@@ -25,7 +25,8 @@ class GrpcStore::Impl {
     tessera::v1::SetResponse response;
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.set_timeout));
-    return tessera::rpc::FromGrpcStatus("RendezvousStore.Set", stub_->Set(&context, request, &response));
+    return tessera::rpc::FromGrpcStatus("RendezvousStore.Set",
+                                        stub_->Set(&context, request, &response));
   }
 
   absl::StatusOr<std::string> Get(absl::string_view key, absl::Duration timeout) {

@@ -54,6 +54,7 @@ class FakeRegistry final : public v1::Registry::Service {
     absl::MutexLock lock(&mu_);
     heartbeats_.push_back(*request);
     response->set_known(leases_.contains(request->replica_id()));
+    for (const std::string& peer : kv_peers_) response->add_kv_peers(peer);
     return grpc::Status::OK;
   }
   grpc::Status Deregister(grpc::ServerContext*, const v1::DeregisterRequest* request,
@@ -90,6 +91,7 @@ class FakeRegistry final : public v1::Registry::Service {
   std::vector<v1::ReplicaDescriptor> registered_;
   std::vector<v1::HeartbeatRequest> heartbeats_;
   std::vector<std::string> deregistered_;
+  std::vector<std::string> kv_peers_;  // sent with every heartbeat answer
 
   std::vector<v1::ReplicaDescriptor> registered() {
     absl::MutexLock lock(&mu_);

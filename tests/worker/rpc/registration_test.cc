@@ -81,6 +81,28 @@ TEST(RegistrationClientTest, RegistersThenHeartbeatsWithStats) {
   }));
 }
 
+TEST(RegistrationClientTest, HandsTheCoordinatorsKvPeersToItsCallback) {
+  auto registry = StartRegistry(0);
+  ASSERT_NE(registry, nullptr);
+  ASSERT_TRUE(registry->service->Await([](FakeRegistry& r) {
+    r.kv_peers_ = {"decode-0 descriptor", "decode-1 descriptor"};
+    return true;
+  }));
+  absl::Mutex mu;
+  std::vector<std::string> seen;
+  RegistrationOptions options = FastOptions(registry->address());
+  options.on_kv_peers = [&](const std::vector<std::string>& peers) {
+    absl::MutexLock lock(&mu);
+    seen = peers;
+  };
+  auto client = RegistrationClient::Create(Descriptor(), Running(0), options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE(registry->service->Await([](FakeRegistry& r) { return r.heartbeats_.size() >= 2; }));
+  (*client)->Stop();
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(seen, (std::vector<std::string>{"decode-0 descriptor", "decode-1 descriptor"}));
+}
+
 TEST(RegistrationClientTest, RegistersAgainWhenTheLeaseIsUnknown) {
   auto registry = StartRegistry(0);
   ASSERT_NE(registry, nullptr);
