@@ -175,6 +175,8 @@ absl::Status Serve(const ServeFlags& flags) {
     return absl::InvalidArgumentError("no replicas: set --num-replicas or the pools");
   }
   std::vector<std::pair<std::string, std::string>> replicas;  // name, role
+  replicas.reserve(static_cast<size_t>(num_mixed) + static_cast<size_t>(flags.num_prefill) +
+                   static_cast<size_t>(flags.num_decode));
   for (int i = 0; i < num_mixed; ++i) replicas.push_back({absl::StrCat("replica-", i), "mixed"});
   for (int i = 0; i < flags.num_prefill; ++i) {
     replicas.push_back({absl::StrCat("prefill-", i), "prefill"});

@@ -12,8 +12,9 @@ SECONDS_PER_TARGET="${1:-30}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build-fuzz}"
 JOBS="${JOBS:-2}"
-FUZZ_DIR="$ROOT/tests/model/fuzz"
-TARGETS=(safetensors_header_fuzz config_fuzz)
+# Each target is tests/<folder>/fuzz/<name>.cc, with seeds in tests/<folder>/fuzz/corpus/<name
+# without _fuzz> and an optional dictionary tests/<folder>/fuzz/*.dict.
+TARGETS=(model/safetensors_header_fuzz model/config_fuzz kvtransfer/ucx_wire_fuzz)
 
 if [ -z "${CXX:-}" ]; then
   if command -v clang++ >/dev/null; then CXX=clang++; else CXX=clang++-14; fi
@@ -33,7 +34,7 @@ mkdir -p "$BUILD_DIR/obj" "$BUILD_DIR/artifacts"
 
 # The library code under test, instrumented for coverage, in an archive so that only the objects
 # the targets need are linked.
-SOURCES=("$ROOT"/model/*.cc "$ROOT"/common/*.cc)
+SOURCES=("$ROOT"/model/*.cc "$ROOT"/common/*.cc "$ROOT"/kvtransfer/ucx/wire.cc)
 OBJECTS=()
 pids=()
 for src in "${SOURCES[@]}"; do
@@ -41,7 +42,8 @@ for src in "${SOURCES[@]}"; do
   obj="$BUILD_DIR/obj/${rel//\//_}.o"
   OBJECTS+=("$obj")
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$0" -nt "$obj" ] ||
-     [ -n "$(find "$ROOT/model" "$ROOT/common" -name '*.h' -newer "$obj" -print -quit)" ]; then
+     [ -n "$(find "$ROOT/model" "$ROOT/common" "$ROOT/kvtransfer" -name '*.h' -newer "$obj" \
+       -print -quit)" ]; then
     "$CXX" "${CXXFLAGS[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj" &
     pids+=($!)
     if [ "${#pids[@]}" -ge "$JOBS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
@@ -51,23 +53,28 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 rm -f "$BUILD_DIR/libmodel_fuzz.a"
 ar rcs "$BUILD_DIR/libmodel_fuzz.a" "${OBJECTS[@]}"
 
-for target in "${TARGETS[@]}"; do
+for entry in "${TARGETS[@]}"; do
+  target="${entry#*/}"
   echo "run-fuzz: building $target"
-  "$CXX" "${CXXFLAGS[@]}" -fsanitize=fuzzer "$FUZZ_DIR/$target.cc" "$BUILD_DIR/libmodel_fuzz.a" \
-    "${ABSL_LIBS[@]}" -lpthread -o "$BUILD_DIR/$target"
+  "$CXX" "${CXXFLAGS[@]}" -fsanitize=fuzzer "$ROOT/tests/${entry%%/*}/fuzz/$target.cc" \
+    "$BUILD_DIR/libmodel_fuzz.a" "${ABSL_LIBS[@]}" -lpthread -o "$BUILD_DIR/$target"
 done
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 
 failed=()
-for target in "${TARGETS[@]}"; do
-  seeds="$FUZZ_DIR/corpus/${target%_fuzz}"
+for entry in "${TARGETS[@]}"; do
+  target="${entry#*/}"
+  fuzz_dir="$ROOT/tests/${entry%%/*}/fuzz"
+  seeds="$fuzz_dir/corpus/${target%_fuzz}"
+  dict=()
+  for d in "$fuzz_dir"/*.dict; do [ -f "$d" ] && dict=(-dict="$d"); done
   work="$BUILD_DIR/corpus/$target"  # new inputs go here, not into the committed seeds
   mkdir -p "$work"
   echo "run-fuzz: running $target for ${SECONDS_PER_TARGET}s"
   if ! "$BUILD_DIR/$target" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
-      -max_len=65536 -dict="$FUZZ_DIR/model.dict" -print_final_stats=1 \
+      -max_len=65536 "${dict[@]}" -print_final_stats=1 \
       -artifact_prefix="$BUILD_DIR/artifacts/$target-" "$work" "$seeds"; then
     failed+=("$target")
   fi

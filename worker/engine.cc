@@ -389,7 +389,7 @@ void Engine::PollExports() {
   }
 }
 
-void Engine::EndExport(RequestId id, absl::Status status) {
+void Engine::EndExport(RequestId id, const absl::Status& status) {
   Export x = std::move(exports_[id]);
   exports_.erase(id);
   x.transfer.reset();  // cancels; returns once local memory is no longer read

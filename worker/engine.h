@@ -137,7 +137,7 @@ class Engine {
   void ReleaseReservation(uint64_t token, const char* why);
   void StartExport(TokenEvent event);
   void PollExports();
-  void EndExport(RequestId id, absl::Status status);
+  void EndExport(RequestId id, const absl::Status& status);
   void Push(Command command);
 
   StepExecutor& executor_;

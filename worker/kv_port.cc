@@ -69,7 +69,7 @@ absl::StatusOr<std::unique_ptr<KvPort>> KvPort::Create(KvCache& cache,
                                                        kvtransfer::Transport& transport,
                                                        const KvPortOptions& options) {
   const KvCacheConfig& c = cache.config();
-  std::unique_ptr<KvPort> port(new KvPort(cache, transport, options));
+  std::unique_ptr<KvPort> port(new KvPort(transport, options));
   KvRankLayout& l = port->layout_;
   l.layer_begin = options.layer_begin;
   l.layer_end = options.layer_begin + c.num_layers;

@@ -124,8 +124,8 @@ class KvPort final : public kvtransfer::WriteListener {
     int32_t writes_in_flight = 0;
   };
 
-  KvPort(KvCache& cache, kvtransfer::Transport& transport, const KvPortOptions& options)
-      : cache_(cache), transport_(transport), options_(options) {}
+  KvPort(kvtransfer::Transport& transport, const KvPortOptions& options)
+      : transport_(transport), options_(options) {}
   const uint8_t* LocalBase(kvtransfer::RegionId region) const;
   absl::StatusOr<kvtransfer::PeerId> PeerFor(const std::string& descriptor);
   uint64_t ReservationBytes(const Reservation& r) const;
@@ -134,7 +134,6 @@ class KvPort final : public kvtransfer::WriteListener {
   // The blocks a write touches, when it lies in one of our regions.
   absl::Status CheckWriteLocked(const kvtransfer::WriteInfo& write) ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
-  KvCache& cache_;
   kvtransfer::Transport& transport_;
   const KvPortOptions options_;
   KvRankLayout layout_;

@@ -40,7 +40,8 @@ struct WorkerPool::State {
     for (std::thread& t : exited) t.join();
   }
 
-  static void Loop(std::shared_ptr<State> state, Worker* w);
+  // `state` is the running thread's own reference (held by its closure for the thread's life).
+  static void Loop(const std::shared_ptr<State>& state, Worker* w);
 
   void RemoveIdle(Worker* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     idle.erase(std::remove(idle.begin(), idle.end(), w), idle.end());
@@ -71,7 +72,7 @@ void RunTask(std::function<void()>& task) {
 }  // namespace
 
 // The loop of one thread: run the task handed over, then wait idle for the next.
-void WorkerPool::State::Loop(std::shared_ptr<State> state, Worker* w) {
+void WorkerPool::State::Loop(const std::shared_ptr<State>& state, Worker* w) {
   State& s = *state;
   s.mu.Lock();
   while (true) {

@@ -31,7 +31,6 @@ namespace {
 using ucx_wire::AckHeader;
 using ucx_wire::ByeHeader;
 using ucx_wire::DataHeader;
-using ucx_wire::HelloAckHeader;
 using ucx_wire::HelloHeader;
 
 absl::string_view View(const void* p, size_t n) {
@@ -167,10 +166,10 @@ class UcxTransportImpl final : public UcxTransport {
   void SendControl(ucp_ep_h ep, unsigned id, std::string header, std::string payload);
   void CloseEp(ucp_ep_h ep, bool force);
   void StartConnect(PeerId id, const std::string& address);
-  void AcceptHello(HelloHeader hello, std::string name, std::string address);
+  void AcceptHello(HelloHeader hello, std::string name, const std::string& address);
   void FailPeer(PeerId id, const absl::Status& status, bool send_bye);
   void DropInbound(uint64_t inbound_id, bool send_bye);
-  void StartTransfer(std::shared_ptr<TransferState> t);
+  void StartTransfer(const std::shared_ptr<TransferState>& t);
   void Pump(TransferState& t);
   void SendSegment(const std::shared_ptr<TransferState>& t, size_t index);
   void Decide(TransferState& t, absl::Status status);
@@ -655,7 +654,8 @@ void UcxTransportImpl::StartConnect(PeerId id, const std::string& address) {
               options_.base.name + worker_address_);
 }
 
-void UcxTransportImpl::AcceptHello(HelloHeader hello, std::string name, std::string address) {
+void UcxTransportImpl::AcceptHello(HelloHeader hello, std::string name,
+                                   const std::string& address) {
   if (shutting_down_) return;
   const uint64_t inbound_id = next_inbound_++;
   InPeer& in = in_peers_[inbound_id];
@@ -922,7 +922,7 @@ void UcxTransportImpl::OnAck(absl::string_view header, const void* data, size_t 
 // ---------------------------------------------------------------------------------------------
 // Transfers (progress thread).
 
-void UcxTransportImpl::StartTransfer(std::shared_ptr<TransferState> t) {
+void UcxTransportImpl::StartTransfer(const std::shared_ptr<TransferState>& t) {
   t->last_progress = absl::Now();
   transfers_[t->id] = t;
   auto p = out_peers_.find(t->peer);
