@@ -107,19 +107,17 @@ class CoordinatorTest : public ::testing::Test {
   }
 
   EngineReplica& AddReplica(const std::string& name, int max_num_seqs = 8) {
-    auto replica = std::make_unique<EngineReplica>(name, kVocab, eos_, max_num_seqs, sample_below_);
-    connector_.Add(replica->info("m").address, replica.get());
-    auto entry = coordinator_->RegisterReplica(replica->info("m"));
-    EXPECT_TRUE(entry.ok()) << entry.status();
-    ids_.push_back((*entry)->id());
-    replicas_.push_back(std::move(replica));
-    return *replicas_.back();
+    return Register(
+        std::make_unique<EngineReplica>(name, kVocab, eos_, max_num_seqs, sample_below_));
   }
 
   // A prefill or decode replica (real KV ports on one in-process fabric).
   EngineReplica& AddRoleReplica(const std::string& name, const std::string& role) {
-    auto replica =
-        std::make_unique<EngineReplica>(name, kVocab, eos_, role, fabric_, 8, sample_below_);
+    return Register(
+        std::make_unique<EngineReplica>(name, kVocab, eos_, role, fabric_, 8, sample_below_));
+  }
+
+  EngineReplica& Register(std::unique_ptr<EngineReplica> replica) {
     connector_.Add(replica->info("m").address, replica.get());
     auto entry = coordinator_->RegisterReplica(replica->info("m"));
     EXPECT_TRUE(entry.ok()) << entry.status();

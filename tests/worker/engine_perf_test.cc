@@ -27,24 +27,8 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 constexpr absl::Duration kWait = absl::Seconds(600);
 
-double Since(SteadyClock::time_point start) {
-  return std::chrono::duration<double>(SteadyClock::now() - start).count();
-}
-
-model::ModelConfig BenchConfig() {
-  model::ModelConfig c;
-  c.vocab_size = 4096;
-  c.hidden_size = 512;
-  c.intermediate_size = 1536;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;
-  c.head_dim = 64;
-  c.max_position_embeddings = 4096;
-  c.rms_norm_eps = 1e-5;
-  c.eos_token_ids = {2};
-  return c;
-}
+double Since(SteadyClock::time_point start) { return testing::SecondsSince(start); }
+model::ModelConfig BenchConfig() { return testing::BenchModelConfig(/*layers=*/4, /*kv_heads=*/4); }
 
 // Records when each event of one request arrives (on the engine thread).
 class TimingSink final : public RequestSink {

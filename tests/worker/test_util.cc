@@ -33,6 +33,25 @@ absl::StatusOr<Fixture> LoadFixture(const std::string& name) {
   return f;
 }
 
+model::ModelConfig BenchModelConfig(int layers, int kv_heads) {
+  model::ModelConfig c;
+  c.vocab_size = 4096;
+  c.hidden_size = 512;
+  c.intermediate_size = 1536;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = kv_heads;
+  c.head_dim = 64;
+  c.max_position_embeddings = 4096;
+  c.rms_norm_eps = 1e-5;
+  c.eos_token_ids = {2};
+  return c;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
                                           const model::WeightSource& weights,
                                           const TestEngineOptions& options) {

@@ -1,6 +1,7 @@
 // Helpers shared by the worker tests: the committed transformers fixtures and engine assembly.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,6 +51,12 @@ struct TestEngineOptions {
   int32_t max_num_batched_tokens = 256;
   DataType kv_dtype = DataType::kF32;
 };
+
+// The random-weight model of the engine benchmarks: vocab 4096, hidden 512, MLP 1536, 8 query
+// heads of 64, `layers` layers and `kv_heads` KV heads, context 4096.
+model::ModelConfig BenchModelConfig(int layers, int kv_heads);
+// Seconds of steady-clock time since `start` (benchmarks).
+double SecondsSince(std::chrono::steady_clock::time_point start);
 
 absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
                                           const model::WeightSource& weights,
