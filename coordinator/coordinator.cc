@@ -481,11 +481,12 @@ bool Coordinator::Heartbeat(const std::string& replica_id, const ReplicaLoad& lo
   if (!registry_.Heartbeat(replica_id, load)) return false;
   if (kv_peers != nullptr) {
     const std::vector<std::shared_ptr<ReplicaEntry>> live = registry_.Live();
-    const bool prefill = std::any_of(live.begin(), live.end(), [&](const auto& r) {
-      return r->id() == replica_id && r->info().role == "prefill";
-    });
-    for (const auto& r : prefill ? Pool(live, "decode") : decltype(live){}) {
-      if (!r->info().kv_descriptor.empty()) kv_peers->push_back(r->info().kv_descriptor);
+    const auto self = std::find_if(live.begin(), live.end(),
+                                   [&](const auto& r) { return r->id() == replica_id; });
+    if (self != live.end() && (*self)->info().role == "prefill") {
+      for (const auto& r : Pool(live, "decode")) {
+        if (!r->info().kv_descriptor.empty()) kv_peers->push_back(r->info().kv_descriptor);
+      }
     }
   }
   // Turn the replica's cumulative counters into increments of ours.

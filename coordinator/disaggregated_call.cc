@@ -226,6 +226,11 @@ absl::StatusOr<ReplicaEvent> DisaggregatedCall::Next(absl::Duration timeout) {
         out.kv_checksums.clear();
         if (decode.ok()) {
           reservation_.reset();  // D owns it now: it commits it or releases it
+          // Both now hold the prompt's blocks: the router's prefix estimates learn it.
+          for (ReplicaEntry* r : {prefill_.get(), decode_.get()}) {
+            r->prefix_index().Insert(
+                PromptBlockChain(request_.prompt, r->info().block_size, request_.cache_salt));
+          }
           call_ = *std::move(decode);
           phase_ = Phase::kDecode;
           in_flight_on_ = decode_;
@@ -239,14 +244,8 @@ absl::StatusOr<ReplicaEvent> DisaggregatedCall::Next(absl::Duration timeout) {
         }
         return out;
       }
-      if (event->status.ok()) {
-        // The first token ended the request (EOS, max_tokens 1): nothing to hand over.
-        Release();
-        Leave();
-        phase_ = Phase::kDone;
-        return *event;
-      }
-      if (!Retryable(event->status)) {
+      if (event->status.ok() || !Retryable(event->status)) {
+        // The first token ended the request (EOS, max_tokens 1), or it failed for good.
         Release();
         Leave();
         phase_ = Phase::kDone;
@@ -260,13 +259,11 @@ absl::StatusOr<ReplicaEvent> DisaggregatedCall::Next(absl::Duration timeout) {
     sent_.insert(sent_.end(), event->token_ids.begin(), event->token_ids.end());
     if (event->finished && !event->status.ok() && Retryable(event->status) && !cancelled_.load()) {
       if (absl::IsUnavailable(event->status)) failed_.push_back(decode_.get());
-      const bool had_tokens = !event->token_ids.empty();
       if (auto end = Recover("decode_failed", event->status); end.has_value()) {
-        if (!had_tokens) return *end;
         end->token_ids = event->token_ids;
         return *end;
       }
-      if (had_tokens) {
+      if (!event->token_ids.empty()) {
         ReplicaEvent out = *std::move(event);
         out.finished = false;
         out.finish_reason.reset();

@@ -175,14 +175,16 @@ absl::Status Serve(const ServeFlags& flags) {
     return absl::InvalidArgumentError("no replicas: set --num-replicas or the pools");
   }
   std::vector<std::pair<std::string, std::string>> replicas;  // name, role
-  replicas.reserve(static_cast<size_t>(num_mixed) + static_cast<size_t>(flags.num_prefill) +
-                   static_cast<size_t>(flags.num_decode));
-  for (int i = 0; i < num_mixed; ++i) replicas.push_back({absl::StrCat("replica-", i), "mixed"});
-  for (int i = 0; i < flags.num_prefill; ++i) {
-    replicas.push_back({absl::StrCat("prefill-", i), "prefill"});
-  }
-  for (int i = 0; i < flags.num_decode; ++i) {
-    replicas.push_back({absl::StrCat("decode-", i), "decode"});
+  const struct {
+    const char* role;
+    const char* prefix;
+    int count;
+  } pools[] = {{"mixed", "replica-", num_mixed},
+               {"prefill", "prefill-", flags.num_prefill},
+               {"decode", "decode-", flags.num_decode}};
+  for (const auto& pool : pools) {
+    for (int i = 0; i < pool.count; ++i)
+      replicas.push_back({absl::StrCat(pool.prefix, i), pool.role});
   }
   for (const auto& [replica, role] : replicas) {
     std::vector<std::string> worker = {self,

@@ -10,6 +10,14 @@
 #include "common/status_macros.h"
 
 namespace tessera::worker {
+namespace {
+
+absl::Status NoKvPort() {
+  return absl::FailedPreconditionError(
+      "this replica has no KV transport: it cannot take part in disaggregated serving");
+}
+
+}  // namespace
 
 Engine::Engine(StepExecutor& executor, std::unique_ptr<Scheduler> scheduler,
                const EngineOptions& options, Clock& clock)
@@ -49,8 +57,7 @@ absl::StatusOr<RequestId> Engine::Submit(Request request, std::shared_ptr<Reques
   }
   if (status.ok() && options_.kv_port == nullptr &&
       (request.kv_destination.has_value() || request.kv_import.has_value())) {
-    status = absl::FailedPreconditionError(
-        "this replica has no KV transport: it cannot take part in disaggregated serving");
+    status = NoKvPort();
   }
   if (status.ok() && !request.sampling.stop.empty()) {
     if (options_.stop_matchers == nullptr) {
@@ -105,10 +112,7 @@ struct Engine::ReserveReply {
 };
 
 absl::StatusOr<KvDestination> Engine::ReserveKv(const Request& request, absl::Duration timeout) {
-  if (options_.kv_port == nullptr) {
-    return absl::FailedPreconditionError(
-        "this replica has no KV transport: it cannot take part in disaggregated serving");
-  }
+  if (options_.kv_port == nullptr) return NoKvPort();
   TESSERA_RETURN_IF_ERROR(scheduler_->Validate(request));
   auto reply = std::make_shared<ReserveReply>();
   {
@@ -282,18 +286,14 @@ void Engine::Submitted(Command& command) {
       added = absl::NotFoundError(absl::StrCat(
           "KV reservation ", token, " is unknown or expired; prefill the request again"));
     } else {
-      reservations_.erase(token);
       added = options_.kv_port->Commit(token, command.request.kv_import->checksums);
       if (added.ok()) {
+        reservations_.erase(token);
         added = scheduler_->AddPrefilled(command.id, std::move(command.request),
                                          std::move(command.stop_matcher));
       }
-      if (!added.ok()) {
-        // The port closed the reservation (Commit failed) or the scheduler refused the sequence:
-        // either way its blocks go back.
-        (void)options_.kv_port->Abort(token);
-        (void)scheduler_->ReleaseReservation(token);
-      }
+      // Refused KV (or a refused sequence): the blocks go back, unless writes may still land.
+      if (!added.ok()) ReleaseReservation(token, "its KV was refused");
     }
   } else {
     added =

@@ -154,7 +154,6 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::Export(absl::Span<const int32_
   }
   std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers;
   std::vector<KvSegmentChecksum> checksums;
-  uint64_t total = 0;
   for (const KvRankLayout& dst : destination.ranks) {
     if (dst.transport_kind != layout_.transport_kind) {
       return absl::InvalidArgumentError(absl::StrCat("the decode replica's KV transport is ",
@@ -168,7 +167,6 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::Export(absl::Span<const int32_
     for (const kvtransfer::Segment& s : segments) {
       checksums.push_back({s.remote_region, s.remote_offset, s.length,
                            KvChecksum(LocalBase(s.local_region) + s.local_offset, s.length)});
-      total += s.length;
     }
     TESSERA_ASSIGN_OR_RETURN(kvtransfer::PeerId peer, PeerFor(dst.descriptor));
     absl::StatusOr<std::unique_ptr<kvtransfer::Transfer>> transfer =
@@ -184,7 +182,6 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::Export(absl::Span<const int32_
     absl::MutexLock lock(&mu_);
     counters_.transfers_sent += static_cast<int64_t>(transfers.size());
   }
-  (void)total;
   auto done = [this](bool ok, uint64_t bytes, absl::Duration took) {
     absl::MutexLock lock(&mu_);
     counters_.bytes_sent += static_cast<int64_t>(bytes);
@@ -293,9 +290,8 @@ absl::Status KvPort::Commit(uint64_t token, absl::Span<const KvSegmentChecksum> 
   Reservation& r = it->second;
   auto fail = [&](absl::Status why) {
     ++counters_.checksum_failures;
-    absl::Status closed = CloseLocked(token, r);
-    reservations_.erase(token);
-    if (!closed.ok()) TESSERA_LOG(ERROR) << "KvPort: " << closed;
+    // Closed either way; kept (for Abort to retry the quiesce) while writes may still land.
+    if (CloseLocked(token, r).ok()) reservations_.erase(token);
     return why;
   };
   // Writes admitted but not yet landed would be counted short: wait for them (bounded).

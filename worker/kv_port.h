@@ -99,8 +99,8 @@ class KvPort final : public kvtransfer::WriteListener {
   absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks);
   // Verifies and closes the reservation: every byte of its blocks (every layer, K and V) arrived
   // and `checksums` — the sender's, covering exactly those bytes — match. kNotFound for an
-  // unknown token; kDataLoss naming the first damaged or missing range (the reservation is then
-  // aborted as by Abort; the caller releases the blocks when that returned OK).
+  // unknown token; kDataLoss naming the first damaged or missing range: the reservation is then
+  // closed, and the caller calls Abort to learn whether its blocks may be reused.
   absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums);
   // Closes the reservation: later writes are refused. Waits up to quiesce_timeout for writes
   // admitted earlier to land: OK when the blocks may be reused, kDeadlineExceeded when they must

@@ -186,11 +186,15 @@ std::vector<RequestId> Scheduler::request_ids() const {
 }
 
 void Scheduler::ComputeBlockHashes(Sequence& seq, int32_t full_blocks) const {
-  while (static_cast<int32_t>(seq.block_hashes.size()) < full_blocks) {
-    const size_t i = seq.block_hashes.size();
-    const uint64_t parent = i == 0 ? kRootBlockHash : seq.block_hashes[i - 1];
-    const auto block = absl::MakeConstSpan(seq.tokens).subspan(i * block_size_, block_size_);
-    seq.block_hashes.push_back(BlockHash(parent, seq.salt_key, block));
+  ExtendBlockHashes(seq.tokens, seq.salt_key, full_blocks, seq.block_hashes);
+}
+
+void Scheduler::ExtendBlockHashes(absl::Span<const int32_t> tokens, uint64_t salt_key,
+                                  int32_t full_blocks, std::vector<uint64_t>& hashes) const {
+  while (static_cast<int32_t>(hashes.size()) < full_blocks) {
+    const size_t i = hashes.size();
+    const uint64_t parent = i == 0 ? kRootBlockHash : hashes[i - 1];
+    hashes.push_back(BlockHash(parent, salt_key, tokens.subspan(i * block_size_, block_size_)));
   }
 }
 
@@ -424,6 +428,7 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
   counters_.last_step_seqs = static_cast<int64_t>(scheduled.size());
   std::vector<TokenEvent> events;
   std::vector<Sequence*> finished;
+  std::vector<Sequence*> handoffs;  // finished with kv_handoff (a subset of finished)
   size_t row = 0;
   for (const auto& [seq, n] : scheduled) {
     // A decode feeds back the one token generated last step; anything else is a prefill
@@ -465,28 +470,26 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
       // Prefill done: decoding goes on at the decode replica once the KV is there.
       event.finish_reason = FinishReason::kLength;
       event.kv_handoff = true;
+      handoffs.push_back(seq);
     }
     if (event.finish_reason.has_value()) finished.push_back(seq);
     events.push_back(std::move(event));
   }
   counters_.prefill_tokens += counters_.last_step_prefill_tokens;
   counters_.decode_tokens += counters_.last_step_decode_tokens;
-  for (size_t i = 0, e = 0; i < finished.size(); ++i) {
-    Sequence* seq = finished[i];
-    while (events[e].request_id != seq->id) ++e;
-    if (events[e].kv_handoff) {
-      // Keep the blocks (in use) until the engine has sent them.
-      KvExportBlocks& x = exports_[seq->id];
-      const size_t from = static_cast<size_t>(seq->kv_destination->num_cached_tokens / block_size_);
-      const size_t to = static_cast<size_t>(BlocksFor(seq->num_prompt));
-      x.blocks.assign(seq->blocks.begin() + static_cast<std::ptrdiff_t>(from),
-                      seq->blocks.begin() + static_cast<std::ptrdiff_t>(to));
-      x.destination = std::move(*seq->kv_destination);
-      held_exports_[seq->id] = std::move(seq->blocks);
-      seq->blocks.clear();
-    } else {
-      ReleaseBlocks(*seq);
-    }
+  for (Sequence* seq : handoffs) {
+    // Keep the blocks (in use) until the engine has sent them; ReleaseBlocks below finds none.
+    KvExportBlocks& x = exports_[seq->id];
+    const auto from =
+        static_cast<std::ptrdiff_t>(seq->kv_destination->num_cached_tokens / block_size_);
+    const auto to = static_cast<std::ptrdiff_t>(BlocksFor(seq->num_prompt));
+    x.blocks.assign(seq->blocks.begin() + from, seq->blocks.begin() + to);
+    x.destination = std::move(*seq->kv_destination);
+    x.held = std::move(seq->blocks);
+    seq->blocks.clear();
+  }
+  for (Sequence* seq : finished) {
+    ReleaseBlocks(*seq);
     Remove(seq);
     ++counters_.requests_finished;
   }
@@ -504,12 +507,7 @@ absl::StatusOr<Scheduler::KvReservationBlocks> Scheduler::Reserve(uint64_t token
   std::vector<uint64_t> hashes;
   int32_t hits = 0;
   if (blocks_.prefix_caching()) {
-    const uint64_t salt = CacheSaltKey(request.cache_salt);
-    for (int32_t i = 0; i < full; ++i) {
-      const uint64_t parent = i == 0 ? kRootBlockHash : hashes.back();
-      hashes.push_back(BlockHash(
-          parent, salt, absl::MakeConstSpan(request.prompt).subspan(i * block_size_, block_size_)));
-    }
+    ExtendBlockHashes(request.prompt, CacheSaltKey(request.cache_salt), full, hashes);
     hits = blocks_.LookUp(hashes);
   }
   const auto hit_hashes = absl::MakeConstSpan(hashes).first(hits);
@@ -552,10 +550,6 @@ absl::Status Scheduler::AddPrefilled(RequestId id, Request request,
   if (it == reservations_.end()) {
     return absl::NotFoundError(absl::StrCat("no KV reservation ", token));
   }
-  if (sequences_.contains(id)) {
-    return absl::AlreadyExistsError(absl::StrCat("request ", id, " is already scheduled"));
-  }
-  TESSERA_RETURN_IF_ERROR(Validate(request));
   Reservation r = std::move(it->second);
   reservations_.erase(it);
   const int32_t num_cached = r.num_cached_tokens;
@@ -586,11 +580,10 @@ const Scheduler::KvExportBlocks* Scheduler::ExportOf(RequestId id) const {
 }
 
 void Scheduler::ReleaseExport(RequestId id) {
-  exports_.erase(id);
-  const auto it = held_exports_.find(id);
-  if (it == held_exports_.end()) return;
-  TESSERA_CHECK_OK(blocks_.Release(it->second));
-  held_exports_.erase(it);
+  const auto it = exports_.find(id);
+  if (it == exports_.end()) return;
+  TESSERA_CHECK_OK(blocks_.Release(it->second.held));
+  exports_.erase(it);
 }
 
 SchedulerCounters Scheduler::counters() const {
@@ -605,8 +598,8 @@ SchedulerCounters Scheduler::counters() const {
   for (const auto& [token, r] : reservations_) {
     c.kv_blocks_reserved += static_cast<int64_t>(r.blocks.size());
   }
-  for (const auto& [id, blocks] : held_exports_) {
-    c.kv_blocks_exporting += static_cast<int64_t>(blocks.size());
+  for (const auto& [id, x] : exports_) {
+    c.kv_blocks_exporting += static_cast<int64_t>(x.held.size());
   }
   return c;
 }

@@ -131,6 +131,7 @@ class Scheduler {
   struct KvExportBlocks {
     std::vector<int32_t> blocks;  // this replica's blocks to send, parallel to destination's
     KvDestination destination;
+    std::vector<int32_t> held;  // every block of the request, released by ReleaseExport
   };
   // A request that ended with kv_handoff keeps its blocks until ReleaseExport. nullptr when the
   // id has none.
@@ -152,6 +153,9 @@ class Scheduler {
 
   int32_t BlocksFor(int32_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
   void ComputeBlockHashes(Sequence& seq, int32_t full_blocks) const;
+  // Extends `hashes` (the chain of `tokens`' leading full blocks) to `full_blocks` entries.
+  void ExtendBlockHashes(absl::Span<const int32_t> tokens, uint64_t salt_key, int32_t full_blocks,
+                         std::vector<uint64_t>& hashes) const;
   // Running phase and admission phase of Schedule; true when they scheduled anything.
   bool ScheduleRunning(int32_t& budget, bool& preempted);
   bool ScheduleWaiting(int32_t& budget);
@@ -179,7 +183,6 @@ class Scheduler {
   };
   absl::flat_hash_map<uint64_t, Reservation> reservations_;
   absl::flat_hash_map<RequestId, KvExportBlocks> exports_;
-  absl::flat_hash_map<RequestId, std::vector<int32_t>> held_exports_;  // all the request's blocks
 };
 
 }  // namespace tessera::worker

@@ -1,3 +1,6 @@
+// UcxTransport (ucx_transport.h): set-up and the progress loop, the public methods, connections
+// and the send side. The receive side is in ucx_receive.cc; the implementation class in
+// ucx_transport_impl.h.
 #include "kvtransfer/ucx/ucx_transport.h"
 
 #include <poll.h>
@@ -5,219 +8,36 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
-#include <thread>
-#include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kvtransfer/region_table.h"
 #include "kvtransfer/ucx/ucx_status.h"
+#include "kvtransfer/ucx/ucx_transport_impl.h"
 #include "kvtransfer/ucx/wire.h"
 
-namespace tessera::kvtransfer {
-namespace {
+namespace tessera::kvtransfer::ucx_internal {
 
-using ucx_wire::AckHeader;
 using ucx_wire::ByeHeader;
-using ucx_wire::DataHeader;
-using ucx_wire::HelloHeader;
+
+namespace {
 
 absl::string_view View(const void* p, size_t n) {
   return absl::string_view(static_cast<const char*>(p), n);
 }
-
-struct SegmentPlan {
-  const char* src = nullptr;
-  ucp_mem_h memh = nullptr;
-  DataHeader header;
-  bool acked = false;
-};
-
-// One Submit. Shared by the Transfer handle (user threads) and the progress thread.
-struct TransferState {
-  absl::Mutex mu;
-  bool done ABSL_GUARDED_BY(mu) = false;  // final status known and UCX no longer reads memory
-  absl::Status status ABSL_GUARDED_BY(mu);
-  std::atomic<uint64_t> bytes_done{0};
-  std::atomic<bool> cancel_requested{false};
-
-  // Set before the state is shared, then read-only.
-  uint64_t id = 0;
-  PeerId peer = 0;
-  std::vector<Segment> submitted;  // holds a use of each segment's local region until retired
-
-  // Owned by the progress thread.
-  std::vector<SegmentPlan> segments;
-  size_t next = 0;      // next segment to send
-  size_t inflight = 0;  // sent and not acknowledged
-  uint64_t inflight_bytes = 0;
-  size_t acked = 0;
-  std::unordered_set<void*> requests;  // outstanding ucp send requests (they read local memory)
-  bool decided = false;                // final status chosen (below); done waits for requests
-  absl::Status final_status;
-  absl::Time last_progress;
-};
-
-struct SendContext {  // user_data of one ucp_am_send_nbx; keeps header and payload alive
-  class UcxTransportImpl* impl = nullptr;
-  std::shared_ptr<TransferState> transfer;  // null for control messages
-  std::string header;
-  std::string payload;
-};
-
-struct EpContext {  // the error handler's argument, one per endpoint
-  class UcxTransportImpl* impl = nullptr;
-  bool inbound = false;
-  uint64_t id = 0;  // PeerId (outbound) or inbound id
-};
-
-struct RecvContext {  // user_data of one ucp_am_recv_data_nbx
-  class UcxTransportImpl* impl = nullptr;
-  uint64_t inbound_id = 0;
-  DataHeader header;
-  WriteInfo info;
-  bool rndv = false;
-};
-
-class UcxTransfer;
-
-class UcxTransportImpl final : public UcxTransport {
- public:
-  explicit UcxTransportImpl(const UcxTransportOptions& options) : options_(options) {}
-  ~UcxTransportImpl() override;
-
-  absl::Status Init();
-
-  absl::StatusOr<RegionId> RegisterMemory(void* base, size_t length) override;
-  absl::Status DeregisterMemory(RegionId region) override;
-  absl::StatusOr<std::string> LocalDescriptor() override;
-  absl::StatusOr<PeerId> Connect(absl::string_view descriptor) override;
-  absl::Status Disconnect(PeerId peer) override;
-  absl::StatusOr<std::unique_ptr<Transfer>> Submit(PeerId peer,
-                                                   absl::Span<const Segment> segments) override;
-  void SetWriteListener(WriteListener* listener) override;
-
-  // For UcxTransfer.
-  void RequestCancel(std::shared_ptr<TransferState> transfer);
-  absl::Duration retire_timeout() const {
-    return options_.base.peer_timeout + options_.close_timeout + absl::Seconds(5);
-  }
-
- private:
-  struct PeerInfo {  // caller-side view of a connection (validation), under peers_mu_
-    enum class State { kConnecting, kConnected, kFailed } state = State::kConnecting;
-    absl::Status failure;
-    std::string name;
-    RemoteRegions regions;
-  };
-  struct OutPeer {  // progress-thread view of a connection made by Connect
-    ucp_ep_h ep = nullptr;
-    std::unique_ptr<EpContext> ep_context;
-    uint64_t inbound_id = 0;  // the receiver's id, from HelloAck
-    bool connected = false;
-    std::unordered_set<uint64_t> transfers;
-  };
-  struct InPeer {                // progress-thread view of a connection a peer made to us
-    ucp_ep_h back_ep = nullptr;  // for HelloAck, Ack and Bye
-    std::unique_ptr<EpContext> ep_context;
-    uint64_t peer_id = 0;  // the sender's PeerId
-    std::string name;
-  };
-  struct AmHandlerArg {
-    UcxTransportImpl* impl;
-    unsigned id;
-  };
-
-  // Commands and the progress loop.
-  void Post(std::function<void()> command);
-  absl::Status RunSync(std::function<absl::Status()> command);
-  void Loop();
-  bool HasCommands();
-  void ShutdownOnWorker();
-  void DrainOnce();  // one progress round plus deferred work, retirements and closes
-
-  // UCX callbacks (progress thread).
-  static ucs_status_t AmTrampoline(void* arg, const void* header, size_t header_length, void* data,
-                                   size_t length, const ucp_am_recv_param_t* param);
-  static void SendDone(void* request, ucs_status_t status, void* user_data);
-  static void RecvDone(void* request, ucs_status_t status, size_t length, void* user_data);
-  static void EpError(void* arg, ucp_ep_h ep, ucs_status_t status);
-  ucs_status_t OnHello(absl::string_view header, const void* data, size_t length,
-                       const ucp_am_recv_param_t* param);
-  void OnHelloAck(absl::string_view header);
-  ucs_status_t OnData(absl::string_view header, void* data, size_t length,
-                      const ucp_am_recv_param_t* param);
-  void OnAck(absl::string_view header, const void* data, size_t length);
-  void OnBye(absl::string_view header);
-
-  // Progress-thread helpers.
-  ucp_ep_h CreateEp(const std::string& address, EpContext* context, absl::Status* status);
-  void SendControl(ucp_ep_h ep, unsigned id, std::string header, std::string payload);
-  void CloseEp(ucp_ep_h ep, bool force);
-  void StartConnect(PeerId id, const std::string& address);
-  void AcceptHello(HelloHeader hello, std::string name, const std::string& address);
-  void FailPeer(PeerId id, const absl::Status& status, bool send_bye);
-  void DropInbound(uint64_t inbound_id, bool send_bye);
-  void StartTransfer(const std::shared_ptr<TransferState>& t);
-  void Pump(TransferState& t);
-  void SendSegment(const std::shared_ptr<TransferState>& t, size_t index);
-  void Decide(TransferState& t, absl::Status status);
-  void MaybeRetire(const std::shared_ptr<TransferState>& t);
-  void CancelOnWorker(const std::shared_ptr<TransferState>& t);
-  void CheckTimeouts();
-  void SendAck(uint64_t inbound_id, const DataHeader& h, const absl::Status& status);
-  void FinishRecv(RecvContext* rc, ucs_status_t status);
-  void ReleaseIncoming(RegionId region);
-  void SetPeerState(PeerId id, PeerInfo::State state, absl::Status failure);
-
-  const UcxTransportOptions options_;
-  ucp_context_h context_ = nullptr;
-  ucp_worker_h worker_ = nullptr;
-  int efd_ = -1;
-  std::string worker_address_;
-  std::thread thread_;
-  AmHandlerArg handler_args_[5] = {};
-
-  absl::Mutex cmd_mu_;
-  std::vector<std::function<void()>> commands_ ABSL_GUARDED_BY(cmd_mu_);
-  bool accepting_ ABSL_GUARDED_BY(cmd_mu_) = true;
-
-  RegionTable regions_;  // handles: ucp_mem_h
-
-  absl::Mutex peers_mu_;
-  std::unordered_map<PeerId, PeerInfo> peer_info_ ABSL_GUARDED_BY(peers_mu_);
-
-  absl::Mutex listener_mu_;
-  WriteListener* listener_ ABSL_GUARDED_BY(listener_mu_) = nullptr;
-
-  std::atomic<uint64_t> next_peer_{1};
-  std::atomic<uint64_t> next_transfer_{1};
-
-  // Progress-thread state.
-  bool stop_ = false;
-  bool shutting_down_ = false;
-  bool leaked_ = false;  // shutdown could not quiesce UCX; read by the destructor after join
-  std::vector<std::function<void()>> deferred_;  // work that must not run inside a callback
-  std::unordered_map<PeerId, OutPeer> out_peers_;
-  std::unordered_map<uint64_t, InPeer> in_peers_;
-  uint64_t next_inbound_ = 1;
-  int pending_recvs_ = 0;  // ucp_am_recv_data_nbx in flight (they write into our regions)
-  std::unordered_map<uint64_t, std::shared_ptr<TransferState>> transfers_;
-  std::vector<void*> closing_;  // ucp_ep_close_nbx requests
-  // Error-handler arguments of closed endpoints: UCX may still call back until the worker dies.
-  std::vector<std::unique_ptr<EpContext>> dead_ep_contexts_;
-};
 
 // The handle returned by Submit.
 class UcxTransfer final : public Transfer {
@@ -256,6 +76,8 @@ class UcxTransfer final : public Transfer {
   UcxTransportImpl* const impl_;
   const std::shared_ptr<TransferState> state_;
 };
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Set-up and the progress loop.
@@ -364,11 +186,7 @@ void UcxTransportImpl::Loop() {
     if (stop_) break;
     for (int i = 0; i < 1024 && ucp_worker_progress(worker_) != 0; ++i) {
     }
-    while (!deferred_.empty()) {
-      std::vector<std::function<void()>> work;
-      work.swap(deferred_);
-      for (auto& w : work) w();
-    }
+    RunDeferred();
     std::vector<std::shared_ptr<TransferState>> active;
     active.reserve(transfers_.size());
     for (auto& [id, t] : transfers_) active.push_back(t);
@@ -377,13 +195,7 @@ void UcxTransportImpl::Loop() {
       MaybeRetire(t);
     }
     CheckTimeouts();
-    closing_.erase(std::remove_if(closing_.begin(), closing_.end(),
-                                  [](void* r) {
-                                    if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
-                                    ucp_request_free(r);
-                                    return true;
-                                  }),
-                   closing_.end());
+    ReapClosedEps();
     if (HasCommands() || !deferred_.empty()) continue;
     if (ucp_worker_arm(worker_) == UCS_ERR_BUSY) continue;  // events pending: progress again
     const absl::Duration sleep = transfers_.empty()
@@ -396,14 +208,22 @@ void UcxTransportImpl::Loop() {
 
 void UcxTransportImpl::DrainOnce() {
   ucp_worker_progress(worker_);
+  RunDeferred();
+  std::vector<std::shared_ptr<TransferState>> active;
+  for (auto& [id, t] : transfers_) active.push_back(t);
+  for (auto& t : active) MaybeRetire(t);
+  ReapClosedEps();
+}
+
+void UcxTransportImpl::RunDeferred() {
   while (!deferred_.empty()) {
     std::vector<std::function<void()>> work;
     work.swap(deferred_);
     for (auto& w : work) w();
   }
-  std::vector<std::shared_ptr<TransferState>> active;
-  for (auto& [id, t] : transfers_) active.push_back(t);
-  for (auto& t : active) MaybeRetire(t);
+}
+
+void UcxTransportImpl::ReapClosedEps() {
   closing_.erase(std::remove_if(closing_.begin(), closing_.end(),
                                 [](void* r) {
                                   if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
@@ -654,25 +474,6 @@ void UcxTransportImpl::StartConnect(PeerId id, const std::string& address) {
               options_.base.name + worker_address_);
 }
 
-void UcxTransportImpl::AcceptHello(HelloHeader hello, std::string name,
-                                   const std::string& address) {
-  if (shutting_down_) return;
-  const uint64_t inbound_id = next_inbound_++;
-  InPeer& in = in_peers_[inbound_id];
-  in.ep_context = std::make_unique<EpContext>(EpContext{this, true, inbound_id});
-  in.peer_id = hello.peer_id;
-  in.name = std::move(name);
-  absl::Status status;
-  in.back_ep = CreateEp(address, in.ep_context.get(), &status);
-  if (in.back_ep == nullptr) {
-    TESSERA_LOG(WARNING) << "UCX: cannot answer hello from '" << in.name << "': " << status;
-    in_peers_.erase(inbound_id);
-    return;
-  }
-  SendControl(in.back_ep, ucx_wire::kAmHelloAck,
-              ucx_wire::EncodeHelloAck({hello.peer_id, inbound_id}), "");
-}
-
 void UcxTransportImpl::FailPeer(PeerId id, const absl::Status& status, bool send_bye) {
   SetPeerState(id, PeerInfo::State::kFailed, status);
   auto it = out_peers_.find(id);
@@ -698,16 +499,6 @@ void UcxTransportImpl::FailPeer(PeerId id, const absl::Status& status, bool send
   for (auto& t : affected) MaybeRetire(t);
   // The EpContext must outlive the endpoint's error callbacks: keep it until the worker dies.
   dead_ep_contexts_.push_back(std::move(peer.ep_context));
-}
-
-void UcxTransportImpl::DropInbound(uint64_t inbound_id, bool send_bye) {
-  auto it = in_peers_.find(inbound_id);
-  if (it == in_peers_.end()) return;
-  InPeer in = std::move(it->second);
-  in_peers_.erase(it);
-  if (send_bye) SendControl(in.back_ep, ucx_wire::kAmBye, ucx_wire::EncodeBye({in.peer_id, 0}), "");
-  CloseEp(in.back_ep, !send_bye);
-  dead_ep_contexts_.push_back(std::move(in.ep_context));
 }
 
 void UcxTransportImpl::EpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
@@ -759,24 +550,6 @@ ucs_status_t UcxTransportImpl::AmTrampoline(void* arg, const void* header, size_
   }
 }
 
-ucs_status_t UcxTransportImpl::OnHello(absl::string_view header, const void* data, size_t length,
-                                       const ucp_am_recv_param_t* param) {
-  auto hello = ucx_wire::DecodeHello(header);
-  if (!hello.ok() || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
-      length != static_cast<size_t>(hello->name_length) + hello->address_length) {
-    TESSERA_LOG(WARNING) << "UCX: dropping malformed hello";
-    return UCS_OK;
-  }
-  const char* bytes = static_cast<const char*>(data);
-  std::string name(bytes, hello->name_length);
-  std::string address(bytes + hello->name_length, hello->address_length);
-  // ucp_ep_create must not run inside a callback.
-  deferred_.push_back([this, h = *hello, name = std::move(name), address = std::move(address)] {
-    AcceptHello(h, name, address);
-  });
-  return UCS_OK;
-}
-
 void UcxTransportImpl::OnHelloAck(absl::string_view header) {
   auto ack = ucx_wire::DecodeHelloAck(header);
   if (!ack.ok()) return;
@@ -798,101 +571,6 @@ void UcxTransportImpl::OnBye(absl::string_view header) {
       FailPeer(b.id, absl::UnavailableError("UCX peer closed its transport"), false);
     }
   });
-}
-
-ucs_status_t UcxTransportImpl::OnData(absl::string_view header, void* data, size_t length,
-                                      const ucp_am_recv_param_t* param) {
-  auto parsed = ucx_wire::DecodeData(header);
-  if (!parsed.ok()) {
-    TESSERA_LOG(WARNING) << "UCX: dropping data message: " << parsed.status();
-    return UCS_OK;
-  }
-  const DataHeader h = *parsed;
-  auto in = in_peers_.find(h.inbound_id);
-  if (in == in_peers_.end() || shutting_down_) return UCS_OK;  // no one to answer
-  WriteInfo info{h.region, h.offset, h.length, h.tag, in->second.name};
-
-  char* dest = nullptr;
-  ucp_mem_h memh = nullptr;
-  absl::Status admit;
-  if (h.length != length) {
-    admit = absl::InvalidArgumentError(
-        absl::StrCat("write of ", length, " bytes for a segment of ", h.length));
-  } else if (absl::StatusOr<RegionTable::Place> place =
-                 regions_.AcquireDestination(h.region, h.offset, h.length);
-             !place.ok()) {
-    admit = place.status();
-  } else {
-    dest = place->address;
-    memh = static_cast<ucp_mem_h>(place->handle);
-  }
-  if (admit.ok()) {
-    absl::ReaderMutexLock lock(&listener_mu_);
-    if (listener_ != nullptr) admit = listener_->Admit(info);
-    if (!admit.ok()) ReleaseIncoming(h.region);
-  }
-  if (!admit.ok()) {
-    SendAck(h.inbound_id, h, admit);
-    return UCS_OK;  // drops the data; a rendezvous sender completes without sending it
-  }
-  if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
-    auto* rc = new RecvContext{this, h.inbound_id, h, std::move(info), true};
-    ucp_request_param_t p{};
-    p.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMH;
-    p.cb.recv_am = &UcxTransportImpl::RecvDone;
-    p.user_data = rc;
-    p.memh = memh;
-    ++pending_recvs_;
-    ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_, data, dest, length, &p);
-    if (r == nullptr) {
-      FinishRecv(rc, UCS_OK);
-    } else if (UCS_PTR_IS_ERR(r)) {
-      FinishRecv(rc, UCS_PTR_STATUS(r));
-    }
-    return UCS_INPROGRESS;  // UCX owns the descriptor now
-  }
-  std::memcpy(dest, data, length);
-  auto* rc = new RecvContext{this, h.inbound_id, h, std::move(info)};
-  FinishRecv(rc, UCS_OK);
-  return UCS_OK;
-}
-
-void UcxTransportImpl::RecvDone(void* request, ucs_status_t status, size_t /*length*/,
-                                void* user_data) {
-  auto* rc = static_cast<RecvContext*>(user_data);
-  rc->impl->FinishRecv(rc, status);
-  ucp_request_free(request);
-}
-
-void UcxTransportImpl::FinishRecv(RecvContext* rc, ucs_status_t status) {
-  std::unique_ptr<RecvContext> owned(rc);
-  if (rc->rndv) --pending_recvs_;
-  absl::Status result = UcsToStatus(status, "ucp_am_recv_data_nbx");
-  if (result.ok()) {
-    absl::ReaderMutexLock lock(&listener_mu_);
-    if (listener_ != nullptr) listener_->Written(rc->info);
-  }
-  ReleaseIncoming(rc->header.region);
-  if (!shutting_down_) SendAck(rc->inbound_id, rc->header, result);
-}
-
-void UcxTransportImpl::ReleaseIncoming(RegionId region) { regions_.ReleaseDestination(region); }
-
-void UcxTransportImpl::SendAck(uint64_t inbound_id, const DataHeader& h,
-                               const absl::Status& status) {
-  auto in = in_peers_.find(inbound_id);
-  if (in == in_peers_.end()) return;
-  AckHeader ack;
-  ack.transfer_id = h.transfer_id;
-  ack.segment_index = h.segment_index;
-  ack.code = static_cast<int32_t>(status.code());
-  // Sending from inside a callback is allowed, but keep it uniform: sends run after progress.
-  deferred_.push_back(
-      [this, ep = in->second.back_ep, inbound_id, ack, message = std::string(status.message())] {
-        if (in_peers_.count(inbound_id) == 0) return;
-        SendControl(ep, ucx_wire::kAmAck, ucx_wire::EncodeAck(ack), message);
-      });
 }
 
 void UcxTransportImpl::OnAck(absl::string_view header, const void* data, size_t length) {
@@ -1034,7 +712,9 @@ void UcxTransportImpl::CheckTimeouts() {
   // Decided transfers without a peer (failed before start) retire in the loop.
 }
 
-}  // namespace
+}  // namespace tessera::kvtransfer::ucx_internal
+
+namespace tessera::kvtransfer {
 
 absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(
     const UcxTransportOptions& options) {
@@ -1046,7 +726,7 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(
       options.base.connect_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("connect_timeout and peer_timeout must be positive");
   }
-  auto transport = std::make_unique<UcxTransportImpl>(options);
+  auto transport = std::make_unique<ucx_internal::UcxTransportImpl>(options);
   TESSERA_RETURN_IF_ERROR(transport->Init());
   return std::unique_ptr<UcxTransport>(std::move(transport));
 }

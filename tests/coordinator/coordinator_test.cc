@@ -580,6 +580,35 @@ TEST_F(CoordinatorTest, ALostDecodeReplicaIsReplacedMidStreamWithoutGapsOrRepeat
   ExpectAllBlocksBack();
 }
 
+TEST_F(CoordinatorTest, DisaggregatedRoutingFollowsTheDecodeReplicasCachedPrefix) {
+  Start(0);
+  AddRoleReplica("p0", "prefill");
+  // Three decode replicas: with equal loads the router's rotation alone would spread the
+  // requests over them.
+  std::vector<EngineReplica*> decode = {&AddRoleReplica("d0", "decode"),
+                                        &AddRoleReplica("d1", "decode"),
+                                        &AddRoleReplica("d2", "decode")};
+  const std::vector<int32_t> prompt = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17};
+  for (int i = 0; i < 4; ++i) {
+    auto s = coordinator_->Generate(Ids(prompt, 3));
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(Collect(**s).tokens, ExpectedGreedy(prompt, 3, sample_below_));
+  }
+  // All four went to the decode replica that held the prompt's blocks after the first.
+  EngineReplica* d = nullptr;
+  for (EngineReplica* r : decode) {
+    const int64_t commits = r->kv_port()->counters().commits;
+    EXPECT_TRUE(commits == 0 || commits == 4) << r->info("m").name << ": " << commits;
+    if (commits == 4) d = r;
+  }
+  ASSERT_NE(d, nullptr);
+  // ... and from the second on only the last, partial block was sent: the first request moved
+  // the prompt's 4 blocks, each later one the 1 block past D's 3 cached full blocks.
+  const worker::KvRankLayout& l = d->kv_port()->layout();
+  const int64_t block = 2 * (l.layer_end - l.layer_begin) * static_cast<int64_t>(l.BlockBytes());
+  EXPECT_EQ(d->kv_port()->counters().bytes_received, block * (4 + 3 * 1));
+}
+
 TEST_F(CoordinatorTest, ARefusingPrefillReplicaIsSkipped) {
   Start(0);
   EngineReplica& p0 = AddRoleReplica("p0", "prefill");
