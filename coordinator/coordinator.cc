@@ -485,7 +485,9 @@ bool Coordinator::Heartbeat(const std::string& replica_id, const ReplicaLoad& lo
                                    [&](const auto& r) { return r->id() == replica_id; });
     if (self != live.end() && (*self)->info().role == "prefill") {
       for (const auto& r : Pool(live, "decode")) {
-        if (!r->info().kv_descriptor.empty()) kv_peers->push_back(r->info().kv_descriptor);
+        for (const std::string& d : r->info().kv_descriptors) {
+          if (!d.empty()) kv_peers->push_back(d);
+        }
       }
     }
   }

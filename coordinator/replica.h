@@ -29,7 +29,8 @@ struct ReplicaInfo {
   int32_t max_num_seqs = 0;
   int32_t tensor_parallel_size = 1;
   int32_t pipeline_parallel_size = 1;
-  std::string kv_descriptor;  // prefill/decode: their KV transport's descriptor (opaque)
+  // Prefill/decode: each rank's KV transport descriptor (opaque), replica rank order.
+  std::vector<std::string> kv_descriptors;
 };
 
 struct ReplicaLoad {

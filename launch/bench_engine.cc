@@ -127,7 +127,7 @@ absl::Status Bench(BenchFlags flags) {
                                     static_cast<size_t>(config.kv_size()) *
                                     DataTypeSize(limits.kv_cache_dtype);
   parallel::CommStats comm;
-  auto leader = [&](worker::StepExecutor& executor, int32_t, worker::KvCache*) -> absl::Status {
+  auto leader = [&](worker::StepExecutor& executor, int32_t, worker::KvEndpoint*) -> absl::Status {
     for (int32_t batch : flags.batch_sizes) {
       double prefill_seconds = 0;
       for (int32_t s = 0; s < batch; ++s) {

@@ -81,7 +81,7 @@ absl::Status Generate(const GenerateFlags& flags) {
   }
   // The replica's leader runs the engine and prints; under TP/PP the other ranks follow its steps.
   auto leader = [&](worker::StepExecutor& executor, int32_t max_model_len,
-                    worker::KvCache*) -> absl::Status {
+                    worker::KvEndpoint*) -> absl::Status {
     TESSERA_ASSIGN_OR_RETURN(
         auto engine,
         worker::Engine::Create(executor, config, EngineOptionsFor(flags.engine, max_model_len)));

@@ -16,6 +16,7 @@
 #include "parallel/comm/mpi/mpi_runtime.h"
 #endif
 #include "worker/replica.h"
+#include "worker/replica_kv.h"
 
 namespace tessera::launch {
 
@@ -80,20 +81,50 @@ absl::StatusOr<worker::ReplicaRankOptions> RankOptions(const model::ModelConfig&
   return o;
 }
 
-// One rank's life: load its shard, then lead or follow.
+// One rank's life: load its shard (and put its KV cache on a transport), then lead or follow.
 absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource& weights,
                      kernels::Backend& backend, parallel::Communicator& comm,
                      const worker::ReplicaRankOptions& options, int32_t max_model_len,
-                     const LeaderBody& leader, parallel::CommStats* stats) {
+                     const LeaderBody& leader, parallel::CommStats* stats,
+                     const KvTransportFactory& kv_transports) {
   std::optional<parallel::TimedCommunicator> timed;
   if (stats != nullptr && comm.rank() == 0) timed.emplace(comm, *stats);
   parallel::Communicator& replica = timed ? *timed : comm;
   TESSERA_ASSIGN_OR_RETURN(worker::ReplicaRank rank,
                            worker::CreateReplicaRank(config, weights, backend, replica, options));
-  if (!rank.worker->is_leader()) return worker::RunFollower(*rank.worker);
+  // Declared before the executor and handler that use them, so destroyed after those.
+  std::unique_ptr<kvtransfer::Transport> transport;
+  std::unique_ptr<worker::KvPort> port;
+  if (kv_transports) {
+    TESSERA_ASSIGN_OR_RETURN(transport, kv_transports(comm.rank()));
+    TESSERA_ASSIGN_OR_RETURN(
+        port, worker::KvPort::Create(
+                  *rank.cache, *transport,
+                  worker::KvPortOptionsFor(rank.model->plan(), config.num_key_value_heads)));
+  }
+  if (!rank.worker->is_leader()) {
+    if (port == nullptr) return worker::RunFollower(*rank.worker);
+    worker::FollowerKvHandler handler(*port, comm.rank());
+    return worker::RunFollower(*rank.worker,
+                               [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
+  }
   TESSERA_ASSIGN_OR_RETURN(auto executor, worker::ReplicaExecutor::Create(*rank.worker));
-  const bool single = comm.size() == 1;
-  const absl::Status status = leader(*executor, max_model_len, single ? rank.cache.get() : nullptr);
+  absl::Status status;
+  {
+    std::unique_ptr<worker::ReplicaKvPort> replica_port;
+    worker::KvEndpoint* kv = port.get();
+    if (port != nullptr && comm.size() > 1) {
+      absl::StatusOr<std::unique_ptr<worker::ReplicaKvPort>> made =
+          worker::ReplicaKvPort::Create(*port, *executor);
+      if (made.ok()) {
+        replica_port = std::move(*made);
+        kv = replica_port.get();
+      } else {
+        status = made.status();
+      }
+    }
+    if (status.ok()) status = leader(*executor, max_model_len, kv);
+  }
   const absl::Status stopped = executor->Stop();
   return status.ok() ? stopped : status;
 }
@@ -103,7 +134,8 @@ absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource
 absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSource& weights,
                         const EngineFlags& engine, const ReplicaFlags& flags,
                         const LeaderBody& leader, bool* is_leader,
-                        parallel::CommStats* leader_comm_stats) {
+                        parallel::CommStats* leader_comm_stats,
+                        const KvTransportFactory& kv_transports) {
   int32_t max_model_len = 0;
   TESSERA_ASSIGN_OR_RETURN(worker::ReplicaRankOptions options,
                            RankOptions(config, engine, flags, &max_model_len));
@@ -133,7 +165,7 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
       cpu.num_threads = engine.threads;
       TESSERA_ASSIGN_OR_RETURN(auto backend, kernels::CreateCpuBackend(cpu));
       status = RunRank(config, weights, *backend, *world, options, max_model_len, leader,
-                       leader_comm_stats);
+                       leader_comm_stats, kv_transports);
       if (!status.ok()) world->Abort();
     }
     return status;
@@ -165,7 +197,7 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
         status[r] = backend.status();
       } else {
         status[r] = RunRank(config, weights, **backend, *group[r], options, max_model_len, leader,
-                            leader_comm_stats);
+                            leader_comm_stats, kv_transports);
       }
       // A failed rank must not leave its peers waiting for the timeout.
       if (!status[r].ok()) group[r]->Abort();

@@ -4,16 +4,18 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "kvtransfer/transport.h"
 #include "launch/engine_setup.h"
 #include "launch/rank_env.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "parallel/comm/timed_communicator.h"
-#include "worker/kv_cache.h"
+#include "worker/kv_port.h"
 #include "worker/step.h"
 
 namespace tessera::launch {
@@ -31,18 +33,26 @@ struct ReplicaFlags {
 void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags);
 
 // What the leader's body gets: the replica's executor, the engine limits it was built with, and
-// for a replica of one rank its KV cache (null for TP/PP replicas, whose cache is split).
+// with a KvTransportFactory the replica's KV endpoint (every rank's cache on its own transport;
+// null otherwise).
 using LeaderBody = std::function<absl::Status(worker::StepExecutor& executor, int32_t max_model_len,
-                                              worker::KvCache* single_rank_cache)>;
+                                              worker::KvEndpoint* kv)>;
+
+// Disaggregated roles: makes the KV transport of replica rank `replica_rank` (on the rank that
+// uses it: under mpirun, each process makes its own).
+using KvTransportFactory =
+    std::function<absl::StatusOr<std::unique_ptr<kvtransfer::Transport>>(int replica_rank)>;
 
 // Runs `leader` on the replica's rank 0 (in this process, or in the MPI job's rank 0) while the
 // other ranks follow its steps; returns when the leader is done and the followers have stopped.
 // `is_leader` is set to whether this process ran the leader (the one that should print). With
 // `leader_comm_stats`, the leader's communicators (the replica's and its TP/PP groups) are timed
-// into it.
+// into it. With `kv_transports`, every rank puts its KV cache on a transport of its own
+// (worker/replica_kv.h) before the leader's body runs.
 absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSource& weights,
                         const EngineFlags& engine, const ReplicaFlags& flags,
                         const LeaderBody& leader, bool* is_leader,
-                        parallel::CommStats* leader_comm_stats = nullptr);
+                        parallel::CommStats* leader_comm_stats = nullptr,
+                        const KvTransportFactory& kv_transports = nullptr);
 
 }  // namespace tessera::launch

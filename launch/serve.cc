@@ -21,6 +21,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
@@ -44,6 +45,11 @@ struct ServeFlags {
   std::string kv_transport = "grpc";
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
+  // Per pool (0: --tensor-parallel-size / --pipeline-parallel-size): P and D may differ.
+  int prefill_tp = 0;
+  int prefill_pp = 0;
+  int decode_tp = 0;
+  int decode_pp = 0;
   int32_t max_model_len = 0;
   int32_t max_num_seqs = 64;
   int32_t block_size = 16;
@@ -174,19 +180,33 @@ absl::Status Serve(const ServeFlags& flags) {
   if (num_mixed + flags.num_prefill + flags.num_decode == 0) {
     return absl::InvalidArgumentError("no replicas: set --num-replicas or the pools");
   }
-  std::vector<std::pair<std::string, std::string>> replicas;  // name, role
+  struct Replica {
+    std::string name;
+    std::string role;
+    int tp;
+    int pp;
+  };
+  std::vector<Replica> replicas;
+  const auto either = [](int pool, int all) { return pool > 0 ? pool : all; };
   const struct {
     const char* role;
     const char* prefix;
     int count;
-  } pools[] = {{"mixed", "replica-", num_mixed},
-               {"prefill", "prefill-", flags.num_prefill},
-               {"decode", "decode-", flags.num_decode}};
+    int tp;
+    int pp;
+  } pools[] = {
+      {"mixed", "replica-", num_mixed, flags.tensor_parallel_size, flags.pipeline_parallel_size},
+      {"prefill", "prefill-", flags.num_prefill,
+       either(flags.prefill_tp, flags.tensor_parallel_size),
+       either(flags.prefill_pp, flags.pipeline_parallel_size)},
+      {"decode", "decode-", flags.num_decode, either(flags.decode_tp, flags.tensor_parallel_size),
+       either(flags.decode_pp, flags.pipeline_parallel_size)}};
   for (const auto& pool : pools) {
-    for (int i = 0; i < pool.count; ++i)
-      replicas.push_back({absl::StrCat(pool.prefix, i), pool.role});
+    for (int i = 0; i < pool.count; ++i) {
+      replicas.push_back({absl::StrCat(pool.prefix, i), pool.role, pool.tp, pool.pp});
+    }
   }
-  for (const auto& [replica, role] : replicas) {
+  for (const auto& [replica, role, tp, pp] : replicas) {
     std::vector<std::string> worker = {self,
                                        "worker",
                                        "--model",
@@ -198,9 +218,9 @@ absl::Status Serve(const ServeFlags& flags) {
                                        "--replica-name",
                                        replica,
                                        "--tensor-parallel-size",
-                                       std::to_string(flags.tensor_parallel_size),
+                                       std::to_string(tp),
                                        "--pipeline-parallel-size",
-                                       std::to_string(flags.pipeline_parallel_size),
+                                       std::to_string(pp),
                                        "--max-num-seqs",
                                        std::to_string(flags.max_num_seqs),
                                        "--block-size",
@@ -227,17 +247,22 @@ absl::Status Serve(const ServeFlags& flags) {
       children, absl::Seconds(flags.ready_timeout_s), "the replicas to register",
       [&] { return HealthOk(ports->http) && RegisteredReplicas(ports->http) >= expected; }));
 
+  std::vector<std::string> summary;
+  for (const auto& pool : pools) {
+    if (pool.count > 0) {
+      summary.push_back(absl::StrCat(pool.count, " ", pool.role, " (tp ", pool.tp, ", pp ", pool.pp, ")"));
+    }
+  }
   std::printf(
-      "\ntessera serve: ready — model \"%s\" on %d replica(s) (%d mixed, %d prefill, %d "
-      "decode; tp %d, pp %d)\n"
+      "\ntessera serve: ready — model \"%s\" on %d replica(s): %s\n"
       "  OpenAI HTTP: curl http://%s:%d/v1/completions -H 'Content-Type: application/json' "
       "-d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 16}'\n"
       "  KServe gRPC: %s:%d, model \"%s\", inputs text_input, stream, sampling_parameters "
       "(tritonclient, perf_analyzer)\n"
       "  metrics: http://%s:%d/metrics   Ctrl-C stops everything.\n\n",
-      name.c_str(), expected, num_mixed, flags.num_prefill, flags.num_decode,
-      flags.tensor_parallel_size, flags.pipeline_parallel_size, flags.host.c_str(), ports->http,
-      name.c_str(), flags.host.c_str(), ports->grpc, name.c_str(), flags.host.c_str(), ports->http);
+      name.c_str(), expected, absl::StrJoin(summary, ", ").c_str(), flags.host.c_str(),
+      ports->http, name.c_str(), flags.host.c_str(), ports->grpc, name.c_str(),
+      flags.host.c_str(), ports->http);
   std::fflush(stdout);
 
   absl::Status result = absl::OkStatus();
@@ -342,6 +367,14 @@ Command RegisterServe(CLI::App& app) {
                   "PP stages per replica (threads of the worker)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  sub->add_option("--prefill-tp", flags->prefill_tp, "TP ranks per prefill replica (0: -tp)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--prefill-pp", flags->prefill_pp, "PP stages per prefill replica (0: -pp)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--decode-tp", flags->decode_tp, "TP ranks per decode replica (0: -tp)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--decode-pp", flags->decode_pp, "PP stages per decode replica (0: -pp)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--max-model-len", flags->max_model_len, "Context length (0: the model's)");
   sub->add_option("--max-num-seqs", flags->max_num_seqs, "Sequences per step, per replica")
       ->capture_default_str();

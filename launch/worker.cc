@@ -10,18 +10,14 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <filesystem>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kvtransfer/grpc/grpc_transport.h"
@@ -35,6 +31,7 @@
 #include "model/weights.h"
 #include "worker/engine.h"
 #include "worker/kv_port.h"
+#include "worker/kv_preconnector.h"
 #include "worker/rpc/registration.h"
 #include "worker/rpc/replica_server.h"
 #if TESSERA_HAVE_UCX
@@ -60,54 +57,6 @@ struct WorkerFlags {
   double kv_reservation_lease_s = 30.0;
   EngineFlags engine;
   ReplicaFlags replica;
-};
-
-// Connects a prefill replica's KV port to the decode replicas the coordinator names, on a thread
-// of its own (a connect may wait for a peer; the heartbeat thread that learns of them must not).
-// Each descriptor is tried once; a failed connect is retried by the first transfer that needs it.
-class KvPreconnector {
- public:
-  explicit KvPreconnector(worker::KvPort& port) : port_(port), thread_([this] { Run(); }) {}
-  ~KvPreconnector() {
-    {
-      absl::MutexLock lock(&mu_);
-      stop_ = true;
-    }
-    thread_.join();
-  }
-  void Offer(const std::vector<std::string>& descriptors) {
-    absl::MutexLock lock(&mu_);
-    for (const std::string& d : descriptors) {
-      if (seen_.insert(d).second) queue_.push_back(d);
-    }
-  }
-
- private:
-  void Run() {
-    while (true) {
-      std::string next;
-      {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this]()
-                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !queue_.empty(); };
-        mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));
-        if (stop_) return;
-        if (queue_.empty()) continue;
-        next = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      if (absl::Status s = port_.Preconnect(next); !s.ok()) {
-        TESSERA_LOG(WARNING) << "worker: could not pre-connect to a decode replica: " << s;
-      }
-    }
-  }
-
-  worker::KvPort& port_;
-  absl::Mutex mu_;
-  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<std::string> seen_ ABSL_GUARDED_BY(mu_);
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
 };
 
 // The KV transport of a prefill or decode replica (launch/ names the concrete ones).
@@ -184,31 +133,26 @@ absl::Status RunWorker(const WorkerFlags& flags) {
       flags.served_model_name.empty() ? flags.model : flags.served_model_name;
   InstallTerminationHandlers();
 
+  // Prefill and decode replicas move KV: every rank's cache on a transport of its own.
+  KvTransportFactory kv_transports;
+  if (flags.role != "mixed") {
+    kv_transports = [&flags](int replica_rank) {
+      const std::string name = flags.replica_name.empty() ? flags.role : flags.replica_name;
+      return MakeKvTransport(flags, replica_rank == 0 ? name : absl::StrCat(name, ".", replica_rank));
+    };
+  }
   auto leader = [&](worker::StepExecutor& executor, int32_t max_model_len,
-                    worker::KvCache* cache) -> absl::Status {
-    // Prefill and decode replicas move KV: a transport and the cache's port on it.
-    std::unique_ptr<kvtransfer::Transport> transport;
-    std::unique_ptr<worker::KvPort> port;
+                    worker::KvEndpoint* port) -> absl::Status {
     worker::EngineOptions engine_options = EngineOptionsFor(flags.engine, max_model_len);
-    if (flags.role != "mixed") {
-      if (cache == nullptr) {
-        return absl::UnimplementedError(
-            absl::StrCat("--role ", flags.role,
-                         " needs a replica of one rank for now (-tp 1 -pp 1): KV "
-                         "migration between multi-rank replicas is not built yet"));
-      }
-      TESSERA_ASSIGN_OR_RETURN(
-          transport,
-          MakeKvTransport(flags, flags.replica_name.empty() ? flags.role : flags.replica_name));
-      TESSERA_ASSIGN_OR_RETURN(port, worker::KvPort::Create(*cache, *transport));
-      engine_options.kv_port = port.get();
+    if (port != nullptr) {
+      engine_options.kv_port = port;
       engine_options.kv_reservation_lease = absl::Seconds(flags.kv_reservation_lease_s);
     }
     TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine,
                              worker::Engine::Create(executor, config, engine_options));
     worker::rpc::ReplicaServerOptions server_options;
     server_options.address = flags.listen;
-    server_options.service.kv_port = port.get();
+    server_options.service.kv_port = port;
     absl::StatusOr<std::unique_ptr<worker::rpc::ReplicaServer>> server =
         worker::rpc::ReplicaServer::Create(*engine, server_options);
     if (!server.ok()) {
@@ -229,10 +173,15 @@ absl::Status RunWorker(const WorkerFlags& flags) {
     descriptor.set_max_num_seqs(flags.engine.max_num_seqs);
     descriptor.set_tensor_parallel_size(flags.replica.tensor_parallel_size);
     descriptor.set_pipeline_parallel_size(flags.replica.pipeline_parallel_size);
-    std::unique_ptr<KvPreconnector> preconnector;
+    std::unique_ptr<worker::KvPreconnector> preconnector;
     if (port != nullptr) {
-      descriptor.set_kv_descriptor(port->layout().descriptor);
-      if (flags.role == "prefill") preconnector = std::make_unique<KvPreconnector>(*port);
+      for (const worker::KvRankLayout& rank : port->layouts()) {
+        descriptor.add_kv_descriptors(rank.descriptor);
+      }
+      if (flags.role == "prefill") {
+        preconnector = std::make_unique<worker::KvPreconnector>(
+            [port](const std::string& d) { return port->Preconnect(d); });
+      }
     }
     worker::rpc::RegistrationOptions registration_options;
     registration_options.coordinator = flags.coordinator;
@@ -245,7 +194,7 @@ absl::Status RunWorker(const WorkerFlags& flags) {
     absl::StatusOr<std::unique_ptr<worker::rpc::RegistrationClient>> registration =
         worker::rpc::RegistrationClient::Create(
             descriptor,
-            [engine_ptr, port_ptr = port.get()] {
+            [engine_ptr, port_ptr = port] {
               if (port_ptr == nullptr) return worker::rpc::ToReplicaStats(engine_ptr->counters());
               const worker::KvPortCounters kv = port_ptr->counters();
               return worker::rpc::ToReplicaStats(engine_ptr->counters(), &kv);
@@ -276,7 +225,8 @@ absl::Status RunWorker(const WorkerFlags& flags) {
     return absl::OkStatus();
   };
   bool is_leader = false;
-  return RunReplica(config, *weights, flags.engine, flags.replica, leader, &is_leader);
+  return RunReplica(config, *weights, flags.engine, flags.replica, leader, &is_leader,
+                    /*leader_comm_stats=*/nullptr, kv_transports);
 }
 
 }  // namespace

@@ -324,7 +324,7 @@ void Engine::Reserve(Command& command) {
   d.token = token;
   d.num_cached_tokens = blocks->num_cached_tokens;
   d.block_ids = std::move(blocks->fresh);
-  d.ranks.push_back(options_.kv_port->layout());
+  d.ranks = options_.kv_port->layouts();
   reply.result = std::move(d);
   reply.done.Notify();
 }

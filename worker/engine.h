@@ -43,10 +43,10 @@ struct EngineOptions {
   int32_t max_requests_in_flight = 4096;  // submitted, not finished; more: kResourceExhausted
   absl::Duration idle_wait = absl::Milliseconds(100);  // an idle engine thread re-checks this often
   StopMatcherFactory* stop_matchers = nullptr;         // not owned; must outlive the engine
-  // Disaggregated serving: this replica's KV cache on a transport (not owned; must outlive the
-  // engine). Null: requests with kv_destination or kv_import, and ReserveKv, fail with
-  // kFailedPrecondition.
-  KvPort* kv_port = nullptr;
+  // Disaggregated serving: this replica's KV cache on transports — a KvPort, or a multi-rank
+  // replica's ReplicaKvPort (not owned; must outlive the engine). Null: requests with
+  // kv_destination or kv_import, and ReserveKv, fail with kFailedPrecondition.
+  KvEndpoint* kv_port = nullptr;
   // A KV reservation not committed (Submit with kv_import) within this is released.
   absl::Duration kv_reservation_lease = absl::Seconds(30);
 };

@@ -49,7 +49,8 @@ struct KvRankLayout {
 // XXH3-64 of one destination range, computed by the sender over the bytes it sent and verified by
 // the receiver over the bytes that landed.
 struct KvSegmentChecksum {
-  kvtransfer::RegionId region = 0;  // the receiver's region
+  int32_t rank = 0;                 // the receiving rank: its index in KvDestination::ranks
+  kvtransfer::RegionId region = 0;  // that rank's region
   uint64_t offset = 0;
   uint64_t length = 0;
   uint64_t checksum = 0;

@@ -154,7 +154,8 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::Export(absl::Span<const int32_
   }
   std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers;
   std::vector<KvSegmentChecksum> checksums;
-  for (const KvRankLayout& dst : destination.ranks) {
+  for (size_t rank = 0; options_.sends && rank < destination.ranks.size(); ++rank) {
+    const KvRankLayout& dst = destination.ranks[rank];
     if (dst.transport_kind != layout_.transport_kind) {
       return absl::InvalidArgumentError(absl::StrCat("the decode replica's KV transport is ",
                                                      dst.transport_kind, ", this replica's is ",
@@ -165,7 +166,7 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::Export(absl::Span<const int32_
         PlanKvSegments(layout_, blocks, dst, destination.block_ids, destination.token));
     if (segments.empty()) continue;
     for (const kvtransfer::Segment& s : segments) {
-      checksums.push_back({s.remote_region, s.remote_offset, s.length,
+      checksums.push_back({static_cast<int32_t>(rank), s.remote_region, s.remote_offset, s.length,
                            KvChecksum(LocalBase(s.local_region) + s.local_offset, s.length)});
     }
     TESSERA_ASSIGN_OR_RETURN(kvtransfer::PeerId peer, PeerFor(dst.descriptor));

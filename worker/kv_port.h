@@ -43,6 +43,10 @@ namespace tessera::worker {
 struct KvPortOptions {
   int32_t layer_begin = 0;  // the global index of the cache's first layer (pipeline stage)
   int32_t head_begin = 0;   // the global index of the cache's first KV head (tensor rank)
+  // False on a tensor rank whose KV heads another rank of the replica also holds and sends (KV
+  // heads replicated when TP exceeds them): its exports send nothing, so that no destination
+  // byte is written twice.
+  bool sends = true;
   // How long Abort waits for writes admitted before it to land.
   absl::Duration quiesce_timeout = absl::Seconds(10);
 };
@@ -72,7 +76,29 @@ class KvExport {
   virtual void Cancel() = 0;
 };
 
-class KvPort final : public kvtransfer::WriteListener {
+// A replica's KV cache on transports, as the engine and the serving layer use it: one rank's
+// KvPort, or a multi-rank replica's leader (worker/replica_kv.h), which does the same on every
+// rank. Every method may be called from any thread.
+class KvEndpoint {
+ public:
+  virtual ~KvEndpoint() = default;
+  // Every rank's layout, in replica rank order (KvDestination::ranks of a reservation here).
+  virtual std::vector<KvRankLayout> layouts() const = 0;
+  // Summed over the ranks (a multi-rank replica's followers as of their last report).
+  virtual KvPortCounters counters() const = 0;
+  // Connects every rank to the peer rank `descriptor` describes (in the background on followers).
+  virtual absl::Status Preconnect(const std::string& descriptor) = 0;
+  // Sends local `blocks` (the same block ids on every rank) into `destination`; checksums carry
+  // the receiving rank. Errors as KvPort::Export.
+  virtual absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
+                                                           const KvDestination& destination) = 0;
+  // As KvPort's, on every rank; Commit hands each rank the checksums that name it.
+  virtual absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) = 0;
+  virtual absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) = 0;
+  virtual absl::Status Abort(uint64_t token) = 0;
+};
+
+class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
  public:
   // Registers the cache's tensors. Errors from the transport (registration, descriptor).
   static absl::StatusOr<std::unique_ptr<KvPort>> Create(KvCache& cache,
@@ -81,31 +107,33 @@ class KvPort final : public kvtransfer::WriteListener {
   ~KvPort() override;  // uninstalls the listener, deregisters the regions
 
   const KvRankLayout& layout() const { return layout_; }
-  KvPortCounters counters() const;
+  std::vector<KvRankLayout> layouts() const override { return {layout_}; }
+  KvPortCounters counters() const override;
 
   // --- sending
   // Connects to the peer `descriptor` describes now, so the first export does not pay for it.
-  absl::Status Preconnect(const std::string& descriptor);
+  absl::Status Preconnect(const std::string& descriptor) override;
   // Starts copying local `blocks` (this rank's slice) into `destination`'s reserved blocks on
   // every destination rank that shares layers and heads with this one. kInvalidArgument when the
   // block counts differ or the layouts cannot exchange; kUnavailable when a peer cannot be reached.
   absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
-                                                   const KvDestination& destination);
+                                                   const KvDestination& destination) override;
 
   // --- receiving
   // Opens a reservation: `blocks` (all of whose bytes will be written) may receive writes tagged
   // `token`. kAlreadyExists for a token in use, kFailedPrecondition for a block another open
   // reservation owns, kInvalidArgument for token 0 or a block out of range.
-  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks);
+  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) override;
   // Verifies and closes the reservation: every byte of its blocks (every layer, K and V) arrived
   // and `checksums` — the sender's, covering exactly those bytes — match. kNotFound for an
   // unknown token; kDataLoss naming the first damaged or missing range: the reservation is then
-  // closed, and the caller calls Abort to learn whether its blocks may be reused.
-  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums);
+  // closed, and the caller calls Abort to learn whether its blocks may be reused. The checksums'
+  // rank is not looked at (a multi-rank replica hands each rank its own).
+  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) override;
   // Closes the reservation: later writes are refused. Waits up to quiesce_timeout for writes
   // admitted earlier to land: OK when the blocks may be reused, kDeadlineExceeded when they must
   // not (a write may still land in them). kNotFound for an unknown token.
-  absl::Status Abort(uint64_t token);
+  absl::Status Abort(uint64_t token) override;
 
   // kvtransfer::WriteListener
   absl::Status Admit(const kvtransfer::WriteInfo& write) override;

@@ -14,6 +14,8 @@ namespace {
 constexpr int64_t kStop = 0;
 constexpr int64_t kStep = 1;
 constexpr int64_t kKeepAlive = 2;
+constexpr int64_t kCommand = 3;  // not a plan: a command for the followers' handlers
+constexpr int64_t kMaxReplyWords = int64_t{1} << 28;
 constexpr int64_t kHeaderWords = 2;  // kind, payload words
 
 // Adding a field to SamplingRow or StepPlan must extend the wire format below.
@@ -311,38 +313,91 @@ ReplicaExecutor::~ReplicaExecutor() {
   if (!status.ok()) TESSERA_LOG(WARNING) << "stopping the replica's followers: " << status;
 }
 
-absl::StatusOr<StepResult> ReplicaExecutor::Execute(const StepPlan& plan) {
+absl::Status ReplicaExecutor::UsableLocked() const {
   if (stopped_) return absl::FailedPreconditionError("the replica was stopped");
+  return broken_;
+}
+
+absl::StatusOr<StepResult> ReplicaExecutor::Execute(const StepPlan& plan) {
+  absl::MutexLock lock(&mu_);
+  TESSERA_RETURN_IF_ERROR(UsableLocked());
   if (worker_.replica().size() > 1) {
     std::vector<int64_t> words = EncodeStepPlan(plan, kStep);
-    TESSERA_RETURN_IF_ERROR(BroadcastWords(worker_.replica(), words));
+    if (absl::Status s = BroadcastWords(worker_.replica(), words); !s.ok()) return broken_ = s;
     last_sent_ = clock_.MonotonicNow();
   }
-  return worker_.RunStep(plan);
+  absl::StatusOr<StepResult> result = worker_.RunStep(plan);
+  if (!result.ok()) broken_ = result.status();
+  return result;
 }
 
 absl::Status ReplicaExecutor::Idle() {
+  absl::MutexLock lock(&mu_);
   if (stopped_ || worker_.replica().size() == 1) return absl::OkStatus();
+  TESSERA_RETURN_IF_ERROR(broken_);
   const absl::Time now = clock_.MonotonicNow();
   if (now - last_sent_ < keepalive_interval_) return absl::OkStatus();
   last_sent_ = now;
   std::vector<int64_t> words = EncodeStepPlan(StepPlan{}, kKeepAlive);
-  return BroadcastWords(worker_.replica(), words);
+  if (absl::Status s = BroadcastWords(worker_.replica(), words); !s.ok()) return broken_ = s;
+  return absl::OkStatus();
 }
 
 absl::Status ReplicaExecutor::Stop() {
+  absl::MutexLock lock(&mu_);
   if (stopped_) return absl::OkStatus();
   stopped_ = true;
-  if (worker_.replica().size() == 1) return absl::OkStatus();
+  if (worker_.replica().size() == 1 || !broken_.ok()) return broken_;
   std::vector<int64_t> words = EncodeStepPlan(StepPlan{}, kStop);
   return BroadcastWords(worker_.replica(), words);
 }
 
-absl::Status RunFollower(ShardWorker& worker) {
+absl::StatusOr<std::vector<std::vector<int64_t>>> ReplicaExecutor::CallFollowers(
+    const std::vector<int64_t>& command) {
+  absl::MutexLock lock(&mu_);
+  TESSERA_RETURN_IF_ERROR(UsableLocked());
+  parallel::Communicator& comm = worker_.replica();
+  std::vector<std::vector<int64_t>> replies;
+  if (comm.size() == 1) return replies;
+  std::vector<int64_t> words;
+  words.reserve(command.size() + 1);
+  words.push_back(kCommand);
+  words.insert(words.end(), command.begin(), command.end());
+  absl::Status s = BroadcastWords(comm, words);
+  last_sent_ = clock_.MonotonicNow();
+  CpuStream host;
+  for (int rank = 1; s.ok() && rank < comm.size(); ++rank) {
+    int64_t n = 0;
+    s = comm.Recv(HostView(&n, DataType::kI64, 1), rank, host);
+    if (s.ok() && (n < 0 || n > kMaxReplyWords)) {
+      s = absl::DataLossError(absl::StrCat("rank ", rank, " replied with ", n, " words"));
+    }
+    if (!s.ok()) break;
+    std::vector<int64_t> reply(static_cast<size_t>(n));
+    if (n > 0) s = comm.Recv(HostView(reply.data(), DataType::kI64, n), rank, host);
+    replies.push_back(std::move(reply));
+  }
+  if (!s.ok()) return broken_ = s;
+  return replies;
+}
+
+absl::Status RunFollower(ShardWorker& worker, const FollowerHandler& handler) {
   if (worker.is_leader()) return absl::InvalidArgumentError("RunFollower on the leader");
+  CpuStream host;
   while (true) {
     std::vector<int64_t> words;
     TESSERA_RETURN_IF_ERROR(BroadcastWords(worker.replica(), words));
+    if (!words.empty() && words[0] == kCommand) {
+      std::vector<int64_t> reply;
+      if (handler) reply = handler(std::vector<int64_t>(words.begin() + 1, words.end()));
+      int64_t n = static_cast<int64_t>(reply.size());
+      TESSERA_RETURN_IF_ERROR(worker.replica().Send(HostView(&n, DataType::kI64, 1), 0, host));
+      if (n > 0) {
+        TESSERA_RETURN_IF_ERROR(
+            worker.replica().Send(HostView(reply.data(), DataType::kI64, n), 0, host));
+      }
+      continue;
+    }
     int64_t kind = 0;
     TESSERA_ASSIGN_OR_RETURN(StepPlan plan, DecodeStepPlan(words, &kind));
     if (kind == kStop) return absl::OkStatus();

@@ -8,13 +8,20 @@
 //
 // Plans travel with Broadcast over the replica communicator, which bounds every wait: a follower
 // idles at most until the communicator's timeout, so a leader with no work sends a keep-alive
-// (an empty plan) more often than that — Idle() does it. Thread-compatible, one thread per rank.
+// (an empty plan) more often than that — Idle() does it. The same channel carries commands that
+// are not steps (KV migration: worker/replica_kv.h): the leader broadcasts one, every follower
+// runs it through its FollowerHandler and sends the reply back.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "kernels/backend.h"
@@ -66,7 +73,12 @@ class ShardWorker {
   std::unique_ptr<DeviceSampler> sampler_;  // last stage only
 };
 
+// What a follower does with a command from the leader (ReplicaExecutor::CallFollowers): the
+// command's words in, the reply's words out.
+using FollowerHandler = std::function<std::vector<int64_t>(const std::vector<int64_t>& command)>;
+
 // The leader's executor: broadcasts each plan, runs its own shard, returns the tokens.
+// Thread-safe: steps, keep-alives and follower commands are serialised on the channel.
 class ReplicaExecutor final : public StepExecutor {
  public:
   // `worker` must be the leader's (replica rank 0) and outlive the executor.
@@ -87,19 +99,31 @@ class ReplicaExecutor final : public StepExecutor {
   // Tells the followers to return from RunFollower. Idempotent.
   absl::Status Stop();
 
+  // Runs `command` on every follower (its FollowerHandler) between steps and returns their
+  // replies, followers in replica rank order (rank 1 first). kFailedPrecondition after Stop; a
+  // communicator error leaves the replica unusable (every later call fails with it).
+  absl::StatusOr<std::vector<std::vector<int64_t>>> CallFollowers(
+      const std::vector<int64_t>& command);
+  int size() const { return worker_.replica().size(); }
+
  private:
   ReplicaExecutor(ShardWorker& worker, absl::Duration keepalive_interval, Clock& clock)
       : worker_(worker), keepalive_interval_(keepalive_interval), clock_(clock) {}
+  // kFailedPrecondition after Stop, the first communicator error after one.
+  absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ShardWorker& worker_;
   const absl::Duration keepalive_interval_;
   Clock& clock_;
-  absl::Time last_sent_ = absl::InfinitePast();
-  bool stopped_ = false;
+  absl::Mutex mu_;  // the channel: one exchange with the followers at a time
+  absl::Time last_sent_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status broken_ ABSL_GUARDED_BY(mu_);  // a channel error: followers are out of step
 };
 
 // A follower's loop: receives plans from the leader and runs them until told to stop (OK) or a
-// communicator fails (its error).
-absl::Status RunFollower(ShardWorker& worker);
+// communicator fails (its error). Commands go to `handler`; without one they are answered with
+// an empty reply.
+absl::Status RunFollower(ShardWorker& worker, const FollowerHandler& handler = nullptr);
 
 struct ReplicaRankOptions {
   parallel::ParallelConfig parallel;
@@ -134,7 +158,7 @@ std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
                                     std::vector<std::vector<size_t>>* origin);
 
 // The wire form of a plan: a header of sizes, then every field, as int64 words (floats bit-cast).
-// kind 0 = stop, 1 = step, 2 = keep-alive.
+// kind 0 = stop, 1 = step, 2 = keep-alive (3, a follower command, is not a plan).
 std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind);
 absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64_t* kind);
 

@@ -24,7 +24,7 @@ ReplicaInfo FromProto(const v1::ReplicaDescriptor& d) {
   info.max_num_seqs = d.max_num_seqs();
   info.tensor_parallel_size = d.tensor_parallel_size();
   info.pipeline_parallel_size = d.pipeline_parallel_size();
-  info.kv_descriptor = d.kv_descriptor();
+  info.kv_descriptors.assign(d.kv_descriptors().begin(), d.kv_descriptors().end());
   return info;
 }
 

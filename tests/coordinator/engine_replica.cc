@@ -181,7 +181,7 @@ ReplicaInfo EngineReplica::info(const std::string& model_name) const {
   info.name = name_;
   info.address = absl::StrCat("inproc://", name_);
   info.role = role_;
-  if (port_ != nullptr) info.kv_descriptor = port_->layout().descriptor;
+  if (port_ != nullptr) info.kv_descriptors = {port_->layout().descriptor};
   info.model_name = model_name;
   info.max_model_len = 200;
   info.vocab_size = vocab_size_;

@@ -85,6 +85,7 @@ std::string ChecksumsToBytes(const std::vector<KvSegmentChecksum>& checksums) {
     s->set_offset(c.offset);
     s->set_length(c.length);
     s->set_checksum(c.checksum);
+    s->set_rank(c.rank);
   }
   return out.SerializeAsString();
 }
@@ -97,7 +98,11 @@ absl::StatusOr<std::vector<KvSegmentChecksum>> ChecksumsFromBytes(absl::string_v
   std::vector<KvSegmentChecksum> out;
   out.reserve(static_cast<size_t>(in.segments_size()));
   for (const v1::KvSegmentChecksum& s : in.segments()) {
-    out.push_back({s.region(), s.offset(), s.length(), s.checksum()});
+    if (s.rank() < 0 || s.rank() >= kMaxRanks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("kv_import.checksums: rank ", s.rank(), " out of range"));
+    }
+    out.push_back({s.rank(), s.region(), s.offset(), s.length(), s.checksum()});
   }
   return out;
 }

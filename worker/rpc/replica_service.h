@@ -37,7 +37,7 @@ namespace tessera::worker::rpc {
 struct ReplicaServiceOptions {
   // How often a Generate call with no event to send checks whether its client is still there.
   absl::Duration poll_interval = absl::Milliseconds(50);
-  KvPort* kv_port = nullptr;  // for the KV transfer counters in GetStats; not owned
+  KvEndpoint* kv_port = nullptr;  // for the KV transfer counters in GetStats; not owned
 };
 
 class ReplicaService final : public tessera::v1::Replica::Service {

@@ -1,0 +1,330 @@
+// Disaggregated prefill → decode between replicas of different tensor and pipeline parallelism:
+// every rank of each replica (threads, in-process communicators) has its own KV cache on its own
+// in-process transport; the leaders' ReplicaKvPorts drive their followers' ports. The decode
+// replica's tokens can only match the single-rank mixed run if every rank's slice of the KV
+// (its layers, its heads) arrived from the prefill ranks that hold them.
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kvtransfer/inproc/in_process_transport.h"
+#include "parallel/comm/inproc/in_process_communicator.h"
+#include "tests/worker/replica_test_util.h"
+#include "tests/worker/test_util.h"
+#include "worker/engine.h"
+#include "worker/replica.h"
+#include "worker/replica_kv.h"
+
+namespace tessera::worker {
+namespace {
+
+using testing::Fixture;
+using ::testing::HasSubstr;
+using testing::LoadFixture;
+using testing::Split;
+
+SchedulerConfig TestScheduler() {
+  SchedulerConfig s;
+  s.max_model_len = 64;
+  s.max_num_seqs = 8;
+  s.max_num_batched_tokens = 128;
+  return s;
+}
+
+// A replica of tp x pp ranks as threads; each rank's cache on an in-process transport of its own.
+class ThreadReplica {
+ public:
+  ThreadReplica(const Fixture& f, const Split& split,
+                std::shared_ptr<kvtransfer::InProcessFabric> fabric, std::string name)
+      : f_(f), split_(split), fabric_(std::move(fabric)), name_(std::move(name)) {
+    const int n = split.tp * split.pp;
+    caches_.resize(n);
+    status_.resize(n);
+    auto group = parallel::CreateInProcessGroup(n, absl::Seconds(30));
+    if (!group.ok()) {
+      setup_ = group.status();
+      return;
+    }
+    group_ = std::move(*group);
+    for (int r = 0; r < n; ++r) threads_.emplace_back([this, r] { status_[r] = RunRank(r); });
+    if (!ready_.WaitForNotificationWithTimeout(absl::Seconds(60))) {
+      setup_ = absl::DeadlineExceededError("the replica did not come up");
+    }
+  }
+  ~ThreadReplica() { (void)Stop(); }
+
+  const absl::Status& setup() const { return setup_; }
+  Engine& engine() { return *engine_; }
+  KvEndpoint& kv() { return *kv_; }
+  KvCache& cache(int rank) { return *caches_[rank]; }
+
+  // Shuts the engine down and stops every rank; the counters at the end in `final`.
+  absl::Status Stop(EngineCounters* final = nullptr) {
+    if (stopped_) return absl::OkStatus();
+    stopped_ = true;
+    stop_.Notify();
+    for (std::thread& t : threads_) t.join();
+    if (final != nullptr) *final = final_;
+    for (const absl::Status& s : status_) {
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status RunRank(int r) {
+    parallel::Communicator& comm = *group_[r];
+    absl::Status status = RunRankBody(r, comm);
+    if (!status.ok()) {
+      comm.Abort();
+      if (r == 0 && !ready_.HasBeenNotified()) {
+        setup_ = status;
+        ready_.Notify();
+      }
+    }
+    return status;
+  }
+
+  absl::Status RunRankBody(int r, parallel::Communicator& comm) {
+    auto backend = kernels::CreateCpuBackend({.num_threads = 1});
+    if (!backend.ok()) return backend.status();
+    absl::StatusOr<ReplicaRank> rank =
+        CreateReplicaRank(f_.config, *f_.weights, **backend, comm, testing::ReplicaOptions(split_));
+    if (!rank.ok()) return rank.status();
+    caches_[r] = rank->cache.get();
+    kvtransfer::TransportOptions t;
+    t.name = absl::StrCat(name_, ".", r);
+    auto transport = kvtransfer::InProcessTransport::Create(fabric_, t);
+    if (!transport.ok()) return transport.status();
+    auto port = KvPort::Create(*rank->cache, **transport,
+                               KvPortOptionsFor(rank->model->plan(), f_.config.num_key_value_heads));
+    if (!port.ok()) return port.status();
+    if (!rank->worker->is_leader()) {
+      FollowerKvHandler handler(**port, r);
+      return RunFollower(*rank->worker,
+                         [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
+    }
+    auto executor = ReplicaExecutor::Create(*rank->worker);
+    if (!executor.ok()) return executor.status();
+    std::unique_ptr<ReplicaKvPort> replica_port;
+    kv_ = port->get();
+    if (comm.size() > 1) {
+      auto made = ReplicaKvPort::Create(**port, **executor);
+      if (!made.ok()) return made.status();
+      replica_port = std::move(*made);
+      kv_ = replica_port.get();
+    }
+    EngineOptions e;
+    e.scheduler = TestScheduler();
+    e.kv_port = kv_;
+    auto engine = Engine::Create(**executor, f_.config, e);
+    if (!engine.ok()) return engine.status();
+    engine_ = engine->get();
+    ready_.Notify();
+    stop_.WaitForNotification();
+    absl::Status shutdown = (*engine)->Shutdown(absl::Seconds(5));
+    final_ = (*engine)->counters();
+    engine->reset();
+    replica_port.reset();
+    absl::Status stopped = (*executor)->Stop();
+    return shutdown.ok() ? stopped : shutdown;
+  }
+
+  const Fixture& f_;
+  const Split split_;
+  std::shared_ptr<kvtransfer::InProcessFabric> fabric_;
+  const std::string name_;
+  std::vector<std::unique_ptr<parallel::Communicator>> group_;
+  std::vector<KvCache*> caches_;
+  std::vector<absl::Status> status_;
+  std::vector<std::thread> threads_;
+  absl::Notification ready_;
+  absl::Notification stop_;
+  absl::Status setup_;
+  Engine* engine_ = nullptr;
+  KvEndpoint* kv_ = nullptr;
+  EngineCounters final_;
+  bool stopped_ = false;
+};
+
+struct Pair {
+  Split prefill;
+  Split decode;
+};
+
+void PrintTo(const Pair& p, std::ostream* os) { *os << p.prefill.name << "_to_" << p.decode.name; }
+
+Request Greedy(const std::vector<int32_t>& prompt, int32_t max_tokens) {
+  Request r;
+  r.prompt = prompt;
+  r.sampling.max_tokens = max_tokens;
+  r.sampling.ignore_eos = true;
+  return r;
+}
+
+class DisaggregationParallelTest : public ::testing::TestWithParam<Pair> {
+ protected:
+  void SetUp() override {
+    auto fixture = LoadFixture("llama_gqa");  // 8 heads, 2 KV heads, 2 layers
+    ASSERT_TRUE(fixture.ok()) << fixture.status();
+    fixture_ = std::move(*fixture);
+    fabric_ = kvtransfer::InProcessFabric::Create();
+    prefill_ = std::make_unique<ThreadReplica>(fixture_, GetParam().prefill, fabric_, "prefill");
+    ASSERT_TRUE(prefill_->setup().ok()) << prefill_->setup();
+    decode_ = std::make_unique<ThreadReplica>(fixture_, GetParam().decode, fabric_, "decode");
+    ASSERT_TRUE(decode_->setup().ok()) << decode_->setup();
+  }
+
+  void TearDown() override {
+    for (auto* side : {&prefill_, &decode_}) {
+      if (*side == nullptr) continue;
+      EngineCounters c;
+      const absl::Status stopped = (*side)->Stop(&c);
+      EXPECT_TRUE(stopped.ok()) << stopped;
+      // Every block is back: none in use, none reserved or exporting.
+      EXPECT_EQ(c.kv_blocks_in_use, 0) << "blocks leaked on a replica";
+      EXPECT_EQ(c.kv_blocks_reserved, 0);
+      EXPECT_EQ(c.kv_blocks_exporting, 0);
+      EXPECT_EQ(c.kv_blocks_free + c.kv_blocks_cached, c.kv_blocks_total);
+      side->reset();
+    }
+  }
+
+  // Reserve on D, prefill on P (which sends every rank's slice). P's output; D's reservation and
+  // P's checksums through the pointers.
+  absl::StatusOr<RequestOutput> Prefill(const Request& request, KvDestination* destination,
+                                        std::vector<KvSegmentChecksum>* checksums) {
+    absl::StatusOr<KvDestination> d = decode_->engine().ReserveKv(request);
+    if (!d.ok()) return d.status();
+    *destination = *d;
+    Request p = request;
+    p.kv_destination = *d;
+    auto stream = prefill_->engine().Submit(p);
+    if (!stream.ok()) return stream.status();
+    RequestOutput out;
+    while (true) {
+      absl::StatusOr<TokenEvent> e = (*stream)->Next(absl::Seconds(30));
+      if (!e.ok()) return e.status();
+      if (e->token_id >= 0) out.token_ids.push_back(e->token_id);
+      if (e->finish_reason.has_value()) {
+        out.finish_reason = *e->finish_reason;
+        out.status = e->status;
+        if (out.status.ok() && !e->kv_handoff) return absl::InternalError("no KV handoff");
+        *checksums = e->kv_checksums;
+        return out;
+      }
+    }
+  }
+
+  absl::StatusOr<std::vector<int32_t>> Disaggregated(const Request& request) {
+    KvDestination d;
+    std::vector<KvSegmentChecksum> sums;
+    absl::StatusOr<RequestOutput> first = Prefill(request, &d, &sums);
+    if (!first.ok()) return first.status();
+    if (!first->status.ok()) return first->status;
+    Request r = request;
+    r.kv_import = Request::KvImport{d.token, first->token_ids.at(0), sums};
+    auto stream = decode_->engine().Submit(r);
+    if (!stream.ok()) return stream.status();
+    absl::StatusOr<RequestOutput> rest = (*stream)->Collect(absl::Seconds(60));
+    if (!rest.ok()) return rest.status();
+    if (!rest->status.ok()) return rest->status;
+    std::vector<int32_t> tokens = first->token_ids;
+    tokens.insert(tokens.end(), rest->token_ids.begin(), rest->token_ids.end());
+    return tokens;
+  }
+
+  Fixture fixture_;
+  std::shared_ptr<kvtransfer::InProcessFabric> fabric_;
+  std::unique_ptr<ThreadReplica> prefill_;
+  std::unique_ptr<ThreadReplica> decode_;
+};
+
+TEST_P(DisaggregationParallelTest, GreedyTokensMatchTheSingleRankMixedRun) {
+  auto mixed_parts = testing::MakeTestEngine(fixture_.config, *fixture_.weights);
+  ASSERT_TRUE(mixed_parts.ok()) << mixed_parts.status();
+  std::vector<std::vector<int32_t>> prompts;
+  for (const auto& p : fixture_.prompts) prompts.push_back(p.ids);
+  auto mixed = testing::GenerateGreedy(*mixed_parts->executor, fixture_.config, prompts, 10,
+                                       TestScheduler());
+  ASSERT_TRUE(mixed.ok()) << mixed.status();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    absl::StatusOr<std::vector<int32_t>> tokens = Disaggregated(Greedy(prompts[i], 10));
+    ASSERT_TRUE(tokens.ok()) << tokens.status();
+    EXPECT_EQ(*tokens, (*mixed)[i].token_ids) << "prompt " << i;
+  }
+  const KvPortCounters p = prefill_->kv().counters();
+  const KvPortCounters d = decode_->kv().counters();
+  EXPECT_GT(p.bytes_sent, 0);
+  // Each byte of D's reserved blocks was written once: replicated KV heads are sent by one rank.
+  EXPECT_EQ(p.bytes_sent, d.bytes_received);
+  EXPECT_EQ(d.commits, static_cast<int64_t>(prompts.size()));
+  EXPECT_EQ(d.checksum_failures, 0);
+}
+
+TEST_P(DisaggregationParallelTest, CorruptionOnAnyRankIsRefusedAndTheRequestRetries) {
+  const Request request = Greedy(fixture_.prompts[0].ids, 8);
+  const int last = GetParam().decode.tp * GetParam().decode.pp - 1;
+  KvDestination d;
+  std::vector<KvSegmentChecksum> sums;
+  auto first = Prefill(request, &d, &sums);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(first->status.ok()) << first->status;
+  // One byte flips on D's last rank after it landed.
+  KvCache& cache = decode_->cache(last);
+  auto* base = static_cast<uint8_t*>(cache.key(cache.config().num_layers - 1).data());
+  base[static_cast<size_t>(d.block_ids[0]) * d.ranks[last].BlockBytes() + 1] ^= 0x10;
+  Request r = request;
+  r.kv_import = Request::KvImport{d.token, first->token_ids[0], sums};
+  auto stream = decode_->engine().Submit(r);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto out = (*stream)->Collect(absl::Seconds(30));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->status.code(), absl::StatusCode::kDataLoss) << out->status;
+  EXPECT_THAT(out->status.message(), HasSubstr("checksum mismatch"));
+  if (last > 0) {
+    EXPECT_THAT(out->status.message(), HasSubstr(absl::StrCat("rank ", last)));
+  }
+  EXPECT_TRUE(out->token_ids.empty());
+  EXPECT_EQ(decode_->kv().counters().checksum_failures, 1);
+  // Every rank released the reservation: the request is served again from scratch.
+  auto retry = Disaggregated(request);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, DisaggregationParallelTest,
+    ::testing::Values(Pair{{2, 1, {}, "tp2"}, {1, 1, {}, "tp1"}},
+                      Pair{{1, 1, {}, "tp1"}, {2, 1, {}, "tp2"}},
+                      Pair{{1, 2, {}, "pp2"}, {2, 1, {}, "tp2"}},
+                      Pair{{2, 2, {}, "tp2pp2"}, {1, 2, {}, "pp2"}},
+                      Pair{{4, 1, {}, "tp4_kv_replicated"}, {1, 1, {}, "tp1"}},
+                      Pair{{1, 1, {}, "tp1"}, {4, 1, {}, "tp4_kv_replicated"}}),
+    [](const auto& info) {
+      return absl::StrCat(info.param.prefill.name, "_to_", info.param.decode.name);
+    });
+
+TEST(KvPortOptionsForTest, OnlyTheFirstHolderOfAReplicatedKvHeadSends) {
+  parallel::ShardPlan plan;
+  plan.tp_size = 4;
+  plan.layer_begin = 3;
+  plan.kv_head_begin = 1;
+  for (int rank = 0; rank < 4; ++rank) {
+    plan.tp_rank = rank;
+    const KvPortOptions o = KvPortOptionsFor(plan, /*model_kv_heads=*/2);
+    EXPECT_EQ(o.layer_begin, 3);
+    EXPECT_EQ(o.head_begin, 1);
+    EXPECT_EQ(o.sends, rank % 2 == 0) << rank;
+  }
+  plan.tp_rank = 1;
+  EXPECT_TRUE(KvPortOptionsFor(plan, /*model_kv_heads=*/4).sends);  // no replication
+}
+
+}  // namespace
+}  // namespace tessera::worker

@@ -1,0 +1,102 @@
+// KV migration for a replica of several ranks (TP x PP). Every rank has its own KV cache, KvPort
+// and transport; the leader's ReplicaKvPort is the KvEndpoint the engine uses: it does each
+// operation on its own port and, through ReplicaExecutor::CallFollowers (between steps, on the
+// replica's communicator), on every follower's — where a FollowerKvHandler runs it.
+//
+//   Reserve, Commit, Abort: on every rank, followers first. A reservation that fails on one rank
+//     is aborted on the others; Commit hands each rank the checksums that name it.
+//   Export: every rank starts sending its slice (the block ids are the replica's, the same on
+//     every rank). The leader's KvExport is done when its own transfers and every follower's are;
+//     followers are polled while the engine polls, and hand over their checksums once done.
+//   Preconnect: the leader connects at once; followers on a thread of their own.
+//   counters: bytes and transfers summed over the ranks (followers as of their last reply);
+//     commits, checksum failures and open reservations counted once per replica.
+//
+// Thread-safety: every ReplicaKvPort method may be called from any thread (the executor
+// serialises the exchanges with steps); FollowerKvHandler runs on its follower's thread only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "parallel/shard_plan.h"
+#include "worker/kv_port.h"
+#include "worker/kv_preconnector.h"
+#include "worker/replica.h"
+
+namespace tessera::worker {
+
+// The KvPort options of the rank `plan` describes: its first global layer and KV head, and
+// whether it sends (of the ranks that hold a replicated KV head, only the first does).
+// `model_kv_heads`: the model's number of KV heads.
+KvPortOptions KvPortOptionsFor(const parallel::ShardPlan& plan, int64_t model_kv_heads);
+
+class ReplicaKvPort final : public KvEndpoint {
+ public:
+  // Collects the followers' layouts (each follower must run RunFollower with a
+  // FollowerKvHandler). `local` is rank 0's port; it and `executor` must outlive the port.
+  static absl::StatusOr<std::unique_ptr<ReplicaKvPort>> Create(KvPort& local,
+                                                               ReplicaExecutor& executor);
+
+  std::vector<KvRankLayout> layouts() const override { return layouts_; }
+  KvPortCounters counters() const override;
+  absl::Status Preconnect(const std::string& descriptor) override;
+  absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
+                                                   const KvDestination& destination) override;
+  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) override;
+  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) override;
+  absl::Status Abort(uint64_t token) override;
+
+ private:
+  friend class ReplicaKvExport;
+  // One follower's answer: its status and what follows it.
+  struct Reply {
+    absl::Status status;
+    std::vector<int64_t> payload;
+  };
+  ReplicaKvPort(KvPort& local, ReplicaExecutor& executor) : local_(local), executor_(executor) {}
+  // Runs `command` on every follower: one Reply per follower (rank 1 first), or the channel's
+  // error. Records the counters each reply carries.
+  absl::StatusOr<std::vector<Reply>> Call(const std::vector<int64_t>& command);
+  // Abort on the followers; the first error that is not kNotFound, else kNotFound when no rank
+  // knew the token, else OK.
+  absl::Status AbortFollowers(uint64_t token, bool* known);
+  void ExportEnded(absl::Duration took);  // send_seconds
+
+  KvPort& local_;
+  ReplicaExecutor& executor_;
+  std::vector<KvRankLayout> layouts_;  // fixed after Create
+
+  mutable absl::Mutex mu_;
+  uint64_t next_export_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<KvPortCounters> follower_counters_ ABSL_GUARDED_BY(mu_);
+  int64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t checksum_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  double send_seconds_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A follower's side: runs the leader's KV commands on this rank's port. Pass
+// `[&h](const auto& c) { return h.Handle(c); }` to RunFollower. `replica_rank` is this rank's
+// index in the replica (and in a reservation's KvDestination::ranks).
+class FollowerKvHandler {
+ public:
+  FollowerKvHandler(KvPort& port, int replica_rank);
+  ~FollowerKvHandler();  // cancels the exports still running (each waits until memory is unread)
+  std::vector<int64_t> Handle(const std::vector<int64_t>& command);
+
+ private:
+  KvPort& port_;
+  const int rank_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<KvExport>> exports_;
+  KvPreconnector preconnector_;
+};
+
+}  // namespace tessera::worker
