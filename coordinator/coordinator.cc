@@ -477,19 +477,20 @@ absl::StatusOr<std::shared_ptr<ReplicaEntry>> Coordinator::RegisterReplica(Repli
 }
 
 bool Coordinator::Heartbeat(const std::string& replica_id, const ReplicaLoad& load,
-                            std::vector<std::string>* kv_peers) {
+                            std::vector<std::string>* kv_peers, std::vector<uint64_t>* kv_leases) {
   if (!registry_.Heartbeat(replica_id, load)) return false;
-  if (kv_peers != nullptr) {
+  if (kv_peers != nullptr || kv_leases != nullptr) {
     const std::vector<std::shared_ptr<ReplicaEntry>> live = registry_.Live();
     const auto self = std::find_if(live.begin(), live.end(),
                                    [&](const auto& r) { return r->id() == replica_id; });
-    if (self != live.end() && (*self)->info().role == "prefill") {
+    if (self != live.end() && (*self)->info().role == "prefill" && kv_peers != nullptr) {
       for (const auto& r : Pool(live, "decode")) {
         for (const std::string& d : r->info().kv_descriptors) {
           if (!d.empty()) kv_peers->push_back(d);
         }
       }
     }
+    if (self != live.end() && kv_leases != nullptr) *kv_leases = (*self)->held_kv();
   }
   // Turn the replica's cumulative counters into increments of ours.
   std::string name = replica_id.substr(0, replica_id.rfind('#'));

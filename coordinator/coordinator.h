@@ -65,9 +65,11 @@ class Coordinator final : public Frontend {
 
   // The registry side (called by the internal Registry service).
   absl::StatusOr<std::shared_ptr<ReplicaEntry>> RegisterReplica(ReplicaInfo info);
-  // With `kv_peers` and a prefill replica: the KV descriptors of the live decode replicas.
+  // With `kv_peers` and a prefill replica: the KV descriptors of the live decode replicas. With
+  // `kv_leases` and a decode replica: the reservations requests still wait on (to renew).
   bool Heartbeat(const std::string& replica_id, const ReplicaLoad& load,
-                 std::vector<std::string>* kv_peers = nullptr);
+                 std::vector<std::string>* kv_peers = nullptr,
+                 std::vector<uint64_t>* kv_leases = nullptr);
   void DeregisterReplica(const std::string& replica_id);
   ReplicaRegistry& registry() { return registry_; }
 

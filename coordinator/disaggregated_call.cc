@@ -71,13 +71,25 @@ ReplicaRequest DisaggregatedCall::Continuation() const {
   return r;
 }
 
+void DisaggregatedCall::Hold(std::shared_ptr<ReplicaEntry> decode, KvReservation reservation) {
+  Drop();
+  decode_ = std::move(decode);
+  reservation_ = std::move(reservation);
+  decode_->HoldKv(reservation_->token);  // renewed with D's heartbeats until dropped
+}
+
+void DisaggregatedCall::Drop() {
+  if (reservation_.has_value() && decode_ != nullptr) decode_->DropKv(reservation_->token);
+  reservation_.reset();
+}
+
 void DisaggregatedCall::Release() {
   if (!reservation_.has_value() || decode_ == nullptr) return;
   if (absl::Status s = decode_->client().ReleaseKv(reservation_->token); !s.ok()) {
     // It lapses with its lease on the decode replica.
     TESSERA_LOG(WARNING) << "releasing KV reservation on " << decode_->info().name << ": " << s;
   }
-  reservation_.reset();
+  Drop();
 }
 
 void DisaggregatedCall::Leave() {
@@ -108,8 +120,7 @@ absl::Status DisaggregatedCall::Place() {
     RouteChoice p = router_.Pick(Pool(live, "prefill"), r.prompt,
                                  static_cast<int64_t>(r.prompt.size()) + 1, r.cache_salt, failed_);
     if (p.replica == nullptr) {
-      decode_ = d.replica;
-      reservation_ = *std::move(reserved);
+      Hold(d.replica, *std::move(reserved));
       Release();
       return absl::UnavailableError(
           absl::StrCat("no live prefill replica is available (last error: ", last.message(),
@@ -117,10 +128,9 @@ absl::Status DisaggregatedCall::Place() {
     }
     ReplicaRequest to_prefill = r;
     to_prefill.kv_destination = reserved->destination;
+    Hold(d.replica, *std::move(reserved));
     absl::StatusOr<std::unique_ptr<ReplicaCall>> call =
         p.replica->client().Generate(std::move(to_prefill));
-    decode_ = d.replica;
-    reservation_ = *std::move(reserved);
     if (!call.ok()) {
       Release();
       last = call.status();
@@ -225,7 +235,7 @@ absl::StatusOr<ReplicaEvent> DisaggregatedCall::Next(absl::Duration timeout) {
         out.kv_handoff = false;
         out.kv_checksums.clear();
         if (decode.ok()) {
-          reservation_.reset();  // D owns it now: it commits it or releases it
+          Drop();  // D owns it now: it commits it or releases it
           // Both now hold the prompt's blocks: the router's prefix estimates learn it.
           for (ReplicaEntry* r : {prefill_.get(), decode_.get()}) {
             r->prefix_index().Insert(

@@ -75,6 +75,10 @@ class DisaggregatedCall final : public ReplicaCall {
   absl::Status Place();
   // After a failure: place again, or the final event that ends the stream.
   std::optional<ReplicaEvent> Recover(const std::string& reason, const absl::Status& why);
+  // The reservation on `decode` this call waits on: the coordinator renews its lease with D's
+  // heartbeats until Drop (handed over to D) or Release (given back).
+  void Hold(std::shared_ptr<ReplicaEntry> decode, KvReservation reservation);
+  void Drop();
   void Release();  // the reservation not handed over, if any
   void Leave();    // drops in-flight counts of the current call's replica
   static bool Retryable(const absl::Status& status);

@@ -43,6 +43,21 @@ void ReplicaEntry::set_load(const ReplicaLoad& load) {
   load_ = load;
 }
 
+void ReplicaEntry::HoldKv(uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  held_kv_.insert(token);
+}
+
+void ReplicaEntry::DropKv(uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  held_kv_.erase(token);
+}
+
+std::vector<uint64_t> ReplicaEntry::held_kv() const {
+  absl::MutexLock lock(&mu_);
+  return {held_kv_.begin(), held_kv_.end()};
+}
+
 ReplicaRegistry::ReplicaRegistry(const RegistryOptions& options, ReplicaConnector& connector,
                                  Clock& clock)
     : options_(options), connector_(connector), clock_(clock) {}

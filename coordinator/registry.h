@@ -61,6 +61,11 @@ class ReplicaEntry {
   // Lease lapsed or deregistered: no new requests; requests in flight end with kUnavailable.
   bool lost() const { return lost_.load(); }
   void MarkLost() { lost_ = true; }
+  // Decode replicas: KV reservations a request placed here still waits on (its prefill is
+  // filling them); heartbeat answers renew their leases.
+  void HoldKv(uint64_t token);
+  void DropKv(uint64_t token);
+  std::vector<uint64_t> held_kv() const;
 
  private:
   const std::string id_;
@@ -71,6 +76,7 @@ class ReplicaEntry {
   std::atomic<bool> lost_{false};
   mutable absl::Mutex mu_;
   ReplicaLoad load_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> held_kv_ ABSL_GUARDED_BY(mu_);
 };
 
 struct RegistryOptions {

@@ -105,8 +105,8 @@ absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource
   if (!rank.worker->is_leader()) {
     if (port == nullptr) return worker::RunFollower(*rank.worker);
     worker::FollowerKvHandler handler(*port, comm.rank());
-    return worker::RunFollower(*rank.worker,
-                               [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
+    return worker::RunFollower(
+        *rank.worker, [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
   }
   TESSERA_ASSIGN_OR_RETURN(auto executor, worker::ReplicaExecutor::Create(*rank.worker));
   absl::Status status;

@@ -250,7 +250,8 @@ absl::Status Serve(const ServeFlags& flags) {
   std::vector<std::string> summary;
   for (const auto& pool : pools) {
     if (pool.count > 0) {
-      summary.push_back(absl::StrCat(pool.count, " ", pool.role, " (tp ", pool.tp, ", pp ", pool.pp, ")"));
+      summary.push_back(
+          absl::StrCat(pool.count, " ", pool.role, " (tp ", pool.tp, ", pp ", pool.pp, ")"));
     }
   }
   std::printf(
@@ -260,9 +261,8 @@ absl::Status Serve(const ServeFlags& flags) {
       "  KServe gRPC: %s:%d, model \"%s\", inputs text_input, stream, sampling_parameters "
       "(tritonclient, perf_analyzer)\n"
       "  metrics: http://%s:%d/metrics   Ctrl-C stops everything.\n\n",
-      name.c_str(), expected, absl::StrJoin(summary, ", ").c_str(), flags.host.c_str(),
-      ports->http, name.c_str(), flags.host.c_str(), ports->grpc, name.c_str(),
-      flags.host.c_str(), ports->http);
+      name.c_str(), expected, absl::StrJoin(summary, ", ").c_str(), flags.host.c_str(), ports->http,
+      name.c_str(), flags.host.c_str(), ports->grpc, name.c_str(), flags.host.c_str(), ports->http);
   std::fflush(stdout);
 
   absl::Status result = absl::OkStatus();

@@ -54,7 +54,7 @@ struct WorkerFlags {
   // Disaggregated roles: the KV transport and where it listens.
   std::string kv_transport = "grpc";
   std::string kv_listen;  // gRPC transport; default: the --listen host, any port
-  double kv_reservation_lease_s = 30.0;
+  double kv_reservation_lease_s = 10.0;
   EngineFlags engine;
   ReplicaFlags replica;
 };
@@ -138,7 +138,8 @@ absl::Status RunWorker(const WorkerFlags& flags) {
   if (flags.role != "mixed") {
     kv_transports = [&flags](int replica_rank) {
       const std::string name = flags.replica_name.empty() ? flags.role : flags.replica_name;
-      return MakeKvTransport(flags, replica_rank == 0 ? name : absl::StrCat(name, ".", replica_rank));
+      return MakeKvTransport(flags,
+                             replica_rank == 0 ? name : absl::StrCat(name, ".", replica_rank));
     };
   }
   auto leader = [&](worker::StepExecutor& executor, int32_t max_model_len,
@@ -186,6 +187,11 @@ absl::Status RunWorker(const WorkerFlags& flags) {
     worker::rpc::RegistrationOptions registration_options;
     registration_options.coordinator = flags.coordinator;
     registration_options.register_timeout = absl::Seconds(flags.register_timeout_s);
+    if (port != nullptr && flags.role == "decode") {
+      registration_options.on_kv_leases = [e = engine.get()](const std::vector<uint64_t>& tokens) {
+        e->RenewKv(tokens);
+      };
+    }
     if (preconnector != nullptr) {
       registration_options.on_kv_peers =
           [p = preconnector.get()](const std::vector<std::string>& peers) { p->Offer(peers); };
@@ -261,7 +267,7 @@ Command RegisterWorker(CLI::App& app) {
                   "host:port of the gRPC KV transport (default: the --listen host, any port)");
   sub->add_option("--kv-reservation-lease", flags->kv_reservation_lease_s,
                   "Seconds a decode replica holds blocks reserved for a prefill that does not "
-                  "arrive")
+                  "arrive (renewed with every heartbeat while the coordinator waits on it)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   sub->add_option("--served-model-name", flags->served_model_name,

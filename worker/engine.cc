@@ -141,6 +141,14 @@ void Engine::ReleaseKv(uint64_t token) {
   inbox_.push_back(std::move(command));
 }
 
+void Engine::RenewKv(const std::vector<uint64_t>& tokens) {
+  absl::MutexLock lock(&mu_);
+  Command command;
+  command.kind = Command::Kind::kRenew;
+  command.tokens = tokens;
+  inbox_.push_back(std::move(command));
+}
+
 void Engine::Cancel(RequestId id) {
   absl::MutexLock lock(&mu_);
   Command command;
@@ -268,6 +276,14 @@ void Engine::ApplyCommands(std::vector<Command>& commands) {
       case Command::Kind::kRelease:
         if (reservations_.contains(command.token)) {
           ReleaseReservation(command.token, "released by the coordinator");
+        }
+        break;
+      case Command::Kind::kRenew:
+        for (uint64_t token : command.tokens) {
+          auto it = reservations_.find(token);
+          if (it != reservations_.end()) {
+            it->second = clock_.MonotonicNow() + options_.kv_reservation_lease;
+          }
         }
         break;
       case Command::Kind::kSubmit:

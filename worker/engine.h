@@ -94,6 +94,10 @@ class Engine {
   // Releases a reservation that will not be committed (the prefill failed, the request was
   // cancelled). Unknown tokens are ignored. Asynchronous: takes effect at the next step boundary.
   void ReleaseKv(uint64_t token);
+  // Extends the leases of these reservations to kv_reservation_lease from now (the coordinator
+  // still waits on them; it says so with every heartbeat). Unknown tokens are ignored.
+  // Asynchronous, as ReleaseKv.
+  void RenewKv(const std::vector<uint64_t>& tokens);
 
   // A snapshot, updated after every step and every queue drain.
   EngineCounters counters() const;
@@ -102,13 +106,14 @@ class Engine {
  private:
   struct ReserveReply;  // shared by ReserveKv's caller and the engine thread
   struct Command {
-    enum class Kind { kSubmit, kCancel, kReserve, kRelease } kind;
+    enum class Kind { kSubmit, kCancel, kReserve, kRelease, kRenew } kind;
     RequestId id = 0;
     Request request;
     std::shared_ptr<RequestSink> sink;
     std::unique_ptr<StopMatcher> stop_matcher;
     absl::Time deadline = absl::InfiniteFuture();
     uint64_t token = 0;                   // kReserve, kRelease
+    std::vector<uint64_t> tokens;         // kRenew
     std::shared_ptr<ReserveReply> reply;  // kReserve
   };
   struct Export {

@@ -423,7 +423,8 @@ absl::StatusOr<std::unique_ptr<KvExport>> ReplicaKvPort::Export(absl::Span<const
   }
   Writer command;
   command.Int(kExport).Int(static_cast<int64_t>(id)).Ints(blocks);
-  TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies, Call(Destination(command, destination).Take()));
+  TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
+                           Call(Destination(command, destination).Take()));
   absl::Status started;
   for (size_t i = 0; i < replies.size() && started.ok(); ++i) {
     started = OnRank(static_cast<int>(i) + 1, replies[i].status);
@@ -438,8 +439,8 @@ absl::StatusOr<std::unique_ptr<KvExport>> ReplicaKvPort::Export(absl::Span<const
     (void)Call(Writer().Int(kCancel).Int(static_cast<int64_t>(id)).Take());
     return started;
   }
-  return std::unique_ptr<KvExport>(new ReplicaKvExport(*this, id, std::move(*local),
-                                                       static_cast<int>(replies.size())));
+  return std::unique_ptr<KvExport>(
+      new ReplicaKvExport(*this, id, std::move(*local), static_cast<int>(replies.size())));
 }
 
 absl::Status ReplicaKvPort::AbortFollowers(uint64_t token, bool* known) {
@@ -506,8 +507,7 @@ absl::Status ReplicaKvPort::Abort(uint64_t token) {
     if (status.ok()) status = local;
   }
   if (!status.ok()) return status;
-  return known ? absl::OkStatus()
-               : absl::NotFoundError(absl::StrCat("no KV reservation ", token));
+  return known ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no KV reservation ", token));
 }
 
 // --- a follower's handler
@@ -570,8 +570,7 @@ std::vector<int64_t> FollowerKvHandler::Handle(const std::vector<int64_t>& comma
         payload.Int(kRunning);
         break;
       }
-      absl::StatusOr<std::vector<KvSegmentChecksum>> sums =
-          it->second->Wait(absl::ZeroDuration());
+      absl::StatusOr<std::vector<KvSegmentChecksum>> sums = it->second->Wait(absl::ZeroDuration());
       exports_.erase(it);
       if (sums.ok()) {
         payload.Int(kSent).Checksums(*sums);
@@ -593,7 +592,8 @@ std::vector<int64_t> FollowerKvHandler::Handle(const std::vector<int64_t>& comma
     default:
       status = absl::InvalidArgumentError(absl::StrCat("unknown KV command ", op));
   }
-  if (!in.ok() || !in.done()) status = absl::DataLossError("a malformed KV command from the leader");
+  if (!in.ok() || !in.done())
+    status = absl::DataLossError("a malformed KV command from the leader");
   std::vector<int64_t> body = payload.Take();
   Writer reply;
   reply.Status(status).Counters(port_.counters());

@@ -67,9 +67,11 @@ class RegistryService final : public v1::Registry::Service {
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
                          v1::HeartbeatResponse* response) override {
     std::vector<std::string> kv_peers;
-    response->set_known(
-        coordinator_.Heartbeat(request->replica_id(), FromProto(request->stats()), &kv_peers));
+    std::vector<uint64_t> kv_leases;
+    response->set_known(coordinator_.Heartbeat(request->replica_id(), FromProto(request->stats()),
+                                               &kv_peers, &kv_leases));
     for (std::string& peer : kv_peers) response->add_kv_peers(std::move(peer));
+    response->mutable_kv_leases()->Assign(kv_leases.begin(), kv_leases.end());
     return grpc::Status::OK;
   }
 

@@ -2,8 +2,10 @@
 // admission, validation, stop strings, leases, cancellation, drain, metrics.
 #include "coordinator/coordinator.h"
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -577,6 +579,53 @@ TEST_F(CoordinatorTest, ALostDecodeReplicaIsReplacedMidStreamWithoutGapsOrRepeat
               HasSubstr("tessera_disaggregated_recoveries_total{model_name=\"m\",reason=\""
                         "decode_lost\"} 1"));
   s->reset();
+  ExpectAllBlocksBack();
+}
+
+TEST_F(CoordinatorTest, HeartbeatsRenewAReservationWhileItsPrefillRuns) {
+  Start(0);
+  EngineReplica& p = AddRoleReplica("p0", "prefill");
+  EngineReplica& d = AddRoleReplica("d0", "decode");
+  d.RestartEngine(absl::Milliseconds(100));
+  // Each prefill outlasts D's lease three times over.
+  p.executor().on_step = [] { absl::SleepFor(absl::Milliseconds(300)); };
+  const std::vector<int32_t> prompt = {5, 6, 7, 8, 9, 10, 11, 12, 13};
+
+  // Without heartbeats the reservation lapses under the prefill: its writes are refused, and
+  // every placement fails the same way until the request gives up with a retryable error.
+  auto lapsed = coordinator_->Generate(Ids(prompt, 6));
+  ASSERT_TRUE(lapsed.ok()) << lapsed.status();
+  Collected failed = Collect(**lapsed);
+  EXPECT_FALSE(failed.last.status.ok());
+  EXPECT_GT(d.kv_port()->counters().writes_refused, 0);
+
+  // D's heartbeat loop as worker/rpc/registration runs it: renew what the coordinator names.
+  std::atomic<bool> stop{false};
+  std::atomic<int> renewals{0};
+  std::thread heartbeats([&] {
+    while (!stop.load()) {
+      std::vector<uint64_t> leases;
+      if (coordinator_->Heartbeat(ids_[1], d.load(), nullptr, &leases) && !leases.empty()) {
+        d.engine().RenewKv(leases);
+        ++renewals;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  });
+  const int64_t refused = d.kv_port()->counters().writes_refused;
+  auto s = coordinator_->Generate(Ids(prompt, 6));
+  ASSERT_TRUE(s.ok()) << s.status();
+  Collected c = Collect(**s);
+  stop = true;
+  heartbeats.join();
+  EXPECT_TRUE(c.last.status.ok()) << c.last.status;
+  EXPECT_EQ(c.tokens, ExpectedGreedy(prompt, 6, sample_below_));
+  EXPECT_GT(renewals.load(), 5);
+  EXPECT_EQ(d.kv_port()->counters().writes_refused, refused);
+  // Handed over to D, the reservation is no longer the coordinator's to renew.
+  std::vector<uint64_t> leases;
+  ASSERT_TRUE(coordinator_->Heartbeat(ids_[1], d.load(), nullptr, &leases));
+  EXPECT_TRUE(leases.empty());
   ExpectAllBlocksBack();
 }
 

@@ -162,9 +162,11 @@ EngineReplica::EngineReplica(std::string name, int32_t vocab_size, int32_t eos_t
   StartEngine(max_num_seqs);
 }
 
-void EngineReplica::StartEngine(int32_t max_num_seqs) {
+void EngineReplica::StartEngine(int32_t max_num_seqs, absl::Duration kv_reservation_lease) {
+  max_num_seqs_ = max_num_seqs;
   worker::EngineOptions options;
   options.kv_port = port_.get();
+  options.kv_reservation_lease = kv_reservation_lease;
   options.scheduler.max_model_len = 200;
   options.scheduler.max_num_seqs = max_num_seqs;
   options.scheduler.max_num_batched_tokens = 64;
@@ -172,6 +174,12 @@ void EngineReplica::StartEngine(int32_t max_num_seqs) {
   auto engine = worker::Engine::Create(executor_, config_, options);
   TESSERA_CHECK(engine.ok());
   engine_ = std::move(*engine);
+}
+
+void EngineReplica::RestartEngine(absl::Duration kv_reservation_lease) {
+  engine_->Shutdown(absl::ZeroDuration()).IgnoreError();
+  engine_.reset();
+  StartEngine(max_num_seqs_, kv_reservation_lease);
 }
 
 EngineReplica::~EngineReplica() { engine_->Shutdown(absl::ZeroDuration()).IgnoreError(); }

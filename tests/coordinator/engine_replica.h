@@ -49,13 +49,16 @@ class EngineReplica {
   worker::KvPort* kv_port() { return port_.get(); }
   // The KV transport's fault injection (disaggregated roles).
   kvtransfer::FaultInjectingTransport& faults() { return *transport_; }
+  // Replaces the engine (before any request) by one whose KV reservations lapse after `lease`.
+  void RestartEngine(absl::Duration kv_reservation_lease);
 
  private:
   class Client;
-  void StartEngine(int32_t max_num_seqs);
+  void StartEngine(int32_t max_num_seqs, absl::Duration kv_reservation_lease = absl::Seconds(30));
   std::string name_;
   std::string role_ = "mixed";
   int32_t vocab_size_;
+  int32_t max_num_seqs_ = 8;
   worker::ExecutorLimits limits_;
   worker::testing::FakeExecutor executor_;
   model::ModelConfig config_;

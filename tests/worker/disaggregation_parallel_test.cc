@@ -102,8 +102,9 @@ class ThreadReplica {
     t.name = absl::StrCat(name_, ".", r);
     auto transport = kvtransfer::InProcessTransport::Create(fabric_, t);
     if (!transport.ok()) return transport.status();
-    auto port = KvPort::Create(*rank->cache, **transport,
-                               KvPortOptionsFor(rank->model->plan(), f_.config.num_key_value_heads));
+    auto port =
+        KvPort::Create(*rank->cache, **transport,
+                       KvPortOptionsFor(rank->model->plan(), f_.config.num_key_value_heads));
     if (!port.ok()) return port.status();
     if (!rank->worker->is_leader()) {
       FollowerKvHandler handler(**port, r);
@@ -298,17 +299,18 @@ TEST_P(DisaggregationParallelTest, CorruptionOnAnyRankIsRefusedAndTheRequestRetr
   ASSERT_TRUE(retry.ok()) << retry.status();
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Layouts, DisaggregationParallelTest,
-    ::testing::Values(Pair{{2, 1, {}, "tp2"}, {1, 1, {}, "tp1"}},
-                      Pair{{1, 1, {}, "tp1"}, {2, 1, {}, "tp2"}},
-                      Pair{{1, 2, {}, "pp2"}, {2, 1, {}, "tp2"}},
-                      Pair{{2, 2, {}, "tp2pp2"}, {1, 2, {}, "pp2"}},
-                      Pair{{4, 1, {}, "tp4_kv_replicated"}, {1, 1, {}, "tp1"}},
-                      Pair{{1, 1, {}, "tp1"}, {4, 1, {}, "tp4_kv_replicated"}}),
-    [](const auto& info) {
-      return absl::StrCat(info.param.prefill.name, "_to_", info.param.decode.name);
-    });
+INSTANTIATE_TEST_SUITE_P(Layouts, DisaggregationParallelTest,
+                         ::testing::Values(Pair{{2, 1, {}, "tp2"}, {1, 1, {}, "tp1"}},
+                                           Pair{{1, 1, {}, "tp1"}, {2, 1, {}, "tp2"}},
+                                           Pair{{1, 2, {}, "pp2"}, {2, 1, {}, "tp2"}},
+                                           Pair{{2, 2, {}, "tp2pp2"}, {1, 2, {}, "pp2"}},
+                                           Pair{{4, 1, {}, "tp4_kv_replicated"}, {1, 1, {}, "tp1"}},
+                                           Pair{{1, 1, {}, "tp1"},
+                                                {4, 1, {}, "tp4_kv_replicated"}}),
+                         [](const auto& info) {
+                           return absl::StrCat(info.param.prefill.name, "_to_",
+                                               info.param.decode.name);
+                         });
 
 TEST(KvPortOptionsForTest, OnlyTheFirstHolderOfAReplicatedKvHeadSends) {
   parallel::ShardPlan plan;

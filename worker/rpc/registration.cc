@@ -140,6 +140,9 @@ absl::StatusOr<bool> RegistrationClient::HeartbeatOnce(const std::string& replic
   absl::MutexLock lock(&mu_);
   in_flight_ = nullptr;
   if (!status.ok()) return tessera::rpc::FromGrpcStatus("Registry.Heartbeat", status);
+  if (options_.on_kv_leases && response.kv_leases_size() > 0) {
+    options_.on_kv_leases({response.kv_leases().begin(), response.kv_leases().end()});
+  }
   if (options_.on_kv_peers && response.kv_peers_size() > 0) {
     options_.on_kv_peers({response.kv_peers().begin(), response.kv_peers().end()});
   }

@@ -43,6 +43,9 @@ struct RegistrationOptions {
   // Called on the heartbeat thread with the KV descriptors of the live decode replicas, when the
   // coordinator sends them (to prefill replicas). Must not block.
   std::function<void(const std::vector<std::string>&)> on_kv_peers;
+  // Called on the heartbeat thread with the KV reservations the coordinator still waits on, when
+  // it names any (to decode replicas): renew their leases (Engine::RenewKv). Must not block.
+  std::function<void(const std::vector<uint64_t>&)> on_kv_leases;
 };
 
 using StatsCallback = std::function<tessera::v1::ReplicaStats()>;

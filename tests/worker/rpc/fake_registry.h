@@ -55,6 +55,7 @@ class FakeRegistry final : public v1::Registry::Service {
     heartbeats_.push_back(*request);
     response->set_known(leases_.contains(request->replica_id()));
     for (const std::string& peer : kv_peers_) response->add_kv_peers(peer);
+    response->mutable_kv_leases()->Assign(kv_leases_.begin(), kv_leases_.end());
     return grpc::Status::OK;
   }
   grpc::Status Deregister(grpc::ServerContext*, const v1::DeregisterRequest* request,
@@ -92,6 +93,7 @@ class FakeRegistry final : public v1::Registry::Service {
   std::vector<v1::HeartbeatRequest> heartbeats_;
   std::vector<std::string> deregistered_;
   std::vector<std::string> kv_peers_;  // sent with every heartbeat answer
+  std::vector<uint64_t> kv_leases_;    // likewise
 
   std::vector<v1::ReplicaDescriptor> registered() {
     absl::MutexLock lock(&mu_);

@@ -103,6 +103,28 @@ TEST(RegistrationClientTest, HandsTheCoordinatorsKvPeersToItsCallback) {
   EXPECT_EQ(seen, (std::vector<std::string>{"decode-0 descriptor", "decode-1 descriptor"}));
 }
 
+TEST(RegistrationClientTest, HandsTheReservationsToRenewToItsCallback) {
+  auto registry = StartRegistry(0);
+  ASSERT_NE(registry, nullptr);
+  ASSERT_TRUE(registry->service->Await([](FakeRegistry& r) {
+    r.kv_leases_ = {7, uint64_t{1} << 63};
+    return true;
+  }));
+  absl::Mutex mu;
+  std::vector<uint64_t> seen;
+  RegistrationOptions options = FastOptions(registry->address());
+  options.on_kv_leases = [&](const std::vector<uint64_t>& tokens) {
+    absl::MutexLock lock(&mu);
+    seen = tokens;
+  };
+  auto client = RegistrationClient::Create(Descriptor(), Running(0), options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE(registry->service->Await([](FakeRegistry& r) { return r.heartbeats_.size() >= 2; }));
+  (*client)->Stop();
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(seen, (std::vector<uint64_t>{7, uint64_t{1} << 63}));
+}
+
 TEST(RegistrationClientTest, RegistersAgainWhenTheLeaseIsUnknown) {
   auto registry = StartRegistry(0);
   ASSERT_NE(registry, nullptr);
