@@ -17,5 +17,6 @@ Command RegisterBenchEngine(CLI::App& app);
 Command RegisterWorker(CLI::App& app);
 Command RegisterCoordinator(CLI::App& app);
 Command RegisterServe(CLI::App& app);
+Command RegisterLaunch(CLI::App& app);
 
 }  // namespace tessera::launch

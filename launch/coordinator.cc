@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -38,7 +39,52 @@ struct CoordinatorFlags {
   double lease_timeout_s = 3.0;
   double drain_timeout_s = 30.0;
   std::string port_file;
+  bool check = false;  // validate and exit
 };
+
+// --check: the flags, and the model when it is on this machine (its config and tokenizer load).
+absl::Status CheckCoordinator(const CoordinatorFlags& flags) {
+  for (const auto& [name, port] :
+       {std::pair<const char*, int>{"--port", flags.port}, {"--grpc-port", flags.grpc_port}}) {
+    if (port < 0 || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " ", port, " is not in [0, 65535]"));
+    }
+  }
+  const size_t colon = flags.internal_address.rfind(':');
+  int internal = -1;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(flags.internal_address.substr(colon + 1), &internal) || internal < 0 ||
+      internal > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--internal-address '", flags.internal_address, "' is not HOST:PORT"));
+  }
+  if (!(flags.lease_timeout_s > 0)) {
+    return absl::InvalidArgumentError("--lease-timeout must be positive");
+  }
+  if (flags.drain_timeout_s < 0 || flags.max_queued_requests < 0 || flags.max_model_len < 0) {
+    return absl::InvalidArgumentError(
+        "--drain-timeout, --max-queued-requests and --max-model-len must not be negative");
+  }
+  std::string model_note = "not on this machine: not checked";
+  std::error_code error;
+  if (std::filesystem::is_directory(flags.model, error)) {
+    TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(flags.model));
+    TESSERA_RETURN_IF_ERROR(model::Tokenizer::FromDirectory(flags.model).status());
+    if (flags.max_model_len > config.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("--max-model-len ", flags.max_model_len,
+                                                     " exceeds the model's "
+                                                     "max_position_embeddings ",
+                                                     config.max_position_embeddings));
+    }
+    model_note = "config and tokenizer load";
+  }
+  std::printf(
+      "tessera coordinator: configuration ok — model %s (%s), HTTP %s:%d, gRPC %s:%d, replicas "
+      "register at %s\n",
+      flags.model.c_str(), model_note.c_str(), flags.host.c_str(), flags.port, flags.host.c_str(),
+      flags.grpc_port, flags.internal_address.c_str());
+  return absl::OkStatus();
+}
 
 absl::Status WritePortFile(const std::string& path, int http, int grpc, int internal) {
   const std::string tmp = path + ".tmp";
@@ -54,6 +100,7 @@ absl::Status WritePortFile(const std::string& path, int http, int grpc, int inte
 }
 
 absl::Status RunCoordinator(const CoordinatorFlags& flags) {
+  if (flags.check) return CheckCoordinator(flags);
   InstallTerminationHandlers();
   TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(flags.model));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
@@ -155,6 +202,8 @@ Command RegisterCoordinator(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--port-file", flags->port_file,
                   "Write the bound ports here as JSON once listening (for scripts)");
+  sub->add_flag("--check", flags->check,
+                "Validate the flags (and the model when it is here), print them and exit");
   return [flags] {
     const absl::Status status = RunCoordinator(*flags);
     if (!status.ok()) {

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   add(&tessera::launch::RegisterWorker);
   add(&tessera::launch::RegisterCoordinator);
   add(&tessera::launch::RegisterServe);
+  add(&tessera::launch::RegisterLaunch);
 
   try {
     std::vector<std::string> args = NormalizeArgs(argc, argv);

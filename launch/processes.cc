@@ -48,7 +48,7 @@ absl::Status ProcessGroup::Spawn(const std::string& name, const std::vector<std:
     sigfillset(&all);
     pthread_sigmask(SIG_UNBLOCK, &all, nullptr);
     signal(SIGPIPE, SIG_DFL);
-    execv(args[0], args.data());
+    execvp(args[0], args.data());  // a bare name (mpirun) is looked up on PATH
     std::fprintf(stderr, "[%s] cannot run %s: %s\n", name.c_str(), args[0], strerror(errno));
     _exit(127);
   }

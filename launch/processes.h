@@ -22,8 +22,9 @@ class ProcessGroup {
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;
 
-  // Starts argv[0] (a path) with argv; prints "[name] $ command" to stdout first. kInternal when
-  // fork fails; an exec failure shows up as the child exiting with status 127.
+  // Starts argv[0] (a path, or a name looked up on PATH) with argv; prints "[name] $ command" to
+  // stdout first. kInternal when fork fails; an exec failure shows up as the child exiting with
+  // status 127.
   absl::Status Spawn(const std::string& name, const std::vector<std::string>& argv);
   // A child that has exited since the last call: its name and what happened ("worker-0 exited
   // with status 1", "... was killed by signal 9"), or nullopt. The child is forgotten.

@@ -149,24 +149,42 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
   if (use_mpi) {
 #if TESSERA_HAVE_MPI
     TESSERA_ASSIGN_OR_RETURN(auto mpi, parallel::MpiRuntime::Init());
-    if (mpi->world_size() != ranks) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the MPI job has ", mpi->world_size(), " processes but tensor-parallel size ",
-          flags.tensor_parallel_size, " x pipeline-parallel size ", flags.pipeline_parallel_size,
-          " needs ", ranks));
+    const bool shared = flags.mpi_replica_color >= 0;  // one replica of several in the job
+    const int expected = shared ? flags.mpi_world_size : ranks;
+    if (mpi->world_size() != expected) {
+      return absl::InvalidArgumentError(
+          shared ? absl::StrCat("the MPI job has ", mpi->world_size(),
+                                " processes but the topology has ", expected, " ranks")
+                 : absl::StrCat("the MPI job has ", mpi->world_size(),
+                                " processes but tensor-parallel size ", flags.tensor_parallel_size,
+                                " x pipeline-parallel size ", flags.pipeline_parallel_size,
+                                " needs ", ranks));
     }
-    *is_leader = mpi->world_rank() == 0;
     parallel::MpiCommunicatorOptions comm_options;
     comm_options.timeout = timeout;
     absl::Status status;
     {
-      TESSERA_ASSIGN_OR_RETURN(auto world, mpi->CreateWorld(comm_options));
+      TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<parallel::Communicator> world,
+                               mpi->CreateWorld(comm_options));
+      // Every process of the job takes part in the split, each into its replica's communicator.
+      std::unique_ptr<parallel::Communicator> split;
+      if (shared) {
+        TESSERA_ASSIGN_OR_RETURN(split,
+                                 world->Split(flags.mpi_replica_color, flags.mpi_replica_key));
+        if (split->size() != ranks) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("replica ", flags.mpi_replica_color, " has ", split->size(),
+                           " ranks in the MPI job, its pool needs ", ranks));
+        }
+      }
+      parallel::Communicator& replica = shared ? *split : *world;
+      *is_leader = replica.rank() == 0;
       kernels::CpuBackendOptions cpu;
       cpu.num_threads = engine.threads;
       TESSERA_ASSIGN_OR_RETURN(auto backend, kernels::CreateCpuBackend(cpu));
-      status = RunRank(config, weights, *backend, *world, options, max_model_len, leader,
+      status = RunRank(config, weights, *backend, replica, options, max_model_len, leader,
                        leader_comm_stats, kv_transports);
-      if (!status.ok()) world->Abort();
+      if (!status.ok()) replica.Abort();
     }
     return status;
 #else

@@ -28,6 +28,12 @@ struct ReplicaFlags {
   std::string comm = "auto";  // auto (mpi under mpirun, else threads) | inproc | mpi
   double comm_timeout_s = 60.0;
   RankFlags rank;
+  // Several replicas in one MPI job (`tessera worker --topology` under mpirun): the world is
+  // split by `mpi_replica_color` (one color per replica) into this replica's communicator, ranked
+  // by `mpi_replica_key`; `mpi_world_size` is the job's expected size. -1: the job is one replica.
+  int mpi_replica_color = -1;
+  int mpi_replica_key = 0;
+  int mpi_world_size = 0;
 };
 
 void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags);

@@ -3,32 +3,17 @@
 // when no directory is given. Prints every command it runs, waits until the cluster is ready,
 // prints how to send a request, and on Ctrl-C (SIGINT) or SIGTERM drains the coordinator, then
 // stops the workers. When a child dies on its own, says which and how, stops the rest, exits 1.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
+// It is `tessera launch` (launch/cluster.h) on a topology made from its flags.
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
-#include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
-#include "absl/time/clock.h"
+#include "absl/status/statusor.h"
 #include "common/status_macros.h"
+#include "launch/cluster.h"
 #include "launch/commands.h"
-#include "launch/processes.h"
-#include "launch/signals.h"
-#include "nlohmann/json.hpp"
+#include "launch/topology.h"
 
 namespace tessera::launch {
 namespace {
@@ -62,114 +47,20 @@ struct ServeFlags {
   std::string work_dir;  // port files and the demo model; default: a fresh temp dir
 };
 
-struct Ports {
-  int http = 0;
-  int grpc = 0;
-  int internal = 0;
-};
-
-std::optional<Ports> ReadPortFile(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return std::nullopt;
-  std::stringstream text;
-  text << f.rdbuf();
-  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object() || !j.contains("http") || !j.contains("grpc") || !j.contains("internal")) {
-    return std::nullopt;
-  }
-  return Ports{j["http"].get<int>(), j["grpc"].get<int>(), j["internal"].get<int>()};
-}
-
-// Waits for `done` while watching the children; an exit or a signal ends the wait with an error.
-template <typename F>
-absl::Status WaitFor(ProcessGroup& children, absl::Duration timeout, const std::string& what,
-                     F done) {
-  const absl::Time give_up = absl::Now() + timeout;
-  while (!done()) {
-    if (std::optional<ProcessGroup::Exited> exited = children.PollExited(); exited.has_value()) {
-      return absl::UnavailableError(absl::StrCat(exited->what, " while waiting for ", what));
-    }
-    if (std::optional<int> sig = WaitForTerminationSignal(absl::Milliseconds(100));
-        sig.has_value()) {
-      return absl::CancelledError(absl::StrCat("signal ", *sig, " while waiting for ", what));
-    }
-    if (absl::Now() > give_up) {
-      return absl::DeadlineExceededError(
-          absl::StrCat(what, " did not happen within ", absl::FormatDuration(timeout)));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// The coordinator's /health answers 200 once a replica has registered.
-bool HealthOk(int port);
-int RegisteredReplicas(int port);
-
-absl::Status Serve(const ServeFlags& flags) {
-  InstallTerminationHandlers();
-  const std::string self = SelfExecutable();
-  std::string work = flags.work_dir;
-  if (work.empty()) {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "tessera-serve-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) return absl::InternalError("cannot create a temp dir");
-    work = tmpl;
-  }
-  std::filesystem::create_directories(work);
-  ProcessGroup children;
-
-  std::string model = flags.model;
-  std::string name = flags.served_model_name;
-  if (model.empty()) {
-    model = work + "/demo-model";
-    if (name.empty()) name = "tessera-demo";
-    TESSERA_RETURN_IF_ERROR(
-        children.Spawn("make-model", {self, "make-model", "--out", model, "--preset", "tiny",
-                                      "--seed", "7", "--init-std", "0.5"}));
-    bool made = false;
-    TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(60), "the demo model", [&] {
-      return made || (made = std::filesystem::exists(model + "/generation_config.json"));
-    }));
-    while (!children.empty()) {  // reap make-model
-      if (auto exited = children.PollExited();
-          exited.has_value() && exited->what.find("status 0") == std::string::npos) {
-        return absl::InternalError(exited->what);
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-  }
-  if (name.empty()) name = model;
-
-  const std::string port_file = work + "/coordinator-ports.json";
-  std::filesystem::remove(port_file);
-  std::vector<std::string> coordinator = {self,
-                                          "coordinator",
-                                          "--model",
-                                          model,
-                                          "--served-model-name",
-                                          name,
-                                          "--host",
-                                          flags.host,
-                                          "--port",
-                                          std::to_string(flags.port),
-                                          "--grpc-port",
-                                          std::to_string(flags.grpc_port),
-                                          "--internal-address",
-                                          "127.0.0.1:0",
-                                          "--port-file",
-                                          port_file,
-                                          "--max-queued-requests",
-                                          std::to_string(flags.max_queued_requests),
-                                          "--drain-timeout",
-                                          std::to_string(flags.drain_timeout_s)};
-  if (flags.max_model_len > 0) {
-    coordinator.insert(coordinator.end(), {"--max-model-len", std::to_string(flags.max_model_len)});
-  }
-  TESSERA_RETURN_IF_ERROR(children.Spawn("coordinator", coordinator));
-  std::optional<Ports> ports;
-  TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(60), "the coordinator to listen",
-                                  [&] { return (ports = ReadPortFile(port_file)).has_value(); }));
-
-  // Mixed replicas first, then the prefill and decode pools.
+// The topology `tessera serve`'s flags describe: the coordinator on loopback, pools of mixed,
+// prefill and decode replicas, every replica a process with its ranks as threads.
+absl::StatusOr<Topology> ServeTopology(const ServeFlags& flags) {
+  Topology t;
+  t.model = flags.model.empty() ? "demo" : flags.model;
+  t.served_model_name = flags.served_model_name;
+  t.kv_transport = flags.kv_transport;
+  t.coordinator.host = "127.0.0.1";
+  t.coordinator.bind_host = flags.host;
+  t.coordinator.http_port = flags.port;
+  t.coordinator.grpc_port = flags.grpc_port;
+  t.coordinator.internal_port = 0;
+  t.coordinator.max_queued_requests = flags.max_queued_requests;
+  t.coordinator.drain_timeout_s = flags.drain_timeout_s;
   const int num_mixed = flags.num_replicas >= 0
                             ? flags.num_replicas
                             : (flags.num_prefill + flags.num_decode > 0 ? 0 : 1);
@@ -180,158 +71,48 @@ absl::Status Serve(const ServeFlags& flags) {
   if (num_mixed + flags.num_prefill + flags.num_decode == 0) {
     return absl::InvalidArgumentError("no replicas: set --num-replicas or the pools");
   }
-  struct Replica {
-    std::string name;
-    std::string role;
-    int tp;
-    int pp;
-  };
-  std::vector<Replica> replicas;
+  EngineFlags engine;
+  engine.dtype = flags.dtype;
+  engine.block_size = flags.block_size;
+  engine.max_model_len = flags.max_model_len;
+  engine.max_num_seqs = flags.max_num_seqs;
+  engine.kv_cache_gib = flags.kv_cache_gib;
+  engine.threads = flags.threads;
   const auto either = [](int pool, int all) { return pool > 0 ? pool : all; };
   const struct {
+    const char* name;  // replicas are NAME-0, NAME-1, ...
     const char* role;
-    const char* prefix;
     int count;
     int tp;
     int pp;
   } pools[] = {
-      {"mixed", "replica-", num_mixed, flags.tensor_parallel_size, flags.pipeline_parallel_size},
-      {"prefill", "prefill-", flags.num_prefill,
+      {"replica", "mixed", num_mixed, flags.tensor_parallel_size, flags.pipeline_parallel_size},
+      {"prefill", "prefill", flags.num_prefill,
        either(flags.prefill_tp, flags.tensor_parallel_size),
        either(flags.prefill_pp, flags.pipeline_parallel_size)},
-      {"decode", "decode-", flags.num_decode, either(flags.decode_tp, flags.tensor_parallel_size),
+      {"decode", "decode", flags.num_decode, either(flags.decode_tp, flags.tensor_parallel_size),
        either(flags.decode_pp, flags.pipeline_parallel_size)}};
   for (const auto& pool : pools) {
-    for (int i = 0; i < pool.count; ++i) {
-      replicas.push_back({absl::StrCat(pool.prefix, i), pool.role, pool.tp, pool.pp});
-    }
+    if (pool.count == 0) continue;
+    TopologyPool p;
+    p.name = pool.name;
+    p.role = pool.role;
+    p.replicas = pool.count;
+    p.tensor_parallel_size = pool.tp;
+    p.pipeline_parallel_size = pool.pp;
+    p.engine = engine;
+    t.pools.push_back(std::move(p));
   }
-  for (const auto& [replica, role, tp, pp] : replicas) {
-    std::vector<std::string> worker = {self,
-                                       "worker",
-                                       "--model",
-                                       model,
-                                       "--served-model-name",
-                                       name,
-                                       "--coordinator",
-                                       absl::StrCat("127.0.0.1:", ports->internal),
-                                       "--replica-name",
-                                       replica,
-                                       "--tensor-parallel-size",
-                                       std::to_string(tp),
-                                       "--pipeline-parallel-size",
-                                       std::to_string(pp),
-                                       "--max-num-seqs",
-                                       std::to_string(flags.max_num_seqs),
-                                       "--block-size",
-                                       std::to_string(flags.block_size),
-                                       "--kv-cache-gib",
-                                       std::to_string(flags.kv_cache_gib),
-                                       "--dtype",
-                                       flags.dtype,
-                                       "--comm",
-                                       "inproc",
-                                       "--role",
-                                       role,
-                                       "--kv-transport",
-                                       flags.kv_transport};
-    if (flags.max_model_len > 0) {
-      worker.insert(worker.end(), {"--max-model-len", std::to_string(flags.max_model_len)});
-    }
-    if (flags.threads > 0)
-      worker.insert(worker.end(), {"--threads", std::to_string(flags.threads)});
-    TESSERA_RETURN_IF_ERROR(children.Spawn(replica, worker));
-  }
-  const int expected = static_cast<int>(replicas.size());
-  TESSERA_RETURN_IF_ERROR(WaitFor(
-      children, absl::Seconds(flags.ready_timeout_s), "the replicas to register",
-      [&] { return HealthOk(ports->http) && RegisteredReplicas(ports->http) >= expected; }));
-
-  std::vector<std::string> summary;
-  for (const auto& pool : pools) {
-    if (pool.count > 0) {
-      summary.push_back(
-          absl::StrCat(pool.count, " ", pool.role, " (tp ", pool.tp, ", pp ", pool.pp, ")"));
-    }
-  }
-  std::printf(
-      "\ntessera serve: ready — model \"%s\" on %d replica(s): %s\n"
-      "  OpenAI HTTP: curl http://%s:%d/v1/completions -H 'Content-Type: application/json' "
-      "-d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 16}'\n"
-      "  KServe gRPC: %s:%d, model \"%s\", inputs text_input, stream, sampling_parameters "
-      "(tritonclient, perf_analyzer)\n"
-      "  metrics: http://%s:%d/metrics   Ctrl-C stops everything.\n\n",
-      name.c_str(), expected, absl::StrJoin(summary, ", ").c_str(), flags.host.c_str(), ports->http,
-      name.c_str(), flags.host.c_str(), ports->grpc, name.c_str(), flags.host.c_str(), ports->http);
-  std::fflush(stdout);
-
-  absl::Status result = absl::OkStatus();
-  while (true) {
-    if (std::optional<ProcessGroup::Exited> exited = children.PollExited(); exited.has_value()) {
-      // A replica that dies is routed around (its lease lapses); the cluster is gone only with
-      // the coordinator or the last replica.
-      if (exited->name == "coordinator" || children.size() <= 1) {
-        result = absl::InternalError(absl::StrCat(exited->what, "; stopping the rest"));
-        break;
-      }
-      std::printf("tessera serve: %s; the coordinator routes around it\n", exited->what.c_str());
-      std::fflush(stdout);
-    }
-    if (std::optional<int> sig = WaitForTerminationSignal(absl::Milliseconds(200));
-        sig.has_value()) {
-      std::printf("tessera serve: signal %d, shutting down\n", *sig);
-      std::fflush(stdout);
-      break;
-    }
-  }
-  // Coordinator first (it drains the requests in flight), then the workers.
-  children.Terminate("coordinator", absl::Seconds(flags.drain_timeout_s + 5));
-  children.TerminateAll(absl::Seconds(flags.drain_timeout_s + 5));
-  if (flags.work_dir.empty()) std::filesystem::remove_all(work);
-  return result;
+  return t;
 }
 
-// The whole response (status line, headers, body) of GET `path` on loopback:`port`; nullopt when
-// the server cannot be reached. A plain HTTP/1.0 GET over a socket keeps launch/ free of an HTTP
-// client dependency.
-std::optional<std::string> HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return std::nullopt;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::optional<std::string> response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-      std::string all;
-      char buf[4096];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) all.append(buf, static_cast<size_t>(n));
-      response = std::move(all);
-    }
-  }
-  close(fd);
-  return response;
-}
-
-bool HealthOk(int port) {
-  const std::optional<std::string> r = HttpGet(port, "/health");
-  return r.has_value() && r->size() > 12 && r->find(" 200 ") != std::string::npos;
-}
-
-// Replicas in rotation (the coordinator's tessera_replicas gauge, all roles).
-int RegisteredReplicas(int port) {
-  const std::optional<std::string> r = HttpGet(port, "/metrics");
-  if (!r.has_value()) return 0;
-  int total = 0;
-  for (absl::string_view line : absl::StrSplit(*r, '\n')) {
-    if (!absl::StartsWith(line, "tessera_replicas{")) continue;
-    int n = 0;
-    if (absl::SimpleAtoi(line.substr(line.rfind(' ') + 1), &n)) total += n;
-  }
-  return total;
+absl::Status Serve(const ServeFlags& flags) {
+  TESSERA_ASSIGN_OR_RETURN(const Topology topology, ServeTopology(flags));
+  ClusterOptions options;
+  options.label = "tessera serve";
+  options.work_dir = flags.work_dir;
+  options.ready_timeout_s = flags.ready_timeout_s;
+  return RunCluster(topology, options);
 }
 
 }  // namespace

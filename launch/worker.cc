@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -24,11 +25,14 @@
 #include "launch/commands.h"
 #include "launch/engine_setup.h"
 #include "launch/model_flags.h"
+#include "launch/rank_env.h"
 #include "launch/replica_runner.h"
 #include "launch/signals.h"
+#include "launch/topology.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "parallel/shard_plan.h"
 #include "worker/engine.h"
 #include "worker/kv_port.h"
 #include "worker/kv_preconnector.h"
@@ -57,7 +61,74 @@ struct WorkerFlags {
   double kv_reservation_lease_s = 10.0;
   EngineFlags engine;
   ReplicaFlags replica;
+  // A replica of a topology file: everything above comes from it (flags given explicitly for
+  // --coordinator, --listen, --advertise-host and --replica-name win).
+  std::string topology;
+  std::string pool;  // without mpirun: the pool and replica this process serves
+  int replica_index = 0;
+  bool check = false;  // validate the configuration and exit
 };
+
+// Fills `flags` from the topology for the replica this process is part of: under mpirun, the
+// world rank's (ranks laid out pool by pool, replica by replica); otherwise --pool/--replica.
+absl::Status ApplyTopology(WorkerFlags& flags) {
+  TESSERA_ASSIGN_OR_RETURN(const Topology t, LoadTopology(flags.topology));
+  if (t.model == "demo") {
+    return absl::InvalidArgumentError(
+        "--topology: model 'demo' is written by tessera launch; give workers the model directory");
+  }
+  TESSERA_ASSIGN_OR_RETURN(const RankInfo rank, DiscoverRank(flags.replica.rank));
+  RankPlacement place;
+  if (rank.world_size > 1) {
+    if (!flags.pool.empty()) {
+      return absl::InvalidArgumentError(
+          "--pool is for single-process workers; under mpirun the rank picks the pool");
+    }
+    if (rank.world_size != t.total_ranks()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the job has ", rank.world_size, " ranks (from ", rank.source,
+                       ") but the topology ", flags.topology, " has ", t.total_ranks()));
+    }
+    TESSERA_ASSIGN_OR_RETURN(place, PlaceRank(t, rank.rank));
+    flags.replica.comm = "mpi";
+    flags.replica.mpi_replica_color = place.replica_index;
+    flags.replica.mpi_replica_key = place.replica_rank;
+    flags.replica.mpi_world_size = t.total_ranks();
+  } else {
+    const auto it = std::find_if(t.pools.begin(), t.pools.end(),
+                                 [&](const TopologyPool& p) { return p.name == flags.pool; });
+    if (it == t.pools.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--pool '", flags.pool, "' is not a pool of ", flags.topology));
+    }
+    if (flags.replica_index < 0 || flags.replica_index >= it->replicas) {
+      return absl::InvalidArgumentError(absl::StrCat("--replica ", flags.replica_index,
+                                                     " is outside pool ", it->name, "'s ",
+                                                     it->replicas, " replicas"));
+    }
+    place.pool = static_cast<int>(it - t.pools.begin());
+    place.replica = flags.replica_index;
+    place.replica_name = absl::StrCat(it->name, "-", flags.replica_index);
+    flags.replica.comm = "inproc";  // the replica's ranks as threads of this process
+  }
+  const TopologyPool& pool = t.pools[place.pool];
+  if (pool.backend != "cpu") {
+    return absl::UnimplementedError(absl::StrCat("pool ", pool.name, ": backend ", pool.backend,
+                                                 " is not built yet (issue #8); use cpu"));
+  }
+  flags.model = t.model;
+  flags.served_model_name = t.served_model_name.empty() ? t.model : t.served_model_name;
+  flags.role = pool.role;
+  flags.kv_transport = t.kv_transport;
+  flags.engine = pool.engine;
+  flags.replica.tensor_parallel_size = pool.tensor_parallel_size;
+  flags.replica.pipeline_parallel_size = pool.pipeline_parallel_size;
+  if (flags.replica_name.empty()) flags.replica_name = place.replica_name;
+  if (flags.coordinator.empty()) {
+    flags.coordinator = absl::StrCat(t.coordinator.host, ":", t.coordinator.internal_port);
+  }
+  return absl::OkStatus();
+}
 
 // The KV transport of a prefill or decode replica (launch/ names the concrete ones).
 absl::StatusOr<std::unique_ptr<kvtransfer::Transport>> MakeKvTransport(const WorkerFlags& flags,
@@ -109,7 +180,45 @@ std::string AdvertisedAddress(const WorkerFlags& flags, int port) {
   return absl::StrCat(host, ":", port);
 }
 
-absl::Status RunWorker(const WorkerFlags& flags) {
+// --check: what can be checked without running — the flags, the topology, and the model's split
+// when the model is on this machine.
+absl::Status CheckWorker(const WorkerFlags& flags) {
+  TESSERA_RETURN_IF_ERROR(ValidateEngineSettings(flags.engine, "engine"));
+  std::string model_note = "not on this machine: its split is not checked";
+  std::error_code error;
+  absl::StatusOr<model::ModelConfig> config = absl::NotFoundError("");
+  if (std::filesystem::is_directory(flags.model, error)) {
+    config = model::LoadModelConfig(flags.model);
+    if (!config.ok()) return config.status();
+  } else {
+    ModelShapeFlags shape;
+    shape.preset = flags.model;
+    config = ModelConfigFromFlags(shape);
+  }
+  if (config.ok()) {
+    parallel::ParallelConfig parallel;
+    parallel.tp_size = flags.replica.tensor_parallel_size;
+    parallel.pp_size = flags.replica.pipeline_parallel_size;
+    TESSERA_RETURN_IF_ERROR(parallel::ValidateParallelConfig(*config, parallel));
+    model_note = "its split checked";
+  }
+  std::printf(
+      "tessera worker: configuration ok — replica %s, role %s, tp %d, pp %d, coordinator %s, kv "
+      "transport %s, model %s (%s)\n",
+      flags.replica_name.empty() ? "(ROLE@ADDRESS)" : flags.replica_name.c_str(),
+      flags.role.c_str(), flags.replica.tensor_parallel_size, flags.replica.pipeline_parallel_size,
+      flags.coordinator.c_str(), flags.kv_transport.c_str(), flags.model.c_str(),
+      model_note.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status RunWorker(WorkerFlags flags) {
+  if (!flags.topology.empty()) TESSERA_RETURN_IF_ERROR(ApplyTopology(flags));
+  if (flags.model.empty()) return absl::InvalidArgumentError("--model (or --topology) is required");
+  if (flags.coordinator.empty()) {
+    return absl::InvalidArgumentError("--coordinator (or --topology) is required");
+  }
+  if (flags.check) return CheckWorker(flags);
   // The model: a Hugging Face directory, or a preset shape with random weights (demos, tests).
   model::ModelConfig config;
   std::unique_ptr<model::WeightSource> weights;
@@ -243,11 +352,21 @@ Command RegisterWorker(CLI::App& app) {
       "worker", "Serve one model replica to a coordinator (register, heartbeat, take requests)");
   sub->add_option("--model", flags->model,
                   "Hugging Face model directory, or a preset with random weights (tiny, "
-                  "llama-1b, llama-8b)")
-      ->required();
+                  "llama-1b, llama-8b); required unless --topology gives it");
   sub->add_option("--coordinator", flags->coordinator,
-                  "host:port of the coordinator's internal (Registry) service")
-      ->required();
+                  "host:port of the coordinator's internal (Registry) service (default with "
+                  "--topology: its coordinator.host:internal_port)");
+  sub->add_option("--topology", flags->topology,
+                  "A topology file (docs/topology.md): the model, pool, role, TP/PP, engine and "
+                  "KV transport come from it — under mpirun for the world rank's replica, "
+                  "otherwise for --pool/--replica");
+  sub->add_option("--pool", flags->pool, "With --topology and no mpirun: the pool to serve");
+  sub->add_option("--replica", flags->replica_index,
+                  "With --topology and no mpirun: which replica of --pool (from 0)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_flag("--check", flags->check,
+                "Validate the configuration (flags, topology, the model's split when it is "
+                "here), print it and exit");
   sub->add_option("--listen", flags->listen, "Address of this replica's gRPC service (port 0: any)")
       ->capture_default_str();
   sub->add_option("--advertise-host", flags->advertise_host,

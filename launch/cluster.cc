@@ -1,0 +1,364 @@
+#include "launch/cluster.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/status_macros.h"
+#include "launch/processes.h"
+#include "launch/signals.h"
+#include "nlohmann/json.hpp"
+
+namespace tessera::launch {
+namespace {
+
+struct Ports {
+  int http = 0;
+  int grpc = 0;
+  int internal = 0;
+};
+
+std::optional<Ports> ReadPortFile(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return std::nullopt;
+  std::stringstream text;
+  text << f.rdbuf();
+  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("http") || !j.contains("grpc") || !j.contains("internal")) {
+    return std::nullopt;
+  }
+  return Ports{j["http"].get<int>(), j["grpc"].get<int>(), j["internal"].get<int>()};
+}
+
+// Waits for `done` while watching the children; an exit or a signal ends the wait with an error.
+template <typename F>
+absl::Status WaitFor(ProcessGroup& children, absl::Duration timeout, const std::string& what,
+                     F done) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (!done()) {
+    if (std::optional<ProcessGroup::Exited> exited = children.PollExited(); exited.has_value()) {
+      return absl::UnavailableError(absl::StrCat(exited->what, " while waiting for ", what));
+    }
+    if (std::optional<int> sig = WaitForTerminationSignal(absl::Milliseconds(100));
+        sig.has_value()) {
+      return absl::CancelledError(absl::StrCat("signal ", *sig, " while waiting for ", what));
+    }
+    if (absl::Now() > give_up) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(what, " did not happen within ", absl::FormatDuration(timeout)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The whole response (status line, headers, body) of GET `path` on loopback:`port`; nullopt when
+// the server cannot be reached. A plain HTTP/1.0 GET over a socket keeps launch/ free of an HTTP
+// client dependency.
+std::optional<std::string> HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return std::nullopt;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::optional<std::string> response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      std::string all;
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) all.append(buf, static_cast<size_t>(n));
+      response = std::move(all);
+    }
+  }
+  close(fd);
+  return response;
+}
+
+// The coordinator's /health answers 200 once a replica has registered.
+bool HealthOk(int port) {
+  const std::optional<std::string> r = HttpGet(port, "/health");
+  return r.has_value() && r->size() > 12 && r->find(" 200 ") != std::string::npos;
+}
+
+// Replicas in rotation (the coordinator's tessera_replicas gauge, all roles).
+int RegisteredReplicas(int port) {
+  const std::optional<std::string> r = HttpGet(port, "/metrics");
+  if (!r.has_value()) return 0;
+  int total = 0;
+  for (absl::string_view line : absl::StrSplit(*r, '\n')) {
+    if (!absl::StartsWith(line, "tessera_replicas{")) continue;
+    int n = 0;
+    if (absl::SimpleAtoi(line.substr(line.rfind(' ') + 1), &n)) total += n;
+  }
+  return total;
+}
+
+bool Loopback(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
+}
+
+// Writes the demo model (tessera make-model) into `dir` and waits for it.
+absl::Status MakeDemoModel(ProcessGroup& children, const std::string& self,
+                           const std::string& dir) {
+  TESSERA_RETURN_IF_ERROR(children.Spawn(
+      "make-model",
+      {self, "make-model", "--out", dir, "--preset", "tiny", "--seed", "7", "--init-std", "0.5"}));
+  bool made = false;
+  TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(60), "the demo model", [&] {
+    return made || (made = std::filesystem::exists(dir + "/generation_config.json"));
+  }));
+  while (!children.empty()) {  // reap make-model
+    if (auto exited = children.PollExited();
+        exited.has_value() && exited->what.find("status 0") == std::string::npos) {
+      return absl::InternalError(exited->what);
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> CoordinatorCommand(const Topology& t, const std::string& self,
+                                            const std::string& port_file) {
+  const TopologyCoordinator& c = t.coordinator;
+  // Workers on other hosts must reach the internal port: bind it on every interface unless the
+  // cluster is this machine.
+  const std::string internal_host = Loopback(c.host) ? "127.0.0.1" : "0.0.0.0";
+  std::vector<std::string> argv = {self,
+                                   "coordinator",
+                                   "--model",
+                                   t.model,
+                                   "--served-model-name",
+                                   t.served_model_name.empty() ? t.model : t.served_model_name,
+                                   "--host",
+                                   c.bind_host.empty() ? c.host : c.bind_host,
+                                   "--port",
+                                   std::to_string(c.http_port),
+                                   "--grpc-port",
+                                   std::to_string(c.grpc_port),
+                                   "--internal-address",
+                                   absl::StrCat(internal_host, ":", c.internal_port),
+                                   "--port-file",
+                                   port_file,
+                                   "--max-queued-requests",
+                                   std::to_string(c.max_queued_requests),
+                                   "--lease-timeout",
+                                   absl::StrCat(c.lease_timeout_s),
+                                   "--drain-timeout",
+                                   absl::StrCat(c.drain_timeout_s)};
+  // The coordinator admits what every pool can hold: the smallest context any pool sets.
+  int32_t max_model_len = 0;
+  for (const TopologyPool& p : t.pools) {
+    if (p.engine.max_model_len > 0 &&
+        (max_model_len == 0 || p.engine.max_model_len < max_model_len)) {
+      max_model_len = p.engine.max_model_len;
+    }
+  }
+  if (max_model_len > 0)
+    argv.insert(argv.end(), {"--max-model-len", std::to_string(max_model_len)});
+  return argv;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> RankfileFor(const Topology& t) {
+  bool any = false;
+  for (const TopologyPool& p : t.pools) any |= !p.hosts.empty();
+  if (!any) return std::string();
+  std::string out;
+  std::map<std::string, int> next_slot;
+  int rank = 0;
+  for (size_t i = 0; i < t.pools.size(); ++i) {
+    const TopologyPool& p = t.pools[i];
+    if (p.hosts.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("pools[", i,
+                       "].hosts: some pools name hosts and this one does not; under mpirun "
+                       "either every pool names its hosts or a --hostfile places them all"));
+    }
+    for (int r = 0; r < p.replicas * p.ranks_per_replica(); ++r, ++rank) {
+      const std::string& host = p.hosts[static_cast<size_t>(r) % p.hosts.size()];
+      absl::StrAppend(&out, "rank ", rank, "=", host, " slot=", next_slot[host]++, "\n");
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> MpirunCommand(const Topology& t, const std::string& self,
+                                       const std::string& topology_path,
+                                       const std::string& coordinator_address,
+                                       const ClusterOptions& options, const std::string& rankfile) {
+  // Ranks keep every core the OS gives them (OpenMP threads); a hostfile fills a node before the
+  // next, so that a replica's TP group stays inside a node.
+  std::vector<std::string> argv = {options.mpirun_path, "-np", std::to_string(t.total_ranks()),
+                                   "--bind-to", "none"};
+  if (geteuid() == 0) argv.push_back("--allow-run-as-root");
+  if (!options.hostfile.empty()) {
+    argv.insert(argv.end(), {"--hostfile", options.hostfile});
+    if (rankfile.empty()) argv.insert(argv.end(), {"--map-by", "slot"});
+  }
+  if (!rankfile.empty()) argv.insert(argv.end(), {"--rankfile", rankfile});
+  for (const std::string& v : options.forward_env) argv.insert(argv.end(), {"-x", v});
+  argv.insert(argv.end(), options.mpirun_args.begin(), options.mpirun_args.end());
+  argv.insert(argv.end(),
+              {self, "worker", "--topology", topology_path, "--coordinator", coordinator_address});
+  return argv;
+}
+
+absl::Status RunCluster(const Topology& topology, const ClusterOptions& options) {
+  TESSERA_RETURN_IF_ERROR(ValidateTopology(topology));
+  InstallTerminationHandlers();
+  const std::string self = SelfExecutable();
+  std::string work = options.work_dir;
+  const bool temp_work = work.empty();
+  if (temp_work) {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "tessera-XXXXXX").string();
+    if (mkdtemp(tmpl.data()) == nullptr) return absl::InternalError("cannot create a temp dir");
+    work = tmpl;
+  }
+  std::error_code error;
+  std::filesystem::create_directories(work, error);
+  if (error)
+    return absl::InternalError(absl::StrCat("cannot create ", work, ": ", error.message()));
+  ProcessGroup children;
+  const std::string prefix = options.label + ": ";
+
+  Topology t = topology;
+  if (t.model == "demo") {
+    t.model = work + "/demo-model";
+    if (t.served_model_name.empty()) t.served_model_name = "tessera-demo";
+    if (!options.dry_run) TESSERA_RETURN_IF_ERROR(MakeDemoModel(children, self, t.model));
+  }
+  if (t.served_model_name.empty()) t.served_model_name = t.model;
+  std::string rankfile_path;
+  if (options.mpirun) {
+    TESSERA_ASSIGN_OR_RETURN(const std::string rankfile, RankfileFor(t));
+    if (!rankfile.empty()) {
+      rankfile_path = work + "/rankfile";
+      std::ofstream(rankfile_path) << rankfile;
+    }
+  }
+
+  const std::string port_file = work + "/coordinator-ports.json";
+  std::filesystem::remove(port_file, error);
+  const std::vector<std::string> coordinator = CoordinatorCommand(t, self, port_file);
+  const std::string topology_path = work + "/topology.yaml";
+  if (options.dry_run) {
+    std::printf("%sresolved topology (%s):\n%s\n[coordinator] $ %s\n", prefix.c_str(),
+                topology_path.c_str(), TopologyToYaml(t).c_str(),
+                absl::StrJoin(coordinator, " ").c_str());
+  } else {
+    TESSERA_RETURN_IF_ERROR(children.Spawn("coordinator", coordinator));
+  }
+  std::optional<Ports> ports;
+  if (!options.dry_run) {
+    TESSERA_RETURN_IF_ERROR(WaitFor(children, absl::Seconds(60), "the coordinator to listen",
+                                    [&] { return (ports = ReadPortFile(port_file)).has_value(); }));
+  } else {
+    ports = Ports{t.coordinator.http_port, t.coordinator.grpc_port, t.coordinator.internal_port};
+  }
+  // The workers read the topology with the ports as bound.
+  t.coordinator.internal_port = ports->internal;
+  t.coordinator.http_port = ports->http;
+  t.coordinator.grpc_port = ports->grpc;
+  {
+    std::ofstream out(topology_path);
+    out << "# Written by " << options.label << ": the topology as launched.\n" << TopologyToYaml(t);
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", topology_path));
+  }
+  const std::string coordinator_address = absl::StrCat(t.coordinator.host, ":", ports->internal);
+  std::vector<std::pair<std::string, std::vector<std::string>>> workers;
+  if (options.mpirun) {
+    workers.push_back({"mpirun", MpirunCommand(t, self, topology_path, coordinator_address, options,
+                                               rankfile_path)});
+  } else {
+    for (const TopologyPool& p : t.pools) {
+      for (int r = 0; r < p.replicas; ++r) {
+        const std::string name = absl::StrCat(p.name, "-", r);
+        workers.push_back(
+            {name,
+             {self, "worker", "--topology", topology_path, "--pool", p.name, "--replica",
+              std::to_string(r), "--replica-name", name, "--coordinator", coordinator_address}});
+      }
+    }
+  }
+  for (const auto& [name, argv] : workers) {
+    if (options.dry_run) {
+      std::printf("[%s] $ %s\n", name.c_str(), absl::StrJoin(argv, " ").c_str());
+    } else {
+      TESSERA_RETURN_IF_ERROR(children.Spawn(name, argv));
+    }
+  }
+  if (options.dry_run) return absl::OkStatus();
+
+  const int expected = t.total_replicas();
+  absl::Status result =
+      WaitFor(children, absl::Seconds(options.ready_timeout_s), "the replicas to register",
+              [&] { return HealthOk(ports->http) && RegisteredReplicas(ports->http) >= expected; });
+  if (result.ok()) {
+    std::vector<std::string> summary;
+    for (const TopologyPool& p : t.pools) {
+      summary.push_back(absl::StrCat(p.replicas, " ", p.role, " (tp ", p.tensor_parallel_size,
+                                     ", pp ", p.pipeline_parallel_size, ")"));
+    }
+    const std::string& host =
+        t.coordinator.bind_host.empty() ? t.coordinator.host : t.coordinator.bind_host;
+    const std::string& name = t.served_model_name;
+    std::printf(
+        "\n%s: ready — model \"%s\" on %d replica(s): %s; KV over %s\n"
+        "  OpenAI HTTP: curl http://%s:%d/v1/completions -H 'Content-Type: application/json' "
+        "-d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 16}'\n"
+        "  KServe gRPC: %s:%d, model \"%s\", inputs text_input, stream, sampling_parameters "
+        "(tritonclient, perf_analyzer)\n"
+        "  metrics: http://%s:%d/metrics   Ctrl-C stops everything.\n\n",
+        options.label.c_str(), name.c_str(), expected, absl::StrJoin(summary, ", ").c_str(),
+        t.kv_transport.c_str(), host.c_str(), ports->http, name.c_str(), host.c_str(), ports->grpc,
+        name.c_str(), host.c_str(), ports->http);
+    std::fflush(stdout);
+    while (true) {
+      if (std::optional<ProcessGroup::Exited> exited = children.PollExited(); exited.has_value()) {
+        // A replica that dies is routed around (its lease lapses); the cluster is gone with the
+        // coordinator, the mpirun job or the last replica.
+        if (exited->name == "coordinator" || exited->name == "mpirun" || children.size() <= 1) {
+          result = absl::InternalError(absl::StrCat(exited->what, "; stopping the rest"));
+          break;
+        }
+        std::printf("%s%s; the coordinator routes around it\n", prefix.c_str(),
+                    exited->what.c_str());
+        std::fflush(stdout);
+      }
+      if (std::optional<int> sig = WaitForTerminationSignal(absl::Milliseconds(200));
+          sig.has_value()) {
+        std::printf("%ssignal %d, shutting down\n", prefix.c_str(), *sig);
+        std::fflush(stdout);
+        break;
+      }
+    }
+  }
+  // Coordinator first (it drains the requests in flight), then the workers.
+  const absl::Duration grace = absl::Seconds(t.coordinator.drain_timeout_s + 5);
+  children.Terminate("coordinator", grace);
+  children.TerminateAll(grace);
+  if (temp_work) std::filesystem::remove_all(work, error);
+  return result;
+}
+
+}  // namespace tessera::launch

@@ -1,0 +1,83 @@
+// A cluster described in one YAML file (docs/topology.md): the model, the coordinator's address
+// and ports, the pools (role, replicas, TP, PP, backend, devices or hosts, engine settings) and the
+// KV transport. `tessera launch`, `tessera worker --topology` and the Kubernetes manifests read
+// it; `tessera serve` builds one from its flags. Parsing validates everything up front and names
+// the key and the problem (an unknown key, TP×PP that does not match the devices, an empty pool,
+// ports that clash...). Pure data; thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "launch/engine_setup.h"
+
+namespace tessera::launch {
+
+struct TopologyCoordinator {
+  std::string host = "127.0.0.1";  // where clients and workers reach the coordinator
+  std::string bind_host;           // public APIs bind here (default: host)
+  int http_port = 8000;            // OpenAI HTTP (0: any free port)
+  int grpc_port = 8001;            // KServe v2 gRPC (0: any free port)
+  int internal_port = 8002;        // replicas register here (0: any free port)
+  int64_t max_queued_requests = 256;
+  double lease_timeout_s = 3.0;
+  double drain_timeout_s = 30.0;
+};
+
+struct TopologyPool {
+  std::string name;  // unique; default: the role
+  std::string role;  // prefill | decode | mixed
+  int replicas = 1;
+  int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  std::string backend = "cpu";  // cpu | cuda (valid here; workers refuse it until issue #8)
+  // GPU ids of one replica's ranks (rank order; replica r of the pool on host r's devices).
+  std::vector<int> devices;
+  // Hosts for the pool's ranks under mpirun, in rank order (repeated as needed): replica 0's
+  // ranks on the first ones. Empty: wherever the hostfile puts them.
+  std::vector<std::string> hosts;
+  EngineFlags engine;  // the topology's engine section, then the pool's own
+
+  int ranks_per_replica() const { return tensor_parallel_size * pipeline_parallel_size; }
+};
+
+struct Topology {
+  std::string model;  // a Hugging Face directory, "demo" (built in), or a preset (tiny, ...)
+  std::string served_model_name;
+  TopologyCoordinator coordinator;
+  std::string kv_transport = "grpc";  // grpc | ucx
+  std::vector<TopologyPool> pools;
+
+  int total_ranks() const;
+  int total_replicas() const;
+  bool disaggregated() const;  // has prefill and decode pools
+};
+
+// Parses and validates YAML text; kInvalidArgument naming the key path ("pools[1].replicas") and
+// the problem. `source` names the text in messages (a file name).
+absl::StatusOr<Topology> ParseTopology(const std::string& yaml, const std::string& source = "");
+// The engine settings' ranges (dtypes, block size, positive sizes); kInvalidArgument naming
+// `where`.KEY.
+absl::Status ValidateEngineSettings(const EngineFlags& engine, const std::string& where);
+// Reads and parses a file; kNotFound when it cannot be read.
+absl::StatusOr<Topology> LoadTopology(const std::string& path);
+// The checks ParseTopology makes, on a topology built in code (tessera serve's).
+absl::Status ValidateTopology(const Topology& topology);
+
+// Where world rank `rank` of an mpirun job over the whole topology sits: ranks are laid out pool
+// by pool, replica by replica, TP innermost within a replica (the replica's own rank order).
+struct RankPlacement {
+  int pool = 0;              // index into pools
+  int replica = 0;           // within the pool
+  int replica_index = 0;     // over all pools: the MPI color of the replica's communicator
+  int replica_rank = 0;      // within the replica
+  std::string replica_name;  // "<pool>-<replica>"
+};
+absl::StatusOr<RankPlacement> PlaceRank(const Topology& topology, int rank);
+
+// The YAML of `topology` (every key written), for `tessera launch --dry-run` and tests.
+std::string TopologyToYaml(const Topology& topology);
+
+}  // namespace tessera::launch

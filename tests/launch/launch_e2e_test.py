@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""End to end: `tessera launch` brings up the demo topology (a coordinator, a prefill replica of
+TP 2 and a decode replica of TP 1 on the built-in model) locally — a process per replica — or
+through mpirun (one job of 3 ranks, each finding its replica from its world rank).
+
+1. 12 concurrent streaming requests over KServe v2 gRPC equal `tessera generate` (so the TP 2
+   prefill replica's two ranks both sent their halves of the KV to the decode replica).
+2. Ctrl-C (SIGINT) stops the cluster: `tessera launch` exits 0 and no process of it is left.
+
+Usage: launch_e2e_test.py TESSERA_BINARY local|mpirun [MPIRUN ARGS...]
+"""
+import concurrent.futures
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import e2e_util as u
+
+TESSERA = os.path.abspath(sys.argv[1])
+MODE = sys.argv[2]
+MPIRUN_ARGS = sys.argv[3:]
+SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main():
+    work = tempfile.mkdtemp(prefix=f"tessera-launch-{MODE}-")
+    # The shipped demo topology, on free ports.
+    text = open(os.path.join(SOURCE, "launch/topologies/demo.yaml")).read()
+    text = re.sub(r"(http_port|grpc_port|internal_port): \d+", r"\1: 0", text)
+    topology = os.path.join(work, "demo.yaml")
+    open(topology, "w").write(text)
+    argv = [TESSERA, "launch", topology, "--work-dir", os.path.join(work, "run")]
+    if MODE == "mpirun":
+        argv += ["--mpirun", "--mpirun-args", " ".join(MPIRUN_ARGS)]
+    launch = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    threading.Thread(target=lambda: [u.SERVE_LOG.append(l) for l in launch.stdout],
+                     daemon=True).start()
+    try:
+        deadline = time.time() + 120
+        while not any("tessera launch: ready" in l for l in u.SERVE_LOG):
+            u.check(launch.poll() is None, "tessera launch exited early")
+            u.check(time.time() < deadline, "tessera launch not ready in 120 s")
+            time.sleep(0.1)
+        u.check(any("[mpirun] $ " in l for l in u.SERVE_LOG) == (MODE == "mpirun"),
+                "the workers were not started the way asked")
+        ports = u.json.load(open(os.path.join(work, "run", "coordinator-ports.json")))
+        grpc_url = f"127.0.0.1:{ports['grpc']}"
+        prompts = [[1 + (5 * i + j) % 400 for j in range(6 + 3 * i)] for i in range(12)]
+        reference = u.generate_reference(TESSERA, os.path.join(work, "run", "demo-model"),
+                                         prompts, 10)
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            outputs = [f.result(timeout=120) for f in
+                       [pool.submit(u.grpc_stream, grpc_url, p, 10) for p in prompts]]
+        for i, (_, ids) in enumerate(outputs):
+            u.check(ids == reference[i], f"prompt {i}: ids {ids} != generate {reference[i]}")
+        metrics = u.metrics(ports)
+        u.check((u.metric_value(metrics, 'tessera_disaggregated_requests_total{model_name='
+                                '"tessera-demo"}') or 0) >= 12, "not disaggregated:\n" + metrics)
+        print(f"{MODE}: 12 streams through the launched cluster match tessera generate",
+              flush=True)
+    finally:
+        if launch.poll() is None:
+            launch.send_signal(signal.SIGINT)
+        try:
+            code = launch.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+            u.fail("tessera launch did not stop within 60 s of SIGINT")
+    u.check(code == 0, f"tessera launch exited with {code}")
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", work], capture_output=True, text=True).stdout.split()
+    u.check(not left, f"processes left behind: {left}")
+    print("PASS", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # a client error: show what the cluster said
+        u.fail(f"{type(e).__name__}: {e}")

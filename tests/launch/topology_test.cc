@@ -1,0 +1,215 @@
+// Topology files: the shipped examples parse; every kind of mistake is refused with a message that
+// names the key and the problem; ranks are placed pool by pool; the mpirun command and rankfile.
+#include "launch/topology.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "launch/cluster.h"
+
+namespace tessera::launch {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr char kDemo[] = R"(
+model: demo
+kv_transport: grpc
+coordinator:
+  host: 127.0.0.1
+  http_port: 8000
+  grpc_port: 8001
+  internal_port: 8002
+engine:
+  block_size: 16
+  max_num_seqs: 32
+pools:
+  - name: prefill
+    role: prefill
+    replicas: 2
+    tensor_parallel_size: 2
+    engine:
+      max_num_seqs: 8
+  - name: decode
+    role: decode
+    replicas: 1
+    pipeline_parallel_size: 2
+)";
+
+TEST(TopologyTest, ParsesPoolsAndLayersTheEngineSettings) {
+  absl::StatusOr<Topology> t = ParseTopology(kDemo);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->model, "demo");
+  EXPECT_EQ(t->coordinator.internal_port, 8002);
+  ASSERT_EQ(t->pools.size(), 2u);
+  EXPECT_EQ(t->pools[0].engine.max_num_seqs, 8);   // the pool's own
+  EXPECT_EQ(t->pools[1].engine.max_num_seqs, 32);  // the topology's
+  EXPECT_EQ(t->pools[1].engine.block_size, 16);
+  EXPECT_EQ(t->total_ranks(), 2 * 2 + 2);
+  EXPECT_EQ(t->total_replicas(), 3);
+  EXPECT_TRUE(t->disaggregated());
+  // What TopologyToYaml writes reads back the same.
+  absl::StatusOr<Topology> again = ParseTopology(TopologyToYaml(*t));
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << TopologyToYaml(*t);
+  EXPECT_EQ(TopologyToYaml(*again), TopologyToYaml(*t));
+}
+
+TEST(TopologyTest, TheShippedTopologiesAreValid) {
+  const std::filesystem::path dir = std::filesystem::path(TESSERA_SOURCE_DIR) / "launch/topologies";
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() != ".yaml") continue;
+    absl::StatusOr<Topology> t = LoadTopology(entry.path().string());
+    EXPECT_TRUE(t.ok()) << entry.path() << ": " << t.status();
+    ++n;
+  }
+  EXPECT_GE(n, 3);
+}
+
+// Each mistake, and the words its message must contain.
+struct Bad {
+  std::string name;
+  std::string from;  // replaced in kDemo ...
+  std::string to;    // ... by this
+  std::vector<std::string> message;
+};
+
+class TopologyErrorTest : public ::testing::TestWithParam<Bad> {};
+
+TEST_P(TopologyErrorTest, NamesTheKeyAndTheProblem) {
+  const Bad& bad = GetParam();
+  const std::string text = absl::StrReplaceAll(kDemo, {{bad.from, bad.to}});
+  ASSERT_NE(text, kDemo) << "the replacement did not apply";
+  absl::StatusOr<Topology> t = ParseTopology(text, "t.yaml");
+  ASSERT_FALSE(t.ok()) << bad.name;
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("t.yaml: "));
+  for (const std::string& words : bad.message) {
+    EXPECT_THAT(std::string(t.status().message()), HasSubstr(words)) << bad.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Mistakes, TopologyErrorTest,
+    ::testing::Values(
+        Bad{"not_yaml", "pools:", "pools: [", {"not valid YAML"}},
+        Bad{"unknown_top_key",
+            "kv_transport: grpc",
+            "kv_transport: grpc\nkv_transprot: ucx",
+            {"kv_transprot: unknown key"}},
+        Bad{"unknown_pool_key",
+            "    replicas: 2",
+            "    replicas: 2\n    tp: 2",
+            {"pools[0].tp: unknown key", "tensor_parallel_size"}},
+        Bad{"unknown_engine_key",
+            "  max_num_seqs: 32",
+            "  max_num_seqs: 32\n  max_seqs: 3",
+            {"engine.max_seqs: unknown key"}},
+        Bad{"wrong_type", "replicas: 2", "replicas: two", {"pools[0].replicas", "not an integer"}},
+        Bad{"empty_pool", "replicas: 2", "replicas: 0", {"pools[0].replicas", "empty pool"}},
+        Bad{"devices_vs_tp",
+            "    tensor_parallel_size: 2",
+            "    tensor_parallel_size: 2\n    devices: [0]",
+            {"pools[0].devices", "1 devices for tensor_parallel_size 2"}},
+        Bad{"device_twice",
+            "    tensor_parallel_size: 2",
+            "    tensor_parallel_size: 2\n    devices: [1, 1]",
+            {"device 1 is listed twice"}},
+        Bad{"zero_tp", "tensor_parallel_size: 2", "tensor_parallel_size: 0", {"must be >= 1"}},
+        Bad{"ports_clash",
+            "grpc_port: 8001",
+            "grpc_port: 8000",
+            {"coordinator.grpc_port", "port 8000 is also coordinator.http_port"}},
+        Bad{"port_range", "internal_port: 8002", "internal_port: 70000", {"not in [0, 65535]"}},
+        Bad{"role", "role: decode", "role: decoder", {"pools[1].role", "'decoder'"}},
+        Bad{"no_role", "    role: decode\n", "", {"pools[1].role: is required"}},
+        Bad{"duplicate_name",
+            "name: decode",
+            "name: prefill",
+            {"pools[1].name", "names another pool"}},
+        Bad{"prefill_alone", "role: decode", "role: mixed", {"prefill pool needs a decode pool"}},
+        Bad{"block_sizes",
+            "    pipeline_parallel_size: 2",
+            "    pipeline_parallel_size: 2\n    engine:\n      block_size: 32",
+            {"pools[1].engine.block_size", "one block size"}},
+        Bad{"bad_dtype",
+            "  block_size: 16",
+            "  block_size: 16\n  dtype: int8",
+            {"dtype", "'int8'"}},
+        Bad{"backend",
+            "    replicas: 1",
+            "    replicas: 1\n    backend: tpu",
+            {"pools[1].backend", "'tpu' is not cpu or cuda"}},
+        Bad{"transport",
+            "kv_transport: grpc",
+            "kv_transport: rdma",
+            {"kv_transport", "'rdma' is not grpc or ucx"}},
+        Bad{"no_model", "model: demo", "", {"model: is required"}},
+        Bad{"pools_not_list", "pools:\n", "pools: 3\nx:\n", {"pools"}}),
+    [](const auto& info) { return info.param.name; });
+
+TEST(TopologyTest, AnEmptyPoolListIsRefused) {
+  absl::StatusOr<Topology> t = ParseTopology("model: demo\npools: []\n");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("at least one pool"));
+}
+
+TEST(TopologyTest, RanksArePlacedPoolByPoolReplicaByReplica) {
+  absl::StatusOr<Topology> t = ParseTopology(kDemo);
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::vector<std::string> names;
+  std::vector<int> colors;
+  std::vector<int> ranks;
+  for (int r = 0; r < t->total_ranks(); ++r) {
+    absl::StatusOr<RankPlacement> p = PlaceRank(*t, r);
+    ASSERT_TRUE(p.ok()) << p.status();
+    names.push_back(p->replica_name);
+    colors.push_back(p->replica_index);
+    ranks.push_back(p->replica_rank);
+  }
+  EXPECT_THAT(names, ElementsAre("prefill-0", "prefill-0", "prefill-1", "prefill-1", "decode-0",
+                                 "decode-0"));
+  EXPECT_THAT(colors, ElementsAre(0, 0, 1, 1, 2, 2));
+  EXPECT_THAT(ranks, ElementsAre(0, 1, 0, 1, 0, 1));
+  EXPECT_FALSE(PlaceRank(*t, 6).ok());
+  EXPECT_FALSE(PlaceRank(*t, -1).ok());
+}
+
+TEST(TopologyTest, MpirunRunsEveryRankAndARankfilePlacesPoolsOnTheirHosts) {
+  absl::StatusOr<Topology> t = ParseTopology(kDemo);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ClusterOptions options;
+  options.hostfile = "hosts.txt";
+  options.mpirun_args = {"--mca", "btl", "self,tcp"};
+  options.forward_env = {"NCCL_DEBUG"};
+  const std::vector<std::string> argv =
+      MpirunCommand(*t, "/bin/tessera", "/w/topology.yaml", "10.0.0.1:8002", options, "");
+  const std::string line = absl::StrJoin(argv, " ");
+  EXPECT_THAT(line, HasSubstr("mpirun -np 6 --bind-to none"));
+  EXPECT_THAT(line, HasSubstr("--hostfile hosts.txt --map-by slot"));
+  EXPECT_THAT(line, HasSubstr("-x NCCL_DEBUG --mca btl self,tcp /bin/tessera worker --topology "
+                              "/w/topology.yaml --coordinator 10.0.0.1:8002"));
+  // No pool names hosts: no rankfile.
+  absl::StatusOr<std::string> none = RankfileFor(*t);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, "");
+  t->pools[0].hosts = {"a", "b"};
+  EXPECT_THAT(std::string(RankfileFor(*t).status().message()), HasSubstr("pools[1].hosts"));
+  t->pools[1].hosts = {"c"};
+  absl::StatusOr<std::string> file = RankfileFor(*t);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(*file,
+            "rank 0=a slot=0\nrank 1=b slot=0\nrank 2=a slot=1\nrank 3=b slot=1\n"
+            "rank 4=c slot=0\nrank 5=c slot=1\n");
+}
+
+}  // namespace
+}  // namespace tessera::launch
