@@ -76,10 +76,16 @@ void DisaggregatedCall::Hold(std::shared_ptr<ReplicaEntry> decode, KvReservation
   decode_ = std::move(decode);
   reservation_ = std::move(reservation);
   decode_->HoldKv(reservation_->token);  // renewed with D's heartbeats until dropped
+  // The request is D's from now on for routing: concurrent placements see it before D's next
+  // heartbeat reports the blocks it reserved.
+  decode_->AddInFlight(1);
 }
 
 void DisaggregatedCall::Drop() {
-  if (reservation_.has_value() && decode_ != nullptr) decode_->DropKv(reservation_->token);
+  if (reservation_.has_value() && decode_ != nullptr) {
+    decode_->DropKv(reservation_->token);
+    decode_->AddInFlight(-1);
+  }
   reservation_.reset();
 }
 

@@ -28,7 +28,8 @@ RouteChoice Router::Pick(const std::vector<std::shared_ptr<ReplicaEntry>>& live,
   double best_cost = std::numeric_limits<double>::infinity();
   const size_t n = live.size();
   if (n == 0) return best;
-  const uint64_t start = turn_.fetch_add(1);
+  const std::string& role = live[0]->info().role;
+  const uint64_t start = turn_[role == "prefill" ? 1 : role == "decode" ? 2 : 0].fetch_add(1);
   int32_t chain_block_size = -1;
   std::vector<uint64_t> chain;
   for (size_t k = 0; k < n; ++k) {

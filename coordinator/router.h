@@ -45,7 +45,9 @@ class Router {
 
  private:
   const RouterOptions options_;
-  std::atomic<uint64_t> turn_{0};
+  // Where the rotation that breaks ties starts, one counter per role: prefill and decode picks
+  // alternate, and one shared counter would start every decode pick on the same replica.
+  std::atomic<uint64_t> turn_[3] = {0, 0, 0};  // mixed, prefill, decode
 };
 
 }  // namespace tessera::coordinator

@@ -629,6 +629,29 @@ TEST_F(CoordinatorTest, HeartbeatsRenewAReservationWhileItsPrefillRuns) {
   ExpectAllBlocksBack();
 }
 
+TEST_F(CoordinatorTest, ConcurrentDisaggregatedRequestsSpreadOverTheDecodePool) {
+  Start(0);
+  EngineReplica& p = AddRoleReplica("p0", "prefill");
+  EngineReplica& d0 = AddRoleReplica("d0", "decode");
+  EngineReplica& d1 = AddRoleReplica("d1", "decode");
+  // Prefills slow enough that every request is placed before any is handed over, and before a
+  // heartbeat could tell the coordinator about D's reserved blocks.
+  p.executor().on_step = [] { absl::SleepFor(absl::Milliseconds(50)); };
+  std::vector<std::unique_ptr<GenerateStream>> streams;
+  for (int i = 0; i < 4; ++i) {
+    auto s = coordinator_->Generate(Ids({40 + i, 6, 7, 8, 9}, 4));
+    ASSERT_TRUE(s.ok()) << s.status();
+    streams.push_back(std::move(*s));
+  }
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(Collect(*streams[i]).tokens, ExpectedGreedy({40 + i, 6, 7, 8, 9}, 4, sample_below_));
+  }
+  streams.clear();
+  EXPECT_EQ(d0.kv_port()->counters().commits, 2);
+  EXPECT_EQ(d1.kv_port()->counters().commits, 2);
+  ExpectAllBlocksBack();
+}
+
 TEST_F(CoordinatorTest, DisaggregatedRoutingFollowsTheDecodeReplicasCachedPrefix) {
   Start(0);
   AddRoleReplica("p0", "prefill");
