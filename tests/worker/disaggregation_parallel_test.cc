@@ -201,44 +201,17 @@ class DisaggregationParallelTest : public ::testing::TestWithParam<Pair> {
   // P's checksums through the pointers.
   absl::StatusOr<RequestOutput> Prefill(const Request& request, KvDestination* destination,
                                         std::vector<KvSegmentChecksum>* checksums) {
-    absl::StatusOr<KvDestination> d = decode_->engine().ReserveKv(request);
-    if (!d.ok()) return d.status();
-    *destination = *d;
-    Request p = request;
-    p.kv_destination = *d;
-    auto stream = prefill_->engine().Submit(p);
-    if (!stream.ok()) return stream.status();
-    RequestOutput out;
-    while (true) {
-      absl::StatusOr<TokenEvent> e = (*stream)->Next(absl::Seconds(30));
-      if (!e.ok()) return e.status();
-      if (e->token_id >= 0) out.token_ids.push_back(e->token_id);
-      if (e->finish_reason.has_value()) {
-        out.finish_reason = *e->finish_reason;
-        out.status = e->status;
-        if (out.status.ok() && !e->kv_handoff) return absl::InternalError("no KV handoff");
-        *checksums = e->kv_checksums;
-        return out;
-      }
-    }
+    absl::StatusOr<testing::PrefillHandoff> h =
+        testing::PrefillForDecode(prefill_->engine(), decode_->engine(), request);
+    if (!h.ok()) return h.status();
+    if (h->output.status.ok() && !h->handoff) return absl::InternalError("no KV handoff");
+    *destination = h->destination;
+    *checksums = h->checksums;
+    return h->output;
   }
 
   absl::StatusOr<std::vector<int32_t>> Disaggregated(const Request& request) {
-    KvDestination d;
-    std::vector<KvSegmentChecksum> sums;
-    absl::StatusOr<RequestOutput> first = Prefill(request, &d, &sums);
-    if (!first.ok()) return first.status();
-    if (!first->status.ok()) return first->status;
-    Request r = request;
-    r.kv_import = Request::KvImport{d.token, first->token_ids.at(0), sums};
-    auto stream = decode_->engine().Submit(r);
-    if (!stream.ok()) return stream.status();
-    absl::StatusOr<RequestOutput> rest = (*stream)->Collect(absl::Seconds(60));
-    if (!rest.ok()) return rest.status();
-    if (!rest->status.ok()) return rest->status;
-    std::vector<int32_t> tokens = first->token_ids;
-    tokens.insert(tokens.end(), rest->token_ids.begin(), rest->token_ids.end());
-    return tokens;
+    return testing::GenerateDisaggregated(prefill_->engine(), decode_->engine(), request);
   }
 
   Fixture fixture_;

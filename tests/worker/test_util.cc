@@ -97,4 +97,48 @@ absl::StatusOr<std::vector<RequestOutput>> GenerateGreedy(
   return outputs;
 }
 
+absl::StatusOr<PrefillHandoff> PrefillForDecode(Engine& prefill, Engine& decode,
+                                                const Request& request) {
+  PrefillHandoff out;
+  absl::StatusOr<KvDestination> d = decode.ReserveKv(request);
+  if (!d.ok()) return d.status();
+  out.destination = *d;
+  Request p = request;
+  p.kv_destination = *d;
+  auto stream = prefill.Submit(p);
+  if (!stream.ok()) return stream.status();
+  // The events by hand, for the handoff flag and the checksums.
+  while (true) {
+    absl::StatusOr<TokenEvent> e = (*stream)->Next(absl::Seconds(30));
+    if (!e.ok()) return e.status();
+    if (e->token_id >= 0) out.output.token_ids.push_back(e->token_id);
+    if (e->finish_reason.has_value()) {
+      out.output.finish_reason = *e->finish_reason;
+      out.output.status = e->status;
+      out.handoff = e->kv_handoff;
+      out.checksums = e->kv_checksums;
+      return out;
+    }
+  }
+}
+
+absl::StatusOr<std::vector<int32_t>> GenerateDisaggregated(Engine& prefill, Engine& decode,
+                                                           const Request& request) {
+  absl::StatusOr<PrefillHandoff> first = PrefillForDecode(prefill, decode, request);
+  if (!first.ok()) return first.status();
+  if (!first->output.status.ok()) return first->output.status;
+  if (!first->handoff) return absl::InternalError("the prefill replica did not hand over");
+  Request r = request;
+  r.kv_import =
+      Request::KvImport{first->destination.token, first->output.token_ids.at(0), first->checksums};
+  auto stream = decode.Submit(r);
+  if (!stream.ok()) return stream.status();
+  absl::StatusOr<RequestOutput> rest = (*stream)->Collect(absl::Seconds(60));
+  if (!rest.ok()) return rest.status();
+  if (!rest->status.ok()) return rest->status;
+  std::vector<int32_t> tokens = first->output.token_ids;
+  tokens.insert(tokens.end(), rest->token_ids.begin(), rest->token_ids.end());
+  return tokens;
+}
+
 }  // namespace tessera::worker::testing

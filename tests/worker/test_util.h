@@ -69,4 +69,19 @@ absl::StatusOr<std::vector<RequestOutput>> GenerateGreedy(
     const std::vector<std::vector<int32_t>>& prompts, int32_t max_tokens,
     const SchedulerConfig& scheduler);
 
+// Disaggregated serving between two engines (each with a kv_port): what the prefill half returned.
+struct PrefillHandoff {
+  RequestOutput output;  // P's tokens (the first token) and how it ended
+  bool handoff = false;  // P sent the KV and hands decoding over
+  KvDestination destination;
+  std::vector<KvSegmentChecksum> checksums;
+};
+// Reserves on `decode`, then prefills on `prefill`, which sends the KV into the reservation.
+absl::StatusOr<PrefillHandoff> PrefillForDecode(Engine& prefill, Engine& decode,
+                                                const Request& request);
+// The whole request: P's first token, then D's tokens after it imported the KV. An error when
+// any half fails or P did not hand over.
+absl::StatusOr<std::vector<int32_t>> GenerateDisaggregated(Engine& prefill, Engine& decode,
+                                                           const Request& request);
+
 }  // namespace tessera::worker::testing
