@@ -18,5 +18,6 @@ Command RegisterWorker(CLI::App& app);
 Command RegisterCoordinator(CLI::App& app);
 Command RegisterServe(CLI::App& app);
 Command RegisterLaunch(CLI::App& app);
+Command RegisterBench(CLI::App& app);
 
 }  // namespace tessera::launch

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   add(&tessera::launch::RegisterCoordinator);
   add(&tessera::launch::RegisterServe);
   add(&tessera::launch::RegisterLaunch);
+  add(&tessera::launch::RegisterBench);
 
   try {
     std::vector<std::string> args = NormalizeArgs(argc, argv);
