@@ -43,12 +43,13 @@ PYENV=${TESSERA_PYENV:-.pyenv}
 if [ ! -x "$PYENV/bin/python3" ]; then
   python3 -m venv "$PYENV"
 fi
-if ! "$PYENV/bin/python3" -c 'import tritonclient.grpc, openai, numpy, prometheus_client' \
+if ! "$PYENV/bin/python3" -c 'import tritonclient.grpc, openai, numpy, prometheus_client, yaml' \
     >/dev/null 2>&1; then
   echo "install-deps: installing the Python test clients into $PYENV"
   "$PYENV/bin/python3" -m pip install --quiet --upgrade pip
   # (perf_analyzer is not here: PyPI's perf-analyzer is an empty placeholder, 0.1.0.)
-  "$PYENV/bin/python3" -m pip install --quiet 'tritonclient[grpc]' openai numpy prometheus-client
+  "$PYENV/bin/python3" -m pip install --quiet 'tritonclient[grpc]' openai numpy prometheus-client \
+    pyyaml
 else
   echo "install-deps: Python test clients present in $PYENV"
 fi
