@@ -156,6 +156,14 @@ class CoordinatorStream final : public GenerateStream {
       if (max_stop_len_ > 0) MatchStop();  // the flushed tail may complete a stop string
     }
     const bool finished = stopped || event.finished;
+    if (event.finished && event.timings.has_value() && status.ok()) {
+      const RequestTimings& t = *event.timings;
+      owner_.m_.queue_time->Observe(t.queue_seconds);
+      owner_.m_.prefill_time->Observe(t.prefill_seconds);
+      owner_.m_.decode_time->Observe(t.decode_seconds);
+      owner_.m_.inference_time->Observe(t.prefill_seconds + t.decode_seconds);
+      if (t.kv_transfer_seconds > 0) owner_.m_.kv_transfer_time->Observe(t.kv_transfer_seconds);
+    }
     if (finished) {
       out.text = std::move(held_);
       held_.clear();
@@ -375,6 +383,21 @@ void Coordinator::RegisterMetrics() {
            .AddHistogram("vllm:e2e_request_latency_seconds",
                          "Histogram of e2e request latency in seconds.", model_label, kE2eBuckets)
            .WithLabels({name});
+  const auto phase = [&](const char* metric, const char* help, const std::vector<double>& buckets) {
+    return &metrics_.AddHistogram(metric, help, model_label, buckets).WithLabels({name});
+  };
+  m_.queue_time = phase("vllm:request_queue_time_seconds",
+                        "Histogram of time spent in WAITING phase for request.", kE2eBuckets);
+  m_.prefill_time = phase("vllm:request_prefill_time_seconds",
+                          "Histogram of time spent in PREFILL phase for request.", kE2eBuckets);
+  m_.decode_time = phase("vllm:request_decode_time_seconds",
+                         "Histogram of time spent in DECODE phase for request.", kE2eBuckets);
+  m_.inference_time = phase("vllm:request_inference_time_seconds",
+                            "Histogram of time spent in RUNNING phase for request.", kE2eBuckets);
+  m_.kv_transfer_time = phase("tessera_kv_transfer_seconds",
+                              "Histogram of the time a disaggregated request's KV took to move "
+                              "from the prefill to the decode replica.",
+                              kTtftBuckets);
   const std::vector<double> token_buckets = Buckets125(options_.model.max_model_len);
   m_.request_prompt_tokens =
       &metrics_

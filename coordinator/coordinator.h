@@ -104,6 +104,12 @@ class Coordinator final : public Frontend {
     Histogram* e2e;
     Histogram* request_prompt_tokens;
     Histogram* request_generation_tokens;
+    // Where the time went, from the replicas' RequestTimings (vLLM's names, and tessera's KV).
+    Histogram* queue_time;
+    Histogram* prefill_time;
+    Histogram* decode_time;
+    Histogram* inference_time;
+    Histogram* kv_transfer_time;
     Family<Counter>* rejected;  // reason
     Family<Counter>* failed;    // code
     Counter* lease_expirations;

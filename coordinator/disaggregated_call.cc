@@ -240,6 +240,8 @@ absl::StatusOr<ReplicaEvent> DisaggregatedCall::Next(absl::Duration timeout) {
         out.finish_reason.reset();
         out.kv_handoff = false;
         out.kv_checksums.clear();
+        prefill_timings_ = out.timings;  // merged into the decode replica's at the end
+        out.timings.reset();
         if (decode.ok()) {
           Drop();  // D owns it now: it commits it or releases it
           // Both now hold the prompt's blocks: the router's prefix estimates learn it.
@@ -291,6 +293,13 @@ absl::StatusOr<ReplicaEvent> DisaggregatedCall::Next(absl::Duration timeout) {
     if (event->finished) {
       Leave();
       phase_ = Phase::kDone;
+      if (prefill_timings_.has_value()) {
+        // The client's view: P's queue and prefill, the KV transfer, and D's whole time.
+        const RequestTimings d = event->timings.value_or(RequestTimings{});
+        RequestTimings t = *prefill_timings_;
+        t.decode_seconds = d.queue_seconds + d.prefill_seconds + d.decode_seconds;
+        event->timings = t;
+      }
     }
     return *event;
   }

@@ -91,8 +91,9 @@ class DisaggregatedCall final : public ReplicaCall {
   std::shared_ptr<ReplicaEntry> prefill_;
   std::shared_ptr<ReplicaEntry> decode_;
   std::unique_ptr<ReplicaCall> call_;
-  std::shared_ptr<ReplicaEntry> in_flight_on_;  // the replica counting this request now
-  std::optional<KvReservation> reservation_;    // reserved on decode_, not yet handed over
+  std::shared_ptr<ReplicaEntry> in_flight_on_;     // the replica counting this request now
+  std::optional<RequestTimings> prefill_timings_;  // the last prefill replica's
+  std::optional<KvReservation> reservation_;       // reserved on decode_, not yet handed over
   std::vector<const ReplicaEntry*> failed_;
   Phase phase_ = Phase::kPrefill;
   std::optional<ReplicaEvent> pending_end_;  // returned by the next Next

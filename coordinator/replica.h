@@ -83,6 +83,15 @@ struct KvReservation {
   std::string destination;        // opaque; for the prefill replica
 };
 
+// Where a request's time went (the replica's RequestTimings; for a disaggregated request, the
+// prefill replica's queue and prefill, its KV send, and the decode replica's whole time as decode).
+struct RequestTimings {
+  double queue_seconds = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  double kv_transfer_seconds = 0;
+};
+
 struct ReplicaEvent {
   std::vector<int32_t> token_ids;
   std::vector<float> logprobs;
@@ -95,6 +104,7 @@ struct ReplicaEvent {
   // kv_checksums (opaque) when it continues the request.
   bool kv_handoff = false;
   std::string kv_checksums;
+  std::optional<RequestTimings> timings;  // finished events, when the replica measured them
 };
 
 // One request on one replica. Next() is for one reader thread; Cancel() for any thread.

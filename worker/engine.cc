@@ -294,7 +294,7 @@ void Engine::ApplyCommands(std::vector<Command>& commands) {
 }
 
 void Engine::Submitted(Command& command) {
-  live_[command.id] = Live{std::move(command.sink), command.deadline};
+  live_[command.id] = Live{std::move(command.sink), command.deadline, clock_.MonotonicNow()};
   absl::Status added;
   if (command.request.kv_import.has_value()) {
     const uint64_t token = command.request.kv_import->token;
@@ -376,7 +376,13 @@ void Engine::StartExport(TokenEvent event) {
   TESSERA_CHECK(x != nullptr) << "no export for request " << id;
   absl::StatusOr<std::unique_ptr<KvExport>> transfer =
       options_.kv_port->Export(x->blocks, x->destination);
-  exports_[id] = Export{nullptr, std::move(event)};
+  const absl::Time now = clock_.MonotonicNow();
+  // The first token exists now; its event waits for the KV to be sent.
+  if (auto it = live_.find(id);
+      it != live_.end() && it->second.first_token == absl::InfinitePast()) {
+    it->second.first_token = now;
+  }
+  exports_[id] = Export{nullptr, std::move(event), now};
   if (!transfer.ok()) {
     EndExport(id, transfer.status());
     return;
@@ -398,7 +404,9 @@ void Engine::PollExports() {
       exports_.erase(id);
       scheduler_->ReleaseExport(id);
       x.event.kv_checksums = *std::move(sums);
-      Deliver(x.event);
+      x.event.timings = RequestTimings{};
+      x.event.timings->kv_send_seconds = absl::ToDoubleSeconds(clock_.MonotonicNow() - x.started);
+      Deliver(std::move(x.event));
     } else {
       EndExport(id, sums.status());
     }
@@ -423,6 +431,10 @@ absl::Status Engine::Step() {
   if (plan.token_ids.empty()) {
     scheduler_->DiscardStep();
     return absl::InternalError("the scheduler planned an empty step while requests wait");
+  }
+  const absl::Time scheduled = clock_.MonotonicNow();
+  for (RequestId id : scheduler_->TakeAdmitted()) {
+    if (auto it = live_.find(id); it != live_.end()) it->second.admitted = scheduled;
   }
   absl::StatusOr<StepResult> result = executor_.Execute(plan);
   if (!result.ok()) {
@@ -460,10 +472,26 @@ void Engine::EndAll(const absl::Status& status) {
   for (RequestId id : ids) End(id, status);
 }
 
-void Engine::Deliver(const TokenEvent& event) {
+void Engine::Deliver(TokenEvent event) {
   const auto it = live_.find(event.request_id);
   if (it == live_.end()) return;
-  std::shared_ptr<RequestSink> sink = it->second.sink;
+  Live& live = it->second;
+  const absl::Time now = clock_.MonotonicNow();
+  if (event.token_id >= 0 && live.first_token == absl::InfinitePast()) live.first_token = now;
+  if (event.finish_reason.has_value()) {
+    RequestTimings t = event.timings.value_or(RequestTimings{});
+    const auto seconds = [](absl::Time from, absl::Time to) {
+      return from == absl::InfinitePast() || to == absl::InfinitePast()
+                 ? 0.0
+                 : std::max(0.0, absl::ToDoubleSeconds(to - from));
+    };
+    const absl::Time admitted = live.admitted == absl::InfinitePast() ? now : live.admitted;
+    t.queue_seconds = seconds(live.submitted, admitted);
+    t.prefill_seconds = seconds(live.admitted, live.first_token);
+    t.decode_seconds = std::max(0.0, seconds(live.first_token, now) - t.kv_send_seconds);
+    event.timings = t;
+  }
+  std::shared_ptr<RequestSink> sink = live.sink;
   if (event.finish_reason.has_value()) {
     live_.erase(it);
     absl::MutexLock lock(&mu_);

@@ -119,10 +119,15 @@ class Engine {
   struct Export {
     std::unique_ptr<KvExport> transfer;
     TokenEvent event;  // the request's last event, delivered when the transfer is done
+    absl::Time started = absl::InfinitePast();
   };
   struct Live {
     std::shared_ptr<RequestSink> sink;
     absl::Time deadline;
+    // RequestTimings, on the clock's monotonic time.
+    absl::Time submitted = absl::InfinitePast();
+    absl::Time admitted = absl::InfinitePast();
+    absl::Time first_token = absl::InfinitePast();
   };
 
   Engine(StepExecutor& executor, std::unique_ptr<Scheduler> scheduler, const EngineOptions& options,
@@ -135,7 +140,7 @@ class Engine {
   absl::Status Step();
   void End(RequestId id, absl::Status status);  // aborts a live request with a final event
   void EndAll(const absl::Status& status);
-  void Deliver(const TokenEvent& event);
+  void Deliver(TokenEvent event);  // the last event gets the request's timings
   void PublishCounters();
   void Reserve(Command& command);
   void Submitted(Command& command);

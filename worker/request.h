@@ -55,6 +55,16 @@ struct Request {
 };
 
 // One event of a request's stream: a generated token, and on the last event the finish reason.
+// Where a request's time went on this replica (the engine's clock), on its last event: waiting
+// to be admitted, admitted until its first token, then until its end; a prefill replica's
+// handoff also counts sending the KV (not part of decode).
+struct RequestTimings {
+  double queue_seconds = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  double kv_send_seconds = 0;
+};
+
 struct TokenEvent {
   RequestId request_id = 0;
   int32_t token_id = -1;  // -1: no token (the last event of a request that ended early)
@@ -70,6 +80,7 @@ struct TokenEvent {
   // which verifies `kv_checksums`. On a failed send the event has status set and no handoff.
   bool kv_handoff = false;
   std::vector<KvSegmentChecksum> kv_checksums;
+  std::optional<RequestTimings> timings;  // on the last event
 };
 
 // Receives the events of one request, in order, on the engine's thread: implementations must not

@@ -185,6 +185,12 @@ std::vector<RequestId> Scheduler::request_ids() const {
   return ids;
 }
 
+std::vector<RequestId> Scheduler::TakeAdmitted() {
+  std::vector<RequestId> out;
+  out.swap(admitted_);
+  return out;
+}
+
 void Scheduler::ComputeBlockHashes(Sequence& seq, int32_t full_blocks) const {
   ExtendBlockHashes(seq.tokens, seq.salt_key, full_blocks, seq.block_hashes);
 }
@@ -316,7 +322,10 @@ bool Scheduler::ScheduleWaiting(int32_t& budget) {
     seq->blocks.insert(seq->blocks.end(), fresh->begin(), fresh->end());
     seq->num_computed = computed;
     seq->num_registered = hits;
-    if (!seq->admitted) seq->num_cached_tokens = computed;
+    if (!seq->admitted) {
+      seq->num_cached_tokens = computed;
+      admitted_.push_back(seq->id);
+    }
     seq->admitted = true;
     if (blocks_.prefix_caching()) {
       counters_.prefix_cache_queries += len;
@@ -561,6 +570,7 @@ absl::Status Scheduler::AddPrefilled(RequestId id, Request request,
   seq.blocks = std::move(r.blocks);
   seq.num_computed = seq.num_prompt;
   seq.admitted = true;
+  admitted_.push_back(id);
   seq.sent_first = true;
   seq.num_cached_tokens = num_cached;
   if (blocks_.prefix_caching()) {

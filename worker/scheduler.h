@@ -96,6 +96,8 @@ class Scheduler {
   // (finished already). Never between Schedule and Update.
   bool Abort(RequestId id);
   std::vector<RequestId> request_ids() const;
+  // The requests admitted (given blocks for the first time) since the last call.
+  std::vector<RequestId> TakeAdmitted();
 
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
   // Plans the next step: at least one token when HasWork(). Call Update with its result before
@@ -183,6 +185,7 @@ class Scheduler {
   };
   absl::flat_hash_map<uint64_t, Reservation> reservations_;
   absl::flat_hash_map<RequestId, KvExportBlocks> exports_;
+  std::vector<RequestId> admitted_;  // since the last TakeAdmitted
 };
 
 }  // namespace tessera::worker

@@ -61,6 +61,11 @@ ReplicaEvent FromProto(const v1::GenerateResponse& r) {
   e.num_cached_tokens = r.num_cached_tokens();
   e.kv_handoff = r.kv_handoff();
   e.kv_checksums = r.kv_checksums();
+  if (r.has_timings()) {
+    const v1::RequestTimings& t = r.timings();
+    e.timings = RequestTimings{t.queue_seconds(), t.prefill_seconds(), t.decode_seconds(),
+                               t.kv_send_seconds()};
+  }
   return e;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -465,6 +466,12 @@ TEST_F(CoordinatorTest, MetricsUseVllmNames) {
   EXPECT_THAT(text, HasSubstr("vllm:num_requests_running{model_name=\"m\",engine=\"r0\"} 0"));
   EXPECT_THAT(text, HasSubstr("vllm:kv_cache_usage_perc{model_name=\"m\",engine=\"r0\"}"));
   EXPECT_THAT(text, HasSubstr("tessera_replicas{role=\"mixed\"} 1"));
+  // Where the time went, from the replica's timings.
+  for (const char* phase : {"queue", "prefill", "decode", "inference"}) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat("vllm:request_", phase,
+                                             "_time_seconds_count{model_name=\"m\"} 1")));
+  }
+  EXPECT_THAT(text, HasSubstr("tessera_kv_transfer_seconds_count{model_name=\"m\"} 0"));
 }
 
 GenerateRequest Ids(std::vector<int32_t> prompt, int max_tokens) {
@@ -498,6 +505,9 @@ TEST_F(CoordinatorTest, DisaggregatedRequestsMatchMixedOnes) {
   EXPECT_GT(replicas_[0]->kv_port()->counters().bytes_sent, 0);
   const std::string metrics = coordinator_->RenderMetrics();
   EXPECT_THAT(metrics, HasSubstr("tessera_disaggregated_requests_total{model_name=\"m\"} 8"));
+  // Every request's KV transfer was timed on P and reached the coordinator with the handoff.
+  EXPECT_THAT(metrics, HasSubstr("tessera_kv_transfer_seconds_count{model_name=\"m\"} 8"));
+  EXPECT_THAT(metrics, HasSubstr("vllm:request_decode_time_seconds_count{model_name=\"m\"} 8"));
   EXPECT_THAT(metrics, HasSubstr("tessera_replicas{role=\"prefill\"} 1"));
   ExpectAllBlocksBack();
 }

@@ -41,6 +41,11 @@ class EngineCall final : public ReplicaCall {
     out.num_cached_tokens = event->num_cached_tokens;
     out.kv_handoff = event->kv_handoff;
     if (event->kv_handoff) out.kv_checksums = worker::rpc::ChecksumsToBytes(event->kv_checksums);
+    if (event->timings.has_value()) {
+      const worker::RequestTimings& t = *event->timings;
+      out.timings =
+          RequestTimings{t.queue_seconds, t.prefill_seconds, t.decode_seconds, t.kv_send_seconds};
+    }
     return out;
   }
   void Cancel() override { engine_.Cancel(stream_->request_id()); }

@@ -411,6 +411,40 @@ TEST_F(EngineFakeTest, TimeoutOnTheInjectedClockAbortsTheRequest) {
   EXPECT_EQ(done->finish_reason, FinishReason::kLength);
 }
 
+TEST_F(EngineFakeTest, TheLastEventSaysWhereTheRequestsTimeWent) {
+  options_.scheduler.max_num_seqs = 1;                               // B waits for A
+  executor_.on_step = [this] { clock_.Advance(absl::Seconds(1)); };  // one second per step
+  auto engine = Make();
+  auto a = engine->Submit(Req(3));
+  auto b = engine->Submit(Req(2));
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::optional<RequestTimings> ta;
+  std::optional<RequestTimings> tb;
+  for (auto [stream, timings] : {std::pair{&*a, &ta}, std::pair{&*b, &tb}}) {
+    while (true) {
+      absl::StatusOr<TokenEvent> e = (*stream)->Next(kWait);
+      ASSERT_TRUE(e.ok()) << e.status();
+      if (!e->finish_reason.has_value()) {
+        EXPECT_FALSE(e->timings.has_value()) << "timings come with the last event only";
+        continue;
+      }
+      *timings = e->timings;
+      break;
+    }
+  }
+  ASSERT_TRUE(ta.has_value() && tb.has_value());
+  // A: admitted at once, its first token after one step, two more steps to its end.
+  EXPECT_DOUBLE_EQ(ta->queue_seconds, 0);
+  EXPECT_DOUBLE_EQ(ta->prefill_seconds, 1);
+  EXPECT_DOUBLE_EQ(ta->decode_seconds, 2);
+  EXPECT_DOUBLE_EQ(ta->kv_send_seconds, 0);
+  // B waited for A's three steps (less the one it may have missed being queued).
+  EXPECT_GE(tb->queue_seconds, 2);
+  EXPECT_LE(tb->queue_seconds, 3);
+  EXPECT_DOUBLE_EQ(tb->prefill_seconds, 1);
+  EXPECT_DOUBLE_EQ(tb->decode_seconds, 1);
+}
+
 TEST_F(EngineFakeTest, ShutdownDrainsThenAbortsAtTheDeadline) {
   auto engine = Make();
   auto quick = engine->Submit(Req(5));

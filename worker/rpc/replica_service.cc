@@ -54,6 +54,13 @@ v1::GenerateResponse ToResponse(const TokenEvent& event, bool first, bool with_t
     response.set_kv_handoff(true);
     response.set_kv_checksums(ChecksumsToBytes(event.kv_checksums));
   }
+  if (event.timings.has_value()) {
+    v1::RequestTimings* t = response.mutable_timings();
+    t->set_queue_seconds(event.timings->queue_seconds);
+    t->set_prefill_seconds(event.timings->prefill_seconds);
+    t->set_decode_seconds(event.timings->decode_seconds);
+    t->set_kv_send_seconds(event.timings->kv_send_seconds);
+  }
   if (event.finish_reason.has_value()) {
     response.set_finished(true);
     response.set_finish_reason(ToProto(*event.finish_reason));
