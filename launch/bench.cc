@@ -13,14 +13,7 @@ Command RegisterBench(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "bench", "Benchmark a running cluster through its public APIs, as `vllm bench serve`");
   bench::AddBenchFlags(*sub, *flags);
-  return [flags] {
-    const absl::Status status = bench::RunBenchCommand(*flags);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: bench: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  };
+  return ExitCodeOf("bench", [flags] { return bench::RunBenchCommand(*flags); });
 }
 
 }  // namespace tessera::launch

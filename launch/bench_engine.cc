@@ -185,14 +185,7 @@ Command RegisterBenchEngine(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   sub->add_option("--copy-gib", flags->copy_gib, "Size of the memcpy bandwidth probe")
       ->capture_default_str();
-  return [flags] {
-    const absl::Status status = Bench(*flags);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: bench-engine: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  };
+  return ExitCodeOf("bench-engine", [flags] { return Bench(*flags); });
 }
 
 }  // namespace tessera::launch

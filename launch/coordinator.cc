@@ -204,14 +204,7 @@ Command RegisterCoordinator(CLI::App& app) {
                   "Write the bound ports here as JSON once listening (for scripts)");
   sub->add_flag("--check", flags->check,
                 "Validate the flags (and the model when it is here), print them and exit");
-  return [flags] {
-    const absl::Status status = RunCoordinator(*flags);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: coordinator: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  };
+  return ExitCodeOf("coordinator", [flags] { return RunCoordinator(*flags); });
 }
 
 }  // namespace tessera::launch

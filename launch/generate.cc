@@ -136,14 +136,7 @@ Command RegisterGenerate(CLI::App& app) {
       ->check(CLI::IsMember({"text", "json"}));
   AddEngineFlags(*sub, flags->engine);
   AddReplicaFlags(*sub, flags->replica);
-  return [flags] {
-    const absl::Status status = Generate(*flags);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: generate: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  };
+  return ExitCodeOf("generate", [flags] { return Generate(*flags); });
 }
 
 }  // namespace tessera::launch

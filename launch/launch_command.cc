@@ -71,14 +71,7 @@ Command RegisterLaunch(CLI::App& app) {
   sub->add_option("--ready-timeout", flags->cluster.ready_timeout_s,
                   "Seconds to wait for every replica to register")
       ->capture_default_str();
-  return [flags] {
-    const absl::Status status = Launch(*flags);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: launch: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  };
+  return ExitCodeOf("launch", [flags] { return Launch(*flags); });
 }
 
 }  // namespace tessera::launch

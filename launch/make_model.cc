@@ -101,14 +101,7 @@ Command RegisterMakeModel(CLI::App& app) {
   sub->add_option("--seed", flags->seed, "Random seed")->capture_default_str();
   sub->add_option("--init-std", flags->init_std, "Standard deviation of the weights")
       ->capture_default_str();
-  return [flags] {
-    const absl::Status status = MakeModel(*flags);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: make-model: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  };
+  return ExitCodeOf("make-model", [flags] { return MakeModel(*flags); });
 }
 
 }  // namespace tessera::launch

@@ -177,14 +177,7 @@ Command RegisterServe(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--work-dir", flags->work_dir,
                   "Where the demo model and port files go (default: a fresh temp dir)");
-  return [flags] {
-    const absl::Status status = Serve(*flags);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: serve: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  };
+  return ExitCodeOf("serve", [flags] { return Serve(*flags); });
 }
 
 }  // namespace tessera::launch

@@ -401,14 +401,7 @@ Command RegisterWorker(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   AddEngineFlags(*sub, flags->engine);
   AddReplicaFlags(*sub, flags->replica);
-  return [flags] {
-    const absl::Status status = RunWorker(*flags);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: worker: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    return 0;
-  };
+  return ExitCodeOf("worker", [flags] { return RunWorker(*flags); });
 }
 
 }  // namespace tessera::launch
