@@ -59,6 +59,7 @@ struct WorkerFlags {
   std::string kv_transport = "grpc";
   std::string kv_listen;  // gRPC transport; default: the --listen host, any port
   double kv_reservation_lease_s = 10.0;
+  bool kv_stream_layers = true;
   EngineFlags engine;
   ReplicaFlags replica;
   // A replica of a topology file: everything above comes from it (flags given explicitly for
@@ -257,6 +258,7 @@ absl::Status RunWorker(WorkerFlags flags) {
     if (port != nullptr) {
       engine_options.kv_port = port;
       engine_options.kv_reservation_lease = absl::Seconds(flags.kv_reservation_lease_s);
+      engine_options.kv_stream_layers = flags.kv_stream_layers;
     }
     TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<worker::Engine> engine,
                              worker::Engine::Create(executor, config, engine_options));
@@ -389,6 +391,10 @@ Command RegisterWorker(CLI::App& app) {
                   "arrive (renewed with every heartbeat while the coordinator waits on it)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  sub->add_option("--kv-stream-layers", flags->kv_stream_layers,
+                  "Prefill replicas of one rank: send each layer's KV as soon as it is written "
+                  "(true), or the whole request's after its prefill step (false)")
+      ->capture_default_str();
   sub->add_option("--served-model-name", flags->served_model_name,
                   "Model name clients use (default: --model as given)");
   sub->add_option("--drain-timeout", flags->drain_timeout_s,

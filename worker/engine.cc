@@ -370,19 +370,28 @@ void Engine::ExpireDeadlines() {
   for (uint64_t token : lapsed) ReleaseReservation(token, "its lease expired");
 }
 
-void Engine::StartExport(TokenEvent event) {
+void Engine::StartExport(TokenEvent event, StreamedKv* streamed) {
   const RequestId id = event.request_id;
   const Scheduler::KvExportBlocks* x = scheduler_->ExportOf(id);
   TESSERA_CHECK(x != nullptr) << "no export for request " << id;
-  absl::StatusOr<std::unique_ptr<KvExport>> transfer =
-      options_.kv_port->Export(x->blocks, x->destination);
+  absl::StatusOr<std::unique_ptr<KvExport>> transfer;
+  if (streamed == nullptr) {
+    transfer = options_.kv_port->Export(x->blocks, x->destination);
+  } else if (!streamed->error.ok()) {
+    streamed->parts.clear();  // cancels; returns once local memory is no longer read
+    transfer = streamed->error;
+  } else {
+    transfer = CombineExports(std::move(streamed->parts));
+  }
   const absl::Time now = clock_.MonotonicNow();
   // The first token exists now; its event waits for the KV to be sent.
   if (auto it = live_.find(id);
       it != live_.end() && it->second.first_token == absl::InfinitePast()) {
     it->second.first_token = now;
   }
-  exports_[id] = Export{nullptr, std::move(event), now};
+  exports_[id] = Export{
+      nullptr, std::move(event),
+      streamed != nullptr && streamed->started != absl::InfinitePast() ? streamed->started : now};
   if (!transfer.ok()) {
     EndExport(id, transfer.status());
     return;
@@ -436,7 +445,30 @@ absl::Status Engine::Step() {
   for (RequestId id : scheduler_->TakeAdmitted()) {
     if (auto it = live_.find(id); it != live_.end()) it->second.admitted = scheduled;
   }
+  // Layer-wise streaming: the prompts this step completes send each layer's KV once written.
+  // Whatever is not handed over below (a first token that ends the request, a failed step) is
+  // cancelled when `streamed` goes, before the next step can reuse the blocks.
+  absl::flat_hash_map<RequestId, StreamedKv> streamed;
+  std::vector<Scheduler::StepHandoff> handoffs;
+  if (options_.kv_port != nullptr && options_.kv_stream_layers) {
+    handoffs = scheduler_->HandoffsInStep();
+  }
+  const bool streaming = !handoffs.empty() && executor_.SetKvWrittenCallback([&](int32_t layer) {
+    for (const Scheduler::StepHandoff& h : handoffs) {
+      StreamedKv& s = streamed[h.id];
+      if (!s.error.ok()) continue;
+      if (s.started == absl::InfinitePast()) s.started = clock_.MonotonicNow();
+      absl::StatusOr<std::unique_ptr<KvExport>> part =
+          options_.kv_port->ExportLayers(h.blocks, *h.destination, layer, layer + 1);
+      if (part.ok()) {
+        s.parts.push_back(*std::move(part));
+      } else {
+        s.error = part.status();
+      }
+    }
+  });
   absl::StatusOr<StepResult> result = executor_.Execute(plan);
+  if (streaming) executor_.SetKvWrittenCallback(nullptr);
   if (!result.ok()) {
     scheduler_->DiscardStep();
     return result.status();
@@ -444,7 +476,8 @@ absl::Status Engine::Step() {
   TESSERA_ASSIGN_OR_RETURN(std::vector<TokenEvent> events, scheduler_->Update(*result));
   for (TokenEvent& event : events) {
     if (event.kv_handoff) {
-      StartExport(std::move(event));
+      const auto it = streamed.find(event.request_id);
+      StartExport(std::move(event), it == streamed.end() ? nullptr : &it->second);
     } else {
       Deliver(event);
     }

@@ -49,6 +49,10 @@ struct EngineOptions {
   KvEndpoint* kv_port = nullptr;
   // A KV reservation not committed (Submit with kv_import) within this is released.
   absl::Duration kv_reservation_lease = absl::Seconds(30);
+  // Prefill side: send each layer's KV as soon as the step that completes a prompt has written it,
+  // while later layers compute (when the executor can tell: one-rank replicas), instead of after
+  // the step.
+  bool kv_stream_layers = true;
 };
 
 // Scheduler counters plus the engine's own.
@@ -121,6 +125,12 @@ class Engine {
     TokenEvent event;  // the request's last event, delivered when the transfer is done
     absl::Time started = absl::InfinitePast();
   };
+  // A step's layer-by-layer sends of one request (layer-wise streaming).
+  struct StreamedKv {
+    std::vector<std::unique_ptr<KvExport>> parts;
+    absl::Status error;  // the first layer that could not be sent
+    absl::Time started = absl::InfinitePast();
+  };
   struct Live {
     std::shared_ptr<RequestSink> sink;
     absl::Time deadline;
@@ -145,7 +155,8 @@ class Engine {
   void Reserve(Command& command);
   void Submitted(Command& command);
   void ReleaseReservation(uint64_t token, const char* why);
-  void StartExport(TokenEvent event);
+  // `streamed`: the layers this step already sent (null: send the whole request now).
+  void StartExport(TokenEvent event, StreamedKv* streamed);
   void PollExports();
   void EndExport(RequestId id, const absl::Status& status);
   void Push(Command command);

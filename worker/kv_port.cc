@@ -63,7 +63,46 @@ class KvExportImpl final : public KvExport {
   bool reported_ = false;
 };
 
+class CombinedExport final : public KvExport {
+ public:
+  explicit CombinedExport(std::vector<std::unique_ptr<KvExport>> parts)
+      : parts_(std::move(parts)) {}
+  bool Done() override {
+    for (auto& p : parts_) {
+      if (!p->Done()) return false;
+    }
+    return true;
+  }
+  absl::StatusOr<std::vector<KvSegmentChecksum>> Wait(absl::Duration timeout) override {
+    const absl::Time give_up = absl::Now() + timeout;
+    std::vector<KvSegmentChecksum> all;
+    absl::Status first;
+    for (auto& p : parts_) {
+      absl::StatusOr<std::vector<KvSegmentChecksum>> sums =
+          p->Wait(std::max(absl::ZeroDuration(), give_up - absl::Now()));
+      if (absl::IsDeadlineExceeded(sums.status()) && !p->Done()) return sums.status();
+      if (!sums.ok()) {
+        if (first.ok()) first = sums.status();
+        continue;
+      }
+      all.insert(all.end(), sums->begin(), sums->end());
+    }
+    if (!first.ok()) return first;
+    return all;
+  }
+  void Cancel() override {
+    for (auto& p : parts_) p->Cancel();
+  }
+
+ private:
+  std::vector<std::unique_ptr<KvExport>> parts_;
+};
+
 }  // namespace
+
+std::unique_ptr<KvExport> CombineExports(std::vector<std::unique_ptr<KvExport>> parts) {
+  return std::make_unique<CombinedExport>(std::move(parts));
+}
 
 absl::StatusOr<std::unique_ptr<KvPort>> KvPort::Create(KvCache& cache,
                                                        kvtransfer::Transport& transport,
@@ -146,6 +185,33 @@ absl::Status KvPort::Preconnect(const std::string& descriptor) {
 
 absl::StatusOr<std::unique_ptr<KvExport>> KvPort::Export(absl::Span<const int32_t> blocks,
                                                          const KvDestination& destination) {
+  return ExportFrom(layout_, blocks, destination);
+}
+
+absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportLayers(absl::Span<const int32_t> blocks,
+                                                               const KvDestination& destination,
+                                                               int32_t layer_begin,
+                                                               int32_t layer_end) {
+  if (layer_begin < layout_.layer_begin || layer_end > layout_.layer_end ||
+      layer_begin >= layer_end) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layers [", layer_begin, ", ", layer_end, ") are not in this rank's [",
+                     layout_.layer_begin, ", ", layout_.layer_end, ")"));
+  }
+  KvRankLayout src = layout_;
+  const auto first = static_cast<size_t>(layer_begin - layout_.layer_begin);
+  const auto last = static_cast<size_t>(layer_end - layout_.layer_begin);
+  src.layer_begin = layer_begin;
+  src.layer_end = layer_end;
+  src.key_regions.assign(layout_.key_regions.begin() + first, layout_.key_regions.begin() + last);
+  src.value_regions.assign(layout_.value_regions.begin() + first,
+                           layout_.value_regions.begin() + last);
+  return ExportFrom(src, blocks, destination);
+}
+
+absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportFrom(const KvRankLayout& src,
+                                                             absl::Span<const int32_t> blocks,
+                                                             const KvDestination& destination) {
   const absl::Time start = absl::Now();
   if (blocks.size() != destination.block_ids.size()) {
     return absl::InvalidArgumentError(absl::StrCat("KV export of ", blocks.size(),
@@ -163,7 +229,7 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::Export(absl::Span<const int32_
     }
     TESSERA_ASSIGN_OR_RETURN(
         std::vector<kvtransfer::Segment> segments,
-        PlanKvSegments(layout_, blocks, dst, destination.block_ids, destination.token));
+        PlanKvSegments(src, blocks, dst, destination.block_ids, destination.token));
     if (segments.empty()) continue;
     for (const kvtransfer::Segment& s : segments) {
       checksums.push_back({static_cast<int32_t>(rank), s.remote_region, s.remote_offset, s.length,

@@ -92,11 +92,23 @@ class KvEndpoint {
   // the receiving rank. Errors as KvPort::Export.
   virtual absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
                                                            const KvDestination& destination) = 0;
+  // Export of the global layers [layer_begin, layer_end) only, for layer-wise streaming (the
+  // exports of every layer together are one Export). kUnimplemented where not supported.
+  virtual absl::StatusOr<std::unique_ptr<KvExport>> ExportLayers(absl::Span<const int32_t> blocks,
+                                                                 const KvDestination& destination,
+                                                                 int32_t layer_begin,
+                                                                 int32_t layer_end) {
+    return absl::UnimplementedError("this KV endpoint sends whole requests only");
+  }
   // As KvPort's, on every rank; Commit hands each rank the checksums that name it.
   virtual absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) = 0;
   virtual absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) = 0;
   virtual absl::Status Abort(uint64_t token) = 0;
 };
+
+// One export made of several (a request's layers sent one by one): done when all are; the
+// checksums of all; the first error.
+std::unique_ptr<KvExport> CombineExports(std::vector<std::unique_ptr<KvExport>> parts);
 
 class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
  public:
@@ -118,6 +130,11 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   // block counts differ or the layouts cannot exchange; kUnavailable when a peer cannot be reached.
   absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
                                                    const KvDestination& destination) override;
+  // kInvalidArgument for layers this rank does not hold.
+  absl::StatusOr<std::unique_ptr<KvExport>> ExportLayers(absl::Span<const int32_t> blocks,
+                                                         const KvDestination& destination,
+                                                         int32_t layer_begin,
+                                                         int32_t layer_end) override;
 
   // --- receiving
   // Opens a reservation: `blocks` (all of whose bytes will be written) may receive writes tagged
@@ -155,6 +172,10 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   KvPort(kvtransfer::Transport& transport, const KvPortOptions& options)
       : transport_(transport), options_(options) {}
   const uint8_t* LocalBase(kvtransfer::RegionId region) const;
+  // Export from `src`: this rank's layout, or a layer range of it.
+  absl::StatusOr<std::unique_ptr<KvExport>> ExportFrom(const KvRankLayout& src,
+                                                       absl::Span<const int32_t> blocks,
+                                                       const KvDestination& destination);
   absl::StatusOr<kvtransfer::PeerId> PeerFor(const std::string& descriptor);
   uint64_t ReservationBytes(const Reservation& r) const;
   // Closes `r` and waits for its writes in flight. Requires mu_.

@@ -359,7 +359,8 @@ absl::Status LlamaModel::Upload(const ForwardInput& in, Stream& stream) {
 }
 
 absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& cache,
-                                               Stream& stream) {
+                                               Stream& stream,
+                                               const std::function<void(int32_t)>* kv_written) {
   TESSERA_RETURN_IF_ERROR(ValidateInput(in, cache));
   TESSERA_RETURN_IF_ERROR(Upload(in, stream));
   using namespace kernels;  // NOLINT: the op names read best unqualified here
@@ -442,6 +443,10 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
     const int cache_layer = static_cast<int>(i);
     TESSERA_RETURN_IF_ERROR(
         KvWrite(backend_, {k, v, slots, cache.key(cache_layer), cache.value(cache_layer)}, stream));
+    if (kv_written != nullptr) {
+      TESSERA_RETURN_IF_ERROR(stream.Synchronize());
+      (*kv_written)(cache_layer);
+    }
     TESSERA_RETURN_IF_ERROR(PagedAttention(backend_,
                                            {q, cache.key(cache_layer), cache.value(cache_layer),
                                             block_tables, query_start, seq_lens, attn, scale},

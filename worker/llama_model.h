@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -74,7 +75,10 @@ class LlamaModel {
   // pipeline stage; earlier stages send their activations on and return an empty view. Every rank
   // of the replica must call Forward with the same input. kInvalidArgument when the batch is
   // inconsistent or exceeds the workspace; communicator errors as they come.
-  absl::StatusOr<TensorView> Forward(const ForwardInput& input, KvCache& cache, Stream& stream);
+  // `kv_written`, when given, is called after layer i's (this rank's i-th layer's) K and V are in
+  // the cache and the stream has synchronised — for sending them on while later layers compute.
+  absl::StatusOr<TensorView> Forward(const ForwardInput& input, KvCache& cache, Stream& stream,
+                                     const std::function<void(int32_t)>* kv_written = nullptr);
 
   const model::ModelConfig& config() const { return config_; }
   const parallel::ShardPlan& plan() const { return par_.plan; }

@@ -200,8 +200,15 @@ absl::StatusOr<StepResult> LocalExecutor::Execute(const StepPlan& plan) {
                                                    " sampling rows for ", plan.logits_rows.size(),
                                                    " logits rows"));
   }
-  TESSERA_ASSIGN_OR_RETURN(TensorView logits,
-                           model_.Forward(plan.AsForwardInput(), cache_, *stream_));
+  // The model counts its own layers; the callback speaks of the model's.
+  std::function<void(int32_t)> written;
+  if (kv_written_) {
+    const auto first = static_cast<int32_t>(model_.plan().layer_begin);
+    written = [this, first](int32_t layer) { kv_written_(first + layer); };
+  }
+  TESSERA_ASSIGN_OR_RETURN(
+      TensorView logits,
+      model_.Forward(plan.AsForwardInput(), cache_, *stream_, written ? &written : nullptr));
   if (plan.logits_rows.empty()) {
     TESSERA_RETURN_IF_ERROR(stream_->Synchronize());
     return StepResult{};

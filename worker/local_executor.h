@@ -60,9 +60,14 @@ class LocalExecutor final : public StepExecutor {
 
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
   ExecutorLimits limits() const override;
+  bool SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) override {
+    kv_written_ = std::move(kv_written);
+    return true;
+  }
 
  private:
   LocalExecutor(LlamaModel& model, KvCache& cache) : model_(model), cache_(cache) {}
+  std::function<void(int32_t)> kv_written_;
 
   LlamaModel& model_;
   KvCache& cache_;

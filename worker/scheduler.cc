@@ -342,6 +342,22 @@ bool Scheduler::ScheduleWaiting(int32_t& budget) {
 
 void Scheduler::DiscardStep() { scheduled_.clear(); }
 
+std::vector<Scheduler::StepHandoff> Scheduler::HandoffsInStep() const {
+  std::vector<StepHandoff> out;
+  for (const auto& [seq, n] : scheduled_) {
+    if (!seq->kv_destination.has_value() || seq->num_computed + n != seq->num_prompt) continue;
+    StepHandoff h;
+    h.id = seq->id;
+    const auto from =
+        static_cast<std::ptrdiff_t>(seq->kv_destination->num_cached_tokens / block_size_);
+    const auto to = static_cast<std::ptrdiff_t>(BlocksFor(seq->num_prompt));
+    h.blocks.assign(seq->blocks.begin() + from, seq->blocks.begin() + to);
+    h.destination = &*seq->kv_destination;
+    out.push_back(std::move(h));
+  }
+  return out;
+}
+
 SamplingRow Scheduler::MakeSamplingRow(const Sequence& seq) const {
   const SamplingParams& s = seq.sampling;
   SamplingRow row;

@@ -135,6 +135,16 @@ class Scheduler {
     KvDestination destination;
     std::vector<int32_t> held;  // every block of the request, released by ReleaseExport
   };
+  // Between Schedule and Update: the requests with a kv_destination whose prompt the scheduled
+  // step completes — they hand off after it unless their first token ends them. Their blocks to
+  // send (as ExportOf will list them) and destination, for sending layer by layer as the step
+  // writes them.
+  struct StepHandoff {
+    RequestId id = 0;
+    std::vector<int32_t> blocks;
+    const KvDestination* destination = nullptr;  // valid until Update
+  };
+  std::vector<StepHandoff> HandoffsInStep() const;
   // A request that ended with kv_handoff keeps its blocks until ReleaseExport. nullptr when the
   // id has none.
   const KvExportBlocks* ExportOf(RequestId id) const;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -83,6 +84,10 @@ class StepExecutor {
   // Called by an idle scheduler (at most every EngineOptions::idle_wait): a distributed replica
   // sends its followers a keep-alive so their bounded waits do not expire. Cheap; default no-op.
   virtual absl::Status Idle() { return absl::OkStatus(); }
+  // Layer-wise KV streaming: `kv_written(layer)` is called during the next Execute calls, on the
+  // executing thread, once the global `layer`'s K and V of the step are in the cache (null: no
+  // calls). False when this executor cannot (a replica across ranks: its layers are elsewhere).
+  virtual bool SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) { return false; }
 };
 
 }  // namespace tessera::worker

@@ -3,11 +3,10 @@
 // model, random weights) run:
 //   mixed TTFT     prefill alone (the prefill engine, no KV destination);
 //   handoff TTFT   ReserveKv on D + prefill on P that sends the KV, until the handoff event;
-//   transfer       the send alone (KvPort's send_seconds: Submit to completion);
+//   waiting        handoff TTFT - mixed TTFT: what the request waits on the KV beyond computing;
 //   commit         D's Submit with kv_import until its first decode token (verify + one step).
-// The share of TTFT spent on the KV transfer is transfer / handoff. The KV moves after the whole
-// prefill (layer-wise streaming is not built), so this share is what streaming would hide.
-// Medians of 3 runs.
+// Each with the KV sent after the prefill step (streaming off) and layer by layer as the step
+// writes it (streaming on, EngineOptions::kv_stream_layers). Medians of 3 runs.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -47,7 +46,7 @@ using TransportMaker =
     std::function<absl::StatusOr<std::unique_ptr<kvtransfer::Transport>>(const std::string&)>;
 
 void MakeSide(const model::WeightSource& weights, const TransportMaker& make, const char* name,
-              Side& side) {
+              Side& side, bool stream_layers = false) {
   testing::TestEngineOptions options;
   options.block_size = 16;
   options.num_blocks = 160;
@@ -69,6 +68,7 @@ void MakeSide(const model::WeightSource& weights, const TransportMaker& make, co
   e.scheduler.max_num_batched_tokens = 2048;
   e.scheduler.enable_prefix_caching = false;  // every run computes and sends the whole prompt
   e.kv_port = side.port.get();
+  e.kv_stream_layers = stream_layers;
   auto engine = Engine::Create(*side.parts.executor, BenchConfig(), e);
   ASSERT_TRUE(engine.ok()) << engine.status();
   side.engine = *std::move(engine);
@@ -113,70 +113,71 @@ TEST(DisaggregationPerf, KvTransferShareOfTimeToFirstToken) {
   };
   std::printf(
       "model: hidden 512, 8 layers, 8 KV heads x 64, f32 KV = %d KiB per token; CPU backend\n\n"
-      "| transport | prompt | KV sent | mixed TTFT ms | handoff TTFT ms | transfer ms | "
-      "transfer share | transfer GB/s | D commit + first step ms |\n"
+      "| transport | streaming | prompt | KV sent | mixed TTFT ms | handoff TTFT ms | waiting ms | "
+      "waiting share of TTFT | D commit + first step ms |\n"
       "|---|---|---|---|---|---|---|---|---|\n",
       2 * 8 * 8 * 64 * 4 / 1024);
   std::mt19937 rng(7);
   for (const auto& [kind, make] : transports) {
-    Side p, d;
-    MakeSide(*weights, make, "prefill", p);
-    MakeSide(*weights, make, "decode", d);
-    for (int len : {128, 512, 1024}) {
-      std::vector<double> mixed, handoff, commit, transfer;
-      int64_t bytes = 0;
-      for (int run = 0; run < 3; ++run) {
-        Request r;
-        for (int i = 0; i < len; ++i) r.prompt.push_back(3 + static_cast<int32_t>(rng() % 4000));
-        r.sampling.max_tokens = 2;
-        r.sampling.ignore_eos = true;
-        // Mixed: prefill only.
-        Request alone = r;
-        alone.sampling.max_tokens = 1;
-        auto t0 = SteadyClock::now();
-        auto s0 = p.engine->Submit(alone);
-        ASSERT_TRUE(s0.ok());
-        ASSERT_TRUE((*s0)->Collect(absl::Seconds(120)).ok());
-        mixed.push_back(Since(t0));
-        // Disaggregated: reserve, prefill and send.
-        const int64_t sent_before = p.port->counters().bytes_sent;
-        const double seconds_before = p.port->counters().send_seconds;
-        auto t1 = SteadyClock::now();
-        auto dest = d.engine->ReserveKv(r);
-        ASSERT_TRUE(dest.ok()) << dest.status();
-        Request to_p = r;
-        to_p.kv_destination = *dest;
-        auto s1 = p.engine->Submit(to_p);
-        ASSERT_TRUE(s1.ok());
-        absl::StatusOr<TokenEvent> last;
-        do {
-          last = (*s1)->Next(absl::Seconds(120));
-          ASSERT_TRUE(last.ok()) << last.status();
-        } while (!last->finish_reason.has_value());
-        handoff.push_back(Since(t1));
-        ASSERT_TRUE(last->kv_handoff) << last->status;
-        bytes = p.port->counters().bytes_sent - sent_before;
-        transfer.push_back(p.port->counters().send_seconds - seconds_before);
-        // D: verify, commit and take the first decode step.
-        Request to_d = r;
-        to_d.kv_import = Request::KvImport{dest->token, last->token_id, last->kv_checksums};
-        auto t2 = SteadyClock::now();
-        auto s2 = d.engine->Submit(to_d);
-        ASSERT_TRUE(s2.ok());
-        auto out = (*s2)->Collect(absl::Seconds(120));
-        ASSERT_TRUE(out.ok() && out->status.ok()) << (out.ok() ? out->status : out.status());
-        commit.push_back(Since(t2));
+    for (const bool stream : {false, true}) {
+      Side p, d;
+      MakeSide(*weights, make, "prefill", p, stream);
+      MakeSide(*weights, make, "decode", d);
+      for (int len : {128, 512, 1024}) {
+        std::vector<double> mixed, handoff, commit;
+        int64_t bytes = 0;
+        for (int run = 0; run < 3; ++run) {
+          Request r;
+          for (int i = 0; i < len; ++i) r.prompt.push_back(3 + static_cast<int32_t>(rng() % 4000));
+          r.sampling.max_tokens = 2;
+          r.sampling.ignore_eos = true;
+          // Mixed: prefill only.
+          Request alone = r;
+          alone.sampling.max_tokens = 1;
+          auto t0 = SteadyClock::now();
+          auto s0 = p.engine->Submit(alone);
+          ASSERT_TRUE(s0.ok());
+          ASSERT_TRUE((*s0)->Collect(absl::Seconds(120)).ok());
+          mixed.push_back(Since(t0));
+          // Disaggregated: reserve, prefill and send.
+          const int64_t sent_before = p.port->counters().bytes_sent;
+          auto t1 = SteadyClock::now();
+          auto dest = d.engine->ReserveKv(r);
+          ASSERT_TRUE(dest.ok()) << dest.status();
+          Request to_p = r;
+          to_p.kv_destination = *dest;
+          auto s1 = p.engine->Submit(to_p);
+          ASSERT_TRUE(s1.ok());
+          absl::StatusOr<TokenEvent> last;
+          do {
+            last = (*s1)->Next(absl::Seconds(120));
+            ASSERT_TRUE(last.ok()) << last.status();
+          } while (!last->finish_reason.has_value());
+          handoff.push_back(Since(t1));
+          ASSERT_TRUE(last->kv_handoff) << last->status;
+          bytes = p.port->counters().bytes_sent - sent_before;
+          // D: verify, commit and take the first decode step.
+          Request to_d = r;
+          to_d.kv_import = Request::KvImport{dest->token, last->token_id, last->kv_checksums};
+          auto t2 = SteadyClock::now();
+          auto s2 = d.engine->Submit(to_d);
+          ASSERT_TRUE(s2.ok());
+          auto out = (*s2)->Collect(absl::Seconds(120));
+          ASSERT_TRUE(out.ok() && out->status.ok()) << (out.ok() ? out->status : out.status());
+          commit.push_back(Since(t2));
+        }
+        const double m = Median(mixed), h = Median(handoff), c = Median(commit);
+        const double wait = std::max(0.0, h - m);
+        std::printf("| %s | %s | %d | %.1f MiB | %.1f | %.1f | %.1f | %.0f%% | %.1f |\n",
+                    kind.c_str(), stream ? "on" : "off", len,
+                    static_cast<double>(bytes) / (1 << 20), m * 1e3, h * 1e3, wait * 1e3,
+                    100.0 * wait / h, c * 1e3);
       }
-      const double m = Median(mixed), h = Median(handoff), c = Median(commit);
-      const double t = std::max(Median(transfer), 1e-9);
-      std::printf("| %s | %d | %.1f MiB | %.1f | %.1f | %.1f | %.0f%% | %.2f | %.1f |\n",
-                  kind.c_str(), len, static_cast<double>(bytes) / (1 << 20), m * 1e3, h * 1e3,
-                  t * 1e3, 100.0 * t / h, static_cast<double>(bytes) / t / 1e9, c * 1e3);
+      p.engine.reset();
+      d.engine.reset();
+      p.port.reset();
+      d.port.reset();
     }
-    p.engine.reset();
-    d.engine.reset();
-    p.port.reset();
-    d.port.reset();
   }
 }
 

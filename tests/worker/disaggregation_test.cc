@@ -84,9 +84,10 @@ class DisaggregationTest : public ::testing::Test {
     EngineOptions e;
     e.scheduler.max_model_len = 128;
     e.scheduler.max_num_seqs = 16;
-    e.scheduler.max_num_batched_tokens = 256;
+    e.scheduler.max_num_batched_tokens = batched_tokens_;
     e.kv_port = side.port.get();
     e.kv_reservation_lease = lease_;
+    e.kv_stream_layers = stream_layers_;
     auto engine = Engine::Create(*side.parts.executor, fixture_.config, e);
     ASSERT_TRUE(engine.ok()) << engine.status();
     side.engine = std::move(*engine);
@@ -120,6 +121,8 @@ class DisaggregationTest : public ::testing::Test {
   Fixture fixture_;
   std::shared_ptr<kvtransfer::InProcessFabric> fabric_;
   absl::Duration lease_ = absl::Seconds(30);
+  bool stream_layers_ = true;
+  int32_t batched_tokens_ = 256;
   Side prefill_;
   Side decode_;
   bool handoff_ = false;
@@ -145,6 +148,63 @@ TEST_F(DisaggregationTest, GreedyTokensMatchTheMixedRun) {
   EXPECT_GT(decode_.port->counters().commits, 0);
   EXPECT_GT(prefill_.port->counters().bytes_sent, 0);
   EXPECT_EQ(prefill_.port->counters().bytes_sent, decode_.port->counters().bytes_received);
+}
+
+TEST_F(DisaggregationTest, EachLayerIsSentAsSoonAsItIsWrittenAndTheOutputIsTheSame) {
+  // Streaming (the default): one transfer per layer per request, from inside the prefill step.
+  std::vector<std::vector<int32_t>> streamed;
+  for (const auto& prompt : fixture_.prompts) {
+    auto tokens = Disaggregated(Greedy(prompt.ids, 8));
+    ASSERT_TRUE(tokens.ok()) << tokens.status();
+    streamed.push_back(*tokens);
+  }
+  const auto requests = static_cast<int64_t>(fixture_.prompts.size());
+  const int64_t layers = fixture_.config.num_hidden_layers;
+  EXPECT_EQ(prefill_.port->counters().transfers_sent, requests * layers);
+  const int64_t bytes = prefill_.port->counters().bytes_sent;
+  // The same requests sent whole after the step, between fresh replicas (D's prefix cache would
+  // spare blocks): one transfer each, the same bytes and tokens.
+  for (Side* side : {&prefill_, &decode_}) {
+    (void)side->engine->Shutdown(absl::Seconds(5));
+    side->engine.reset();
+    side->port.reset();
+    side->transport.reset();
+  }
+  stream_layers_ = false;
+  MakeSide("prefill-whole", prefill_);
+  MakeSide("decode-whole", decode_);
+  for (size_t i = 0; i < fixture_.prompts.size(); ++i) {
+    auto tokens = Disaggregated(Greedy(fixture_.prompts[i].ids, 8));
+    ASSERT_TRUE(tokens.ok()) << tokens.status();
+    EXPECT_EQ(*tokens, streamed[i]) << "prompt " << i;
+  }
+  EXPECT_EQ(prefill_.port->counters().transfers_sent, requests);
+  EXPECT_EQ(prefill_.port->counters().bytes_sent, bytes);
+}
+
+TEST_F(DisaggregationTest, AChunkedPromptStreamsItsLayersFromItsLastChunk) {
+  // Prompts longer than a step's token budget are prefilled in chunks; the layers of every chunk
+  // go out during the last one.
+  for (Side* side : {&prefill_, &decode_}) {
+    (void)side->engine->Shutdown(absl::Seconds(5));
+    side->engine.reset();
+    side->port.reset();
+    side->transport.reset();
+  }
+  batched_tokens_ = 16;  // the least max_num_seqs allows
+  MakeSide("prefill-chunked", prefill_);
+  MakeSide("decode-chunked", decode_);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back(3 + (7 * i) % 200);
+  auto tokens = Disaggregated(Greedy(prompt, 6));
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  auto parts = MakeTestEngine(fixture_.config, *fixture_.weights);
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  auto mixed = testing::GenerateGreedy(*parts->executor, fixture_.config, {prompt}, 6,
+                                       prefill_.engine->config());
+  ASSERT_TRUE(mixed.ok()) << mixed.status();
+  EXPECT_EQ(*tokens, (*mixed)[0].token_ids);
+  EXPECT_EQ(prefill_.port->counters().transfers_sent, fixture_.config.num_hidden_layers);
 }
 
 TEST_F(DisaggregationTest, ADecodeCachedPrefixIsNotSentAgain) {
