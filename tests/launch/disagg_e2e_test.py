@@ -75,9 +75,14 @@ def kill_a_decode_replica(work, grpc_url, model_dir, ports):
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(u.grpc_stream, grpc_url, p, LONG, True, started.release)
                    for p in long_prompts]
-        # As soon as one streams: the others are placed (both decode replicas hold some).
+        # Kill decode-0 while it holds some of the streams (the coordinator's live in-flight
+        # gauge says so; the demo model decodes 900 tokens in well under a second).
         u.check(started.acquire(timeout=60), "the long requests did not start")
-        time.sleep(0.2)
+        gauge = 'tessera_replica_requests_in_flight{replica="decode-0",role="decode"}'
+        while (u.metric_value(u.metrics(ports), gauge) or 0) == 0:
+            u.check(not all(f.done() for f in futures),
+                    "the long streams ended before decode-0 held one")
+            time.sleep(0.005)
         os.kill(u.worker_pid(work, "decode-0"), signal.SIGKILL)
         long_outputs = [f.result(timeout=300) for f in futures]
     for i, (_, ids) in enumerate(long_outputs):
