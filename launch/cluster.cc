@@ -1,8 +1,5 @@
 #include "launch/cluster.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -21,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "bench/http_get.h"
 #include "common/status_macros.h"
 #include "launch/processes.h"
 #include "launch/signals.h"
@@ -68,41 +66,16 @@ absl::Status WaitFor(ProcessGroup& children, absl::Duration timeout, const std::
   return absl::OkStatus();
 }
 
-// The whole response (status line, headers, body) of GET `path` on loopback:`port`; nullopt when
-// the server cannot be reached. A plain HTTP/1.0 GET over a socket keeps launch/ free of an HTTP
-// client dependency.
-std::optional<std::string> HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return std::nullopt;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::optional<std::string> response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-      std::string all;
-      char buf[4096];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) all.append(buf, static_cast<size_t>(n));
-      response = std::move(all);
-    }
-  }
-  close(fd);
-  return response;
-}
-
 // The coordinator's /health answers 200 once a replica has registered.
 bool HealthOk(int port) {
-  const std::optional<std::string> r = HttpGet(port, "/health");
-  return r.has_value() && r->size() > 12 && r->find(" 200 ") != std::string::npos;
+  return bench::HttpGet("127.0.0.1", port, "/health", absl::Seconds(2)).ok();
 }
 
 // Replicas in rotation (the coordinator's tessera_replicas gauge, all roles).
 int RegisteredReplicas(int port) {
-  const std::optional<std::string> r = HttpGet(port, "/metrics");
-  if (!r.has_value()) return 0;
+  const absl::StatusOr<std::string> r =
+      bench::HttpGet("127.0.0.1", port, "/metrics", absl::Seconds(2));
+  if (!r.ok()) return 0;
   int total = 0;
   for (absl::string_view line : absl::StrSplit(*r, '\n')) {
     if (!absl::StartsWith(line, "tessera_replicas{")) continue;

@@ -432,7 +432,7 @@ void Engine::EndExport(RequestId id, const absl::Status& status) {
   x.event.status = absl::Status(status.code(), absl::StrCat("sending the KV to the decode replica "
                                                             "failed: ",
                                                             status.message()));
-  Deliver(x.event);
+  Deliver(std::move(x.event));
 }
 
 absl::Status Engine::Step() {
@@ -479,7 +479,7 @@ absl::Status Engine::Step() {
       const auto it = streamed.find(event.request_id);
       StartExport(std::move(event), it == streamed.end() ? nullptr : &it->second);
     } else {
-      Deliver(event);
+      Deliver(std::move(event));
     }
   }
   return absl::OkStatus();
@@ -495,7 +495,7 @@ void Engine::End(RequestId id, absl::Status status) {
   event.request_id = id;
   event.finish_reason = FinishReason::kAbort;
   event.status = std::move(status);
-  Deliver(event);
+  Deliver(std::move(event));
 }
 
 void Engine::EndAll(const absl::Status& status) {

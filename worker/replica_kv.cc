@@ -223,6 +223,15 @@ absl::Status OnRank(int rank, const absl::Status& s) {
   return {s.code(), absl::StrCat("replica rank ", rank, ": ", s.message())};
 }
 
+// The first follower's error (replies in rank order from rank 1), or OK.
+template <typename Reply>
+absl::Status FirstError(const std::vector<Reply>& replies) {
+  for (size_t i = 0; i < replies.size(); ++i) {
+    if (!replies[i].status.ok()) return OnRank(static_cast<int>(i) + 1, replies[i].status);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 KvPortOptions KvPortOptionsFor(const parallel::ShardPlan& plan, int64_t model_kv_heads) {
@@ -425,10 +434,7 @@ absl::StatusOr<std::unique_ptr<KvExport>> ReplicaKvPort::Export(absl::Span<const
   command.Int(kExport).Int(static_cast<int64_t>(id)).Ints(blocks);
   TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
                            Call(Destination(command, destination).Take()));
-  absl::Status started;
-  for (size_t i = 0; i < replies.size() && started.ok(); ++i) {
-    started = OnRank(static_cast<int>(i) + 1, replies[i].status);
-  }
+  absl::Status started = FirstError(replies);
   absl::StatusOr<std::unique_ptr<KvExport>> local;
   if (started.ok()) {
     local = local_.Export(blocks, destination);
@@ -459,10 +465,7 @@ absl::Status ReplicaKvPort::Reserve(uint64_t token, absl::Span<const int32_t> bl
   TESSERA_ASSIGN_OR_RETURN(
       std::vector<Reply> replies,
       Call(Writer().Int(kReserve).Int(static_cast<int64_t>(token)).Ints(blocks).Take()));
-  absl::Status status;
-  for (size_t i = 0; i < replies.size() && status.ok(); ++i) {
-    status = OnRank(static_cast<int>(i) + 1, replies[i].status);
-  }
+  absl::Status status = FirstError(replies);
   if (status.ok()) status = local_.Reserve(token, blocks);
   if (!status.ok()) {
     // Undo it where it was made: nothing has been written into those blocks yet.
@@ -486,9 +489,7 @@ absl::Status ReplicaKvPort::Commit(uint64_t token, absl::Span<const KvSegmentChe
       std::vector<Reply> replies,
       Call(Writer().Int(kCommit).Int(static_cast<int64_t>(token)).Checksums(checksums).Take()));
   absl::Status status = local_.Commit(token, OfRank(checksums, 0));
-  for (size_t i = 0; i < replies.size() && status.ok(); ++i) {
-    status = OnRank(static_cast<int>(i) + 1, replies[i].status);
-  }
+  if (status.ok()) status = FirstError(replies);
   absl::MutexLock lock(&mu_);
   if (status.ok()) {
     ++commits_;

@@ -150,7 +150,7 @@ TEST_F(DisaggregationTest, GreedyTokensMatchTheMixedRun) {
   EXPECT_EQ(prefill_.port->counters().bytes_sent, decode_.port->counters().bytes_received);
 }
 
-TEST_F(DisaggregationTest, EachLayerIsSentAsSoonAsItIsWrittenAndTheOutputIsTheSame) {
+TEST_F(DisaggregationTest, StreamingSendsEachLayerOnItsOwnWithTheSameBytesAndTokens) {
   // Streaming (the default): one transfer per layer per request, from inside the prefill step.
   std::vector<std::vector<int32_t>> streamed;
   for (const auto& prompt : fixture_.prompts) {
