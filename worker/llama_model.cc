@@ -358,9 +358,13 @@ absl::Status LlamaModel::Upload(const ForwardInput& in, Stream& stream) {
   return copy(in.logits_rows, ws_->logits_rows);
 }
 
+int64_t LlamaModel::VocabColumns() const {
+  const parallel::ShardPlan& plan = par_.plan;
+  return std::clamp<int64_t>(config_.vocab_size - plan.vocab_begin, 0, plan.vocab_shard);
+}
+
 absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& cache,
-                                               Stream& stream,
-                                               const std::function<void(int32_t)>* kv_written) {
+                                               Stream& stream, const ForwardOptions& options) {
   TESSERA_RETURN_IF_ERROR(ValidateInput(in, cache));
   TESSERA_RETURN_IF_ERROR(Upload(in, stream));
   using namespace kernels;  // NOLINT: the op names read best unqualified here
@@ -443,9 +447,9 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
     const int cache_layer = static_cast<int>(i);
     TESSERA_RETURN_IF_ERROR(
         KvWrite(backend_, {k, v, slots, cache.key(cache_layer), cache.value(cache_layer)}, stream));
-    if (kv_written != nullptr) {
+    if (options.kv_written) {
       TESSERA_RETURN_IF_ERROR(stream.Synchronize());
-      (*kv_written)(cache_layer);
+      options.kv_written(cache_layer);
     }
     TESSERA_RETURN_IF_ERROR(PagedAttention(backend_,
                                            {q, cache.key(cache_layer), cache.value(cache_layer),
@@ -476,10 +480,14 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
       backend_, {ws_->logits_rows.View(DataType::kI32, {rows}), normed, gathered, 0}, stream));
   TESSERA_RETURN_IF_ERROR(Matmul(backend_, {gathered, lm_head_->view, {}, logits}, stream));
   if (tp == nullptr) return TensorView(logits);
+  const int64_t shard = plan.vocab_shard;
+  if (!options.gather_logits) {
+    // This rank's real columns only: the padding of the last shard would otherwise compete.
+    const int64_t columns = VocabColumns();
+    return TensorView(logits.data(), f32, {rows, columns}, {shard, 1}, logits.device());
+  }
   // Vocab-parallel LM head: gather every rank's [rows, shard] and lay the shards side by side,
   // dropping the padding of the last shard.
-  // TODO(tessera): greedy rows need only each shard's (max, argmax), not the full logits.
-  const int64_t shard = plan.vocab_shard;
   MutableTensorView all = ws_->all_logits.View(f32, {plan.tp_size * rows, shard});
   TESSERA_RETURN_IF_ERROR(tp->AllGather(logits, all, stream));
   MutableTensorView full = ws_->full_logits.View(f32, {rows, config_.vocab_size});

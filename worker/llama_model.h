@@ -5,7 +5,8 @@
 // Under tensor parallelism (Megatron style) a rank holds its heads of q/k/v and o_proj, its
 // columns of gate/up and rows of down_proj, and its vocabulary rows of the embedding and LM head;
 // o_proj and down_proj are followed by an all-reduce over the TP group, the embedding by an
-// all-reduce of the vocab-parallel lookups, and the LM head by an all-gather of the logits. Under
+// all-reduce of the vocab-parallel lookups, and the LM head by an all-gather of the logits (or
+// none: ForwardOptions::gather_logits, for worker/vocab_parallel.h's greedy sampling). Under
 // pipeline parallelism a rank runs the layers of its stage; the residual stream goes stage to
 // stage with Send/Recv over the PP group. Each rank reads only its own slices of the checkpoint.
 //
@@ -53,6 +54,17 @@ struct ForwardInput {
   absl::Span<const int32_t> logits_rows;   // token rows whose logits are computed
 };
 
+// How one Forward call runs beyond its batch.
+struct ForwardOptions {
+  // Called after layer i's (this rank's i-th layer's) K and V are in the cache and the stream has
+  // synchronised — for sending them on while later layers compute.
+  std::function<void(int32_t)> kv_written;
+  // Under tensor parallelism: true gathers every rank's vocabulary shard into [rows, vocab];
+  // false returns this rank's own columns only, [rows, VocabColumns()] with the shard's row
+  // stride (worker/vocab_parallel.h samples greedy rows from them without the gather).
+  bool gather_logits = true;
+};
+
 // This rank's share of the model and its groups. The default is the whole model on one rank.
 struct ModelParallelism {
   parallel::ShardPlan plan;              // tp_size == pp_size == 1 and no layers: whole model
@@ -75,13 +87,16 @@ class LlamaModel {
   // pipeline stage; earlier stages send their activations on and return an empty view. Every rank
   // of the replica must call Forward with the same input. kInvalidArgument when the batch is
   // inconsistent or exceeds the workspace; communicator errors as they come.
-  // `kv_written`, when given, is called after layer i's (this rank's i-th layer's) K and V are in
-  // the cache and the stream has synchronised — for sending them on while later layers compute.
   absl::StatusOr<TensorView> Forward(const ForwardInput& input, KvCache& cache, Stream& stream,
-                                     const std::function<void(int32_t)>* kv_written = nullptr);
+                                     const ForwardOptions& options = {});
 
   const model::ModelConfig& config() const { return config_; }
   const parallel::ShardPlan& plan() const { return par_.plan; }
+  // The TP group (null without tensor parallelism).
+  parallel::Communicator* tp_group() const { return par_.plan.tp_size > 1 ? par_.tp : nullptr; }
+  // How many of this rank's vocab_shard LM-head rows are real vocabulary (the last shard is
+  // padded; with more ranks than the vocabulary fills, some hold none).
+  int64_t VocabColumns() const;
   // The KV-cache shape this rank needs (layers of its stage, its KV heads).
   KvCacheConfig KvCacheShape(int32_t num_blocks, int32_t block_size, DataType dtype) const;
   const LlamaModelOptions& options() const { return options_; }

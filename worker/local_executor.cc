@@ -104,7 +104,7 @@ absl::StatusOr<TensorView> DeviceSampler::ApplyPenalties(const TensorView& logit
 
 absl::StatusOr<StepResult> DeviceSampler::Sample(const TensorView& logits,
                                                  const std::vector<SamplingRow>& rows,
-                                                 Stream& stream) {
+                                                 Stream& stream, TensorView* chosen_from) {
   const int64_t n = static_cast<int64_t>(rows.size());
   if (n > max_rows_ || logits.rank() != 2 || logits.dim(0) != n) {
     return absl::InvalidArgumentError(absl::StrCat("Sample: ", n, " sampling rows for logits ",
@@ -162,6 +162,7 @@ absl::StatusOr<StepResult> DeviceSampler::Sample(const TensorView& logits,
     params.output_top_logprobs = top_logprobs_.View(DataType::kF32, {n, top_n});
   }
   TESSERA_RETURN_IF_ERROR(kernels::Sample(backend_, params, stream));
+  if (chosen_from != nullptr) *chosen_from = params.logits;
   StepResult result;
   result.token_ids.resize(n);
   result.logprobs.resize(n);
@@ -201,14 +202,13 @@ absl::StatusOr<StepResult> LocalExecutor::Execute(const StepPlan& plan) {
                                                    " logits rows"));
   }
   // The model counts its own layers; the callback speaks of the model's.
-  std::function<void(int32_t)> written;
+  ForwardOptions options;
   if (kv_written_) {
     const auto first = static_cast<int32_t>(model_.plan().layer_begin);
-    written = [this, first](int32_t layer) { kv_written_(first + layer); };
+    options.kv_written = [this, first](int32_t layer) { kv_written_(first + layer); };
   }
-  TESSERA_ASSIGN_OR_RETURN(
-      TensorView logits,
-      model_.Forward(plan.AsForwardInput(), cache_, *stream_, written ? &written : nullptr));
+  TESSERA_ASSIGN_OR_RETURN(TensorView logits,
+                           model_.Forward(plan.AsForwardInput(), cache_, *stream_, options));
   if (plan.logits_rows.empty()) {
     TESSERA_RETURN_IF_ERROR(stream_->Synchronize());
     return StepResult{};

@@ -22,9 +22,11 @@ class DeviceSampler {
   static absl::StatusOr<std::unique_ptr<DeviceSampler>> Create(kernels::Backend& backend,
                                                                int32_t max_rows);
   // kInvalidArgument for more rows than max_rows or rows that disagree with logits; kernel
-  // errors (bad token ids in the lists) as they come.
+  // errors (bad token ids in the lists) as they come. `chosen_from`, when given, receives the
+  // logits the tokens were chosen from: `logits` itself, or its copy with the penalties applied
+  // (valid until the next Sample).
   absl::StatusOr<StepResult> Sample(const TensorView& logits, const std::vector<SamplingRow>& rows,
-                                    Stream& stream);
+                                    Stream& stream, TensorView* chosen_from = nullptr);
 
  private:
   explicit DeviceSampler(kernels::Backend& backend) : backend_(backend) {}

@@ -142,6 +142,11 @@ absl::StatusOr<std::unique_ptr<ShardWorker>> ShardWorker::Create(LlamaModel& mod
   if (plan.last_stage()) {
     TESSERA_ASSIGN_OR_RETURN(worker->sampler_,
                              DeviceSampler::Create(backend, model.options().max_num_tokens));
+    if (model.tp_group() != nullptr) {
+      TESSERA_ASSIGN_OR_RETURN(
+          worker->vocab_sampler_,
+          VocabParallelSampler::Create(backend, model.options().max_num_tokens));
+    }
   }
   return worker;
 }
@@ -190,9 +195,19 @@ std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
 }
 
 absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(const StepPlan& plan) {
+  const bool sampled_here = model_.plan().last_stage() && !plan.logits_rows.empty();
+  // Greedy steps under TP sample each rank's vocabulary columns and exchange a few numbers a row
+  // instead of gathering the logits; every TP rank decides alike from the same plan.
+  parallel::Communicator* tp = model_.tp_group();
+  ForwardOptions options;
+  options.gather_logits = tp == nullptr || !CanSampleVocabParallel(plan.sampling);
   TESSERA_ASSIGN_OR_RETURN(TensorView logits,
-                           model_.Forward(plan.AsForwardInput(), cache_, *stream_));
-  if (model_.plan().last_stage() && !plan.logits_rows.empty()) {
+                           model_.Forward(plan.AsForwardInput(), cache_, *stream_, options));
+  if (sampled_here && !options.gather_logits) {
+    return vocab_sampler_->Sample(logits, model_.plan().vocab_begin, model_.config().vocab_size,
+                                  plan.sampling, *tp, *stream_);
+  }
+  if (sampled_here) {
     // Every TP rank of the last stage holds the same logits and draws the same tokens.
     return sampler_->Sample(logits, plan.sampling, *stream_);
   }

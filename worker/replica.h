@@ -33,6 +33,7 @@
 #include "worker/llama_model.h"
 #include "worker/local_executor.h"
 #include "worker/step.h"
+#include "worker/vocab_parallel.h"
 
 namespace tessera::worker {
 
@@ -70,7 +71,8 @@ class ShardWorker {
   parallel::Communicator& replica_;
   const int micro_batches_;
   std::unique_ptr<Stream> stream_;
-  std::unique_ptr<DeviceSampler> sampler_;  // last stage only
+  std::unique_ptr<DeviceSampler> sampler_;               // last stage only
+  std::unique_ptr<VocabParallelSampler> vocab_sampler_;  // last stage under TP only
 };
 
 // What a follower does with a command from the leader (ReplicaExecutor::CallFollowers): the
