@@ -429,9 +429,10 @@ void Engine::EndExport(RequestId id, const absl::Status& status) {
   scheduler_->ReleaseExport(id);
   x.event.kv_handoff = false;
   x.event.finish_reason = FinishReason::kAbort;
-  x.event.status = absl::Status(status.code(), absl::StrCat("sending the KV to the decode replica "
-                                                            "failed: ",
-                                                            status.message()));
+  // kAborted whatever the transport said: this replica is alive and answered; the coordinator
+  // retries without blaming it (a dead decode replica shows itself when asked again).
+  x.event.status = absl::AbortedError(
+      absl::StrCat("sending the KV to the decode replica failed: ", status.ToString()));
   Deliver(std::move(x.event));
 }
 
@@ -445,47 +446,69 @@ absl::Status Engine::Step() {
   for (RequestId id : scheduler_->TakeAdmitted()) {
     if (auto it = live_.find(id); it != live_.end()) it->second.admitted = scheduled;
   }
-  // Layer-wise streaming: the prompts this step completes send each layer's KV once written.
-  // Whatever is not handed over below (a first token that ends the request, a failed step) is
-  // cancelled when `streamed` goes, before the next step can reuse the blocks.
-  absl::flat_hash_map<RequestId, StreamedKv> streamed;
-  std::vector<Scheduler::StepHandoff> handoffs;
-  if (options_.kv_port != nullptr && options_.kv_stream_layers) {
-    handoffs = scheduler_->HandoffsInStep();
-  }
-  const bool streaming = !handoffs.empty() && executor_.SetKvWrittenCallback([&](int32_t layer) {
-    for (const Scheduler::StepHandoff& h : handoffs) {
-      StreamedKv& s = streamed[h.id];
-      if (!s.error.ok()) continue;
-      if (s.started == absl::InfinitePast()) s.started = clock_.MonotonicNow();
-      absl::StatusOr<std::unique_ptr<KvExport>> part =
-          options_.kv_port->ExportLayers(h.blocks, *h.destination, layer, layer + 1);
-      if (part.ok()) {
-        s.parts.push_back(*std::move(part));
-      } else {
-        s.error = part.status();
-      }
-    }
-  });
-  absl::StatusOr<StepResult> result = executor_.Execute(plan);
-  if (streaming) executor_.SetKvWrittenCallback(nullptr);
+  absl::StatusOr<StepResult> result = ExecuteStreaming(plan);
   if (!result.ok()) {
     scheduler_->DiscardStep();
     return result.status();
   }
   TESSERA_ASSIGN_OR_RETURN(std::vector<TokenEvent> events, scheduler_->Update(*result));
   for (TokenEvent& event : events) {
+    const auto it = streaming_.find(event.request_id);
     if (event.kv_handoff) {
-      const auto it = streamed.find(event.request_id);
-      StartExport(std::move(event), it == streamed.end() ? nullptr : &it->second);
-    } else {
-      Deliver(std::move(event));
+      StartExport(std::move(event), it == streaming_.end() ? nullptr : &it->second);
+      if (it != streaming_.end()) streaming_.erase(it);
+      continue;
     }
+    // A first token that ends the request: its sends stop before the blocks can be reused.
+    if (event.finish_reason.has_value() && it != streaming_.end()) streaming_.erase(it);
+    Deliver(std::move(event));
   }
   return absl::OkStatus();
 }
 
+absl::StatusOr<StepResult> Engine::ExecuteStreaming(const StepPlan& plan) {
+  // Preempted prompts: their blocks may already be another sequence's in this step.
+  for (RequestId id : scheduler_->TakeKvSendsToCancel()) streaming_.erase(id);
+  if (options_.kv_port == nullptr || !options_.kv_stream_layers) return executor_.Execute(plan);
+  // Layer-wise streaming: the blocks this step fills (or, completing a prompt, the rest) go out
+  // layer by layer as the step writes them.
+  std::vector<std::pair<RequestId, std::unique_ptr<KvLayerStream>>> streams;
+  for (Scheduler::KvSend& send : scheduler_->KvSendsInStep()) {
+    StreamedKv& s = streaming_[send.id];
+    if (!s.error.ok()) continue;
+    if (s.started == absl::InfinitePast()) s.started = clock_.MonotonicNow();
+    absl::StatusOr<std::unique_ptr<KvLayerStream>> stream =
+        options_.kv_port->StreamLayers(send.blocks, send.destination);
+    if (absl::IsUnimplemented(stream.status())) {
+      streaming_.erase(send.id);  // the endpoint sends whole requests at handoff
+      continue;
+    }
+    if (!stream.ok()) {
+      s.error = stream.status();
+      continue;
+    }
+    streams.emplace_back(send.id, *std::move(stream));
+  }
+  const bool layered = !streams.empty() && executor_.SetKvWrittenCallback([&](int32_t layer) {
+    for (auto& [id, stream] : streams) stream->LayerWritten(layer);
+  });
+  absl::StatusOr<StepResult> result = executor_.Execute(plan);
+  if (layered) executor_.SetKvWrittenCallback(nullptr);
+  if (!result.ok()) return result;  // `streams` go: what they started is cancelled
+  for (auto& [id, stream] : streams) {
+    StreamedKv& s = streaming_[id];
+    absl::StatusOr<std::unique_ptr<KvExport>> part = stream->Finish();
+    if (part.ok()) {
+      s.parts.push_back(*std::move(part));
+    } else {
+      s.error = part.status();
+    }
+  }
+  return result;
+}
+
 void Engine::End(RequestId id, absl::Status status) {
+  streaming_.erase(id);  // stops its sends before Abort frees the blocks
   if (exports_.contains(id)) {
     EndExport(id, status);
     return;

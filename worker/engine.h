@@ -49,9 +49,9 @@ struct EngineOptions {
   KvEndpoint* kv_port = nullptr;
   // A KV reservation not committed (Submit with kv_import) within this is released.
   absl::Duration kv_reservation_lease = absl::Seconds(30);
-  // Prefill side: send each layer's KV as soon as the step that completes a prompt has written it,
-  // while later layers compute (when the executor can tell: one-rank replicas), instead of after
-  // the step.
+  // Prefill side: every prompt step sends the blocks it fills (the last one the rest), each layer
+  // as soon as the step has written it, while later layers compute; false sends the whole prompt's
+  // KV after the step that completes it (decision 0008, item 11).
   bool kv_stream_layers = true;
 };
 
@@ -125,10 +125,11 @@ class Engine {
     TokenEvent event;  // the request's last event, delivered when the transfer is done
     absl::Time started = absl::InfinitePast();
   };
-  // A step's layer-by-layer sends of one request (layer-wise streaming).
+  // What a request's prompt steps have sent of its KV so far (layer-wise streaming, chunk by
+  // chunk): one export per step that sent blocks.
   struct StreamedKv {
     std::vector<std::unique_ptr<KvExport>> parts;
-    absl::Status error;  // the first layer that could not be sent
+    absl::Status error;  // the first send that could not start
     absl::Time started = absl::InfinitePast();
   };
   struct Live {
@@ -155,8 +156,10 @@ class Engine {
   void Reserve(Command& command);
   void Submitted(Command& command);
   void ReleaseReservation(uint64_t token, const char* why);
-  // `streamed`: the layers this step already sent (null: send the whole request now).
+  // `streamed`: what the request's steps already sent (null: send the whole request now).
   void StartExport(TokenEvent event, StreamedKv* streamed);
+  // The sends this step makes ready, streamed layer by layer while `plan` executes.
+  absl::StatusOr<StepResult> ExecuteStreaming(const StepPlan& plan);
   void PollExports();
   void EndExport(RequestId id, const absl::Status& status);
   void Push(Command command);
@@ -168,7 +171,10 @@ class Engine {
   absl::flat_hash_map<RequestId, Live> live_;  // engine thread only
   absl::flat_hash_map<uint64_t, absl::Time> reservations_;  // token -> lease end; engine thread
   absl::flat_hash_map<RequestId, Export> exports_;          // engine thread only
-  absl::BitGen bitgen_;                                     // reservation tokens; engine thread
+  // Prompts still being computed whose finished blocks are on their way (engine thread only).
+  // An entry must go — cancelling its sends — before the request's blocks can be reused.
+  absl::flat_hash_map<RequestId, StreamedKv> streaming_;
+  absl::BitGen bitgen_;  // reservation tokens; engine thread
 
   mutable absl::Mutex mu_;
   std::vector<Command> inbox_ ABSL_GUARDED_BY(mu_);

@@ -98,6 +98,62 @@ class CombinedExport final : public KvExport {
   std::vector<std::unique_ptr<KvExport>> parts_;
 };
 
+// KvPort's stream: one ExportLayers per reported layer, the rest at Finish.
+class PortLayerStream final : public KvLayerStream {
+ public:
+  PortLayerStream(KvPort& port, absl::Span<const int32_t> blocks, KvDestination destination)
+      : port_(port),
+        blocks_(blocks.begin(), blocks.end()),
+        destination_(std::move(destination)),
+        first_(port.layout().layer_begin),
+        sent_(static_cast<size_t>(port.layout().layer_end - port.layout().layer_begin), false) {}
+
+  void LayerWritten(int32_t layer) override {
+    const int32_t i = layer - first_;
+    if (!error_.ok() || i < 0 || i >= static_cast<int32_t>(sent_.size()) || sent_[i]) return;
+    Send(i, i + 1);
+  }
+
+  absl::StatusOr<std::unique_ptr<KvExport>> Finish() override {
+    // The layers not reported, in runs of neighbours.
+    for (int32_t i = 0; error_.ok() && i < static_cast<int32_t>(sent_.size());) {
+      if (sent_[i]) {
+        ++i;
+        continue;
+      }
+      int32_t end = i + 1;
+      while (end < static_cast<int32_t>(sent_.size()) && !sent_[end]) ++end;
+      Send(i, end);
+      i = end;
+    }
+    if (!error_.ok()) {
+      parts_.clear();  // cancels
+      return error_;
+    }
+    return CombineExports(std::move(parts_));
+  }
+
+ private:
+  void Send(int32_t begin, int32_t end) {
+    absl::StatusOr<std::unique_ptr<KvExport>> part =
+        port_.ExportLayers(blocks_, destination_, first_ + begin, first_ + end);
+    if (!part.ok()) {
+      error_ = part.status();
+      return;
+    }
+    parts_.push_back(*std::move(part));
+    for (int32_t i = begin; i < end; ++i) sent_[i] = true;
+  }
+
+  KvPort& port_;
+  const std::vector<int32_t> blocks_;
+  const KvDestination destination_;
+  const int32_t first_;     // the global index of the port's first layer
+  std::vector<bool> sent_;  // per local layer
+  std::vector<std::unique_ptr<KvExport>> parts_;
+  absl::Status error_;
+};
+
 }  // namespace
 
 std::unique_ptr<KvExport> CombineExports(std::vector<std::unique_ptr<KvExport>> parts) {
@@ -207,6 +263,16 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportLayers(absl::Span<const 
   src.value_regions.assign(layout_.value_regions.begin() + first,
                            layout_.value_regions.begin() + last);
   return ExportFrom(src, blocks, destination);
+}
+
+absl::StatusOr<std::unique_ptr<KvLayerStream>> KvPort::StreamLayers(
+    absl::Span<const int32_t> blocks, const KvDestination& destination) {
+  if (blocks.size() != destination.block_ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("KV export of ", blocks.size(),
+                                                   " blocks into a reservation of ",
+                                                   destination.block_ids.size()));
+  }
+  return std::unique_ptr<KvLayerStream>(new PortLayerStream(*this, blocks, destination));
 }
 
 absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportFrom(const KvRankLayout& src,

@@ -76,6 +76,22 @@ class KvExport {
   virtual void Cancel() = 0;
 };
 
+// Layer-wise streaming of one send (local blocks into a destination's blocks), made before the
+// step that writes the blocks' last tokens. As the step writes each layer, the executor reports it
+// and the layer is sent at once; Finish, after the step, sends what was not reported (a rank or
+// executor that cannot report layers sends everything then) and returns the export of it all.
+// Destroying a stream cancels what it started (returning once local memory is no longer read).
+// Thread-compatible; on a multi-rank replica each follower reports its own layers.
+class KvLayerStream {
+ public:
+  virtual ~KvLayerStream() = default;
+  // This rank's global layer `layer` is in the cache. Layers it does not hold, and layers already
+  // sent, are ignored; an error is kept for Finish.
+  virtual void LayerWritten(int32_t layer) = 0;
+  // The export of every layer: done when all its transfers are; the first error otherwise.
+  virtual absl::StatusOr<std::unique_ptr<KvExport>> Finish() = 0;
+};
+
 // A replica's KV cache on transports, as the engine and the serving layer use it: one rank's
 // KvPort, or a multi-rank replica's leader (worker/replica_kv.h), which does the same on every
 // rank. Every method may be called from any thread.
@@ -92,12 +108,10 @@ class KvEndpoint {
   // the receiving rank. Errors as KvPort::Export.
   virtual absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
                                                            const KvDestination& destination) = 0;
-  // Export of the global layers [layer_begin, layer_end) only, for layer-wise streaming (the
-  // exports of every layer together are one Export). kUnimplemented where not supported.
-  virtual absl::StatusOr<std::unique_ptr<KvExport>> ExportLayers(absl::Span<const int32_t> blocks,
-                                                                 const KvDestination& destination,
-                                                                 int32_t layer_begin,
-                                                                 int32_t layer_end) {
+  // A layer-wise stream of the same send (every rank's layers). Errors as Export; kUnimplemented
+  // where not supported (the caller then sends with Export after the step).
+  virtual absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(
+      absl::Span<const int32_t> blocks, const KvDestination& destination) {
     return absl::UnimplementedError("this KV endpoint sends whole requests only");
   }
   // As KvPort's, on every rank; Commit hands each rank the checksums that name it.
@@ -130,11 +144,14 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   // block counts differ or the layouts cannot exchange; kUnavailable when a peer cannot be reached.
   absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
                                                    const KvDestination& destination) override;
-  // kInvalidArgument for layers this rank does not hold.
+  // Export of the global layers [layer_begin, layer_end) only. kInvalidArgument for layers this
+  // rank does not hold.
   absl::StatusOr<std::unique_ptr<KvExport>> ExportLayers(absl::Span<const int32_t> blocks,
                                                          const KvDestination& destination,
-                                                         int32_t layer_begin,
-                                                         int32_t layer_end) override;
+                                                         int32_t layer_begin, int32_t layer_end);
+  // This rank's layers, one ExportLayers per reported layer.
+  absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(
+      absl::Span<const int32_t> blocks, const KvDestination& destination) override;
 
   // --- receiving
   // Opens a reservation: `blocks` (all of whose bytes will be written) may receive writes tagged

@@ -194,13 +194,20 @@ std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
   return out;
 }
 
-absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(const StepPlan& plan) {
+absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(const StepPlan& plan,
+                                                         KvLayerObserver* observer) {
   const bool sampled_here = model_.plan().last_stage() && !plan.logits_rows.empty();
   // Greedy steps under TP sample each rank's vocabulary columns and exchange a few numbers a row
   // instead of gathering the logits; every TP rank decides alike from the same plan.
   parallel::Communicator* tp = model_.tp_group();
   ForwardOptions options;
   options.gather_logits = tp == nullptr || !CanSampleVocabParallel(plan.sampling);
+  if (observer != nullptr) {
+    const auto first = static_cast<int32_t>(model_.plan().layer_begin);
+    options.kv_written = [observer, first](int32_t layer) {
+      observer->LayerWritten(first + layer);
+    };
+  }
   TESSERA_ASSIGN_OR_RETURN(TensorView logits,
                            model_.Forward(plan.AsForwardInput(), cache_, *stream_, options));
   if (sampled_here && !options.gather_logits) {
@@ -224,8 +231,9 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
   const parallel::ShardPlan& shard = model_.plan();
   const int64_t rows = static_cast<int64_t>(plan.logits_rows.size());
   StepResult result;
+  KvLayerObserver* observer = observer_ != nullptr && observer_->Wants() ? observer_ : nullptr;
   if (shard.pp_size == 1 || micro_batches_ == 1 || plan.seq_lens.size() < 2) {
-    TESSERA_ASSIGN_OR_RETURN(result, ForwardAndSample(plan));
+    TESSERA_ASSIGN_OR_RETURN(result, ForwardAndSample(plan, observer));
   } else {
     // Micro-batches in order on every stage: a stage sends micro-batch i on and starts i+1
     // while the next stage works on i.
@@ -234,9 +242,14 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
     std::vector<StepResult> partial;
     int32_t top_n = 0;
     for (const StepPlan& part : parts) {
-      TESSERA_ASSIGN_OR_RETURN(StepResult r, ForwardAndSample(part));
+      TESSERA_ASSIGN_OR_RETURN(StepResult r, ForwardAndSample(part, nullptr));
       top_n = std::max(top_n, r.top_n);
       partial.push_back(std::move(r));
+    }
+    // Every micro-batch writes every layer: a layer is complete only after the last one.
+    for (int64_t layer = shard.layer_begin; observer != nullptr && layer < shard.layer_end;
+         ++layer) {
+      observer->LayerWritten(static_cast<int32_t>(layer));
     }
     if (shard.last_stage() && rows > 0) {
       result.top_n = top_n;
@@ -258,6 +271,7 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
       }
     }
   }
+  if (observer != nullptr) observer->StepEnded();
   const int sender = parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size);
   if (rows == 0 || sender == 0) return is_leader() ? result : StepResult{};
   // The hand-back: top_n, then the chosen tokens and logprobs, then rows * top_n alternatives.
@@ -344,6 +358,13 @@ absl::StatusOr<StepResult> ReplicaExecutor::Execute(const StepPlan& plan) {
   absl::StatusOr<StepResult> result = worker_.RunStep(plan);
   if (!result.ok()) broken_ = result.status();
   return result;
+}
+
+bool ReplicaExecutor::SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) {
+  absl::MutexLock lock(&mu_);
+  observer_.kv_written = std::move(kv_written);
+  worker_.SetKvLayerObserver(observer_.kv_written ? &observer_ : nullptr);
+  return true;
 }
 
 absl::Status ReplicaExecutor::Idle() {

@@ -37,6 +37,17 @@
 
 namespace tessera::worker {
 
+// Told by a ShardWorker, on its rank's thread, as a step writes each layer's KV (layer-wise KV
+// streaming). Wants() is asked before every step: false spares the step the per-layer
+// synchronisation. StepEnded follows every step that wanted layers.
+class KvLayerObserver {
+ public:
+  virtual ~KvLayerObserver() = default;
+  virtual bool Wants() const = 0;
+  virtual void LayerWritten(int32_t layer) = 0;  // the model's (global) layer index
+  virtual void StepEnded() {}
+};
+
 // This rank's part of a replica: its model shard, its KV cache and, on the last stage, a sampler.
 // `replica` is the communicator of all ranks of the replica (rank = ShardPlan::ReplicaRank); it
 // carries plans and tokens in host memory, so it is a CPU communicator (MPI or in-process) even
@@ -56,6 +67,10 @@ class ShardWorker {
   // result.
   absl::StatusOr<StepResult> RunStep(const StepPlan& plan);
 
+  // Reports the layers each step writes to `observer` (null: none). With pipeline micro-batches a
+  // layer is written once per micro-batch, so the layers are reported after the whole step.
+  void SetKvLayerObserver(KvLayerObserver* observer) { observer_ = observer; }
+
   bool is_leader() const { return replica_.rank() == 0; }
   ExecutorLimits limits() const;
   parallel::Communicator& replica() { return replica_; }
@@ -63,8 +78,8 @@ class ShardWorker {
  private:
   ShardWorker(LlamaModel& model, KvCache& cache, parallel::Communicator& replica, int micro_batches)
       : model_(model), cache_(cache), replica_(replica), micro_batches_(micro_batches) {}
-  // Forward and, on the last stage, sampling of one (micro-)batch.
-  absl::StatusOr<StepResult> ForwardAndSample(const StepPlan& plan);
+  // Forward and, on the last stage, sampling of one (micro-)batch; `observer` hears of each layer.
+  absl::StatusOr<StepResult> ForwardAndSample(const StepPlan& plan, KvLayerObserver* observer);
 
   LlamaModel& model_;
   KvCache& cache_;
@@ -73,6 +88,7 @@ class ShardWorker {
   std::unique_ptr<Stream> stream_;
   std::unique_ptr<DeviceSampler> sampler_;               // last stage only
   std::unique_ptr<VocabParallelSampler> vocab_sampler_;  // last stage under TP only
+  KvLayerObserver* observer_ = nullptr;
 };
 
 // What a follower does with a command from the leader (ReplicaExecutor::CallFollowers): the
@@ -94,6 +110,8 @@ class ReplicaExecutor final : public StepExecutor {
 
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
   ExecutorLimits limits() const override { return worker_.limits(); }
+  // The leader's own layers; followers report theirs to their FollowerKvHandler.
+  bool SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) override;
 
   // A keep-alive for idle followers (an empty plan), unless a step or keep-alive went out within
   // the interval.
@@ -113,7 +131,16 @@ class ReplicaExecutor final : public StepExecutor {
       : worker_(worker), keepalive_interval_(keepalive_interval), clock_(clock) {}
   // kFailedPrecondition after Stop, the first communicator error after one.
   absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hands the leader's layers to the engine's callback.
+  class CallbackObserver final : public KvLayerObserver {
+   public:
+    bool Wants() const override { return static_cast<bool>(kv_written); }
+    void LayerWritten(int32_t layer) override { kv_written(layer); }
+    std::function<void(int32_t)> kv_written;
+  };
+
   ShardWorker& worker_;
+  CallbackObserver observer_;
   const absl::Duration keepalive_interval_;
   Clock& clock_;
   absl::Mutex mu_;  // the channel: one exchange with the followers at a time

@@ -22,6 +22,7 @@ enum Op : int64_t {
   kPoll = 6,        // id -> state [, checksums | status]
   kCancel = 7,      // id
   kPreconnect = 8,  // descriptor
+  kStream = 9,      // id, blocks, destination -> (opened)
 };
 // Export states in a poll reply.
 constexpr int64_t kRunning = 0;
@@ -348,6 +349,39 @@ class ReplicaKvExport final : public KvExport {
   const absl::Time start_;
 };
 
+// --- the leader's layer stream: its own stream, the followers' opened under the same id
+
+class ReplicaLayerStream final : public KvLayerStream {
+ public:
+  ReplicaLayerStream(ReplicaKvPort& port, uint64_t id, std::unique_ptr<KvLayerStream> local,
+                     int followers)
+      : port_(port), id_(id), local_(std::move(local)), followers_(followers) {}
+  ~ReplicaLayerStream() override {
+    if (!finished_) port_.CancelFollowers(id_);
+  }
+
+  void LayerWritten(int32_t layer) override { local_->LayerWritten(layer); }
+
+  absl::StatusOr<std::unique_ptr<KvExport>> Finish() override {
+    finished_ = true;
+    absl::StatusOr<std::unique_ptr<KvExport>> local = local_->Finish();
+    if (!local.ok()) {
+      port_.CancelFollowers(id_);
+      return local.status();
+    }
+    // The followers finished theirs when their step ended; the export polls them.
+    return std::unique_ptr<KvExport>(
+        new ReplicaKvExport(port_, id_, *std::move(local), followers_));
+  }
+
+ private:
+  ReplicaKvPort& port_;
+  const uint64_t id_;
+  std::unique_ptr<KvLayerStream> local_;
+  const int followers_;
+  bool finished_ = false;
+};
+
 // --- the leader's port
 
 absl::StatusOr<std::unique_ptr<ReplicaKvPort>> ReplicaKvPort::Create(KvPort& local,
@@ -423,13 +457,41 @@ absl::Status ReplicaKvPort::Preconnect(const std::string& descriptor) {
   return local_.Preconnect(descriptor);
 }
 
+uint64_t ReplicaKvPort::NextExportId() {
+  absl::MutexLock lock(&mu_);
+  return next_export_id_++;
+}
+
+void ReplicaKvPort::CancelFollowers(uint64_t id) {
+  absl::StatusOr<std::vector<Reply>> replies =
+      Call(Writer().Int(kCancel).Int(static_cast<int64_t>(id)).Take());
+  if (!replies.ok()) TESSERA_LOG(WARNING) << "cancelling a KV export: " << replies.status();
+}
+
+absl::StatusOr<std::unique_ptr<KvLayerStream>> ReplicaKvPort::StreamLayers(
+    absl::Span<const int32_t> blocks, const KvDestination& destination) {
+  const uint64_t id = NextExportId();
+  Writer command;
+  command.Int(kStream).Int(static_cast<int64_t>(id)).Ints(blocks);
+  TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
+                           Call(Destination(command, destination).Take()));
+  absl::Status opened = FirstError(replies);
+  absl::StatusOr<std::unique_ptr<KvLayerStream>> local;
+  if (opened.ok()) {
+    local = local_.StreamLayers(blocks, destination);
+    opened = local.status();
+  }
+  if (!opened.ok()) {
+    CancelFollowers(id);
+    return opened;
+  }
+  return std::unique_ptr<KvLayerStream>(
+      new ReplicaLayerStream(*this, id, *std::move(local), static_cast<int>(replies.size())));
+}
+
 absl::StatusOr<std::unique_ptr<KvExport>> ReplicaKvPort::Export(absl::Span<const int32_t> blocks,
                                                                 const KvDestination& destination) {
-  uint64_t id;
-  {
-    absl::MutexLock lock(&mu_);
-    id = next_export_id_++;
-  }
+  const uint64_t id = NextExportId();
   Writer command;
   command.Int(kExport).Int(static_cast<int64_t>(id)).Ints(blocks);
   TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
@@ -513,12 +575,40 @@ absl::Status ReplicaKvPort::Abort(uint64_t token) {
 
 // --- a follower's handler
 
-FollowerKvHandler::FollowerKvHandler(KvPort& port, int replica_rank)
+FollowerKvHandler::FollowerKvHandler(KvPort& port, int replica_rank, ShardWorker* worker)
     : port_(port),
       rank_(replica_rank),
-      preconnector_([&port](const std::string& d) { return port.Preconnect(d); }) {}
+      worker_(worker),
+      preconnector_([&port](const std::string& d) { return port.Preconnect(d); }) {
+  if (worker_ != nullptr) worker_->SetKvLayerObserver(this);
+}
 
-FollowerKvHandler::~FollowerKvHandler() { exports_.clear(); }
+FollowerKvHandler::~FollowerKvHandler() {
+  if (worker_ != nullptr) worker_->SetKvLayerObserver(nullptr);
+  streams_.clear();
+  exports_.clear();
+}
+
+void FollowerKvHandler::LayerWritten(int32_t layer) {
+  for (auto& [id, stream] : streams_) stream->LayerWritten(layer);
+}
+
+void FollowerKvHandler::StepEnded() {
+  std::vector<uint64_t> ids;
+  for (const auto& [id, stream] : streams_) ids.push_back(id);
+  for (uint64_t id : ids) FinishStream(id);
+}
+
+void FollowerKvHandler::FinishStream(uint64_t id) {
+  auto node = streams_.extract(id);
+  if (node.empty()) return;
+  absl::StatusOr<std::unique_ptr<KvExport>> x = node.mapped()->Finish();
+  if (x.ok()) {
+    exports_[id] = *std::move(x);
+  } else {
+    failed_[id] = x.status();
+  }
+}
 
 std::vector<int64_t> FollowerKvHandler::Handle(const std::vector<int64_t>& command) {
   Reader in(command);
@@ -559,9 +649,28 @@ std::vector<int64_t> FollowerKvHandler::Handle(const std::vector<int64_t>& comma
       }
       break;
     }
+    case kStream: {
+      const auto id = static_cast<uint64_t>(in.Int());
+      const auto blocks = in.Ints<int32_t>();
+      const KvDestination destination = ReadDestination(in);
+      if (!in.ok()) break;
+      absl::StatusOr<std::unique_ptr<KvLayerStream>> stream =
+          port_.StreamLayers(blocks, destination);
+      if (stream.ok()) {
+        streams_[id] = *std::move(stream);
+      } else {
+        status = stream.status();
+      }
+      break;
+    }
     case kPoll: {
       const auto id = static_cast<uint64_t>(in.Int());
       if (!in.ok()) break;
+      FinishStream(id);  // a stream whose step this rank did not report (no worker)
+      if (auto failed = failed_.extract(id); !failed.empty()) {
+        payload.Int(kFailed).Status(failed.mapped());
+        break;
+      }
       const auto it = exports_.find(id);
       if (it == exports_.end()) {
         status = absl::NotFoundError(absl::StrCat("no KV export ", id, " on this rank"));
@@ -582,7 +691,11 @@ std::vector<int64_t> FollowerKvHandler::Handle(const std::vector<int64_t>& comma
     }
     case kCancel: {
       const auto id = static_cast<uint64_t>(in.Int());
-      if (in.ok()) exports_.erase(id);  // the destructor cancels and waits
+      if (in.ok()) {
+        streams_.erase(id);
+        failed_.erase(id);
+        exports_.erase(id);  // the destructor cancels and waits
+      }
       break;
     }
     case kPreconnect: {

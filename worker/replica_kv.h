@@ -8,6 +8,11 @@
 //   Export: every rank starts sending its slice (the block ids are the replica's, the same on
 //     every rank). The leader's KvExport is done when its own transfers and every follower's are;
 //     followers are polled while the engine polls, and hand over their checksums once done.
+//   StreamLayers: before the step, every rank opens a layer stream of its slice; during the step
+//     each rank's ShardWorker reports the layers it writes to its own stream (the leader's through
+//     the executor's callback, a follower's through its FollowerKvHandler), so every rank sends
+//     each layer as soon as it has it; after the step each rank finishes its stream and the
+//     leader's export is polled as Export's.
 //   Preconnect: the leader connects at once; followers on a thread of their own.
 //   counters: bytes and transfers summed over the ranks (followers as of their last reply);
 //     commits, checksum failures and open reservations counted once per replica.
@@ -51,12 +56,15 @@ class ReplicaKvPort final : public KvEndpoint {
   absl::Status Preconnect(const std::string& descriptor) override;
   absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
                                                    const KvDestination& destination) override;
+  absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(
+      absl::Span<const int32_t> blocks, const KvDestination& destination) override;
   absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) override;
   absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) override;
   absl::Status Abort(uint64_t token) override;
 
  private:
   friend class ReplicaKvExport;
+  friend class ReplicaLayerStream;
   // One follower's answer: its status and what follows it.
   struct Reply {
     absl::Status status;
@@ -70,6 +78,9 @@ class ReplicaKvPort final : public KvEndpoint {
   // knew the token, else OK.
   absl::Status AbortFollowers(uint64_t token, bool* known);
   void ExportEnded(absl::Duration took);  // send_seconds
+  uint64_t NextExportId();
+  // Cancels export `id` on the followers (unknown ids are ignored); errors are logged.
+  void CancelFollowers(uint64_t id);
 
   KvPort& local_;
   ReplicaExecutor& executor_;
@@ -85,17 +96,31 @@ class ReplicaKvPort final : public KvEndpoint {
 
 // A follower's side: runs the leader's KV commands on this rank's port. Pass
 // `[&h](const auto& c) { return h.Handle(c); }` to RunFollower. `replica_rank` is this rank's
-// index in the replica (and in a reservation's KvDestination::ranks).
-class FollowerKvHandler {
+// index in the replica (and in a reservation's KvDestination::ranks). Given the rank's `worker`,
+// it hears of each layer the worker's steps write and streams the layers of the sends the leader
+// opened (without it, those layers go out after the step).
+class FollowerKvHandler final : public KvLayerObserver {
  public:
-  FollowerKvHandler(KvPort& port, int replica_rank);
-  ~FollowerKvHandler();  // cancels the exports still running (each waits until memory is unread)
+  FollowerKvHandler(KvPort& port, int replica_rank, ShardWorker* worker = nullptr);
+  // Cancels the exports still running (each waits until memory is unread).
+  ~FollowerKvHandler() override;
   std::vector<int64_t> Handle(const std::vector<int64_t>& command);
 
+  // KvLayerObserver, on the follower's thread.
+  bool Wants() const override { return !streams_.empty(); }
+  void LayerWritten(int32_t layer) override;
+  void StepEnded() override;  // the step's streams become exports
+
  private:
+  // Finishes stream `id` into exports_ (or failed_).
+  void FinishStream(uint64_t id);
+
   KvPort& port_;
   const int rank_;
+  ShardWorker* const worker_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<KvLayerStream>> streams_;  // open for a step
   absl::flat_hash_map<uint64_t, std::unique_ptr<KvExport>> exports_;
+  absl::flat_hash_map<uint64_t, absl::Status> failed_;  // streams that could not finish
   KvPreconnector preconnector_;
 };
 

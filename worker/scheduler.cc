@@ -29,6 +29,7 @@ struct Scheduler::Sequence {
   bool sent_first = false;
   int32_t num_cached_tokens = 0;
   std::optional<KvDestination> kv_destination;  // prefill side of disaggregated serving
+  int32_t kv_sent_blocks = 0;  // leading blocks sent (or cached at the destination), streaming
 
   int32_t generated() const { return static_cast<int32_t>(tokens.size()) - num_prompt; }
 };
@@ -221,6 +222,10 @@ void Scheduler::Remove(Sequence* seq) {
 }
 
 void Scheduler::Preempt(Sequence& seq) {
+  if (seq.kv_destination.has_value() && seq.kv_sent_blocks > 0) {
+    kv_sends_to_cancel_.push_back(seq.id);
+    seq.kv_sent_blocks = 0;
+  }
   ReleaseBlocks(seq);
   std::erase(running_, &seq);
   waiting_.push_front(&seq);
@@ -342,20 +347,44 @@ bool Scheduler::ScheduleWaiting(int32_t& budget) {
 
 void Scheduler::DiscardStep() { scheduled_.clear(); }
 
-std::vector<Scheduler::StepHandoff> Scheduler::HandoffsInStep() const {
-  std::vector<StepHandoff> out;
+namespace {
+// Blocks [first, end) of a prompt with a KV destination that a step computing its tokens up to
+// `computed_after` makes ready to send, given `sent` already sent.
+std::pair<int32_t, int32_t> KvBlocksReady(int32_t sent, int32_t cached_blocks,
+                                          int32_t computed_after, int32_t num_prompt,
+                                          int32_t block_size) {
+  const int32_t first = std::max(sent, cached_blocks);
+  const int32_t end = computed_after >= num_prompt ? (num_prompt + block_size - 1) / block_size
+                                                   : computed_after / block_size;
+  return {first, std::max(first, end)};
+}
+}  // namespace
+
+std::vector<Scheduler::KvSend> Scheduler::KvSendsInStep() const {
+  std::vector<KvSend> out;
   for (const auto& [seq, n] : scheduled_) {
-    if (!seq->kv_destination.has_value() || seq->num_computed + n != seq->num_prompt) continue;
-    StepHandoff h;
-    h.id = seq->id;
-    const auto from =
-        static_cast<std::ptrdiff_t>(seq->kv_destination->num_cached_tokens / block_size_);
-    const auto to = static_cast<std::ptrdiff_t>(BlocksFor(seq->num_prompt));
-    h.blocks.assign(seq->blocks.begin() + from, seq->blocks.begin() + to);
-    h.destination = &*seq->kv_destination;
-    out.push_back(std::move(h));
+    if (!seq->kv_destination.has_value() || seq->num_computed >= seq->num_prompt) continue;
+    const KvDestination& d = *seq->kv_destination;
+    const int32_t cached = d.num_cached_tokens / block_size_;
+    const auto [first, end] = KvBlocksReady(seq->kv_sent_blocks, cached, seq->num_computed + n,
+                                            seq->num_prompt, block_size_);
+    if (first == end) continue;
+    KvSend send;
+    send.id = seq->id;
+    send.blocks.assign(seq->blocks.begin() + first, seq->blocks.begin() + end);
+    send.destination.token = d.token;
+    send.destination.num_cached_tokens = d.num_cached_tokens;
+    send.destination.block_ids.assign(d.block_ids.begin() + (first - cached),
+                                      d.block_ids.begin() + (end - cached));
+    send.destination.ranks = d.ranks;
+    send.completes_prompt = seq->num_computed + n >= seq->num_prompt;
+    out.push_back(std::move(send));
   }
   return out;
+}
+
+std::vector<RequestId> Scheduler::TakeKvSendsToCancel() {
+  return std::exchange(kv_sends_to_cancel_, {});
 }
 
 SamplingRow Scheduler::MakeSamplingRow(const Sequence& seq) const {
@@ -461,6 +490,12 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
     const bool decode = n == 1 && seq->num_computed >= seq->num_prompt &&
                         seq->num_computed + 1 == static_cast<int32_t>(seq->tokens.size());
     (decode ? counters_.last_step_decode_tokens : counters_.last_step_prefill_tokens) += n;
+    if (seq->kv_destination.has_value() && seq->num_computed < seq->num_prompt) {
+      seq->kv_sent_blocks =
+          KvBlocksReady(seq->kv_sent_blocks, seq->kv_destination->num_cached_tokens / block_size_,
+                        seq->num_computed + n, seq->num_prompt, block_size_)
+              .second;
+    }
     seq->num_computed += n;
     if (blocks_.prefix_caching()) {
       const int32_t full = seq->num_computed / block_size_;

@@ -135,16 +135,22 @@ class Scheduler {
     KvDestination destination;
     std::vector<int32_t> held;  // every block of the request, released by ReleaseExport
   };
-  // Between Schedule and Update: the requests with a kv_destination whose prompt the scheduled
-  // step completes — they hand off after it unless their first token ends them. Their blocks to
-  // send (as ExportOf will list them) and destination, for sending layer by layer as the step
-  // writes them.
-  struct StepHandoff {
+  // Between Schedule and Update: what the scheduled step makes ready to send of the prompts with
+  // a kv_destination (layer-wise streaming, chunk by chunk). A chunk that fills blocks sends them
+  // (blocks it leaves partly written wait for the next chunk); the chunk that completes the prompt
+  // sends the rest, its last partial block included. Over a prompt's steps every block from the
+  // destination's cached prefix on is sent once, in order. Update counts them as sent.
+  struct KvSend {
     RequestId id = 0;
-    std::vector<int32_t> blocks;
-    const KvDestination* destination = nullptr;  // valid until Update
+    std::vector<int32_t> blocks;  // local blocks
+    KvDestination destination;    // the matching destination blocks only
+    bool completes_prompt = false;
   };
-  std::vector<StepHandoff> HandoffsInStep() const;
+  std::vector<KvSend> KvSendsInStep() const;
+  // The requests whose blocks were released since the last call (preempted for recomputation)
+  // while sends of them may be in flight: the caller cancels those sends before the next step
+  // writes into the blocks; their blocks are sent again as they are recomputed.
+  std::vector<RequestId> TakeKvSendsToCancel();
   // A request that ended with kv_handoff keeps its blocks until ReleaseExport. nullptr when the
   // id has none.
   const KvExportBlocks* ExportOf(RequestId id) const;
@@ -185,9 +191,10 @@ class Scheduler {
   const std::vector<int64_t> eos_token_ids_;
   BlockManager blocks_;
   absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> sequences_;
-  std::deque<Sequence*> waiting_;     // arrival order; preempted sequences at the front
-  std::vector<Sequence*> running_;    // admission order
-  std::vector<Scheduled> scheduled_;  // the plan awaiting Update
+  std::deque<Sequence*> waiting_;              // arrival order; preempted sequences at the front
+  std::vector<Sequence*> running_;             // admission order
+  std::vector<Scheduled> scheduled_;           // the plan awaiting Update
+  std::vector<RequestId> kv_sends_to_cancel_;  // TakeKvSendsToCancel
   SchedulerCounters counters_;
   struct Reservation {
     std::vector<int32_t> blocks;  // cached prefix, then fresh

@@ -3,6 +3,7 @@
 // in-process transport; the leaders' ReplicaKvPorts drive their followers' ports. The decode
 // replica's tokens can only match the single-rank mixed run if every rank's slice of the KV
 // (its layers, its heads) arrived from the prefill ranks that hold them.
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <thread>
@@ -107,7 +108,7 @@ class ThreadReplica {
                        KvPortOptionsFor(rank->model->plan(), f_.config.num_key_value_heads));
     if (!port.ok()) return port.status();
     if (!rank->worker->is_leader()) {
-      FollowerKvHandler handler(**port, r);
+      FollowerKvHandler handler(**port, r, rank->worker.get());
       return RunFollower(*rank->worker,
                          [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
     }
@@ -240,6 +241,27 @@ TEST_P(DisaggregationParallelTest, GreedyTokensMatchTheSingleRankMixedRun) {
   EXPECT_EQ(p.bytes_sent, d.bytes_received);
   EXPECT_EQ(d.commits, static_cast<int64_t>(prompts.size()));
   EXPECT_EQ(d.checksum_failures, 0);
+  // Layer-wise streaming on every rank, followers included: each sending rank submits one transfer
+  // per layer it shares with each destination rank (a rank sending after the step would submit
+  // one per destination rank). A rank whose layers and heads an earlier rank holds sends nothing.
+  int64_t per_prompt = 0;
+  const std::vector<KvRankLayout> src = prefill_->kv().layouts();
+  for (size_t r = 0; r < src.size(); ++r) {
+    bool duplicate = false;
+    for (size_t q = 0; q < r; ++q) {
+      duplicate |= src[q].layer_begin == src[r].layer_begin &&
+                   src[q].head_begin == src[r].head_begin && src[q].head_end == src[r].head_end;
+    }
+    if (duplicate) continue;
+    for (const KvRankLayout& dst : decode_->kv().layouts()) {
+      const int32_t layers =
+          std::min(src[r].layer_end, dst.layer_end) - std::max(src[r].layer_begin, dst.layer_begin);
+      const bool heads =
+          std::min(src[r].head_end, dst.head_end) > std::max(src[r].head_begin, dst.head_begin);
+      if (heads && layers > 0) per_prompt += layers;
+    }
+  }
+  EXPECT_EQ(p.transfers_sent, per_prompt * static_cast<int64_t>(prompts.size()));
 }
 
 TEST_P(DisaggregationParallelTest, CorruptionOnAnyRankIsRefusedAndTheRequestRetries) {

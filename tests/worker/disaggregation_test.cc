@@ -182,9 +182,9 @@ TEST_F(DisaggregationTest, StreamingSendsEachLayerOnItsOwnWithTheSameBytesAndTok
   EXPECT_EQ(prefill_.port->counters().bytes_sent, bytes);
 }
 
-TEST_F(DisaggregationTest, AChunkedPromptStreamsItsLayersFromItsLastChunk) {
-  // Prompts longer than a step's token budget are prefilled in chunks; the layers of every chunk
-  // go out during the last one.
+TEST_F(DisaggregationTest, AChunkedPromptStreamsEachChunksBlocksAsTheyFill) {
+  // Prompts longer than a step's token budget are prefilled in chunks; each chunk's step sends,
+  // layer by layer, the blocks it fills, and the last one the rest: every block once.
   for (Side* side : {&prefill_, &decode_}) {
     (void)side->engine->Shutdown(absl::Seconds(5));
     side->engine.reset();
@@ -204,7 +204,11 @@ TEST_F(DisaggregationTest, AChunkedPromptStreamsItsLayersFromItsLastChunk) {
                                        prefill_.engine->config());
   ASSERT_TRUE(mixed.ok()) << mixed.status();
   EXPECT_EQ(*tokens, (*mixed)[0].token_ids);
-  EXPECT_EQ(prefill_.port->counters().transfers_sent, fixture_.config.num_hidden_layers);
+  // 40 tokens in chunks of 16 (blocks of 4): three steps, each sending every layer once.
+  const int64_t layers = fixture_.config.num_hidden_layers;
+  EXPECT_EQ(prefill_.port->counters().transfers_sent, 3 * layers);
+  EXPECT_EQ(prefill_.port->counters().bytes_sent,
+            static_cast<int64_t>(10 * prefill_.port->layout().BlockBytes() * 2 * layers));
 }
 
 TEST_F(DisaggregationTest, ADecodeCachedPrefixIsNotSentAgain) {

@@ -435,5 +435,89 @@ TEST(SchedulerTest, SamplingRowsCarryPenaltyTokensSeedsAndSteps) {
   EXPECT_NE(d.executor().plans()[0].sampling[1].seed, 0);
 }
 
+// A prompt with a KV destination: `cached` tokens already at the destination, whose block i (past
+// the cached ones) is 1000 + i.
+Request KvDestinationRequest(std::vector<int32_t> prompt, int32_t cached, int32_t block_size) {
+  Request r = MakeRequest(std::move(prompt), 4);
+  KvDestination d;
+  d.token = 77;
+  d.num_cached_tokens = cached;
+  d.ranks.resize(1);
+  const auto blocks = static_cast<int32_t>((r.prompt.size() + block_size - 1) / block_size);
+  for (int32_t i = cached / block_size; i < blocks; ++i) d.block_ids.push_back(1000 + i);
+  r.kv_destination = std::move(d);
+  return r;
+}
+
+// Drives one step; returns its KV sends (and the plan, to read the local block table).
+std::vector<Scheduler::KvSend> StepWithSends(Scheduler& s, FakeExecutor& executor,
+                                             StepPlan* plan_out = nullptr) {
+  const StepPlan plan = s.Schedule();
+  std::vector<Scheduler::KvSend> sends = s.KvSendsInStep();
+  auto result = executor.Execute(plan);
+  EXPECT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(s.Update(*result).ok());
+  if (plan_out != nullptr) *plan_out = plan;
+  return sends;
+}
+
+TEST(SchedulerTest, KvSendsFollowTheChunksBlockByBlock) {
+  // 40 tokens in blocks of 4, chunks of 16, the first 8 tokens cached at the destination.
+  std::mt19937 rng(5);
+  auto s = Scheduler::Create(Config(/*budget=*/16), Limits(64), Model());
+  ASSERT_TRUE(s.ok()) << s.status();
+  FakeExecutor executor(Limits(64), kVocab);
+  ASSERT_TRUE((*s)->Add(1, KvDestinationRequest(RandomPrompt(rng, 40), 8, 4)).ok());
+  std::vector<int32_t> dst;
+  // Blocks 2-3 fill in the first chunk, 4-7 in the second, 8-9 (the last partly) in the third.
+  const std::vector<std::pair<int32_t, int32_t>> want = {{2, 4}, {4, 8}, {8, 10}};
+  for (size_t step = 0; step < want.size(); ++step) {
+    StepPlan plan;
+    const std::vector<Scheduler::KvSend> sends = StepWithSends(**s, executor, &plan);
+    ASSERT_EQ(sends.size(), 1u) << "step " << step;
+    const Scheduler::KvSend& send = sends[0];
+    EXPECT_EQ(send.id, 1u);
+    EXPECT_EQ(send.completes_prompt, step + 1 == want.size());
+    const auto [first, end] = want[step];
+    std::vector<int32_t> local(plan.block_tables.begin() + first, plan.block_tables.begin() + end);
+    EXPECT_EQ(send.blocks, local) << "step " << step;
+    ASSERT_EQ(send.destination.block_ids.size(), static_cast<size_t>(end - first));
+    EXPECT_EQ(send.destination.token, 77u);
+    dst.insert(dst.end(), send.destination.block_ids.begin(), send.destination.block_ids.end());
+  }
+  // Every destination block once, in order.
+  EXPECT_EQ(dst, (std::vector<int32_t>{1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009}));
+  EXPECT_TRUE(StepWithSends(**s, executor).empty());  // the prompt is done (its handoff ended it)
+}
+
+TEST(SchedulerTest, APreemptedKvDestinationPromptSendsAgainFromTheStart) {
+  // A long decode (request 0) and a chunked prompt with a KV destination (request 1) share a cache
+  // too small for both: the prompt, admitted last, is preempted while partly sent.
+  std::mt19937 rng(3);
+  auto s =
+      Scheduler::Create(Config(/*budget=*/8, /*max_seqs=*/4), Limits(/*num_blocks=*/10), Model());
+  ASSERT_TRUE(s.ok()) << s.status();
+  FakeExecutor executor(Limits(10), kVocab);
+  ASSERT_TRUE((*s)->Add(0, MakeRequest(RandomPrompt(rng, 4), 30)).ok());
+  ASSERT_TRUE((*s)->Add(1, KvDestinationRequest(RandomPrompt(rng, 36), 0, 4)).ok());
+  std::vector<int32_t> dst;  // destination blocks sent since the last cancel
+  bool cancelled = false;
+  for (int step = 0; step < 200 && (*s)->HasWork(); ++step) {
+    for (const Scheduler::KvSend& send : StepWithSends(**s, executor)) {
+      dst.insert(dst.end(), send.destination.block_ids.begin(), send.destination.block_ids.end());
+    }
+    for (RequestId id : (*s)->TakeKvSendsToCancel()) {
+      EXPECT_EQ(id, 1u);
+      cancelled = true;
+      dst.clear();
+    }
+  }
+  EXPECT_GT((*s)->counters().preemptions, 0);
+  EXPECT_TRUE(cancelled);
+  std::vector<int32_t> all(9);
+  std::iota(all.begin(), all.end(), 1000);
+  EXPECT_EQ(dst, all);
+}
+
 }  // namespace
 }  // namespace tessera::worker
