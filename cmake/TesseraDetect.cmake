@@ -58,3 +58,13 @@ if(NOT DEFINED TESSERA_WITH_UCX)
   endif()
   set(TESSERA_WITH_UCX ${_ucx_default} CACHE BOOL "Build the UCX KV transport")
 endif()
+
+# Gloo: libgloo-dev ships GlooConfig.cmake (target `gloo`); CPU collectives over TCP for replicas
+# whose ranks are processes started without mpirun (Kubernetes, plain processes).
+if(NOT DEFINED TESSERA_WITH_GLOO)
+  find_package(Gloo QUIET)
+  set(TESSERA_WITH_GLOO ${Gloo_FOUND} CACHE BOOL "Build the Gloo communicator")
+endif()
+if(TESSERA_WITH_GLOO)
+  find_package(Gloo REQUIRED)
+endif()

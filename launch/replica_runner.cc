@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -14,6 +15,11 @@
 #include "parallel/comm/inproc/in_process_communicator.h"
 #if TESSERA_HAVE_MPI
 #include "parallel/comm/mpi/mpi_runtime.h"
+#endif
+#if TESSERA_HAVE_GLOO
+#include "parallel/comm/gloo/gloo_communicator.h"
+#include "parallel/comm/rpc/grpc_store.h"
+#include "parallel/comm/rpc/store_server.h"
 #endif
 #include "worker/replica.h"
 #include "worker/replica_kv.h"
@@ -38,15 +44,28 @@ void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--comm", flags.comm,
-                 "Communicators: auto (MPI under mpirun, else threads), inproc, mpi")
+                 "Communicators: auto (MPI under mpirun; Gloo when the launcher — LWS, torchrun, "
+                 "Slurm, --rank/--world-size — makes this process one of several ranks; else "
+                 "threads), inproc, mpi, gloo")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "inproc", "mpi"}));
+      ->check(CLI::IsMember({"auto", "inproc", "mpi", "gloo"}));
   app.add_option("--comm-timeout-s", flags.comm_timeout_s,
                  "Longest wait for a peer rank before failing")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--rank", flags.rank.rank, "This process's rank (default: from the launcher)");
   app.add_option("--world-size", flags.rank.world_size, "Processes in the job (with --rank)");
+  app.add_option("--rendezvous-host", flags.rendezvous_host,
+                 "Gloo: host of rank 0's rendezvous store (default: LWS_LEADER_ADDRESS or "
+                 "MASTER_ADDR, else 127.0.0.1)");
+  app.add_option("--rendezvous-port", flags.rendezvous_port,
+                 absl::StrCat("Gloo: port of rank 0's rendezvous store (0: MASTER_PORT, else ",
+                              kDefaultRendezvousPort, ")"))
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--comm-host", flags.comm_host,
+                 "Gloo: address this rank binds and tells its peers (default: 127.0.0.1 when the "
+                 "rendezvous is on loopback, else this machine's hostname)");
 }
 
 namespace {
@@ -104,7 +123,7 @@ absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource
   }
   if (!rank.worker->is_leader()) {
     if (port == nullptr) return worker::RunFollower(*rank.worker);
-    worker::FollowerKvHandler handler(*port, comm.rank());
+    worker::FollowerKvHandler handler(*port, comm.rank(), rank.worker.get());
     return worker::RunFollower(
         *rank.worker, [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
   }
@@ -129,6 +148,110 @@ absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource
   return status.ok() ? stopped : status;
 }
 
+#if TESSERA_HAVE_GLOO
+bool IsLoopback(absl::string_view host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
+}
+
+// host:port of rank 0's rendezvous store, from the flags and the launcher's leader address.
+std::pair<std::string, int> RendezvousAddress(const ReplicaFlags& flags, const RankInfo& info) {
+  std::string host = flags.rendezvous_host;
+  int port = flags.rendezvous_port;
+  std::string leader = info.leader_address;
+  // torchrun's "MASTER_ADDR:MASTER_PORT" (one colon: not a bare IPv6 address).
+  int leader_port = 0;
+  const size_t colon = leader.rfind(':');
+  if (colon != std::string::npos && leader.find(':') == colon &&
+      absl::SimpleAtoi(leader.substr(colon + 1), &leader_port)) {
+    leader.resize(colon);
+  }
+  if (host.empty()) host = leader.empty() ? "127.0.0.1" : leader;
+  if (port == 0) port = leader_port > 0 ? leader_port : kDefaultRendezvousPort;
+  return {host, port};
+}
+
+// Dials the store until rank 0's server answers (it may start after this rank) or `deadline`.
+absl::Status WaitForStore(parallel::Store& store, const std::string& target, int rank,
+                          absl::Time deadline) {
+  absl::Status status;
+  for (;;) {
+    status = store.Set(absl::StrCat("tessera/arrived/", rank), "");
+    if (status.ok() || !absl::IsUnavailable(status)) return status;
+    if (absl::Now() >= deadline) break;
+    absl::SleepFor(absl::Milliseconds(200));  // rank 0 is not up yet: retry
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("rank ", rank, ": replica rank 0's rendezvous store at ", target,
+                   " did not answer in time (is rank 0 running?): ", status.message()));
+}
+
+// This process is rank `info.rank` of a replica whose ranks are processes started without
+// mpirun: rendezvous through rank 0's store, then run the rank over a GlooCommunicator.
+absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSource& weights,
+                         const EngineFlags& engine, const ReplicaFlags& flags, const RankInfo& info,
+                         const worker::ReplicaRankOptions& options, int32_t max_model_len,
+                         const LeaderBody& leader, bool* is_leader,
+                         parallel::CommStats* leader_comm_stats,
+                         const KvTransportFactory& kv_transports) {
+  const int ranks = flags.tensor_parallel_size * flags.pipeline_parallel_size;
+  if (info.world_size != ranks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "this process is rank ", info.rank, " of ", info.world_size, " (from ", info.source,
+        ") but tensor-parallel size ", flags.tensor_parallel_size, " x pipeline-parallel size ",
+        flags.pipeline_parallel_size, " needs ", ranks, " ranks"));
+  }
+  const absl::Duration timeout = absl::Seconds(flags.comm_timeout_s);
+  const absl::Time deadline = absl::Now() + timeout;
+  const auto [host, port] = RendezvousAddress(flags, info);
+  const bool loopback = IsLoopback(host);
+  std::unique_ptr<parallel::StoreServer> server;  // rank 0's, alive as long as the rank runs
+  std::string target =
+      absl::StrCat(absl::StrContains(host, ':') && host[0] != '[' ? "[" : "", host,
+                   absl::StrContains(host, ':') && host[0] != '[' ? "]" : "", ":", port);
+  if (info.rank == 0) {
+    // Loopback unless the peers are elsewhere (then every interface: the pod's address).
+    const std::string listen = absl::StrCat(loopback ? "127.0.0.1" : "0.0.0.0", ":", port);
+    absl::StatusOr<std::unique_ptr<parallel::StoreServer>> made =
+        parallel::StoreServer::Create(listen);
+    if (!made.ok()) {
+      return absl::Status(made.status().code(),
+                          absl::StrCat("rank 0: cannot host the replica's rendezvous store on ",
+                                       listen, " (--rendezvous-port): ", made.status().message()));
+    }
+    server = std::move(*made);
+    target = absl::StrCat("127.0.0.1:", server->port());
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<parallel::GrpcStore> grpc,
+                           parallel::GrpcStore::Create(target));
+  std::shared_ptr<parallel::Store> store(std::move(grpc));  // shared with the communicators
+  TESSERA_RETURN_IF_ERROR(WaitForStore(*store, target, info.rank, deadline));
+  // The rendezvous gets a full timeout of its own (at most twice it in all) and so does every op.
+  parallel::GlooCommunicatorOptions comm_options;
+  comm_options.timeout = timeout;
+  comm_options.hostname = !flags.comm_host.empty() ? flags.comm_host : loopback ? "127.0.0.1" : "";
+  comm_options.key_prefix = "tessera/replica";
+  absl::StatusOr<std::unique_ptr<parallel::GlooCommunicator>> made =
+      parallel::GlooCommunicator::Create(store, info.rank, ranks, comm_options);
+  if (!made.ok()) {
+    return absl::Status(made.status().code(),
+                        absl::StrCat("rank ", info.rank, " of ", ranks,
+                                     ": the replica's ranks did "
+                                     "not all arrive within --comm-timeout-s ",
+                                     flags.comm_timeout_s, "s (rendezvous at ", host, ":", port,
+                                     "): ", made.status().message()));
+  }
+  std::unique_ptr<parallel::GlooCommunicator> replica = std::move(*made);
+  *is_leader = info.rank == 0;
+  kernels::CpuBackendOptions cpu;
+  cpu.num_threads = engine.threads;
+  TESSERA_ASSIGN_OR_RETURN(auto backend, kernels::CreateCpuBackend(cpu));
+  absl::Status status = RunRank(config, weights, *backend, *replica, options, max_model_len, leader,
+                                leader_comm_stats, kv_transports);
+  if (!status.ok()) replica->Abort();  // the peers fail at once instead of at their timeout
+  return status;
+}
+#endif
+
 }  // namespace
 
 absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSource& weights,
@@ -144,7 +267,21 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
   TESSERA_ASSIGN_OR_RETURN(RankInfo info, DiscoverRank(flags.rank));
   const bool use_mpi = flags.comm == "mpi" ||
                        (flags.comm == "auto" && info.launched_by_mpirun() && info.world_size > 1);
+  const bool use_gloo = flags.comm == "gloo" ||
+                        (flags.comm == "auto" && info.world_size > 1 && !info.launched_by_mpirun());
   *is_leader = true;
+
+  if (use_gloo && !use_mpi) {
+#if TESSERA_HAVE_GLOO
+    return RunGlooRank(config, weights, engine, flags, info, options, max_model_len, leader,
+                       is_leader, leader_comm_stats, kv_transports);
+#else
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this process is rank ", info.rank, " of ", info.world_size, " (from ", info.source,
+        "), but this tessera was built without Gloo (TESSERA_WITH_GLOO=OFF): multi-process "
+        "replicas need it, or mpirun"));
+#endif
+  }
 
   if (use_mpi) {
 #if TESSERA_HAVE_MPI
@@ -194,9 +331,9 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
   }
 
   if (info.world_size > 1) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("this process is rank ", info.rank, " of ", info.world_size, " (from ",
-                     info.source, "); multi-process replicas run under mpirun (or --comm mpi)"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this process is rank ", info.rank, " of ", info.world_size, " (from ", info.source,
+        "); multi-process replicas run under mpirun or with --comm gloo"));
   }
   // Ranks as threads, each with its own CPU backend and a share of the cores.
   TESSERA_ASSIGN_OR_RETURN(auto group, parallel::CreateInProcessGroup(ranks, timeout));

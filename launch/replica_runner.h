@@ -1,6 +1,9 @@
 // Brings up one model replica of tensor-parallel x pipeline-parallel ranks for the in-process
-// subcommands (generate; later the worker): as threads of this process with in-process
-// communicators, or as the processes of an `mpirun` job with MPI communicators, one rank each.
+// subcommands (generate, worker): as threads of this process with in-process communicators, as
+// the processes of an `mpirun` job with MPI communicators, or as processes started some other way
+// (LeaderWorkerSet pods, torchrun, Slurm, --rank/--world-size) with Gloo communicators: rank 0
+// hosts a rendezvous StoreServer on --rendezvous-port, the others dial it (retrying until
+// --comm-timeout-s), and the ranks connect a Gloo TCP mesh through it.
 #pragma once
 
 #include <functional>
@@ -23,11 +26,21 @@ namespace tessera::launch {
 struct ReplicaFlags {
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
-  std::string pp_layers;      // "8,8": layers per stage; empty: even
-  int pp_micro_batches = 0;   // micro-batches per step through the pipeline; 0: 1
-  std::string comm = "auto";  // auto (mpi under mpirun, else threads) | inproc | mpi
+  std::string pp_layers;     // "8,8": layers per stage; empty: even
+  int pp_micro_batches = 0;  // micro-batches per step through the pipeline; 0: 1
+  // auto: mpi under mpirun; gloo when the launcher (LWS, torchrun, Slurm, --rank/--world-size)
+  // says this process is one of several ranks; else threads. Or inproc | mpi | gloo.
+  std::string comm = "auto";
   double comm_timeout_s = 60.0;
   RankFlags rank;
+  // Gloo: where rank 0 hosts the rendezvous store. Host default: the launcher's leader address
+  // (LWS_LEADER_ADDRESS, torchrun's MASTER_ADDR), else 127.0.0.1; port 0: torchrun's MASTER_PORT,
+  // else kDefaultRendezvousPort.
+  std::string rendezvous_host;
+  int rendezvous_port = 0;
+  // Gloo: the address this rank's TCP device binds and tells its peers (default: 127.0.0.1 when
+  // the rendezvous is on loopback, else this machine's hostname, e.g. the pod's).
+  std::string comm_host;
   // Several replicas in one MPI job (`tessera worker --topology` under mpirun): the world is
   // split by `mpi_replica_color` (one color per replica) into this replica's communicator, ranked
   // by `mpi_replica_key`; `mpi_world_size` is the job's expected size. -1: the job is one replica.
@@ -35,6 +48,8 @@ struct ReplicaFlags {
   int mpi_replica_key = 0;
   int mpi_world_size = 0;
 };
+
+inline constexpr int kDefaultRendezvousPort = 29500;  // torchrun's MASTER_PORT default
 
 void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags);
 

@@ -79,8 +79,13 @@ absl::Status ApplyTopology(WorkerFlags& flags) {
         "--topology: model 'demo' is written by tessera launch; give workers the model directory");
   }
   TESSERA_ASSIGN_OR_RETURN(const RankInfo rank, DiscoverRank(flags.replica.rank));
+  // Without mpirun, a launcher that starts one process per rank (LeaderWorkerSet pods, torchrun,
+  // --rank/--world-size) gives --pool/--replica: this process is one rank of that replica, and
+  // the ranks meet through a Gloo rendezvous (launch/replica_runner.h).
+  const bool rank_of_replica =
+      rank.world_size > 1 && !rank.launched_by_mpirun() && !flags.pool.empty();
   RankPlacement place;
-  if (rank.world_size > 1) {
+  if (rank.world_size > 1 && !rank_of_replica) {
     if (!flags.pool.empty()) {
       return absl::InvalidArgumentError(
           "--pool is for single-process workers; under mpirun the rank picks the pool");
@@ -110,7 +115,18 @@ absl::Status ApplyTopology(WorkerFlags& flags) {
     place.pool = static_cast<int>(it - t.pools.begin());
     place.replica = flags.replica_index;
     place.replica_name = absl::StrCat(it->name, "-", flags.replica_index);
-    flags.replica.comm = "inproc";  // the replica's ranks as threads of this process
+    if (rank_of_replica) {
+      const int ranks = it->tensor_parallel_size * it->pipeline_parallel_size;
+      if (rank.world_size != ranks) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("this process is rank ", rank.rank, " of ", rank.world_size, " (from ",
+                         rank.source, ") but a replica of pool ", it->name, " has ", ranks,
+                         " ranks (tensor_parallel_size x pipeline_parallel_size)"));
+      }
+      flags.replica.comm = "gloo";  // one rank per process
+    } else {
+      flags.replica.comm = "inproc";  // the replica's ranks as threads of this process
+    }
   }
   const TopologyPool& pool = t.pools[place.pool];
   if (pool.backend != "cpu") {

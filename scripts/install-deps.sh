@@ -12,6 +12,7 @@ PKGS=(
   libabsl-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libopenmpi-dev openmpi-bin
+  libgloo-dev
   libucx-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libopenblas-dev

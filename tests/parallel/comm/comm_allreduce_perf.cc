@@ -4,6 +4,7 @@
 // absolute numbers mean little on a shared CPU). f32 sum, out of place, 4 KiB .. 256 MiB.
 //
 //   comm_allreduce_perf                          # inproc, 4 threads
+//   comm_allreduce_perf --gloo                   # gloo, 4 threads over loopback TCP
 //   mpirun -np 4 comm_allreduce_perf             # mpi, one rank per process
 // Prints, never asserts on time.
 #include <algorithm>
@@ -20,6 +21,10 @@
 #include "parallel/comm/inproc/in_process_communicator.h"
 #ifdef TESSERA_PERF_WITH_MPI
 #include "parallel/comm/mpi/mpi_runtime.h"
+#endif
+#ifdef TESSERA_PERF_WITH_GLOO
+#include "parallel/comm/gloo/gloo_communicator.h"
+#include "parallel/comm/inproc/in_memory_store.h"
 #endif
 
 namespace tessera::parallel {
@@ -97,17 +102,47 @@ void PrintTable(const char* backend, int ranks, const std::vector<double>& secon
   std::fflush(stdout);
 }
 
-int RunInProcess() {
+int RunInProcess(bool gloo) {
   constexpr int kRanks = 4;
-  auto group = CreateInProcessGroup(kRanks, absl::Seconds(120));
-  if (!group.ok()) {
-    std::fprintf(stderr, "%s\n", group.status().ToString().c_str());
+  std::vector<std::unique_ptr<Communicator>> group(kRanks);
+  if (gloo) {
+#ifdef TESSERA_PERF_WITH_GLOO
+    // Each rank its own communicator and TCP device, as separate processes would have.
+    auto store = std::make_shared<InMemoryStore>();
+    std::vector<absl::Status> made(kRanks);
+    std::vector<std::thread> threads;
+    threads.reserve(kRanks);
+    for (int r = 0; r < kRanks; ++r) {
+      threads.emplace_back([&, r] {
+        auto comm = GlooCommunicator::Create(store, r, kRanks, {absl::Seconds(120)});
+        made[r] = comm.status();
+        if (comm.ok()) group[r] = std::move(*comm);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const absl::Status& status : made) {
+      if (!status.ok()) {
+        std::fprintf(stderr, "%s\n", status.ToString().c_str());
+        return 1;
+      }
+    }
+#else
+    std::fprintf(stderr, "this build has no Gloo (TESSERA_WITH_GLOO=OFF)\n");
     return 1;
+#endif
+  } else {
+    auto inproc = CreateInProcessGroup(kRanks, absl::Seconds(120));
+    if (!inproc.ok()) {
+      std::fprintf(stderr, "%s\n", inproc.status().ToString().c_str());
+      return 1;
+    }
+    group = std::move(*inproc);
   }
   std::vector<std::vector<double>> results(kRanks);
   std::vector<std::thread> threads;
+  threads.reserve(kRanks);
   for (int r = 0; r < kRanks; ++r) {
-    threads.emplace_back([&, r] { results[r] = Sweep(*(*group)[r]); });
+    threads.emplace_back([&, r] { results[r] = Sweep(*group[r]); });
   }
   for (std::thread& t : threads) t.join();
   // The slowest rank defines the collective's time.
@@ -117,14 +152,16 @@ int RunInProcess() {
       worst[i] = std::max(worst[i], rank[i]);
     }
   }
-  PrintTable("inproc", kRanks, worst);
+  PrintTable(gloo ? "gloo" : "inproc", kRanks, worst);
   return 0;
 }
 
 }  // namespace
 }  // namespace tessera::parallel
 
-int main() {
+int main(int argc, char** argv) {
+  const bool gloo = argc > 1 && std::strcmp(argv[1], "--gloo") == 0;
+  if (gloo) return tessera::parallel::RunInProcess(/*gloo=*/true);
 #ifdef TESSERA_PERF_WITH_MPI
   auto runtime = tessera::parallel::MpiRuntime::Init();
   if (!runtime.ok()) {
@@ -146,5 +183,5 @@ int main() {
     return 0;
   }
 #endif
-  return tessera::parallel::RunInProcess();
+  return tessera::parallel::RunInProcess(/*gloo=*/false);
 }

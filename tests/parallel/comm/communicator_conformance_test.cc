@@ -415,7 +415,8 @@ TEST_P(CommunicatorConformance, AbsentPeerIsDeadlineExceeded) {
       GroupOptions{.min_size = 2, .timeout = timeout});
 }
 
-INSTANTIATE_TEST_SUITE_P(All, CommunicatorConformance, ::testing::Values("inproc", "mpi", "nccl"),
+INSTANTIATE_TEST_SUITE_P(All, CommunicatorConformance,
+                         ::testing::Values("inproc", "mpi", "nccl", "gloo"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
