@@ -8,6 +8,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/op_params.h"
+#include "tests/kernels/test_backends.h"
 
 namespace tessera::kernels {
 namespace {
@@ -113,6 +114,47 @@ TEST(SamplingRandomTest, SampleUniformIsAFixedFunctionOfSeedAndStep) {
   }
   EXPECT_NEAR(sum / 10000, 0.5, 0.02);
 }
+
+// Memory, copies and streams on every backend (the CPU's own details are checked above).
+class BackendMemoryConformance : public testing::BackendTest {};
+
+TEST_P(BackendMemoryConformance, AllocatesAlignedMemoryCopiesAndSets) {
+  for (size_t bytes : {size_t{0}, size_t{1}, size_t{1000}, size_t{1} << 20}) {
+    auto buffer = backend().Allocate(bytes);
+    ASSERT_TRUE(buffer.ok()) << buffer.status();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer->data()) % 256, 0u);
+    EXPECT_EQ(buffer->size(), bytes);
+    EXPECT_EQ(buffer->device(), backend().device());
+  }
+  auto a = backend().Allocate(16);
+  auto b = backend().Allocate(16);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const char text[16] = "fifteen chars..";
+  char back[16] = {};
+  ASSERT_TRUE(backend().CopyToDevice(text, a->data(), 16, stream()).ok());
+  ASSERT_TRUE(backend().CopyOnDevice(a->data(), b->data(), 16, stream()).ok());
+  ASSERT_TRUE(backend().CopyToHost(b->data(), back, 16, stream()).ok());
+  ASSERT_TRUE(stream().Synchronize().ok());
+  EXPECT_EQ(std::memcmp(text, back, 16), 0);
+  ASSERT_TRUE(backend().Memset(b->data(), 7, 8, stream()).ok());
+  ASSERT_TRUE(backend().CopyToHost(b->data(), back, 16, stream()).ok());
+  ASSERT_TRUE(stream().Synchronize().ok());
+  EXPECT_EQ(back[7], 7);
+  EXPECT_EQ(back[8], text[8]);
+  EXPECT_EQ(backend().CopyToHost(nullptr, back, 16, stream()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(stream().device(), backend().device());
+}
+
+TEST_P(BackendMemoryConformance, HugeAllocationIsResourceExhausted) {
+  EXPECT_EQ(backend().Allocate(size_t{1} << 62).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // The failure leaves the backend usable.
+  EXPECT_TRUE(backend().Allocate(1024).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BackendMemoryConformance,
+                         ::testing::ValuesIn(testing::BackendNames()), testing::BackendParamName());
 
 }  // namespace
 }  // namespace tessera::kernels

@@ -62,17 +62,19 @@ struct AttentionCase {
   int64_t q_heads, kv_heads, head_dim, block_size;
 };
 
+// (query rows, seq_len) per sequence.
+using BatchShape = std::vector<std::pair<int64_t, int64_t>>;
+
 class PagedAttentionConformance : public BackendTest {
  protected:
-  void Run(const AttentionCase& c, uint64_t seed);
+  // Without `seqs`: a chunked prefill, a decode over several blocks, a first decode step, a
+  // full prefill, and a decode of an exactly full last block.
+  void Run(const AttentionCase& c, uint64_t seed, BatchShape seqs = {});
 };
 
-void PagedAttentionConformance::Run(const AttentionCase& c, uint64_t seed) {
+void PagedAttentionConformance::Run(const AttentionCase& c, uint64_t seed, BatchShape seqs) {
   TESSERA_SEEDED_RNG(rng, seed);
-  // (query rows, seq_len): chunked prefill, decode over several blocks, first decode step,
-  // full prefill, decode of an exactly full last block.
-  const std::vector<std::pair<int64_t, int64_t>> seqs = {
-      {5, 21}, {1, 37}, {1, 1}, {9, 9}, {1, 2 * c.block_size}};
+  if (seqs.empty()) seqs = {{5, 21}, {1, 37}, {1, 1}, {9, 9}, {1, 2 * c.block_size}};
   const auto num_seqs = static_cast<int64_t>(seqs.size());
   int64_t max_blocks = 0, total_blocks = 0, tokens = 0;
   for (const auto& [q_len, seq_len] : seqs) {
@@ -188,10 +190,29 @@ TEST_P(PagedAttentionConformance, MixedBatchMatchesReference) {
   }
 }
 
+// Long contexts with few queries: backends that split the context across workers (split-KV)
+// and merge the partial softmaxes must give the same result; also a prefill chunk that spans
+// many key tiles.
+TEST_P(PagedAttentionConformance, LongContextsMatchReference) {
+  const BatchShape seqs = {{1, 1500}, {1, 777}, {40, 1100}, {1, 33}};
+  const std::vector<AttentionCase> cases = {
+      {DataType::kBF16, 8, 2, 64, 16},
+      {DataType::kF32, 4, 4, 32, 8},
+  };
+  uint64_t seed = 750;
+  for (const AttentionCase& c : cases) {
+    SCOPED_TRACE(absl::StrCat("cache ", DataTypeName(c.cache_dtype), " q_heads ", c.q_heads,
+                              " kv_heads ", c.kv_heads, " head_dim ", c.head_dim, " block_size ",
+                              c.block_size));
+    Run(c, ++seed, seqs);
+    if (HasFatalFailure()) return;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, AttentionConformance,
-                         ::testing::ValuesIn(testing::BackendNames()));
+                         ::testing::ValuesIn(testing::BackendNames()), testing::BackendParamName());
 INSTANTIATE_TEST_SUITE_P(Backends, PagedAttentionConformance,
-                         ::testing::ValuesIn(testing::BackendNames()));
+                         ::testing::ValuesIn(testing::BackendNames()), testing::BackendParamName());
 
 }  // namespace
 }  // namespace tessera::kernels

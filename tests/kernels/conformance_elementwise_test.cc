@@ -197,7 +197,7 @@ TEST_P(ElementwiseConformance, SwigluMatchesReferenceAndWorksInPlace) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ElementwiseConformance,
-                         ::testing::ValuesIn(testing::BackendNames()));
+                         ::testing::ValuesIn(testing::BackendNames()), testing::BackendParamName());
 
 }  // namespace
 }  // namespace tessera::kernels

@@ -83,7 +83,8 @@ TEST_P(MatmulConformance, MatchesReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, MatmulConformance, ::testing::ValuesIn(testing::BackendNames()));
+INSTANTIATE_TEST_SUITE_P(Backends, MatmulConformance, ::testing::ValuesIn(testing::BackendNames()),
+                         testing::BackendParamName());
 
 }  // namespace
 }  // namespace tessera::kernels

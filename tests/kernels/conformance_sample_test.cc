@@ -488,9 +488,10 @@ TEST_P(ApplyPenaltiesConformance, RejectsBadIdsAndOffsetsWithoutWriting) {
   EXPECT_EQ(got[2], 2.0f);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, SampleConformance, ::testing::ValuesIn(testing::BackendNames()));
+INSTANTIATE_TEST_SUITE_P(Backends, SampleConformance, ::testing::ValuesIn(testing::BackendNames()),
+                         testing::BackendParamName());
 INSTANTIATE_TEST_SUITE_P(Backends, ApplyPenaltiesConformance,
-                         ::testing::ValuesIn(testing::BackendNames()));
+                         ::testing::ValuesIn(testing::BackendNames()), testing::BackendParamName());
 
 }  // namespace
 }  // namespace tessera::kernels

@@ -159,7 +159,8 @@ TEST_P(OpsPerf, SampleLargeVocabulary) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, OpsPerf, ::testing::ValuesIn(testing::BackendNames()));
+INSTANTIATE_TEST_SUITE_P(Backends, OpsPerf, ::testing::ValuesIn(testing::BackendNames()),
+                         testing::BackendParamName());
 
 }  // namespace
 }  // namespace tessera::kernels

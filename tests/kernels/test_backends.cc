@@ -4,6 +4,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
+#ifdef TESSERA_HAVE_CUDA_BACKEND
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace tessera::kernels::testing {
 
@@ -14,7 +17,13 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name) {
     options.portable_kernels = true;
     return CreateCpuBackend(options);
   }
-  if (name == "cuda") return absl::UnavailableError("the cuda backend is not built yet");
+  if (name == "cuda") {
+#ifdef TESSERA_HAVE_CUDA_BACKEND
+    return CreateCudaBackend(CudaBackendOptions{});
+#else
+    return absl::UnavailableError("the cuda backend is not built (TESSERA_WITH_CUDA=OFF)");
+#endif
+  }
   return absl::NotFoundError(absl::StrCat("unknown backend '", name, "'"));
 }
 

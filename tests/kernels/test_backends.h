@@ -23,6 +23,13 @@ namespace tessera::kernels::testing {
 // kUnavailable for a backend this build or machine cannot provide, kNotFound for other names.
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name);
 std::vector<std::string> BackendNames();
+// Names instances by backend ("Backends/MatmulConformance.MatchesReference/cuda"), so that
+// --gtest_filter='*/cuda' selects one backend.
+struct BackendParamName {
+  std::string operator()(const ::testing::TestParamInfo<std::string>& info) const {
+    return info.param;
+  }
+};
 
 // f32 values rounded as storing them in `dtype` would (f32: unchanged).
 std::vector<float> RoundTo(DataType dtype, std::vector<float> values);
