@@ -1,6 +1,9 @@
 #include "worker/kv_port.h"
 
 #include <algorithm>
+#include <deque>
+#include <memory>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,13 +12,83 @@
 #include "common/status_macros.h"
 
 namespace tessera::worker {
+
+// The checksums of one export, computed on the port's checksum thread while the transfers run.
+struct KvPort::ChecksumJob {
+  std::vector<KvSegmentChecksum> sums;  // checksum fields filled in by the thread
+  std::vector<const uint8_t*> data;     // the local bytes of sums[i]
+  absl::Mutex mu;
+  bool done ABSL_GUARDED_BY(mu) = false;
+  bool cancelled ABSL_GUARDED_BY(mu) = false;
+
+  bool Done() {
+    absl::MutexLock lock(&mu);
+    return done;
+  }
+  // Stops the job and returns once the thread no longer reads its bytes.
+  void CancelAndWait() {
+    absl::MutexLock lock(&mu);
+    cancelled = true;
+    mu.Await(absl::Condition(&done));
+  }
+};
+
+// One thread that hashes what exports send, so that neither the engine thread nor a step's layer
+// callbacks wait for XXH3 over the KV bytes.
+class KvPort::ChecksumThread {
+ public:
+  ChecksumThread() : thread_([this] { Run(); }) {}
+  ~ChecksumThread() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    thread_.join();
+  }
+  void Post(std::shared_ptr<ChecksumJob> job) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(job));
+  }
+
+ private:
+  void Run() {
+    while (true) {
+      std::shared_ptr<ChecksumJob> job;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](ChecksumThread* t)
+                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu_) { return t->stop_ || !t->queue_.empty(); },
+            this));
+        if (queue_.empty()) return;  // stopping, nothing left
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      for (size_t i = 0; i < job->sums.size(); ++i) {
+        {
+          absl::MutexLock lock(&job->mu);
+          if (job->cancelled) break;
+        }
+        job->sums[i].checksum = KvChecksum(job->data[i], job->sums[i].length);
+      }
+      absl::MutexLock lock(&job->mu);
+      job->done = true;
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::shared_ptr<ChecksumJob>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
 namespace {
 
 // One transfer per destination rank, with the checksums of what it sends.
 class KvExportImpl final : public KvExport {
  public:
   KvExportImpl(std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers,
-               std::vector<KvSegmentChecksum> checksums,
+               std::shared_ptr<KvPort::ChecksumJob> checksums,
                std::function<void(bool, uint64_t, absl::Duration)> done, absl::Time start)
       : transfers_(std::move(transfers)),
         checksums_(std::move(checksums)),
@@ -24,13 +97,14 @@ class KvExportImpl final : public KvExport {
   ~KvExportImpl() override {
     for (auto& t : transfers_) t->Cancel();
     transfers_.clear();  // each destructor waits until its local memory is no longer read
+    checksums_->CancelAndWait();
   }
 
   bool Done() override {
     for (auto& t : transfers_) {
       if (!t->Done()) return false;
     }
-    return true;
+    return checksums_->Done();
   }
 
   absl::StatusOr<std::vector<KvSegmentChecksum>> Wait(absl::Duration timeout) override {
@@ -43,23 +117,34 @@ class KvExportImpl final : public KvExport {
       if (!s.ok() && first.ok()) first = s;
       bytes += t->bytes_done();
     }
+    {
+      absl::MutexLock lock(&checksums_->mu);
+      if (!checksums_->mu.AwaitWithDeadline(absl::Condition(&checksums_->done), give_up)) {
+        return absl::DeadlineExceededError("the KV export's checksums are being computed");
+      }
+      if (checksums_->cancelled && first.ok()) {
+        first = absl::CancelledError("the KV export was cancelled");
+      }
+    }
     if (!reported_) {
       reported_ = true;
       if (done_) done_(first.ok(), bytes, absl::Now() - start_);
     }
     if (!first.ok()) return first;
-    return checksums_;
+    return checksums_->sums;
   }
 
   void Cancel() override {
     for (auto& t : transfers_) t->Cancel();
+    absl::MutexLock lock(&checksums_->mu);
+    checksums_->cancelled = true;
   }
 
  private:
   std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers_;
-  std::vector<KvSegmentChecksum> checksums_;
+  std::shared_ptr<KvPort::ChecksumJob> checksums_;
   std::function<void(bool, uint64_t, absl::Duration)> done_;
-  const absl::Time start_;  // when Export began (checksums and submits included)
+  const absl::Time start_;  // when Export began (submits included)
   bool reported_ = false;
 };
 
@@ -195,7 +280,13 @@ absl::StatusOr<std::unique_ptr<KvPort>> KvPort::Create(KvCache& cache,
   return port;
 }
 
+KvPort::KvPort(kvtransfer::Transport& transport, const KvPortOptions& options)
+    : transport_(transport),
+      options_(options),
+      checksum_thread_(std::make_unique<ChecksumThread>()) {}
+
 KvPort::~KvPort() {
+  checksum_thread_.reset();  // finishes the checksums still queued
   transport_.SetWriteListener(nullptr);
   for (const auto& [id, region] : regions_) {
     if (absl::Status s = transport_.DeregisterMemory(id); !s.ok()) {
@@ -285,7 +376,7 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportFrom(const KvRankLayout&
                                                    destination.block_ids.size()));
   }
   std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers;
-  std::vector<KvSegmentChecksum> checksums;
+  auto checksums = std::make_shared<ChecksumJob>();
   for (size_t rank = 0; options_.sends && rank < destination.ranks.size(); ++rank) {
     const KvRankLayout& dst = destination.ranks[rank];
     if (dst.transport_kind != layout_.transport_kind) {
@@ -298,8 +389,9 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportFrom(const KvRankLayout&
         PlanKvSegments(src, blocks, dst, destination.block_ids, destination.token));
     if (segments.empty()) continue;
     for (const kvtransfer::Segment& s : segments) {
-      checksums.push_back({static_cast<int32_t>(rank), s.remote_region, s.remote_offset, s.length,
-                           KvChecksum(LocalBase(s.local_region) + s.local_offset, s.length)});
+      checksums->sums.push_back(
+          {static_cast<int32_t>(rank), s.remote_region, s.remote_offset, s.length, 0});
+      checksums->data.push_back(LocalBase(s.local_region) + s.local_offset);
     }
     TESSERA_ASSIGN_OR_RETURN(kvtransfer::PeerId peer, PeerFor(dst.descriptor));
     absl::StatusOr<std::unique_ptr<kvtransfer::Transfer>> transfer =
@@ -321,6 +413,12 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportFrom(const KvRankLayout&
     counters_.send_seconds += absl::ToDoubleSeconds(took);
     if (!ok) ++counters_.transfers_failed;
   };
+  if (checksums->sums.empty()) {
+    absl::MutexLock lock(&checksums->mu);
+    checksums->done = true;
+  } else {
+    checksum_thread_->Post(checksums);
+  }
   return std::unique_ptr<KvExport>(
       new KvExportImpl(std::move(transfers), std::move(checksums), std::move(done), start));
 }

@@ -13,7 +13,8 @@
 //
 // Sending. Export plans the segments from local blocks into a destination's reserved blocks for
 // every destination rank that shares layers and heads with this one (worker/kv_migration.h),
-// computes their checksums, and submits one transfer per destination rank. Connections to peers
+// submits one transfer per destination rank, and computes the segments' checksums on the port's
+// checksum thread meanwhile (the export is done when both are). Connections to peers
 // are cached by descriptor; Preconnect makes them before the first request.
 //
 // Ownership: the cache and transport must outlive the port. Threads: every method may be called
@@ -173,6 +174,10 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   absl::Status Admit(const kvtransfer::WriteInfo& write) override;
   void Written(const kvtransfer::WriteInfo& write) override;
 
+  // Internal: an export's checksums, computed on the port's own thread while its transfers run.
+  struct ChecksumJob;
+  class ChecksumThread;
+
  private:
   struct Region {
     int32_t layer = 0;  // index into the cache's layers
@@ -186,8 +191,7 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
     int32_t writes_in_flight = 0;
   };
 
-  KvPort(kvtransfer::Transport& transport, const KvPortOptions& options)
-      : transport_(transport), options_(options) {}
+  KvPort(kvtransfer::Transport& transport, const KvPortOptions& options);
   const uint8_t* LocalBase(kvtransfer::RegionId region) const;
   // Export from `src`: this rank's layout, or a layer range of it.
   absl::StatusOr<std::unique_ptr<KvExport>> ExportFrom(const KvRankLayout& src,
@@ -211,6 +215,7 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   std::vector<uint64_t> block_owner_ ABSL_GUARDED_BY(mu_);  // token per block, 0 when none
   absl::flat_hash_map<std::string, kvtransfer::PeerId> peers_ ABSL_GUARDED_BY(mu_);
   KvPortCounters counters_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<ChecksumThread> checksum_thread_;  // joined before the regions go
 };
 
 }  // namespace tessera::worker
