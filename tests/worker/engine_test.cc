@@ -412,11 +412,18 @@ TEST_F(EngineFakeTest, TimeoutOnTheInjectedClockAbortsTheRequest) {
 }
 
 TEST_F(EngineFakeTest, TheLastEventSaysWhereTheRequestsTimeWent) {
-  options_.scheduler.max_num_seqs = 1;                               // B waits for A
-  executor_.on_step = [this] { clock_.Advance(absl::Seconds(1)); };  // one second per step
+  options_.scheduler.max_num_seqs = 1;  // B waits for A
+  // One second per step; the first step waits until B is queued too (under load the engine
+  // thread could otherwise run steps before the test submits B).
+  absl::Notification both_submitted;
+  executor_.on_step = [this, &both_submitted] {
+    both_submitted.WaitForNotification();
+    clock_.Advance(absl::Seconds(1));
+  };
   auto engine = Make();
   auto a = engine->Submit(Req(3));
   auto b = engine->Submit(Req(2));
+  both_submitted.Notify();
   ASSERT_TRUE(a.ok() && b.ok());
   std::optional<RequestTimings> ta;
   std::optional<RequestTimings> tb;
@@ -438,9 +445,8 @@ TEST_F(EngineFakeTest, TheLastEventSaysWhereTheRequestsTimeWent) {
   EXPECT_DOUBLE_EQ(ta->prefill_seconds, 1);
   EXPECT_DOUBLE_EQ(ta->decode_seconds, 2);
   EXPECT_DOUBLE_EQ(ta->kv_send_seconds, 0);
-  // B waited for A's three steps (less the one it may have missed being queued).
-  EXPECT_GE(tb->queue_seconds, 2);
-  EXPECT_LE(tb->queue_seconds, 3);
+  // B waited for A's three steps.
+  EXPECT_DOUBLE_EQ(tb->queue_seconds, 3);
   EXPECT_DOUBLE_EQ(tb->prefill_seconds, 1);
   EXPECT_DOUBLE_EQ(tb->decode_seconds, 1);
 }
