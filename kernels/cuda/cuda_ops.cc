@@ -189,7 +189,10 @@ absl::Status CudaMatmul(Backend& backend, const MatmulParams& p, Stream& stream)
   const bool cublas_sizes = m <= kIntMax && n <= kIntMax && k <= kIntMax &&
                             LeadingStride(p.input, k) <= kIntMax &&
                             LeadingStride(p.output, n) <= kIntMax;
-  if (p.input.dtype() == p.weight.dtype() && k > 0 && cublas_sizes) {
+  // cuBLAS wants ldb >= k: rows that share elements (a broadcast input, stride 0) go to the
+  // kernels of cuda_matmul.cu, which take any stride.
+  const bool cublas_layout = LeadingStride(p.input, k) >= k;
+  if (p.input.dtype() == p.weight.dtype() && k > 0 && cublas_sizes && cublas_layout) {
     auto* cuda_stream = dynamic_cast<CudaStream*>(&stream);
     if (cuda_stream == nullptr) {
       return absl::InvalidArgumentError(

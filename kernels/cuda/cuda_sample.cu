@@ -89,7 +89,12 @@ struct Row {
   float temperature;
   float floor;  // min-p relative to the most likely token (probability 1), at most 1
 
-  __device__ float Prob(int64_t i) const { return expf((logits[i] - max) / temperature); }
+  // The exponential in double, rounded once to f32: what glibc's expf (the CPU backend's, within
+  // 0.502 ulp) gives but for rare half-way cases. CUDA's expf is off by up to 2 ulp, enough to
+  // reorder near-ties and move min-p and cumulative boundaries, so seeded draws would differ.
+  __device__ float Prob(int64_t i) const {
+    return static_cast<float>(exp(static_cast<double>((logits[i] - max) / temperature)));
+  }
   // As the CPU: dropped when below the floor, zero or NaN.
   __device__ bool Candidate(float prob) const { return !(prob < floor) && prob > 0.0f; }
 };
@@ -281,7 +286,8 @@ __global__ void ApplyPenaltiesKernel(ApplyPenaltiesArgs a) {
     const int32_t count = a.output_counts[e];
     float x = logits[id];
     x *= x > 0.0f ? 1.0f / repetition : repetition;
-    x -= frequency * static_cast<float>(count);
+    // __fmul_rn: no FMA contraction, so the product is rounded as on the CPU (bit-exact).
+    x -= __fmul_rn(frequency, static_cast<float>(count));
     x -= count > 0 ? presence : 0.0f;
     logits[id] = x;
   }
