@@ -7,16 +7,28 @@ For the base and every overlay (each folder with a kustomization.yaml):
 2. The effective objects are built the way kustomize would (below: resources, configMapGenerator
    with files, JSON 6902 patches, images) and checked: kinds and apiVersions; the coordinator
    Deployment and its Services (8000 http, 8001 grpc, the registry Service the topology names,
-   published before readiness); one LeaderWorkerSet per pool (size 1,
-   RecreateGroupOnPodRestart, spec.replicas = the pool's replicas, the worker's arguments, the
-   topology mounted from the ConfigMap, POD_NAME/POD_IP from the downward API); probes; GPU
-   limits = TP x PP for cuda pools and none for cpu pools; the model where the pods mount it.
+   published before readiness); one LeaderWorkerSet per pool (RecreateGroupOnPodRestart,
+   LeaderCreated, spec.replicas = the pool's replicas, the worker's arguments, the topology
+   mounted from the ConfigMap, POD_NAME/POD_IP from the downward API, the model where the pods
+   mount it). Its group is one replica, in one of two shapes:
+   - size 1: one pod (the ranks as threads), a workerTemplate only, probed on the replica port;
+   - size = the pool's TP x PP: one rank per pod. A leaderTemplate (rank 0: the replica port as
+     a container port, startup/liveness/readiness probes on it, the rendezvous port as a
+     container port) and a workerTemplate (ranks 1..: no probes and no replica port, as a
+     follower serves neither); both with the same arguments and env, `--comm-host $(POD_IP)`,
+     the rendezvous at LWS_LEADER_ADDRESS (no --rendezvous-host, or $(LWS_LEADER_ADDRESS)), no
+     --rank/--world-size or rank variables of their own.
+   Any other size fails, and a self-test proves it: each pool's group given size TP x PP + 1
+   must be refused. GPU limits per pod = TP x PP / size for cuda pools, none for cpu pools.
 3. The binary checks what the containers would run: `tessera launch TOPOLOGY --check`; every
-   worker's arguments with `--check` ($(POD_NAME)/$(POD_IP) replaced by placeholders, --topology
-   pointing at the ConfigMap's text in a temp file, LWS_* set as the LeaderWorkerSet sets them);
-   the coordinator's arguments with `--check` (a SKIP while the binary has no such flag). A model
-   an initContainer makes with `tessera make-model` is made here too (its --out moved to a temp
-   dir, the topology and the arguments pointed at it), so the worker checks the model's split.
+   rank's arguments with `--check` (the leader's template as LWS_WORKER_INDEX 0, the
+   workerTemplate as each of 1..size-1; $(VAR)s expanded as the pod would: POD_NAME/POD_IP by
+   placeholders, the LWS_* variables LeaderWorkerSet injects; --topology pointing at the
+   ConfigMap's text in a temp file); for a multi-pod group, a follower told a group size other
+   than TP x PP must be refused by the binary too; the coordinator's arguments with `--check` (a
+   SKIP while the binary has no such flag). A model an initContainer makes with `tessera
+   make-model` is made here too (its --out moved to a temp dir, the topology and the arguments
+   pointed at it), so the worker checks the model's split.
    Pools with backend cuda must be refused with the issue #8 message until that refusal goes;
    then they must pass.
 4. Where `kustomize` or `kubectl` is on PATH, its build must equal ours (and the generated
@@ -26,8 +38,8 @@ The kustomize subset this test implements (anything else in a kustomization is a
 that the test is extended rather than silently wrong):
 - resources: files (multi-document YAML) and folders with a kustomization.yaml;
 - configMapGenerator: `files` (KEY=PATH or PATH), behavior create (default) or replace;
-- patches: `path` or `patch` holding a list of JSON 6902 operations (add, remove, replace, test)
-  with a `target` (kind, optional name); strategic-merge patches are refused;
+- patches: `path` or `patch` holding a list of JSON 6902 operations (add, copy, remove, replace,
+  test) with a `target` (kind, optional name); strategic-merge patches are refused;
 - images: name, newName, newTag (containers and initContainers anywhere);
 - configurations: checked to exist (kustomize's own build checks what they do).
 
@@ -64,6 +76,7 @@ COORDINATOR = "tessera-coordinator"  # the Deployment and the clients' Service
 CUDA_REFUSAL = r"error: worker: .*pool {pool}: backend cuda is not built yet \(issue #8\)"
 MIN_STARTUP_S = 300  # a "long" startup probe: failureThreshold x periodSeconds
 POD_IP = "10.0.0.1"  # what $(POD_IP) becomes for the checks
+DEFAULT_RENDEZVOUS_PORT = 29500  # launch/replica_runner.h kDefaultRendezvousPort
 
 
 class Failure(Exception):
@@ -142,8 +155,11 @@ def apply_op(obj, op, where):
             del parent[int(last) if isinstance(parent, list) else last]
         else:
             parent[int(last) if isinstance(parent, list) else last] = copy.deepcopy(op["value"])
-    elif kind == "add":
-        value = copy.deepcopy(op["value"])
+    elif kind in ("add", "copy"):
+        if kind == "add":
+            value = copy.deepcopy(op["value"])
+        else:  # copy: the value at `from`, added at `path` (RFC 6902 section 4.5)
+            value = copy.deepcopy(walk(obj, pointer(op.get("from", "")), op.get("from", "")))
         if isinstance(parent, list):
             index = len(parent) if last == "-" else int(last)
             expect(0 <= index <= len(parent), f"{path}: index {last} out of range")
@@ -456,7 +472,56 @@ def check_coordinator(build, topology):
     return f"args agree with the topology; Services {COORDINATOR}, {co.get('host')}"
 
 
-def check_worker_pod(build, lws, label, spec, pool, topology):
+def pool_ranks(pool):
+    return pool.get("tensor_parallel_size", 1) * pool.get("pipeline_parallel_size", 1)
+
+
+def group_templates(lws):
+    """[(label, pod spec, LWS_WORKER_INDEX values)] of a LeaderWorkerSet group: rank 0 runs the
+    leaderTemplate (the workerTemplate when there is none), ranks 1..size-1 the workerTemplate."""
+    lwt = lws["spec"]["leaderWorkerTemplate"]
+    size = lwt.get("size", 1)
+    leader = lwt.get("leaderTemplate")
+    out = [("leaderTemplate" if leader else "workerTemplate",
+            (leader or lwt["workerTemplate"])["spec"], [0])]
+    if size > 1:
+        out.append(("workerTemplate", lwt["workerTemplate"]["spec"], list(range(1, size))))
+    return out
+
+
+def rendezvous_port(args):
+    """The port rank 0's rendezvous store listens on and the others dial (0 or absent: 29500,
+    as no MASTER_PORT is set in the pods; check_gloo_rank refuses one)."""
+    return int(flag(args, "--rendezvous-port") or 0) or DEFAULT_RENDEZVOUS_PORT
+
+
+def check_gloo_rank(c, where, leader):
+    """A rank of a multi-pod replica: Gloo over the pod IP, rank 0's store at LWS_LEADER_ADDRESS."""
+    args = c["args"]
+    expect(flag(args, "--comm") in (None, "auto", "gloo"),
+           f"{where}: --comm {flag(args, '--comm')}: the ranks of a multi-pod replica use gloo")
+    expect(flag(args, "--comm-host") == "$(POD_IP)",
+           f"{where}: --comm-host must be $(POD_IP) (the default, the pod's hostname, does not "
+           "resolve in the other pods of the group)")
+    expect(flag(args, "--rendezvous-host") in (None, "$(LWS_LEADER_ADDRESS)"),
+           f"{where}: --rendezvous-host {flag(args, '--rendezvous-host')}: rank 0's store is at "
+           "LWS_LEADER_ADDRESS (leave the flag out, or give $(LWS_LEADER_ADDRESS))")
+    for f in ("--rank", "--world-size"):
+        expect(flag(args, f) is None, f"{where}: {f}: LeaderWorkerSet gives each pod its rank")
+    names = {e["name"] for e in c.get("env", [])}
+    stray = sorted(names & {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LWS_WORKER_INDEX",
+                            "LWS_GROUP_SIZE", "LWS_LEADER_ADDRESS"})
+    expect(not stray, f"{where}: env {stray} would override the rank LeaderWorkerSet gives")
+    port = rendezvous_port(args)
+    if leader:
+        expect(port in [p["containerPort"] for p in c.get("ports", [])],
+               f"{where}: rank 0 hosts the rendezvous store on {port}: make it a container port")
+    return port
+
+
+def check_worker_pod(build, lws, label, spec, pool, topology, role):
+    """One template of a pool's LeaderWorkerSet. role: "leader" (rank 0, alone or with
+    followers: serves the replica port, probed there) or "follower" (ranks 1.., serve nothing)."""
     where = f"{lws['metadata']['name']} {label}"
     (c,) = tessera_containers(spec, "worker") or [None]
     expect(c is not None, f"{where}: no `tessera worker` container")
@@ -478,37 +543,96 @@ def check_worker_pod(build, lws, label, spec, pool, topology):
     expect(flag(args, "--replica-name") == "$(POD_NAME)", f"{where}: --replica-name $(POD_NAME)")
     expect(flag(args, "--advertise-host") == "$(POD_IP)", f"{where}: --advertise-host $(POD_IP)")
     listen = flag(args, "--listen") or ""
+    # Every rank's KV transport binds the --listen host; only rank 0 serves the port.
     expect(listen.startswith("0.0.0.0:"), f"{where}: --listen must be 0.0.0.0:PORT")
     port = int(listen.rpartition(":")[2])
-    expect(port in [p["containerPort"] for p in c.get("ports", [])],
-           f"{where}: --listen port {port} is not a container port")
-    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
-        probe = c.get(kind)
-        expect(probe, f"{where}: no {kind}")
-        target = probe.get("grpc") or probe.get("tcpSocket") or {}
-        expect(port_of(c, target.get("port")) == port,
-               f"{where}: {kind} must probe the replica port {port} (gRPC health or TCP)")
-    expect(probe_window(c["startupProbe"]) >= MIN_STARTUP_S,
-           f"{where}: the startupProbe must allow at least {MIN_STARTUP_S} s to load a model")
-    ranks = pool.get("tensor_parallel_size", 1) * pool.get("pipeline_parallel_size", 1)
+    probes = ("startupProbe", "livenessProbe", "readinessProbe")
+    if role == "leader":
+        expect(port in [p["containerPort"] for p in c.get("ports", [])],
+               f"{where}: --listen port {port} is not a container port")
+        for kind in probes:
+            probe = c.get(kind)
+            expect(probe, f"{where}: no {kind}")
+            target = probe.get("grpc") or probe.get("tcpSocket") or {}
+            expect(port_of(c, target.get("port")) == port,
+                   f"{where}: {kind} must probe the replica port {port} (gRPC health or TCP)")
+        expect(probe_window(c["startupProbe"]) >= MIN_STARTUP_S,
+               f"{where}: the startupProbe must allow at least {MIN_STARTUP_S} s to load a model")
+    else:
+        # A follower runs no replica service and no health service, and its KV transport and
+        # Gloo take free ports: there is nothing to probe. It exits when it fails or loses rank 0,
+        # and RecreateGroupOnPodRestart restarts the group; rank 0's probes cover the replica.
+        present = [k for k in probes if c.get(k)]
+        expect(not present, f"{where}: {present} on a follower rank, which serves no port (the "
+               f"replica port {port} is rank 0's): leave followers unprobed")
+        expect(port not in [p["containerPort"] for p in c.get("ports", [])],
+               f"{where}: container port {port}: a follower does not serve the replica port")
+    ranks = pool_ranks(pool)
+    size = lws["spec"]["leaderWorkerTemplate"].get("size", 1)
+    per_pod = ranks // size
     backend = pool.get("backend", "cpu")
     limit = gpus(c, where)
     if backend == "cuda":
-        expect(limit == ranks, f"{where}: backend cuda with {ranks} ranks needs nvidia.com/gpu "
-               f"{ranks}, has {limit}")
+        expect(limit == per_pod, f"{where}: backend cuda with {per_pod} rank(s) per pod needs "
+               f"nvidia.com/gpu {per_pod}, has {limit}")
     else:
         expect(limit is None, f"{where}: backend {backend} but nvidia.com/gpu {limit}")
     for other in spec.get("containers", []) + spec.get("initContainers", []):
         if other is not c:
             expect(gpus(other, where) is None, f"{where}: {other['name']} asks for GPUs")
     check_model_volume(spec, c, topology["model"], where)
-    return f"{backend}, {ranks} rank(s), nvidia.com/gpu {limit}"
+    if size > 1:
+        check_gloo_rank(c, where, leader=(role == "leader"))
+    return f"{label} {role}: {per_pod} rank(s), nvidia.com/gpu {limit}"
 
 
-def check_pools(build, topology):
-    lwss = build.get("LeaderWorkerSet")
+def check_group(build, lws, pool, topology):
+    """A pool's LeaderWorkerSet: its group is one replica, as one pod (size 1: the ranks are
+    threads) or as TP x PP pods (one rank per pod, over Gloo)."""
+    name = lws["metadata"]["name"]
+    lwt = lws["spec"]["leaderWorkerTemplate"]
+    expect(lws["spec"].get("replicas", 1) == pool.get("replicas", 1),
+           f"{name}: spec.replicas {lws['spec'].get('replicas', 1)} but pool "
+           f"{pool['name']} has {pool.get('replicas', 1)} replicas")
+    ranks = pool_ranks(pool)
+    size = lwt.get("size", 1)
+    expect(isinstance(size, int) and size in (1, ranks),
+           f"{name}: size {size}, but a replica of pool {pool['name']} has {ranks} rank(s) "
+           f"(tensor_parallel_size {pool.get('tensor_parallel_size', 1)} x pipeline_parallel_size "
+           f"{pool.get('pipeline_parallel_size', 1)}): size must be "
+           + (f"{ranks} (one rank per pod) or 1 (the ranks as threads of one pod)" if ranks > 1
+              else "1"))
+    expect(lwt.get("restartPolicy") == "RecreateGroupOnPodRestart",
+           f"{name}: restartPolicy must be RecreateGroupOnPodRestart")
+    expect(lws["spec"].get("startupPolicy", "LeaderCreated") == "LeaderCreated",
+           f"{name}: startupPolicy must be LeaderCreated")
+    if size == 1:
+        expect(not lwt.get("leaderTemplate"),
+               f"{name}: size 1 with a leaderTemplate: the workerTemplate would run nowhere; give "
+               "the one pod's template as workerTemplate")
+        ((label, spec, _),) = group_templates(lws)
+        return f"1 pod; {check_worker_pod(build, lws, label, spec, pool, topology, 'leader')}"
+    expect(lwt.get("leaderTemplate"),
+           f"{name}: size {size} needs a leaderTemplate: followers serve no gRPC port, so rank 0 "
+           "(probed on the replica port) and ranks 1.. (unprobed) need templates of their own")
+    (_, leader_spec, _), (_, follower_spec, _) = group_templates(lws)
+    (lc,) = tessera_containers(leader_spec, "worker") or [None]
+    (fc,) = tessera_containers(follower_spec, "worker") or [None]
+    expect(lc is not None and fc is not None, f"{name}: a template has no `tessera worker`")
+    # Every rank runs the same command and environment; the rank (LWS_WORKER_INDEX) decides.
+    expect(lc["args"] == fc["args"],
+           f"{name}: leader and worker arguments differ: {lc['args']} vs {fc['args']}")
+    expect(lc.get("env") == fc.get("env"), f"{name}: leader and worker env differ")
+    out = [check_worker_pod(build, lws, "leaderTemplate", leader_spec, pool, topology, "leader"),
+           check_worker_pod(build, lws, "workerTemplate", follower_spec, pool, topology,
+                            "follower")]
+    return (f"{size} pods, rendezvous on rank 0's port {rendezvous_port(lc['args'])}; "
+            + "; ".join(out))
+
+
+def lws_by_pool(build, topology):
     by_pool = {}
-    for lws in lwss:
+    for lws in build.get("LeaderWorkerSet"):
         lwt = lws["spec"]["leaderWorkerTemplate"]
         (c,) = tessera_containers(lwt["workerTemplate"]["spec"], "worker") or [None]
         expect(c is not None, f"{lws['metadata']['name']}: no `tessera worker` container")
@@ -517,24 +641,41 @@ def check_pools(build, topology):
     expect(sorted(by_pool) == sorted(names) and all(len(v) == 1 for v in by_pool.values()),
            f"LeaderWorkerSets per --pool {dict((k, len(v)) for k, v in by_pool.items())}, "
            f"topology pools {names}: want one each")
+    return {pool["name"]: by_pool[pool.get("name") or pool["role"]][0]
+            for pool in topology["pools"]}
+
+
+def check_pools(build, topology):
+    lwss = lws_by_pool(build, topology)
     out = []
     for pool in topology["pools"]:
-        (lws,) = by_pool[pool.get("name") or pool["role"]]
-        name = lws["metadata"]["name"]
-        lwt = lws["spec"]["leaderWorkerTemplate"]
-        expect(lws["spec"].get("replicas", 1) == pool.get("replicas", 1),
-               f"{name}: spec.replicas {lws['spec'].get('replicas', 1)} but pool "
-               f"{pool['name']} has {pool.get('replicas', 1)} replicas")
-        expect(lwt.get("size", 1) == 1,
-               f"{name}: size {lwt.get('size')}: a replica must fit one pod until a cross-pod "
-               "communicator without mpirun exists")
-        expect(lwt.get("restartPolicy") == "RecreateGroupOnPodRestart",
-               f"{name}: restartPolicy must be RecreateGroupOnPodRestart")
-        expect(lws["spec"].get("startupPolicy", "LeaderCreated") == "LeaderCreated",
-               f"{name}: startupPolicy must be LeaderCreated")
-        for label, spec in pod_specs(lws):
-            out.append(check_worker_pod(build, lws, label, spec, pool, topology))
-    return "; ".join(f"{p['name']}: {o}" for p, o in zip(topology["pools"], out))
+        backend = pool.get("backend", "cpu")
+        out.append(f"{pool['name']} ({backend}, {pool_ranks(pool)} rank(s)): "
+                   f"{check_group(build, lwss[pool['name']], pool, topology)}")
+    return " | ".join(out)
+
+
+def check_size_mismatch_fails(build, topology):
+    """The checks above must refuse a group whose size disagrees with the pool's TP x PP: every
+    pool's LeaderWorkerSet given size TP x PP + 1 (so neither 1 nor TP x PP) must fail them."""
+    lwss = lws_by_pool(build, topology)
+    refused = []
+    for pool in topology["pools"]:
+        bad = copy.copy(build)
+        bad.objects = copy.deepcopy(build.objects)
+        (lws,) = bad.get("LeaderWorkerSet", lwss[pool["name"]]["metadata"]["name"])
+        wrong = pool_ranks(pool) + 1
+        lws["spec"]["leaderWorkerTemplate"]["size"] = wrong
+        try:
+            check_group(bad, lws, pool, topology)
+        except Failure as e:
+            expect(f"size {wrong}" in str(e), f"pool {pool['name']}, size {wrong}: refused for "
+                   f"another reason: {e}")
+            refused.append(f"{pool['name']} size {wrong}")
+            continue
+        raise Failure(f"pool {pool['name']} with TP x PP {pool_ranks(pool)}: its LeaderWorkerSet "
+                      f"with size {wrong} passed the checks")
+    return f"refused: {', '.join(refused)}"
 
 
 # --- The binary's checks ---------------------------------------------------------------------
@@ -553,8 +694,20 @@ def expand(args, env):
             for a in args]
 
 
-def container_env(container, pod_name):
-    env = {}
+def lws_env(lws, index, size=None):
+    """(pod name, the variables LeaderWorkerSet prepends to every container's env) of rank
+    `index` of group 0 in namespace default."""
+    name = lws["metadata"]["name"]
+    size = lws["spec"]["leaderWorkerTemplate"].get("size", 1) if size is None else size
+    pod = f"{name}-0" if index == 0 else f"{name}-0-{index}"
+    return pod, {"LWS_LEADER_ADDRESS": f"{name}-0.{name}.default", "LWS_GROUP_SIZE": str(size),
+                 "LWS_WORKER_INDEX": str(index)}
+
+
+def container_env(container, pod_name, injected=None):
+    """The container's env as $(VAR) expansion sees it: `injected` (what LWS prepends), then its
+    own entries, downward-API fields filled in."""
+    env = dict(injected or {})
     for e in container.get("env", []):
         field = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         env[e["name"]] = {"metadata.name": pod_name, "status.podIP": POD_IP,
@@ -614,16 +767,19 @@ class BinaryChecks:
         expect(rc == 0, f"`tessera launch TOPOLOGY --check` exited {rc}: {text}")
         return text.splitlines()[-1].replace(self.deployed, "ConfigMap " + TOPOLOGY_CONFIGMAP)
 
-    def worker_check(self, lws, spec):
+    def worker_args(self, lws, spec, index, size=None):
+        """(argv, env) of rank `index`'s `tessera worker ... --check` as its pod would run it."""
         (c,) = tessera_containers(spec, "worker")
-        name = lws["metadata"]["name"]
-        size = lws["spec"]["leaderWorkerTemplate"].get("size", 1)
-        args = expand(c["args"], container_env(c, f"{name}-0"))
+        pod, injected = lws_env(lws, index, size)
+        args = expand(c["args"], container_env(c, pod, injected))
         expect(flag(args, "--topology"), "the worker has no --topology")
         args[args.index(flag(args, "--topology"))] = self.local
-        env = process_env({"LWS_WORKER_INDEX": "0", "LWS_GROUP_SIZE": str(size),
-                           "LWS_LEADER_ADDRESS": f"{name}-0.{name}"})
-        rc, text = run([TESSERA] + args + ["--check"], env)
+        return [TESSERA] + args + ["--check"], process_env(injected)
+
+    def worker_check(self, lws, spec, index):
+        argv, env = self.worker_args(lws, spec, index)
+        args = argv[1:-1]
+        rc, text = run(argv, env)
         pool = next(p for p in self.topology["pools"]
                     if (p.get("name") or p["role"]) == flag(args, "--pool"))
         refusal = re.search(CUDA_REFUSAL.format(pool=re.escape(pool["name"])), text)
@@ -631,10 +787,24 @@ class BinaryChecks:
             return ("XFAIL", f"refused as expected until the CUDA backend lands (issue #8): "
                     f"{refusal.group(0)}")
         expect(rc == 0 and "tessera worker: configuration ok" in text,
-               f"`tessera {' '.join(args)} --check` exited {rc}: {text}")
+               f"`tessera {' '.join(args)} --check` (LWS_WORKER_INDEX {index}) exited {rc}: {text}")
         if self.topology["model"] in self.models:
             expect("its split checked" in text, f"the model's split was not checked: {text}")
         return text.replace("tessera worker: ", "")
+
+    def size_mismatch_check(self, lws, spec):
+        """The binary agrees with check_group: told a group size other than the pool's TP x PP,
+        a rank of a multi-pod group refuses to start."""
+        argv, _ = self.worker_args(lws, spec, 0)
+        pool = next(p for p in self.topology["pools"] if p["name"] == flag(argv, "--pool"))
+        wrong = pool_ranks(pool) + 1
+        argv, env = self.worker_args(lws, spec, 1, size=wrong)
+        rc, text = run(argv, env)
+        want = f"has {pool_ranks(pool)} ranks"
+        expect(rc != 0 and want in text,
+               f"rank 1 of a group of {wrong} for pool {pool['name']} (TP x PP "
+               f"{pool_ranks(pool)}): want a refusal saying '{want}', got exit {rc}: {text}")
+        return f"LWS_GROUP_SIZE {wrong}: {text.splitlines()[-1]}"
 
     def coordinator_check(self, c):
         args = [self.models.get(a, a) for a in c["args"]]
@@ -658,9 +828,17 @@ class BinaryChecks:
                 r.check(f"{label}: Deployment {dep['metadata']['name']} coordinator --check",
                         lambda c=c: self.coordinator_check(c))
         for lws in self.build.get("LeaderWorkerSet"):
-            for tmpl, spec in pod_specs(lws):
-                r.check(f"{label}: LeaderWorkerSet {lws['metadata']['name']} {tmpl} worker --check",
-                        lambda lws=lws, spec=spec: self.worker_check(lws, spec))
+            name = lws["metadata"]["name"]
+            for tmpl, spec, indices in group_templates(lws):
+                for i in indices:
+                    r.check(f"{label}: LeaderWorkerSet {name} {tmpl} (LWS_WORKER_INDEX {i}) "
+                            "worker --check",
+                            lambda lws=lws, spec=spec, i=i: self.worker_check(lws, spec, i))
+            if lws["spec"]["leaderWorkerTemplate"].get("size", 1) > 1:
+                (_, spec, _) = group_templates(lws)[-1]
+                r.check(f"{label}: LeaderWorkerSet {name} worker --check refuses a group size "
+                        "other than TP x PP",
+                        lambda lws=lws, spec=spec: self.size_mismatch_check(lws, spec))
 
 
 # --- kustomize's own build -------------------------------------------------------------------
@@ -787,8 +965,10 @@ def main():
                 continue
             results.check(f"{label}: coordinator Deployment, Services, probes",
                           lambda b=b, t=topology: check_coordinator(b, t))
-            results.check(f"{label}: a LeaderWorkerSet per pool, probes, GPUs",
+            results.check(f"{label}: a LeaderWorkerSet per pool, its group, probes, GPUs",
                           lambda b=b, t=topology: check_pools(b, t))
+            results.check(f"{label}: a LeaderWorkerSet size other than 1 or TP x PP is refused",
+                          lambda b=b, t=topology: check_size_mismatch_fails(b, t))
             sub = os.path.join(work, label.replace("/", "_"))
             os.makedirs(sub)
             BinaryChecks(b, sub, results, label).run_all()
