@@ -85,10 +85,6 @@ int RegisteredReplicas(int port) {
   return total;
 }
 
-bool Loopback(const std::string& host) {
-  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
-}
-
 // Writes the demo model (tessera make-model) into `dir` and waits for it.
 absl::Status MakeDemoModel(ProcessGroup& children, const std::string& self,
                            const std::string& dir) {
@@ -111,24 +107,21 @@ absl::Status MakeDemoModel(ProcessGroup& children, const std::string& self,
 
 std::vector<std::string> CoordinatorCommand(const Topology& t, const std::string& self,
                                             const std::string& port_file) {
-  const TopologyCoordinator& c = t.coordinator;
-  // Workers on other hosts must reach the internal port: bind it on every interface unless the
-  // cluster is this machine.
-  const std::string internal_host = Loopback(c.host) ? "127.0.0.1" : "0.0.0.0";
+  const CoordinatorSettings c = CoordinatorSettingsOf(t);
   std::vector<std::string> argv = {self,
                                    "coordinator",
                                    "--model",
-                                   t.model,
+                                   c.model,
                                    "--served-model-name",
-                                   t.served_model_name.empty() ? t.model : t.served_model_name,
+                                   c.served_model_name,
                                    "--host",
-                                   c.bind_host.empty() ? c.host : c.bind_host,
+                                   c.bind_host,
                                    "--port",
                                    std::to_string(c.http_port),
                                    "--grpc-port",
                                    std::to_string(c.grpc_port),
                                    "--internal-address",
-                                   absl::StrCat(internal_host, ":", c.internal_port),
+                                   c.internal_address,
                                    "--port-file",
                                    port_file,
                                    "--max-queued-requests",
@@ -137,16 +130,9 @@ std::vector<std::string> CoordinatorCommand(const Topology& t, const std::string
                                    absl::StrCat(c.lease_timeout_s),
                                    "--drain-timeout",
                                    absl::StrCat(c.drain_timeout_s)};
-  // The coordinator admits what every pool can hold: the smallest context any pool sets.
-  int32_t max_model_len = 0;
-  for (const TopologyPool& p : t.pools) {
-    if (p.engine.max_model_len > 0 &&
-        (max_model_len == 0 || p.engine.max_model_len < max_model_len)) {
-      max_model_len = p.engine.max_model_len;
-    }
+  if (c.max_model_len > 0) {
+    argv.insert(argv.end(), {"--max-model-len", std::to_string(c.max_model_len)});
   }
-  if (max_model_len > 0)
-    argv.insert(argv.end(), {"--max-model-len", std::to_string(max_model_len)});
   return argv;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,7 @@
 #include "coordinator/rpc/registry_server.h"
 #include "launch/commands.h"
 #include "launch/signals.h"
+#include "launch/topology.h"
 #include "model/chat_template.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
@@ -39,8 +41,28 @@ struct CoordinatorFlags {
   double lease_timeout_s = 3.0;
   double drain_timeout_s = 30.0;
   std::string port_file;
-  bool check = false;  // validate and exit
+  std::string topology;  // the settings the command line does not give come from here
+  bool check = false;    // validate and exit
 };
+
+// Fills what the command line left unset from the topology file's model and coordinator section
+// (what `tessera launch` would pass), so a Kubernetes coordinator reads the same ConfigMap as its
+// workers. `given(name)`: whether the command line set that option.
+absl::Status ApplyTopology(CoordinatorFlags& flags, const std::function<bool(const char*)>& given) {
+  TESSERA_ASSIGN_OR_RETURN(const Topology t, LoadTopology(flags.topology));
+  const CoordinatorSettings c = CoordinatorSettingsOf(t);
+  if (!given("--model")) flags.model = c.model;
+  if (!given("--served-model-name")) flags.served_model_name = c.served_model_name;
+  if (!given("--host")) flags.host = c.bind_host;
+  if (!given("--port")) flags.port = c.http_port;
+  if (!given("--grpc-port")) flags.grpc_port = c.grpc_port;
+  if (!given("--internal-address")) flags.internal_address = c.internal_address;
+  if (!given("--max-model-len")) flags.max_model_len = c.max_model_len;
+  if (!given("--max-queued-requests")) flags.max_queued_requests = c.max_queued_requests;
+  if (!given("--lease-timeout")) flags.lease_timeout_s = c.lease_timeout_s;
+  if (!given("--drain-timeout")) flags.drain_timeout_s = c.drain_timeout_s;
+  return absl::OkStatus();
+}
 
 // --check: the flags, and the model when it is on this machine (its config and tokenizer load).
 absl::Status CheckCoordinator(const CoordinatorFlags& flags) {
@@ -177,8 +199,11 @@ Command RegisterCoordinator(CLI::App& app) {
   auto flags = std::make_shared<CoordinatorFlags>();
   CLI::App* sub = app.add_subcommand(
       "coordinator", "Serve the OpenAI and KServe APIs in front of registered replicas");
-  sub->add_option("--model", flags->model, "Model directory (config.json, tokenizer.json)")
-      ->required();
+  sub->add_option("--model", flags->model,
+                  "Model directory (config.json, tokenizer.json); required without --topology");
+  sub->add_option("--topology", flags->topology,
+                  "A topology file (docs/topology.md): its model and coordinator section give "
+                  "every setting the command line does not");
   sub->add_option("--served-model-name", flags->served_model_name,
                   "The model's name in the APIs (default: the --model path, as vLLM)");
   sub->add_option("--host", flags->host, "Address the public APIs bind to")->capture_default_str();
@@ -204,7 +229,16 @@ Command RegisterCoordinator(CLI::App& app) {
                   "Write the bound ports here as JSON once listening (for scripts)");
   sub->add_flag("--check", flags->check,
                 "Validate the flags (and the model when it is here), print them and exit");
-  return ExitCodeOf("coordinator", [flags] { return RunCoordinator(*flags); });
+  return ExitCodeOf("coordinator", [flags, sub] {
+    if (!flags->topology.empty()) {
+      TESSERA_RETURN_IF_ERROR(
+          ApplyTopology(*flags, [sub](const char* name) { return sub->count(name) > 0; }));
+    }
+    if (flags->model.empty()) {
+      return absl::InvalidArgumentError("--model is required (or --topology naming one)");
+    }
+    return RunCoordinator(*flags);
+  });
 }
 
 }  // namespace tessera::launch

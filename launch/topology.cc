@@ -330,6 +330,34 @@ absl::StatusOr<Topology> ParseTopology(const std::string& yaml, const std::strin
   return t;
 }
 
+bool IsLoopbackHost(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
+}
+
+CoordinatorSettings CoordinatorSettingsOf(const Topology& t) {
+  const TopologyCoordinator& c = t.coordinator;
+  CoordinatorSettings s;
+  s.model = t.model;
+  s.served_model_name = t.served_model_name.empty() ? t.model : t.served_model_name;
+  s.bind_host = c.bind_host.empty() ? c.host : c.bind_host;
+  s.http_port = c.http_port;
+  s.grpc_port = c.grpc_port;
+  // Workers on other hosts must reach the internal port: bind it on every interface unless the
+  // cluster is this machine.
+  s.internal_address =
+      absl::StrCat(IsLoopbackHost(c.host) ? "127.0.0.1" : "0.0.0.0", ":", c.internal_port);
+  s.max_queued_requests = c.max_queued_requests;
+  s.lease_timeout_s = c.lease_timeout_s;
+  s.drain_timeout_s = c.drain_timeout_s;
+  for (const TopologyPool& p : t.pools) {
+    if (p.engine.max_model_len > 0 &&
+        (s.max_model_len == 0 || p.engine.max_model_len < s.max_model_len)) {
+      s.max_model_len = p.engine.max_model_len;
+    }
+  }
+  return s;
+}
+
 absl::StatusOr<Topology> LoadTopology(const std::string& path) {
   std::ifstream f(path);
   if (!f) return absl::NotFoundError(absl::StrCat("cannot read the topology file ", path));

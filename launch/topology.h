@@ -77,6 +77,23 @@ struct RankPlacement {
 };
 absl::StatusOr<RankPlacement> PlaceRank(const Topology& topology, int rank);
 
+// What `tessera coordinator` runs with for a topology (its flags' values).
+struct CoordinatorSettings {
+  std::string model;
+  std::string served_model_name;  // the model path when the topology names none (as vLLM)
+  std::string bind_host;          // the public APIs
+  int http_port = 8000;
+  int grpc_port = 8001;
+  // Where replicas register: loopback when the cluster is this machine, every interface else.
+  std::string internal_address;
+  int64_t max_queued_requests = 256;
+  double lease_timeout_s = 3.0;
+  double drain_timeout_s = 30.0;
+  int32_t max_model_len = 0;  // the smallest any pool sets (what every pool can hold); 0: model's
+};
+CoordinatorSettings CoordinatorSettingsOf(const Topology& topology);
+bool IsLoopbackHost(const std::string& host);
+
 // The YAML of `topology` (every key written), for `tessera launch --dry-run` and tests.
 std::string TopologyToYaml(const Topology& topology);
 

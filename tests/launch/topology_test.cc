@@ -156,6 +156,31 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"pools_not_list", "pools:\n", "pools: 3\nx:\n", {"pools"}}),
     [](const auto& info) { return info.param.name; });
 
+TEST(TopologyTest, CoordinatorSettingsAreWhatLaunchPassesTheCoordinator) {
+  absl::StatusOr<Topology> t = ParseTopology(kDemo);
+  ASSERT_TRUE(t.ok()) << t.status();
+  CoordinatorSettings c = CoordinatorSettingsOf(*t);
+  EXPECT_EQ(c.model, "demo");
+  EXPECT_EQ(c.served_model_name, "demo");  // the model path when none is named, as vLLM
+  EXPECT_EQ(c.bind_host, "127.0.0.1");
+  EXPECT_EQ(c.http_port, 8000);
+  EXPECT_EQ(c.grpc_port, 8001);
+  EXPECT_EQ(c.internal_address, "127.0.0.1:8002");  // the cluster is this machine
+  EXPECT_EQ(c.max_model_len, 0);
+  // Workers elsewhere: the registry binds every interface; the APIs bind bind_host; the
+  // coordinator admits what the smallest pool context holds.
+  t->coordinator.host = "tessera-coordinator-internal";
+  t->coordinator.bind_host = "0.0.0.0";
+  t->served_model_name = "tiny";
+  t->pools[0].engine.max_model_len = 512;
+  t->pools[1].engine.max_model_len = 256;
+  c = CoordinatorSettingsOf(*t);
+  EXPECT_EQ(c.internal_address, "0.0.0.0:8002");
+  EXPECT_EQ(c.bind_host, "0.0.0.0");
+  EXPECT_EQ(c.served_model_name, "tiny");
+  EXPECT_EQ(c.max_model_len, 256);
+}
+
 TEST(TopologyTest, AnEmptyPoolListIsRefused) {
   absl::StatusOr<Topology> t = ParseTopology("model: demo\npools: []\n");
   ASSERT_FALSE(t.ok());
