@@ -9,8 +9,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "tests/worker/test_util.h"
 
 namespace tessera::worker {
@@ -47,19 +51,40 @@ void ExpectLogitsMatch(const float* ours, int64_t rows, const ReferencePrompt& p
   }
 }
 
-class LlamaModelFixtureTest : public ::testing::TestWithParam<std::string> {
+// (fixture, backend): every fixture on every backend; "cuda" skips where there is no GPU.
+using FixtureOnBackend = std::tuple<std::string, std::string>;
+
+class LlamaModelFixtureTest : public ::testing::TestWithParam<FixtureOnBackend> {
  protected:
   void SetUp() override {
-    auto fixture = LoadFixture(GetParam());
+    auto backend = testing::MakeBackend(Backend());
+    if (absl::IsUnavailable(backend.status())) GTEST_SKIP() << backend.status();
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    auto fixture = LoadFixture(Name());
     ASSERT_TRUE(fixture.ok()) << fixture.status();
     fixture_ = std::move(*fixture);
+  }
+  const std::string& Name() const { return std::get<0>(GetParam()); }
+  const std::string& Backend() const { return std::get<1>(GetParam()); }
+  absl::StatusOr<TestEngine> Engine() {
+    testing::TestEngineOptions options;
+    options.backend = Backend();
+    return MakeTestEngine(fixture_.config, *fixture_.weights, options);
+  }
+  // `logits` ([rows, vocab] f32 on the engine's device) on the host.
+  static std::vector<float> ToHost(TestEngine& engine, const TensorView& logits, Stream& stream) {
+    std::vector<float> host(static_cast<size_t>(logits.numel()));
+    TESSERA_CHECK_OK(
+        engine.backend->CopyToHost(logits.data(), host.data(), host.size() * 4, stream));
+    TESSERA_CHECK_OK(stream.Synchronize());
+    return host;
   }
   Fixture fixture_;
 };
 
 // All prompts in one step (a batch of prefills of different lengths); logits of every position.
 TEST_P(LlamaModelFixtureTest, BatchedPrefillLogitsMatchTransformers) {
-  auto engine = MakeTestEngine(fixture_.config, *fixture_.weights);
+  auto engine = Engine();
   ASSERT_TRUE(engine.ok()) << engine.status();
   const int32_t bs = engine->cache->config().block_size;
   const int32_t width = engine->model->options().max_blocks_per_seq;
@@ -92,18 +117,19 @@ TEST_P(LlamaModelFixtureTest, BatchedPrefillLogitsMatchTransformers) {
   const int64_t vocab = fixture_.config.vocab_size;
   ASSERT_EQ(logits->dim(0), static_cast<int64_t>(ids.size()));
   ASSERT_EQ(logits->dim(1), vocab);
+  const std::vector<float> host = ToHost(*engine, *logits, **stream);
   for (size_t i = 0; i < fixture_.prompts.size(); ++i) {
     const int64_t start = query_start[i];
-    ExpectLogitsMatch(logits->data_as<float>() + start * vocab,
+    ExpectLogitsMatch(host.data() + start * vocab,
                       static_cast<int64_t>(fixture_.prompts[i].ids.size()), fixture_.prompts[i], 0,
-                      vocab, absl::StrCat(GetParam(), " prompt ", i));
+                      vocab, absl::StrCat(Name(), " prompt ", i));
   }
 }
 
 // The longest prompt fed in chunks of 6 over several steps: each chunk attends to the cached K/V
 // of the earlier ones.
 TEST_P(LlamaModelFixtureTest, ChunkedPrefillLogitsMatchTransformers) {
-  auto engine = MakeTestEngine(fixture_.config, *fixture_.weights);
+  auto engine = Engine();
   ASSERT_TRUE(engine.ok()) << engine.status();
   const ReferencePrompt& p =
       *std::max_element(fixture_.prompts.begin(), fixture_.prompts.end(),
@@ -132,15 +158,15 @@ TEST_P(LlamaModelFixtureTest, ChunkedPrefillLogitsMatchTransformers) {
     auto logits = engine->model->Forward(
         {ids, positions, slots, query_start, seq_lens, table, rows}, *engine->cache, **stream);
     ASSERT_TRUE(logits.ok()) << logits.status();
-    ExpectLogitsMatch(logits->data_as<float>(), end - begin, p, begin, vocab,
-                      absl::StrCat(GetParam(), " chunk at ", begin));
+    ExpectLogitsMatch(ToHost(*engine, *logits, **stream).data(), end - begin, p, begin, vocab,
+                      absl::StrCat(Name(), " chunk at ", begin));
   }
 }
 
 // Greedy generation for all prompts at once through the Engine (prefill, then batched decode
 // steps) equals transformers' 16 greedy tokens.
 TEST_P(LlamaModelFixtureTest, GreedyTokensMatchTransformers) {
-  auto engine = MakeTestEngine(fixture_.config, *fixture_.weights);
+  auto engine = Engine();
   ASSERT_TRUE(engine.ok()) << engine.status();
   std::vector<std::vector<int32_t>> prompts;
   for (const ReferencePrompt& p : fixture_.prompts) prompts.push_back(p.ids);
@@ -153,12 +179,17 @@ TEST_P(LlamaModelFixtureTest, GreedyTokensMatchTransformers) {
                               static_cast<int32_t>(fixture_.prompts[0].greedy.size()), scheduler);
   ASSERT_TRUE(outputs.ok()) << outputs.status();
   for (size_t i = 0; i < prompts.size(); ++i) {
-    EXPECT_EQ((*outputs)[i].token_ids, fixture_.prompts[i].greedy) << GetParam() << " prompt " << i;
+    EXPECT_EQ((*outputs)[i].token_ids, fixture_.prompts[i].greedy) << Name() << " prompt " << i;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Transformers, LlamaModelFixtureTest,
-                         ::testing::Values("llama_gqa", "qwen2_bias", "mistral", "qwen3_qknorm"));
+                         ::testing::Combine(::testing::Values("llama_gqa", "qwen2_bias", "mistral",
+                                                              "qwen3_qknorm"),
+                                            ::testing::Values("cpu", "cuda")),
+                         [](const ::testing::TestParamInfo<FixtureOnBackend>& info) {
+                           return std::get<0>(info.param) + "_" + std::get<1>(info.param);
+                         });
 
 TEST(LlamaModelTest, RejectsWeightsThatDoNotMatchTheConfig) {
   auto fixture = LoadFixture("llama_gqa");

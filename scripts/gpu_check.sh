@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU session's one call (../shared/device/README.md): on a machine with an NVIDIA GPU and
+# the .devdeps prefix carried over, builds for that GPU and runs every `gpu`-labelled test (the
+# CUDA kernels' conformance suites and the transformers fixtures on the CUDA backend), then the
+# kernel benchmarks, writing each log under $OUT (default: gpu-out/).
+#   On the machine with apt first:  bash ../shared/device/fetch-deps.sh   (fills .devdeps/)
+#   Then, on the GPU machine:       bash scripts/gpu_check.sh
+# Environment: ARCH (default 90a: H100/H200), JOBS (default: cores).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu-out}"
+mkdir -p "$OUT"
+if [ -f .devdeps/unpack.sh ]; then
+  # shellcheck disable=SC1091
+  source .devdeps/unpack.sh
+fi
+{
+  nvidia-smi -L
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+  ls /usr/local/cuda*/lib64 2>/dev/null | grep -E 'nccl|cublas' | head
+} >"$OUT/device.txt" 2>&1
+
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CUDA_ARCHITECTURES="${ARCH:-90a}" >"$OUT/configure.log" 2>&1 || {
+  tail -30 "$OUT/configure.log"
+  exit 1
+}
+cmake --build build-gpu -j "${JOBS:-$(nproc)}" --target kernels_test kernels_perf_test worker_test \
+  >"$OUT/build.log" 2>&1 || {
+  grep -E "error|FAILED" -A5 "$OUT/build.log" | head -60
+  exit 1
+}
+
+status=0
+# Per-test output of the CUDA instances (the ctest entries below only say pass/fail).
+build-gpu/tests/kernels/kernels_test --gtest_filter='*/cuda' >"$OUT/kernels_test_cuda.log" 2>&1 ||
+  status=1
+CUDA_LAUNCH_BLOCKING=1 build-gpu/tests/worker/worker_test --gtest_filter='*_cuda' \
+  >"$OUT/worker_test_cuda.log" 2>&1 || status=1
+ctest --test-dir build-gpu -L gpu --output-on-failure >"$OUT/ctest_gpu.log" 2>&1 || status=1
+# Kernel figures against the device (prints; never fails the run).
+build-gpu/tests/kernels/kernels_perf_test >"$OUT/kernels_perf.log" 2>&1 || true
+grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT"/*_cuda.log | head -60
+tail -5 "$OUT/ctest_gpu.log"
+exit $status
