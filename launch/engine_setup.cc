@@ -8,6 +8,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/status_macros.h"
+#include "kernels/cpu/cpu_backend.h"
+#ifdef TESSERA_HAVE_CUDA_BACKEND
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace tessera::launch {
 
@@ -47,6 +51,57 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
   app.add_option("--threads", flags.threads, "CPU threads (0: all cores)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--backend", flags.backend, "Kernels backend: cpu or cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device", flags.device, "cuda: the GPU of the replica's rank 0")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+}
+
+absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv) {
+  if (flags.backend == "cpu") return absl::OkStatus();
+  if (flags.backend != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("backend '", flags.backend, "' is not cpu or cuda"));
+  }
+#ifndef TESSERA_HAVE_CUDA_BACKEND
+  return absl::FailedPreconditionError(
+      "backend cuda: this tessera was built without the CUDA backend (TESSERA_WITH_CUDA=OFF)");
+#else
+  if (ranks > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "backend cuda with ", ranks,
+        " ranks per replica: the TP/PP groups of a GPU replica need "
+        "NCCL communicators, which are not wired into replicas yet (issue #8); use one rank"));
+  }
+  if (moves_kv) {
+    return absl::UnimplementedError(
+        "backend cuda for a prefill or decode pool: KV migration out of GPU memory is not built "
+        "yet (issue #8); use role mixed, or the cpu backend");
+  }
+  if (flags.device < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--device ", flags.device, " is negative"));
+  }
+  return absl::OkStatus();
+#endif
+}
+
+absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFlags& flags,
+                                                                  int threads, int replica_rank) {
+  if (flags.backend == "cpu") {
+    kernels::CpuBackendOptions cpu;
+    cpu.num_threads = threads;
+    return kernels::CreateCpuBackend(cpu);
+  }
+#ifdef TESSERA_HAVE_CUDA_BACKEND
+  if (flags.backend == "cuda") {
+    kernels::CudaBackendOptions cuda;
+    cuda.device = flags.device + replica_rank;
+    return kernels::CreateCudaBackend(cuda);
+  }
+#endif
+  return ValidateBackend(flags, 1, false);  // the reason this backend cannot be made
 }
 
 absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text) {

@@ -28,11 +28,24 @@ struct EngineFlags {
   int32_t num_kv_blocks = 0;  // 0: from kv_cache_gib, capped at what max_num_seqs needs
   double kv_cache_gib = 2.0;
   int32_t threads = 0;  // 0: all cores
+  // The kernels backend: cpu, or cuda (GPU `device` + the rank's index in its replica). A
+  // topology pool's `backend` and first `devices` entry set these for its workers.
+  std::string backend = "cpu";
+  int device = 0;
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
 };
 
 void AddEngineFlags(CLI::App& app, EngineFlags& flags);
+
+// What a replica of `ranks` ranks on `flags.backend` can run today: kInvalidArgument for an
+// unknown backend, kFailedPrecondition for cuda in a build without it, kUnimplemented for what
+// the CUDA path lacks yet (TP/PP groups over NCCL; KV migration out of GPU memory) — named.
+absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv);
+// The backend of replica rank `replica_rank` (cuda: GPU flags.device + replica_rank), with
+// `threads` CPU threads on the CPU backend.
+absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFlags& flags,
+                                                                  int threads, int replica_rank);
 
 // The sizes an engine is built with, derived from the flags and the model (and the rank's share
 // of it under TP/PP): the model's workspace, max_model_len, and the KV blocks per rank.

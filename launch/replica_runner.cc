@@ -242,9 +242,7 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
   }
   std::unique_ptr<parallel::GlooCommunicator> replica = std::move(*made);
   *is_leader = info.rank == 0;
-  kernels::CpuBackendOptions cpu;
-  cpu.num_threads = engine.threads;
-  TESSERA_ASSIGN_OR_RETURN(auto backend, kernels::CreateCpuBackend(cpu));
+  TESSERA_ASSIGN_OR_RETURN(auto backend, MakeRankBackend(engine, engine.threads, info.rank));
   absl::Status status = RunRank(config, weights, *backend, *replica, options, max_model_len, leader,
                                 leader_comm_stats, kv_transports);
   if (!status.ok()) replica->Abort();  // the peers fail at once instead of at their timeout
@@ -263,6 +261,7 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
   TESSERA_ASSIGN_OR_RETURN(worker::ReplicaRankOptions options,
                            RankOptions(config, engine, flags, &max_model_len));
   const int ranks = flags.tensor_parallel_size * flags.pipeline_parallel_size;
+  TESSERA_RETURN_IF_ERROR(ValidateBackend(engine, ranks, kv_transports != nullptr));
   const absl::Duration timeout = absl::Seconds(flags.comm_timeout_s);
   TESSERA_ASSIGN_OR_RETURN(RankInfo info, DiscoverRank(flags.rank));
   const bool use_mpi = flags.comm == "mpi" ||
@@ -316,9 +315,8 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
       }
       parallel::Communicator& replica = shared ? *split : *world;
       *is_leader = replica.rank() == 0;
-      kernels::CpuBackendOptions cpu;
-      cpu.num_threads = engine.threads;
-      TESSERA_ASSIGN_OR_RETURN(auto backend, kernels::CreateCpuBackend(cpu));
+      TESSERA_ASSIGN_OR_RETURN(auto backend,
+                               MakeRankBackend(engine, engine.threads, replica.rank()));
       status = RunRank(config, weights, *backend, replica, options, max_model_len, leader,
                        leader_comm_stats, kv_transports);
       if (!status.ok()) replica.Abort();
@@ -345,9 +343,7 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
   threads.reserve(ranks);
   for (int r = 0; r < ranks; ++r) {
     threads.emplace_back([&, r] {
-      kernels::CpuBackendOptions cpu;
-      cpu.num_threads = threads_per_rank;
-      auto backend = kernels::CreateCpuBackend(cpu);
+      auto backend = MakeRankBackend(engine, threads_per_rank, r);
       if (!backend.ok()) {
         status[r] = backend.status();
       } else {

@@ -129,15 +129,19 @@ absl::Status ApplyTopology(WorkerFlags& flags) {
     }
   }
   const TopologyPool& pool = t.pools[place.pool];
-  if (pool.backend != "cpu") {
-    return absl::UnimplementedError(absl::StrCat("pool ", pool.name, ": backend ", pool.backend,
-                                                 " is not built yet (issue #8); use cpu"));
-  }
   flags.model = t.model;
   flags.served_model_name = t.served_model_name.empty() ? t.model : t.served_model_name;
   flags.role = pool.role;
   flags.kv_transport = t.kv_transport;
   flags.engine = pool.engine;
+  flags.engine.backend = pool.backend;
+  flags.engine.device = pool.devices.empty() ? 0 : pool.devices[0];
+  if (absl::Status s =
+          ValidateBackend(flags.engine, pool.tensor_parallel_size * pool.pipeline_parallel_size,
+                          pool.role != "mixed");
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("pool ", pool.name, ": ", s.message()));
+  }
   flags.replica.tensor_parallel_size = pool.tensor_parallel_size;
   flags.replica.pipeline_parallel_size = pool.pipeline_parallel_size;
   if (flags.replica_name.empty()) flags.replica_name = place.replica_name;
@@ -201,6 +205,9 @@ std::string AdvertisedAddress(const WorkerFlags& flags, int port) {
 // when the model is on this machine.
 absl::Status CheckWorker(const WorkerFlags& flags) {
   TESSERA_RETURN_IF_ERROR(ValidateEngineSettings(flags.engine, "engine"));
+  TESSERA_RETURN_IF_ERROR(ValidateBackend(
+      flags.engine, flags.replica.tensor_parallel_size * flags.replica.pipeline_parallel_size,
+      flags.role != "mixed"));
   std::string model_note = "not on this machine: its split is not checked";
   std::error_code error;
   absl::StatusOr<model::ModelConfig> config = absl::NotFoundError("");

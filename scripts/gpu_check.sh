@@ -25,7 +25,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   tail -30 "$OUT/configure.log"
   exit 1
 }
-cmake --build build-gpu -j "${JOBS:-$(nproc)}" --target kernels_test kernels_perf_test worker_test \
+cmake --build build-gpu -j "${JOBS:-$(nproc)}" --target kernels_test kernels_perf_test worker_test tessera \
   >"$OUT/build.log" 2>&1 || {
   grep -E "error|FAILED" -A5 "$OUT/build.log" | head -60
   exit 1
@@ -38,6 +38,15 @@ build-gpu/tests/kernels/kernels_test --gtest_filter='*/cuda' >"$OUT/kernels_test
 CUDA_LAUNCH_BLOCKING=1 build-gpu/tests/worker/worker_test --gtest_filter='*_cuda' \
   >"$OUT/worker_test_cuda.log" 2>&1 || status=1
 ctest --test-dir build-gpu -L gpu --output-on-failure >"$OUT/ctest_gpu.log" 2>&1 || status=1
+# The CLI end to end: greedy tokens on the GPU equal the CPU's for a fixture.
+for backend in cpu cuda; do
+  build-gpu/launch/tessera generate --model tests/reference/fixtures/llama_gqa --backend "$backend" \
+    --prompt-ids 5,6,7,8 --max-tokens 16 --ignore-eos >"$OUT/generate_$backend.log" 2>&1 || status=1
+done
+if ! diff -q <(tail -1 "$OUT/generate_cpu.log") <(tail -1 "$OUT/generate_cuda.log") >/dev/null; then
+  echo "tessera generate: cuda tokens differ from cpu's" | tee -a "$OUT/generate_cuda.log"
+  status=1
+fi
 # Kernel figures against the device (prints; never fails the run).
 build-gpu/tests/kernels/kernels_perf_test >"$OUT/kernels_perf.log" 2>&1 || true
 grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT"/*_cuda.log | head -60

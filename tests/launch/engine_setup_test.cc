@@ -1,0 +1,49 @@
+// ValidateBackend: what a replica on each kernels backend can run, refused up front with the
+// reason (the CUDA path lacks NCCL replica groups and KV migration out of GPU memory so far).
+#include "launch/engine_setup.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace tessera::launch {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ValidateBackendTest, CpuRunsEverything) {
+  EngineFlags flags;
+  EXPECT_TRUE(ValidateBackend(flags, 4, /*moves_kv=*/true).ok());
+}
+
+TEST(ValidateBackendTest, UnknownBackendsAreRefused) {
+  EngineFlags flags;
+  flags.backend = "rocm";
+  const absl::Status s = ValidateBackend(flags, 1, false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("'rocm' is not cpu or cuda"));
+}
+
+TEST(ValidateBackendTest, CudaRefusesWhatItCannotRunYetNamingIt) {
+  EngineFlags flags;
+  flags.backend = "cuda";
+  const absl::Status one = ValidateBackend(flags, 1, false);
+  if (absl::IsFailedPrecondition(one)) {  // a build without the CUDA backend
+    EXPECT_THAT(one.message(), HasSubstr("built without the CUDA backend"));
+    GTEST_SKIP() << one;
+  }
+  EXPECT_TRUE(one.ok()) << one;  // a one-rank mixed replica
+  const absl::Status tp = ValidateBackend(flags, 2, false);
+  EXPECT_EQ(tp.code(), absl::StatusCode::kUnimplemented) << tp;
+  EXPECT_THAT(tp.message(), HasSubstr("NCCL"));
+  const absl::Status kv = ValidateBackend(flags, 1, true);
+  EXPECT_EQ(kv.code(), absl::StatusCode::kUnimplemented) << kv;
+  EXPECT_THAT(kv.message(), HasSubstr("KV migration out of GPU memory"));
+  // Making it where there is no GPU says so instead of failing later.
+  auto backend = MakeRankBackend(flags, 1, 0);
+  if (!backend.ok()) {
+    EXPECT_EQ(backend.status().code(), absl::StatusCode::kUnavailable) << backend.status();
+  }
+}
+
+}  // namespace
+}  // namespace tessera::launch
