@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -189,6 +191,10 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
   if (options.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("GlooCommunicator::Create: timeout must be positive");
   }
+  // Gloo's TCP transport can write to a peer's socket after the peer went away (seen here as a
+  // SIGPIPE that killed a test when its peer aborted): ignored, the write fails and the op errs.
+  static std::once_flag ignore_sigpipe;
+  std::call_once(ignore_sigpipe, [] { std::signal(SIGPIPE, SIG_IGN); });
   gloo::transport::tcp::attr attr;
   if (!options.iface.empty()) {
     attr.iface = options.iface;

@@ -69,7 +69,8 @@ class GlooCommunicator final : public Communicator {
   // publishes this rank's addresses and connects to every peer. kDeadlineExceeded naming the
   // missing key when a rank does not arrive within the timeout; kInvalidArgument for a bad rank,
   // size or timeout; kUnavailable when the store or the network fails. `store` is shared with the
-  // children of Split().
+  // children of Split(). Ignores SIGPIPE process-wide (once): a peer that dies mid-send must
+  // turn into an error on this rank, not kill the process with the signal.
   static absl::StatusOr<std::unique_ptr<GlooCommunicator>> Create(
       std::shared_ptr<Store> store, int rank, int size, GlooCommunicatorOptions options = {});
   ~GlooCommunicator() override;
