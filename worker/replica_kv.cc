@@ -468,47 +468,48 @@ void ReplicaKvPort::CancelFollowers(uint64_t id) {
   if (!replies.ok()) TESSERA_LOG(WARNING) << "cancelling a KV export: " << replies.status();
 }
 
-absl::StatusOr<std::unique_ptr<KvLayerStream>> ReplicaKvPort::StreamLayers(
-    absl::Span<const int32_t> blocks, const KvDestination& destination) {
-  const uint64_t id = NextExportId();
+template <typename T>
+absl::StatusOr<ReplicaKvPort::Started<T>> ReplicaKvPort::StartEverywhere(
+    int64_t op, absl::Span<const int32_t> blocks, const KvDestination& destination,
+    const std::function<absl::StatusOr<T>()>& start_local) {
+  Started<T> started;
+  started.id = NextExportId();
   Writer command;
-  command.Int(kStream).Int(static_cast<int64_t>(id)).Ints(blocks);
+  command.Int(op).Int(static_cast<int64_t>(started.id)).Ints(blocks);
   TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
                            Call(Destination(command, destination).Take()));
-  absl::Status opened = FirstError(replies);
-  absl::StatusOr<std::unique_ptr<KvLayerStream>> local;
-  if (opened.ok()) {
-    local = local_.StreamLayers(blocks, destination);
-    opened = local.status();
+  started.followers = static_cast<int>(replies.size());
+  absl::Status status = FirstError(replies);
+  if (status.ok()) {
+    absl::StatusOr<T> local = start_local();
+    if (local.ok()) {
+      started.local = *std::move(local);
+      return started;
+    }
+    status = local.status();
   }
-  if (!opened.ok()) {
-    CancelFollowers(id);
-    return opened;
-  }
+  CancelFollowers(started.id);  // the followers that did start stop (unknown ids are ignored)
+  return status;
+}
+
+absl::StatusOr<std::unique_ptr<KvLayerStream>> ReplicaKvPort::StreamLayers(
+    absl::Span<const int32_t> blocks, const KvDestination& destination) {
+  TESSERA_ASSIGN_OR_RETURN(
+      Started<std::unique_ptr<KvLayerStream>> s,
+      StartEverywhere<std::unique_ptr<KvLayerStream>>(
+          kStream, blocks, destination, [&] { return local_.StreamLayers(blocks, destination); }));
   return std::unique_ptr<KvLayerStream>(
-      new ReplicaLayerStream(*this, id, *std::move(local), static_cast<int>(replies.size())));
+      new ReplicaLayerStream(*this, s.id, std::move(s.local), s.followers));
 }
 
 absl::StatusOr<std::unique_ptr<KvExport>> ReplicaKvPort::Export(absl::Span<const int32_t> blocks,
                                                                 const KvDestination& destination) {
-  const uint64_t id = NextExportId();
-  Writer command;
-  command.Int(kExport).Int(static_cast<int64_t>(id)).Ints(blocks);
-  TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
-                           Call(Destination(command, destination).Take()));
-  absl::Status started = FirstError(replies);
-  absl::StatusOr<std::unique_ptr<KvExport>> local;
-  if (started.ok()) {
-    local = local_.Export(blocks, destination);
-    started = local.status();
-  }
-  if (!started.ok()) {
-    // The followers that did start stop (unknown ids are ignored).
-    (void)Call(Writer().Int(kCancel).Int(static_cast<int64_t>(id)).Take());
-    return started;
-  }
+  TESSERA_ASSIGN_OR_RETURN(
+      Started<std::unique_ptr<KvExport>> s,
+      StartEverywhere<std::unique_ptr<KvExport>>(
+          kExport, blocks, destination, [&] { return local_.Export(blocks, destination); }));
   return std::unique_ptr<KvExport>(
-      new ReplicaKvExport(*this, id, std::move(*local), static_cast<int>(replies.size())));
+      new ReplicaKvExport(*this, s.id, std::move(s.local), s.followers));
 }
 
 absl::Status ReplicaKvPort::AbortFollowers(uint64_t token, bool* known) {

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -79,6 +80,19 @@ class ReplicaKvPort final : public KvEndpoint {
   absl::Status AbortFollowers(uint64_t token, bool* known);
   void ExportEnded(absl::Duration took);  // send_seconds
   uint64_t NextExportId();
+  // An export or stream started on every rank: its id, this rank's part, the followers' count.
+  template <typename T>
+  struct Started {
+    uint64_t id = 0;
+    T local;
+    int followers = 0;
+  };
+  // Starts command `op` (an export or a stream) of a new id on every follower, then
+  // `start_local` on this rank; when any rank fails, the followers that started stop.
+  template <typename T>
+  absl::StatusOr<Started<T>> StartEverywhere(int64_t op, absl::Span<const int32_t> blocks,
+                                             const KvDestination& destination,
+                                             const std::function<absl::StatusOr<T>()>& start_local);
   // Cancels export `id` on the followers (unknown ids are ignored); errors are logged.
   void CancelFollowers(uint64_t id);
 
