@@ -5,13 +5,12 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "launch/topology.h"
 #include "parallel/comm/inproc/in_process_communicator.h"
 #if TESSERA_HAVE_MPI
 #include "parallel/comm/mpi/mpi_runtime.h"
@@ -149,10 +148,6 @@ absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource
 }
 
 #if TESSERA_HAVE_GLOO
-bool IsLoopback(absl::string_view host) {
-  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
-}
-
 // host:port of rank 0's rendezvous store, from the flags and the launcher's leader address.
 std::pair<std::string, int> RendezvousAddress(const ReplicaFlags& flags, const RankInfo& info) {
   std::string host = flags.rendezvous_host;
@@ -203,11 +198,9 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
   const absl::Duration timeout = absl::Seconds(flags.comm_timeout_s);
   const absl::Time deadline = absl::Now() + timeout;
   const auto [host, port] = RendezvousAddress(flags, info);
-  const bool loopback = IsLoopback(host);
+  const bool loopback = IsLoopbackHost(host);
   std::unique_ptr<parallel::StoreServer> server;  // rank 0's, alive as long as the rank runs
-  std::string target =
-      absl::StrCat(absl::StrContains(host, ':') && host[0] != '[' ? "[" : "", host,
-                   absl::StrContains(host, ':') && host[0] != '[' ? "]" : "", ":", port);
+  std::string target = HostPort(host, port);
   if (info.rank == 0) {
     // Loopback unless the peers are elsewhere (then every interface: the pod's address).
     const std::string listen = absl::StrCat(loopback ? "127.0.0.1" : "0.0.0.0", ":", port);

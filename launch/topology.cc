@@ -334,6 +334,11 @@ bool IsLoopbackHost(const std::string& host) {
   return host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
 }
 
+std::string HostPort(const std::string& host, int port) {
+  const bool bare_ipv6 = host.find(':') != std::string::npos && host.front() != '[';
+  return absl::StrCat(bare_ipv6 ? "[" : "", host, bare_ipv6 ? "]" : "", ":", port);
+}
+
 CoordinatorSettings CoordinatorSettingsOf(const Topology& t) {
   const TopologyCoordinator& c = t.coordinator;
   CoordinatorSettings s;

@@ -93,6 +93,8 @@ struct CoordinatorSettings {
 };
 CoordinatorSettings CoordinatorSettingsOf(const Topology& topology);
 bool IsLoopbackHost(const std::string& host);
+// "host:port", an IPv6 host in brackets ("[::1]:8000").
+std::string HostPort(const std::string& host, int port);
 
 // The YAML of `topology` (every key written), for `tessera launch --dry-run` and tests.
 std::string TopologyToYaml(const Topology& topology);

@@ -17,7 +17,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -197,8 +196,7 @@ std::string AdvertisedAddress(const WorkerFlags& flags, int port) {
       host = gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
     }
   }
-  if (absl::StrContains(host, ':') && !absl::StartsWith(host, "[")) host = "[" + host + "]";
-  return absl::StrCat(host, ":", port);
+  return HostPort(host, port);
 }
 
 // --check: what can be checked without running — the flags, the topology, and the model's split
@@ -414,9 +412,10 @@ Command RegisterWorker(CLI::App& app) {
                   "arrive (renewed with every heartbeat while the coordinator waits on it)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  sub->add_option("--kv-stream-layers", flags->kv_stream_layers,
-                  "Prefill replicas of one rank: send each layer's KV as soon as it is written "
-                  "(true), or the whole request's after its prefill step (false)")
+  sub->add_option(
+         "--kv-stream-layers", flags->kv_stream_layers,
+         "Prefill replicas: each prompt step sends the blocks it fills, each layer as soon "
+         "as it is written (true), or the whole prompt's KV after its last step (false)")
       ->capture_default_str();
   sub->add_option("--served-model-name", flags->served_model_name,
                   "Model name clients use (default: --model as given)");

@@ -479,10 +479,6 @@ absl::StatusOr<StepResult> Engine::ExecuteStreaming(const StepPlan& plan) {
     if (s.started == absl::InfinitePast()) s.started = clock_.MonotonicNow();
     absl::StatusOr<std::unique_ptr<KvLayerStream>> stream =
         options_.kv_port->StreamLayers(send.blocks, send.destination);
-    if (absl::IsUnimplemented(stream.status())) {
-      streaming_.erase(send.id);  // the endpoint sends whole requests at handoff
-      continue;
-    }
     if (!stream.ok()) {
       s.error = stream.status();
       continue;

@@ -109,12 +109,9 @@ class KvEndpoint {
   // the receiving rank. Errors as KvPort::Export.
   virtual absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
                                                            const KvDestination& destination) = 0;
-  // A layer-wise stream of the same send (every rank's layers). Errors as Export; kUnimplemented
-  // where not supported (the caller then sends with Export after the step).
+  // A layer-wise stream of the same send (every rank's layers). Errors as Export.
   virtual absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(
-      absl::Span<const int32_t> blocks, const KvDestination& destination) {
-    return absl::UnimplementedError("this KV endpoint sends whole requests only");
-  }
+      absl::Span<const int32_t> blocks, const KvDestination& destination) = 0;
   // As KvPort's, on every rank; Commit hands each rank the checksums that name it.
   virtual absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) = 0;
   virtual absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) = 0;

@@ -449,7 +449,7 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
         KvWrite(backend_, {k, v, slots, cache.key(cache_layer), cache.value(cache_layer)}, stream));
     if (options.kv_written) {
       TESSERA_RETURN_IF_ERROR(stream.Synchronize());
-      options.kv_written(cache_layer);
+      options.kv_written(static_cast<int32_t>(par_.plan.layer_begin) + cache_layer);
     }
     TESSERA_RETURN_IF_ERROR(PagedAttention(backend_,
                                            {q, cache.key(cache_layer), cache.value(cache_layer),

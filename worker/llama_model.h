@@ -56,8 +56,8 @@ struct ForwardInput {
 
 // How one Forward call runs beyond its batch.
 struct ForwardOptions {
-  // Called after layer i's (this rank's i-th layer's) K and V are in the cache and the stream has
-  // synchronised — for sending them on while later layers compute.
+  // Called with the model's (global) layer index once that layer's K and V are in the cache and
+  // the stream has synchronised — for sending them on while later layers compute.
   std::function<void(int32_t)> kv_written;
   // Under tensor parallelism: true gathers every rank's vocabulary shard into [rows, vocab];
   // false returns this rank's own columns only, [rows, VocabColumns()] with the shard's row

@@ -201,12 +201,8 @@ absl::StatusOr<StepResult> LocalExecutor::Execute(const StepPlan& plan) {
                                                    " sampling rows for ", plan.logits_rows.size(),
                                                    " logits rows"));
   }
-  // The model counts its own layers; the callback speaks of the model's.
   ForwardOptions options;
-  if (kv_written_) {
-    const auto first = static_cast<int32_t>(model_.plan().layer_begin);
-    options.kv_written = [this, first](int32_t layer) { kv_written_(first + layer); };
-  }
+  options.kv_written = kv_written_;
   TESSERA_ASSIGN_OR_RETURN(TensorView logits,
                            model_.Forward(plan.AsForwardInput(), cache_, *stream_, options));
   if (plan.logits_rows.empty()) {

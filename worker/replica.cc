@@ -203,10 +203,7 @@ absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(const StepPlan& plan,
   ForwardOptions options;
   options.gather_logits = tp == nullptr || !CanSampleVocabParallel(plan.sampling);
   if (observer != nullptr) {
-    const auto first = static_cast<int32_t>(model_.plan().layer_begin);
-    options.kv_written = [observer, first](int32_t layer) {
-      observer->LayerWritten(first + layer);
-    };
+    options.kv_written = [observer](int32_t layer) { observer->LayerWritten(layer); };
   }
   TESSERA_ASSIGN_OR_RETURN(TensorView logits,
                            model_.Forward(plan.AsForwardInput(), cache_, *stream_, options));

@@ -293,12 +293,10 @@ class ReplicaKvExport final : public KvExport {
     if (remote_done_) return;
     remote_done_ = true;
     // A follower's export ends (and its memory is no longer read) before it replies.
-    absl::StatusOr<std::vector<ReplicaKvPort::Reply>> replies =
-        port_.Call(Writer().Int(kCancel).Int(static_cast<int64_t>(id_)).Take());
+    port_.CancelFollowers(id_);
     for (Remote& r : remote_) {
       if (r.status.ok() && !r.sent) r.status = absl::CancelledError("the KV export was cancelled");
     }
-    if (!replies.ok()) TESSERA_LOG(WARNING) << "cancelling a KV export: " << replies.status();
   }
 
  private:

@@ -377,7 +377,6 @@ std::vector<Scheduler::KvSend> Scheduler::KvSendsInStep() const {
     send.destination.block_ids.assign(d.block_ids.begin() + (first - cached),
                                       d.block_ids.begin() + (end - cached));
     send.destination.ranks = d.ranks;
-    send.completes_prompt = seq->num_computed + n >= seq->num_prompt;
     out.push_back(std::move(send));
   }
   return out;

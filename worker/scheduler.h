@@ -144,7 +144,6 @@ class Scheduler {
     RequestId id = 0;
     std::vector<int32_t> blocks;  // local blocks
     KvDestination destination;    // the matching destination blocks only
-    bool completes_prompt = false;
   };
   std::vector<KvSend> KvSendsInStep() const;
   // The requests whose blocks were released since the last call (preempted for recomputation)

@@ -86,7 +86,8 @@ class StepExecutor {
   virtual absl::Status Idle() { return absl::OkStatus(); }
   // Layer-wise KV streaming: `kv_written(layer)` is called during the next Execute calls, on the
   // executing thread, once the global `layer`'s K and V of the step are in the cache (null: no
-  // calls). False when this executor cannot (a replica across ranks: its layers are elsewhere).
+  // calls). False when this executor cannot report layers (then sends go after the step). A
+  // replica across ranks reports the leader's layers here; each follower reports its own.
   virtual bool SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) { return false; }
 };
 

@@ -31,16 +31,11 @@ absl::StatusOr<SamplingRow> LocalRow(const SamplingRow& row, int64_t begin, int6
         absl::StrCat("Sample: ", row.penalty_token_ids.size(), " penalty tokens with ",
                      row.penalty_output_counts.size(), " output counts"));
   }
-  SamplingRow local;
-  local.temperature = row.temperature;
-  local.top_k = row.top_k;
-  local.top_p = row.top_p;
-  local.seed = row.seed;
-  local.step = row.step;
-  local.min_p = row.min_p;
-  local.repetition_penalty = row.repetition_penalty;
-  local.presence_penalty = row.presence_penalty;
-  local.frequency_penalty = row.frequency_penalty;
+  // The row's settings as they are; the token lists are rebuilt for this rank's columns.
+  SamplingRow local = row;
+  local.penalty_token_ids.clear();
+  local.penalty_output_counts.clear();
+  local.banned_token_ids.clear();
   local.num_top_logprobs = static_cast<int32_t>(std::min<int64_t>(row.num_top_logprobs, columns));
   auto in_vocab = [&](int32_t id) -> absl::Status {
     if (id < 0 || id >= vocab_size) {
