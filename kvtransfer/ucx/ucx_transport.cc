@@ -685,7 +685,12 @@ void UcxTransportImpl::MaybeRetire(const std::shared_ptr<TransferState>& t) {
   regions_.ReleaseSources(t->submitted);
   absl::MutexLock lock(&t->mu);
   t->done = true;
-  t->status = t->final_status;
+  // Transfer::Cancel's contract: kCancelled unless the transfer had already finished. A Cancel
+  // posted to this thread can arrive after the last ack was read in the same progress round, so
+  // the flag (set before Cancel returns) decides, not the order of the two on this thread.
+  t->status = t->final_status.ok() && t->cancel_requested.load()
+                  ? absl::CancelledError("transfer cancelled")
+                  : t->final_status;
 }
 
 void UcxTransportImpl::CancelOnWorker(const std::shared_ptr<TransferState>& t) {
