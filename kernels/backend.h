@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <string>
+
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -65,6 +67,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual absl::string_view name() const = 0;  // "cpu", "cuda"
   virtual Device device() const = 0;
+  // The hardware in words, for reports that must say what they ran on ("NVIDIA H100 80GB HBM3,
+  // 132 SMs, 79.1 GiB, sm_90"; "Intel(R) Xeon(R) ..., 2 threads, avx2 kernels").
+  virtual std::string Describe() const { return std::string(name()); }
   const OpTable& ops() const { return ops_; }
 
   // Uninitialised device memory, aligned to at least 256 bytes. kResourceExhausted when the

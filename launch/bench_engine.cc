@@ -1,9 +1,10 @@
 // `tessera bench-engine`: prefill and decode throughput of one in-process replica on a model shape
-// with random weights, with decode's weight bytes/s as a ratio of this machine's memory bandwidth
-// measured in the same run (a large memcpy). A benchmark: it reports, it never asserts.
+// with random weights, against the device's own peaks measured in the same run on the same
+// backend (kernels/bench: a large on-device copy, a large Matmul): decode's weight and KV bytes/s
+// as a ratio of the copy bandwidth (the roofline of a memory-bound step), prefill's FLOP/s as a
+// ratio of the GEMM's. A benchmark: it reports, it never asserts.
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/bench/kernel_bench.h"
 #include "launch/commands.h"
 #include "launch/engine_setup.h"
 #include "launch/model_flags.h"
@@ -31,25 +33,11 @@ struct BenchFlags {
   int32_t prompt_len = 128;
   int32_t decode_steps = 8;
   double copy_gib = 1.0;
+  int64_t gemm_size = 0;  // 0: 8192 on cuda, 2048 on cpu
 };
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
-}
-
-// Memory bandwidth as STREAM's copy counts it: (bytes read + bytes written) / second, the best
-// of five memcpy runs over buffers far larger than the caches.
-double MeasureCopyBandwidth(double gib) {
-  const size_t bytes = static_cast<size_t>(gib * (1 << 30));
-  std::vector<char> src(bytes, 1), dst(bytes, 0);
-  double best = 0;
-  for (int i = 0; i < 5; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    std::memcpy(dst.data(), src.data(), bytes);
-    best = std::max(best, 2.0 * static_cast<double>(bytes) / Seconds(start));
-    src[i] = dst[bytes - 1 - i];  // keep the copies observable
-  }
-  return best;
 }
 
 // Sequence s of a batch uses blocks [s * width, (s + 1) * width).
@@ -101,17 +89,40 @@ absl::Status Bench(BenchFlags flags) {
   const int32_t width = (seq_len + block_size - 1) / block_size;
   flags.engine.num_kv_blocks = max_batch * width;
 
-  std::printf("memory bandwidth (memcpy, read+write): ");
-  std::fflush(stdout);
-  const double copy_bw = MeasureCopyBandwidth(flags.copy_gib);
-  std::printf("%.2f GB/s\n", copy_bw / 1e9);
+  double copy_bw = 0, gemm_flops = 0;
+  {
+    // The peaks of the backend the replica runs on (rank 0's device), then that backend goes.
+    TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Backend> backend,
+                             MakeRankBackend(flags.engine, flags.engine.threads, 0));
+    kernels::bench::KernelBenchOptions probe;
+    probe.dtype = dtype;
+    probe.activation_dtype = flags.engine.backend == "cuda" ? dtype : DataType::kF32;
+    probe.copy_bytes = static_cast<size_t>(flags.copy_gib * (1 << 30));
+    probe.gemm_size = flags.gemm_size > 0              ? flags.gemm_size
+                      : flags.engine.backend == "cuda" ? 8192
+                                                       : 2048;
+    std::printf("device: %s\n", backend->Describe().c_str());
+    std::fflush(stdout);
+    TESSERA_ASSIGN_OR_RETURN(kernels::bench::Peaks peaks,
+                             kernels::bench::MeasurePeaks(*backend, probe));
+    copy_bw = peaks.copy_bytes_per_second;
+    gemm_flops = peaks.gemm_flops_per_second;
+    std::printf("peak copy: %.2f GB/s (%s)\npeak GEMM: %.3f TFLOP/s (%s)\n", copy_bw / 1e9,
+                peaks.copy_what.c_str(), gemm_flops / 1e12, peaks.gemm_what.c_str());
+  }
   std::printf("making random weights (%s, %s)...\n", flags.shape.preset.c_str(),
               std::string(DataTypeName(dtype)).c_str());
   std::fflush(stdout);
   auto weights = model::MakeRandomWeights(config, dtype, /*seed=*/1);
-  double weight_bytes = 0;
+  // weight_bytes: every tensor; decode_weight_bytes: what a decode step reads of them — all but
+  // an untied embedding table, of which it reads only the batch's rows.
+  double weight_bytes = 0, decode_weight_bytes = 0;
   for (const model::TensorSpec& spec : model::LlamaTensorSpecs(config)) {
-    weight_bytes += static_cast<double>(NumElements(spec.shape)) * DataTypeSize(dtype);
+    const double bytes = static_cast<double>(NumElements(spec.shape)) * DataTypeSize(dtype);
+    weight_bytes += bytes;
+    if (config.tie_word_embeddings || spec.name != "model.embed_tokens.weight") {
+      decode_weight_bytes += bytes;
+    }
   }
   const int tp = flags.replica.tensor_parallel_size;
   const int pp = flags.replica.pipeline_parallel_size;
@@ -119,8 +130,19 @@ absl::Status Bench(BenchFlags flags) {
               static_cast<long long>(config.num_hidden_layers),
               static_cast<long long>(config.hidden_size), static_cast<long long>(config.vocab_size),
               weight_bytes / 1e9, tp, pp);
-  std::printf("%6s %8s %14s %14s %14s %10s %10s\n", "batch", "prompt", "prefill tok/s",
-              "decode tok/s", "decode GB/s", "vs memcpy", "comm share");
+  // FLOPs of one prompt: every layer's matrices for each token, the LM head for the last, and
+  // causal attention (4 * q_size per query-key pair).
+  const double layer_params = static_cast<double>(config.hidden_size) *
+                              static_cast<double>(config.q_size() + 2 * config.kv_size() +
+                                                  config.q_size() + 3 * config.intermediate_size);
+  const double prompt = flags.prompt_len;
+  const double prompt_flops =
+      2.0 * layer_params * static_cast<double>(config.num_hidden_layers) * prompt +
+      2.0 * static_cast<double>(config.vocab_size * config.hidden_size) +
+      4.0 * static_cast<double>(config.q_size() * config.num_hidden_layers) * prompt *
+          (prompt + 1) / 2;
+  std::printf("%6s %8s %14s %12s %14s %14s %10s %10s\n", "batch", "prompt", "prefill tok/s",
+              "vs GEMM", "decode tok/s", "decode GB/s", "vs copy", "comm share");
 
   TESSERA_ASSIGN_OR_RETURN(EngineLimits limits, ComputeEngineLimits(config, flags.engine));
   const size_t kv_bytes_per_token = 2ull * static_cast<size_t>(config.num_hidden_layers) *
@@ -149,9 +171,12 @@ absl::Status Bench(BenchFlags flags) {
       }
       const double prefill_tps = batch * static_cast<double>(flags.prompt_len) / prefill_seconds;
       const double decode_tps = batch * static_cast<double>(flags.decode_steps) / decode_seconds;
-      const double decode_bytes = (weight_bytes * flags.decode_steps + kv_read) / decode_seconds;
-      std::printf("%6d %8d %14.1f %14.2f %14.2f %9.1f%% %9.1f%%\n", batch, flags.prompt_len,
-                  prefill_tps, decode_tps, decode_bytes / 1e9, 100.0 * decode_bytes / copy_bw,
+      const double decode_bytes =
+          (decode_weight_bytes * flags.decode_steps + kv_read) / decode_seconds;
+      const double prefill_flops = prompt_flops * batch / prefill_seconds;
+      std::printf("%6d %8d %14.1f %11.1f%% %14.2f %14.2f %9.1f%% %9.1f%%\n", batch,
+                  flags.prompt_len, prefill_tps, 100.0 * prefill_flops / gemm_flops, decode_tps,
+                  decode_bytes / 1e9, 100.0 * decode_bytes / copy_bw,
                   100.0 * comm.seconds() / decode_seconds);
       std::fflush(stdout);
     }
@@ -168,7 +193,7 @@ Command RegisterBenchEngine(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "bench-engine",
       "Prefill and decode tokens/s of one in-process replica on random weights, with decode "
-      "bytes/s against this machine's memcpy bandwidth");
+      "bytes/s against the device's copy bandwidth and prefill FLOP/s against its GEMM");
   AddModelShapeFlags(*sub, flags->shape);
   AddEngineFlags(*sub, flags->engine);
   AddReplicaFlags(*sub, flags->replica);
@@ -183,8 +208,10 @@ Command RegisterBenchEngine(CLI::App& app) {
   sub->add_option("--decode-steps", flags->decode_steps)
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  sub->add_option("--copy-gib", flags->copy_gib, "Size of the memcpy bandwidth probe")
+  sub->add_option("--copy-gib", flags->copy_gib, "Size of the copy bandwidth probe")
       ->capture_default_str();
+  sub->add_option("--gemm-size", flags->gemm_size,
+                  "GEMM peak probe: M = N = K (default cuda 8192, cpu 2048)");
   return ExitCodeOf("bench-engine", [flags] { return Bench(*flags); });
 }
 

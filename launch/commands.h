@@ -29,6 +29,7 @@ Command ExitCodeOf(const char* name, Run run) {
 Command RegisterMakeModel(CLI::App& app);
 Command RegisterGenerate(CLI::App& app);
 Command RegisterBenchEngine(CLI::App& app);
+Command RegisterBenchKernels(CLI::App& app);
 Command RegisterWorker(CLI::App& app);
 Command RegisterCoordinator(CLI::App& app);
 Command RegisterServe(CLI::App& app);

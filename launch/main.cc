@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   add(&tessera::launch::RegisterMakeModel);
   add(&tessera::launch::RegisterGenerate);
   add(&tessera::launch::RegisterBenchEngine);
+  add(&tessera::launch::RegisterBenchKernels);
   add(&tessera::launch::RegisterWorker);
   add(&tessera::launch::RegisterCoordinator);
   add(&tessera::launch::RegisterServe);

@@ -1,9 +1,11 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -240,19 +242,40 @@ std::unique_ptr<InMemoryWeights> MakeRandomWeights(const ModelConfig& config, Da
   auto weights = std::make_unique<InMemoryWeights>(
       absl::StrCat("random weights (seed ", seed, ", ", DataTypeName(dtype), ")"));
   constexpr size_t kChunk = size_t{1} << 14;
-  std::vector<float> chunk(kChunk);
   const size_t element_size = DataTypeSize(dtype);
+  // Tensors are allocated here, then filled by a few threads, a tensor at a time: each tensor's
+  // stream depends only on the seed and its name, so the result does not depend on the threads
+  // (an 8B-shaped model is 8e9 draws: minutes on one core).
+  struct Job {
+    TensorSpec spec;
+    char* out;
+  };
+  std::vector<Job> jobs;
   for (TensorSpec& spec : LlamaTensorSpecs(config)) {
-    const size_t numel = static_cast<size_t>(NumElements(spec.shape));
-    const float mean = IsNormWeight(spec.name) ? 1.0f : 0.0f;
-    SplitMix64 rng(seed ^ Fnv1a64(spec.name));
     auto* out = static_cast<char*>(weights->AddUninitialized(spec.name, dtype, spec.shape));
-    for (size_t done = 0; done < numel; done += kChunk) {
-      const size_t count = std::min(kChunk, numel - done);
-      FillNormal(rng, mean, init_std, chunk.data(), count);
-      ConvertFromF32(chunk.data(), dtype, out + done * element_size, count);
-    }
+    jobs.push_back({std::move(spec), out});
   }
+  std::atomic<size_t> next{0};
+  auto fill = [&] {
+    std::vector<float> chunk(kChunk);
+    for (size_t j = next++; j < jobs.size(); j = next++) {
+      const TensorSpec& spec = jobs[j].spec;
+      const size_t numel = static_cast<size_t>(NumElements(spec.shape));
+      const float mean = IsNormWeight(spec.name) ? 1.0f : 0.0f;
+      SplitMix64 rng(seed ^ Fnv1a64(spec.name));
+      for (size_t done = 0; done < numel; done += kChunk) {
+        const size_t count = std::min(kChunk, numel - done);
+        FillNormal(rng, mean, init_std, chunk.data(), count);
+        ConvertFromF32(chunk.data(), dtype, jobs[j].out + done * element_size, count);
+      }
+    }
+  };
+  const size_t threads =
+      std::max<size_t>(1, std::min<size_t>({std::thread::hardware_concurrency(), 16, jobs.size()}));
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(fill);
+  fill();
+  for (std::thread& t : pool) t.join();
   return weights;
 }
 

@@ -2,7 +2,8 @@
 # The GPU session's one call (../shared/device/README.md): on a machine with an NVIDIA GPU and
 # the .devdeps prefix carried over, builds for that GPU and runs every `gpu`-labelled test (the
 # CUDA kernels' conformance suites and the transformers fixtures on the CUDA backend), then the
-# kernel benchmarks, writing each log under $OUT (default: gpu-out/).
+# benchmarks (bench-kernels, bench-engine at 8B, the transformers peer), writing each log under
+# $OUT (default: gpu-out/).
 #   On the machine with apt first:  bash ../shared/device/fetch-deps.sh   (fills .devdeps/)
 #   Then, on the GPU machine:       bash scripts/gpu_check.sh
 # Environment: ARCH (default 90a: H100/H200), JOBS (default: cores).
@@ -25,7 +26,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   tail -30 "$OUT/configure.log"
   exit 1
 }
-cmake --build build-gpu -j "${JOBS:-$(nproc)}" --target kernels_test kernels_perf_test worker_test tessera \
+cmake --build build-gpu -j "${JOBS:-$(nproc)}" --target kernels_test worker_test tessera \
   >"$OUT/build.log" 2>&1 || {
   grep -E "error|FAILED" -A5 "$OUT/build.log" | head -60
   exit 1
@@ -47,8 +48,19 @@ if ! diff -q <(tail -1 "$OUT/generate_cpu.log") <(tail -1 "$OUT/generate_cuda.lo
   echo "tessera generate: cuda tokens differ from cpu's" | tee -a "$OUT/generate_cuda.log"
   status=1
 fi
-# Kernel figures against the device (prints; never fails the run).
-build-gpu/tests/kernels/kernels_perf_test >"$OUT/kernels_perf.log" 2>&1 || true
+# Figures (print; never fail the run), each against the device's peaks measured in the same run:
+# every kernel at Llama-3-8B shapes, the engine on an 8B-shaped model, and the transformers peer
+# at the same shapes when this machine's python has torch.
+timeout 300 build-gpu/launch/tessera bench-kernels --backend cuda --json "$OUT/bench_kernels.json" \
+  >"$OUT/bench_kernels.log" 2>&1 || true
+timeout 300 build-gpu/launch/tessera bench-engine --backend cuda --preset llama-8b \
+  --weight-dtype bfloat16 --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32 \
+  >"$OUT/bench_engine_8b.log" 2>&1 || true
+timeout 300 python3 scripts/peer_decode_hf.py --preset llama-8b --device cuda --dtype bfloat16 \
+  --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32 --compare "$OUT/bench_engine_8b.log" \
+  >"$OUT/peer_hf_8b.log" 2>&1 || true
 grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT"/*_cuda.log | head -60
 tail -5 "$OUT/ctest_gpu.log"
+grep -E "^(device|peak)|BELOW|met" "$OUT/bench_kernels.log" | head -40
+tail -6 "$OUT/bench_engine_8b.log" "$OUT/peer_hf_8b.log"
 exit $status

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <string>
 
 #include "absl/status/status.h"
 #include "common/stream.h"
@@ -20,6 +21,7 @@ class CpuBackend final : public Backend {
 
   absl::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::Cpu(); }
+  std::string Describe() const override;
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
   absl::Status CopyToDevice(const void* host, void* device, size_t bytes, Stream& stream) override;
   absl::Status CopyToHost(const void* device, void* host, size_t bytes, Stream& stream) override;

@@ -1,9 +1,11 @@
 // The CUDA backend's memory, copies and streams, and its factory.
 #include "kernels/cuda/cuda_backend.h"
 
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_internal.h"
 
@@ -125,8 +127,11 @@ absl::StatusOr<cublasHandle_t> CudaStream::Cublas() {
   return cublas_;
 }
 
-CudaBackend::CudaBackend(int device, const DeviceLimits& limits)
-    : Backend(CudaOpTable()), device_(device), limits_(limits) {}
+CudaBackend::CudaBackend(int device, const DeviceLimits& limits, std::string description)
+    : Backend(CudaOpTable()),
+      device_(device),
+      limits_(limits),
+      description_(std::move(description)) {}
 
 absl::Status CudaBackend::Activate() const {
   return CudaStatus("cudaSetDevice", cudaSetDevice(device_));
@@ -215,7 +220,15 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
         "CreateCudaBackend: device ", options.device,
         " lacks stream-ordered allocation (cudaMallocAsync), which the backend's scratch uses"));
   }
-  return std::unique_ptr<Backend>(std::make_unique<cuda::CudaBackend>(options.device, limits));
+  cudaDeviceProp props{};
+  TESSERA_RETURN_IF_ERROR(
+      cuda::CudaStatus("cudaGetDeviceProperties", cudaGetDeviceProperties(&props, options.device)));
+  std::string description =
+      absl::StrCat(props.name, ", ", props.multiProcessorCount, " SMs, ",
+                   absl::StrFormat("%.1f", static_cast<double>(props.totalGlobalMem) / (1 << 30)),
+                   " GiB, sm_", props.major, props.minor, ", device ", options.device);
+  return std::unique_ptr<Backend>(
+      std::make_unique<cuda::CudaBackend>(options.device, limits, std::move(description)));
 }
 
 }  // namespace tessera::kernels

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -49,10 +50,11 @@ class CudaStream final : public Stream {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, const DeviceLimits& limits);
+  CudaBackend(int device, const DeviceLimits& limits, std::string description);
 
   absl::string_view name() const override { return "cuda"; }
   Device device() const override { return Device::Cuda(device_); }
+  std::string Describe() const override { return description_; }
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
   absl::Status CopyToDevice(const void* host, void* device, size_t bytes, Stream& stream) override;
   absl::Status CopyToHost(const void* device, void* host, size_t bytes, Stream& stream) override;
@@ -73,6 +75,7 @@ class CudaBackend final : public Backend {
  private:
   const int device_;
   const DeviceLimits limits_;
+  const std::string description_;
 };
 
 absl::Status CudaEmbedding(Backend& backend, const EmbeddingParams& params, Stream& stream);

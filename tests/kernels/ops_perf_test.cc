@@ -1,6 +1,6 @@
 // Decode-shaped Matmul (m = 1..16) and PagedAttention bandwidth against memcpy of the same
 // bytes, prefill-shaped Matmul GFLOP/s per weight dtype, and Sample over a large vocabulary.
-// Prints figures; never asserts on time (label perf).
+// Prints figures; never asserts on time (label perf). CPU backends (portable and AVX2) only.
 // Threads: OMP_NUM_THREADS (ctest sets 1; run the binary directly for all cores).
 #include <omp.h>
 
@@ -36,7 +36,18 @@ double Best(int reps, Fn fn) {
   return best;
 }
 
-class OpsPerf : public testing::BackendTest {};
+// The CPU backends only: these figures time ops without synchronising a stream and copy with the
+// host's memcpy. `tessera bench-kernels` (kernels/bench) measures every backend, the GPU included,
+// against that device's own copy and GEMM peaks.
+class OpsPerf : public testing::BackendTest {
+ protected:
+  void SetUp() override {
+    if (GetParam().rfind("cpu", 0) != 0) {
+      GTEST_SKIP() << "host-side figures; run tessera bench-kernels --backend " << GetParam();
+    }
+    testing::BackendTest::SetUp();
+  }
+};
 
 TEST_P(OpsPerf, DecodeBandwidthAgainstMemcpy) {
   // Several weights, used in turn like the layers of a model, so that together they are far

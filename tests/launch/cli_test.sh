@@ -60,4 +60,32 @@ expect_error "--dtype" generate --model "$WORK/m" --dtype int8 --prompt-ids 1
 expect_error "--preset" make-model --out "$WORK/x" --preset huge
 echo '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}' >"$WORK/m/config.json"
 expect_error "GPT2LMHeadModel" generate --model "$WORK/m" --prompt-ids 1
+# The benchmarks run and print what they promise (figures are not checked: they are not tests).
+"$TESSERA" bench-kernels --preset tiny --batch-sizes 1,4 --contexts 32 --prefill-tokens 16 \
+  --copy-gib 0.01 --gemm-size 64 --min-seconds 0 --repeats 1 --json "$WORK/kernels.json" \
+  >"$WORK/kernels.txt" 2>"$WORK/err" || fail "bench-kernels: $(cat "$WORK/err")"
+grep -q "^peak copy: " "$WORK/kernels.txt" || fail "bench-kernels printed no copy peak"
+python3 - "$WORK/kernels.json" <<'PY' || fail "bench-kernels --json: $(cat "$WORK/kernels.json")"
+import json, sys
+report = json.load(open(sys.argv[1]))
+ops = {r["op"] for r in report["results"]}
+want = {"embedding", "add_rms_norm", "rope", "swiglu", "kv_write", "matmul", "decode_attention",
+        "prefill_attention", "sample_greedy", "sample_top_p"}
+assert ops == want, ops
+assert report["peaks"]["gemm_flops_per_second"] > 0 and report["backend"] == "cpu"
+assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in report["results"])
+PY
+expect_error "unknown op 'softmax'" bench-kernels --preset tiny --ops softmax
+expect_error "backend 'tpu' is not cpu or cuda" bench-kernels --preset tiny --backend tpu
+"$TESSERA" bench-engine --preset tiny --batch-sizes 1,2 --prompt-len 8 --decode-steps 2 \
+  --copy-gib 0.01 --gemm-size 64 >"$WORK/engine.txt" 2>"$WORK/err" ||
+  fail "bench-engine: $(cat "$WORK/err")"
+# scripts/peer_decode_hf.py --compare reads this table: its parser must still find both rows.
+python3 - "$WORK/engine.txt" "$(dirname "$0")/../../scripts" <<'PY' || fail "bench-engine's table no longer parses: $(cat "$WORK/engine.txt")"
+import sys
+sys.path.insert(0, sys.argv[2])
+from peer_decode_hf import tessera_rows
+rows = tessera_rows(sys.argv[1])
+assert sorted(rows) == [1, 2] and all(p > 0 and d > 0 for p, d in rows.values()), rows
+PY
 echo "cli_test: all passed"
