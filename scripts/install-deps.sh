@@ -40,6 +40,11 @@ fi
 # The real clients the end-to-end tests drive (and the demo uses), in a virtual environment so
 # that the system Python stays untouched (Debian 12 marks it externally managed). Scripts put
 # .pyenv/bin first on PATH. Installed only when an import fails.
+# TESSERA_SKIP_PYTHON=1 skips them (the Dockerfile's build stage needs none).
+if [ "${TESSERA_SKIP_PYTHON:-0}" = 1 ]; then
+  echo "install-deps: Python test clients skipped (TESSERA_SKIP_PYTHON=1)"
+  exit 0
+fi
 PYENV=${TESSERA_PYENV:-.pyenv}
 if [ ! -x "$PYENV/bin/python3" ]; then
   python3 -m venv "$PYENV"
