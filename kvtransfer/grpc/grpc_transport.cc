@@ -223,7 +223,10 @@ class OutgoingTransfer final {
     const grpc::Status grpc_status = Call();
     local_regions_.ReleaseSources(segments_);  // local memory is no longer read
     absl::MutexLock lock(&mu_);
-    if (grpc_status.ok()) {
+    // A Cancel that came before the end wins even when the call completed meanwhile
+    // (Transfer::Cancel: kCancelled unless it had already finished); a progress timeout that
+    // raced a completed call does not.
+    if (grpc_status.ok() && !absl::IsCancelled(abort_status_)) {
       status_ = absl::OkStatus();
       bytes_done_.store(total_);
     } else if (!abort_status_.ok()) {
