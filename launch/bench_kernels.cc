@@ -45,7 +45,7 @@ absl::Status Run(const BenchKernelsFlags& flags) {
   engine.device = flags.device;
   TESSERA_RETURN_IF_ERROR(ValidateBackend(engine, /*ranks=*/1, /*moves_kv=*/false));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Backend> backend,
-                           MakeRankBackend(engine, flags.threads, /*replica_rank=*/0));
+                           MakeRankBackend(engine, flags.threads, /*on_host=*/0));
   const bool gpu = flags.backend == "cuda";
 
   kernels::bench::KernelBenchOptions options;

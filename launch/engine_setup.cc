@@ -69,12 +69,14 @@ absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv)
   return absl::FailedPreconditionError(
       "backend cuda: this tessera was built without the CUDA backend (TESSERA_WITH_CUDA=OFF)");
 #else
+#ifndef TESSERA_HAVE_NCCL
   if (ranks > 1) {
-    return absl::UnimplementedError(absl::StrCat(
+    return absl::FailedPreconditionError(absl::StrCat(
         "backend cuda with ", ranks,
-        " ranks per replica: the TP/PP groups of a GPU replica need "
-        "NCCL communicators, which are not wired into replicas yet (issue #8); use one rank"));
+        " ranks per replica: the TP/PP groups of a GPU replica run over NCCL, and this tessera was "
+        "built without it (TESSERA_WITH_NCCL=OFF); use one rank"));
   }
+#endif
   if (moves_kv) {
     return absl::UnimplementedError(
         "backend cuda for a prefill or decode pool: KV migration out of GPU memory is not built "
@@ -88,7 +90,7 @@ absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv)
 }
 
 absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFlags& flags,
-                                                                  int threads, int replica_rank) {
+                                                                  int threads, int on_host) {
   if (flags.backend == "cpu") {
     kernels::CpuBackendOptions cpu;
     cpu.num_threads = threads;
@@ -97,7 +99,7 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFl
 #ifdef TESSERA_HAVE_CUDA_BACKEND
   if (flags.backend == "cuda") {
     kernels::CudaBackendOptions cuda;
-    cuda.device = flags.device + replica_rank;
+    cuda.device = flags.device + on_host;
     return kernels::CreateCudaBackend(cuda);
   }
 #endif

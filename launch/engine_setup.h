@@ -39,13 +39,15 @@ struct EngineFlags {
 void AddEngineFlags(CLI::App& app, EngineFlags& flags);
 
 // What a replica of `ranks` ranks on `flags.backend` can run today: kInvalidArgument for an
-// unknown backend, kFailedPrecondition for cuda in a build without it, kUnimplemented for what
-// the CUDA path lacks yet (TP/PP groups over NCCL; KV migration out of GPU memory) — named.
+// unknown backend, kFailedPrecondition for cuda in a build without it (or, for several ranks,
+// without NCCL), kUnimplemented for what the CUDA path lacks yet (KV migration out of GPU
+// memory) — named.
 absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv);
-// The backend of replica rank `replica_rank` (cuda: GPU flags.device + replica_rank), with
-// `threads` CPU threads on the CPU backend.
+// The backend of a replica's rank (cuda: GPU flags.device + `on_host`, the rank's index among
+// its replica's ranks on its host, which is the replica rank when the replica is on one host),
+// with `threads` CPU threads on the CPU backend.
 absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFlags& flags,
-                                                                  int threads, int replica_rank);
+                                                                  int threads, int on_host);
 
 // The sizes an engine is built with, derived from the flags and the model (and the rank's share
 // of it under TP/PP): the model's workspace, max_model_len, and the KV blocks per rank.

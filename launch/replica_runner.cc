@@ -1,6 +1,9 @@
 #include "launch/replica_runner.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -10,10 +13,15 @@
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/stream.h"
+#include "common/tensor.h"
 #include "launch/topology.h"
 #include "parallel/comm/inproc/in_process_communicator.h"
 #if TESSERA_HAVE_MPI
 #include "parallel/comm/mpi/mpi_runtime.h"
+#endif
+#ifdef TESSERA_HAVE_NCCL
+#include "parallel/comm/nccl/nccl_communicator.h"
 #endif
 #if TESSERA_HAVE_GLOO
 #include "parallel/comm/gloo/gloo_communicator.h"
@@ -96,7 +104,41 @@ absl::StatusOr<worker::ReplicaRankOptions> RankOptions(const model::ModelConfig&
   o.num_kv_blocks = limits.num_kv_blocks;
   o.block_size = engine.block_size;
   o.kv_cache_dtype = limits.kv_cache_dtype;
+#ifdef TESSERA_HAVE_NCCL
+  // GPU replicas of several ranks: TP and PP data over NCCL on each rank's GPU, the ids passed
+  // over the host groups (plans, tokens and KV commands stay on the host communicator).
+  if (engine.backend == "cuda" && o.parallel.tp_size * o.parallel.pp_size > 1) {
+    const absl::Duration timeout = absl::Seconds(flags.comm_timeout_s);
+    o.device_groups = [timeout](parallel::Communicator& host, kernels::Backend& backend) {
+      parallel::NcclCommunicatorOptions nccl;
+      nccl.timeout = timeout;
+      return parallel::CreateNcclCommunicatorOver(host, backend.device().index, nccl);
+    };
+  }
+#endif
   return o;
+}
+
+// This rank's index among its replica's ranks on the same host, in replica rank order: the
+// replica rank when the replica is on one host; with stages on several hosts, each host's ranks
+// count from 0 (so that a rank's GPU is its pool's first device plus this). Collective over
+// `replica` (an all-gather of a hash of each rank's host name).
+absl::StatusOr<int> HostLocalIndex(parallel::Communicator& replica) {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) name[0] = '\0';
+  uint64_t hash = 1469598103934665603ull;  // FNV-1a: the same in every process, unlike std::hash
+  for (const char* c = name; *c != '\0'; ++c) {
+    hash = (hash ^ static_cast<unsigned char>(*c)) * 1099511628211ull;
+  }
+  int64_t mine = static_cast<int64_t>(hash);
+  std::vector<int64_t> all(static_cast<size_t>(replica.size()));
+  CpuStream host;
+  TESSERA_RETURN_IF_ERROR(
+      replica.AllGather(TensorView(&mine, DataType::kI64, {1}),
+                        MutableTensorView(all.data(), DataType::kI64, {replica.size()}), host));
+  int index = 0;
+  for (int r = 0; r < replica.rank(); ++r) index += all[r] == mine ? 1 : 0;
+  return index;
 }
 
 // One rank's life: load its shard (and put its KV cache on a transport), then lead or follow.
@@ -235,7 +277,8 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
   }
   std::unique_ptr<parallel::GlooCommunicator> replica = std::move(*made);
   *is_leader = info.rank == 0;
-  TESSERA_ASSIGN_OR_RETURN(auto backend, MakeRankBackend(engine, engine.threads, info.rank));
+  TESSERA_ASSIGN_OR_RETURN(const int on_host, HostLocalIndex(*replica));
+  TESSERA_ASSIGN_OR_RETURN(auto backend, MakeRankBackend(engine, engine.threads, on_host));
   absl::Status status = RunRank(config, weights, *backend, *replica, options, max_model_len, leader,
                                 leader_comm_stats, kv_transports);
   if (!status.ok()) replica->Abort();  // the peers fail at once instead of at their timeout
@@ -308,8 +351,8 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
       }
       parallel::Communicator& replica = shared ? *split : *world;
       *is_leader = replica.rank() == 0;
-      TESSERA_ASSIGN_OR_RETURN(auto backend,
-                               MakeRankBackend(engine, engine.threads, replica.rank()));
+      TESSERA_ASSIGN_OR_RETURN(const int on_host, HostLocalIndex(replica));
+      TESSERA_ASSIGN_OR_RETURN(auto backend, MakeRankBackend(engine, engine.threads, on_host));
       status = RunRank(config, weights, *backend, replica, options, max_model_len, leader,
                        leader_comm_stats, kv_transports);
       if (!status.ok()) replica.Abort();

@@ -458,13 +458,25 @@ absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
   ModelParallelism parallelism;
   TESSERA_ASSIGN_OR_RETURN(parallelism.plan,
                            parallel::MakeShardPlan(config, par, tp_rank, pp_rank));
+  // Split both host groups before making any device group: every rank makes the same
+  // collective calls in the same order.
   if (par.tp_size > 1) {
-    TESSERA_ASSIGN_OR_RETURN(rank.tp, replica.Split(/*color=*/pp_rank, /*key=*/tp_rank));
-    parallelism.tp = rank.tp.get();
+    TESSERA_ASSIGN_OR_RETURN(rank.tp_host, replica.Split(/*color=*/pp_rank, /*key=*/tp_rank));
+    parallelism.tp = rank.tp_host.get();
   }
   if (par.pp_size > 1) {
-    TESSERA_ASSIGN_OR_RETURN(rank.pp, replica.Split(/*color=*/tp_rank, /*key=*/pp_rank));
-    parallelism.pp = rank.pp.get();
+    TESSERA_ASSIGN_OR_RETURN(rank.pp_host, replica.Split(/*color=*/tp_rank, /*key=*/pp_rank));
+    parallelism.pp = rank.pp_host.get();
+  }
+  if (options.device_groups != nullptr) {
+    if (rank.tp_host != nullptr) {
+      TESSERA_ASSIGN_OR_RETURN(rank.tp_device, options.device_groups(*rank.tp_host, backend));
+      parallelism.tp = rank.tp_device.get();
+    }
+    if (rank.pp_host != nullptr) {
+      TESSERA_ASSIGN_OR_RETURN(rank.pp_device, options.device_groups(*rank.pp_host, backend));
+      parallelism.pp = rank.pp_device.get();
+    }
   }
   TESSERA_ASSIGN_OR_RETURN(
       rank.model, LlamaModel::Create(config, weights, backend, options.model, parallelism));

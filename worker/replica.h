@@ -154,8 +154,16 @@ class ReplicaExecutor final : public StepExecutor {
 // an empty reply.
 absl::Status RunFollower(ShardWorker& worker, const FollowerHandler& handler = nullptr);
 
+// Makes a TP or PP group's data-plane communicator from the host communicator split for that
+// group (every rank of the group calls it, collectively). GPU replicas return NCCL communicators
+// on `backend`'s device; the host groups stay alive beside them.
+using DeviceGroupFactory = std::function<absl::StatusOr<std::unique_ptr<parallel::Communicator>>(
+    parallel::Communicator& host_group, kernels::Backend& backend)>;
+
 struct ReplicaRankOptions {
   parallel::ParallelConfig parallel;
+  // Null: the host groups carry the TP/PP data themselves (the CPU backend).
+  DeviceGroupFactory device_groups;
   int pp_micro_batches = 0;  // 0: 1 (see docs/parallelism.md for when more pays)
   LlamaModelOptions model;
   int32_t num_kv_blocks = 0;
@@ -165,8 +173,13 @@ struct ReplicaRankOptions {
 
 // Everything one rank of a replica holds, declared so that it is destroyed in a safe order.
 struct ReplicaRank {
-  std::unique_ptr<parallel::Communicator> tp;  // null when tp_size == 1
-  std::unique_ptr<parallel::Communicator> pp;  // null when pp_size == 1
+  // The groups split from the replica's host communicator (null when that size is 1), then, with
+  // ReplicaRankOptions::device_groups, the data-plane groups made over them (else null: the model
+  // uses the host groups).
+  std::unique_ptr<parallel::Communicator> tp_host;
+  std::unique_ptr<parallel::Communicator> pp_host;
+  std::unique_ptr<parallel::Communicator> tp_device;
+  std::unique_ptr<parallel::Communicator> pp_device;
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<ShardWorker> worker;

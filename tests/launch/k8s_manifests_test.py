@@ -74,11 +74,12 @@ KINDS = {
 TOPOLOGY_CONFIGMAP = "tessera-topology"
 TOPOLOGY_KEY = "topology.yaml"
 COORDINATOR = "tessera-coordinator"  # the Deployment and the clients' Service
-# What a worker of a cuda pool says until the CUDA path has NCCL replica groups and KV migration
-# out of GPU memory (launch/engine_setup.cc ValidateBackend), or in a build without CUDA.
+# What a worker of a cuda pool says until the CUDA path has KV migration out of GPU memory
+# (launch/engine_setup.cc ValidateBackend), or in a build without CUDA (or, for several ranks,
+# without NCCL).
 CUDA_REFUSAL = (r"error: worker: .*pool {pool}: backend cuda( with \d+ ranks per replica: .*"
-                r"\(issue #8\)| for a prefill or decode pool: .*\(issue #8\)|: this tessera was "
-                r"built without the CUDA backend)")
+                r"TESSERA_WITH_NCCL=OFF.*| for a prefill or decode pool: .*\(issue #8\)|: this "
+                r"tessera was built without the CUDA backend)")
 MIN_STARTUP_S = 300  # a "long" startup probe: failureThreshold x periodSeconds
 POD_IP = "10.0.0.1"  # what $(POD_IP) becomes for the checks
 DEFAULT_RENDEZVOUS_PORT = 29500  # launch/replica_runner.h kDefaultRendezvousPort

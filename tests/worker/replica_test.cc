@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <functional>
 #include <thread>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/comm/inproc/in_process_communicator.h"
+#include "parallel/comm/timed_communicator.h"
 #include "tests/worker/replica_test_util.h"
 
 namespace tessera::worker {
@@ -31,7 +33,8 @@ using testing::Split;
 // Runs `body(rank, replica rank resources)` on tp * pp threads, each with its own CPU backend.
 // Returns the first error of any rank.
 absl::Status RunReplica(const Fixture& f, const Split& split,
-                        const std::function<absl::Status(int, ReplicaRank&)>& body) {
+                        const std::function<absl::Status(int, ReplicaRank&)>& body,
+                        const DeviceGroupFactory& device_groups = nullptr) {
   const int n = split.tp * split.pp;
   auto group = parallel::CreateInProcessGroup(n, absl::Seconds(30));
   if (!group.ok()) return group.status();
@@ -44,8 +47,9 @@ absl::Status RunReplica(const Fixture& f, const Split& split,
         status[r] = backend.status();
         return;
       }
-      auto rank =
-          CreateReplicaRank(f.config, *f.weights, **backend, *(*group)[r], ReplicaOptions(split));
+      ReplicaRankOptions options = ReplicaOptions(split);
+      options.device_groups = device_groups;
+      auto rank = CreateReplicaRank(f.config, *f.weights, **backend, *(*group)[r], options);
       if (!rank.ok()) {
         status[r] = rank.status();
         (*group)[r]->Abort();
@@ -99,6 +103,54 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) {
       return absl::StrCat(std::get<0>(info.param), "_", std::get<1>(info.param).name);
     });
+
+// A GPU replica's TP and PP data go over communicators made from the host groups (NCCL, through
+// ReplicaRankOptions::device_groups); here a counting wrapper stands in for NCCL.
+TEST(ReplicaDeviceGroupsTest, TheModelRunsOnTheGroupsTheFactoryMakes) {
+  auto f = LoadFixture("llama_gqa");
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::atomic<int> made{0};
+  parallel::CommStats device_traffic;
+  DeviceGroupFactory factory =
+      [&](parallel::Communicator& host,
+          kernels::Backend& backend) -> absl::StatusOr<std::unique_ptr<parallel::Communicator>> {
+    EXPECT_EQ(backend.name(), "cpu");
+    ++made;
+    return std::unique_ptr<parallel::Communicator>(
+        std::make_unique<parallel::TimedCommunicator>(host, device_traffic));
+  };
+  std::vector<RequestOutput> results;
+  const absl::Status status = RunReplica(
+      *f, Split{2, 2, {}, "tp2pp2"},
+      [&](int, ReplicaRank& rank) {
+        EXPECT_NE(rank.tp_device, nullptr);
+        EXPECT_NE(rank.pp_device, nullptr);
+        return GreedyBody(*f, rank, results);
+      },
+      factory);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(made.load(), 8);  // 4 ranks x (TP group, PP group)
+  // The all-reduces and the stage-to-stage activations went over the made groups.
+  EXPECT_GT(device_traffic.calls.load(), 0);
+  EXPECT_GT(device_traffic.bytes.load(), 0);
+  ASSERT_EQ(results.size(), f->prompts.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].token_ids, f->prompts[i].greedy) << "prompt " << i;
+  }
+}
+
+TEST(ReplicaDeviceGroupsTest, AFactoryErrorFailsTheRankWithIt) {
+  auto f = LoadFixture("llama_gqa");
+  ASSERT_TRUE(f.ok()) << f.status();
+  const absl::Status status = RunReplica(
+      *f, Split{2, 1, {}, "tp2"}, [](int, ReplicaRank&) { return absl::OkStatus(); },
+      [](parallel::Communicator&,
+         kernels::Backend&) -> absl::StatusOr<std::unique_ptr<parallel::Communicator>> {
+        return absl::UnavailableError("ncclCommInitRankConfig: no GPU");
+      });
+  EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+  EXPECT_THAT(status.message(), HasSubstr("no GPU"));
+}
 
 TEST(ReplicaSetupTest, RejectsSplitsThatCannotWork) {
   auto f = LoadFixture("qwen2_bias");  // 4 heads, 2 KV heads, intermediate 128

@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
+#include "common/stream.h"
+#include "common/tensor.h"
 #include "parallel/comm/validation.h"
 
 namespace tessera::parallel {
@@ -318,6 +320,27 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ ABSL_GUARDED_BY(mu_);  // null once aborted
 };
 
+// Every rank of the group with the same id: the communicator, or why not.
+absl::StatusOr<std::unique_ptr<Communicator>> InitRank(const ncclUniqueId& id, int rank, int size,
+                                                       int device,
+                                                       const NcclCommunicatorOptions& options) {
+  void* scratch = nullptr;
+  TESSERA_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&scratch, sizeof(int32_t)), "cudaMalloc"));
+  ncclComm_t comm = nullptr;
+  ncclConfig_t config = NonBlockingConfig();
+  ncclResult_t result = ncclCommInitRankConfig(&comm, size, id, rank, &config);
+  absl::Status ready = result == ncclInProgress
+                           ? PollComm(comm, "ncclCommInitRankConfig", absl::Now() + options.timeout)
+                           : NcclStatus(result, "ncclCommInitRankConfig");
+  if (!ready.ok()) {
+    if (comm != nullptr) ncclCommAbort(comm);
+    cudaFree(scratch);
+    return ready;
+  }
+  return std::unique_ptr<Communicator>(
+      std::make_unique<NcclCommunicator>(comm, rank, size, device, scratch, options));
+}
+
 }  // namespace
 
 int NcclDeviceCount() {
@@ -351,21 +374,22 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
     }
     std::memcpy(&id, bytes.data(), sizeof(id));
   }
-  void* scratch = nullptr;
-  TESSERA_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&scratch, sizeof(int32_t)), "cudaMalloc"));
-  ncclComm_t comm = nullptr;
-  ncclConfig_t config = NonBlockingConfig();
-  ncclResult_t result = ncclCommInitRankConfig(&comm, size, id, rank, &config);
-  absl::Status ready = result == ncclInProgress
-                           ? PollComm(comm, "ncclCommInitRankConfig", absl::Now() + options.timeout)
-                           : NcclStatus(result, "ncclCommInitRankConfig");
-  if (!ready.ok()) {
-    if (comm != nullptr) ncclCommAbort(comm);
-    cudaFree(scratch);
-    return ready;
+  return InitRank(id, rank, size, device, options);
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicatorOver(
+    Communicator& group, int device, NcclCommunicatorOptions options) {
+  TESSERA_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device), "cudaSetDevice"));
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof(id));
+  if (group.rank() == 0) {
+    TESSERA_RETURN_IF_ERROR(NcclStatus(ncclGetUniqueId(&id), "ncclGetUniqueId"));
   }
-  return std::unique_ptr<Communicator>(
-      std::make_unique<NcclCommunicator>(comm, rank, size, device, scratch, options));
+  // The id's bytes as i8 elements over the host group; its stream is the CPU's.
+  CpuStream host;
+  TESSERA_RETURN_IF_ERROR(group.Broadcast(
+      MutableTensorView(&id, DataType::kI8, {static_cast<int64_t>(sizeof(id))}), 0, host));
+  return InitRank(id, group.rank(), group.size(), device, options);
 }
 
 }  // namespace tessera::parallel

@@ -40,6 +40,13 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
     Store& store, absl::string_view key, int rank, int size, int device,
     NcclCommunicatorOptions options = {});
 
+// Creates this rank's NCCL communicator over the same ranks as `group` (a host communicator:
+// in-process, MPI or Gloo), on CUDA device `device`: group rank 0 generates the ncclUniqueId and
+// broadcasts it over `group` in host memory; every rank of `group` must call this. The GPU data
+// plane of a replica's TP and PP groups, split on the host first (worker/replica.h).
+absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicatorOver(
+    Communicator& group, int device, NcclCommunicatorOptions options = {});
+
 // Number of CUDA devices visible to this process (0 when there is no driver or no device).
 int NcclDeviceCount();
 
