@@ -1,6 +1,7 @@
 // RunOnGroup for the NCCL test executable: one thread per visible GPU (at most 4), each with its
-// own CUDA stream and device memory; unique ids go through an InMemoryStore. Skips (kUnavailable)
-// without a GPU.
+// own CUDA stream and device memory; the tested communicator gets its unique id over an in-process
+// host group (CreateNcclCommunicatorOver), the control one through an InMemoryStore. Skips
+// (kUnavailable) without a GPU.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "parallel/comm/inproc/in_memory_store.h"
+#include "parallel/comm/inproc/in_process_communicator.h"
 #include "parallel/comm/nccl/nccl_communicator.h"
 #include "tests/parallel/comm/comm_test_harness.h"
 
@@ -81,6 +83,10 @@ absl::Status RunOnGroup(absl::string_view backend, const GroupOptions& options,
     return absl::UnavailableError(absl::StrCat("needs ", options.min_size, " GPUs"));
   }
   InMemoryStore store;
+  // The communicator under test is made over a host group, as a GPU replica's TP/PP groups are
+  // (CreateNcclCommunicatorOver); the control one through a store.
+  auto host = CreateInProcessGroup(ranks, options.timeout);
+  if (!host.ok()) return host.status();
   const int group = g_group_counter.fetch_add(1);
   absl::Mutex mu;
   absl::Status setup;
@@ -89,8 +95,7 @@ absl::Status RunOnGroup(absl::string_view backend, const GroupOptions& options,
     threads.emplace_back([&, r] {
       NcclCommunicatorOptions comm_options;
       comm_options.timeout = options.timeout;
-      auto comm = CreateNcclCommunicator(store, absl::StrCat("test/", group, "/comm"), r, ranks, r,
-                                         comm_options);
+      auto comm = CreateNcclCommunicatorOver(*(*host)[r], r, comm_options);
       auto control = CreateNcclCommunicator(store, absl::StrCat("test/", group, "/control"), r,
                                             ranks, r, NcclCommunicatorOptions{absl::Seconds(60)});
       if (!comm.ok() || !control.ok()) {
