@@ -50,6 +50,16 @@ expect_error "does not divide the model's 4 attention heads" generate --model "$
 "$TESSERA" generate --model "$WORK/m" --max-tokens 5 --temperature 0.9 --top-k 50 --top-p 0.9 \
   --seed 9 --output json --prompt-ids 1,2 >"$WORK/s2" 2>/dev/null || fail "sampled generate (again)"
 cmp -s "$WORK/s1" "$WORK/s2" || fail "seeded sampling is not reproducible"
+# Under TP the ranks draw from their shards' top-k candidates (worker/vocab_parallel.h): the same
+# tokens as one rank drawing from the whole vocabulary.
+"$TESSERA" generate --model "$WORK/m" --max-tokens 5 --temperature 0.9 --top-k 50 --top-p 0.9 \
+  --seed 9 --output json --prompt-ids 1,2 -tp 2 >"$WORK/s3" 2>"$WORK/err" ||
+  fail "sampled generate -tp 2: $(cat "$WORK/err")"
+python3 - "$WORK/s1" "$WORK/s3" <<'PY' || fail "sampled -tp 2 differs: $(cat "$WORK/s3")"
+import json, sys
+ids = [[json.loads(line)["token_ids"] for line in open(p) if line.strip()] for p in sys.argv[1:]]
+assert ids[0] == ids[1], ids
+PY
 grep -q '"finish_reason"' "$WORK/s1" || fail "json output lacks finish_reason"
 
 expect_error "is not a token id" generate --model "$WORK/m" --prompt-ids 1,x,3

@@ -1,7 +1,8 @@
 // VocabParallelSampler: TP ranks that each hold their vocabulary columns draw exactly the tokens,
-// logprobs and top-N a DeviceSampler draws from the gathered logits — with penalties and bans
-// that fall in other ranks' columns, ties across shards, a padded last shard and a rank that
-// holds no vocabulary — while exchanging a few numbers a row instead of the logits.
+// logprobs and top-N a DeviceSampler draws from the gathered logits — greedy rows and sampled rows
+// with a top_k, with penalties and bans that fall in other ranks' columns, ties across shards, a
+// padded last shard and a rank that holds no vocabulary — while exchanging a few numbers a row
+// instead of the logits.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -194,10 +195,75 @@ TEST_P(VocabParallelSamplerTest, RefusesWhatTheGatheredSamplerRefuses) {
   }
 }
 
-TEST(VocabParallelSamplerRowsTest, OnlyGreedyStepsAreSampledShardByShard) {
+// Sampled rows with a top_k draw from the union of the shards' top_k: the gathered sampler's
+// tokens, over many seeds and every combination of temperature, top-k, top-p, min-p, penalties
+// and bans (a top_k past the vocabulary included).
+TEST_P(VocabParallelSamplerTest, SampledRowsWithATopKDrawTheGatheredSamplersTokens) {
+  const int64_t vocab = GetParam().vocab;
+  const int64_t n = 8;
+  const float temperatures[] = {0.5f, 1.0f, 1.7f};
+  const int32_t top_ks[] = {1, 3, 10, 64};
+  const float top_ps[] = {1.0f, 0.9f, 0.5f};
+  int draws = 0;
+  for (uint64_t seed = 0; seed < 12; ++seed) {
+    std::vector<float> logits = RandomLogits(n, vocab, 100 + seed);
+    std::vector<SamplingRow> rows(n);
+    for (int64_t r = 0; r < n; ++r) {
+      SamplingRow& row = rows[r];
+      if (r == 0) continue;  // a greedy row in the same step
+      row.temperature = temperatures[(seed + r) % 3];
+      row.top_k = top_ks[(seed * 3 + r) % 4];
+      row.top_p = top_ps[(seed + 2 * r) % 3];
+      row.min_p = r % 3 == 0 ? 0.2f : 0.0f;
+      row.seed = static_cast<int64_t>(seed * 1000 + r);
+      row.step = static_cast<int64_t>(seed + r);
+      if (r % 4 == 1) {
+        row.repetition_penalty = 1.3f;
+        row.frequency_penalty = 0.4f;
+        for (int64_t c = 0; c < vocab; c += 2) {
+          row.penalty_token_ids.push_back(static_cast<int32_t>(c));
+          row.penalty_output_counts.push_back(static_cast<int32_t>(c % 3));
+        }
+      }
+      if (r % 4 == 2) row.banned_token_ids = {0, static_cast<int32_t>(vocab - 1)};
+      if (r == 5) row.num_top_logprobs = static_cast<int32_t>(std::min<int64_t>(3, vocab));
+      ++draws;
+    }
+    ASSERT_TRUE(CanSampleVocabParallel(rows));
+    const StepResult want = Reference(logits, rows);
+    auto got = Sharded(logits, rows);
+    for (int rank = 0; rank < GetParam().tp; ++rank) {
+      ASSERT_TRUE(got[rank].ok()) << got[rank].status();
+      ExpectSame(want, *got[rank], absl::StrCat("seed ", seed, " rank ", rank));
+    }
+  }
+  EXPECT_EQ(draws, 12 * 7);
+}
+
+TEST_P(VocabParallelSamplerTest, ASampledRowAddsItsCandidatesToTheExchange) {
+  const int64_t vocab = GetParam().vocab;
+  const int64_t n = 4;
+  const std::vector<float> logits = RandomLogits(n, vocab, 13);
+  std::vector<SamplingRow> rows(n);
+  rows[2].temperature = 0.8f;
+  rows[2].top_k = 5;
+  rows[2].seed = 3;
+  int64_t bytes = 0;
+  auto got = Sharded(logits, rows, &bytes);
+  ASSERT_TRUE(got[0].ok()) << got[0].status();
+  EXPECT_EQ(got[0]->token_ids, Reference(logits, rows).token_ids);
+  // 4 words a row, and 3 per candidate (id, value, raw) for the step's largest top_k.
+  EXPECT_EQ(bytes, GetParam().tp * n * (4 + 3 * 5) * 4);
+}
+
+TEST(VocabParallelSamplerRowsTest, GreedyAndTopKRowsAreSampledShardByShard) {
   std::vector<SamplingRow> rows(2);
   EXPECT_TRUE(CanSampleVocabParallel(rows));
-  rows[1].temperature = 0.7f;
+  rows[1].temperature = 0.7f;  // no top_k: the whole distribution matters
+  EXPECT_FALSE(CanSampleVocabParallel(rows));
+  rows[1].top_k = 50;
+  EXPECT_TRUE(CanSampleVocabParallel(rows));
+  rows[1].top_k = kMaxVocabParallelTopK + 1;
   EXPECT_FALSE(CanSampleVocabParallel(rows));
 }
 
