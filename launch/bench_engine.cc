@@ -32,6 +32,11 @@ struct BenchFlags {
   std::vector<int32_t> batch_sizes = {1, 8};
   int32_t prompt_len = 128;
   int32_t decode_steps = 8;
+  // Every row's sampling (default greedy); under TP, a top_k of at most 64 keeps the logits
+  // ungathered (worker/vocab_parallel.h), so --top-k 50 against 65 measures that.
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
   double copy_gib = 1.0;
   int64_t gemm_size = 0;  // 0: 8192 on cuda, 2048 on cpu
 };
@@ -59,7 +64,8 @@ worker::StepPlan PrefillPlan(const model::ModelConfig& config, int32_t s, int32_
 }
 
 worker::StepPlan DecodePlan(const model::ModelConfig& config, int32_t batch, int32_t pos,
-                            int32_t block_size, int32_t width) {
+                            int32_t block_size, int32_t width,
+                            const worker::SamplingRow& sampling) {
   worker::StepPlan plan;
   for (int32_t s = 0; s < batch; ++s) {
     plan.token_ids.push_back((s + pos) % static_cast<int32_t>(config.vocab_size));
@@ -70,7 +76,9 @@ worker::StepPlan DecodePlan(const model::ModelConfig& config, int32_t batch, int
     plan.seq_lens.push_back(pos + 1);
     for (int32_t j = 0; j < width; ++j) plan.block_tables.push_back(s * width + j);
     plan.logits_rows.push_back(s);
-    plan.sampling.push_back({});
+    plan.sampling.push_back(sampling);
+    plan.sampling.back().seed = s;
+    plan.sampling.back().step = pos;
   }
   return plan;
 }
@@ -148,6 +156,10 @@ absl::Status Bench(BenchFlags flags) {
   const size_t kv_bytes_per_token = 2ull * static_cast<size_t>(config.num_hidden_layers) *
                                     static_cast<size_t>(config.kv_size()) *
                                     DataTypeSize(limits.kv_cache_dtype);
+  worker::SamplingRow sampling;
+  sampling.temperature = flags.temperature;
+  sampling.top_k = flags.top_k;
+  sampling.top_p = flags.top_p;
   parallel::CommStats comm;
   auto leader = [&](worker::StepExecutor& executor, int32_t, worker::KvEndpoint*) -> absl::Status {
     for (int32_t batch : flags.batch_sizes) {
@@ -163,7 +175,7 @@ absl::Status Bench(BenchFlags flags) {
       double kv_read = 0;
       for (int32_t step = 0; step < flags.decode_steps; ++step) {
         const int32_t pos = flags.prompt_len + step;
-        const worker::StepPlan plan = DecodePlan(config, batch, pos, block_size, width);
+        const worker::StepPlan plan = DecodePlan(config, batch, pos, block_size, width, sampling);
         const auto start = std::chrono::steady_clock::now();
         TESSERA_RETURN_IF_ERROR(executor.Execute(plan).status());
         decode_seconds += Seconds(start);
@@ -208,6 +220,10 @@ Command RegisterBenchEngine(CLI::App& app) {
   sub->add_option("--decode-steps", flags->decode_steps)
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  sub->add_option("--temperature", flags->temperature, "Decode rows' temperature (0: greedy)")
+      ->capture_default_str();
+  sub->add_option("--top-k", flags->top_k, "Decode rows' top_k (0: all)")->capture_default_str();
+  sub->add_option("--top-p", flags->top_p, "Decode rows' top_p")->capture_default_str();
   sub->add_option("--copy-gib", flags->copy_gib, "Size of the copy bandwidth probe")
       ->capture_default_str();
   sub->add_option("--gemm-size", flags->gemm_size,
