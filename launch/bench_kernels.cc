@@ -144,9 +144,10 @@ Command RegisterBenchKernels(CLI::App& app) {
   sub->add_option("--prefill-tokens", flags->prefill_tokens,
                   "Prefill rows (default cuda 4096; cpu 512)")
       ->delimiter(',');
-  sub->add_option("--ops", flags->ops,
-                  "Only these ops (embedding, add_rms_norm, rope, swiglu, kv_write, matmul, "
-                  "decode_attention, prefill_attention, sample_greedy, sample_top_p)")
+  sub->add_option(
+         "--ops", flags->ops,
+         "Only these ops (embedding, add_rms_norm, rope, swiglu, kv_write, matmul, "
+         "decode_attention, prefill_attention, sample_greedy, sample_top_p, apply_penalties)")
       ->delimiter(',');
   sub->add_option("--copy-gib", flags->copy_gib, "Copy peak probe size (default cuda 1, cpu 0.25)");
   sub->add_option("--gemm-size", flags->gemm_size,

@@ -154,6 +154,9 @@ class CaseBuilder {
     if (wanted("sample_top_p")) {
       for (int64_t b : o_.batch_sizes) cases.push_back(Sample(b, /*top_p=*/true));
     }
+    if (wanted("apply_penalties")) {
+      for (int64_t b : o_.batch_sizes) cases.push_back(ApplyPenalties(b));
+    }
     return cases;
   }
 
@@ -440,6 +443,69 @@ class CaseBuilder {
     return c;
   }
 
+  // Repetition, presence and frequency penalties on kPenaltyTokens distinct tokens a row (a
+  // prompt and output that long), and 3 banned tokens: the op touches those logits only.
+  static constexpr int64_t kPenaltyTokens = 1024;
+  Case ApplyPenalties(int64_t batch) {
+    const int64_t per_row = std::min(kPenaltyTokens, s_.vocab);
+    const int64_t bans = std::min<int64_t>(3, s_.vocab);
+    Case c{"apply_penalties",
+           absl::StrCat("batch=", batch, " tokens=", per_row, " vocab=", s_.vocab)};
+    // Each listed logit read and written, with its id and count; each ban written with its id.
+    c.bytes = static_cast<double>(batch) *
+              (static_cast<double>(per_row) * (2 * 4 + 4 + 4) + static_cast<double>(bans) * 8);
+    c.rotating_bytes = Bytes(batch * s_.vocab, DataType::kF32);
+    c.fixed_bytes = Bytes(batch * (2 * per_row + bans) + 2 * (batch + 1), DataType::kI32) +
+                    Bytes(3 * batch, DataType::kF32);
+    c.prepare = [this, batch, per_row, bans](int64_t copies) -> absl::StatusOr<Launch> {
+      auto arena = NewArena();
+      TESSERA_ASSIGN_OR_RETURN(auto logits,
+                               arena->Floats(DataType::kF32, {batch, s_.vocab}, copies));
+      std::vector<int32_t> ids, counts, start, banned, banned_start;
+      for (int64_t r = 0; r < batch; ++r) {
+        start.push_back(static_cast<int32_t>(ids.size()));
+        banned_start.push_back(static_cast<int32_t>(banned.size()));
+        for (int64_t i = 0; i < per_row; ++i) {  // spread over the vocabulary, distinct
+          ids.push_back(static_cast<int32_t>((i * s_.vocab) / per_row));
+          counts.push_back(static_cast<int32_t>(i % 3));
+        }
+        for (int64_t i = 0; i < bans; ++i) banned.push_back(static_cast<int32_t>(s_.vocab - 1 - i));
+      }
+      start.push_back(static_cast<int32_t>(ids.size()));
+      banned_start.push_back(static_cast<int32_t>(banned.size()));
+      const auto entries = static_cast<int64_t>(ids.size());
+      const auto n_bans = static_cast<int64_t>(banned.size());
+      TESSERA_ASSIGN_OR_RETURN(auto id_view, arena->Values(DataType::kI32, ids, {entries}));
+      TESSERA_ASSIGN_OR_RETURN(auto count_view, arena->Values(DataType::kI32, counts, {entries}));
+      TESSERA_ASSIGN_OR_RETURN(auto start_view, arena->Values(DataType::kI32, start, {batch + 1}));
+      TESSERA_ASSIGN_OR_RETURN(auto banned_view, arena->Values(DataType::kI32, banned, {n_bans}));
+      TESSERA_ASSIGN_OR_RETURN(auto banned_start_view,
+                               arena->Values(DataType::kI32, banned_start, {batch + 1}));
+      const auto n = static_cast<size_t>(batch);
+      TESSERA_ASSIGN_OR_RETURN(auto repetition,
+                               arena->Values(DataType::kF32, std::vector<float>(n, 1.1f), {batch}));
+      TESSERA_ASSIGN_OR_RETURN(auto presence,
+                               arena->Values(DataType::kF32, std::vector<float>(n, 0.5f), {batch}));
+      TESSERA_ASSIGN_OR_RETURN(
+          auto frequency, arena->Values(DataType::kF32, std::vector<float>(n, 0.25f), {batch}));
+      return Launch([this, arena, logits, id_view, count_view, start_view, banned_view,
+                     banned_start_view, repetition, presence, frequency](int64_t i) {
+        ApplyPenaltiesParams p;
+        p.logits = CopyOf(logits, i);
+        p.repetition_penalty = repetition;
+        p.presence_penalty = presence;
+        p.frequency_penalty = frequency;
+        p.token_ids = id_view;
+        p.output_counts = count_view;
+        p.token_start = start_view;
+        p.banned_ids = banned_view;
+        p.banned_start = banned_start_view;
+        return kernels::ApplyPenalties(backend_, p, stream_);
+      });
+    };
+    return c;
+  }
+
   Backend& backend_;
   Stream& stream_;
   const KernelBenchOptions& o_;
@@ -500,8 +566,10 @@ bool KernelResult::meets_target() const {
 
 const std::vector<std::string>& KernelOpNames() {
   static const std::vector<std::string> names = {
-      "embedding",        "add_rms_norm",      "rope",          "swiglu",      "kv_write", "matmul",
-      "decode_attention", "prefill_attention", "sample_greedy", "sample_top_p"};
+      "embedding",        "add_rms_norm",      "rope",
+      "swiglu",           "kv_write",          "matmul",
+      "decode_attention", "prefill_attention", "sample_greedy",
+      "sample_top_p",     "apply_penalties"};
   return names;
 }
 

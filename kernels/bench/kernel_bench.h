@@ -99,7 +99,7 @@ struct KernelBenchReport {
 };
 
 // embedding, add_rms_norm, rope, swiglu, kv_write, matmul, decode_attention, prefill_attention,
-// sample_greedy, sample_top_p.
+// sample_greedy, sample_top_p, apply_penalties: every op of kernels/ops.h.
 const std::vector<std::string>& KernelOpNames();
 
 // kInvalidArgument for options that cannot run (unknown op, non-positive sizes, head counts that

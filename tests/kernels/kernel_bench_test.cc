@@ -115,6 +115,11 @@ TEST_F(KernelBenchTest, EveryOpRunsAndCountsWhatItMustMoveAndDo) {
   EXPECT_EQ(Find(*report, "decode_attention", "batch=2 context=4096")->target.kind,
             Target::Kind::kNone);
 
+  // Penalties touch the listed logits only (read and written, with id and count) and the bans.
+  const KernelResult* penalties = Find(*report, "apply_penalties", "batch=2 tokens=300 vocab=300");
+  ASSERT_NE(penalties, nullptr);
+  EXPECT_DOUBLE_EQ(penalties->bytes, 2.0 * (300 * 16 + 3 * 8));
+
   // Prefill attention is causal: row i attends i + 1 keys.
   const KernelResult* prefill = Find(*report, "prefill_attention", "tokens=24 causal");
   ASSERT_NE(prefill, nullptr);

@@ -80,7 +80,7 @@ import json, sys
 report = json.load(open(sys.argv[1]))
 ops = {r["op"] for r in report["results"]}
 want = {"embedding", "add_rms_norm", "rope", "swiglu", "kv_write", "matmul", "decode_attention",
-        "prefill_attention", "sample_greedy", "sample_top_p"}
+        "prefill_attention", "sample_greedy", "sample_top_p", "apply_penalties"}
 assert ops == want, ops
 assert report["peaks"]["gemm_flops_per_second"] > 0 and report["backend"] == "cpu"
 assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in report["results"])
