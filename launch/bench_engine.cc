@@ -102,21 +102,16 @@ absl::Status Bench(BenchFlags flags) {
     // The peaks of the backend the replica runs on (rank 0's device), then that backend goes.
     TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Backend> backend,
                              MakeRankBackend(flags.engine, flags.engine.threads, 0));
-    kernels::bench::KernelBenchOptions probe;
-    probe.dtype = dtype;
-    probe.activation_dtype = flags.engine.backend == "cuda" ? dtype : DataType::kF32;
+    kernels::bench::KernelBenchOptions probe = KernelBenchDefaults(flags.engine.backend, dtype);
     probe.copy_bytes = static_cast<size_t>(flags.copy_gib * (1 << 30));
-    probe.gemm_size = flags.gemm_size > 0              ? flags.gemm_size
-                      : flags.engine.backend == "cuda" ? 8192
-                                                       : 2048;
+    if (flags.gemm_size > 0) probe.gemm_size = flags.gemm_size;
     std::printf("device: %s\n", backend->Describe().c_str());
     std::fflush(stdout);
     TESSERA_ASSIGN_OR_RETURN(kernels::bench::Peaks peaks,
                              kernels::bench::MeasurePeaks(*backend, probe));
     copy_bw = peaks.copy_bytes_per_second;
     gemm_flops = peaks.gemm_flops_per_second;
-    std::printf("peak copy: %.2f GB/s (%s)\npeak GEMM: %.3f TFLOP/s (%s)\n", copy_bw / 1e9,
-                peaks.copy_what.c_str(), gemm_flops / 1e12, peaks.gemm_what.c_str());
+    std::printf("%s\n", kernels::bench::FormatPeaks(peaks).c_str());
   }
   std::printf("making random weights (%s, %s)...\n", flags.shape.preset.c_str(),
               std::string(DataTypeName(dtype)).c_str());

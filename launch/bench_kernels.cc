@@ -46,33 +46,19 @@ absl::Status Run(const BenchKernelsFlags& flags) {
   TESSERA_RETURN_IF_ERROR(ValidateBackend(engine, /*ranks=*/1, /*moves_kv=*/false));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Backend> backend,
                            MakeRankBackend(engine, flags.threads, /*on_host=*/0));
-  const bool gpu = flags.backend == "cuda";
-
-  kernels::bench::KernelBenchOptions options;
+  TESSERA_ASSIGN_OR_RETURN(const DataType dtype, DataTypeFromName(flags.dtype));
+  kernels::bench::KernelBenchOptions options = KernelBenchDefaults(flags.backend, dtype);
   options.shape = {config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
                    config.head_dim,    config.intermediate_size,   config.vocab_size};
-  TESSERA_ASSIGN_OR_RETURN(options.dtype, DataTypeFromName(flags.dtype));
-  if (flags.activation_dtype == "auto") {
-    // The CPU backend computes activations in f32 only; CUDA takes the weights' dtype.
-    options.activation_dtype = gpu ? options.dtype : DataType::kF32;
-  } else {
+  if (flags.activation_dtype != "auto") {
     TESSERA_ASSIGN_OR_RETURN(options.activation_dtype, DataTypeFromName(flags.activation_dtype));
   }
-  options.batch_sizes = !flags.batch_sizes.empty() ? flags.batch_sizes
-                        : gpu                      ? std::vector<int64_t>{1, 8, 32, 64, 256}
-                                                   : std::vector<int64_t>{1, 8, 32};
-  options.contexts = !flags.contexts.empty() ? flags.contexts
-                     : gpu                   ? std::vector<int64_t>{1024, 4096, 32768}
-                                             : std::vector<int64_t>{1024, 4096};
-  options.prefill_tokens = !flags.prefill_tokens.empty() ? flags.prefill_tokens
-                           : gpu                         ? std::vector<int64_t>{4096}
-                                                         : std::vector<int64_t>{512};
+  if (!flags.batch_sizes.empty()) options.batch_sizes = flags.batch_sizes;
+  if (!flags.contexts.empty()) options.contexts = flags.contexts;
+  if (!flags.prefill_tokens.empty()) options.prefill_tokens = flags.prefill_tokens;
   options.ops = flags.ops;
-  options.copy_bytes = static_cast<size_t>((flags.copy_gib > 0 ? flags.copy_gib
-                                            : gpu              ? 1.0
-                                                               : 0.25) *
-                                           (1 << 30));
-  options.gemm_size = flags.gemm_size > 0 ? flags.gemm_size : gpu ? 8192 : 2048;
+  if (flags.copy_gib > 0) options.copy_bytes = static_cast<size_t>(flags.copy_gib * (1 << 30));
+  if (flags.gemm_size > 0) options.gemm_size = flags.gemm_size;
   options.max_case_bytes = static_cast<size_t>(flags.max_gib * (1 << 30));
   options.max_case_seconds = flags.max_case_seconds;
   options.rotate_bytes = static_cast<size_t>(flags.rotate_mib * (1 << 20));
@@ -94,9 +80,7 @@ absl::Status Run(const BenchKernelsFlags& flags) {
   std::fflush(stdout);
   TESSERA_ASSIGN_OR_RETURN(kernels::bench::Peaks peaks,
                            kernels::bench::MeasurePeaks(*backend, options));
-  std::printf("peak copy: %.1f GB/s (%s)\npeak GEMM: %.2f TFLOP/s (%s)\n%s\n",
-              peaks.copy_bytes_per_second / 1e9, peaks.copy_what.c_str(),
-              peaks.gemm_flops_per_second / 1e12, peaks.gemm_what.c_str(),
+  std::printf("%s\n%s\n", kernels::bench::FormatPeaks(peaks).c_str(),
               kernels::bench::FormatHeader().c_str());
   std::fflush(stdout);
   TESSERA_ASSIGN_OR_RETURN(kernels::bench::KernelBenchReport report,
@@ -106,7 +90,7 @@ absl::Status Run(const BenchKernelsFlags& flags) {
                                  std::fflush(stdout);
                                }));
   for (const auto& s : report.skipped) {
-    std::printf("%-18s %-42s skipped: %s\n", s.op.c_str(), s.shape.c_str(), s.reason.c_str());
+    std::printf("%s\n", kernels::bench::FormatSkippedLine(s).c_str());
   }
   if (!flags.json.empty()) {
     std::ofstream out(flags.json);

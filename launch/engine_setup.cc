@@ -54,7 +54,8 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
   app.add_option("--backend", flags.backend, "Kernels backend: cpu or cuda")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--device", flags.device, "cuda: the GPU of the replica's rank 0")
+  app.add_option("--device", flags.device,
+                 "cuda: the replica's first GPU on each host (its ranks there take the next ones)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
 }
@@ -104,6 +105,20 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFl
   }
 #endif
   return ValidateBackend(flags, 1, false);  // the reason this backend cannot be made
+}
+
+kernels::bench::KernelBenchOptions KernelBenchDefaults(absl::string_view backend,
+                                                       DataType weights) {
+  const bool gpu = backend != "cpu";
+  kernels::bench::KernelBenchOptions o;
+  o.dtype = weights;
+  o.activation_dtype = gpu ? weights : DataType::kF32;
+  o.copy_bytes = gpu ? size_t{1} << 30 : size_t{1} << 28;
+  o.gemm_size = gpu ? 8192 : 2048;
+  o.batch_sizes = gpu ? std::vector<int64_t>{1, 8, 32, 64, 256} : std::vector<int64_t>{1, 8, 32};
+  o.contexts = gpu ? std::vector<int64_t>{1024, 4096, 32768} : std::vector<int64_t>{1024, 4096};
+  o.prefill_tokens = gpu ? std::vector<int64_t>{4096} : std::vector<int64_t>{512};
+  return o;
 }
 
 absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text) {

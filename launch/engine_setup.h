@@ -10,6 +10,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/bench/kernel_bench.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "worker/engine.h"
@@ -28,8 +29,8 @@ struct EngineFlags {
   int32_t num_kv_blocks = 0;  // 0: from kv_cache_gib, capped at what max_num_seqs needs
   double kv_cache_gib = 2.0;
   int32_t threads = 0;  // 0: all cores
-  // The kernels backend: cpu, or cuda (GPU `device` + the rank's index in its replica). A
-  // topology pool's `backend` and first `devices` entry set these for its workers.
+  // The kernels backend: cpu, or cuda (GPU `device` + the rank's index among its replica's ranks
+  // on its host). A topology pool's `backend` and first `devices` entry set these for its workers.
   std::string backend = "cpu";
   int device = 0;
   bool enable_prefix_caching = true;
@@ -48,6 +49,13 @@ absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv)
 // with `threads` CPU threads on the CPU backend.
 absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFlags& flags,
                                                                   int threads, int on_host);
+
+// The kernel benchmark's settings on `backend` before flags change them: activations f32 on the
+// CPU backend (the only dtype it computes in) and the weights' dtype elsewhere; copy and GEMM
+// probes sized for the device (1 GiB and 8192 on a GPU, 0.25 GiB and 2048 on the CPU); the grid
+// of cases (the on a GPU, a smaller one that fits a small CPU machine). Shared by
+// bench-kernels and bench-engine's peaks.
+kernels::bench::KernelBenchOptions KernelBenchDefaults(absl::string_view backend, DataType weights);
 
 // The sizes an engine is built with, derived from the flags and the model (and the rank's share
 // of it under TP/PP): the model's workspace, max_model_len, and the KV blocks per rank.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -117,28 +118,6 @@ absl::StatusOr<worker::ReplicaRankOptions> RankOptions(const model::ModelConfig&
   }
 #endif
   return o;
-}
-
-// This rank's index among its replica's ranks on the same host, in replica rank order: the
-// replica rank when the replica is on one host; with stages on several hosts, each host's ranks
-// count from 0 (so that a rank's GPU is its pool's first device plus this). Collective over
-// `replica` (an all-gather of a hash of each rank's host name).
-absl::StatusOr<int> HostLocalIndex(parallel::Communicator& replica) {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) name[0] = '\0';
-  uint64_t hash = 1469598103934665603ull;  // FNV-1a: the same in every process, unlike std::hash
-  for (const char* c = name; *c != '\0'; ++c) {
-    hash = (hash ^ static_cast<unsigned char>(*c)) * 1099511628211ull;
-  }
-  int64_t mine = static_cast<int64_t>(hash);
-  std::vector<int64_t> all(static_cast<size_t>(replica.size()));
-  CpuStream host;
-  TESSERA_RETURN_IF_ERROR(
-      replica.AllGather(TensorView(&mine, DataType::kI64, {1}),
-                        MutableTensorView(all.data(), DataType::kI64, {replica.size()}), host));
-  int index = 0;
-  for (int r = 0; r < replica.rank(); ++r) index += all[r] == mine ? 1 : 0;
-  return index;
 }
 
 // One rank's life: load its shard (and put its KV cache on a transport), then lead or follow.
@@ -277,7 +256,7 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
   }
   std::unique_ptr<parallel::GlooCommunicator> replica = std::move(*made);
   *is_leader = info.rank == 0;
-  TESSERA_ASSIGN_OR_RETURN(const int on_host, HostLocalIndex(*replica));
+  TESSERA_ASSIGN_OR_RETURN(const int on_host, HostLocalIndex(*replica, ThisHostName()));
   TESSERA_ASSIGN_OR_RETURN(auto backend, MakeRankBackend(engine, engine.threads, on_host));
   absl::Status status = RunRank(config, weights, *backend, *replica, options, max_model_len, leader,
                                 leader_comm_stats, kv_transports);
@@ -287,6 +266,28 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
 #endif
 
 }  // namespace
+
+std::string ThisHostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) name[0] = '\0';
+  return name;
+}
+
+absl::StatusOr<int> HostLocalIndex(parallel::Communicator& replica, const std::string& host_name) {
+  constexpr int64_t kName = 256;  // HOST_NAME_MAX is 64 on Linux
+  std::vector<char> mine(kName, '\0');
+  std::memcpy(mine.data(), host_name.data(), std::min<size_t>(host_name.size(), kName - 1));
+  std::vector<char> all(static_cast<size_t>(kName * replica.size()));
+  CpuStream host;
+  TESSERA_RETURN_IF_ERROR(replica.AllGather(
+      TensorView(mine.data(), DataType::kI8, {kName}),
+      MutableTensorView(all.data(), DataType::kI8, {replica.size() * kName}), host));
+  int index = 0;
+  for (int r = 0; r < replica.rank(); ++r) {
+    index += std::memcmp(all.data() + kName * r, mine.data(), kName) == 0 ? 1 : 0;
+  }
+  return index;
+}
 
 absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSource& weights,
                         const EngineFlags& engine, const ReplicaFlags& flags,
@@ -351,7 +352,7 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
       }
       parallel::Communicator& replica = shared ? *split : *world;
       *is_leader = replica.rank() == 0;
-      TESSERA_ASSIGN_OR_RETURN(const int on_host, HostLocalIndex(replica));
+      TESSERA_ASSIGN_OR_RETURN(const int on_host, HostLocalIndex(replica, ThisHostName()));
       TESSERA_ASSIGN_OR_RETURN(auto backend, MakeRankBackend(engine, engine.threads, on_host));
       status = RunRank(config, weights, *backend, replica, options, max_model_len, leader,
                        leader_comm_stats, kv_transports);

@@ -64,6 +64,14 @@ using LeaderBody = std::function<absl::Status(worker::StepExecutor& executor, in
 using KvTransportFactory =
     std::function<absl::StatusOr<std::unique_ptr<kvtransfer::Transport>>(int replica_rank)>;
 
+// This rank's index among its replica's ranks whose host is named `host_name` too, in replica
+// rank order: the replica rank when the replica is on one host; with stages on several hosts,
+// each host's ranks count from 0 (a rank's GPU is its pool's first device plus this). Collective
+// over `replica` (an all-gather of the names; names past 255 bytes compare by their start).
+absl::StatusOr<int> HostLocalIndex(parallel::Communicator& replica, const std::string& host_name);
+// gethostname(), or "" where it fails.
+std::string ThisHostName();
+
 // Runs `leader` on the replica's rank 0 (in this process, or in the MPI job's rank 0) while the
 // other ranks follow its steps; returns when the leader is done and the followers have stopped.
 // `is_leader` is set to whether this process ran the leader (the one that should print). With

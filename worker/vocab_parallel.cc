@@ -262,9 +262,9 @@ absl::StatusOr<StepResult> VocabParallelSampler::Sample(const TensorView& logits
       record[kRaw] = Bits(raw[r]);
       // The chosen token's logprob within the shard is raw - log-normaliser.
       record[kLogNorm] = Bits(raw[r] - own.logprobs[r]);
-      for (int32_t k = 0; k < own.top_n; ++k) {
-        record[kTop + k] = own.top_token_ids[r * own.top_n + k] + static_cast<int32_t>(vocab_begin);
-        record[kTop + top_n + k] = Bits(own.top_logprobs[r * own.top_n + k]);
+      for (int32_t j = 0; j < own.top_n; ++j) {
+        record[kTop + j] = own.top_token_ids[r * own.top_n + j] + static_cast<int32_t>(vocab_begin);
+        record[kTop + top_n + j] = Bits(own.top_logprobs[r * own.top_n + j]);
       }
     }
   }
@@ -320,9 +320,9 @@ absl::StatusOr<StepResult> VocabParallelSampler::Sample(const TensorView& logits
     candidates.clear();
     for (int64_t q = 0; q < ranks; ++q) {
       const int32_t* rec = record(q);
-      for (int32_t k = 0; k < top_n && rec[kTop + k] >= 0; ++k) {
-        const double global = Float(rec[kTop + top_n + k]) + Float(rec[kLogNorm]) - log_norm;
-        candidates.emplace_back(static_cast<float>(global), rec[kTop + k]);
+      for (int32_t j = 0; j < top_n && rec[kTop + j] >= 0; ++j) {
+        const double global = Float(rec[kTop + top_n + j]) + Float(rec[kLogNorm]) - log_norm;
+        candidates.emplace_back(static_cast<float>(global), rec[kTop + j]);
       }
     }
     if (static_cast<int64_t>(candidates.size()) < top_n) {
@@ -333,9 +333,9 @@ absl::StatusOr<StepResult> VocabParallelSampler::Sample(const TensorView& logits
                       [](const auto& a, const auto& b) {
                         return a.first != b.first ? a.first > b.first : a.second < b.second;
                       });
-    for (int32_t k = 0; k < top_n; ++k) {
-      result.top_token_ids[r * top_n + k] = candidates[k].second;
-      result.top_logprobs[r * top_n + k] = candidates[k].first;
+    for (int32_t j = 0; j < top_n; ++j) {
+      result.top_token_ids[r * top_n + j] = candidates[j].second;
+      result.top_logprobs[r * top_n + j] = candidates[j].first;
     }
   }
   return result;

@@ -85,9 +85,10 @@ MutableTensorView CopyOf(const MutableTensorView& all, int64_t i) {
   return row.Reshape(Shape(full.begin() + 1, full.end()));
 }
 
-std::vector<int32_t> Iota32(int64_t n, int64_t modulo) {
+// 0, 1, ..., n - 1.
+std::vector<int32_t> Iota32(int64_t n) {
   std::vector<int32_t> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<int32_t>(i % modulo);
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<int32_t>(i);
   return v;
 }
 
@@ -230,8 +231,7 @@ class CaseBuilder {
       auto arena = NewArena();
       TESSERA_ASSIGN_OR_RETURN(auto q, arena->Floats(act_, {t, s_.q_heads, s_.head_dim}, copies));
       TESSERA_ASSIGN_OR_RETURN(auto k, arena->Floats(act_, {t, s_.kv_heads, s_.head_dim}, copies));
-      TESSERA_ASSIGN_OR_RETURN(auto positions,
-                               arena->Values(DataType::kI32, Iota32(t, 1 << 30), {t}));
+      TESSERA_ASSIGN_OR_RETURN(auto positions, arena->Values(DataType::kI32, Iota32(t), {t}));
       std::vector<float> inv_freq(static_cast<size_t>(s_.head_dim / 2));
       for (size_t j = 0; j < inv_freq.size(); ++j) {
         inv_freq[j] = static_cast<float>(
@@ -353,8 +353,8 @@ class CaseBuilder {
       TESSERA_ASSIGN_OR_RETURN(auto out, arena->Floats(act_, q_shape, copies));
       TESSERA_ASSIGN_OR_RETURN(auto key_cache, arena->Floats(w_, cache, copies));
       TESSERA_ASSIGN_OR_RETURN(auto value_cache, arena->Floats(w_, cache, copies));
-      TESSERA_ASSIGN_OR_RETURN(
-          auto tables, arena->Values(DataType::kI32, Iota32(blocks, blocks), {seqs, width}));
+      TESSERA_ASSIGN_OR_RETURN(auto tables,
+                               arena->Values(DataType::kI32, Iota32(blocks), {seqs, width}));
       std::vector<int32_t> starts(static_cast<size_t>(seqs + 1));
       for (int64_t s = 0; s <= seqs; ++s) starts[s] = static_cast<int32_t>(s * q_len);
       TESSERA_ASSIGN_OR_RETURN(auto query_start, arena->Values(DataType::kI32, starts, {seqs + 1}));
@@ -739,19 +739,14 @@ std::string FormatResultLine(const KernelResult& r) {
                          100 * r.bandwidth_ratio, 100 * r.compute_ratio, target);
 }
 
-std::string FormatReport(const KernelBenchReport& report) {
-  std::string out = absl::StrCat(
-      "device: ", report.device, " (", report.backend, ")\n", "dtypes: weights and KV ",
-      DataTypeName(report.dtype), ", activations ", DataTypeName(report.activation_dtype), "\n",
-      absl::StrFormat("peak copy: %.1f GB/s (%s)\npeak GEMM: %.2f TFLOP/s (%s)\n",
-                      report.peaks.copy_bytes_per_second / 1e9, report.peaks.copy_what,
-                      report.peaks.gemm_flops_per_second / 1e12, report.peaks.gemm_what),
-      FormatHeader(), "\n");
-  for (const KernelResult& r : report.results) absl::StrAppend(&out, FormatResultLine(r), "\n");
-  for (const SkippedCase& s : report.skipped) {
-    absl::StrAppend(&out, absl::StrFormat("%-18s %-42s skipped: %s\n", s.op, s.shape, s.reason));
-  }
-  return out;
+std::string FormatPeaks(const Peaks& peaks) {
+  return absl::StrFormat("peak copy: %.1f GB/s (%s)\npeak GEMM: %.2f TFLOP/s (%s)",
+                         peaks.copy_bytes_per_second / 1e9, peaks.copy_what,
+                         peaks.gemm_flops_per_second / 1e12, peaks.gemm_what);
+}
+
+std::string FormatSkippedLine(const SkippedCase& skipped) {
+  return absl::StrFormat("%-18s %-42s skipped: %s", skipped.op, skipped.shape, skipped.reason);
 }
 
 std::string ReportToJson(const KernelBenchReport& report) {

@@ -116,11 +116,13 @@ absl::StatusOr<KernelBenchReport> RunKernelBench(
     Backend& backend, const KernelBenchOptions& options, const Peaks& peaks,
     const std::function<void(const KernelResult&)>& on_result = nullptr);
 
-// One line per result: op, shape, microseconds, GB/s, TFLOP/s, the two ratios, the target.
-std::string FormatResultLine(const KernelResult& result);
+// The table's lines, for printing as the results come: the peaks (two lines), the header, one
+// line per result (op, shape, microseconds, GB/s, TFLOP/s, the two ratios, the target) and one
+// per skipped case.
+std::string FormatPeaks(const Peaks& peaks);
 std::string FormatHeader();
-// The whole report as a table (header: device, dtypes, peaks; then the results and the skipped).
-std::string FormatReport(const KernelBenchReport& report);
+std::string FormatResultLine(const KernelResult& result);
+std::string FormatSkippedLine(const SkippedCase& skipped);
 // The report as JSON (one object: device, backend, dtypes, shape, peaks, results, skipped).
 std::string ReportToJson(const KernelBenchReport& report);
 

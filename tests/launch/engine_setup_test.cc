@@ -48,5 +48,23 @@ TEST(ValidateBackendTest, CudaRefusesWhatItCannotRunYetNamingIt) {
   }
 }
 
+// bench-kernels and bench-engine start from the same settings for a backend.
+TEST(KernelBenchDefaultsTest, TheCpuComputesActivationsInF32AndRunsASmallerGrid) {
+  const kernels::bench::KernelBenchOptions cpu = KernelBenchDefaults("cpu", DataType::kBF16);
+  const kernels::bench::KernelBenchOptions gpu = KernelBenchDefaults("cuda", DataType::kBF16);
+  EXPECT_EQ(cpu.dtype, DataType::kBF16);
+  EXPECT_EQ(cpu.activation_dtype, DataType::kF32);
+  EXPECT_EQ(gpu.activation_dtype, DataType::kBF16);
+  EXPECT_LT(cpu.gemm_size, gpu.gemm_size);
+  EXPECT_LT(cpu.copy_bytes, gpu.copy_bytes);
+  // The grid on a GPU: batch 1 to 256, contexts 1k to 32k, a 4k-token prefill.
+  EXPECT_EQ(gpu.batch_sizes.back(), 256);
+  EXPECT_EQ(gpu.contexts.back(), 32768);
+  EXPECT_EQ(gpu.prefill_tokens, std::vector<int64_t>{4096});
+  EXPECT_LT(cpu.batch_sizes.back(), gpu.batch_sizes.back());
+  EXPECT_TRUE(kernels::bench::ValidateKernelBenchOptions(cpu).ok());
+  EXPECT_TRUE(kernels::bench::ValidateKernelBenchOptions(gpu).ok());
+}
+
 }  // namespace
 }  // namespace tessera::launch

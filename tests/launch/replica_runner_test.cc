@@ -1,0 +1,49 @@
+// HostLocalIndex: which GPU of its host a replica's rank takes (its pool's first device plus this
+// index), over ranks as threads that claim the host names of a multi-node layout.
+#include "launch/replica_runner.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "parallel/comm/inproc/in_process_communicator.h"
+
+namespace tessera::launch {
+namespace {
+
+std::vector<int> Indexes(const std::vector<std::string>& hosts) {
+  const int n = static_cast<int>(hosts.size());
+  auto group = parallel::CreateInProcessGroup(n, absl::Seconds(10));
+  EXPECT_TRUE(group.ok()) << group.status();
+  std::vector<int> index(n, -1);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      absl::StatusOr<int> i = HostLocalIndex(*(*group)[r], hosts[r]);
+      EXPECT_TRUE(i.ok()) << i.status();
+      index[r] = i.value_or(-1);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return index;
+}
+
+TEST(HostLocalIndexTest, OneHostCountsLikeTheReplicaRank) {
+  EXPECT_EQ(Indexes({"node1", "node1", "node1", "node1"}), (std::vector<int>{0, 1, 2, 3}));
+}
+
+TEST(HostLocalIndexTest, EachHostOfAPipelineCountsFromZero) {
+  // PP = 2 across two 4-GPU nodes (TP 4 inside each): GPUs 0-3 on each, not 4-7 on the second.
+  EXPECT_EQ(Indexes({"node1", "node1", "node1", "node1", "node2", "node2", "node2", "node2"}),
+            (std::vector<int>{0, 1, 2, 3, 0, 1, 2, 3}));
+  // Ranks interleaved over hosts count per host, in replica rank order; a name that only starts
+  // like another is another host.
+  EXPECT_EQ(Indexes({"a", "b", "a", "ab", "b"}), (std::vector<int>{0, 0, 1, 0, 1}));
+}
+
+TEST(HostLocalIndexTest, ThisHostHasAName) { EXPECT_FALSE(ThisHostName().empty()); }
+
+}  // namespace
+}  // namespace tessera::launch
