@@ -103,6 +103,9 @@ class FaultInjectingTransport::Hook final : public WriteListener {
   explicit Hook(FaultInjectingTransport& owner) : owner_(owner) {}
   absl::Status Admit(const WriteInfo& write) override { return owner_.OnAdmit(write); }
   void Written(const WriteInfo& write) override { owner_.OnWritten(write); }
+  void NotWritten(const WriteInfo& write, const absl::Status& why) override {
+    owner_.OnNotWritten(write, why);
+  }
 
  private:
   FaultInjectingTransport& owner_;
@@ -222,6 +225,11 @@ void FaultInjectingTransport::OnWritten(const WriteInfo& write) {
   }
   absl::ReaderMutexLock lock(&listener_mu_);
   if (listener_ != nullptr) listener_->Written(write);
+}
+
+void FaultInjectingTransport::OnNotWritten(const WriteInfo& write, const absl::Status& why) {
+  absl::ReaderMutexLock lock(&listener_mu_);
+  if (listener_ != nullptr) listener_->NotWritten(write, why);
 }
 
 }  // namespace tessera::kvtransfer

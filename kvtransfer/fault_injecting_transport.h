@@ -89,6 +89,7 @@ class FaultInjectingTransport final : public Transport {
   // Called by the hook on the inner transport's thread.
   absl::Status OnAdmit(const WriteInfo& write);
   void OnWritten(const WriteInfo& write);
+  void OnNotWritten(const WriteInfo& write, const absl::Status& why);
 
   std::unique_ptr<Transport> inner_;
   std::unique_ptr<Hook> hook_;
@@ -100,7 +101,7 @@ class FaultInjectingTransport final : public Transport {
   absl::flat_hash_map<RegionId, Region> regions_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<PeerId> dropped_ ABSL_GUARDED_BY(mu_);
   std::vector<std::weak_ptr<TransferState>> running_ ABSL_GUARDED_BY(mu_);
-  absl::Mutex listener_mu_;  // readers: OnAdmit/OnWritten; writer: SetWriteListener
+  absl::Mutex listener_mu_;  // readers: OnAdmit/OnWritten/OnNotWritten; writer: SetWriteListener
   WriteListener* listener_ ABSL_GUARDED_BY(listener_mu_) = nullptr;
 };
 

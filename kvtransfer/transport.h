@@ -84,6 +84,11 @@ class WriteListener {
   virtual absl::Status Admit(const WriteInfo& write) = 0;
   // The admitted bytes are in place.
   virtual void Written(const WriteInfo& write) = 0;
+  // The admitted bytes will not all land (the sender cancelled or vanished mid-segment, the
+  // fabric failed): the transport no longer touches the destination, whose bytes are undefined.
+  // Every OK Admit is followed by exactly one Written or NotWritten, so that a receiver counting
+  // writes in flight can tell when its memory is quiet.
+  virtual void NotWritten(const WriteInfo& write, const absl::Status& why) = 0;
 };
 
 class Transfer {

@@ -498,6 +498,15 @@ void KvPort::Written(const kvtransfer::WriteInfo& write) {
   it->second.bytes_written += write.length;
 }
 
+void KvPort::NotWritten(const kvtransfer::WriteInfo& write, const absl::Status& why) {
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(write.tag);
+  if (it == reservations_.end()) return;
+  --it->second.writes_in_flight;
+  TESSERA_LOG(DEBUG) << "KV transfer " << write.tag << ": a write from " << write.peer_name
+                     << " stopped short: " << why;
+}
+
 absl::Status KvPort::CloseLocked(uint64_t token, Reservation& r) {
   r.open = false;
   auto quiet = [&r]() { return r.writes_in_flight == 0; };

@@ -170,6 +170,9 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   // kvtransfer::WriteListener
   absl::Status Admit(const kvtransfer::WriteInfo& write) override;
   void Written(const kvtransfer::WriteInfo& write) override;
+  // The admitted write stopped short: it no longer counts as in flight (the reservation's bytes
+  // fall short, so its Commit fails and the request is placed again).
+  void NotWritten(const kvtransfer::WriteInfo& write, const absl::Status& why) override;
 
   // Internal: an export's checksums, computed on the port's own thread while its transfers run.
   struct ChecksumJob;

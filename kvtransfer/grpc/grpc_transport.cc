@@ -63,6 +63,10 @@ class ListenerSlot {
     absl::ReaderMutexLock lock(&mu_);
     if (listener_ != nullptr) listener_->Written(write);
   }
+  void NotWritten(const WriteInfo& write, const absl::Status& why) {
+    absl::ReaderMutexLock lock(&mu_);
+    if (listener_ != nullptr) listener_->NotWritten(write, why);
+  }
 
  private:
   absl::Mutex mu_;
@@ -79,8 +83,12 @@ class IncomingStream {
  public:
   IncomingStream(RegionTable& regions, ListenerSlot& listener)
       : regions_(regions), listener_(listener) {}
+  // A segment still open here was admitted and will not complete: the stream ended inside it
+  // (the sender cancelled or went away) or a piece of it was malformed.
   ~IncomingStream() {
-    if (open_.has_value()) regions_.ReleaseDestination(open_->info.region);
+    if (!open_.has_value()) return;
+    listener_.NotWritten(open_->info, absl::AbortedError("the stream ended inside the segment"));
+    regions_.ReleaseDestination(open_->info.region);
   }
 
   IncomingStream(const IncomingStream&) = delete;

@@ -64,6 +64,7 @@ class Endpoint {
       absl::ReaderMutexLock lock(&listener_mu_);
       if (listener_ != nullptr) status = listener_->Admit(info);
     }
+    const bool admitted = status.ok();
     for (uint64_t done = 0; status.ok() && done < info.length; done += kCopyChunkBytes) {
       if (cancel.load(std::memory_order_relaxed)) {
         status = absl::CancelledError("transfer cancelled");
@@ -76,6 +77,9 @@ class Endpoint {
       absl::ReaderMutexLock lock(&listener_mu_);
       if (listener_ != nullptr) listener_->Written(info);
       bytes_done.fetch_add(info.length, std::memory_order_relaxed);
+    } else if (admitted) {  // cancelled mid-copy
+      absl::ReaderMutexLock lock(&listener_mu_);
+      if (listener_ != nullptr) listener_->NotWritten(info, status);
     }
     regions_.ReleaseDestination(info.region);
     absl::MutexLock lock(&mu_);

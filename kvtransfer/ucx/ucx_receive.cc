@@ -146,9 +146,15 @@ void UcxTransportImpl::FinishRecv(RecvContext* rc, ucs_status_t status) {
   std::unique_ptr<RecvContext> owned(rc);
   if (rc->rndv) --pending_recvs_;
   absl::Status result = UcsToStatus(status, "ucp_am_recv_data_nbx");
-  if (result.ok()) {
+  {
     absl::ReaderMutexLock lock(&listener_mu_);
-    if (listener_ != nullptr) listener_->Written(rc->info);
+    if (listener_ != nullptr) {
+      if (result.ok()) {
+        listener_->Written(rc->info);
+      } else {
+        listener_->NotWritten(rc->info, result);
+      }
+    }
   }
   ReleaseIncoming(rc->header.region);
   if (!shutting_down_) SendAck(rc->inbound_id, rc->header, result);

@@ -1,4 +1,5 @@
 // The conformance suite over GrpcTransport, plus its own behaviours.
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -94,6 +95,7 @@ TEST(GrpcTransportTest, SilentPeerFailsUnavailableAfterPeerTimeout) {
       return absl::OkStatus();
     }
     void Written(const WriteInfo&) override {}
+    void NotWritten(const WriteInfo&, const absl::Status&) override {}
     absl::Notification release;
   } listener;
   constexpr size_t kBytes = size_t{256} << 20;  // more than the flow-control windows hold
@@ -131,7 +133,8 @@ TEST(GrpcTransportTest, LongSegmentReachesTheListenerOnce) {
       return absl::OkStatus();
     }
     void Written(const WriteInfo&) override { ++written; }
-    std::atomic<int> admits{0}, written{0};
+    void NotWritten(const WriteInfo&, const absl::Status&) override { ++not_written; }
+    std::atomic<int> admits{0}, written{0}, not_written{0};
     std::atomic<uint64_t> length{0};
   } listener;
   constexpr size_t kBytes = size_t{1} << 20;
@@ -154,8 +157,55 @@ TEST(GrpcTransportTest, LongSegmentReachesTheListenerOnce) {
   ASSERT_TRUE((*transfer)->Wait(absl::Seconds(30)).ok());
   EXPECT_EQ(listener.admits.load(), 1);
   EXPECT_EQ(listener.written.load(), 1);
+  EXPECT_EQ(listener.not_written.load(), 0);
   EXPECT_EQ(listener.length.load(), kBytes);
   EXPECT_EQ(src, dst);
+}
+
+// A segment sent in many pieces whose stream is cancelled after its first piece was admitted:
+// the receiver's listener hears NotWritten for it (a KV port counting writes in flight would
+// otherwise wait for it until its quiesce timeout and hold the blocks back).
+TEST(GrpcTransportTest, AStreamCancelledInsideASegmentEndsItNotWritten) {
+  class Holding final : public WriteListener {
+   public:
+    absl::Status Admit(const WriteInfo&) override {
+      entered.Notify();
+      release.WaitForNotificationWithTimeout(absl::Seconds(30));
+      return absl::OkStatus();
+    }
+    void Written(const WriteInfo&) override { ++written; }
+    void NotWritten(const WriteInfo&, const absl::Status&) override {
+      ++not_written;
+      ended.Notify();
+    }
+    absl::Notification entered, release, ended;
+    std::atomic<int> written{0}, not_written{0};
+  } listener;
+  // 1024 pieces: far more than the flow-control windows hold while the receiver waits in Admit.
+  constexpr size_t kBytes = size_t{64} << 20;
+  std::vector<char> src(kBytes, 7), dst(kBytes, 0);
+  GrpcTransportOptions small;
+  small.max_message_bytes = 64 << 10;
+  auto sender = GrpcTransport::Create({"sender"}, small);
+  auto receiver = GrpcTransport::Create({"receiver"}, small);
+  ASSERT_TRUE(sender.ok() && receiver.ok());
+  (*receiver)->SetWriteListener(&listener);
+  auto src_region = (*sender)->RegisterMemory(src.data(), kBytes);
+  auto dst_region = (*receiver)->RegisterMemory(dst.data(), kBytes);
+  auto descriptor = (*receiver)->LocalDescriptor();
+  ASSERT_TRUE(src_region.ok() && dst_region.ok() && descriptor.ok());
+  auto peer = (*sender)->Connect(*descriptor);
+  ASSERT_TRUE(peer.ok());
+  const Segment segment{*src_region, 0, *dst_region, 0, kBytes, 3};
+  auto transfer = (*sender)->Submit(*peer, {&segment, 1});
+  ASSERT_TRUE(transfer.ok());
+  ASSERT_TRUE(listener.entered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  (*transfer)->Cancel();
+  listener.release.Notify();
+  EXPECT_TRUE(absl::IsCancelled((*transfer)->Wait(absl::Seconds(30))));
+  ASSERT_TRUE(listener.ended.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(listener.not_written.load(), 1);
+  EXPECT_EQ(listener.written.load(), 0);
 }
 
 }  // namespace

@@ -39,8 +39,9 @@ void FillRandom(std::vector<uint8_t>& bytes, uint64_t seed) {
 class RecordingListener final : public WriteListener {
  public:
   struct Event {
-    bool written = false;  // false: Admit
+    bool written = false;  // false: Admit (or NotWritten)
     WriteInfo info;
+    bool not_written = false;
   };
 
   void RefuseTag(uint64_t tag, absl::Status status) {
@@ -65,6 +66,7 @@ class RecordingListener final : public WriteListener {
       std::swap(entered, hold_entered_);
       std::swap(release, hold_release_);
       if (refuse_tag_.has_value() && *refuse_tag_ == write.tag) status = refuse_status_;
+      if (status.ok()) ++admitted_;
     }
     if (entered != nullptr) {
       entered->Notify();
@@ -75,6 +77,19 @@ class RecordingListener final : public WriteListener {
   void Written(const WriteInfo& write) override {
     absl::MutexLock lock(&mu_);
     events_.push_back(Event{true, write});
+    ++ended_;
+  }
+  void NotWritten(const WriteInfo& write, const absl::Status&) override {
+    absl::MutexLock lock(&mu_);
+    events_.push_back(Event{false, write, true});
+    ++ended_;
+  }
+  // Waits (at most kWait) until every admitted write has ended, landed or not; false if one
+  // never does (a receiver counting writes in flight would wait for it forever).
+  bool AwaitEveryAdmittedWriteEnded() {
+    absl::MutexLock lock(&mu_);
+    auto ended = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ended_ >= admitted_; };
+    return mu_.AwaitWithTimeout(absl::Condition(&ended), kWait) && ended_ == admitted_;
   }
   std::vector<Event> events() {
     absl::MutexLock lock(&mu_);
@@ -84,6 +99,8 @@ class RecordingListener final : public WriteListener {
  private:
   absl::Mutex mu_;
   std::vector<Event> events_ ABSL_GUARDED_BY(mu_);
+  int admitted_ ABSL_GUARDED_BY(mu_) = 0;  // Admit calls that returned OK
+  int ended_ ABSL_GUARDED_BY(mu_) = 0;     // Written and NotWritten calls
   std::optional<uint64_t> refuse_tag_ ABSL_GUARDED_BY(mu_);
   absl::Status refuse_status_ ABSL_GUARDED_BY(mu_);
   absl::Notification* hold_entered_ ABSL_GUARDED_BY(mu_) = nullptr;
@@ -306,6 +323,9 @@ TEST_P(TransportConformanceTest, CancelEndsCancelledAndWaitRepeatsTheStatus) {
   const absl::Status status = (*transfer)->Wait(kWait);
   EXPECT_TRUE(absl::IsCancelled(status)) << status;
   EXPECT_TRUE((*transfer)->Done());
+  // The held segment was admitted: whether or not its bytes landed, the receiver hears that it
+  // ended (else its KV blocks would wait for a write that never comes).
+  EXPECT_TRUE(pair.listener.AwaitEveryAdmittedWriteEnded());
   EXPECT_EQ((*transfer)->Wait(absl::ZeroDuration()), status);
   EXPECT_EQ((*transfer)->Wait(absl::Seconds(1)), status);
 }

@@ -56,6 +56,10 @@ class RecordingListener : public WriteListener {
     absl::MutexLock lock(&mu_);
     written_.push_back(write);
   }
+  void NotWritten(const WriteInfo& write, const absl::Status&) override {
+    absl::MutexLock lock(&mu_);
+    not_written_.push_back(write);
+  }
   void RefuseTag(uint64_t tag) {
     absl::MutexLock lock(&mu_);
     refused_tag_ = tag;
@@ -74,6 +78,7 @@ class RecordingListener : public WriteListener {
   uint64_t refused_tag_ ABSL_GUARDED_BY(mu_) = ~0ull;
   std::vector<WriteInfo> admitted_ ABSL_GUARDED_BY(mu_);
   std::vector<WriteInfo> written_ ABSL_GUARDED_BY(mu_);
+  std::vector<WriteInfo> not_written_ ABSL_GUARDED_BY(mu_);
 };
 
 // A sender "prefill" and a receiver "decode", each with one registered buffer.
@@ -283,6 +288,7 @@ TEST_F(UcxTransportTest, SilentPeerFailsUnavailableAfterPeerTimeout) {
       return absl::OkStatus();
     }
     void Written(const WriteInfo&) override {}
+    void NotWritten(const WriteInfo&, const absl::Status&) override {}
     absl::Notification release;
   } listener;
   receiver_->SetWriteListener(&listener);
