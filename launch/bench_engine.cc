@@ -63,19 +63,20 @@ worker::StepPlan PrefillPlan(const model::ModelConfig& config, int32_t s, int32_
   return plan;
 }
 
-worker::StepPlan DecodePlan(const model::ModelConfig& config, int32_t batch, int32_t pos,
-                            int32_t block_size, int32_t width,
+// One decode token for each of sequences [first, end).
+worker::StepPlan DecodePlan(const model::ModelConfig& config, int32_t first, int32_t end,
+                            int32_t pos, int32_t block_size, int32_t width,
                             const worker::SamplingRow& sampling) {
   worker::StepPlan plan;
-  for (int32_t s = 0; s < batch; ++s) {
+  for (int32_t s = first; s < end; ++s) {
     plan.token_ids.push_back((s + pos) % static_cast<int32_t>(config.vocab_size));
     plan.positions.push_back(pos);
     plan.slot_mapping.push_back(static_cast<int64_t>(s * width + pos / block_size) * block_size +
                                 pos % block_size);
-    plan.query_start.push_back(s + 1);
+    plan.query_start.push_back(s - first + 1);
     plan.seq_lens.push_back(pos + 1);
     for (int32_t j = 0; j < width; ++j) plan.block_tables.push_back(s * width + j);
-    plan.logits_rows.push_back(s);
+    plan.logits_rows.push_back(s - first);
     plan.sampling.push_back(sampling);
     plan.sampling.back().seed = s;
     plan.sampling.back().step = pos;
@@ -129,10 +130,12 @@ absl::Status Bench(BenchFlags flags) {
   }
   const int tp = flags.replica.tensor_parallel_size;
   const int pp = flags.replica.pipeline_parallel_size;
-  std::printf("model: %lld layers, hidden %lld, vocab %lld, weights %.2f GB; tp %d x pp %d\n",
-              static_cast<long long>(config.num_hidden_layers),
-              static_cast<long long>(config.hidden_size), static_cast<long long>(config.vocab_size),
-              weight_bytes / 1e9, tp, pp);
+  std::printf(
+      "model: %lld layers, hidden %lld, vocab %lld, weights %.2f GB; tp %d x pp %d, %d decode "
+      "steps in flight\n",
+      static_cast<long long>(config.num_hidden_layers), static_cast<long long>(config.hidden_size),
+      static_cast<long long>(config.vocab_size), weight_bytes / 1e9, tp, pp,
+      flags.replica.pp_steps_in_flight > 0 ? flags.replica.pp_steps_in_flight : pp);
   // FLOPs of one prompt: every layer's matrices for each token, the LM head for the last, and
   // causal attention (4 * q_size per query-key pair).
   const double layer_params = static_cast<double>(config.hidden_size) *
@@ -165,17 +168,31 @@ absl::Status Bench(BenchFlags flags) {
         TESSERA_RETURN_IF_ERROR(executor.Execute(plan).status());
         prefill_seconds += Seconds(start);
       }
+      // With several steps in flight (a pipelined replica) the batch is split into as many
+      // groups, submitted in turn as the engine's scheduler would: a group's next step goes in
+      // once its previous one is collected.
+      const int32_t groups = std::min(executor.max_steps_in_flight(), batch);
       comm.Reset();
-      double decode_seconds = 0;
       double kv_read = 0;
+      int in_flight = 0;
+      const auto start = std::chrono::steady_clock::now();
       for (int32_t step = 0; step < flags.decode_steps; ++step) {
         const int32_t pos = flags.prompt_len + step;
-        const worker::StepPlan plan = DecodePlan(config, batch, pos, block_size, width, sampling);
-        const auto start = std::chrono::steady_clock::now();
-        TESSERA_RETURN_IF_ERROR(executor.Execute(plan).status());
-        decode_seconds += Seconds(start);
+        for (int32_t g = 0; g < groups; ++g) {
+          const worker::StepPlan plan =
+              DecodePlan(config, batch * g / groups, batch * (g + 1) / groups, pos, block_size,
+                         width, sampling);
+          if (in_flight == groups) {
+            TESSERA_RETURN_IF_ERROR(executor.Collect().status());
+            --in_flight;
+          }
+          TESSERA_RETURN_IF_ERROR(executor.Submit(plan));
+          ++in_flight;
+        }
         kv_read += static_cast<double>(batch) * (pos + 1) * static_cast<double>(kv_bytes_per_token);
       }
+      for (; in_flight > 0; --in_flight) TESSERA_RETURN_IF_ERROR(executor.Collect().status());
+      const double decode_seconds = Seconds(start);
       const double prefill_tps = batch * static_cast<double>(flags.prompt_len) / prefill_seconds;
       const double decode_tps = batch * static_cast<double>(flags.decode_steps) / decode_seconds;
       const double decode_bytes =

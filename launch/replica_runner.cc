@@ -51,6 +51,11 @@ void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags) {
          "have their own memory (GPUs, nodes)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--pp-steps-in-flight", flags.pp_steps_in_flight,
+                 "Steps the leader keeps in the pipeline at once, each over other sequences, so "
+                 "that every stage works during decode (0: one per stage; at most that)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--comm", flags.comm,
                  "Communicators: auto (MPI under mpirun; Gloo when the launcher — LWS, torchrun, "
                  "Slurm, --rank/--world-size — makes this process one of several ranks; else "
@@ -86,6 +91,8 @@ absl::StatusOr<worker::ReplicaRankOptions> RankOptions(const model::ModelConfig&
   o.parallel.tp_size = flags.tensor_parallel_size;
   o.parallel.pp_size = flags.pipeline_parallel_size;
   o.pp_micro_batches = flags.pp_micro_batches;
+  o.pp_steps_in_flight =
+      flags.pp_steps_in_flight > 0 ? flags.pp_steps_in_flight : flags.pipeline_parallel_size;
   if (!flags.pp_layers.empty()) {
     for (absl::string_view part : absl::StrSplit(flags.pp_layers, ',')) {
       int64_t n = 0;
@@ -147,7 +154,9 @@ absl::Status RunRank(const model::ModelConfig& config, const model::WeightSource
     return worker::RunFollower(
         *rank.worker, [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
   }
-  TESSERA_ASSIGN_OR_RETURN(auto executor, worker::ReplicaExecutor::Create(*rank.worker));
+  TESSERA_ASSIGN_OR_RETURN(auto executor,
+                           worker::ReplicaExecutor::Create(
+                               *rank.worker, {.max_steps_in_flight = options.pp_steps_in_flight}));
   absl::Status status;
   {
     std::unique_ptr<worker::ReplicaKvPort> replica_port;

@@ -26,8 +26,9 @@ namespace tessera::launch {
 struct ReplicaFlags {
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
-  std::string pp_layers;     // "8,8": layers per stage; empty: even
-  int pp_micro_batches = 0;  // micro-batches per step through the pipeline; 0: 1
+  std::string pp_layers;       // "8,8": layers per stage; empty: even
+  int pp_micro_batches = 0;    // micro-batches per step through the pipeline; 0: 1
+  int pp_steps_in_flight = 0;  // steps the leader keeps in the pipeline; 0: one per stage
   // auto: mpi under mpirun; gloo when the launcher (LWS, torchrun, Slurm, --rank/--world-size)
   // says this process is one of several ranks; else threads. Or inproc | mpi | gloo.
   std::string comm = "auto";

@@ -31,8 +31,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(StepExecutor& executor,
         "Engine: max_requests_in_flight (", options.max_requests_in_flight, ") and idle_wait (",
         absl::FormatDuration(options.idle_wait), ") must be positive"));
   }
+  // Pipelined steps as the executor allows them; with KV migration one at a time (a step's
+  // layer-wise sends and the exports read blocks the step has finished writing on every rank).
+  SchedulerConfig scheduling = options.scheduler;
+  scheduling.max_steps_in_flight =
+      options.kv_port == nullptr ? std::max(executor.max_steps_in_flight(), 1) : 1;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Scheduler> scheduler,
-                           Scheduler::Create(options.scheduler, executor.limits(), config));
+                           Scheduler::Create(scheduling, executor.limits(), config));
   auto engine = std::unique_ptr<Engine>(new Engine(executor, std::move(scheduler), options, clock));
   engine->PublishCounters();
   absl::MutexLock lock(&engine->join_mu_);
@@ -215,7 +220,7 @@ void Engine::RunLoop() {
     absl::Time drain_deadline;
     {
       absl::MutexLock lock(&mu_);
-      if (!scheduler_->HasWork() && inbox_.empty() && !shutdown_) {
+      if (!Busy() && inbox_.empty() && !shutdown_) {
         auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return !inbox_.empty() || shutdown_;
         };
@@ -231,9 +236,9 @@ void Engine::RunLoop() {
     ExpireDeadlines();
     PollExports();
     absl::Status failure;
-    if (stopping && (!scheduler_->HasWork() || clock_.MonotonicNow() >= drain_deadline)) {
+    if (stopping && (!Busy() || clock_.MonotonicNow() >= drain_deadline)) {
       failure = absl::AbortedError("the engine shut down");
-    } else if (scheduler_->HasWork()) {
+    } else if (Busy()) {
       failure = Step();
     } else {
       failure = executor_.Idle();
@@ -436,17 +441,30 @@ void Engine::EndExport(RequestId id, const absl::Status& status) {
   Deliver(std::move(x.event));
 }
 
+bool Engine::Busy() const { return scheduler_->HasWork() || scheduler_->steps_in_flight() > 0; }
+
 absl::Status Engine::Step() {
-  const StepPlan plan = scheduler_->Schedule();
-  if (plan.token_ids.empty()) {
-    scheduler_->DiscardStep();
-    return absl::InternalError("the scheduler planned an empty step while requests wait");
+  const int depth = scheduler_->config().max_steps_in_flight;
+  if (scheduler_->steps_in_flight() < depth && scheduler_->HasWork()) {
+    const StepPlan plan = scheduler_->Schedule();
+    if (!plan.token_ids.empty()) {
+      const absl::Time scheduled = clock_.MonotonicNow();
+      for (RequestId id : scheduler_->TakeAdmitted()) {
+        if (auto it = live_.find(id); it != live_.end()) it->second.admitted = scheduled;
+      }
+      if (absl::Status s = SubmitStreaming(plan); !s.ok()) {
+        scheduler_->DiscardStep();
+        return s;
+      }
+      // Room for another step: take new commands, then plan it (its sequences are others).
+      if (scheduler_->steps_in_flight() < depth) return absl::OkStatus();
+    } else if (scheduler_->steps_in_flight() == 0) {
+      return absl::InternalError("the scheduler planned an empty step while requests wait");
+    }
   }
-  const absl::Time scheduled = clock_.MonotonicNow();
-  for (RequestId id : scheduler_->TakeAdmitted()) {
-    if (auto it = live_.find(id); it != live_.end()) it->second.admitted = scheduled;
-  }
-  absl::StatusOr<StepResult> result = ExecuteStreaming(plan);
+  absl::StatusOr<StepResult> result = executor_.Collect();
+  if (result.ok()) FinishStreams();
+  step_streams_.clear();  // after a failure: what they started is cancelled
   if (!result.ok()) {
     scheduler_->DiscardStep();
     return result.status();
@@ -466,13 +484,12 @@ absl::Status Engine::Step() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepResult> Engine::ExecuteStreaming(const StepPlan& plan) {
+absl::Status Engine::SubmitStreaming(const StepPlan& plan) {
   // Preempted prompts: their blocks may already be another sequence's in this step.
   for (RequestId id : scheduler_->TakeKvSendsToCancel()) streaming_.erase(id);
-  if (options_.kv_port == nullptr || !options_.kv_stream_layers) return executor_.Execute(plan);
-  // Layer-wise streaming: the blocks this step fills (or, completing a prompt, the rest) go out
-  // layer by layer as the step writes them.
-  std::vector<std::pair<RequestId, std::unique_ptr<KvLayerStream>>> streams;
+  if (options_.kv_port == nullptr || !options_.kv_stream_layers) return executor_.Submit(plan);
+  // Layer-wise streaming (one step in flight): the blocks this step fills (or, completing a
+  // prompt, the rest) go out layer by layer as the step writes them.
   for (Scheduler::KvSend& send : scheduler_->KvSendsInStep()) {
     StreamedKv& s = streaming_[send.id];
     if (!s.error.ok()) continue;
@@ -483,15 +500,19 @@ absl::StatusOr<StepResult> Engine::ExecuteStreaming(const StepPlan& plan) {
       s.error = stream.status();
       continue;
     }
-    streams.emplace_back(send.id, *std::move(stream));
+    step_streams_.emplace_back(send.id, *std::move(stream));
   }
-  const bool layered = !streams.empty() && executor_.SetKvWrittenCallback([&](int32_t layer) {
-    for (auto& [id, stream] : streams) stream->LayerWritten(layer);
-  });
-  absl::StatusOr<StepResult> result = executor_.Execute(plan);
+  const bool layered =
+      !step_streams_.empty() && executor_.SetKvWrittenCallback([this](int32_t layer) {
+        for (auto& [id, stream] : step_streams_) stream->LayerWritten(layer);
+      });
+  absl::Status submitted = executor_.Submit(plan);
   if (layered) executor_.SetKvWrittenCallback(nullptr);
-  if (!result.ok()) return result;  // `streams` go: what they started is cancelled
-  for (auto& [id, stream] : streams) {
+  return submitted;
+}
+
+void Engine::FinishStreams() {
+  for (auto& [id, stream] : step_streams_) {
     StreamedKv& s = streaming_[id];
     absl::StatusOr<std::unique_ptr<KvExport>> part = stream->Finish();
     if (part.ok()) {
@@ -500,7 +521,7 @@ absl::StatusOr<StepResult> Engine::ExecuteStreaming(const StepPlan& plan) {
       s.error = part.status();
     }
   }
-  return result;
+  step_streams_.clear();
 }
 
 void Engine::End(RequestId id, absl::Status status) {

@@ -148,6 +148,10 @@ class Engine {
   // Engine-thread helpers.
   void ApplyCommands(std::vector<Command>& commands);
   void ExpireDeadlines();
+  // Requests to schedule, or steps in flight.
+  bool Busy() const;
+  // Plans and submits a step while fewer than the executor's max_steps_in_flight are in flight
+  // (returning at once while there is room for more), else collects and applies the oldest.
   absl::Status Step();
   void End(RequestId id, absl::Status status);  // aborts a live request with a final event
   void EndAll(const absl::Status& status);
@@ -158,8 +162,10 @@ class Engine {
   void ReleaseReservation(uint64_t token, const char* why);
   // `streamed`: what the request's steps already sent (null: send the whole request now).
   void StartExport(TokenEvent event, StreamedKv* streamed);
-  // The sends this step makes ready, streamed layer by layer while `plan` executes.
-  absl::StatusOr<StepResult> ExecuteStreaming(const StepPlan& plan);
+  // Submits `plan`; the sends it makes ready are streamed layer by layer while it executes, and
+  // FinishStreams (after its Collect) adds what they sent to streaming_.
+  absl::Status SubmitStreaming(const StepPlan& plan);
+  void FinishStreams();
   void PollExports();
   void EndExport(RequestId id, const absl::Status& status);
   void Push(Command command);
@@ -174,6 +180,8 @@ class Engine {
   // Prompts still being computed whose finished blocks are on their way (engine thread only).
   // An entry must go — cancelling its sends — before the request's blocks can be reused.
   absl::flat_hash_map<RequestId, StreamedKv> streaming_;
+  // The layer-wise sends of the step in flight (KV migration runs one step at a time).
+  std::vector<std::pair<RequestId, std::unique_ptr<KvLayerStream>>> step_streams_;
   absl::BitGen bitgen_;  // reservation tokens; engine thread
 
   mutable absl::Mutex mu_;

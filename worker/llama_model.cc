@@ -467,6 +467,7 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
   }
   MutableTensorView logits = ws_->logits.View(f32, {rows, plan.vocab_shard});
   if (!plan.last_stage()) {
+    if (options.before_send) TESSERA_RETURN_IF_ERROR(options.before_send());
     TESSERA_RETURN_IF_ERROR(par_.pp->Send(residual, plan.pp_rank + 1, stream));
     TESSERA_RETURN_IF_ERROR(par_.pp->Send(delta, plan.pp_rank + 1, stream));
     return TensorView(logits.Rows(0, 0));

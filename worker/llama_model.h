@@ -63,6 +63,10 @@ struct ForwardOptions {
   // false returns this rank's own columns only, [rows, VocabColumns()] with the shard's row
   // stride (worker/vocab_parallel.h samples greedy rows from them without the gather).
   bool gather_logits = true;
+  // On a pipeline stage that is not the last: called once the stage's layers are done, just
+  // before the residual stream is sent to the next stage (the replica forwards the step's plan
+  // there first, and a pipelining leader collects an older step's tokens). Its error ends Forward.
+  std::function<absl::Status()> before_send;
 };
 
 // This rank's share of the model and its groups. The default is the whole model on one rank.

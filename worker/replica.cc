@@ -54,6 +54,10 @@ MutableTensorView HostView(void* data, DataType dtype, int64_t n) {
   return MutableTensorView(data, dtype, {n});
 }
 
+TensorView HostView(const void* data, DataType dtype, int64_t n) {
+  return TensorView(data, dtype, {n});
+}
+
 }  // namespace
 
 std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind) {
@@ -124,7 +128,8 @@ absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64
 absl::StatusOr<std::unique_ptr<ShardWorker>> ShardWorker::Create(LlamaModel& model, KvCache& cache,
                                                                  kernels::Backend& backend,
                                                                  parallel::Communicator& replica,
-                                                                 int micro_batches) {
+                                                                 int micro_batches,
+                                                                 ShardHostGroups host) {
   const parallel::ShardPlan& plan = model.plan();
   if (replica.size() != plan.tp_size * plan.pp_size ||
       replica.rank() !=
@@ -137,7 +142,14 @@ absl::StatusOr<std::unique_ptr<ShardWorker>> ShardWorker::Create(LlamaModel& mod
     return absl::InvalidArgumentError(
         absl::StrCat("ShardWorker: micro_batches must be >= 1, got ", micro_batches));
   }
-  auto worker = std::unique_ptr<ShardWorker>(new ShardWorker(model, cache, replica, micro_batches));
+  if ((plan.tp_size > 1 && (host.tp == nullptr || host.tp->size() != plan.tp_size)) ||
+      (plan.pp_size > 1 && (host.pp == nullptr || host.pp->size() != plan.pp_size))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ShardWorker: the host TP/PP groups do not match the shard plan (",
+                     plan.DebugString(), ")"));
+  }
+  auto worker =
+      std::unique_ptr<ShardWorker>(new ShardWorker(model, cache, replica, micro_batches, host));
   TESSERA_ASSIGN_OR_RETURN(worker->stream_, backend.CreateStream());
   if (plan.last_stage()) {
     TESSERA_ASSIGN_OR_RETURN(worker->sampler_,
@@ -194,8 +206,9 @@ std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
   return out;
 }
 
-absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(const StepPlan& plan,
-                                                         KvLayerObserver* observer) {
+absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(
+    const StepPlan& plan, KvLayerObserver* observer,
+    const std::function<absl::Status()>& before_send) {
   const bool sampled_here = model_.plan().last_stage() && !plan.logits_rows.empty();
   // Greedy steps under TP sample each rank's vocabulary columns and exchange a few numbers a row
   // instead of gathering the logits; every TP rank decides alike from the same plan.
@@ -205,6 +218,7 @@ absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(const StepPlan& plan,
   if (observer != nullptr) {
     options.kv_written = [observer](int32_t layer) { observer->LayerWritten(layer); };
   }
+  options.before_send = before_send;
   TESSERA_ASSIGN_OR_RETURN(TensorView logits,
                            model_.Forward(plan.AsForwardInput(), cache_, *stream_, options));
   if (sampled_here && !options.gather_logits) {
@@ -219,7 +233,8 @@ absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(const StepPlan& plan,
   return StepResult{};
 }
 
-absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
+absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan,
+                                                const std::function<absl::Status()>& before_send) {
   if (plan.sampling.size() != plan.logits_rows.size()) {
     return absl::InvalidArgumentError(absl::StrCat("step plan: ", plan.sampling.size(),
                                                    " sampling rows for ", plan.logits_rows.size(),
@@ -230,7 +245,7 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
   StepResult result;
   KvLayerObserver* observer = observer_ != nullptr && observer_->Wants() ? observer_ : nullptr;
   if (shard.pp_size == 1 || micro_batches_ == 1 || plan.seq_lens.size() < 2) {
-    TESSERA_ASSIGN_OR_RETURN(result, ForwardAndSample(plan, observer));
+    TESSERA_ASSIGN_OR_RETURN(result, ForwardAndSample(plan, observer, before_send));
   } else {
     // Micro-batches in order on every stage: a stage sends micro-batch i on and starts i+1
     // while the next stage works on i.
@@ -238,8 +253,10 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
     const std::vector<StepPlan> parts = SplitStepPlan(plan, micro_batches_, &origin);
     std::vector<StepResult> partial;
     int32_t top_n = 0;
-    for (const StepPlan& part : parts) {
-      TESSERA_ASSIGN_OR_RETURN(StepResult r, ForwardAndSample(part, nullptr));
+    for (size_t p = 0; p < parts.size(); ++p) {
+      // The next stage takes the plan before the first micro-batch's activations.
+      TESSERA_ASSIGN_OR_RETURN(StepResult r,
+                               ForwardAndSample(parts[p], nullptr, p == 0 ? before_send : nullptr));
       top_n = std::max(top_n, r.top_n);
       partial.push_back(std::move(r));
     }
@@ -269,26 +286,41 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
     }
   }
   if (observer != nullptr) observer->StepEnded();
+  if (rows == 0 || !result_from_last_stage()) return is_leader() ? result : StepResult{};
   const int sender = parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size);
-  if (rows == 0 || sender == 0) return is_leader() ? result : StepResult{};
-  // The hand-back: top_n, then the chosen tokens and logprobs, then rows * top_n alternatives.
+  if (replica_.rank() == sender) TESSERA_RETURN_IF_ERROR(SendResult(result, rows));
+  return StepResult{};
+}
+
+bool ShardWorker::result_from_last_stage() const {
+  const parallel::ShardPlan& shard = model_.plan();
+  return parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size) != 0;
+}
+
+// The hand-back: top_n, then the chosen tokens and logprobs, then rows * top_n alternatives.
+absl::Status ShardWorker::SendResult(const StepResult& result, int64_t rows) {
   CpuStream host;
-  if (replica_.rank() == sender) {
-    int64_t top_n = result.top_n;
-    TESSERA_RETURN_IF_ERROR(replica_.Send(HostView(&top_n, DataType::kI64, 1), 0, host));
+  int64_t top_n = result.top_n;
+  TESSERA_RETURN_IF_ERROR(replica_.Send(HostView(&top_n, DataType::kI64, 1), 0, host));
+  TESSERA_RETURN_IF_ERROR(
+      replica_.Send(HostView(result.token_ids.data(), DataType::kI32, rows), 0, host));
+  TESSERA_RETURN_IF_ERROR(
+      replica_.Send(HostView(result.logprobs.data(), DataType::kF32, rows), 0, host));
+  if (top_n > 0) {
+    TESSERA_RETURN_IF_ERROR(replica_.Send(
+        HostView(result.top_token_ids.data(), DataType::kI32, rows * top_n), 0, host));
     TESSERA_RETURN_IF_ERROR(
-        replica_.Send(HostView(result.token_ids.data(), DataType::kI32, rows), 0, host));
-    TESSERA_RETURN_IF_ERROR(
-        replica_.Send(HostView(result.logprobs.data(), DataType::kF32, rows), 0, host));
-    if (top_n > 0) {
-      TESSERA_RETURN_IF_ERROR(replica_.Send(
-          HostView(result.top_token_ids.data(), DataType::kI32, rows * top_n), 0, host));
-      TESSERA_RETURN_IF_ERROR(replica_.Send(
-          HostView(result.top_logprobs.data(), DataType::kF32, rows * top_n), 0, host));
-    }
-    return StepResult{};
+        replica_.Send(HostView(result.top_logprobs.data(), DataType::kF32, rows * top_n), 0, host));
   }
-  if (!is_leader()) return StepResult{};
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> ShardWorker::ReceiveResult(int64_t rows) {
+  const parallel::ShardPlan& shard = model_.plan();
+  const int sender = parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size);
+  StepResult result;
+  if (rows == 0) return result;  // the last stage sends nothing for a step without logits
+  CpuStream host;
   int64_t top_n = 0;
   TESSERA_RETURN_IF_ERROR(replica_.Recv(HostView(&top_n, DataType::kI64, 1), sender, host));
   if (top_n < 0 || top_n > 1024) {
@@ -313,25 +345,71 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan) {
 }
 
 namespace {
-// Broadcasts a plan (the leader) or receives one (followers).
+// A message (kind first, then its words) over a group: broadcast from its rank 0, or sent to and
+// received from one peer. The leader's words are at most a plan; a length past 2^32 words is
+// corruption.
+constexpr int64_t kMaxMessageWords = int64_t{1} << 32;
+
 absl::Status BroadcastWords(parallel::Communicator& comm, std::vector<int64_t>& words) {
   CpuStream host;
   int64_t header[kHeaderWords] = {0, static_cast<int64_t>(words.size())};
   TESSERA_RETURN_IF_ERROR(comm.Broadcast(HostView(header, DataType::kI64, kHeaderWords), 0, host));
-  if (header[1] < 0 || header[1] > (int64_t{1} << 32)) {
-    return absl::DataLossError(absl::StrCat("a step plan of ", header[1], " words"));
+  if (header[1] < 0 || header[1] > kMaxMessageWords) {
+    return absl::DataLossError(absl::StrCat("a message of ", header[1], " words from the leader"));
   }
   words.resize(static_cast<size_t>(header[1]));
   return comm.Broadcast(HostView(words.data(), DataType::kI64, header[1]), 0, host);
 }
+
+absl::Status SendWords(parallel::Communicator& comm, const std::vector<int64_t>& words, int peer) {
+  CpuStream host;
+  const int64_t n = static_cast<int64_t>(words.size());
+  TESSERA_RETURN_IF_ERROR(comm.Send(HostView(&n, DataType::kI64, 1), peer, host));
+  return comm.Send(HostView(words.data(), DataType::kI64, n), peer, host);
+}
+
+absl::Status RecvWords(parallel::Communicator& comm, std::vector<int64_t>& words, int peer) {
+  CpuStream host;
+  int64_t n = 0;
+  TESSERA_RETURN_IF_ERROR(comm.Recv(HostView(&n, DataType::kI64, 1), peer, host));
+  if (n < 0 || n > kMaxMessageWords) {
+    return absl::DataLossError(absl::StrCat("a message of ", n, " words from the previous stage"));
+  }
+  words.resize(static_cast<size_t>(n));
+  return comm.Recv(HostView(words.data(), DataType::kI64, n), peer, host);
+}
 }  // namespace
 
+absl::Status ShardWorker::SendToFirstStage(std::vector<int64_t>& words) {
+  if (host_.tp == nullptr || model_.plan().pp_rank != 0) return absl::OkStatus();
+  return BroadcastWords(*host_.tp, words);
+}
+
+absl::Status ShardWorker::PassDownstream(std::vector<int64_t>& words) {
+  const parallel::ShardPlan& shard = model_.plan();
+  if (shard.last_stage()) return absl::OkStatus();
+  return SendWords(*host_.pp, words, shard.pp_rank + 1);
+}
+
+absl::Status ShardWorker::ReceiveMessage(std::vector<int64_t>& words) {
+  const parallel::ShardPlan& shard = model_.plan();
+  if (shard.pp_rank > 0) return RecvWords(*host_.pp, words, shard.pp_rank - 1);
+  if (host_.tp == nullptr) return absl::InternalError("the leader receives no messages");
+  return BroadcastWords(*host_.tp, words);
+}
+
 absl::StatusOr<std::unique_ptr<ReplicaExecutor>> ReplicaExecutor::Create(
-    ShardWorker& worker, absl::Duration keepalive_interval, Clock& clock) {
+    ShardWorker& worker, const ReplicaExecutorOptions& options, Clock& clock) {
   if (!worker.is_leader()) {
     return absl::InvalidArgumentError("ReplicaExecutor runs on the replica's rank 0");
   }
-  return std::unique_ptr<ReplicaExecutor>(new ReplicaExecutor(worker, keepalive_interval, clock));
+  const int stages = worker.pipeline_stages();
+  if (options.max_steps_in_flight < 1 || options.max_steps_in_flight > stages) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steps in flight must be between 1 and the number of pipeline stages (",
+                     stages, "), got ", options.max_steps_in_flight));
+  }
+  return std::unique_ptr<ReplicaExecutor>(new ReplicaExecutor(worker, options, clock));
 }
 
 ReplicaExecutor::~ReplicaExecutor() {
@@ -345,16 +423,77 @@ absl::Status ReplicaExecutor::UsableLocked() const {
 }
 
 absl::StatusOr<StepResult> ReplicaExecutor::Execute(const StepPlan& plan) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!downstream_.empty() || !ready_.empty()) {
+      return absl::FailedPreconditionError("Execute while submitted steps are not collected");
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(Submit(plan));
+  return Collect();
+}
+
+absl::Status ReplicaExecutor::ReceiveOldestLocked() {
+  const int64_t rows = downstream_.front();
+  downstream_.pop_front();
+  absl::StatusOr<StepResult> result = worker_.ReceiveResult(rows);
+  if (!result.ok()) return broken_ = result.status();
+  ready_.push_back(*std::move(result));
+  return absl::OkStatus();
+}
+
+absl::Status ReplicaExecutor::Submit(const StepPlan& plan) {
   absl::MutexLock lock(&mu_);
   TESSERA_RETURN_IF_ERROR(UsableLocked());
+  if (static_cast<int>(downstream_.size() + ready_.size()) >= max_steps_in_flight_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("Submit with ", max_steps_in_flight_, " steps in flight already"));
+  }
+  std::vector<int64_t> words;
   if (worker_.replica().size() > 1) {
-    std::vector<int64_t> words = EncodeStepPlan(plan, kStep);
-    if (absl::Status s = BroadcastWords(worker_.replica(), words); !s.ok()) return broken_ = s;
+    words = EncodeStepPlan(plan, kStep);
+    if (absl::Status s = worker_.SendToFirstStage(words); !s.ok()) return broken_ = s;
     last_sent_ = clock_.MonotonicNow();
   }
-  absl::StatusOr<StepResult> result = worker_.RunStep(plan);
-  if (!result.ok()) broken_ = result.status();
+  // Before the activations go to the second stage: with max_steps_in_flight steps submitted,
+  // the oldest's tokens come back first (the last stage sends them before it takes this plan),
+  // then this step's plan goes down.
+  auto before_send = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+    while (!downstream_.empty() &&
+           static_cast<int>(downstream_.size()) + 1 >= max_steps_in_flight_) {
+      TESSERA_RETURN_IF_ERROR(ReceiveOldestLocked());
+    }
+    return worker_.PassDownstream(words);
+  };
+  absl::StatusOr<StepResult> result = worker_.RunStep(plan, before_send);
+  if (!result.ok()) return broken_ = result.status();
+  if (worker_.result_from_last_stage()) {
+    downstream_.push_back(static_cast<int64_t>(plan.logits_rows.size()));
+  } else {
+    ready_.push_back(*std::move(result));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> ReplicaExecutor::Collect() {
+  absl::MutexLock lock(&mu_);
+  if (ready_.empty() && downstream_.empty()) {
+    return absl::FailedPreconditionError("Collect without a step in flight");
+  }
+  TESSERA_RETURN_IF_ERROR(UsableLocked());
+  if (ready_.empty()) TESSERA_RETURN_IF_ERROR(ReceiveOldestLocked());
+  StepResult result = std::move(ready_.front());
+  ready_.pop_front();
   return result;
+}
+
+absl::Status ReplicaExecutor::SendMessageLocked(std::vector<int64_t>& words) {
+  while (!downstream_.empty()) TESSERA_RETURN_IF_ERROR(ReceiveOldestLocked());
+  absl::Status s = worker_.SendToFirstStage(words);
+  if (s.ok()) s = worker_.PassDownstream(words);
+  if (!s.ok()) return broken_ = s;
+  last_sent_ = clock_.MonotonicNow();
+  return absl::OkStatus();
 }
 
 bool ReplicaExecutor::SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) {
@@ -368,12 +507,9 @@ absl::Status ReplicaExecutor::Idle() {
   absl::MutexLock lock(&mu_);
   if (stopped_ || worker_.replica().size() == 1) return absl::OkStatus();
   TESSERA_RETURN_IF_ERROR(broken_);
-  const absl::Time now = clock_.MonotonicNow();
-  if (now - last_sent_ < keepalive_interval_) return absl::OkStatus();
-  last_sent_ = now;
+  if (clock_.MonotonicNow() - last_sent_ < keepalive_interval_) return absl::OkStatus();
   std::vector<int64_t> words = EncodeStepPlan(StepPlan{}, kKeepAlive);
-  if (absl::Status s = BroadcastWords(worker_.replica(), words); !s.ok()) return broken_ = s;
-  return absl::OkStatus();
+  return SendMessageLocked(words);
 }
 
 absl::Status ReplicaExecutor::Stop() {
@@ -382,7 +518,7 @@ absl::Status ReplicaExecutor::Stop() {
   stopped_ = true;
   if (worker_.replica().size() == 1 || !broken_.ok()) return broken_;
   std::vector<int64_t> words = EncodeStepPlan(StepPlan{}, kStop);
-  return BroadcastWords(worker_.replica(), words);
+  return SendMessageLocked(words);
 }
 
 absl::StatusOr<std::vector<std::vector<int64_t>>> ReplicaExecutor::CallFollowers(
@@ -396,8 +532,7 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> ReplicaExecutor::CallFollowers
   words.reserve(command.size() + 1);
   words.push_back(kCommand);
   words.insert(words.end(), command.begin(), command.end());
-  absl::Status s = BroadcastWords(comm, words);
-  last_sent_ = clock_.MonotonicNow();
+  absl::Status s = SendMessageLocked(words);
   CpuStream host;
   for (int rank = 1; s.ok() && rank < comm.size(); ++rank) {
     int64_t n = 0;
@@ -419,8 +554,9 @@ absl::Status RunFollower(ShardWorker& worker, const FollowerHandler& handler) {
   CpuStream host;
   while (true) {
     std::vector<int64_t> words;
-    TESSERA_RETURN_IF_ERROR(BroadcastWords(worker.replica(), words));
+    TESSERA_RETURN_IF_ERROR(worker.ReceiveMessage(words));
     if (!words.empty() && words[0] == kCommand) {
+      TESSERA_RETURN_IF_ERROR(worker.PassDownstream(words));
       std::vector<int64_t> reply;
       if (handler) reply = handler(std::vector<int64_t>(words.begin() + 1, words.end()));
       int64_t n = static_cast<int64_t>(reply.size());
@@ -433,10 +569,17 @@ absl::Status RunFollower(ShardWorker& worker, const FollowerHandler& handler) {
     }
     int64_t kind = 0;
     TESSERA_ASSIGN_OR_RETURN(StepPlan plan, DecodeStepPlan(words, &kind));
+    if (kind == kStep) {
+      // The next stage takes the plan right before this step's activations.
+      TESSERA_RETURN_IF_ERROR(
+          worker.RunStep(plan, [&] { return worker.PassDownstream(words); }).status());
+      continue;
+    }
+    if (kind != kStop && kind != kKeepAlive) {
+      return absl::DataLossError(absl::StrCat("unknown message kind ", kind));
+    }
+    TESSERA_RETURN_IF_ERROR(worker.PassDownstream(words));
     if (kind == kStop) return absl::OkStatus();
-    if (kind == kKeepAlive) continue;
-    if (kind != kStep) return absl::DataLossError(absl::StrCat("unknown plan kind ", kind));
-    TESSERA_RETURN_IF_ERROR(worker.RunStep(plan).status());
   }
 }
 
@@ -451,6 +594,11 @@ absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
     return absl::InvalidArgumentError(absl::StrCat(
         "a replica of tensor-parallel size ", par.tp_size, " x pipeline-parallel size ",
         par.pp_size, " needs ", par.tp_size * par.pp_size, " ranks, got ", replica.size()));
+  }
+  if (options.pp_steps_in_flight < 1 || options.pp_steps_in_flight > par.pp_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steps in flight must be between 1 and the number of pipeline stages (",
+                     par.pp_size, "), got ", options.pp_steps_in_flight));
   }
   const int tp_rank = replica.rank() % par.tp_size;
   const int pp_rank = replica.rank() / par.tp_size;
@@ -487,7 +635,8 @@ absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
                       backend));
   const int micro_batches = options.pp_micro_batches > 0 ? options.pp_micro_batches : 1;
   TESSERA_ASSIGN_OR_RETURN(
-      rank.worker, ShardWorker::Create(*rank.model, *rank.cache, backend, replica, micro_batches));
+      rank.worker, ShardWorker::Create(*rank.model, *rank.cache, backend, replica, micro_batches,
+                                       {rank.tp_host.get(), rank.pp_host.get()}));
   return rank;
 }
 

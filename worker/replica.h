@@ -1,19 +1,25 @@
 // A replica spread over several ranks (TP x PP): the leader (replica rank 0) plans every step and
-// hands the plan to its followers over the replica's communicator; every rank runs its shard of
-// the forward pass (TP all-reduces and PP sends happen inside LlamaModel); the last stage samples
-// and its TP rank 0 sends the tokens back to the leader.
+// hands the plan to its followers; every rank runs its shard of the forward pass (TP all-reduces
+// and PP sends happen inside LlamaModel); the last stage samples and its TP rank 0 sends the
+// tokens back to the leader.
 //
 //   leader:    ReplicaExecutor (a StepExecutor for the scheduler) -> ShardWorker
 //   followers: RunFollower(ShardWorker) until the leader stops the replica
 //
-// Plans travel with Broadcast over the replica communicator, which bounds every wait: a follower
-// idles at most until the communicator's timeout, so a leader with no work sends a keep-alive
-// (an empty plan) more often than that — Idle() does it. The same channel carries commands that
-// are not steps (KV migration: worker/replica_kv.h): the leader broadcasts one, every follower
-// runs it through its FollowerHandler and sends the reply back.
+// Messages (plans, keep-alives, commands, stop) travel with the data, along the pipeline: the
+// leader broadcasts each over the first stage's TP group, and every rank of a stage that is not
+// the last passes it to the rank of the next stage with the same TP rank (over the PP group) —
+// a step's plan right before the step's activations, anything else at once. So no stage waits
+// for a later one to take the next plan, and a pipelining leader (max_steps_in_flight > 1) can
+// start step n+1 on the first stage while later stages still run step n. Every wait is bounded
+// by the communicators' timeouts: a follower idles at most that long, so a leader with no work
+// sends a keep-alive more often than that — Idle() does it. Commands that are not steps (KV
+// migration: worker/replica_kv.h) go once no step is in flight; every follower runs it through
+// its FollowerHandler and sends the reply back to the leader.
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -48,6 +54,14 @@ class KvLayerObserver {
   virtual void StepEnded() {}
 };
 
+// The host (CPU) communicators of a rank's TP and PP groups, which carry the leader's messages
+// along the pipeline; null where the group has one rank (the model's TP/PP groups may be NCCL
+// communicators made over them).
+struct ShardHostGroups {
+  parallel::Communicator* tp = nullptr;
+  parallel::Communicator* pp = nullptr;
+};
+
 // This rank's part of a replica: its model shard, its KV cache and, on the last stage, a sampler.
 // `replica` is the communicator of all ranks of the replica (rank = ShardPlan::ReplicaRank); it
 // carries plans and tokens in host memory, so it is a CPU communicator (MPI or in-process) even
@@ -62,29 +76,56 @@ class ShardWorker {
   static absl::StatusOr<std::unique_ptr<ShardWorker>> Create(LlamaModel& model, KvCache& cache,
                                                              kernels::Backend& backend,
                                                              parallel::Communicator& replica,
-                                                             int micro_batches = 1);
-  // Runs one step on this rank. On the leader returns the sampled tokens; elsewhere an empty
-  // result.
-  absl::StatusOr<StepResult> RunStep(const StepPlan& plan);
+                                                             int micro_batches = 1,
+                                                             ShardHostGroups host = {});
+  // Runs one step on this rank. On a stage that is not the last, `before_send` (null: none) runs
+  // once, after the stage's layers of its first micro-batch and before its activations go to the
+  // next stage. The last stage's TP rank 0 sends the tokens to the leader when that is another
+  // rank; the leader gets them from ReceiveResult then, and RunStep returns them only when the
+  // leader samples itself (no pipeline). Elsewhere an empty result.
+  absl::StatusOr<StepResult> RunStep(const StepPlan& plan,
+                                     const std::function<absl::Status()>& before_send = nullptr);
+  // Whether the leader's tokens come from another rank (the last stage), through ReceiveResult.
+  bool result_from_last_stage() const;
+  // The leader: receives the tokens of the oldest step the last stage still owes, one that had
+  // `rows` logits rows.
+  absl::StatusOr<StepResult> ReceiveResult(int64_t rows);
+
+  // The message route (see the top of this file). The leader hands a message to the first
+  // stage's other TP ranks (a no-op without TP); every rank passes a message on to the next stage
+  // (a no-op on the last); followers receive the next message from where it comes to them.
+  absl::Status SendToFirstStage(std::vector<int64_t>& words);
+  absl::Status PassDownstream(std::vector<int64_t>& words);
+  absl::Status ReceiveMessage(std::vector<int64_t>& words);
 
   // Reports the layers each step writes to `observer` (null: none). With pipeline micro-batches a
   // layer is written once per micro-batch, so the layers are reported after the whole step.
   void SetKvLayerObserver(KvLayerObserver* observer) { observer_ = observer; }
 
   bool is_leader() const { return replica_.rank() == 0; }
+  int pipeline_stages() const { return model_.plan().pp_size; }
   ExecutorLimits limits() const;
   parallel::Communicator& replica() { return replica_; }
 
  private:
-  ShardWorker(LlamaModel& model, KvCache& cache, parallel::Communicator& replica, int micro_batches)
-      : model_(model), cache_(cache), replica_(replica), micro_batches_(micro_batches) {}
+  ShardWorker(LlamaModel& model, KvCache& cache, parallel::Communicator& replica, int micro_batches,
+              ShardHostGroups host)
+      : model_(model),
+        cache_(cache),
+        replica_(replica),
+        micro_batches_(micro_batches),
+        host_(host) {}
   // Forward and, on the last stage, sampling of one (micro-)batch; `observer` hears of each layer.
-  absl::StatusOr<StepResult> ForwardAndSample(const StepPlan& plan, KvLayerObserver* observer);
+  absl::StatusOr<StepResult> ForwardAndSample(const StepPlan& plan, KvLayerObserver* observer,
+                                              const std::function<absl::Status()>& before_send);
+  // The last stage's TP rank 0 sends a step's tokens to the leader.
+  absl::Status SendResult(const StepResult& result, int64_t rows);
 
   LlamaModel& model_;
   KvCache& cache_;
   parallel::Communicator& replica_;
   const int micro_batches_;
+  const ShardHostGroups host_;
   std::unique_ptr<Stream> stream_;
   std::unique_ptr<DeviceSampler> sampler_;               // last stage only
   std::unique_ptr<VocabParallelSampler> vocab_sampler_;  // last stage under TP only
@@ -95,20 +136,36 @@ class ShardWorker {
 // command's words in, the reply's words out.
 using FollowerHandler = std::function<std::vector<int64_t>(const std::vector<int64_t>& command)>;
 
-// The leader's executor: broadcasts each plan, runs its own shard, returns the tokens.
-// Thread-safe: steps, keep-alives and follower commands are serialised on the channel.
+struct ReplicaExecutorOptions {
+  // Keep-alives go out at most this often (of the clock's monotonic time); keep it well under the
+  // replica communicators' timeout.
+  absl::Duration keepalive_interval = absl::Seconds(1);
+  // Steps in flight at once (StepExecutor::max_steps_in_flight), 1 to the number of pipeline
+  // stages: with P stages and P steps in flight every stage works on a step of its own during
+  // decode. More than P could deadlock the pipeline's blocking sends, so it is refused.
+  int max_steps_in_flight = 1;
+};
+
+// The leader's executor: sends each plan down the pipeline, runs its own shard, returns the
+// tokens. Thread-safe: steps, keep-alives and follower commands are serialised on the channel.
 class ReplicaExecutor final : public StepExecutor {
  public:
-  // `worker` must be the leader's (replica rank 0) and outlive the executor.
-  // Keep-alives go out at most every `keepalive_interval` of `clock`'s monotonic time; keep it
-  // well under the replica communicator's timeout.
+  // `worker` must be the leader's (replica rank 0) and outlive the executor. kInvalidArgument for
+  // a max_steps_in_flight out of range.
   static absl::StatusOr<std::unique_ptr<ReplicaExecutor>> Create(
-      ShardWorker& worker, absl::Duration keepalive_interval = absl::Seconds(1),
+      ShardWorker& worker, const ReplicaExecutorOptions& options = {},
       Clock& clock = RealClock::Get());
   // Stops the followers if Stop() was not called (errors are logged).
   ~ReplicaExecutor() override;
 
+  // kFailedPrecondition while Submit-ted steps are not collected.
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
+  int max_steps_in_flight() const override { return max_steps_in_flight_; }
+  // Broadcasts the plan to the first stage and runs the leader's shard; with a pipeline the plan
+  // goes on to the next stage before the activations, after receiving the tokens of the oldest
+  // step in flight when max_steps_in_flight would otherwise be exceeded.
+  absl::Status Submit(const StepPlan& plan) override;
+  absl::StatusOr<StepResult> Collect() override;
   ExecutorLimits limits() const override { return worker_.limits(); }
   // The leader's own layers; followers report theirs to their FollowerKvHandler.
   bool SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) override;
@@ -127,10 +184,18 @@ class ReplicaExecutor final : public StepExecutor {
   int size() const { return worker_.replica().size(); }
 
  private:
-  ReplicaExecutor(ShardWorker& worker, absl::Duration keepalive_interval, Clock& clock)
-      : worker_(worker), keepalive_interval_(keepalive_interval), clock_(clock) {}
+  ReplicaExecutor(ShardWorker& worker, const ReplicaExecutorOptions& options, Clock& clock)
+      : worker_(worker),
+        keepalive_interval_(options.keepalive_interval),
+        max_steps_in_flight_(options.max_steps_in_flight),
+        clock_(clock) {}
   // kFailedPrecondition after Stop, the first communicator error after one.
   absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the oldest step the last stage owes into ready_ (its tokens received).
+  absl::Status ReceiveOldestLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A message that is not a step: every step in flight is received first (followers answer
+  // commands only between steps), then it goes to every follower.
+  absl::Status SendMessageLocked(std::vector<int64_t>& words) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Hands the leader's layers to the engine's callback.
   class CallbackObserver final : public KvLayerObserver {
    public:
@@ -142,8 +207,13 @@ class ReplicaExecutor final : public StepExecutor {
   ShardWorker& worker_;
   CallbackObserver observer_;
   const absl::Duration keepalive_interval_;
+  const int max_steps_in_flight_;
   Clock& clock_;
   absl::Mutex mu_;  // the channel: one exchange with the followers at a time
+  // Logits rows of the submitted steps whose tokens the last stage still owes, oldest first.
+  std::deque<int64_t> downstream_ ABSL_GUARDED_BY(mu_);
+  // Results of submitted steps not yet collected that are here already (older than downstream_).
+  std::deque<StepResult> ready_ ABSL_GUARDED_BY(mu_);
   absl::Time last_sent_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status broken_ ABSL_GUARDED_BY(mu_);  // a channel error: followers are out of step
@@ -165,6 +235,8 @@ struct ReplicaRankOptions {
   // Null: the host groups carry the TP/PP data themselves (the CPU backend).
   DeviceGroupFactory device_groups;
   int pp_micro_batches = 0;  // 0: 1 (see docs/parallelism.md for when more pays)
+  // For the leader's ReplicaExecutorOptions::max_steps_in_flight (1 to pp_size, checked here).
+  int pp_steps_in_flight = 1;
   LlamaModelOptions model;
   int32_t num_kv_blocks = 0;
   int32_t block_size = 16;

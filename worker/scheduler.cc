@@ -4,6 +4,7 @@
 #include <cmath>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/status_macros.h"
@@ -30,6 +31,8 @@ struct Scheduler::Sequence {
   int32_t num_cached_tokens = 0;
   std::optional<KvDestination> kv_destination;  // prefill side of disaggregated serving
   int32_t kv_sent_blocks = 0;  // leading blocks sent (or cached at the destination), streaming
+  bool in_flight = false;      // in a step awaiting Update
+  bool aborted = false;        // aborted while in flight: removed at its step's Update
 
   int32_t generated() const { return static_cast<int32_t>(tokens.size()) - num_prompt; }
 };
@@ -55,6 +58,9 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerConf
     return error("max_model_len (", config.max_model_len, "), max_num_seqs (", config.max_num_seqs,
                  ") and max_num_batched_tokens (", config.max_num_batched_tokens,
                  ") must be positive");
+  }
+  if (config.max_steps_in_flight < 1) {
+    return error("max_steps_in_flight (", config.max_steps_in_flight, ") must be at least 1");
   }
   if (limits.num_blocks <= 0 || limits.block_size <= 0) {
     return error("the executor has ", limits.num_blocks, " KV blocks of ", limits.block_size,
@@ -170,9 +176,15 @@ absl::Status Scheduler::Add(RequestId id, Request request,
 }
 
 bool Scheduler::Abort(RequestId id) {
-  TESSERA_CHECK(scheduled_.empty()) << "Abort between Schedule and Update";
   const auto it = sequences_.find(id);
-  if (it == sequences_.end()) return false;
+  if (it == sequences_.end() || it->second->aborted) return false;
+  if (it->second->in_flight) {
+    // Its step still runs on the replica: the blocks go when the step is applied.
+    it->second->aborted = true;
+    std::erase(running_, it->second.get());
+    ++counters_.requests_aborted;
+    return true;
+  }
   ReleaseBlocks(*it->second);
   Remove(it->second.get());
   ++counters_.requests_aborted;
@@ -181,7 +193,9 @@ bool Scheduler::Abort(RequestId id) {
 
 std::vector<RequestId> Scheduler::request_ids() const {
   std::vector<RequestId> ids;
-  for (const auto& [id, seq] : sequences_) ids.push_back(id);
+  for (const auto& [id, seq] : sequences_) {
+    if (!seq->aborted) ids.push_back(id);
+  }
   std::sort(ids.begin(), ids.end());
   return ids;
 }
@@ -233,7 +247,12 @@ void Scheduler::Preempt(Sequence& seq) {
 }
 
 StepPlan Scheduler::Schedule() {
-  TESSERA_CHECK(scheduled_.empty()) << "Schedule twice without Update";
+  TESSERA_CHECK(scheduled_.empty()) << "Schedule while building a step";
+  TESSERA_CHECK(static_cast<int32_t>(in_flight_.size()) < config_.max_steps_in_flight)
+      << "Schedule with " << in_flight_.size() << " steps in flight";
+  const size_t live = running_.size() + waiting_.size();
+  const auto share = static_cast<size_t>(std::max(config_.max_steps_in_flight, 1));
+  seq_cap_ = share == 1 ? live : std::max<size_t>(1, (live + share - 1) / share);
   int32_t budget = config_.max_num_batched_tokens;
   bool preempted = false;
   if (config_.enable_chunked_prefill) {
@@ -244,20 +263,38 @@ StepPlan Scheduler::Schedule() {
     // Without chunked prefill whole prompts run in steps of their own, before decodes.
     ScheduleRunning(budget, preempted);
   }
-  return BuildPlan();
+  StepPlan plan = BuildPlan();
+  if (!scheduled_.empty()) {
+    for (const auto& [seq, n] : scheduled_) seq->in_flight = true;
+    in_flight_.push_back(std::move(scheduled_));
+    scheduled_.clear();
+  }
+  return plan;
 }
 
 bool Scheduler::ScheduleRunning(int32_t& budget, bool& preempted) {
   bool any = false;
-  for (size_t i = 0; i < running_.size() && budget > 0;) {
+  for (size_t i = 0; i < running_.size() && budget > 0 && RoomForSequence();) {
     Sequence* seq = running_[i];
+    if (seq->in_flight) {  // its next token is not known yet
+      ++i;
+      continue;
+    }
     const int32_t pending = static_cast<int32_t>(seq->tokens.size()) - seq->num_computed;
     const int32_t n = std::min(pending, budget);
     const int32_t need =
         BlocksFor(seq->num_computed + n) - static_cast<int32_t>(seq->blocks.size());
     bool preempted_self = false;
+    bool stalled = false;
     while (need > blocks_.num_available()) {
-      Sequence* victim = running_.back();  // the most recently admitted
+      // The most recently admitted sequence of no step in flight (seq itself at the latest).
+      auto last = std::find_if(running_.rbegin(), running_.rend(),
+                               [](const Sequence* s) { return !s->in_flight; });
+      Sequence* victim = *last;
+      if (victim == seq && !in_flight_.empty()) {
+        stalled = true;  // rather than preempt itself, wait for the blocks the steps in flight free
+        break;
+      }
       Preempt(*victim);
       preempted = true;
       if (victim == seq) {
@@ -265,7 +302,7 @@ bool Scheduler::ScheduleRunning(int32_t& budget, bool& preempted) {
         break;
       }
     }
-    if (preempted_self) break;  // everything after it has been preempted too
+    if (preempted_self || stalled) break;  // everything after it has been preempted too
     if (need > 0) {
       absl::StatusOr<std::vector<int32_t>> fresh = blocks_.Allocate(need);
       TESSERA_CHECK(fresh.ok()) << fresh.status();
@@ -282,7 +319,7 @@ bool Scheduler::ScheduleRunning(int32_t& budget, bool& preempted) {
 bool Scheduler::ScheduleWaiting(int32_t& budget) {
   bool any = false;
   while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < config_.max_num_seqs &&
-         budget > 0) {
+         budget > 0 && RoomForSequence()) {
     Sequence* seq = waiting_.front();
     const int32_t len = static_cast<int32_t>(seq->tokens.size());
     if (!seq->blocks.empty()) {
@@ -345,7 +382,20 @@ bool Scheduler::ScheduleWaiting(int32_t& budget) {
   return any;
 }
 
-void Scheduler::DiscardStep() { scheduled_.clear(); }
+void Scheduler::DiscardStep() {
+  std::vector<Sequence*> aborted;
+  for (const std::vector<Scheduled>& step : in_flight_) {
+    for (const auto& [seq, n] : step) {
+      seq->in_flight = false;
+      if (seq->aborted) aborted.push_back(seq);
+    }
+  }
+  in_flight_.clear();
+  for (Sequence* seq : aborted) {
+    ReleaseBlocks(*seq);
+    Remove(seq);
+  }
+}
 
 namespace {
 // Blocks [first, end) of a prompt with a KV destination that a step computing its tokens up to
@@ -362,7 +412,8 @@ std::pair<int32_t, int32_t> KvBlocksReady(int32_t sent, int32_t cached_blocks,
 
 std::vector<Scheduler::KvSend> Scheduler::KvSendsInStep() const {
   std::vector<KvSend> out;
-  for (const auto& [seq, n] : scheduled_) {
+  if (in_flight_.empty()) return out;
+  for (const auto& [seq, n] : in_flight_.back()) {
     if (!seq->kv_destination.has_value() || seq->num_computed >= seq->num_prompt) continue;
     const KvDestination& d = *seq->kv_destination;
     const int32_t cached = d.num_cached_tokens / block_size_;
@@ -463,8 +514,21 @@ std::optional<FinishReason> Scheduler::CheckStop(Sequence& seq, int32_t token) c
 }
 
 absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& result) {
-  std::vector<Scheduled> scheduled = std::move(scheduled_);
-  scheduled_.clear();
+  if (in_flight_.empty()) return absl::InternalError("a step result with no step in flight");
+  std::vector<Scheduled> scheduled = std::move(in_flight_.front());
+  in_flight_.pop_front();
+  std::vector<Sequence*> aborted;
+  for (const auto& [seq, n] : scheduled) {
+    seq->in_flight = false;
+    if (seq->aborted) aborted.push_back(seq);
+  }
+  // Sequences aborted while their step ran go now, their row of the result unread.
+  absl::Cleanup remove_aborted = [&] {
+    for (Sequence* seq : aborted) {
+      ReleaseBlocks(*seq);
+      Remove(seq);
+    }
+  };
   size_t rows = 0;
   for (const auto& [seq, n] : scheduled) {
     rows += seq->num_computed + n == static_cast<int32_t>(seq->tokens.size()) ? 1 : 0;
@@ -484,6 +548,10 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
   std::vector<Sequence*> handoffs;  // finished with kv_handoff (a subset of finished)
   size_t row = 0;
   for (const auto& [seq, n] : scheduled) {
+    if (seq->aborted) {
+      row += seq->num_computed + n == static_cast<int32_t>(seq->tokens.size()) ? 1 : 0;
+      continue;
+    }
     // A decode feeds back the one token generated last step; anything else is a prefill
     // (prompt chunks, and recomputation after preemption).
     const bool decode = n == 1 && seq->num_computed >= seq->num_prompt &&

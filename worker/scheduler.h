@@ -46,6 +46,10 @@ struct SchedulerConfig {
   bool enable_chunked_prefill = true;  // off: max_num_batched_tokens >= max_model_len
   bool enable_prefix_caching = true;
   uint64_t seed = 0;  // unseeded requests draw with SplitMix64(seed ^ request id)
+  // Steps planned before the oldest one's result is applied (StepExecutor::max_steps_in_flight).
+  // Above 1, a step takes no sequence of a step in flight and at most 1/max_steps_in_flight of
+  // the live sequences (rounded up), so that the steps in flight share the batch.
+  int32_t max_steps_in_flight = 1;
 };
 
 // Counters the serving layer exports (vLLM's metric names in parentheses).
@@ -92,23 +96,26 @@ class Scheduler {
   // Queues a request (validated first). `stop_matcher` may be null. kAlreadyExists for a
   // duplicate id.
   absl::Status Add(RequestId id, Request request, std::unique_ptr<StopMatcher> stop_matcher = {});
-  // Removes a waiting or running request; its blocks return. False when the id is unknown
-  // (finished already). Never between Schedule and Update.
+  // Removes a waiting or running request; its blocks return — once the step it is in, if any,
+  // has been applied (Update) or discarded. False when the id is unknown (finished already).
   bool Abort(RequestId id);
   std::vector<RequestId> request_ids() const;
   // The requests admitted (given blocks for the first time) since the last call.
   std::vector<RequestId> TakeAdmitted();
 
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
-  // Plans the next step: at least one token when HasWork(). Call Update with its result before
-  // anything else.
+  // Plans the next step over the sequences of no step in flight: at least one token when
+  // HasWork() and no step is in flight; otherwise it may be empty (every sequence waits for a
+  // step in flight, or for the blocks one will free), and then nothing is put in flight.
   StepPlan Schedule();
-  // Applies the executor's result to the sequences of the last plan: one event per sampled token
-  // (finish reason on a request's last), finished requests removed and their blocks released.
-  // kInternal when the result does not match the plan.
+  int steps_in_flight() const { return static_cast<int>(in_flight_.size()); }
+  // Applies the executor's result to the sequences of the oldest step in flight: one event per
+  // sampled token (finish reason on a request's last), finished requests removed and their
+  // blocks released; sequences aborted meanwhile are removed without events. kInternal when the
+  // result does not match the plan.
   absl::StatusOr<std::vector<TokenEvent>> Update(const StepResult& result);
-  // Forgets the last plan when the executor failed to run it (the sequences keep their state and
-  // blocks; abort them next).
+  // Forgets the steps in flight when the executor failed to run them (the sequences keep their
+  // state and blocks; abort them next).
   void DiscardStep();
 
   // --- Disaggregated serving (decode side).
@@ -135,7 +142,7 @@ class Scheduler {
     KvDestination destination;
     std::vector<int32_t> held;  // every block of the request, released by ReleaseExport
   };
-  // Between Schedule and Update: what the scheduled step makes ready to send of the prompts with
+  // Between Schedule and Update: what the newest step makes ready to send of the prompts with
   // a kv_destination (layer-wise streaming, chunk by chunk). A chunk that fills blocks sends them
   // (blocks it leaves partly written wait for the next chunk); the chunk that completes the prompt
   // sends the rest, its last partial block included. Over a prompt's steps every block from the
@@ -176,6 +183,8 @@ class Scheduler {
   // Running phase and admission phase of Schedule; true when they scheduled anything.
   bool ScheduleRunning(int32_t& budget, bool& preempted);
   bool ScheduleWaiting(int32_t& budget);
+  // Sequences the step being built may still take (max_steps_in_flight's share).
+  bool RoomForSequence() const { return scheduled_.size() < seq_cap_; }
   void Preempt(Sequence& seq);
   void ReleaseBlocks(Sequence& seq);
   void Remove(Sequence* seq);
@@ -190,10 +199,12 @@ class Scheduler {
   const std::vector<int64_t> eos_token_ids_;
   BlockManager blocks_;
   absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> sequences_;
-  std::deque<Sequence*> waiting_;              // arrival order; preempted sequences at the front
-  std::vector<Sequence*> running_;             // admission order
-  std::vector<Scheduled> scheduled_;           // the plan awaiting Update
-  std::vector<RequestId> kv_sends_to_cancel_;  // TakeKvSendsToCancel
+  std::deque<Sequence*> waiting_;                 // arrival order; preempted sequences at the front
+  std::vector<Sequence*> running_;                // admission order
+  std::vector<Scheduled> scheduled_;              // the step Schedule is building
+  std::deque<std::vector<Scheduled>> in_flight_;  // steps awaiting Update, oldest first
+  std::vector<RequestId> kv_sends_to_cancel_;     // TakeKvSendsToCancel
+  size_t seq_cap_ = 0;                            // of the step being built
   SchedulerCounters counters_;
   struct Reservation {
     std::vector<int32_t> blocks;  // cached prefix, then fresh

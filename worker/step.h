@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <vector>
 
@@ -73,7 +74,8 @@ struct ExecutorLimits {
   int32_t max_num_seqs = 0;
 };
 
-// Runs planned steps. Thread-compatible: one thread (the scheduler's) calls Execute.
+// Runs planned steps. Thread-compatible: one thread (the scheduler's) calls Execute, or Submit and
+// Collect.
 class StepExecutor {
  public:
   virtual ~StepExecutor() = default;
@@ -81,6 +83,29 @@ class StepExecutor {
   // for a distributed replica, from the communicators (the replica is unusable afterwards).
   virtual absl::StatusOr<StepResult> Execute(const StepPlan& plan) = 0;
   virtual ExecutorLimits limits() const = 0;
+
+  // Pipelined execution: up to max_steps_in_flight() plans may be submitted before the oldest
+  // result is collected, so that a replica's pipeline stages each work on another step (vLLM's
+  // batch queue). Results come back in submission order. Plans in flight at once must not share
+  // a sequence; every rank runs them in submission order, so one may reuse the blocks another
+  // freed. Execute is Submit then Collect, with nothing in flight.
+  virtual int max_steps_in_flight() const { return 1; }
+  // Starts `plan`; an error leaves the executor unusable (as Execute's). The default runs Execute
+  // and keeps the result for Collect.
+  virtual absl::Status Submit(const StepPlan& plan) {
+    absl::StatusOr<StepResult> result = Execute(plan);
+    if (!result.ok()) return result.status();
+    done_.push_back(*std::move(result));
+    return absl::OkStatus();
+  }
+  // The result of the oldest plan submitted and not yet collected; kFailedPrecondition when none
+  // is.
+  virtual absl::StatusOr<StepResult> Collect() {
+    if (done_.empty()) return absl::FailedPreconditionError("Collect without a step in flight");
+    StepResult result = std::move(done_.front());
+    done_.pop_front();
+    return result;
+  }
   // Called by an idle scheduler (at most every EngineOptions::idle_wait): a distributed replica
   // sends its followers a keep-alive so their bounded waits do not expire. Cheap; default no-op.
   virtual absl::Status Idle() { return absl::OkStatus(); }
@@ -89,6 +114,9 @@ class StepExecutor {
   // calls). False when this executor cannot report layers (then sends go after the step). A
   // replica across ranks reports the leader's layers here; each follower reports its own.
   virtual bool SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) { return false; }
+
+ private:
+  std::deque<StepResult> done_;  // the default Submit's results
 };
 
 }  // namespace tessera::worker

@@ -8,6 +8,7 @@
 
 #include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
@@ -18,6 +19,7 @@
 namespace tessera::worker {
 namespace {
 
+using ::testing::ElementsAreArray;
 using testing::FakeAlone;
 using testing::FakeExecutor;
 using ::testing::HasSubstr;
@@ -522,6 +524,55 @@ TEST_F(EngineFakeTest, ExecutorFailureEndsEveryRequestAndStopsTheEngine) {
   // The failure was recorded before the last event went out: nothing more is accepted.
   EXPECT_EQ(engine->Submit(Req(10)).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(engine->Shutdown(kWait).message(), HasSubstr("rank 3 lost"));
+}
+
+// A pipelined executor (two steps in flight): the engine plans the second step over other
+// sequences while the first is out, applies results in order, and cancellations of sequences
+// whose step is out free their blocks once it is back. Outputs equal each request alone.
+TEST_F(EngineFakeTest, TwoStepsInFlightKeepOutputsCancelsAndBlocks) {
+  executor_.steps_in_flight = 2;
+  // Steps long enough that the cancellations below land while requests run.
+  executor_.on_step = [] { absl::SleepFor(absl::Microseconds(300)); };
+  auto engine = Make();
+  std::mt19937 rng(31);
+  std::vector<Request> requests;
+  std::vector<std::shared_ptr<ResponseStream>> streams;
+  for (int i = 0; i < 24; ++i) {
+    Request r = Req(5 + static_cast<int32_t>(rng() % 40));
+    r.prompt.clear();
+    for (int j = 0, n = 1 + static_cast<int>(rng() % 12); j < n; ++j) {
+      r.prompt.push_back(3 + static_cast<int32_t>(rng() % 90));
+    }
+    requests.push_back(r);
+    streams.push_back(*engine->Submit(r));
+  }
+  std::set<RequestId> cancelled;
+  for (int i = 0; i < 6; ++i) {
+    absl::SleepFor(absl::Microseconds(rng() % 2000));
+    const RequestId id = streams[rng() % streams.size()]->request_id();
+    cancelled.insert(id);
+    engine->Cancel(id);
+  }
+  int ended_by_cancel = 0;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    auto out = streams[i]->Collect(kWait);
+    ASSERT_TRUE(out.ok()) << out.status();
+    if (out->finish_reason == FinishReason::kAbort) {
+      ++ended_by_cancel;
+      EXPECT_TRUE(cancelled.contains(streams[i]->request_id()));
+      continue;
+    }
+    EXPECT_THAT(out->token_ids, ElementsAreArray(FakeAlone(requests[i].prompt,
+                                                           requests[i].sampling.max_tokens, 100)))
+        << "request " << i;
+  }
+  EXPECT_GT(ended_by_cancel, 0);
+  EXPECT_EQ(executor_.max_outstanding(), 2);
+  ASSERT_TRUE(engine->Shutdown(kWait).ok());
+  const EngineCounters c = engine->counters();
+  EXPECT_EQ(c.kv_blocks_in_use, 0);
+  EXPECT_EQ(c.kv_blocks_free + c.kv_blocks_cached, c.kv_blocks_total);
+  EXPECT_EQ(c.requests_aborted, ended_by_cancel);
 }
 
 TEST_F(EngineFakeTest, TooManyRequestsInFlightAreShed) {

@@ -5,6 +5,7 @@
 // overwritten, a recompute that skips tokens — changes the tokens or fails the step.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
+#include "common/status_macros.h"
 #include "kernels/op_params.h"
 #include "worker/step.h"
 
@@ -108,6 +110,21 @@ class FakeExecutor final : public StepExecutor {
     return result;
   }
   ExecutorLimits limits() const override { return limits_; }
+  // Pipelining: plans run at Submit, in order (as every rank of a pipeline runs them); their
+  // results wait for Collect.
+  int max_steps_in_flight() const override { return steps_in_flight; }
+  absl::Status Submit(const StepPlan& plan) override {
+    TESSERA_RETURN_IF_ERROR(StepExecutor::Submit(plan));
+    max_outstanding_ = std::max(max_outstanding_, ++outstanding_);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<StepResult> Collect() override {
+    --outstanding_;
+    return StepExecutor::Collect();
+  }
+  int steps_in_flight = 1;
+  // The most steps submitted and not yet collected at once.
+  int max_outstanding() const { return max_outstanding_; }
 
   void FailNextStep(absl::Status status) { fail_next_ = std::move(status); }
   int64_t steps() const { return steps_; }
@@ -150,6 +167,8 @@ class FakeExecutor final : public StepExecutor {
   std::vector<int32_t> slot_pos_;
   absl::Status fail_next_;
   int64_t steps_ = 0;
+  int outstanding_ = 0;
+  int max_outstanding_ = 0;
   int64_t max_step_tokens_ = 0;
   std::vector<StepPlan> plans_;
 };

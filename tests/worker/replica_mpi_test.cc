@@ -58,7 +58,7 @@ TEST_P(ReplicaMpiTest, GreedyTokensAndLogitsMatchTransformers) {
   }
 
   std::vector<RequestOutput> results;
-  const absl::Status status = GreedyBody(*f, *rank, results);
+  const absl::Status status = GreedyBody(*f, *rank, results, split.steps_in_flight);
   ASSERT_TRUE(status.ok()) << status;
   if (replica.rank() == 0) {
     ASSERT_EQ(results.size(), f->prompts.size());
@@ -72,7 +72,9 @@ INSTANTIATE_TEST_SUITE_P(
     Splits, ReplicaMpiTest,
     ::testing::Combine(::testing::Values("llama_gqa", "qwen2_bias", "mistral", "qwen3_qknorm"),
                        ::testing::Values(Split{2, 1, {}, "tp2"}, Split{1, 2, {}, "pp2"},
-                                         Split{2, 2, {}, "tp2pp2"})),
+                                         Split{2, 2, {}, "tp2pp2"},
+                                         Split{1, 2, {}, "pp2_two_steps_in_flight", 0, 2},
+                                         Split{2, 2, {}, "tp2pp2_two_steps_in_flight", 0, 2})),
     [](const auto& info) {
       return absl::StrCat(std::get<0>(info.param), "_", std::get<1>(info.param).name);
     });

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/comm/inproc/in_process_communicator.h"
 #include "parallel/comm/timed_communicator.h"
@@ -73,8 +74,9 @@ TEST_P(ReplicaTest, GreedyTokensMatchTransformers) {
   auto f = LoadFixture(fixture_name);
   ASSERT_TRUE(f.ok()) << f.status();
   std::vector<RequestOutput> results;
-  const absl::Status status =
-      RunReplica(*f, split, [&](int, ReplicaRank& rank) { return GreedyBody(*f, rank, results); });
+  const absl::Status status = RunReplica(*f, split, [&](int, ReplicaRank& rank) {
+    return GreedyBody(*f, rank, results, split.steps_in_flight);
+  });
   ASSERT_TRUE(status.ok()) << status;
   ASSERT_EQ(results.size(), f->prompts.size());
   for (size_t i = 0; i < results.size(); ++i) {
@@ -99,6 +101,8 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(Split{2, 1, {}, "tp2"}, Split{1, 2, {}, "pp2"},
                                          Split{2, 2, {}, "tp2pp2"},
                                          Split{1, 2, {1, 1}, "pp2_one_micro_batch", 1},
+                                         Split{1, 2, {}, "pp2_two_steps_in_flight", 1, 2},
+                                         Split{2, 2, {}, "tp2pp2_two_steps_in_flight", 0, 2},
                                          Split{4, 1, {}, "tp4_kv_replicated"})),
     [](const auto& info) {
       return absl::StrCat(std::get<0>(info.param), "_", std::get<1>(info.param).name);
@@ -208,7 +212,8 @@ TEST(ReplicaExecutorTest, KeepAlivesHoldIdleFollowersPastTheTimeout) {
         status[r] = RunFollower(*rank->worker);
         return;
       }
-      auto executor = ReplicaExecutor::Create(*rank->worker, absl::Milliseconds(100));
+      auto executor =
+          ReplicaExecutor::Create(*rank->worker, {.keepalive_interval = absl::Milliseconds(100)});
       if (!executor.ok()) {
         status[r] = executor.status();
         return;
@@ -224,6 +229,115 @@ TEST(ReplicaExecutorTest, KeepAlivesHoldIdleFollowersPastTheTimeout) {
   for (auto& t : threads) t.join();
   EXPECT_TRUE(status[0].ok()) << status[0];
   EXPECT_TRUE(status[1].ok()) << status[1];
+}
+
+// One sequence's step over tokens [from, tokens.size()), the logits of the last; sequence `seq`
+// owns blocks [16 seq, 16 seq + 16) of ReplicaOptions' cache (blocks of 4, tables 32 wide).
+StepPlan OneSequencePlan(int seq, const std::vector<int32_t>& tokens, int32_t from) {
+  StepPlan plan;
+  const auto len = static_cast<int32_t>(tokens.size());
+  for (int32_t pos = from; pos < len; ++pos) {
+    plan.token_ids.push_back(tokens[pos]);
+    plan.positions.push_back(pos);
+    plan.slot_mapping.push_back(int64_t{seq} * 64 + pos);
+  }
+  plan.query_start.push_back(len - from);
+  plan.seq_lens.push_back(len);
+  for (int32_t j = 0; j < 32; ++j) plan.block_tables.push_back(j < 16 ? seq * 16 + j : 0);
+  plan.logits_rows.push_back(len - from - 1);
+  plan.sampling.emplace_back();
+  return plan;
+}
+
+// Two sequences decoded as two steps in flight through a two-stage pipeline: the first stage
+// takes step n+1 while the second still runs step n, the results come back in order, and the
+// tokens are the fixture's. Keep-alives and follower commands wait for the steps in flight.
+TEST(ReplicaExecutorTest, TwoStepsInFlightThroughTwoStagesGiveTheFixtureTokens) {
+  auto f = LoadFixture("llama_gqa");
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_GE(f->prompts.size(), 2u);
+  for (const Split& split : {Split{1, 2, {}, "pp2", 1, 2}, Split{2, 2, {}, "tp2pp2", 2, 2}}) {
+    SCOPED_TRACE(split.name);
+    std::vector<std::vector<int32_t>> tokens(2);
+    std::atomic<int> commands = 0;
+    const absl::Status status = RunReplica(*f, split, [&](int, ReplicaRank& rank) -> absl::Status {
+      if (!rank.worker->is_leader()) {
+        return RunFollower(*rank.worker, [&](const std::vector<int64_t>& command) {
+          ++commands;
+          return command;  // echoed
+        });
+      }
+      TESSERA_ASSIGN_OR_RETURN(
+          auto executor, ReplicaExecutor::Create(
+                             *rank.worker, {.keepalive_interval = {}, .max_steps_in_flight = 2}));
+      EXPECT_EQ(executor->max_steps_in_flight(), 2);
+      const size_t steps = f->prompts[0].greedy.size();
+      std::vector<int32_t> computed(2);
+      for (int s = 0; s < 2; ++s) {
+        tokens[s] = f->prompts[s].ids;
+        TESSERA_ASSIGN_OR_RETURN(StepResult r, executor->Execute(OneSequencePlan(s, tokens[s], 0)));
+        computed[s] = static_cast<int32_t>(tokens[s].size());
+        tokens[s].push_back(r.token_ids.at(0));
+      }
+      // Decode: sequence 0's step and sequence 1's step in flight at once.
+      TESSERA_RETURN_IF_ERROR(executor->Submit(OneSequencePlan(0, tokens[0], computed[0])));
+      computed[0] = static_cast<int32_t>(tokens[0].size());
+      TESSERA_RETURN_IF_ERROR(executor->Submit(OneSequencePlan(1, tokens[1], computed[1])));
+      computed[1] = static_cast<int32_t>(tokens[1].size());
+      EXPECT_EQ(executor->Submit(OneSequencePlan(0, tokens[0], computed[0])).code(),
+                absl::StatusCode::kFailedPrecondition);
+      EXPECT_EQ(executor->Execute(OneSequencePlan(0, tokens[0], computed[0])).status().code(),
+                absl::StatusCode::kFailedPrecondition);
+      // Each collect gives the oldest step's sequence its token; its next step goes in at once.
+      for (size_t n = 0; n < 2 * (steps - 1); ++n) {
+        const int s = static_cast<int>(n % 2);
+        if (n == 5) TESSERA_RETURN_IF_ERROR(executor->Idle());  // a keep-alive mid-pipeline
+        if (n == 7) {
+          TESSERA_ASSIGN_OR_RETURN(auto replies, executor->CallFollowers({42, 7}));
+          EXPECT_EQ(replies.size(), static_cast<size_t>(split.tp * split.pp - 1));
+          for (const auto& reply : replies) EXPECT_EQ(reply, (std::vector<int64_t>{42, 7}));
+        }
+        TESSERA_ASSIGN_OR_RETURN(StepResult r, executor->Collect());
+        tokens[s].push_back(r.token_ids.at(0));
+        if (tokens[s].size() - f->prompts[s].ids.size() < steps) {
+          TESSERA_RETURN_IF_ERROR(executor->Submit(OneSequencePlan(s, tokens[s], computed[s])));
+          computed[s] = static_cast<int32_t>(tokens[s].size());
+        }
+      }
+      EXPECT_EQ(executor->Collect().status().code(), absl::StatusCode::kFailedPrecondition);
+      return executor->Stop();
+    });
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_EQ(commands.load(), split.tp * split.pp - 1);
+    for (int s = 0; s < 2; ++s) {
+      const std::vector<int32_t> generated(tokens[s].begin() + f->prompts[s].ids.size(),
+                                           tokens[s].end());
+      const std::vector<int32_t>& want = f->prompts[s].greedy;
+      EXPECT_EQ(generated, want) << "sequence " << s;
+    }
+  }
+}
+
+TEST(ReplicaExecutorTest, StepsInFlightAreOneToTheNumberOfStages) {
+  auto f = LoadFixture("llama_gqa");
+  ASSERT_TRUE(f.ok()) << f.status();
+  ReplicaRankOptions options = ReplicaOptions({1, 1, {}, "one"});
+  options.pp_steps_in_flight = 2;
+  auto group = parallel::CreateInProcessGroup(1, absl::Seconds(5));
+  ASSERT_TRUE(group.ok());
+  auto backend = kernels::CreateCpuBackend({.num_threads = 1});
+  ASSERT_TRUE(backend.ok());
+  auto rank = CreateReplicaRank(f->config, *f->weights, **backend, *(*group)[0], options);
+  ASSERT_FALSE(rank.ok());
+  EXPECT_THAT(rank.status().message(),
+              HasSubstr("between 1 and the number of pipeline stages (1)"));
+  options.pp_steps_in_flight = 1;
+  rank = CreateReplicaRank(f->config, *f->weights, **backend, *(*group)[0], options);
+  ASSERT_TRUE(rank.ok()) << rank.status();
+  for (int bad : {0, 2}) {
+    auto executor = ReplicaExecutor::Create(*rank->worker, {.max_steps_in_flight = bad});
+    EXPECT_EQ(executor.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
 }
 
 TEST(SplitStepPlanTest, SplitsWholeSequencesBalancedByTokens) {

@@ -13,6 +13,7 @@ ReplicaRankOptions ReplicaOptions(const Split& split) {
   o.parallel.pp_size = split.pp;
   o.parallel.pp_layers = split.pp_layers;
   o.pp_micro_batches = split.micro_batches;
+  o.pp_steps_in_flight = split.steps_in_flight;
   o.model.max_num_tokens = 128;
   o.model.max_num_seqs = 8;
   o.model.max_blocks_per_seq = 32;
@@ -21,9 +22,10 @@ ReplicaRankOptions ReplicaOptions(const Split& split) {
   return o;
 }
 
-absl::Status GreedyBody(const Fixture& f, ReplicaRank& rank, std::vector<RequestOutput>& results) {
+absl::Status GreedyBody(const Fixture& f, ReplicaRank& rank, std::vector<RequestOutput>& results,
+                        int steps_in_flight) {
   if (!rank.worker->is_leader()) return RunFollower(*rank.worker);
-  auto executor = ReplicaExecutor::Create(*rank.worker);
+  auto executor = ReplicaExecutor::Create(*rank.worker, {.max_steps_in_flight = steps_in_flight});
   if (!executor.ok()) return executor.status();
   SchedulerConfig scheduler;
   scheduler.max_model_len = 64;

@@ -18,7 +18,8 @@ struct Split {
   int pp;
   std::vector<int64_t> pp_layers;
   std::string name;
-  int micro_batches = 0;  // 0: one per stage
+  int micro_batches = 0;    // 0: one per stage
+  int steps_in_flight = 1;  // the leader's ReplicaExecutorOptions::max_steps_in_flight
 };
 
 // gtest prints parameters with this (the default dumps the bytes).
@@ -26,8 +27,10 @@ inline void PrintTo(const Split& split, std::ostream* os) { *os << split.name; }
 
 ReplicaRankOptions ReplicaOptions(const Split& split);
 
-// The leader generates the fixture's prompts greedily into `results`; followers follow.
-absl::Status GreedyBody(const Fixture& f, ReplicaRank& rank, std::vector<RequestOutput>& results);
+// The leader generates the fixture's prompts greedily into `results`, with `steps_in_flight`
+// steps in the pipeline at once; followers follow.
+absl::Status GreedyBody(const Fixture& f, ReplicaRank& rank, std::vector<RequestOutput>& results,
+                        int steps_in_flight = 1);
 
 // Every rank runs Forward on the fixture's longest prompt; the last stage's TP rank 0 copies the
 // logits of every position into `logits`.

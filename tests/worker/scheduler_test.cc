@@ -5,11 +5,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <deque>
 #include <functional>
 #include <map>
 #include <numeric>
 #include <random>
+#include <set>
 
+#include "absl/strings/str_cat.h"
 #include "tests/worker/fake_executor.h"
 
 namespace tessera::worker {
@@ -69,7 +73,10 @@ struct Outcome {
 };
 
 // Runs the scheduler on the executor until every request has finished; request i arrives before
-// step arrivals[i].first. `between` runs before every step.
+// step arrivals[i].first. `between` runs before every step. With config.max_steps_in_flight > 1
+// it keeps that many steps in flight as the engine does (the fake executes each at once, in
+// submission order, as every rank of a pipeline does) and applies the oldest's result when no
+// more fit.
 class Driver {
  public:
   Driver(const SchedulerConfig& config, const ExecutorLimits& limits)
@@ -93,18 +100,29 @@ class Driver {
         ++next;
       }
       if (between) between(step);
-      if (!scheduler_->HasWork()) {
+      if (!scheduler_->HasWork() && pending_.empty()) {
         if (next == order.size()) break;
         continue;
       }
-      const StepPlan plan = scheduler_->Schedule();
-      EXPECT_FALSE(plan.token_ids.empty()) << "step " << step;
-      EXPECT_LE(plan.token_ids.size(), static_cast<size_t>(config_.max_num_batched_tokens));
-      EXPECT_LE(plan.seq_lens.size(), static_cast<size_t>(config_.max_num_seqs));
-      auto result = executor_.Execute(plan);
-      EXPECT_TRUE(result.ok()) << result.status() << " at step " << step;
-      if (!result.ok()) break;
-      auto events = scheduler_->Update(*result);
+      if (scheduler_->HasWork() &&
+          static_cast<int32_t>(pending_.size()) < config_.max_steps_in_flight) {
+        const StepPlan plan = scheduler_->Schedule();
+        EXPECT_TRUE(!plan.token_ids.empty() || !pending_.empty()) << "step " << step;
+        EXPECT_LE(plan.token_ids.size(), static_cast<size_t>(config_.max_num_batched_tokens));
+        EXPECT_LE(plan.seq_lens.size(), static_cast<size_t>(config_.max_num_seqs));
+        if (!plan.token_ids.empty()) {
+          auto result = executor_.Execute(plan);
+          EXPECT_TRUE(result.ok()) << result.status() << " at step " << step;
+          if (!result.ok()) break;
+          pending_.push_back(*std::move(result));
+          max_pending_ = std::max(max_pending_, pending_.size());
+          if (static_cast<int32_t>(pending_.size()) < config_.max_steps_in_flight) continue;
+        }
+      }
+      if (pending_.empty()) break;
+      const StepResult result = std::move(pending_.front());
+      pending_.pop_front();
+      auto events = scheduler_->Update(result);
       EXPECT_TRUE(events.ok()) << events.status();
       for (const TokenEvent& e : *events) {
         Outcome& o = outcomes_[e.request_id];
@@ -122,12 +140,16 @@ class Driver {
 
   Scheduler& scheduler() { return *scheduler_; }
   FakeExecutor& executor() { return executor_; }
+  size_t max_steps_in_flight_seen() const { return max_pending_; }
+  const std::map<RequestId, Outcome>& outcomes() const { return outcomes_; }
 
  private:
   FakeExecutor executor_;
   SchedulerConfig config_;
   std::unique_ptr<Scheduler> scheduler_;
   std::map<RequestId, Outcome> outcomes_;
+  std::deque<StepResult> pending_;  // results of the steps in flight, oldest first
+  size_t max_pending_ = 0;
 };
 
 void ExpectAllAlone(const std::vector<std::pair<int, Request>>& arrivals,
@@ -437,6 +459,106 @@ TEST(SchedulerTest, SamplingRowsCarryPenaltyTokensSeedsAndSteps) {
 
 // A prompt with a KV destination: `cached` tokens already at the destination, whose block i (past
 // the cached ones) is 1000 + i.
+TEST(SchedulerTest, PipelinedStepsMatchEachAloneUnderArrivalsPreemptionAndAborts) {
+  for (int32_t depth : {2, 3}) {
+    SCOPED_TRACE(absl::StrCat(depth, " steps in flight"));
+    std::mt19937 rng(23 + depth);
+    std::vector<std::pair<int, Request>> arrivals;
+    for (int i = 0; i < 48; ++i) {
+      arrivals.emplace_back(static_cast<int>(rng() % 60),
+                            MakeRequest(RandomPrompt(rng, 1 + static_cast<int>(rng() % 20)),
+                                        1 + static_cast<int32_t>(rng() % 30)));
+    }
+    // Roomy cache: every request's tokens are those it would get alone.
+    SchedulerConfig config = Config(/*budget=*/48);
+    config.max_steps_in_flight = depth;
+    Driver roomy(config, Limits(/*num_blocks=*/512));
+    ExpectAllAlone(arrivals, roomy.Run(arrivals));
+    ExpectAllBlocksBack(roomy.scheduler());
+    EXPECT_EQ(roomy.max_steps_in_flight_seen(), static_cast<size_t>(depth));
+    // A cache that forces preemptions (of sequences of no step in flight only).
+    Driver tight(config, Limits(/*num_blocks=*/14));
+    ExpectAllAlone(arrivals, tight.Run(arrivals));
+    EXPECT_GT(tight.scheduler().counters().preemptions, 0);
+    ExpectAllBlocksBack(tight.scheduler());
+    // Aborts at random points, of sequences in flight too: their blocks come back once their
+    // step is applied, and no event follows.
+    Driver aborting(config, Limits(/*num_blocks=*/40));
+    std::map<RequestId, size_t> aborted;  // id -> tokens it had had when aborted
+    const auto outcomes = aborting.Run(arrivals, [&](int) {
+      const auto ids = aborting.scheduler().request_ids();
+      if (!ids.empty() && rng() % 4 == 0) {
+        const RequestId id = ids[rng() % ids.size()];
+        ASSERT_TRUE(aborting.scheduler().Abort(id));
+        EXPECT_FALSE(aborting.scheduler().Abort(id));  // once
+        const auto it = aborting.outcomes().find(id);
+        aborted[id] = it == aborting.outcomes().end() ? 0 : it->second.tokens.size();
+      }
+      EXPECT_TRUE(aborting.scheduler().blocks().CheckInvariants().ok());
+    });
+    EXPECT_GT(aborted.size(), 5u);
+    EXPECT_EQ(aborting.scheduler().counters().requests_aborted,
+              static_cast<int64_t>(aborted.size()));
+    for (size_t i = 0; i < arrivals.size(); ++i) {
+      const auto it = outcomes.find(i);
+      if (aborted.contains(i)) {
+        // No event after the abort, though its step was in flight.
+        EXPECT_EQ(it == outcomes.end() ? 0 : it->second.tokens.size(), aborted[i]) << i;
+        continue;
+      }
+      ASSERT_NE(it, outcomes.end()) << i;
+      const Request& r = arrivals[i].second;
+      EXPECT_THAT(it->second.tokens,
+                  ElementsAreArray(FakeAlone(r.prompt, r.sampling.max_tokens, kVocab)))
+          << "request " << i;
+    }
+    ExpectAllBlocksBack(aborting.scheduler());
+  }
+}
+
+TEST(SchedulerTest, StepsInFlightShareTheBatchAndNeverASequence) {
+  SchedulerConfig config = Config(/*budget=*/64);
+  config.max_steps_in_flight = 2;
+  auto s = Scheduler::Create(config, Limits(128), Model());
+  ASSERT_TRUE(s.ok()) << s.status();
+  FakeExecutor executor(Limits(128), kVocab);
+  std::mt19937 rng(4);
+  for (RequestId id = 0; id < 8; ++id) {
+    ASSERT_TRUE((*s)->Add(id, MakeRequest(RandomPrompt(rng, 5), 20)).ok());
+  }
+  // The first token of each sequence: prompts in two steps of four.
+  std::deque<std::pair<StepPlan, StepResult>> in_flight;
+  auto submit = [&] {
+    StepPlan plan = (*s)->Schedule();
+    auto result = executor.Execute(plan);
+    ASSERT_TRUE(result.ok()) << result.status();
+    in_flight.emplace_back(std::move(plan), *std::move(result));
+  };
+  auto first_slots = [](const StepPlan& plan) {
+    std::set<int64_t> blocks;
+    for (size_t i = 0; i + 1 < plan.query_start.size(); ++i) {
+      blocks.insert(plan.slot_mapping[plan.query_start[i]] / 4);
+    }
+    return blocks;
+  };
+  for (int round = 0; round < 6; ++round) {
+    while ((*s)->steps_in_flight() < 2) submit();
+    const StepPlan& a = in_flight[0].first;
+    const StepPlan& b = in_flight[1].first;
+    EXPECT_EQ(a.seq_lens.size(), 4u) << "round " << round;
+    EXPECT_EQ(b.seq_lens.size(), 4u) << "round " << round;
+    // Disjoint sequences: no block of one step's sequences is written by the other.
+    std::set<int64_t> both = first_slots(a);
+    const std::set<int64_t> second = first_slots(b);
+    both.insert(second.begin(), second.end());
+    EXPECT_EQ(both.size(), 8u) << "round " << round;
+    auto events = (*s)->Update(in_flight.front().second);
+    ASSERT_TRUE(events.ok()) << events.status();
+    EXPECT_EQ(events->size(), 4u);
+    in_flight.pop_front();
+  }
+}
+
 Request KvDestinationRequest(std::vector<int32_t> prompt, int32_t cached, int32_t block_size) {
   Request r = MakeRequest(std::move(prompt), 4);
   KvDestination d;
@@ -454,10 +576,11 @@ std::vector<Scheduler::KvSend> StepWithSends(Scheduler& s, FakeExecutor& executo
                                              StepPlan* plan_out = nullptr) {
   const StepPlan plan = s.Schedule();
   std::vector<Scheduler::KvSend> sends = s.KvSendsInStep();
+  if (plan_out != nullptr) *plan_out = plan;
+  if (plan.token_ids.empty()) return sends;  // nothing to run: no step was put in flight
   auto result = executor.Execute(plan);
   EXPECT_TRUE(result.ok()) << result.status();
   EXPECT_TRUE(s.Update(*result).ok());
-  if (plan_out != nullptr) *plan_out = plan;
   return sends;
 }
 
