@@ -43,7 +43,7 @@ absl::Status Run(const BenchKernelsFlags& flags) {
   EngineFlags engine;
   engine.backend = flags.backend;
   engine.device = flags.device;
-  TESSERA_RETURN_IF_ERROR(ValidateBackend(engine, /*ranks=*/1, /*moves_kv=*/false));
+  TESSERA_RETURN_IF_ERROR(ValidateBackend(engine, /*ranks=*/1));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Backend> backend,
                            MakeRankBackend(engine, flags.threads, /*on_host=*/0));
   TESSERA_ASSIGN_OR_RETURN(const DataType dtype, DataTypeFromName(flags.dtype));

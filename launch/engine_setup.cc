@@ -60,7 +60,7 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
       ->check(CLI::NonNegativeNumber);
 }
 
-absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv) {
+absl::Status ValidateBackend(const EngineFlags& flags, int ranks) {
   if (flags.backend == "cpu") return absl::OkStatus();
   if (flags.backend != "cuda") {
     return absl::InvalidArgumentError(
@@ -78,11 +78,6 @@ absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv)
         "built without it (TESSERA_WITH_NCCL=OFF); use one rank"));
   }
 #endif
-  if (moves_kv) {
-    return absl::UnimplementedError(
-        "backend cuda for a prefill or decode pool: KV migration out of GPU memory is not built "
-        "yet (issue #8); use role mixed, or the cpu backend");
-  }
   if (flags.device < 0) {
     return absl::InvalidArgumentError(absl::StrCat("--device ", flags.device, " is negative"));
   }
@@ -104,7 +99,7 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFl
     return kernels::CreateCudaBackend(cuda);
   }
 #endif
-  return ValidateBackend(flags, 1, false);  // the reason this backend cannot be made
+  return ValidateBackend(flags, 1);  // the reason this backend cannot be made
 }
 
 kernels::bench::KernelBenchOptions KernelBenchDefaults(absl::string_view backend,

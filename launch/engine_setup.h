@@ -39,11 +39,11 @@ struct EngineFlags {
 
 void AddEngineFlags(CLI::App& app, EngineFlags& flags);
 
-// What a replica of `ranks` ranks on `flags.backend` can run today: kInvalidArgument for an
-// unknown backend, kFailedPrecondition for cuda in a build without it (or, for several ranks,
-// without NCCL), kUnimplemented for what the CUDA path lacks yet (KV migration out of GPU
-// memory) — named.
-absl::Status ValidateBackend(const EngineFlags& flags, int ranks, bool moves_kv);
+// Whether a replica of `ranks` ranks can run on `flags.backend`: kInvalidArgument for an
+// unknown backend or a negative device, kFailedPrecondition for cuda in a build without it (or,
+// for several ranks, without NCCL) — named. Every role runs on either backend (a GPU cache's KV
+// migrates through a host mirror: worker/kv_port.h).
+absl::Status ValidateBackend(const EngineFlags& flags, int ranks);
 // The backend of a replica's rank (cuda: GPU flags.device + `on_host`, the rank's index among
 // its replica's ranks on its host, which is the replica rank when the replica is on one host),
 // with `threads` CPU threads on the CPU backend.

@@ -307,7 +307,7 @@ absl::Status RunReplica(const model::ModelConfig& config, const model::WeightSou
   TESSERA_ASSIGN_OR_RETURN(worker::ReplicaRankOptions options,
                            RankOptions(config, engine, flags, &max_model_len));
   const int ranks = flags.tensor_parallel_size * flags.pipeline_parallel_size;
-  TESSERA_RETURN_IF_ERROR(ValidateBackend(engine, ranks, kv_transports != nullptr));
+  TESSERA_RETURN_IF_ERROR(ValidateBackend(engine, ranks));
   const absl::Duration timeout = absl::Seconds(flags.comm_timeout_s);
   TESSERA_ASSIGN_OR_RETURN(RankInfo info, DiscoverRank(flags.rank));
   const bool use_mpi = flags.comm == "mpi" ||

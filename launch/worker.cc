@@ -136,8 +136,7 @@ absl::Status ApplyTopology(WorkerFlags& flags) {
   flags.engine.backend = pool.backend;
   flags.engine.device = pool.devices.empty() ? 0 : pool.devices[0];
   if (absl::Status s =
-          ValidateBackend(flags.engine, pool.tensor_parallel_size * pool.pipeline_parallel_size,
-                          pool.role != "mixed");
+          ValidateBackend(flags.engine, pool.tensor_parallel_size * pool.pipeline_parallel_size);
       !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("pool ", pool.name, ": ", s.message()));
   }
@@ -204,8 +203,7 @@ std::string AdvertisedAddress(const WorkerFlags& flags, int port) {
 absl::Status CheckWorker(const WorkerFlags& flags) {
   TESSERA_RETURN_IF_ERROR(ValidateEngineSettings(flags.engine, "engine"));
   TESSERA_RETURN_IF_ERROR(ValidateBackend(
-      flags.engine, flags.replica.tensor_parallel_size * flags.replica.pipeline_parallel_size,
-      flags.role != "mixed"));
+      flags.engine, flags.replica.tensor_parallel_size * flags.replica.pipeline_parallel_size));
   std::string model_note = "not on this machine: its split is not checked";
   std::error_code error;
   absl::StatusOr<model::ModelConfig> config = absl::NotFoundError("");

@@ -24,7 +24,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& co
     return absl::InvalidArgumentError(
         absl::StrCat("KV cache dtype must be f32, f16 or bf16, got ", DataTypeName(config.dtype)));
   }
-  auto cache = std::unique_ptr<KvCache>(new KvCache(config));
+  auto cache = std::unique_ptr<KvCache>(new KvCache(config, backend));
   const size_t layer_bytes =
       config.BytesPerBlock() / (2ull * config.num_layers) * static_cast<size_t>(config.num_blocks);
   auto stream = backend.CreateStream();

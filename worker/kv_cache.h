@@ -38,12 +38,16 @@ class KvCache {
                                                          kernels::Backend& backend);
 
   const KvCacheConfig& config() const { return config_; }
+  // The backend whose memory holds the cache (KV migration copies through it).
+  kernels::Backend& backend() const { return backend_; }
   MutableTensorView key(int layer) const;
   MutableTensorView value(int layer) const;
 
  private:
-  explicit KvCache(const KvCacheConfig& config) : config_(config) {}
+  KvCache(const KvCacheConfig& config, kernels::Backend& backend)
+      : config_(config), backend_(backend) {}
   KvCacheConfig config_;
+  kernels::Backend& backend_;
   std::vector<kernels::DeviceBuffer> keys_;
   std::vector<kernels::DeviceBuffer> values_;
 };

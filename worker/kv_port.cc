@@ -262,13 +262,31 @@ absl::StatusOr<std::unique_ptr<KvPort>> KvPort::Create(KvCache& cache,
   l.transport_kind = std::string(transport.kind());
   port->block_bytes_ = l.BlockBytes();
   const uint64_t bytes = port->block_bytes_ * static_cast<uint64_t>(c.num_blocks);
+  const bool staged = options.stage_through_host || cache.key(0).device().type != DeviceType::kCpu;
+  if (staged) {
+    port->backend_ = &cache.backend();
+    absl::MutexLock lock(&port->stage_mu_);
+    TESSERA_ASSIGN_OR_RETURN(port->stage_stream_, cache.backend().CreateStream());
+  }
   for (int32_t layer = 0; layer < c.num_layers; ++layer) {
+    std::pair<Region, Region> both;
     for (bool key : {true, false}) {
-      auto* base = static_cast<uint8_t*>(key ? cache.key(layer).data() : cache.value(layer).data());
-      TESSERA_ASSIGN_OR_RETURN(kvtransfer::RegionId id, transport.RegisterMemory(base, bytes));
+      auto* memory =
+          static_cast<uint8_t*>(key ? cache.key(layer).data() : cache.value(layer).data());
+      Region region{layer, key, memory, nullptr};
+      if (staged) {
+        // Zeroed like the cache, so that what a send reads before any copy is defined.
+        port->mirrors_.push_back(std::make_unique<uint8_t[]>(bytes));
+        region.base = port->mirrors_.back().get();
+        region.device = memory;
+      }
+      TESSERA_ASSIGN_OR_RETURN(kvtransfer::RegionId id,
+                               transport.RegisterMemory(region.base, bytes));
       (key ? l.key_regions : l.value_regions).push_back(id);
-      port->regions_[id] = Region{layer, key, base};
+      port->regions_[id] = region;
+      (key ? both.first : both.second) = region;
     }
+    if (staged) port->layer_regions_.push_back(both);
   }
   TESSERA_RETURN_IF_ERROR(l.Validate());
   TESSERA_ASSIGN_OR_RETURN(l.descriptor, transport.LocalDescriptor());
@@ -311,6 +329,31 @@ KvPortCounters KvPort::counters() const {
 const uint8_t* KvPort::LocalBase(kvtransfer::RegionId region) const {
   const auto it = regions_.find(region);
   return it == regions_.end() ? nullptr : it->second.base;
+}
+
+absl::Status KvPort::Stage(absl::Span<const int32_t> blocks, int32_t layer_begin, int32_t layer_end,
+                           bool to_host) {
+  if (backend_ == nullptr || blocks.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&stage_mu_);
+  for (int32_t layer = layer_begin; layer < layer_end; ++layer) {
+    const auto& [key, value] = layer_regions_.at(static_cast<size_t>(layer - layout_.layer_begin));
+    for (const Region* r : {&key, &value}) {
+      // Runs of consecutive blocks go in one copy.
+      for (size_t i = 0; i < blocks.size();) {
+        size_t j = i + 1;
+        while (j < blocks.size() && blocks[j] == blocks[j - 1] + 1) ++j;
+        const uint64_t offset = static_cast<uint64_t>(blocks[i]) * block_bytes_;
+        const uint64_t length = static_cast<uint64_t>(j - i) * block_bytes_;
+        TESSERA_RETURN_IF_ERROR(
+            to_host
+                ? backend_->CopyToHost(r->device + offset, r->base + offset, length, *stage_stream_)
+                : backend_->CopyToDevice(r->base + offset, r->device + offset, length,
+                                         *stage_stream_));
+        i = j;
+      }
+    }
+  }
+  return stage_stream_->Synchronize();
 }
 
 absl::StatusOr<kvtransfer::PeerId> KvPort::PeerFor(const std::string& descriptor) {
@@ -374,6 +417,16 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportFrom(const KvRankLayout&
     return absl::InvalidArgumentError(absl::StrCat("KV export of ", blocks.size(),
                                                    " blocks into a reservation of ",
                                                    destination.block_ids.size()));
+  }
+  for (int32_t b : blocks) {
+    if (b < 0 || b >= layout_.num_blocks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV export of block ", b, " of a cache of ", layout_.num_blocks));
+    }
+  }
+  // Staged: the blocks' bytes of the layers sent go to the mirror the transport reads.
+  if (options_.sends) {
+    TESSERA_RETURN_IF_ERROR(Stage(blocks, src.layer_begin, src.layer_end, /*to_host=*/true));
   }
   std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers;
   auto checksums = std::make_shared<ChecksumJob>();
@@ -522,6 +575,14 @@ absl::Status KvPort::CloseLocked(uint64_t token, Reservation& r) {
 }
 
 absl::Status KvPort::Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) {
+  std::vector<int32_t> blocks;
+  TESSERA_RETURN_IF_ERROR(Verify(token, checksums, &blocks));
+  // Staged: the verified bytes go from the mirror to the cache before the engine reads them.
+  return Stage(blocks, layout_.layer_begin, layout_.layer_end, /*to_host=*/false);
+}
+
+absl::Status KvPort::Verify(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,
+                            std::vector<int32_t>* blocks) {
   absl::MutexLock lock(&mu_);
   auto it = reservations_.find(token);
   if (it == reservations_.end() || !it->second.open) {
@@ -560,6 +621,7 @@ absl::Status KvPort::Commit(uint64_t token, absl::Span<const KvSegmentChecksum> 
         covered, ", of the ", expected, " the reserved blocks hold")));
   }
   absl::Status closed = CloseLocked(token, r);
+  *blocks = std::move(r.blocks);
   reservations_.erase(token);
   ++counters_.commits;
   return closed;

@@ -17,10 +17,19 @@
 // checksum thread meanwhile (the export is done when both are). Connections to peers
 // are cached by descriptor; Preconnect makes them before the first request.
 //
+// Staging. A cache in device memory (the CUDA backend) is not what the transports move: the port
+// then keeps a host mirror of the cache with the same layout and registers the mirror instead.
+// A send first copies its blocks (of the layers it sends) from the device into the mirror, and a
+// reservation's blocks go from the mirror to the device once Commit has verified them. A block
+// is only read by a send while the engine holds it for that send, and only written by the
+// transport while a reservation owns it, so the mirror needs no other coordination. The copies
+// use the cache's backend on a stream of the port's own, after the compute stream's writes (the
+// engine exports blocks of finished steps; layer-wise streaming reports a layer after the
+// compute stream has synchronised). On the CPU backend the cache is registered directly, unless
+// KvPortOptions::stage_through_host asks for the staged path (tests).
+//
 // Ownership: the cache and transport must outlive the port. Threads: every method may be called
-// from any thread; the listener methods run on transport threads. The cache memory is host
-// memory on the CPU backend; a GPU backend registers device memory with a transport that can
-// read it (UCX with cuda_ipc or RDMA), which this class does not yet check.
+// from any thread; the listener methods run on transport threads.
 #pragma once
 
 #include <cstdint>
@@ -50,6 +59,8 @@ struct KvPortOptions {
   bool sends = true;
   // How long Abort waits for writes admitted before it to land.
   absl::Duration quiesce_timeout = absl::Seconds(10);
+  // Stage through a host mirror even when the cache is host memory (always on for device memory).
+  bool stage_through_host = false;
 };
 
 // Counters for metrics (tessera_kv_transfer_*).
@@ -182,7 +193,8 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   struct Region {
     int32_t layer = 0;  // index into the cache's layers
     bool key = true;
-    uint8_t* base = nullptr;
+    uint8_t* base = nullptr;    // the registered memory: the cache's, or its host mirror
+    uint8_t* device = nullptr;  // staged: the cache's device memory the mirror copies
   };
   struct Reservation {
     std::vector<int32_t> blocks;
@@ -193,6 +205,13 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
 
   KvPort(kvtransfer::Transport& transport, const KvPortOptions& options);
   const uint8_t* LocalBase(kvtransfer::RegionId region) const;
+  // Staged: copies `blocks` of the global layers [layer_begin, layer_end) from the device into
+  // the mirror (to_host), or of every layer from the mirror to the device. No-op unstaged.
+  absl::Status Stage(absl::Span<const int32_t> blocks, int32_t layer_begin, int32_t layer_end,
+                     bool to_host);
+  // Commit's verification; the reservation's blocks in `blocks`.
+  absl::Status Verify(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,
+                      std::vector<int32_t>* blocks);
   // Export from `src`: this rank's layout, or a layer range of it.
   absl::StatusOr<std::unique_ptr<KvExport>> ExportFrom(const KvRankLayout& src,
                                                        absl::Span<const int32_t> blocks,
@@ -209,6 +228,12 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   KvRankLayout layout_;
   uint64_t block_bytes_ = 0;
   absl::flat_hash_map<kvtransfer::RegionId, Region> regions_;  // fixed after Create
+  // Staged only: the mirror's memory, the regions by layer (K, V), the copies' backend and stream.
+  std::vector<std::unique_ptr<uint8_t[]>> mirrors_;
+  std::vector<std::pair<Region, Region>> layer_regions_;
+  kernels::Backend* backend_ = nullptr;
+  absl::Mutex stage_mu_;
+  std::unique_ptr<Stream> stage_stream_ ABSL_GUARDED_BY(stage_mu_);
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Reservation> reservations_ ABSL_GUARDED_BY(mu_);

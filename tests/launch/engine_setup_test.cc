@@ -1,5 +1,5 @@
 // ValidateBackend: what a replica on each kernels backend can run, refused up front with the
-// reason (the CUDA path lacks NCCL replica groups and KV migration out of GPU memory so far).
+// reason (a build without the CUDA backend, or several ranks without NCCL).
 #include "launch/engine_setup.h"
 
 #include <gmock/gmock.h>
@@ -12,35 +12,37 @@ using ::testing::HasSubstr;
 
 TEST(ValidateBackendTest, CpuRunsEverything) {
   EngineFlags flags;
-  EXPECT_TRUE(ValidateBackend(flags, 4, /*moves_kv=*/true).ok());
+  EXPECT_TRUE(ValidateBackend(flags, 4).ok());
 }
 
 TEST(ValidateBackendTest, UnknownBackendsAreRefused) {
   EngineFlags flags;
   flags.backend = "rocm";
-  const absl::Status s = ValidateBackend(flags, 1, false);
+  const absl::Status s = ValidateBackend(flags, 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_THAT(s.message(), HasSubstr("'rocm' is not cpu or cuda"));
 }
 
-TEST(ValidateBackendTest, CudaRefusesWhatItCannotRunYetNamingIt) {
+TEST(ValidateBackendTest, CudaRefusesWhatThisBuildLacksNamingIt) {
   EngineFlags flags;
   flags.backend = "cuda";
-  const absl::Status one = ValidateBackend(flags, 1, false);
+  const absl::Status one = ValidateBackend(flags, 1);
   if (absl::IsFailedPrecondition(one)) {  // a build without the CUDA backend
     EXPECT_THAT(one.message(), HasSubstr("built without the CUDA backend"));
     GTEST_SKIP() << one;
   }
   EXPECT_TRUE(one.ok()) << one;  // a one-rank mixed replica
   // Several ranks need NCCL for their TP/PP groups: accepted where it is built, else refused.
-  const absl::Status tp = ValidateBackend(flags, 2, false);
+  const absl::Status tp = ValidateBackend(flags, 2);
   if (!tp.ok()) {
     EXPECT_EQ(tp.code(), absl::StatusCode::kFailedPrecondition) << tp;
     EXPECT_THAT(tp.message(), HasSubstr("built without it (TESSERA_WITH_NCCL=OFF)"));
   }
-  const absl::Status kv = ValidateBackend(flags, 1, true);
-  EXPECT_EQ(kv.code(), absl::StatusCode::kUnimplemented) << kv;
-  EXPECT_THAT(kv.message(), HasSubstr("KV migration out of GPU memory"));
+  flags.device = -1;
+  const absl::Status device = ValidateBackend(flags, 1);
+  EXPECT_EQ(device.code(), absl::StatusCode::kInvalidArgument) << device;
+  EXPECT_THAT(device.message(), HasSubstr("--device -1 is negative"));
+  flags.device = 0;
   // Making it where there is no GPU says so instead of failing later.
   auto backend = MakeRankBackend(flags, 1, 0);
   if (!backend.ok()) {

@@ -78,7 +78,7 @@ class DisaggregationTest : public ::testing::Test {
     auto transport = kvtransfer::InProcessTransport::Create(fabric_, t);
     ASSERT_TRUE(transport.ok()) << transport.status();
     side.transport = std::move(*transport);
-    auto port = KvPort::Create(*side.parts.cache, *side.transport);
+    auto port = KvPort::Create(*side.parts.cache, *side.transport, {.stage_through_host = staged_});
     ASSERT_TRUE(port.ok()) << port.status();
     side.port = std::move(*port);
     EngineOptions e;
@@ -118,11 +118,19 @@ class DisaggregationTest : public ::testing::Test {
     return testing::GenerateDisaggregated(*prefill_.engine, *decode_.engine, request);
   }
 
+  // Both replicas again, with the options as they are now.
+  void Remake() {
+    TearDown();
+    MakeSide("prefill", prefill_);
+    MakeSide("decode", decode_);
+  }
+
   Fixture fixture_;
   std::shared_ptr<kvtransfer::InProcessFabric> fabric_;
   absl::Duration lease_ = absl::Seconds(30);
   bool stream_layers_ = true;
   int32_t batched_tokens_ = 256;
+  bool staged_ = false;  // KvPortOptions::stage_through_host, the path of a GPU cache
   Side prefill_;
   Side decode_;
   bool handoff_ = false;
@@ -148,6 +156,32 @@ TEST_F(DisaggregationTest, GreedyTokensMatchTheMixedRun) {
   EXPECT_GT(decode_.port->counters().commits, 0);
   EXPECT_GT(prefill_.port->counters().bytes_sent, 0);
   EXPECT_EQ(prefill_.port->counters().bytes_sent, decode_.port->counters().bytes_received);
+}
+
+// A cache in device memory goes through a host mirror (KvPort's staging): sends copy their
+// blocks out of the cache first, commits copy them in. The CPU cache takes the same path here.
+TEST_F(DisaggregationTest, ThroughAHostMirrorTheTokensAreTheSame) {
+  std::vector<std::vector<int32_t>> want;
+  for (const auto& prompt : fixture_.prompts) {
+    auto direct = Disaggregated(Greedy(prompt.ids, 12));
+    ASSERT_TRUE(direct.ok()) << direct.status();
+    want.push_back(*direct);
+  }
+  staged_ = true;
+  for (bool stream : {true, false}) {
+    SCOPED_TRACE(stream ? "layer-wise streaming" : "whole sends");
+    stream_layers_ = stream;
+    batched_tokens_ = 16;  // chunked prompts: several sends per request when streaming
+    Remake();
+    for (size_t i = 0; i < fixture_.prompts.size(); ++i) {
+      absl::StatusOr<std::vector<int32_t>> tokens =
+          Disaggregated(Greedy(fixture_.prompts[i].ids, 12));
+      ASSERT_TRUE(tokens.ok()) << tokens.status();
+      EXPECT_EQ(*tokens, want[i]) << "prompt " << i;
+    }
+    EXPECT_GT(prefill_.port->counters().bytes_sent, 0);
+    EXPECT_EQ(decode_.port->counters().commits, static_cast<int64_t>(fixture_.prompts.size()));
+  }
 }
 
 TEST_F(DisaggregationTest, StreamingSendsEachLayerOnItsOwnWithTheSameBytesAndTokens) {
