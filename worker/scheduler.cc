@@ -31,8 +31,18 @@ struct Scheduler::Sequence {
   int32_t num_cached_tokens = 0;
   std::optional<KvDestination> kv_destination;  // prefill side of disaggregated serving
   int32_t kv_sent_blocks = 0;  // leading blocks sent (or cached at the destination), streaming
-  bool in_flight = false;      // in a step awaiting Update
-  bool aborted = false;        // aborted while in flight: removed at its step's Update
+  // Steps awaiting Update that compute tokens of this sequence, and how many tokens they compute
+  // in all: several only for prompt chunks (a chunk needs no token of the one before it).
+  int32_t in_flight_steps = 0;
+  int32_t in_flight_tokens = 0;
+  bool aborted = false;  // aborted while in flight: removed when its last step is applied
+
+  // Tokens computed or being computed: where its next step starts.
+  int32_t scheduled_end() const { return num_computed + in_flight_tokens; }
+  // Whether another step may take it now: its steps in flight return no token it needs.
+  bool schedulable() const {
+    return in_flight_steps == 0 || scheduled_end() < static_cast<int32_t>(tokens.size());
+  }
 
   int32_t generated() const { return static_cast<int32_t>(tokens.size()) - num_prompt; }
 };
@@ -178,7 +188,7 @@ absl::Status Scheduler::Add(RequestId id, Request request,
 bool Scheduler::Abort(RequestId id) {
   const auto it = sequences_.find(id);
   if (it == sequences_.end() || it->second->aborted) return false;
-  if (it->second->in_flight) {
+  if (it->second->in_flight_steps > 0) {
     // Its step still runs on the replica: the blocks go when the step is applied.
     it->second->aborted = true;
     std::erase(running_, it->second.get());
@@ -265,7 +275,10 @@ StepPlan Scheduler::Schedule() {
   }
   StepPlan plan = BuildPlan();
   if (!scheduled_.empty()) {
-    for (const auto& [seq, n] : scheduled_) seq->in_flight = true;
+    for (const auto& [seq, n] : scheduled_) {
+      ++seq->in_flight_steps;
+      seq->in_flight_tokens += n;
+    }
     in_flight_.push_back(std::move(scheduled_));
     scheduled_.clear();
   }
@@ -276,22 +289,29 @@ bool Scheduler::ScheduleRunning(int32_t& budget, bool& preempted) {
   bool any = false;
   for (size_t i = 0; i < running_.size() && budget > 0 && RoomForSequence();) {
     Sequence* seq = running_[i];
-    if (seq->in_flight) {  // its next token is not known yet
+    if (!seq->schedulable()) {  // its next token is not known yet
       ++i;
       continue;
     }
-    const int32_t pending = static_cast<int32_t>(seq->tokens.size()) - seq->num_computed;
+    // From where its steps in flight end: a prompt's next chunk may follow its previous one into
+    // the pipeline, as every rank runs them in order.
+    const int32_t start = seq->scheduled_end();
+    const int32_t pending = static_cast<int32_t>(seq->tokens.size()) - start;
     const int32_t n = std::min(pending, budget);
-    const int32_t need =
-        BlocksFor(seq->num_computed + n) - static_cast<int32_t>(seq->blocks.size());
+    const int32_t need = BlocksFor(start + n) - static_cast<int32_t>(seq->blocks.size());
     bool preempted_self = false;
     bool stalled = false;
     while (need > blocks_.num_available()) {
-      // The most recently admitted sequence of no step in flight (seq itself at the latest).
-      auto last = std::find_if(running_.rbegin(), running_.rend(),
-                               [](const Sequence* s) { return !s->in_flight; });
-      Sequence* victim = *last;
-      if (victim == seq && !in_flight_.empty()) {
+      // The most recently admitted sequence of no step in flight, not yet in this step: one
+      // after seq, or seq itself (unless its earlier chunks are in flight).
+      Sequence* victim = seq;
+      for (size_t v = running_.size() - 1; v > i; --v) {
+        if (running_[v]->in_flight_steps == 0) {
+          victim = running_[v];
+          break;
+        }
+      }
+      if (victim->in_flight_steps > 0 || (victim == seq && !in_flight_.empty())) {
         stalled = true;  // rather than preempt itself, wait for the blocks the steps in flight free
         break;
       }
@@ -386,7 +406,9 @@ void Scheduler::DiscardStep() {
   std::vector<Sequence*> aborted;
   for (const std::vector<Scheduled>& step : in_flight_) {
     for (const auto& [seq, n] : step) {
-      seq->in_flight = false;
+      if (seq->in_flight_steps == 0) continue;  // a later step of it was seen already
+      seq->in_flight_steps = 0;
+      seq->in_flight_tokens = 0;
       if (seq->aborted) aborted.push_back(seq);
     }
   }
@@ -474,20 +496,21 @@ StepPlan Scheduler::BuildPlan() const {
   StepPlan plan;
   const int32_t width = limits_.max_blocks_per_seq;
   for (const auto& [seq, n] : scheduled_) {
+    const int32_t start = seq->scheduled_end();  // past its chunks in flight
     for (int32_t j = 0; j < n; ++j) {
-      const int32_t pos = seq->num_computed + j;
+      const int32_t pos = start + j;
       plan.token_ids.push_back(seq->tokens[pos]);
       plan.positions.push_back(pos);
       plan.slot_mapping.push_back(
           static_cast<int64_t>(seq->blocks[pos / block_size_]) * block_size_ + pos % block_size_);
     }
     plan.query_start.push_back(static_cast<int32_t>(plan.token_ids.size()));
-    plan.seq_lens.push_back(seq->num_computed + n);
+    plan.seq_lens.push_back(start + n);
     for (int32_t j = 0; j < width; ++j) {
       plan.block_tables.push_back(j < static_cast<int32_t>(seq->blocks.size()) ? seq->blocks[j]
                                                                                : 0);
     }
-    if (seq->num_computed + n == static_cast<int32_t>(seq->tokens.size())) {
+    if (start + n == static_cast<int32_t>(seq->tokens.size())) {
       plan.logits_rows.push_back(static_cast<int32_t>(plan.token_ids.size()) - 1);
       plan.sampling.push_back(MakeSamplingRow(*seq));
     }
@@ -519,10 +542,11 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
   in_flight_.pop_front();
   std::vector<Sequence*> aborted;
   for (const auto& [seq, n] : scheduled) {
-    seq->in_flight = false;
-    if (seq->aborted) aborted.push_back(seq);
+    --seq->in_flight_steps;
+    seq->in_flight_tokens -= n;
+    if (seq->aborted && seq->in_flight_steps == 0) aborted.push_back(seq);
   }
-  // Sequences aborted while their step ran go now, their row of the result unread.
+  // Sequences aborted while their steps ran go once the last is back, their rows unread.
   absl::Cleanup remove_aborted = [&] {
     for (Sequence* seq : aborted) {
       ReleaseBlocks(*seq);

@@ -47,8 +47,9 @@ struct SchedulerConfig {
   bool enable_prefix_caching = true;
   uint64_t seed = 0;  // unseeded requests draw with SplitMix64(seed ^ request id)
   // Steps planned before the oldest one's result is applied (StepExecutor::max_steps_in_flight).
-  // Above 1, a step takes no sequence of a step in flight and at most 1/max_steps_in_flight of
-  // the live sequences (rounded up), so that the steps in flight share the batch.
+  // Above 1, a step takes no sequence whose next token a step in flight has yet to return (a
+  // prompt's next chunk may follow the one in flight), and at most 1/max_steps_in_flight of the
+  // live sequences (rounded up), so that the steps in flight share the batch.
   int32_t max_steps_in_flight = 1;
 };
 
@@ -104,7 +105,7 @@ class Scheduler {
   std::vector<RequestId> TakeAdmitted();
 
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
-  // Plans the next step over the sequences of no step in flight: at least one token when
+  // Plans the next step over the sequences no step in flight owes a token: at least one token when
   // HasWork() and no step is in flight; otherwise it may be empty (every sequence waits for a
   // step in flight, or for the blocks one will free), and then nothing is put in flight.
   StepPlan Schedule();

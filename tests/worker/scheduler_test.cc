@@ -460,8 +460,8 @@ TEST(SchedulerTest, SamplingRowsCarryPenaltyTokensSeedsAndSteps) {
 // A prompt with a KV destination: `cached` tokens already at the destination, whose block i (past
 // the cached ones) is 1000 + i.
 TEST(SchedulerTest, PipelinedStepsMatchEachAloneUnderArrivalsPreemptionAndAborts) {
-  for (int32_t depth : {2, 3}) {
-    SCOPED_TRACE(absl::StrCat(depth, " steps in flight"));
+  for (auto [depth, budget] : {std::pair{2, 48}, std::pair{3, 48}, std::pair{2, 8}}) {
+    SCOPED_TRACE(absl::StrCat(depth, " steps in flight, ", budget, " tokens a step"));
     std::mt19937 rng(23 + depth);
     std::vector<std::pair<int, Request>> arrivals;
     for (int i = 0; i < 48; ++i) {
@@ -470,7 +470,7 @@ TEST(SchedulerTest, PipelinedStepsMatchEachAloneUnderArrivalsPreemptionAndAborts
                                         1 + static_cast<int32_t>(rng() % 30)));
     }
     // Roomy cache: every request's tokens are those it would get alone.
-    SchedulerConfig config = Config(/*budget=*/48);
+    SchedulerConfig config = Config(budget, /*max_seqs=*/8);
     config.max_steps_in_flight = depth;
     Driver roomy(config, Limits(/*num_blocks=*/512));
     ExpectAllAlone(arrivals, roomy.Run(arrivals));
@@ -514,6 +514,44 @@ TEST(SchedulerTest, PipelinedStepsMatchEachAloneUnderArrivalsPreemptionAndAborts
     }
     ExpectAllBlocksBack(aborting.scheduler());
   }
+}
+
+TEST(SchedulerTest, APromptsChunksFollowEachOtherIntoThePipeline) {
+  SchedulerConfig config = Config(/*budget=*/8, /*max_seqs=*/8);
+  config.max_steps_in_flight = 2;
+  auto s = Scheduler::Create(config, Limits(64), Model());
+  ASSERT_TRUE(s.ok()) << s.status();
+  FakeExecutor executor(Limits(64), kVocab);
+  std::mt19937 rng(6);
+  const Request request = MakeRequest(RandomPrompt(rng, 30), 4);
+  ASSERT_TRUE((*s)->Add(7, request).ok());
+  std::deque<StepResult> in_flight;
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> chunk_starts;
+  while ((*s)->HasWork() || !in_flight.empty()) {
+    if ((*s)->HasWork() && (*s)->steps_in_flight() < 2) {
+      const StepPlan plan = (*s)->Schedule();
+      if (!plan.token_ids.empty()) {
+        if (plan.positions[0] < 30) {
+          chunk_starts.push_back(plan.positions[0]);
+          // A chunk goes in while the one before it is still out.
+          EXPECT_EQ((*s)->steps_in_flight(), std::min<int>(chunk_starts.size(), 2));
+        }
+        auto result = executor.Execute(plan);
+        ASSERT_TRUE(result.ok()) << result.status();
+        in_flight.push_back(*std::move(result));
+        if ((*s)->steps_in_flight() < 2) continue;
+      }
+    }
+    ASSERT_FALSE(in_flight.empty());
+    auto events = (*s)->Update(in_flight.front());
+    in_flight.pop_front();
+    ASSERT_TRUE(events.ok()) << events.status();
+    for (const TokenEvent& e : *events) tokens.push_back(e.token_id);
+  }
+  EXPECT_EQ(chunk_starts, (std::vector<int32_t>{0, 8, 16, 24}));
+  EXPECT_THAT(tokens, ElementsAreArray(FakeAlone(request.prompt, 4, kVocab)));
+  ExpectAllBlocksBack(**s);
 }
 
 TEST(SchedulerTest, StepsInFlightShareTheBatchAndNeverASequence) {
