@@ -31,11 +31,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(StepExecutor& executor,
         "Engine: max_requests_in_flight (", options.max_requests_in_flight, ") and idle_wait (",
         absl::FormatDuration(options.idle_wait), ") must be positive"));
   }
-  // Pipelined steps as the executor allows them; with KV migration one at a time (a step's
-  // layer-wise sends and the exports read blocks the step has finished writing on every rank).
+  // Pipelined steps as the executor allows them, except with layer-wise KV streaming: its streams
+  // open on every rank before a step and close after it (commands between steps). Exports and
+  // imports are commands between steps too, which every rank runs after the steps before them.
   SchedulerConfig scheduling = options.scheduler;
-  scheduling.max_steps_in_flight =
-      options.kv_port == nullptr ? std::max(executor.max_steps_in_flight(), 1) : 1;
+  scheduling.max_steps_in_flight = options.kv_port == nullptr || !options.kv_stream_layers
+                                       ? std::max(executor.max_steps_in_flight(), 1)
+                                       : 1;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Scheduler> scheduler,
                            Scheduler::Create(scheduling, executor.limits(), config));
   auto engine = std::unique_ptr<Engine>(new Engine(executor, std::move(scheduler), options, clock));

@@ -30,20 +30,28 @@ using ::testing::HasSubstr;
 using testing::LoadFixture;
 using testing::Split;
 
-SchedulerConfig TestScheduler() {
+// `budget`: tokens a step (16 chunks the fixture's prompts).
+SchedulerConfig TestScheduler(int32_t budget = 128) {
   SchedulerConfig s;
   s.max_model_len = 64;
   s.max_num_seqs = 8;
-  s.max_num_batched_tokens = 128;
+  s.max_num_batched_tokens = budget;
   return s;
 }
 
 // A replica of tp x pp ranks as threads; each rank's cache on an in-process transport of its own.
 class ThreadReplica {
  public:
+  // With split.steps_in_flight > 1 the prompts go in chunks of 16 tokens, so that a prompt's
+  // chunks follow each other into the pipeline.
   ThreadReplica(const Fixture& f, const Split& split,
-                std::shared_ptr<kvtransfer::InProcessFabric> fabric, std::string name)
-      : f_(f), split_(split), fabric_(std::move(fabric)), name_(std::move(name)) {
+                std::shared_ptr<kvtransfer::InProcessFabric> fabric, std::string name,
+                bool stream_layers = true)
+      : f_(f),
+        split_(split),
+        fabric_(std::move(fabric)),
+        name_(std::move(name)),
+        stream_layers_(stream_layers) {
     const int n = split.tp * split.pp;
     caches_.resize(n);
     status_.resize(n);
@@ -112,7 +120,8 @@ class ThreadReplica {
       return RunFollower(*rank->worker,
                          [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
     }
-    auto executor = ReplicaExecutor::Create(*rank->worker);
+    auto executor =
+        ReplicaExecutor::Create(*rank->worker, {.max_steps_in_flight = split_.steps_in_flight});
     if (!executor.ok()) return executor.status();
     std::unique_ptr<ReplicaKvPort> replica_port;
     kv_ = port->get();
@@ -123,8 +132,9 @@ class ThreadReplica {
       kv_ = replica_port.get();
     }
     EngineOptions e;
-    e.scheduler = TestScheduler();
+    e.scheduler = TestScheduler(split_.steps_in_flight > 1 ? 16 : 128);
     e.kv_port = kv_;
+    e.kv_stream_layers = stream_layers_;
     auto engine = Engine::Create(**executor, f_.config, e);
     if (!engine.ok()) return engine.status();
     engine_ = engine->get();
@@ -142,6 +152,7 @@ class ThreadReplica {
   const Split split_;
   std::shared_ptr<kvtransfer::InProcessFabric> fabric_;
   const std::string name_;
+  const bool stream_layers_;
   std::vector<std::unique_ptr<parallel::Communicator>> group_;
   std::vector<KvCache*> caches_;
   std::vector<absl::Status> status_;
@@ -158,6 +169,7 @@ class ThreadReplica {
 struct Pair {
   Split prefill;
   Split decode;
+  bool stream_layers = true;  // off: each rank sends its slice after the prompt's last step
 };
 
 void PrintTo(const Pair& p, std::ostream* os) { *os << p.prefill.name << "_to_" << p.decode.name; }
@@ -177,9 +189,11 @@ class DisaggregationParallelTest : public ::testing::TestWithParam<Pair> {
     ASSERT_TRUE(fixture.ok()) << fixture.status();
     fixture_ = std::move(*fixture);
     fabric_ = kvtransfer::InProcessFabric::Create();
-    prefill_ = std::make_unique<ThreadReplica>(fixture_, GetParam().prefill, fabric_, "prefill");
+    prefill_ = std::make_unique<ThreadReplica>(fixture_, GetParam().prefill, fabric_, "prefill",
+                                               GetParam().stream_layers);
     ASSERT_TRUE(prefill_->setup().ok()) << prefill_->setup();
-    decode_ = std::make_unique<ThreadReplica>(fixture_, GetParam().decode, fabric_, "decode");
+    decode_ = std::make_unique<ThreadReplica>(fixture_, GetParam().decode, fabric_, "decode",
+                                              GetParam().stream_layers);
     ASSERT_TRUE(decode_->setup().ok()) << decode_->setup();
   }
 
@@ -242,8 +256,8 @@ TEST_P(DisaggregationParallelTest, GreedyTokensMatchTheSingleRankMixedRun) {
   EXPECT_EQ(d.commits, static_cast<int64_t>(prompts.size()));
   EXPECT_EQ(d.checksum_failures, 0);
   // Layer-wise streaming on every rank, followers included: each sending rank submits one transfer
-  // per layer it shares with each destination rank (a rank sending after the step would submit
-  // one per destination rank). A rank whose layers and heads an earlier rank holds sends nothing.
+  // per layer it shares with each destination rank (without streaming, one per destination rank
+  // it shares any with). A rank whose layers and heads an earlier rank holds sends nothing.
   int64_t per_prompt = 0;
   const std::vector<KvRankLayout> src = prefill_->kv().layouts();
   for (size_t r = 0; r < src.size(); ++r) {
@@ -258,7 +272,7 @@ TEST_P(DisaggregationParallelTest, GreedyTokensMatchTheSingleRankMixedRun) {
           std::min(src[r].layer_end, dst.layer_end) - std::max(src[r].layer_begin, dst.layer_begin);
       const bool heads =
           std::min(src[r].head_end, dst.head_end) > std::max(src[r].head_begin, dst.head_begin);
-      if (heads && layers > 0) per_prompt += layers;
+      if (heads && layers > 0) per_prompt += GetParam().stream_layers ? layers : 1;
     }
   }
   EXPECT_EQ(p.transfers_sent, per_prompt * static_cast<int64_t>(prompts.size()));
@@ -300,8 +314,11 @@ INSTANTIATE_TEST_SUITE_P(Layouts, DisaggregationParallelTest,
                                            Pair{{1, 2, {}, "pp2"}, {2, 1, {}, "tp2"}},
                                            Pair{{2, 2, {}, "tp2pp2"}, {1, 2, {}, "pp2"}},
                                            Pair{{4, 1, {}, "tp4_kv_replicated"}, {1, 1, {}, "tp1"}},
-                                           Pair{{1, 1, {}, "tp1"},
-                                                {4, 1, {}, "tp4_kv_replicated"}}),
+                                           Pair{{1, 1, {}, "tp1"}, {4, 1, {}, "tp4_kv_replicated"}},
+                                           // Steps in flight where no layer-wise streaming is on.
+                                           Pair{{1, 2, {}, "pp2_two_steps_in_flight", 0, 2},
+                                                {2, 2, {}, "tp2pp2_two_steps_in_flight", 0, 2},
+                                                false}),
                          [](const auto& info) {
                            return absl::StrCat(info.param.prefill.name, "_to_",
                                                info.param.decode.name);
