@@ -43,6 +43,24 @@ if command -v mpirun >/dev/null; then
     --ignore-eos -tp 2 -pp 2 >"$WORK/mpi" 2>"$WORK/err" || fail "mpirun -np 4: $(cat "$WORK/err")"
   cmp -s "$WORK/a" "$WORK/mpi" || fail "mpirun -tp 2 -pp 2 differs: $(cat "$WORK/mpi")"
 fi
+# Two processes ranked as LeaderWorkerSet pods (Gloo) make a pipeline of two stages with two steps
+# in flight: a 26-token prompt in chunks of 8 (each chunk follows the one before into the
+# pipeline) and two short prompts give the tokens of one process.
+PIPE=(generate --model "$WORK/m" --max-tokens 6 --prompt-ids "$(seq -s, 5 30)" --prompt-ids "1,2,3"
+  --prompt-ids "4,5" --ignore-eos --max-num-batched-tokens 8 --max-num-seqs 4)
+if [ "${TESSERA_TEST_GLOO:-0}" = 1 ]; then
+  "$TESSERA" "${PIPE[@]}" >"$WORK/pipe1" 2>"$WORK/err" || fail "chunked generate: $(cat "$WORK/err")"
+  PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  LWS_WORKER_INDEX=1 LWS_GROUP_SIZE=2 LWS_LEADER_ADDRESS=127.0.0.1 timeout 120 \
+    "$TESSERA" "${PIPE[@]}" -pp 2 --pp-steps-in-flight 2 --rendezvous-port "$PORT" \
+    >"$WORK/pipe_r1" 2>&1 &
+  RANK1=$!
+  LWS_WORKER_INDEX=0 LWS_GROUP_SIZE=2 LWS_LEADER_ADDRESS=127.0.0.1 timeout 120 \
+    "$TESSERA" "${PIPE[@]}" -pp 2 --pp-steps-in-flight 2 --rendezvous-port "$PORT" \
+    >"$WORK/pipe2" 2>"$WORK/err" || fail "gloo -pp 2 rank 0: $(cat "$WORK/err")"
+  wait "$RANK1" || fail "gloo -pp 2 rank 1: $(cat "$WORK/pipe_r1")"
+  cmp -s "$WORK/pipe1" "$WORK/pipe2" || fail "gloo -pp 2 with steps in flight differs: $(cat "$WORK/pipe2")"
+fi
 expect_error "does not divide the model's 4 attention heads" generate --model "$WORK/m" -tp 3 --prompt-ids 1
 
 "$TESSERA" generate --model "$WORK/m" --max-tokens 5 --temperature 0.9 --top-k 50 --top-p 0.9 \
