@@ -27,7 +27,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   exit 1
 }
 # The executables of every `gpu` test: ctest -L gpu fails on one that was not built.
-targets=(kernels_test worker_test tessera)
+targets=(kernels_test worker_test disaggregation_test tessera)
 if grep -q "^TESSERA_WITH_NCCL:BOOL=ON" build-gpu/CMakeCache.txt; then
   targets+=(comm_conformance_nccl_test)  # NCCL at world size 1, over a host group and a store
 fi
@@ -43,6 +43,9 @@ build-gpu/tests/kernels/kernels_test --gtest_filter='*/cuda' >"$OUT/kernels_test
   status=1
 CUDA_LAUNCH_BLOCKING=1 build-gpu/tests/worker/worker_test --gtest_filter='*_cuda' \
   >"$OUT/worker_test_cuda.log" 2>&1 || status=1
+# KV migration between two GPU caches through KvPort's host mirrors.
+build-gpu/tests/worker/disaggregation_test --gtest_filter='*_cuda' \
+  >"$OUT/disaggregation_test_cuda.log" 2>&1 || status=1
 ctest --test-dir build-gpu -L gpu --output-on-failure >"$OUT/ctest_gpu.log" 2>&1 || status=1
 # The CLI end to end: greedy tokens on the GPU equal the CPU's for a fixture.
 for backend in cpu cuda; do

@@ -70,6 +70,7 @@ class DisaggregationTest : public ::testing::Test {
   void MakeSide(const std::string& name, Side& side) {
     testing::TestEngineOptions options;
     options.num_blocks = 64;
+    options.backend = backend_;
     auto parts = MakeTestEngine(fixture_.config, *fixture_.weights, options);
     ASSERT_TRUE(parts.ok()) << parts.status();
     side.parts = std::move(*parts);
@@ -131,6 +132,7 @@ class DisaggregationTest : public ::testing::Test {
   bool stream_layers_ = true;
   int32_t batched_tokens_ = 256;
   bool staged_ = false;  // KvPortOptions::stage_through_host, the path of a GPU cache
+  std::string backend_ = "cpu";
   Side prefill_;
   Side decode_;
   bool handoff_ = false;
@@ -180,6 +182,27 @@ TEST_F(DisaggregationTest, ThroughAHostMirrorTheTokensAreTheSame) {
       EXPECT_EQ(*tokens, want[i]) << "prompt " << i;
     }
     EXPECT_GT(prefill_.port->counters().bytes_sent, 0);
+    EXPECT_EQ(decode_.port->counters().commits, static_cast<int64_t>(fixture_.prompts.size()));
+  }
+}
+
+// Both replicas on the GPU: the caches are device memory, so the KV goes through each port's host
+// mirror on its own (no stage_through_host). f32 weights and KV: the fixture's greedy tokens.
+// Skips without a GPU (`ctest -L gpu` runs it).
+TEST_F(DisaggregationTest, GpuCachesMigrateThroughTheHostMirror_cuda) {
+  if (auto gpu = testing::MakeBackend("cuda"); !gpu.ok()) GTEST_SKIP() << gpu.status();
+  backend_ = "cuda";
+  for (bool stream : {true, false}) {
+    SCOPED_TRACE(stream ? "layer-wise streaming" : "whole sends");
+    stream_layers_ = stream;
+    batched_tokens_ = 16;
+    Remake();
+    for (const auto& prompt : fixture_.prompts) {
+      const auto n = static_cast<int32_t>(prompt.greedy.size());
+      absl::StatusOr<std::vector<int32_t>> tokens = Disaggregated(Greedy(prompt.ids, n));
+      ASSERT_TRUE(tokens.ok()) << tokens.status();
+      EXPECT_EQ(*tokens, prompt.greedy);
+    }
     EXPECT_EQ(decode_.port->counters().commits, static_cast<int64_t>(fixture_.prompts.size()));
   }
 }
