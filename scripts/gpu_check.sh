@@ -8,7 +8,7 @@
 #   Then, on the GPU machine:       bash scripts/gpu_check.sh
 # Environment: ARCH (default 90a: H100/H200), JOBS (default: cores).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
 if [ -f .devdeps/unpack.sh ]; then
@@ -18,7 +18,9 @@ fi
 {
   nvidia-smi -L
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv
-  ls /usr/local/cuda*/lib64 2>/dev/null | grep -E 'nccl|cublas' | head
+  for lib in /usr/local/cuda*/lib64/*nccl* /usr/local/cuda*/lib64/*cublas*; do
+    [ -e "$lib" ] && echo "$lib"
+  done | head
 } >"$OUT/device.txt" 2>&1
 
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
