@@ -257,6 +257,8 @@ void Engine::RunLoop() {
       ApplyCommands(commands);
       const auto aborted = static_cast<int64_t>(live_.size());
       EndAll(failure);
+      // Steps still in flight are never applied now: their aborted sequences' blocks return.
+      scheduler_->DiscardStep();
       std::vector<uint64_t> tokens;
       for (const auto& [token, lease] : reservations_) tokens.push_back(token);
       for (uint64_t token : tokens) ReleaseReservation(token, "the engine stopped");

@@ -575,6 +575,30 @@ TEST_F(EngineFakeTest, TwoStepsInFlightKeepOutputsCancelsAndBlocks) {
   EXPECT_EQ(c.requests_aborted, ended_by_cancel);
 }
 
+// Shutting down at once with steps in flight: the requests end aborted and the blocks of the
+// sequences whose steps were still out come back too.
+TEST_F(EngineFakeTest, AShutdownWithStepsInFlightReturnsEveryBlock) {
+  executor_.steps_in_flight = 2;
+  executor_.on_step = [] { absl::SleepFor(absl::Microseconds(500)); };
+  auto engine = Make();
+  std::vector<std::shared_ptr<ResponseStream>> streams;
+  for (int i = 0; i < 6; ++i) streams.push_back(*engine->Submit(Req(150)));
+  // Both steps out at least once before the shutdown.
+  const absl::Time give_up = absl::Now() + kWait;
+  while (executor_.max_outstanding() < 2 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(engine->Shutdown(absl::ZeroDuration()).code(), absl::StatusCode::kDeadlineExceeded);
+  for (const auto& stream : streams) {
+    auto out = stream->Collect(kWait);
+    ASSERT_TRUE(out.ok());
+    EXPECT_EQ(out->finish_reason, FinishReason::kAbort);
+  }
+  const EngineCounters c = engine->counters();
+  EXPECT_EQ(c.kv_blocks_in_use, 0);
+  EXPECT_EQ(c.kv_blocks_free + c.kv_blocks_cached, c.kv_blocks_total);
+}
+
 TEST_F(EngineFakeTest, TooManyRequestsInFlightAreShed) {
   options_.max_requests_in_flight = 2;
   absl::Notification release;
