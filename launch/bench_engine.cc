@@ -130,12 +130,10 @@ absl::Status Bench(BenchFlags flags) {
   }
   const int tp = flags.replica.tensor_parallel_size;
   const int pp = flags.replica.pipeline_parallel_size;
-  std::printf(
-      "model: %lld layers, hidden %lld, vocab %lld, weights %.2f GB; tp %d x pp %d, %d decode "
-      "steps in flight\n",
-      static_cast<long long>(config.num_hidden_layers), static_cast<long long>(config.hidden_size),
-      static_cast<long long>(config.vocab_size), weight_bytes / 1e9, tp, pp,
-      flags.replica.pp_steps_in_flight > 0 ? flags.replica.pp_steps_in_flight : pp);
+  std::printf("model: %lld layers, hidden %lld, vocab %lld, weights %.2f GB; tp %d x pp %d\n",
+              static_cast<long long>(config.num_hidden_layers),
+              static_cast<long long>(config.hidden_size), static_cast<long long>(config.vocab_size),
+              weight_bytes / 1e9, tp, pp);
   // FLOPs of one prompt: every layer's matrices for each token, the LM head for the last, and
   // causal attention (4 * q_size per query-key pair).
   const double layer_params = static_cast<double>(config.hidden_size) *
@@ -147,8 +145,6 @@ absl::Status Bench(BenchFlags flags) {
       2.0 * static_cast<double>(config.vocab_size * config.hidden_size) +
       4.0 * static_cast<double>(config.q_size() * config.num_hidden_layers) * prompt *
           (prompt + 1) / 2;
-  std::printf("%6s %8s %14s %12s %14s %14s %10s %10s\n", "batch", "prompt", "prefill tok/s",
-              "vs GEMM", "decode tok/s", "decode GB/s", "vs copy", "comm share");
 
   TESSERA_ASSIGN_OR_RETURN(EngineLimits limits, ComputeEngineLimits(config, flags.engine));
   const size_t kv_bytes_per_token = 2ull * static_cast<size_t>(config.num_hidden_layers) *
@@ -160,6 +156,9 @@ absl::Status Bench(BenchFlags flags) {
   sampling.top_p = flags.top_p;
   parallel::CommStats comm;
   auto leader = [&](worker::StepExecutor& executor, int32_t, worker::KvEndpoint*) -> absl::Status {
+    std::printf("decode steps in flight: %d\n", executor.max_steps_in_flight());
+    std::printf("%6s %8s %14s %12s %14s %14s %10s %10s\n", "batch", "prompt", "prefill tok/s",
+                "vs GEMM", "decode tok/s", "decode GB/s", "vs copy", "comm share");
     for (int32_t batch : flags.batch_sizes) {
       double prefill_seconds = 0;
       for (int32_t s = 0; s < batch; ++s) {

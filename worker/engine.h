@@ -180,7 +180,7 @@ class Engine {
   // Prompts still being computed whose finished blocks are on their way (engine thread only).
   // An entry must go — cancelling its sends — before the request's blocks can be reused.
   absl::flat_hash_map<RequestId, StreamedKv> streaming_;
-  // The layer-wise sends of the step in flight (KV migration runs one step at a time).
+  // The layer-wise sends of the step in flight (a streaming engine runs one step at a time).
   std::vector<std::pair<RequestId, std::unique_ptr<KvLayerStream>>> step_streams_;
   absl::BitGen bitgen_;  // reservation tokens; engine thread
 

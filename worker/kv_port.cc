@@ -269,7 +269,6 @@ absl::StatusOr<std::unique_ptr<KvPort>> KvPort::Create(KvCache& cache,
     TESSERA_ASSIGN_OR_RETURN(port->stage_stream_, cache.backend().CreateStream());
   }
   for (int32_t layer = 0; layer < c.num_layers; ++layer) {
-    std::pair<Region, Region> both;
     for (bool key : {true, false}) {
       auto* memory =
           static_cast<uint8_t*>(key ? cache.key(layer).data() : cache.value(layer).data());
@@ -284,9 +283,7 @@ absl::StatusOr<std::unique_ptr<KvPort>> KvPort::Create(KvCache& cache,
                                transport.RegisterMemory(region.base, bytes));
       (key ? l.key_regions : l.value_regions).push_back(id);
       port->regions_[id] = region;
-      (key ? both.first : both.second) = region;
     }
-    if (staged) port->layer_regions_.push_back(both);
   }
   TESSERA_RETURN_IF_ERROR(l.Validate());
   TESSERA_ASSIGN_OR_RETURN(l.descriptor, transport.LocalDescriptor());
@@ -336,8 +333,9 @@ absl::Status KvPort::Stage(absl::Span<const int32_t> blocks, int32_t layer_begin
   if (backend_ == nullptr || blocks.empty()) return absl::OkStatus();
   absl::MutexLock lock(&stage_mu_);
   for (int32_t layer = layer_begin; layer < layer_end; ++layer) {
-    const auto& [key, value] = layer_regions_.at(static_cast<size_t>(layer - layout_.layer_begin));
-    for (const Region* r : {&key, &value}) {
+    const auto i = static_cast<size_t>(layer - layout_.layer_begin);
+    for (const Region* r :
+         {&regions_.at(layout_.key_regions.at(i)), &regions_.at(layout_.value_regions.at(i))}) {
       // Runs of consecutive blocks go in one copy.
       for (size_t i = 0; i < blocks.size();) {
         size_t j = i + 1;
@@ -418,18 +416,9 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportFrom(const KvRankLayout&
                                                    " blocks into a reservation of ",
                                                    destination.block_ids.size()));
   }
-  for (int32_t b : blocks) {
-    if (b < 0 || b >= layout_.num_blocks) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("KV export of block ", b, " of a cache of ", layout_.num_blocks));
-    }
-  }
-  // Staged: the blocks' bytes of the layers sent go to the mirror the transport reads.
-  if (options_.sends) {
-    TESSERA_RETURN_IF_ERROR(Stage(blocks, src.layer_begin, src.layer_end, /*to_host=*/true));
-  }
-  std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers;
-  auto checksums = std::make_shared<ChecksumJob>();
+  // Plan every destination rank's segments first (PlanKvSegments validates the blocks), so that
+  // nothing is copied or sent for an export that cannot run.
+  std::vector<std::pair<size_t, std::vector<kvtransfer::Segment>>> plans;
   for (size_t rank = 0; options_.sends && rank < destination.ranks.size(); ++rank) {
     const KvRankLayout& dst = destination.ranks[rank];
     if (dst.transport_kind != layout_.transport_kind) {
@@ -440,13 +429,21 @@ absl::StatusOr<std::unique_ptr<KvExport>> KvPort::ExportFrom(const KvRankLayout&
     TESSERA_ASSIGN_OR_RETURN(
         std::vector<kvtransfer::Segment> segments,
         PlanKvSegments(src, blocks, dst, destination.block_ids, destination.token));
-    if (segments.empty()) continue;
+    if (!segments.empty()) plans.emplace_back(rank, std::move(segments));
+  }
+  // Staged: the blocks' bytes of the layers sent go to the mirror the transport reads.
+  if (!plans.empty()) {
+    TESSERA_RETURN_IF_ERROR(Stage(blocks, src.layer_begin, src.layer_end, /*to_host=*/true));
+  }
+  std::vector<std::unique_ptr<kvtransfer::Transfer>> transfers;
+  auto checksums = std::make_shared<ChecksumJob>();
+  for (const auto& [rank, segments] : plans) {
     for (const kvtransfer::Segment& s : segments) {
       checksums->sums.push_back(
           {static_cast<int32_t>(rank), s.remote_region, s.remote_offset, s.length, 0});
       checksums->data.push_back(LocalBase(s.local_region) + s.local_offset);
     }
-    TESSERA_ASSIGN_OR_RETURN(kvtransfer::PeerId peer, PeerFor(dst.descriptor));
+    TESSERA_ASSIGN_OR_RETURN(kvtransfer::PeerId peer, PeerFor(destination.ranks[rank].descriptor));
     absl::StatusOr<std::unique_ptr<kvtransfer::Transfer>> transfer =
         transport_.Submit(peer, segments);
     if (!transfer.ok()) {

@@ -228,9 +228,8 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   KvRankLayout layout_;
   uint64_t block_bytes_ = 0;
   absl::flat_hash_map<kvtransfer::RegionId, Region> regions_;  // fixed after Create
-  // Staged only: the mirror's memory, the regions by layer (K, V), the copies' backend and stream.
+  // Staged only (backend_ set): the mirror's memory, the copies' backend and stream.
   std::vector<std::unique_ptr<uint8_t[]>> mirrors_;
-  std::vector<std::pair<Region, Region>> layer_regions_;
   kernels::Backend* backend_ = nullptr;
   absl::Mutex stage_mu_;
   std::unique_ptr<Stream> stage_stream_ ABSL_GUARDED_BY(stage_mu_);

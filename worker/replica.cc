@@ -385,7 +385,7 @@ absl::Status ShardWorker::SendToFirstStage(std::vector<int64_t>& words) {
   return BroadcastWords(*host_.tp, words);
 }
 
-absl::Status ShardWorker::PassDownstream(std::vector<int64_t>& words) {
+absl::Status ShardWorker::PassDownstream(const std::vector<int64_t>& words) {
   const parallel::ShardPlan& shard = model_.plan();
   if (shard.last_stage()) return absl::OkStatus();
   return SendWords(*host_.pp, words, shard.pp_rank + 1);

@@ -95,7 +95,7 @@ class ShardWorker {
   // stage's other TP ranks (a no-op without TP); every rank passes a message on to the next stage
   // (a no-op on the last); followers receive the next message from where it comes to them.
   absl::Status SendToFirstStage(std::vector<int64_t>& words);
-  absl::Status PassDownstream(std::vector<int64_t>& words);
+  absl::Status PassDownstream(const std::vector<int64_t>& words);
   absl::Status ReceiveMessage(std::vector<int64_t>& words);
 
   // Reports the layers each step writes to `observer` (null: none). With pipeline micro-batches a

@@ -189,7 +189,7 @@ bool Scheduler::Abort(RequestId id) {
   const auto it = sequences_.find(id);
   if (it == sequences_.end() || it->second->aborted) return false;
   if (it->second->in_flight_steps > 0) {
-    // Its step still runs on the replica: the blocks go when the step is applied.
+    // Its steps still run on the replica: the blocks go when the last of them is applied.
     it->second->aborted = true;
     std::erase(running_, it->second.get());
     ++counters_.requests_aborted;
@@ -261,8 +261,8 @@ StepPlan Scheduler::Schedule() {
   TESSERA_CHECK(static_cast<int32_t>(in_flight_.size()) < config_.max_steps_in_flight)
       << "Schedule with " << in_flight_.size() << " steps in flight";
   const size_t live = running_.size() + waiting_.size();
-  const auto share = static_cast<size_t>(std::max(config_.max_steps_in_flight, 1));
-  seq_cap_ = share == 1 ? live : std::max<size_t>(1, (live + share - 1) / share);
+  const auto share = static_cast<size_t>(config_.max_steps_in_flight);  // >= 1 (Create)
+  seq_cap_ = std::max<size_t>(1, (live + share - 1) / share);
   int32_t budget = config_.max_num_batched_tokens;
   bool preempted = false;
   if (config_.enable_chunked_prefill) {
@@ -322,7 +322,9 @@ bool Scheduler::ScheduleRunning(int32_t& budget, bool& preempted) {
         break;
       }
     }
-    if (preempted_self || stalled) break;  // everything after it has been preempted too
+    // Preempted itself: everything after it was preempted first. Stalled: what comes after it
+    // was admitted later and waits too.
+    if (preempted_self || stalled) break;
     if (need > 0) {
       absl::StatusOr<std::vector<int32_t>> fresh = blocks_.Allocate(need);
       TESSERA_CHECK(fresh.ok()) << fresh.status();
@@ -553,10 +555,12 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
       Remove(seq);
     }
   };
+  // Whether a sequence's part of the step ends its tokens, so that it has a logits row.
+  const auto has_row = [](const Sequence& seq, int32_t n) {
+    return seq.num_computed + n == static_cast<int32_t>(seq.tokens.size());
+  };
   size_t rows = 0;
-  for (const auto& [seq, n] : scheduled) {
-    rows += seq->num_computed + n == static_cast<int32_t>(seq->tokens.size()) ? 1 : 0;
-  }
+  for (const auto& [seq, n] : scheduled) rows += has_row(*seq, n) ? 1 : 0;
   const size_t top_n = result.top_n > 0 ? static_cast<size_t>(result.top_n) : 0;
   if (result.token_ids.size() != rows || result.logprobs.size() != rows ||
       result.top_token_ids.size() != rows * top_n || result.top_logprobs.size() != rows * top_n) {
@@ -573,7 +577,7 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
   size_t row = 0;
   for (const auto& [seq, n] : scheduled) {
     if (seq->aborted) {
-      row += seq->num_computed + n == static_cast<int32_t>(seq->tokens.size()) ? 1 : 0;
+      row += has_row(*seq, n) ? 1 : 0;
       continue;
     }
     // A decode feeds back the one token generated last step; anything else is a prefill
@@ -596,7 +600,7 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
       }
       seq->num_registered = std::max(seq->num_registered, full);
     }
-    if (seq->num_computed != static_cast<int32_t>(seq->tokens.size())) continue;
+    if (seq->num_computed != static_cast<int32_t>(seq->tokens.size())) continue;  // no row
     const int32_t token = result.token_ids[row];
     if (token < 0 || token >= vocab_size_) {
       return absl::InternalError(absl::StrCat("the executor sampled token ", token,

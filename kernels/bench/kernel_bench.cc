@@ -63,6 +63,11 @@ class Arena {
     TESSERA_RETURN_IF_ERROR(stream_.Synchronize());  // `values` may go now
     return view;
   }
+  // [n] values all equal to `value` (a per-row parameter that is the same for every row).
+  template <typename T>
+  absl::StatusOr<MutableTensorView> Filled(DataType dtype, T value, int64_t n) {
+    return Values(dtype, std::vector<T>(static_cast<size_t>(n), value), {n});
+  }
 
  private:
   absl::StatusOr<MutableTensorView> Make(DataType dtype, Shape shape) {
@@ -413,19 +418,13 @@ class CaseBuilder {
                                                       logits.size() * sizeof(float), stream_));
       }
       TESSERA_RETURN_IF_ERROR(stream_.Synchronize());
-      const auto n = static_cast<size_t>(batch);
-      TESSERA_ASSIGN_OR_RETURN(
-          auto temperature,
-          arena->Values(DataType::kF32, std::vector<float>(n, top_p ? 1.0f : 0.0f), {batch}));
-      TESSERA_ASSIGN_OR_RETURN(auto top_k,
-                               arena->Values(DataType::kI32, std::vector<int32_t>(n, 0), {batch}));
-      TESSERA_ASSIGN_OR_RETURN(
-          auto top_p_view,
-          arena->Values(DataType::kF32, std::vector<float>(n, top_p ? 0.9f : 1.0f), {batch}));
-      TESSERA_ASSIGN_OR_RETURN(auto seeds,
-                               arena->Values(DataType::kI64, std::vector<int64_t>(n, 1), {batch}));
-      TESSERA_ASSIGN_OR_RETURN(auto steps,
-                               arena->Values(DataType::kI64, std::vector<int64_t>(n, 0), {batch}));
+      TESSERA_ASSIGN_OR_RETURN(auto temperature,
+                               arena->Filled(DataType::kF32, top_p ? 1.0f : 0.0f, batch));
+      TESSERA_ASSIGN_OR_RETURN(auto top_k, arena->Filled(DataType::kI32, int32_t{0}, batch));
+      TESSERA_ASSIGN_OR_RETURN(auto top_p_view,
+                               arena->Filled(DataType::kF32, top_p ? 0.9f : 1.0f, batch));
+      TESSERA_ASSIGN_OR_RETURN(auto seeds, arena->Filled(DataType::kI64, int64_t{1}, batch));
+      TESSERA_ASSIGN_OR_RETURN(auto steps, arena->Filled(DataType::kI64, int64_t{0}, batch));
       TESSERA_ASSIGN_OR_RETURN(auto ids, arena->Floats(DataType::kI32, {batch}, 1));
       return Launch(
           [this, arena, all, temperature, top_k, top_p_view, seeds, steps, ids](int64_t i) {
@@ -481,13 +480,9 @@ class CaseBuilder {
       TESSERA_ASSIGN_OR_RETURN(auto banned_view, arena->Values(DataType::kI32, banned, {n_bans}));
       TESSERA_ASSIGN_OR_RETURN(auto banned_start_view,
                                arena->Values(DataType::kI32, banned_start, {batch + 1}));
-      const auto n = static_cast<size_t>(batch);
-      TESSERA_ASSIGN_OR_RETURN(auto repetition,
-                               arena->Values(DataType::kF32, std::vector<float>(n, 1.1f), {batch}));
-      TESSERA_ASSIGN_OR_RETURN(auto presence,
-                               arena->Values(DataType::kF32, std::vector<float>(n, 0.5f), {batch}));
-      TESSERA_ASSIGN_OR_RETURN(
-          auto frequency, arena->Values(DataType::kF32, std::vector<float>(n, 0.25f), {batch}));
+      TESSERA_ASSIGN_OR_RETURN(auto repetition, arena->Filled(DataType::kF32, 1.1f, batch));
+      TESSERA_ASSIGN_OR_RETURN(auto presence, arena->Filled(DataType::kF32, 0.5f, batch));
+      TESSERA_ASSIGN_OR_RETURN(auto frequency, arena->Filled(DataType::kF32, 0.25f, batch));
       return Launch([this, arena, logits, id_view, count_view, start_view, banned_view,
                      banned_start_view, repetition, presence, frequency](int64_t i) {
         ApplyPenaltiesParams p;

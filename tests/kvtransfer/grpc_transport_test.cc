@@ -3,10 +3,12 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "kvtransfer/grpc/grpc_transport.h"
 #include "kvtransfer/inproc/in_process_transport.h"
@@ -124,6 +126,31 @@ TEST(GrpcTransportTest, SilentPeerFailsUnavailableAfterPeerTimeout) {
   EXPECT_TRUE(absl::IsUnavailable(status)) << status;
 }
 
+// `src` sent into `dst` as one segment, in pieces of 64 KiB (the transports' message limit), with
+// `listener` on the receiving transport. The transports must outlive the transfer: they travel
+// with it.
+struct PieceSend {
+  std::unique_ptr<GrpcTransport> sender, receiver;
+  std::unique_ptr<Transfer> transfer;
+};
+absl::StatusOr<PieceSend> SendInPieces(WriteListener& listener, std::vector<char>& src,
+                                       std::vector<char>& dst) {
+  GrpcTransportOptions small;
+  small.max_message_bytes = 64 << 10;
+  PieceSend out;
+  TESSERA_ASSIGN_OR_RETURN(out.sender, GrpcTransport::Create({"sender"}, small));
+  TESSERA_ASSIGN_OR_RETURN(out.receiver, GrpcTransport::Create({"receiver"}, small));
+  out.receiver->SetWriteListener(&listener);
+  TESSERA_ASSIGN_OR_RETURN(RegionId src_region, out.sender->RegisterMemory(src.data(), src.size()));
+  TESSERA_ASSIGN_OR_RETURN(RegionId dst_region,
+                           out.receiver->RegisterMemory(dst.data(), dst.size()));
+  TESSERA_ASSIGN_OR_RETURN(std::string descriptor, out.receiver->LocalDescriptor());
+  TESSERA_ASSIGN_OR_RETURN(PeerId peer, out.sender->Connect(descriptor));
+  const Segment segment{src_region, 0, dst_region, 0, src.size(), 3};
+  TESSERA_ASSIGN_OR_RETURN(out.transfer, out.sender->Submit(peer, {&segment, 1}));
+  return out;
+}
+
 TEST(GrpcTransportTest, LongSegmentReachesTheListenerOnce) {
   class Counting final : public WriteListener {
    public:
@@ -139,22 +166,9 @@ TEST(GrpcTransportTest, LongSegmentReachesTheListenerOnce) {
   } listener;
   constexpr size_t kBytes = size_t{1} << 20;
   std::vector<char> src(kBytes, 7), dst(kBytes, 0);
-  GrpcTransportOptions small;
-  small.max_message_bytes = 64 << 10;
-  auto sender = GrpcTransport::Create({"sender"}, small);
-  auto receiver = GrpcTransport::Create({"receiver"}, small);
-  ASSERT_TRUE(sender.ok() && receiver.ok());
-  (*receiver)->SetWriteListener(&listener);
-  auto src_region = (*sender)->RegisterMemory(src.data(), kBytes);
-  auto dst_region = (*receiver)->RegisterMemory(dst.data(), kBytes);
-  auto descriptor = (*receiver)->LocalDescriptor();
-  ASSERT_TRUE(src_region.ok() && dst_region.ok() && descriptor.ok());
-  auto peer = (*sender)->Connect(*descriptor);
-  ASSERT_TRUE(peer.ok());
-  const Segment segment{*src_region, 0, *dst_region, 0, kBytes, 3};
-  auto transfer = (*sender)->Submit(*peer, {&segment, 1});
-  ASSERT_TRUE(transfer.ok());
-  ASSERT_TRUE((*transfer)->Wait(absl::Seconds(30)).ok());
+  auto sent = SendInPieces(listener, src, dst);
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  ASSERT_TRUE(sent->transfer->Wait(absl::Seconds(30)).ok());
   EXPECT_EQ(listener.admits.load(), 1);
   EXPECT_EQ(listener.written.load(), 1);
   EXPECT_EQ(listener.not_written.load(), 0);
@@ -184,25 +198,12 @@ TEST(GrpcTransportTest, AStreamCancelledInsideASegmentEndsItNotWritten) {
   // 1024 pieces: far more than the flow-control windows hold while the receiver waits in Admit.
   constexpr size_t kBytes = size_t{64} << 20;
   std::vector<char> src(kBytes, 7), dst(kBytes, 0);
-  GrpcTransportOptions small;
-  small.max_message_bytes = 64 << 10;
-  auto sender = GrpcTransport::Create({"sender"}, small);
-  auto receiver = GrpcTransport::Create({"receiver"}, small);
-  ASSERT_TRUE(sender.ok() && receiver.ok());
-  (*receiver)->SetWriteListener(&listener);
-  auto src_region = (*sender)->RegisterMemory(src.data(), kBytes);
-  auto dst_region = (*receiver)->RegisterMemory(dst.data(), kBytes);
-  auto descriptor = (*receiver)->LocalDescriptor();
-  ASSERT_TRUE(src_region.ok() && dst_region.ok() && descriptor.ok());
-  auto peer = (*sender)->Connect(*descriptor);
-  ASSERT_TRUE(peer.ok());
-  const Segment segment{*src_region, 0, *dst_region, 0, kBytes, 3};
-  auto transfer = (*sender)->Submit(*peer, {&segment, 1});
-  ASSERT_TRUE(transfer.ok());
+  auto sent = SendInPieces(listener, src, dst);
+  ASSERT_TRUE(sent.ok()) << sent.status();
   ASSERT_TRUE(listener.entered.WaitForNotificationWithTimeout(absl::Seconds(30)));
-  (*transfer)->Cancel();
+  sent->transfer->Cancel();
   listener.release.Notify();
-  EXPECT_TRUE(absl::IsCancelled((*transfer)->Wait(absl::Seconds(30))));
+  EXPECT_TRUE(absl::IsCancelled(sent->transfer->Wait(absl::Seconds(30))));
   ASSERT_TRUE(listener.ended.WaitForNotificationWithTimeout(absl::Seconds(30)));
   EXPECT_EQ(listener.not_written.load(), 1);
   EXPECT_EQ(listener.written.load(), 0);
