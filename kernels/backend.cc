@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/check.h"
 
 namespace tessera::kernels {
@@ -27,6 +28,12 @@ MutableTensorView DeviceBuffer::View(DataType dtype, Shape shape) const {
       << "View " << DataTypeName(dtype) << ShapeToString(shape) << " of a buffer of " << size_
       << " bytes";
   return MutableTensorView(data_, dtype, std::move(shape), device_);
+}
+
+absl::StatusOr<std::unique_ptr<Graph>> Backend::CaptureGraph(Stream& /*stream*/,
+                                                             const GraphBody& /*body*/) {
+  return absl::UnimplementedError(
+      absl::StrCat("the ", name(), " backend records no graphs: run the work eagerly"));
 }
 
 }  // namespace tessera::kernels

@@ -62,6 +62,19 @@ struct OpTable {
   absl::Status (*apply_penalties)(Backend&, const ApplyPenaltiesParams&, Stream&) = nullptr;
 };
 
+// Work recorded once on a stream and replayed as a whole (a CUDA graph): one launch instead of
+// one per kernel. A replay runs exactly what was recorded — the same pointers, sizes and launch
+// shapes — so only the contents of the memory it reads may change between launches.
+class Graph {
+ public:
+  virtual ~Graph() = default;
+  // Enqueues one replay on `stream` (a stream of the backend that recorded it).
+  virtual absl::Status Launch(Stream& stream) = 0;
+};
+
+// Enqueues work on the stream it is given; what CaptureGraph records.
+using GraphBody = std::function<absl::Status(Stream&)>;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -83,6 +96,16 @@ class Backend {
   virtual absl::Status CopyOnDevice(const void* src, void* dst, size_t bytes, Stream& stream) = 0;
   virtual absl::Status Memset(void* device, int value, size_t bytes, Stream& stream) = 0;
   virtual absl::StatusOr<std::unique_ptr<Stream>> CreateStream() = 0;
+
+  // Whether CaptureGraph records graphs (CUDA; the CPU backend only with
+  // CpuBackendOptions::emulate_graphs, which replays by calling the body again).
+  virtual bool supports_graphs() const { return false; }
+  // Records the work `body` enqueues on `stream` without running it. The body must not wait
+  // for the stream, copy from or to pageable host memory, or allocate outside stream order.
+  // An error of the body, or of the recording, is returned and nothing is recorded; the stream
+  // is usable afterwards. kUnimplemented where supports_graphs() is false.
+  virtual absl::StatusOr<std::unique_ptr<Graph>> CaptureGraph(Stream& stream,
+                                                              const GraphBody& body);
 
  protected:
   explicit Backend(OpTable ops) : ops_(ops) {}

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "kernels/bench/kernel_bench.h"
 #include "launch/commands.h"
@@ -157,6 +158,15 @@ absl::Status Bench(BenchFlags flags) {
   parallel::CommStats comm;
   auto leader = [&](worker::StepExecutor& executor, int32_t, worker::KvEndpoint*) -> absl::Status {
     std::printf("decode steps in flight: %d\n", executor.max_steps_in_flight());
+    if (flags.engine.backend == "cuda") {
+      const std::vector<int32_t>& sizes = limits.model.graph_batch_sizes;
+      std::printf("decode graphs: %s\n",
+                  pp > 1 || sizes.empty()
+                      ? "off (--enforce-eager, or pipeline stages)"
+                      : absl::StrCat("batch sizes ", absl::StrJoin(sizes, ","),
+                                     " (the first step of each size runs eagerly)")
+                            .c_str());
+    }
     std::printf("%6s %8s %14s %12s %14s %14s %10s %10s\n", "batch", "prompt", "prefill tok/s",
                 "vs GEMM", "decode tok/s", "decode GB/s", "vs copy", "comm share");
     for (int32_t batch : flags.batch_sizes) {

@@ -48,6 +48,14 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
   app.add_flag("--enable-chunked-prefill,!--no-enable-chunked-prefill",
                flags.enable_chunked_prefill,
                "Split long prompts into chunks that share steps with decodes (default on)");
+  app.add_flag("--enforce-eager", flags.enforce_eager,
+               "Run every step eagerly: no CUDA graphs for decode steps");
+  app.add_option("--cuda-graph-sizes", flags.cuda_graph_sizes,
+                 "Decode batch sizes run as CUDA graphs: one N means 1, 2, 4 and the multiples "
+                 "of 8 up to N; several are the list itself")
+      ->capture_default_str()
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   app.add_option("--threads", flags.threads, "CPU threads (0: all cores)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
@@ -163,6 +171,7 @@ absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& confi
   limits.model.max_num_tokens = flags.max_num_batched_tokens;
   limits.model.max_num_seqs = flags.max_num_seqs;
   limits.model.max_blocks_per_seq = blocks_per_seq;
+  limits.model.graph_batch_sizes = GraphBatchSizes(flags);
   if (flags.num_kv_blocks > 0) {
     limits.num_kv_blocks = flags.num_kv_blocks;
   } else {
@@ -187,6 +196,25 @@ absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& confi
     }
   }
   return limits;
+}
+
+std::vector<int32_t> GraphBatchSizes(const EngineFlags& flags) {
+  std::vector<int32_t> sizes;
+  if (flags.enforce_eager || flags.cuda_graph_sizes.empty()) return sizes;
+  if (flags.cuda_graph_sizes.size() == 1) {
+    const int32_t largest = flags.cuda_graph_sizes.front();
+    for (const int32_t size : {1, 2, 4}) {
+      if (size <= largest) sizes.push_back(size);
+    }
+    for (int32_t size = 8; size <= largest; size += 8) sizes.push_back(size);
+  } else {
+    sizes = flags.cuda_graph_sizes;
+  }
+  const int32_t limit = std::min(flags.max_num_seqs, flags.max_num_batched_tokens);
+  std::erase_if(sizes, [limit](int32_t size) { return size < 1 || size > limit; });
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  return sizes;
 }
 
 worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_model_len) {

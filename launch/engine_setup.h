@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
@@ -35,6 +36,11 @@ struct EngineFlags {
   int device = 0;
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
+  // Decode steps as CUDA graphs (worker::LlamaModelOptions::graph_batch_sizes), as vLLM's flags
+  // of these names: one size N means 1, 2, 4 and the multiples of 8 up to N; several are the
+  // list itself. Sizes past --max-num-seqs or --max-num-batched-tokens are dropped.
+  bool enforce_eager = false;
+  std::vector<int32_t> cuda_graph_sizes = {512};
 };
 
 void AddEngineFlags(CLI::App& app, EngineFlags& flags);
@@ -68,6 +74,8 @@ struct EngineLimits {
 absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& config,
                                                  const EngineFlags& flags, int tp_size = 1,
                                                  int pp_size = 1);
+// The batch sizes whose decode steps run as graphs under `flags` (empty with --enforce-eager).
+std::vector<int32_t> GraphBatchSizes(const EngineFlags& flags);
 worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_model_len);
 
 // Parses "1,2,3" into token ids; kInvalidArgument naming the bad element.

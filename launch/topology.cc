@@ -113,6 +113,7 @@ void ReadEngine(MapReader& r, EngineFlags& e) {
   r.Read("threads", e.threads);
   r.Read("enable_prefix_caching", e.enable_prefix_caching);
   r.Read("enable_chunked_prefill", e.enable_chunked_prefill);
+  r.Read("enforce_eager", e.enforce_eager);
   r.Finish();
 }
 
@@ -410,6 +411,7 @@ std::string TopologyToYaml(const Topology& t) {
     out << YAML::Key << "threads" << YAML::Value << e.threads;
     out << YAML::Key << "enable_prefix_caching" << YAML::Value << e.enable_prefix_caching;
     out << YAML::Key << "enable_chunked_prefill" << YAML::Value << e.enable_chunked_prefill;
+    out << YAML::Key << "enforce_eager" << YAML::Value << e.enforce_eager;
     out << YAML::EndMap;
   };
   out << YAML::BeginMap;

@@ -49,15 +49,20 @@ CUDA_LAUNCH_BLOCKING=1 build-gpu/tests/worker/worker_test --gtest_filter='*_cuda
 build-gpu/tests/worker/disaggregation_test --gtest_filter='*_cuda' \
   >"$OUT/disaggregation_test_cuda.log" 2>&1 || status=1
 ctest --test-dir build-gpu -L gpu --output-on-failure >"$OUT/ctest_gpu.log" 2>&1 || status=1
-# The CLI end to end: greedy tokens on the GPU equal the CPU's for a fixture.
-for backend in cpu cuda; do
-  build-gpu/launch/tessera generate --model tests/reference/fixtures/llama_gqa --backend "$backend" \
-    --prompt-ids 5,6,7,8 --max-tokens 16 --ignore-eos >"$OUT/generate_$backend.log" 2>&1 || status=1
+# The CLI end to end: greedy tokens on the GPU (decode steps as CUDA graphs, the default, and
+# eagerly) equal the CPU's for a fixture.
+for run in cpu cuda cuda_eager; do
+  args=(--backend "${run%_eager}")
+  [ "$run" = cuda_eager ] && args+=(--enforce-eager)
+  build-gpu/launch/tessera generate --model tests/reference/fixtures/llama_gqa "${args[@]}" \
+    --prompt-ids 5,6,7,8 --max-tokens 16 --ignore-eos >"$OUT/generate_$run.log" 2>&1 || status=1
 done
-if ! diff -q <(tail -1 "$OUT/generate_cpu.log") <(tail -1 "$OUT/generate_cuda.log") >/dev/null; then
-  echo "tessera generate: cuda tokens differ from cpu's" | tee -a "$OUT/generate_cuda.log"
-  status=1
-fi
+for run in cuda cuda_eager; do
+  if ! diff -q <(tail -1 "$OUT/generate_cpu.log") <(tail -1 "$OUT/generate_$run.log") >/dev/null; then
+    echo "tessera generate: $run tokens differ from cpu's" | tee -a "$OUT/generate_$run.log"
+    status=1
+  fi
+done
 # Figures (print; never fail the run), each against the device's peaks measured in the same run:
 # every kernel at Llama-3-8B shapes, the engine on an 8B-shaped model, and the transformers peer
 # at the same shapes when this machine's python has torch.
@@ -66,11 +71,15 @@ timeout 300 build-gpu/launch/tessera bench-kernels --backend cuda --json "$OUT/b
 timeout 300 build-gpu/launch/tessera bench-engine --backend cuda --preset llama-8b \
   --weight-dtype bfloat16 --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32 \
   >"$OUT/bench_engine_8b.log" 2>&1 || true
+# The same without CUDA graphs: what recording the decode steps saves.
+timeout 300 build-gpu/launch/tessera bench-engine --backend cuda --preset llama-8b \
+  --weight-dtype bfloat16 --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32 --enforce-eager \
+  >"$OUT/bench_engine_8b_eager.log" 2>&1 || true
 timeout 300 python3 scripts/peer_decode_hf.py --preset llama-8b --device cuda --dtype bfloat16 \
   --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32 --compare "$OUT/bench_engine_8b.log" \
   >"$OUT/peer_hf_8b.log" 2>&1 || true
 grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT"/*_cuda.log | head -60
 tail -5 "$OUT/ctest_gpu.log"
 grep -E "^(device|peak)|BELOW|met" "$OUT/bench_kernels.log" | head -40
-tail -6 "$OUT/bench_engine_8b.log" "$OUT/peer_hf_8b.log"
+tail -6 "$OUT/bench_engine_8b.log" "$OUT/bench_engine_8b_eager.log" "$OUT/peer_hf_8b.log"
 exit $status

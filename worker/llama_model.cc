@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/ops.h"
 #include "model/rope.h"
@@ -87,6 +88,19 @@ struct LlamaModel::Workspace {
   kernels::DeviceBuffer token_ids, positions, slots, query_start, seq_lens, block_tables,
       logits_rows, inv_freq;
   int32_t rope_half = 0;
+  // The host side of a padded graph step's input (kept until the next step: the upload reads it
+  // asynchronously).
+  std::vector<int32_t> pad_ids, pad_positions, pad_query_start, pad_seq_lens, pad_block_tables,
+      pad_logits_rows;
+  std::vector<int64_t> pad_slots;
+};
+
+// A decode step recorded at one batch size, and what it was recorded over.
+struct LlamaModel::RecordedStep {
+  std::unique_ptr<kernels::Graph> graph;
+  const KvCache* cache = nullptr;
+  const void* cache_data = nullptr;  // its first layer's keys: another cache at the same address
+  bool gather_logits = true;
 };
 
 LlamaModel::LlamaModel(const model::ModelConfig& config, kernels::Backend& backend,
@@ -137,10 +151,27 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
                                                    par.plan.DebugString(),
                                                    ") needs TP and PP communicators of its sizes"));
   }
+  const int32_t graph_limit = std::min(options.max_num_seqs, options.max_num_tokens);
+  for (const int32_t size : options.graph_batch_sizes) {
+    if (size < 1 || size > graph_limit) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "LlamaModel: graph batch size ", size, " outside [1, ", graph_limit, "] (max_num_seqs ",
+          options.max_num_seqs, ", max_num_tokens ", options.max_num_tokens, ")"));
+    }
+  }
   TESSERA_RETURN_IF_ERROR(model::ValidateWeights(config, weights));
   auto llama = std::unique_ptr<LlamaModel>(new LlamaModel(config, backend, options, par));
   TESSERA_RETURN_IF_ERROR(llama->LoadWeights(weights));
   TESSERA_RETURN_IF_ERROR(llama->AllocateWorkspace());
+  // A pipeline stage's step waits for its activations and hands them on between host calls;
+  // those steps stay eager.
+  if (backend.supports_graphs() && par.plan.pp_size == 1) {
+    std::vector<int32_t>& sizes = llama->graph_sizes_;
+    sizes = options.graph_batch_sizes;
+    std::sort(sizes.begin(), sizes.end());
+    sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+    llama->graphs_.resize(sizes.size());
+  }
   return llama;
 }
 
@@ -366,12 +397,123 @@ int64_t LlamaModel::VocabColumns() const {
 absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& cache,
                                                Stream& stream, const ForwardOptions& options) {
   TESSERA_RETURN_IF_ERROR(ValidateInput(in, cache));
+  if (const int32_t size = GraphSize(in, options); size > 0) {
+    return ForwardGraph(in, size, cache, stream, options);
+  }
   TESSERA_RETURN_IF_ERROR(Upload(in, stream));
+  const StepShape shape{static_cast<int64_t>(in.token_ids.size()),
+                        static_cast<int64_t>(in.seq_lens.size()),
+                        static_cast<int64_t>(in.logits_rows.size())};
+  TESSERA_RETURN_IF_ERROR(Compute(shape, cache, stream, options));
+  return Output(shape.rows, options.gather_logits);
+}
+
+int32_t LlamaModel::GraphSize(const ForwardInput& in, const ForwardOptions& options) const {
+  // A step that reports its layers or hands its activations on runs host code between kernels.
+  if (graph_sizes_.empty() || graph_stats_.failed > 0 || options.kv_written ||
+      options.before_send) {
+    return 0;
+  }
+  const size_t t = in.token_ids.size();
+  if (in.seq_lens.size() != t || in.logits_rows.size() != t ||
+      t > static_cast<size_t>(graph_sizes_.back())) {
+    return 0;
+  }
+  for (size_t i = 0; i < t; ++i) {
+    if (in.query_start[i] != static_cast<int32_t>(i) ||
+        in.logits_rows[i] != static_cast<int32_t>(i)) {
+      return 0;
+    }
+  }
+  return *std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), static_cast<int32_t>(t));
+}
+
+absl::StatusOr<TensorView> LlamaModel::ForwardGraph(const ForwardInput& in, int32_t size,
+                                                    KvCache& cache, Stream& stream,
+                                                    const ForwardOptions& options) {
+  // The batch padded to `size`: each extra row is a sequence of one token at position 0 whose
+  // K/V go nowhere (slot -1) and which attends to slot 0 of block 0 — memory it does not own
+  // but only reads; its logits row is dropped.
+  Workspace& w = *ws_;
+  const auto n = static_cast<size_t>(size);
+  const auto width = static_cast<size_t>(options_.max_blocks_per_seq);
+  auto pad = [](auto& dst, const auto& src, size_t count, auto fill) {
+    dst.assign(src.begin(), src.end());
+    dst.resize(count, fill);
+  };
+  pad(w.pad_ids, in.token_ids, n, 0);
+  pad(w.pad_positions, in.positions, n, 0);
+  pad(w.pad_slots, in.slot_mapping, n, int64_t{-1});
+  pad(w.pad_seq_lens, in.seq_lens, n, 1);
+  pad(w.pad_block_tables, in.block_tables, n * width, 0);
+  w.pad_query_start.resize(n + 1);
+  w.pad_logits_rows.resize(n);
+  for (size_t i = 0; i <= n; ++i) w.pad_query_start[i] = static_cast<int32_t>(i);
+  for (size_t i = 0; i < n; ++i) w.pad_logits_rows[i] = static_cast<int32_t>(i);
+  const ForwardInput padded{w.pad_ids,      w.pad_positions,    w.pad_slots,      w.pad_query_start,
+                            w.pad_seq_lens, w.pad_block_tables, w.pad_logits_rows};
+  TESSERA_RETURN_IF_ERROR(Upload(padded, stream));
+
+  const StepShape shape{size, size, size};
+  const bool gather = options.gather_logits;
+  const void* cache_data = cache.key(0).data();
+  const auto index = static_cast<size_t>(
+      std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), size) - graph_sizes_.begin());
+  RecordedStep& step = graphs_[index];
+  if (step.graph != nullptr && step.cache == &cache && step.cache_data == cache_data &&
+      step.gather_logits == gather) {
+    TESSERA_RETURN_IF_ERROR(step.graph->Launch(stream));
+    ++graph_stats_.replayed;
+    return Output(static_cast<int64_t>(in.token_ids.size()), gather);
+  }
+  // The first step of a size runs eagerly: it also warms up what a recording must not do itself
+  // (cuBLAS choosing its kernels, CUDA loading modules). Then the size is recorded for the next.
+  ForwardOptions eager;
+  eager.gather_logits = gather;
+  TESSERA_RETURN_IF_ERROR(Compute(shape, cache, stream, eager));
+  KvCache* recorded_cache = &cache;
+  absl::StatusOr<std::unique_ptr<kernels::Graph>> graph =
+      backend_.CaptureGraph(stream, [this, shape, recorded_cache, gather](Stream& replay) {
+        ForwardOptions replay_options;
+        replay_options.gather_logits = gather;
+        return Compute(shape, *recorded_cache, replay, replay_options);
+      });
+  if (graph.ok()) {
+    step = RecordedStep{*std::move(graph), &cache, cache_data, gather};
+    ++graph_stats_.recorded;
+  } else {
+    // This step's result stands (it ran eagerly); every later step runs eagerly too.
+    ++graph_stats_.failed;
+    graphs_.clear();
+    graphs_.resize(graph_sizes_.size());
+    TESSERA_LOG(WARNING) << "recording the decode step of batch " << size
+                         << " as a graph failed, running every step eagerly from now on: "
+                         << graph.status();
+  }
+  return Output(static_cast<int64_t>(in.token_ids.size()), gather);
+}
+
+TensorView LlamaModel::Output(int64_t rows, bool gather_logits) const {
+  const parallel::ShardPlan& plan = par_.plan;
+  const int64_t shard = plan.vocab_shard;
+  TensorView logits = ws_->logits.View(DataType::kF32, {rows, shard});
+  if (!plan.last_stage()) return logits.Rows(0, 0);
+  if (rows == 0 || tp_group() == nullptr) return logits;
+  if (!gather_logits) {
+    // This rank's real columns only: the padding of the last shard would otherwise compete.
+    return TensorView(logits.data(), DataType::kF32, {rows, VocabColumns()}, {shard, 1},
+                      logits.device());
+  }
+  return ws_->full_logits.View(DataType::kF32, {rows, config_.vocab_size});
+}
+
+absl::Status LlamaModel::Compute(const StepShape& shape, KvCache& cache, Stream& stream,
+                                 const ForwardOptions& options) {
   using namespace kernels;  // NOLINT: the op names read best unqualified here
   const parallel::ShardPlan& plan = par_.plan;
-  const int64_t t = static_cast<int64_t>(in.token_ids.size());
-  const int64_t seqs = static_cast<int64_t>(in.seq_lens.size());
-  const int64_t rows = static_cast<int64_t>(in.logits_rows.size());
+  const int64_t t = shape.tokens;
+  const int64_t seqs = shape.seqs;
+  const int64_t rows = shape.rows;
   const int64_t hidden = config_.hidden_size;
   const int64_t heads = plan.num_heads;
   const int64_t kv_heads = plan.num_kv_heads;
@@ -469,24 +611,18 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
   if (!plan.last_stage()) {
     if (options.before_send) TESSERA_RETURN_IF_ERROR(options.before_send());
     TESSERA_RETURN_IF_ERROR(par_.pp->Send(residual, plan.pp_rank + 1, stream));
-    TESSERA_RETURN_IF_ERROR(par_.pp->Send(delta, plan.pp_rank + 1, stream));
-    return TensorView(logits.Rows(0, 0));
+    return par_.pp->Send(delta, plan.pp_rank + 1, stream);
   }
   TESSERA_RETURN_IF_ERROR(
       RmsNorm(backend_, {delta, residual, final_norm_->view, normed, eps}, stream));
-  if (rows == 0) return TensorView(logits);  // a step of prefill chunks only
+  if (rows == 0) return absl::OkStatus();  // a step of prefill chunks only
   // Only the rows whose logits are wanted go through the LM head.
   MutableTensorView gathered = ws_->gathered.View(f32, {rows, hidden});
   TESSERA_RETURN_IF_ERROR(Embedding(
       backend_, {ws_->logits_rows.View(DataType::kI32, {rows}), normed, gathered, 0}, stream));
   TESSERA_RETURN_IF_ERROR(Matmul(backend_, {gathered, lm_head_->view, {}, logits}, stream));
-  if (tp == nullptr) return TensorView(logits);
+  if (tp == nullptr || !options.gather_logits) return absl::OkStatus();
   const int64_t shard = plan.vocab_shard;
-  if (!options.gather_logits) {
-    // This rank's real columns only: the padding of the last shard would otherwise compete.
-    const int64_t columns = VocabColumns();
-    return TensorView(logits.data(), f32, {rows, columns}, {shard, 1}, logits.device());
-  }
   // Vocab-parallel LM head: gather every rank's [rows, shard] and lay the shards side by side,
   // dropping the padding of the last shard.
   MutableTensorView all = ws_->all_logits.View(f32, {plan.tp_size * rows, shard});
@@ -504,7 +640,7 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
           static_cast<size_t>(width) * f, stream));
     }
   }
-  return TensorView(full);
+  return absl::OkStatus();
 }
 
 }  // namespace tessera::worker

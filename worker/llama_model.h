@@ -40,6 +40,21 @@ struct LlamaModelOptions {
   int32_t max_num_tokens = 2048;   // tokens per step
   int32_t max_num_seqs = 256;      // sequences per step
   int32_t max_blocks_per_seq = 0;  // block-table width; required
+  // Decode steps (one new token per sequence, the logits of every row) of up to the largest of
+  // these batch sizes run as a graph (CUDA graphs): recorded at the first step of each size,
+  // then replayed, the batch padded to the next size with rows that write no KV. Launching a
+  // few hundred kernels one by one costs more than a small decode step computes. Used only
+  // where the backend records graphs (kernels::Backend::supports_graphs), on a model of one
+  // pipeline stage; empty runs every step eagerly (vLLM's --enforce-eager). Each size in
+  // [1, min(max_num_seqs, max_num_tokens)].
+  std::vector<int32_t> graph_batch_sizes;
+};
+
+// How a model's decode steps ran (LlamaModelOptions::graph_batch_sizes).
+struct GraphStats {
+  int64_t recorded = 0;  // graphs recorded (one per batch size, again for another cache)
+  int64_t replayed = 0;  // steps run by replaying a graph
+  int64_t failed = 0;    // recordings that failed: graphs are off for the model from then on
 };
 
 // One step's batch. Sequence s owns token rows [query_start[s], query_start[s+1]); its cache holds
@@ -106,17 +121,38 @@ class LlamaModel {
   const LlamaModelOptions& options() const { return options_; }
   // Bytes of weights on the device (what a decode step reads once).
   size_t weight_bytes() const { return weight_bytes_; }
+  // The batch sizes whose decode steps run as graphs: the options' sizes, sorted, where the
+  // backend records graphs and the model has one stage; empty otherwise.
+  const std::vector<int32_t>& graph_batch_sizes() const { return graph_sizes_; }
+  const GraphStats& graph_stats() const { return graph_stats_; }
 
  private:
   struct Weight;
   struct Layer;
   struct Workspace;
+  struct RecordedStep;
+  // A step's size as the kernels see it: tokens, sequences, logits rows.
+  struct StepShape {
+    int64_t tokens = 0;
+    int64_t seqs = 0;
+    int64_t rows = 0;
+  };
   LlamaModel(const model::ModelConfig& config, kernels::Backend& backend,
              const LlamaModelOptions& options, const ModelParallelism& parallelism);
   absl::Status LoadWeights(const model::WeightSource& weights);
   absl::Status AllocateWorkspace();
   absl::Status Upload(const ForwardInput& input, Stream& stream);
   absl::Status ValidateInput(const ForwardInput& input, const KvCache& cache) const;
+  // Enqueues the step over the uploaded input: every op of the forward, and the sends of a
+  // stage that is not the last. Reads nothing of the host's input, so it can be recorded.
+  absl::Status Compute(const StepShape& shape, KvCache& cache, Stream& stream,
+                       const ForwardOptions& options);
+  // What Forward returns for `rows` logits rows (after Compute).
+  TensorView Output(int64_t rows, bool gather_logits) const;
+  // The graph size a step runs at (the smallest at least its batch), or 0 to run it eagerly.
+  int32_t GraphSize(const ForwardInput& input, const ForwardOptions& options) const;
+  absl::StatusOr<TensorView> ForwardGraph(const ForwardInput& input, int32_t size, KvCache& cache,
+                                          Stream& stream, const ForwardOptions& options);
 
   model::ModelConfig config_;
   kernels::Backend& backend_;
@@ -128,6 +164,9 @@ class LlamaModel {
   std::unique_ptr<Weight> lm_head_;     // last stage: vocab rows (the embedding's when tied)
   std::vector<Layer> layers_;
   std::unique_ptr<Workspace> ws_;
+  std::vector<int32_t> graph_sizes_;
+  std::vector<RecordedStep> graphs_;  // one per graph_sizes_ entry
+  GraphStats graph_stats_;
 };
 
 }  // namespace tessera::worker

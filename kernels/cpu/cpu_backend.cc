@@ -46,8 +46,11 @@ absl::Status CheckCopy(absl::string_view call, const void* a, const void* b, siz
 
 }  // namespace
 
-CpuBackend::CpuBackend(int num_threads, const SimdKernels& simd)
-    : Backend(CpuOpTable()), num_threads_(num_threads), simd_(simd) {}
+CpuBackend::CpuBackend(int num_threads, const SimdKernels& simd, bool emulate_graphs)
+    : Backend(CpuOpTable()),
+      num_threads_(num_threads),
+      simd_(simd),
+      emulate_graphs_(emulate_graphs) {}
 
 absl::StatusOr<DeviceBuffer> CpuBackend::Allocate(size_t bytes) {
   // aligned_alloc wants a multiple of the alignment; a zero-byte buffer still gets a pointer.
@@ -124,6 +127,27 @@ absl::StatusOr<std::unique_ptr<Stream>> CpuBackend::CreateStream() {
   return std::unique_ptr<Stream>(std::make_unique<CpuStream>());
 }
 
+namespace {
+
+// CpuBackendOptions::emulate_graphs: a replay is the recorded body called again.
+class ReplayedGraph final : public Graph {
+ public:
+  explicit ReplayedGraph(GraphBody body) : body_(std::move(body)) {}
+  absl::Status Launch(Stream& stream) override { return body_(stream); }
+
+ private:
+  GraphBody body_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Graph>> CpuBackend::CaptureGraph(Stream& stream,
+                                                                const GraphBody& body) {
+  if (!emulate_graphs_) return Backend::CaptureGraph(stream, body);
+  if (!body) return absl::InvalidArgumentError("CpuBackend::CaptureGraph: empty body");
+  return std::unique_ptr<Graph>(std::make_unique<ReplayedGraph>(body));
+}
+
 }  // namespace cpu
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options) {
@@ -136,7 +160,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOption
   const cpu::SimdKernels* simd = options.portable_kernels ? nullptr : cpu::Avx2Kernels();
   if (simd == nullptr) simd = &cpu::PortableKernels();
   openblas_set_num_threads(1);
-  return std::unique_ptr<Backend>(std::make_unique<cpu::CpuBackend>(threads, *simd));
+  return std::unique_ptr<Backend>(
+      std::make_unique<cpu::CpuBackend>(threads, *simd, options.emulate_graphs));
 }
 
 }  // namespace tessera::kernels

@@ -22,6 +22,11 @@ struct CpuBackendOptions {
   int num_threads = 0;
   // Use the portable inner loops even when the CPU has AVX2 (for tests and comparisons).
   bool portable_kernels = false;
+  // Graphs for tests: CaptureGraph keeps the body and each Launch calls it again on the stream it
+  // is given. That is a CUDA graph's contract (the same work over memory whose contents changed),
+  // so code that records graphs (worker/llama_model.h's decode graphs) runs in CI without a GPU.
+  // It saves no time, and a body's errors surface from Launch (CUDA reports them when recording).
+  bool emulate_graphs = false;
 };
 
 // kInvalidArgument for a negative num_threads.

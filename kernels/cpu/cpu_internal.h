@@ -17,7 +17,7 @@ namespace tessera::kernels::cpu {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int num_threads, const SimdKernels& simd);
+  CpuBackend(int num_threads, const SimdKernels& simd, bool emulate_graphs);
 
   absl::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::Cpu(); }
@@ -28,6 +28,9 @@ class CpuBackend final : public Backend {
   absl::Status CopyOnDevice(const void* src, void* dst, size_t bytes, Stream& stream) override;
   absl::Status Memset(void* device, int value, size_t bytes, Stream& stream) override;
   absl::StatusOr<std::unique_ptr<Stream>> CreateStream() override;
+  bool supports_graphs() const override { return emulate_graphs_; }
+  absl::StatusOr<std::unique_ptr<Graph>> CaptureGraph(Stream& stream,
+                                                      const GraphBody& body) override;
 
   int num_threads() const { return num_threads_; }
   const SimdKernels& simd() const { return simd_; }
@@ -40,6 +43,7 @@ class CpuBackend final : public Backend {
  private:
   const int num_threads_;
   const SimdKernels& simd_;
+  const bool emulate_graphs_;
 };
 
 // Threads for a loop of `work` units of roughly `unit_cost` element operations each: one thread

@@ -57,6 +57,32 @@ absl::Status CopyAsync(const CudaBackend& backend, absl::string_view call, void*
                     cudaMemcpyAsync(dst, src, bytes, kind, NativeStream(stream)));
 }
 
+// An instantiated CUDA graph and the graph it came from, destroyed on their device.
+class CudaGraph final : public Graph {
+ public:
+  CudaGraph(int device, cudaGraph_t graph, cudaGraphExec_t exec)
+      : device_(device), graph_(graph), exec_(exec) {}
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  ~CudaGraph() override {
+    if (cudaSetDevice(device_) == cudaSuccess) {
+      cudaGraphExecDestroy(exec_);
+      cudaGraphDestroy(graph_);
+    }
+  }
+
+  absl::Status Launch(Stream& stream) override {
+    TESSERA_RETURN_IF_ERROR(CheckStream("Graph::Launch", stream, Device::Cuda(device_)));
+    TESSERA_RETURN_IF_ERROR(CudaStatus("cudaSetDevice", cudaSetDevice(device_)));
+    return CudaStatus("cudaGraphLaunch", cudaGraphLaunch(exec_, NativeStream(stream)));
+  }
+
+ private:
+  const int device_;
+  cudaGraph_t graph_;
+  cudaGraphExec_t exec_;
+};
+
 }  // namespace
 
 absl::Status CudaStatus(absl::string_view call, cudaError_t error) {
@@ -180,6 +206,35 @@ absl::StatusOr<std::unique_ptr<Stream>> CudaBackend::CreateStream() {
   auto stream = CudaStream::Create(device_);
   if (!stream.ok()) return stream.status();
   return std::unique_ptr<Stream>(std::move(*stream));
+}
+
+absl::StatusOr<std::unique_ptr<Graph>> CudaBackend::CaptureGraph(Stream& stream,
+                                                                 const GraphBody& body) {
+  TESSERA_RETURN_IF_ERROR(CheckStream("CaptureGraph", stream, device()));
+  if (!body) return absl::InvalidArgumentError("CudaBackend::CaptureGraph: empty body");
+  TESSERA_RETURN_IF_ERROR(Activate());
+  const cudaStream_t native = NativeStream(stream);
+  // Thread-local mode: only this thread's unsafe calls (a synchronous copy, a wait) end the
+  // capture; other threads driving other streams are left alone.
+  TESSERA_RETURN_IF_ERROR(CudaStatus(
+      "cudaStreamBeginCapture", cudaStreamBeginCapture(native, cudaStreamCaptureModeThreadLocal)));
+  const absl::Status recorded = body(stream);
+  cudaGraph_t graph = nullptr;
+  // Always ended, so that the stream leaves capture mode whatever the body did.
+  const cudaError_t ended = cudaStreamEndCapture(native, &graph);
+  if (!recorded.ok() || ended != cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // an invalidated capture's error is not sticky: clear it
+    return recorded.ok() ? CudaStatus("cudaStreamEndCapture", ended) : recorded;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  if (instantiated != cudaSuccess) {
+    cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    return CudaStatus("cudaGraphInstantiate", instantiated);
+  }
+  return std::unique_ptr<Graph>(std::make_unique<CudaGraph>(device_, graph, exec));
 }
 
 }  // namespace cuda

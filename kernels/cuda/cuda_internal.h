@@ -61,6 +61,10 @@ class CudaBackend final : public Backend {
   absl::Status CopyOnDevice(const void* src, void* dst, size_t bytes, Stream& stream) override;
   absl::Status Memset(void* device, int value, size_t bytes, Stream& stream) override;
   absl::StatusOr<std::unique_ptr<Stream>> CreateStream() override;
+  bool supports_graphs() const override { return true; }
+  // Stream capture (thread-local mode) into a cudaGraph_t, instantiated once.
+  absl::StatusOr<std::unique_ptr<Graph>> CaptureGraph(Stream& stream,
+                                                      const GraphBody& body) override;
 
   int device_index() const { return device_; }
   const DeviceLimits& limits() const { return limits_; }

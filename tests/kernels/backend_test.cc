@@ -1,13 +1,16 @@
 // DeviceBuffer, the CPU backend's memory calls, and the sampling random numbers.
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "common/check.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/op_params.h"
+#include "kernels/ops.h"
 #include "tests/kernels/test_backends.h"
 
 namespace tessera::kernels {
@@ -155,6 +158,99 @@ TEST_P(BackendMemoryConformance, HugeAllocationIsResourceExhausted) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendMemoryConformance,
                          ::testing::ValuesIn(testing::BackendNames()), testing::BackendParamName());
+
+// Graphs (Backend::CaptureGraph) on the backends that record them: the CPU's emulation and CUDA.
+class GraphConformance : public testing::BackendTest {};
+
+TEST_P(GraphConformance, ReplaysTheRecordedWorkOverTheMemorysNewContents) {
+  ASSERT_TRUE(backend().supports_graphs());
+  TESSERA_SEEDED_RNG(rng, 11);
+  const int64_t rows = 4, k = 64, n = 48;
+  const MutableTensorView x =
+      Upload(testing::RandomFloats(rng, rows * k), DataType::kF32, {rows, k});
+  const TensorView norm = Upload(testing::RandomFloats(rng, k, 0.5f, 1.5f), DataType::kF32, {k});
+  const TensorView weight =
+      Upload(testing::RandomFloats(rng, n * k, -0.1f, 0.1f), DataType::kF32, {n, k});
+  const MutableTensorView normed = Uninitialized(DataType::kF32, {rows, k});
+  const MutableTensorView y = Uninitialized(DataType::kF32, {rows, n});
+  const GraphBody body = [&](Stream& s) -> absl::Status {
+    absl::Status status = RmsNorm(backend(), {x, {}, norm, normed, 1e-5f}, s);
+    if (!status.ok()) return status;
+    return Matmul(backend(), {normed, weight, {}, y}, s);
+  };
+  auto eager = [&] {
+    TESSERA_CHECK_OK(body(stream()));
+    return Download(y);
+  };
+  auto poison = [&] {
+    TESSERA_CHECK_OK(backend().Memset(y.data(), 0xff, y.nbytes(), stream()));
+    TESSERA_CHECK_OK(stream().Synchronize());
+  };
+  auto replay = [&](Graph& graph) {
+    TESSERA_CHECK_OK(graph.Launch(stream()));
+    return Download(y);
+  };
+
+  const std::vector<float> first = eager();
+  poison();
+  auto graph = backend().CaptureGraph(stream(), body);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE(stream().Synchronize().ok());
+  for (const float v : Download(y)) ASSERT_TRUE(std::isnan(v)) << "recording ran the work";
+  EXPECT_EQ(replay(**graph), first);
+
+  // New contents in the same memory: the replay computes over them.
+  const std::vector<float> other = testing::RandomFloats(rng, rows * k);
+  ASSERT_TRUE(backend().CopyToDevice(other.data(), x.data(), x.nbytes(), stream()).ok());
+  const std::vector<float> second = eager();
+  ASSERT_NE(second, first);
+  poison();
+  EXPECT_EQ(replay(**graph), second);
+  poison();
+  EXPECT_EQ(replay(**graph), second) << "a second replay";
+}
+
+TEST_P(GraphConformance, AFailedRecordingReturnsItsErrorAndLeavesTheStreamUsable) {
+  const GraphBody failing = [](Stream&) {
+    return absl::InvalidArgumentError("the body's own error");
+  };
+  auto failed = backend().CaptureGraph(stream(), failing);
+  if (backend().name() == "cuda") {
+    EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(failed.status().message(), "the body's own error");
+  } else {
+    // The emulation runs the body only when launched, so its error comes from there.
+    ASSERT_TRUE(failed.ok()) << failed.status();
+    const absl::Status launched = (*failed)->Launch(stream());
+    EXPECT_EQ(launched.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(launched.message(), "the body's own error");
+  }
+  if (backend().name() == "cuda") {
+    // Waiting for a stream that is being recorded is refused by CUDA and ends the recording.
+    auto waiting = backend().CaptureGraph(stream(), [](Stream& s) { return s.Synchronize(); });
+    EXPECT_FALSE(waiting.ok());
+  }
+  EXPECT_EQ(backend().CaptureGraph(stream(), GraphBody()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  const MutableTensorView y = Uninitialized(DataType::kF32, {16});
+  ASSERT_TRUE(backend().Memset(y.data(), 0, y.nbytes(), stream()).ok());
+  ASSERT_TRUE(stream().Synchronize().ok());
+  EXPECT_EQ(Download(y), std::vector<float>(16, 0.0f));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, GraphConformance, ::testing::Values("cpu_graphs", "cuda"),
+                         testing::BackendParamName());
+
+TEST(CpuBackendTest, RecordsNoGraphsUnlessAskedToEmulateThem) {
+  auto backend = CreateCpuBackend({});
+  ASSERT_TRUE(backend.ok());
+  EXPECT_FALSE((*backend)->supports_graphs());
+  auto stream = (*backend)->CreateStream();
+  ASSERT_TRUE(stream.ok());
+  EXPECT_EQ(
+      (*backend)->CaptureGraph(**stream, [](Stream&) { return absl::OkStatus(); }).status().code(),
+      absl::StatusCode::kUnimplemented);
+}
 
 }  // namespace
 }  // namespace tessera::kernels

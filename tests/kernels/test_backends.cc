@@ -17,6 +17,11 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name) {
     options.portable_kernels = true;
     return CreateCpuBackend(options);
   }
+  if (name == "cpu_graphs") {
+    CpuBackendOptions options;
+    options.emulate_graphs = true;
+    return CreateCpuBackend(options);
+  }
   if (name == "cuda") {
 #ifdef TESSERA_HAVE_CUDA_BACKEND
     return CreateCudaBackend(CudaBackendOptions{});

@@ -20,6 +20,7 @@
 namespace tessera::kernels::testing {
 
 // "cpu" (AVX2 loops where the CPU has them), "cpu_portable" (portable loops); later "cuda".
+// "cpu_graphs": "cpu" with CpuBackendOptions::emulate_graphs (not in BackendNames()).
 // kUnavailable for a backend this build or machine cannot provide, kNotFound for other names.
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name);
 std::vector<std::string> BackendNames();

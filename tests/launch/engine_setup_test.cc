@@ -51,6 +51,24 @@ TEST(ValidateBackendTest, CudaRefusesWhatThisBuildLacksNamingIt) {
 }
 
 // bench-kernels and bench-engine start from the same settings for a backend.
+// --cuda-graph-sizes and --enforce-eager as vLLM reads them.
+TEST(GraphBatchSizesTest, OneSizeIsALadderSeveralAreTheListEagerIsNone) {
+  EngineFlags flags;
+  flags.max_num_seqs = 40;
+  EXPECT_EQ(GraphBatchSizes(flags), (std::vector<int32_t>{1, 2, 4, 8, 16, 24, 32, 40}));
+  flags.cuda_graph_sizes = {20};
+  EXPECT_EQ(GraphBatchSizes(flags), (std::vector<int32_t>{1, 2, 4, 8, 16}));
+  flags.cuda_graph_sizes = {3};
+  EXPECT_EQ(GraphBatchSizes(flags), (std::vector<int32_t>{1, 2}));
+  flags.cuda_graph_sizes = {64, 6, 6, 1};  // past --max-num-seqs dropped, sorted, once each
+  EXPECT_EQ(GraphBatchSizes(flags), (std::vector<int32_t>{1, 6}));
+  flags.max_num_batched_tokens = 4;  // a step holds at most this many decodes too
+  flags.cuda_graph_sizes = {512};
+  EXPECT_EQ(GraphBatchSizes(flags), (std::vector<int32_t>{1, 2, 4}));
+  flags.enforce_eager = true;
+  EXPECT_TRUE(GraphBatchSizes(flags).empty());
+}
+
 TEST(KernelBenchDefaultsTest, TheCpuComputesActivationsInF32AndRunsASmallerGrid) {
   const kernels::bench::KernelBenchOptions cpu = KernelBenchDefaults("cpu", DataType::kBF16);
   const kernels::bench::KernelBenchOptions gpu = KernelBenchDefaults("cuda", DataType::kBF16);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -181,6 +182,105 @@ TEST_P(LlamaModelFixtureTest, GreedyTokensMatchTransformers) {
   for (size_t i = 0; i < prompts.size(); ++i) {
     EXPECT_EQ((*outputs)[i].token_ids, fixture_.prompts[i].greedy) << Name() << " prompt " << i;
   }
+}
+
+// Decode steps recorded as graphs and replayed (LlamaModelOptions::graph_batch_sizes; on the CPU
+// the backend's emulation, which replays by running the recorded body again): each prompt's first
+// half is prefilled eagerly, then its other tokens go one a step, the prompts together, so that
+// the batch shrinks from 4 (a graph of 4) through 3 (padded to 4) to 2 and 1 as the shorter
+// prompts end. Every row's logits match transformers', padded steps included.
+TEST_P(LlamaModelFixtureTest, DecodeGraphLogitsMatchTransformers) {
+  testing::TestEngineOptions options;
+  options.backend = Backend() == "cpu" ? "cpu_graphs" : Backend();
+  options.graph_batch_sizes = {4, 1, 2};
+  auto engine = MakeTestEngine(fixture_.config, *fixture_.weights, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  ASSERT_EQ(engine->model->graph_batch_sizes(), (std::vector<int32_t>{1, 2, 4}));
+  ASSERT_EQ(fixture_.prompts.size(), 4u);
+  const int32_t bs = engine->cache->config().block_size;
+  const int32_t width = engine->model->options().max_blocks_per_seq;
+  // The longest prompt owns block 0, where padded rows look: its logits show a padded row that
+  // wrote there.
+  std::vector<int32_t> base(fixture_.prompts.size());
+  for (size_t i = 0; i < base.size(); ++i) {
+    for (size_t j = 0; j < base.size(); ++j) {
+      const size_t a = fixture_.prompts[i].ids.size(), b = fixture_.prompts[j].ids.size();
+      if (b > a || (b == a && j < i)) base[i] += width;
+    }
+  }
+  auto slot = [&](size_t prompt, int32_t pos) {
+    return (static_cast<int64_t>(base[prompt]) + pos / bs) * bs + pos % bs;
+  };
+  auto table = [&](size_t prompt) {
+    std::vector<int32_t> t(static_cast<size_t>(width));
+    for (int32_t j = 0; j < width; ++j) t[j] = base[prompt] + j;
+    return t;
+  };
+  auto stream = engine->backend->CreateStream();
+  ASSERT_TRUE(stream.ok());
+  const int64_t vocab = fixture_.config.vocab_size;
+  std::vector<int32_t> half(fixture_.prompts.size());
+  {
+    std::vector<int32_t> ids, positions, query_start{0}, seq_lens, tables, rows;
+    std::vector<int64_t> slots;
+    for (size_t i = 0; i < fixture_.prompts.size(); ++i) {
+      const ReferencePrompt& p = fixture_.prompts[i];
+      half[i] = std::max<int32_t>(1, static_cast<int32_t>(p.ids.size()) / 2);
+      for (int32_t pos = 0; pos < half[i]; ++pos) {
+        ids.push_back(p.ids[pos]);
+        positions.push_back(pos);
+        slots.push_back(slot(i, pos));
+      }
+      rows.push_back(static_cast<int32_t>(ids.size()) - 1);
+      query_start.push_back(static_cast<int32_t>(ids.size()));
+      seq_lens.push_back(half[i]);
+      const std::vector<int32_t> t = table(i);
+      tables.insert(tables.end(), t.begin(), t.end());
+    }
+    auto logits = engine->model->Forward(
+        {ids, positions, slots, query_start, seq_lens, tables, rows}, *engine->cache, **stream);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+  }
+  std::set<int64_t> batches;
+  for (int32_t step = 0;; ++step) {
+    std::vector<int32_t> ids, positions, query_start{0}, seq_lens, tables, rows;
+    std::vector<int64_t> slots;
+    std::vector<std::pair<size_t, int32_t>> decoded;  // (prompt, position)
+    for (size_t i = 0; i < fixture_.prompts.size(); ++i) {
+      const int32_t pos = half[i] + step;
+      if (pos >= static_cast<int32_t>(fixture_.prompts[i].ids.size())) continue;
+      rows.push_back(static_cast<int32_t>(ids.size()));
+      ids.push_back(fixture_.prompts[i].ids[pos]);
+      positions.push_back(pos);
+      slots.push_back(slot(i, pos));
+      query_start.push_back(static_cast<int32_t>(ids.size()));
+      seq_lens.push_back(pos + 1);
+      const std::vector<int32_t> t = table(i);
+      tables.insert(tables.end(), t.begin(), t.end());
+      decoded.emplace_back(i, pos);
+    }
+    if (decoded.empty()) break;
+    batches.insert(static_cast<int64_t>(decoded.size()));
+    auto logits = engine->model->Forward(
+        {ids, positions, slots, query_start, seq_lens, tables, rows}, *engine->cache, **stream);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ASSERT_EQ(logits->dim(0), static_cast<int64_t>(decoded.size()));
+    const std::vector<float> host = ToHost(*engine, *logits, **stream);
+    for (size_t r = 0; r < decoded.size(); ++r) {
+      const auto [prompt, pos] = decoded[r];
+      ExpectLogitsMatch(host.data() + static_cast<int64_t>(r) * vocab, 1, fixture_.prompts[prompt],
+                        pos, vocab,
+                        absl::StrCat(Name(), " step ", step, " (batch ", decoded.size(), ")"));
+    }
+  }
+  const GraphStats& stats = engine->model->graph_stats();
+  EXPECT_EQ(stats.failed, 0);
+  // One recording per size the steps ran at; every other decode step replayed one.
+  std::set<int32_t> sizes;
+  for (const int64_t b : batches) sizes.insert(b <= 1 ? 1 : b <= 2 ? 2 : 4);
+  EXPECT_EQ(stats.recorded, static_cast<int64_t>(sizes.size()));
+  EXPECT_GT(stats.replayed, 0);
+  EXPECT_TRUE(batches.contains(3)) << "no step was padded";
 }
 
 INSTANTIATE_TEST_SUITE_P(Transformers, LlamaModelFixtureTest,

@@ -57,6 +57,11 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const std::string& name) {
   if (name == "cpu") return kernels::CreateCpuBackend({});
+  if (name == "cpu_graphs") {
+    kernels::CpuBackendOptions options;
+    options.emulate_graphs = true;
+    return kernels::CreateCpuBackend(options);
+  }
 #ifdef TESSERA_HAVE_CUDA_BACKEND
   if (name == "cuda") return kernels::CreateCudaBackend({});
 #else
@@ -75,6 +80,7 @@ absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
   model_options.max_num_seqs = options.max_num_seqs;
   model_options.max_blocks_per_seq =
       (options.max_model_len + options.block_size - 1) / options.block_size;
+  model_options.graph_batch_sizes = options.graph_batch_sizes;
   TESSERA_ASSIGN_OR_RETURN(e.model, LlamaModel::Create(config, weights, *e.backend, model_options));
   KvCacheConfig cache;
   cache.num_layers = static_cast<int32_t>(config.num_hidden_layers);

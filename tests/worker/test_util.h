@@ -44,13 +44,14 @@ struct TestEngine {
 };
 
 struct TestEngineOptions {
-  std::string backend = "cpu";  // or "cuda" (MakeBackend)
+  std::string backend = "cpu";  // or "cpu_graphs", "cuda" (MakeBackend)
   int32_t block_size = 4;
   int32_t num_blocks = 256;
   int32_t max_model_len = 128;
   int32_t max_num_seqs = 16;
   int32_t max_num_batched_tokens = 256;
   DataType kv_dtype = DataType::kF32;
+  std::vector<int32_t> graph_batch_sizes;  // LlamaModelOptions::graph_batch_sizes
 };
 
 // The random-weight model of the engine benchmarks: vocab 4096, hidden 512, MLP 1536, 8 query
@@ -59,8 +60,9 @@ model::ModelConfig BenchModelConfig(int layers, int kv_heads);
 // Seconds of steady-clock time since `start` (benchmarks).
 double SecondsSince(std::chrono::steady_clock::time_point start);
 
-// A backend by name: "cpu", or "cuda" (GPU 0; kUnavailable where none is, or where this build has
-// no CUDA backend) — tests skip on kUnavailable.
+// A backend by name: "cpu", "cpu_graphs" (the CPU emulating graphs:
+// kernels::CpuBackendOptions::emulate_graphs), or "cuda" (GPU 0; kUnavailable where none is, or
+// where this build has no CUDA backend) — tests skip on kUnavailable.
 absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const std::string& name);
 
 absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
