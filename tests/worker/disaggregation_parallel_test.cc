@@ -55,7 +55,8 @@ class ThreadReplica {
     const int n = split.tp * split.pp;
     caches_.resize(n);
     status_.resize(n);
-    auto group = parallel::CreateInProcessGroup(n, absl::Seconds(30));
+    auto group = parallel::CreateInProcessGroup(
+        n, {.timeout = absl::Seconds(30), .synchronous_sends = split.synchronous_sends});
     if (!group.ok()) {
       setup_ = group.status();
       return;
@@ -318,6 +319,11 @@ INSTANTIATE_TEST_SUITE_P(Layouts, DisaggregationParallelTest,
                                            // Steps in flight where no layer-wise streaming is on.
                                            Pair{{1, 2, {}, "pp2_two_steps_in_flight", 0, 2},
                                                 {2, 2, {}, "tp2pp2_two_steps_in_flight", 0, 2},
+                                                false},
+                                           // The same with sends that wait for their receiver
+                                           // (NCCL's), KV commands between steps included.
+                                           Pair{{1, 2, {}, "pp2_synchronous_sends", 0, 2, true},
+                                                {2, 2, {}, "tp2pp2_synchronous_sends", 0, 2, true},
                                                 false}),
                          [](const auto& info) {
                            return absl::StrCat(info.param.prefill.name, "_to_",

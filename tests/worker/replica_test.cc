@@ -37,7 +37,8 @@ absl::Status RunReplica(const Fixture& f, const Split& split,
                         const std::function<absl::Status(int, ReplicaRank&)>& body,
                         const DeviceGroupFactory& device_groups = nullptr) {
   const int n = split.tp * split.pp;
-  auto group = parallel::CreateInProcessGroup(n, absl::Seconds(30));
+  auto group = parallel::CreateInProcessGroup(
+      n, {.timeout = absl::Seconds(30), .synchronous_sends = split.synchronous_sends});
   if (!group.ok()) return group.status();
   std::vector<absl::Status> status(n);
   std::vector<std::thread> threads;
@@ -97,13 +98,18 @@ TEST_P(ReplicaTest, LogitsMatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(
     Splits, ReplicaTest,
-    ::testing::Combine(::testing::Values("llama_gqa", "qwen2_bias", "qwen3_qknorm"),
-                       ::testing::Values(Split{2, 1, {}, "tp2"}, Split{1, 2, {}, "pp2"},
-                                         Split{2, 2, {}, "tp2pp2"},
-                                         Split{1, 2, {1, 1}, "pp2_one_micro_batch", 1},
-                                         Split{1, 2, {}, "pp2_two_steps_in_flight", 1, 2},
-                                         Split{2, 2, {}, "tp2pp2_two_steps_in_flight", 0, 2},
-                                         Split{4, 1, {}, "tp4_kv_replicated"})),
+    ::testing::Combine(
+        ::testing::Values("llama_gqa", "qwen2_bias", "qwen3_qknorm"),
+        ::testing::Values(Split{2, 1, {}, "tp2"}, Split{1, 2, {}, "pp2"}, Split{2, 2, {}, "tp2pp2"},
+                          Split{1, 2, {1, 1}, "pp2_one_micro_batch", 1},
+                          Split{1, 2, {}, "pp2_two_steps_in_flight", 1, 2},
+                          Split{2, 2, {}, "tp2pp2_two_steps_in_flight", 0, 2},
+                          Split{4, 1, {}, "tp4_kv_replicated"},
+                          // Every send waits for its receiver, as NCCL's: the pipeline
+                          // protocol must not deadlock on that (decision 0011).
+                          Split{1, 2, {}, "pp2_synchronous_sends", 0, 1, true},
+                          Split{1, 2, {}, "pp2_two_steps_synchronous_sends", 1, 2, true},
+                          Split{2, 2, {}, "tp2pp2_two_steps_synchronous_sends", 0, 2, true})),
     [](const auto& info) {
       return absl::StrCat(std::get<0>(info.param), "_", std::get<1>(info.param).name);
     });

@@ -20,6 +20,8 @@ struct Split {
   std::string name;
   int micro_batches = 0;    // 0: one per stage
   int steps_in_flight = 1;  // the leader's ReplicaExecutorOptions::max_steps_in_flight
+  // In-process sends that wait for their receiver, as NCCL's do (InProcessGroupOptions).
+  bool synchronous_sends = false;
 };
 
 // gtest prints parameters with this (the default dumps the bytes).

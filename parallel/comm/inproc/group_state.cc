@@ -27,12 +27,15 @@ absl::string_view OpKindName(OpKind kind) {
   return "unknown";
 }
 
-GroupState::GroupState(int size, absl::Duration timeout)
+GroupState::GroupState(int size, absl::Duration timeout, bool synchronous_sends)
     : size_(size),
       timeout_(timeout),
+      synchronous_sends_(synchronous_sends),
       arrived_at_(size, 0),
       departed_(size, false),
-      mailboxes_(static_cast<size_t>(size) * size) {
+      mailboxes_(static_cast<size_t>(size) * size),
+      posted_(static_cast<size_t>(size) * size, 0),
+      taken_(static_cast<size_t>(size) * size, 0) {
   slots_[0].resize(size);
   slots_[1].resize(size);
 }
@@ -111,15 +114,31 @@ absl::Status GroupState::DepartedLocked() const {
                                          " destroyed their communicator"));
 }
 
-absl::Status GroupState::Post(int from, int to, std::vector<char> message) {
+absl::Status GroupState::Post(int from, int to, std::vector<char> message, absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   if (!broken_.ok()) return broken_;
-  if (departed_[to]) {
+  auto gone = [to] {
     return absl::AbortedError(
         absl::StrCat("inproc Send to rank ", to, ": it destroyed its communicator"));
-  }
-  mailboxes_[static_cast<size_t>(from) * size_ + to].push_back(std::move(message));
+  };
+  if (departed_[to]) return gone();
+  const size_t box = static_cast<size_t>(from) * size_ + to;
+  mailboxes_[box].push_back(std::move(message));
+  const uint64_t number = ++posted_[box];
   mailbox_cv_.SignalAll();
+  if (!synchronous_sends_) return absl::OkStatus();
+  while (taken_[box] < number) {
+    if (!broken_.ok()) return broken_;
+    if (departed_[to]) return gone();
+    if (mailbox_cv_.WaitWithDeadline(&mu_, deadline) && taken_[box] < number && broken_.ok() &&
+        !departed_[to]) {
+      // The message stays queued: a later Recv would take a message its Send gave up on.
+      BreakLocked(absl::DeadlineExceededError(
+          absl::StrCat("inproc Send from rank ", from, " to rank ", to, ": not received within ",
+                       absl::FormatDuration(timeout_), " (synchronous sends)")));
+      return broken_;
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -146,6 +165,8 @@ absl::Status GroupState::Take(int from, int to, void* data, size_t bytes, absl::
     }
     message = std::move(mailbox.front());
     mailbox.pop_front();
+    ++taken_[static_cast<size_t>(from) * size_ + to];
+    mailbox_cv_.SignalAll();  // a synchronous Send waits for this
   }
   if (message.size() != bytes) {
     return absl::InvalidArgumentError(absl::StrCat("inproc Recv on rank ", to, ": expected ", bytes,

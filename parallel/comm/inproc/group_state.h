@@ -47,10 +47,11 @@ struct Contribution {
 
 class GroupState {
  public:
-  GroupState(int size, absl::Duration timeout);
+  GroupState(int size, absl::Duration timeout, bool synchronous_sends = false);
 
   int size() const { return size_; }
   absl::Duration timeout() const { return timeout_; }
+  bool synchronous_sends() const { return synchronous_sends_; }
 
   // The slot of `rank` for its collective number `seq`. A rank writes its own slot before the
   // op's first Arrive(); peers read it only between Arrive() calls of the same op, so the
@@ -70,8 +71,9 @@ class GroupState {
   // `rank`'s communicator is gone: collectives and Recvs that need it fail instead of waiting.
   void Leave(int rank);
 
-  // Appends a message to the mailbox from -> to.
-  absl::Status Post(int from, int to, std::vector<char> message);
+  // Appends a message to the mailbox from -> to; with synchronous sends, then waits until the
+  // receiver has taken it, up to `deadline` (after which the group is broken).
+  absl::Status Post(int from, int to, std::vector<char> message, absl::Time deadline);
   // Takes the next message from -> to into `data` (exactly `bytes` long), waiting up to
   // `deadline`.
   absl::Status Take(int from, int to, void* data, size_t bytes, absl::Time deadline);
@@ -83,6 +85,7 @@ class GroupState {
 
   const int size_;
   const absl::Duration timeout_;
+  const bool synchronous_sends_;
   std::vector<Contribution> slots_[2];  // ordered by the rendezvous, see slot()
 
   mutable absl::Mutex mu_;
@@ -97,6 +100,9 @@ class GroupState {
   absl::Status broken_ ABSL_GUARDED_BY(mu_);
   // mailboxes_[from * size + to], oldest first.
   std::vector<std::deque<std::vector<char>>> mailboxes_ ABSL_GUARDED_BY(mu_);
+  // Messages ever posted to and taken from each mailbox (synchronous sends wait on these).
+  std::vector<uint64_t> posted_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> taken_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tessera::parallel::inproc

@@ -199,7 +199,8 @@ absl::Status InProcessCommunicator::Send(TensorView data, int peer, Stream& stre
   TESSERA_RETURN_IF_ERROR(
       ValidatePointToPoint("Send", data, peer, rank_, size(), DeviceType::kCpu));
   const auto* bytes = static_cast<const char*>(data.data());
-  return state_->Post(rank_, peer, std::vector<char>(bytes, bytes + data.nbytes()));
+  return state_->Post(rank_, peer, std::vector<char>(bytes, bytes + data.nbytes()),
+                      absl::Now() + state_->timeout());
 }
 
 absl::Status InProcessCommunicator::Recv(MutableTensorView data, int peer, Stream& stream) {
@@ -233,8 +234,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> InProcessCommunicator::Split(int c
     if (members[i].second == rank_) new_rank = static_cast<int>(i);
   }
   if (new_rank == 0) {
-    state_->slot(seq_, rank_).split_group =
-        std::make_shared<GroupState>(static_cast<int>(members.size()), state_->timeout());
+    state_->slot(seq_, rank_).split_group = std::make_shared<GroupState>(
+        static_cast<int>(members.size()), state_->timeout(), state_->synchronous_sends());
   }
   TESSERA_RETURN_IF_ERROR(Arrive());
   if (color < 0) return std::unique_ptr<Communicator>();
@@ -247,6 +248,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> InProcessCommunicator::Split(int c
 
 absl::StatusOr<std::vector<std::unique_ptr<Communicator>>> CreateInProcessGroup(
     int size, absl::Duration timeout) {
+  return CreateInProcessGroup(size, InProcessGroupOptions{.timeout = timeout});
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<Communicator>>> CreateInProcessGroup(
+    int size, const InProcessGroupOptions& options) {
+  const absl::Duration timeout = options.timeout;
   if (size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("CreateInProcessGroup: size ", size, " < 1"));
   }
@@ -254,7 +261,7 @@ absl::StatusOr<std::vector<std::unique_ptr<Communicator>>> CreateInProcessGroup(
     return absl::InvalidArgumentError(
         absl::StrCat("CreateInProcessGroup: timeout ", absl::FormatDuration(timeout), " <= 0"));
   }
-  auto state = std::make_shared<GroupState>(size, timeout);
+  auto state = std::make_shared<GroupState>(size, timeout, options.synchronous_sends);
   std::vector<std::unique_ptr<Communicator>> group;
   group.reserve(size);
   for (int r = 0; r < size; ++r) group.push_back(std::make_unique<InProcessCommunicator>(state, r));

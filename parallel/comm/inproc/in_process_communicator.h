@@ -7,7 +7,8 @@
 //   there is no copy through a staging buffer. Reductions combine ranks in rank order (f16/bf16
 //   in f32), so every rank gets bit-identical results.
 // - Send is buffered: it copies the data into the peer's mailbox and returns without waiting for
-//   the Recv. Recv waits for the next message from `peer`; a size mismatch is kInvalidArgument.
+//   the Recv (unless InProcessGroupOptions::synchronous_sends). Recv waits for the next message
+//   from `peer`; a size mismatch is kInvalidArgument.
 // - Collectives whose calls do not match across ranks (op, dtype, count, op, root) return
 //   kInvalidArgument on every rank and leave the group usable.
 // - A rank that does not arrive within `timeout` breaks the group: the waiting ranks get
@@ -31,8 +32,20 @@
 
 namespace tessera::parallel {
 
+struct InProcessGroupOptions {
+  absl::Duration timeout = absl::Seconds(30);
+  // Each Send returns only once its Recv has taken the message, as an NCCL send waits for its
+  // receiver (MPI and Gloo buffer small messages): for tests that protocols cannot deadlock on
+  // sends that wait. Groups made by Split inherit it. A Send not received within `timeout`
+  // breaks the group.
+  bool synchronous_sends = false;
+};
+
 // Creates the `size` communicators of one group; element i is rank i. Each is driven by its own
 // thread. kInvalidArgument if size < 1 or timeout <= 0.
+absl::StatusOr<std::vector<std::unique_ptr<Communicator>>> CreateInProcessGroup(
+    int size, const InProcessGroupOptions& options);
+// The same with buffered sends.
 absl::StatusOr<std::vector<std::unique_ptr<Communicator>>> CreateInProcessGroup(
     int size, absl::Duration timeout);
 

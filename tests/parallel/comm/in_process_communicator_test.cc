@@ -1,5 +1,6 @@
 // Behaviour specific to the in-process communicator (the shared behaviour is in the conformance
 // suite).
+#include <atomic>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -76,6 +77,59 @@ TEST(InProcessCommunicatorTest, RecvWithoutSendTimesOut) {
   ASSERT_TRUE(group.ok()) << group.status();
   CpuStream stream;
   int32_t value = 0;
+  COMM_EXPECT_CODE((*group)[1]->Recv(MutableTensorView(&value, DataType::kI32, {1}), 0, stream),
+                   absl::StatusCode::kDeadlineExceeded);
+}
+
+// InProcessGroupOptions::synchronous_sends: a Send returns once its Recv took the message (as
+// NCCL's), in subgroups too; a Send nobody receives breaks the group after the timeout.
+TEST(InProcessCommunicatorTest, SynchronousSendsWaitForTheirReceiver) {
+  auto group = CreateInProcessGroup(
+      2, InProcessGroupOptions{.timeout = absl::Seconds(20), .synchronous_sends = true});
+  ASSERT_TRUE(group.ok()) << group.status();
+  std::vector<std::unique_ptr<Communicator>> split(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      auto sub = (*group)[r]->Split(0, r);
+      COMM_EXPECT_OK(sub.status());
+      if (sub.ok()) split[r] = std::move(*sub);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  ASSERT_TRUE(split[0] && split[1]);
+  for (Communicator* sender : {(*group)[0].get(), split[0].get()}) {
+    Communicator* receiver = sender == split[0].get() ? split[1].get() : (*group)[1].get();
+    std::atomic<bool> received{false};
+    std::atomic<bool> sent{false};
+    int32_t value = 7;
+    std::thread send([&] {
+      CpuStream stream;
+      COMM_EXPECT_OK(sender->Send(TensorView(&value, DataType::kI32, {1}), 1, stream));
+      sent = true;
+      EXPECT_TRUE(received.load()) << "the Send returned before its Recv took the message";
+    });
+    absl::SleepFor(absl::Milliseconds(100));
+    EXPECT_FALSE(sent.load());
+    received = true;  // set before the Recv: the Send may return as soon as it takes the message
+    int32_t got = 0;
+    CpuStream stream;
+    COMM_EXPECT_OK(receiver->Recv(MutableTensorView(&got, DataType::kI32, {1}), 0, stream));
+    send.join();
+    EXPECT_EQ(got, 7);
+  }
+}
+
+TEST(InProcessCommunicatorTest, ASynchronousSendNobodyReceivesTimesOut) {
+  auto group = CreateInProcessGroup(
+      2, InProcessGroupOptions{.timeout = absl::Milliseconds(100), .synchronous_sends = true});
+  ASSERT_TRUE(group.ok()) << group.status();
+  CpuStream stream;
+  int32_t value = 0;
+  const absl::Status status = (*group)[0]->Send(TensorView(&value, DataType::kI32, {1}), 1, stream);
+  COMM_EXPECT_CODE(status, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(status.message().find("not received"), absl::string_view::npos) << status;
+  // The group is broken for everyone, the receiver included.
   COMM_EXPECT_CODE((*group)[1]->Recv(MutableTensorView(&value, DataType::kI32, {1}), 0, stream),
                    absl::StatusCode::kDeadlineExceeded);
 }
