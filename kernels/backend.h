@@ -88,6 +88,11 @@ class Backend {
   // Uninitialised device memory, aligned to at least 256 bytes. kResourceExhausted when the
   // device has no room.
   virtual absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) = 0;
+  // Zeroed host memory (a buffer whose device() is the CPU) that this backend copies to and
+  // from at full speed, for staging: page-locked on CUDA (cudaHostAlloc), so that copies are
+  // truly asynchronous and need no bounce through a driver buffer; plain aligned memory on the
+  // CPU. kResourceExhausted when there is none left.
+  virtual absl::StatusOr<DeviceBuffer> AllocateHost(size_t bytes);
   // Copies between host memory and this backend's device memory, or within the device. Ordered
   // on `stream`; the host side must stay valid until the stream is synchronised.
   virtual absl::Status CopyToDevice(const void* host, void* device, size_t bytes,

@@ -274,9 +274,12 @@ absl::StatusOr<std::unique_ptr<KvPort>> KvPort::Create(KvCache& cache,
           static_cast<uint8_t*>(key ? cache.key(layer).data() : cache.value(layer).data());
       Region region{layer, key, memory, nullptr};
       if (staged) {
-        // Zeroed like the cache, so that what a send reads before any copy is defined.
-        port->mirrors_.push_back(std::make_unique<uint8_t[]>(bytes));
-        region.base = port->mirrors_.back().get();
+        // Page-locked where the device has such memory, so that the staging copies run at
+        // full speed; zeroed like the cache, so that what a send reads before any copy is
+        // defined.
+        TESSERA_ASSIGN_OR_RETURN(kernels::DeviceBuffer mirror, cache.backend().AllocateHost(bytes));
+        region.base = static_cast<uint8_t*>(mirror.data());
+        port->mirrors_.push_back(std::move(mirror));
         region.device = memory;
       }
       TESSERA_ASSIGN_OR_RETURN(kvtransfer::RegionId id,

@@ -18,7 +18,8 @@
 // are cached by descriptor; Preconnect makes them before the first request.
 //
 // Staging. A cache in device memory (the CUDA backend) is not what the transports move: the port
-// then keeps a host mirror of the cache with the same layout and registers the mirror instead.
+// then keeps a host mirror of the cache with the same layout (page-locked memory from the backend,
+// Backend::AllocateHost) and registers the mirror instead.
 // A send first copies its blocks (of the layers it sends) from the device into the mirror, and a
 // reservation's blocks go from the mirror to the device once Commit has verified them. A block
 // is only read by a send while the engine holds it for that send, and only written by the
@@ -229,7 +230,7 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   uint64_t block_bytes_ = 0;
   absl::flat_hash_map<kvtransfer::RegionId, Region> regions_;  // fixed after Create
   // Staged only (backend_ set): the mirror's memory, the copies' backend and stream.
-  std::vector<std::unique_ptr<uint8_t[]>> mirrors_;
+  std::vector<kernels::DeviceBuffer> mirrors_;  // Backend::AllocateHost
   kernels::Backend* backend_ = nullptr;
   absl::Mutex stage_mu_;
   std::unique_ptr<Stream> stage_stream_ ABSL_GUARDED_BY(stage_mu_);

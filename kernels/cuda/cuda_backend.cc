@@ -1,6 +1,7 @@
 // The CUDA backend's memory, copies and streams, and its factory.
 #include "kernels/cuda/cuda_backend.h"
 
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -179,6 +180,19 @@ absl::StatusOr<DeviceBuffer> CudaBackend::Allocate(size_t bytes) {
     if (cudaSetDevice(device) == cudaSuccess) cudaFree(p);
     if (restore) cudaSetDevice(previous);
   });
+}
+
+absl::StatusOr<DeviceBuffer> CudaBackend::AllocateHost(size_t bytes) {
+  TESSERA_RETURN_IF_ERROR(Activate());
+  void* data = nullptr;
+  const size_t size = bytes == 0 ? 256 : bytes;
+  const cudaError_t error = cudaHostAlloc(&data, size, cudaHostAllocPortable);
+  if (error != cudaSuccess) {
+    (void)cudaGetLastError();
+    return CudaStatus(absl::StrCat("cudaHostAlloc(", bytes, " bytes)"), error);
+  }
+  std::memset(data, 0, size);
+  return DeviceBuffer(data, bytes, Device::Cpu(), [](void* p) { cudaFreeHost(p); });
 }
 
 absl::Status CudaBackend::CopyToDevice(const void* host, void* device, size_t bytes,

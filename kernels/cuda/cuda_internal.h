@@ -56,6 +56,8 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::Cuda(device_); }
   std::string Describe() const override { return description_; }
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
+  // Page-locked (cudaHostAlloc, portable to every device), zeroed.
+  absl::StatusOr<DeviceBuffer> AllocateHost(size_t bytes) override;
   absl::Status CopyToDevice(const void* host, void* device, size_t bytes, Stream& stream) override;
   absl::Status CopyToHost(const void* device, void* host, size_t bytes, Stream& stream) override;
   absl::Status CopyOnDevice(const void* src, void* dst, size_t bytes, Stream& stream) override;

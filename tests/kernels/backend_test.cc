@@ -1,4 +1,5 @@
 // DeviceBuffer, the CPU backend's memory calls, and the sampling random numbers.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -147,6 +148,31 @@ TEST_P(BackendMemoryConformance, AllocatesAlignedMemoryCopiesAndSets) {
   EXPECT_EQ(backend().CopyToHost(nullptr, back, 16, stream()).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(stream().device(), backend().device());
+}
+
+// Staging memory (page-locked on CUDA): zeroed, on the host, and copied to and from the device.
+TEST_P(BackendMemoryConformance, AllocatesZeroedHostMemoryForStaging) {
+  for (size_t bytes : {size_t{0}, size_t{100}, size_t{3} << 20}) {
+    auto host = backend().AllocateHost(bytes);
+    ASSERT_TRUE(host.ok()) << host.status();
+    EXPECT_EQ(host->size(), bytes);
+    EXPECT_EQ(host->device(), Device::Cpu());
+    ASSERT_NE(host->data(), nullptr);
+    const auto* p = static_cast<const unsigned char*>(host->data());
+    EXPECT_TRUE(std::all_of(p, p + bytes, [](unsigned char c) { return c == 0; }));
+  }
+  auto host = backend().AllocateHost(4096);
+  auto back = backend().AllocateHost(4096);
+  auto device = backend().Allocate(4096);
+  ASSERT_TRUE(host.ok() && back.ok() && device.ok());
+  auto* bytes = static_cast<unsigned char*>(host->data());
+  for (size_t i = 0; i < 4096; ++i) bytes[i] = static_cast<unsigned char>(i * 7);
+  ASSERT_TRUE(backend().CopyToDevice(host->data(), device->data(), 4096, stream()).ok());
+  ASSERT_TRUE(backend().CopyToHost(device->data(), back->data(), 4096, stream()).ok());
+  ASSERT_TRUE(stream().Synchronize().ok());
+  EXPECT_EQ(std::memcmp(host->data(), back->data(), 4096), 0);
+  EXPECT_EQ(backend().AllocateHost(size_t{1} << 62).status().code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 TEST_P(BackendMemoryConformance, HugeAllocationIsResourceExhausted) {
