@@ -131,10 +131,14 @@ absl::Status Bench(BenchFlags flags) {
   }
   const int tp = flags.replica.tensor_parallel_size;
   const int pp = flags.replica.pipeline_parallel_size;
-  std::printf("model: %lld layers, hidden %lld, vocab %lld, weights %.2f GB; tp %d x pp %d\n",
-              static_cast<long long>(config.num_hidden_layers),
-              static_cast<long long>(config.hidden_size), static_cast<long long>(config.vocab_size),
-              weight_bytes / 1e9, tp, pp);
+  TESSERA_ASSIGN_OR_RETURN(const std::vector<int64_t> stage_layers,
+                           LayersPerStage(config, flags.replica));
+  std::printf(
+      "model: %lld layers, hidden %lld, vocab %lld, weights %.2f GB; tp %d x pp %d%s\n",
+      static_cast<long long>(config.num_hidden_layers), static_cast<long long>(config.hidden_size),
+      static_cast<long long>(config.vocab_size), weight_bytes / 1e9, tp, pp,
+      pp > 1 ? absl::StrCat(" (layers per stage ", absl::StrJoin(stage_layers, ","), ")").c_str()
+             : "");
   // FLOPs of one prompt: every layer's matrices for each token, the LM head for the last, and
   // causal attention (4 * q_size per query-key pair).
   const double layer_params = static_cast<double>(config.hidden_size) *

@@ -152,8 +152,8 @@ absl::StatusOr<std::optional<DataType>> ParseDtypeFlag(const std::string& flag,
 }  // namespace
 
 absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& config,
-                                                 const EngineFlags& flags, int tp_size,
-                                                 int pp_size) {
+                                                 const EngineFlags& flags, int tp_size, int pp_size,
+                                                 int64_t stage_layers) {
   EngineLimits limits;
   TESSERA_ASSIGN_OR_RETURN(limits.model.weight_dtype, ParseDtypeFlag("--dtype", flags.dtype));
   TESSERA_ASSIGN_OR_RETURN(std::optional<DataType> kv_dtype,
@@ -177,8 +177,8 @@ absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& confi
   } else {
     // The budget is per rank; a rank holds its stage's layers and its share of the KV heads.
     worker::KvCacheConfig rank_cache;
-    rank_cache.num_layers =
-        static_cast<int32_t>((config.num_hidden_layers + pp_size - 1) / pp_size);
+    rank_cache.num_layers = static_cast<int32_t>(
+        stage_layers > 0 ? stage_layers : (config.num_hidden_layers + pp_size - 1) / pp_size);
     rank_cache.block_size = flags.block_size;
     rank_cache.kv_heads =
         static_cast<int32_t>(std::max<int64_t>(1, config.num_key_value_heads / tp_size));

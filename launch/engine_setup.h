@@ -71,9 +71,11 @@ struct EngineLimits {
   int32_t num_kv_blocks = 0;
   DataType kv_cache_dtype = DataType::kF32;
 };
+// `stage_layers`: the layers of the replica's largest pipeline stage, which the per-rank KV
+// budget must hold (0: ceil(layers / pp_size), an even split's).
 absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& config,
                                                  const EngineFlags& flags, int tp_size = 1,
-                                                 int pp_size = 1);
+                                                 int pp_size = 1, int64_t stage_layers = 0);
 // The batch sizes whose decode steps run as graphs under `flags` (empty with --enforce-eager).
 std::vector<int32_t> GraphBatchSizes(const EngineFlags& flags);
 worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_model_len);

@@ -44,7 +44,8 @@ void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--pp-layers", flags.pp_layers,
-                 "Layers per pipeline stage, e.g. 10,6 (default: as even as possible)");
+                 "Layers per pipeline stage, e.g. 10,6; auto balances each stage's decode weight "
+                 "reads, counting the last stage's LM head (default: as even as possible)");
   app.add_option(
          "--pp-micro-batches", flags.pp_micro_batches,
          "Micro-batches each step is split into through the pipeline (0: 1); pays when stages "
@@ -81,6 +82,28 @@ void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags) {
                  "rendezvous is on loopback, else this machine's hostname)");
 }
 
+absl::StatusOr<std::vector<int64_t>> LayersPerStage(const model::ModelConfig& config,
+                                                    const ReplicaFlags& flags) {
+  parallel::ParallelConfig parallel;
+  parallel.tp_size = flags.tensor_parallel_size;
+  parallel.pp_size = flags.pipeline_parallel_size;
+  if (!flags.pp_layers.empty() && flags.pp_layers != "auto") {
+    for (absl::string_view part : absl::StrSplit(flags.pp_layers, ',')) {
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(part, &n)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--pp-layers: '", part, "' is not a number of layers (or give auto, or nothing)"));
+      }
+      parallel.pp_layers.push_back(n);
+    }
+  }
+  // Checked before a split is computed: either needs a layer per stage.
+  TESSERA_RETURN_IF_ERROR(parallel::ValidateParallelConfig(config, parallel));
+  if (!parallel.pp_layers.empty()) return parallel.pp_layers;
+  return flags.pp_layers == "auto" ? parallel::BalancedLayerSplit(config, parallel.pp_size)
+                                   : parallel::EvenLayerSplit(config, parallel.pp_size);
+}
+
 namespace {
 
 absl::StatusOr<worker::ReplicaRankOptions> RankOptions(const model::ModelConfig& config,
@@ -93,20 +116,12 @@ absl::StatusOr<worker::ReplicaRankOptions> RankOptions(const model::ModelConfig&
   o.pp_micro_batches = flags.pp_micro_batches;
   o.pp_steps_in_flight =
       flags.pp_steps_in_flight > 0 ? flags.pp_steps_in_flight : flags.pipeline_parallel_size;
-  if (!flags.pp_layers.empty()) {
-    for (absl::string_view part : absl::StrSplit(flags.pp_layers, ',')) {
-      int64_t n = 0;
-      if (!absl::SimpleAtoi(part, &n)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--pp-layers: '", part, "' is not a number of layers"));
-      }
-      o.parallel.pp_layers.push_back(n);
-    }
-  }
-  TESSERA_RETURN_IF_ERROR(parallel::ValidateParallelConfig(config, o.parallel));
+  TESSERA_ASSIGN_OR_RETURN(o.parallel.pp_layers, LayersPerStage(config, flags));
   TESSERA_ASSIGN_OR_RETURN(
       EngineLimits limits,
-      ComputeEngineLimits(config, engine, o.parallel.tp_size, o.parallel.pp_size));
+      ComputeEngineLimits(
+          config, engine, o.parallel.tp_size, o.parallel.pp_size,
+          *std::max_element(o.parallel.pp_layers.begin(), o.parallel.pp_layers.end())));
   *max_model_len = limits.max_model_len;
   o.model = limits.model;
   o.num_kv_blocks = limits.num_kv_blocks;

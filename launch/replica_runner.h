@@ -9,9 +9,11 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kvtransfer/transport.h"
 #include "launch/engine_setup.h"
 #include "launch/rank_env.h"
@@ -26,7 +28,7 @@ namespace tessera::launch {
 struct ReplicaFlags {
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
-  std::string pp_layers;       // "8,8": layers per stage; empty: even
+  std::string pp_layers;       // "8,8": layers per stage; "auto": balanced; empty: even
   int pp_micro_batches = 0;    // micro-batches per step through the pipeline; 0: 1
   int pp_steps_in_flight = 0;  // steps the leader keeps in the pipeline; 0: one per stage
   // auto: mpi under mpirun; gloo when the launcher (LWS, torchrun, Slurm, --rank/--world-size)
@@ -53,6 +55,12 @@ struct ReplicaFlags {
 inline constexpr int kDefaultRendezvousPort = 29500;  // torchrun's MASTER_PORT default
 
 void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags);
+
+// The layers of each pipeline stage under `flags` (--pp-layers: a list, auto for
+// parallel::BalancedLayerSplit, empty for an even split); kInvalidArgument naming what is wrong
+// with a list that is not numbers or a split the model cannot take.
+absl::StatusOr<std::vector<int64_t>> LayersPerStage(const model::ModelConfig& config,
+                                                    const ReplicaFlags& flags);
 
 // What the leader's body gets: the replica's executor, the engine limits it was built with, and
 // with a KvTransportFactory the replica's KV endpoint (every rank's cache on its own transport;

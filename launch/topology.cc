@@ -3,9 +3,13 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <string>
+#include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "yaml-cpp/yaml.h"
 
@@ -223,6 +227,23 @@ absl::Status ValidateTopology(const Topology& t) {
                                   ">= 1, got ",
                                   p.tensor_parallel_size, " and ", p.pipeline_parallel_size));
     }
+    if (!p.pp_layers.empty() && p.pp_layers != "auto") {
+      // The sum is checked against the model by the workers (--check included).
+      const std::vector<std::string> parts = absl::StrSplit(p.pp_layers, ',');
+      for (const std::string& part : parts) {
+        int64_t n = 0;
+        if (!absl::SimpleAtoi(part, &n) || n < 1) {
+          return Invalid(where + ".pp_layers",
+                         absl::StrCat("'", p.pp_layers,
+                                      "' is not auto or a list of layer counts >= 1, e.g. 10,6"));
+        }
+      }
+      if (static_cast<int>(parts.size()) != p.pipeline_parallel_size) {
+        return Invalid(where + ".pp_layers",
+                       absl::StrCat(parts.size(), " stages for pipeline_parallel_size ",
+                                    p.pipeline_parallel_size));
+      }
+    }
     if (p.backend != "cpu" && p.backend != "cuda") {
       return Invalid(where + ".backend", absl::StrCat("'", p.backend, "' is not cpu or cuda"));
     }
@@ -310,6 +331,7 @@ absl::StatusOr<Topology> ParseTopology(const std::string& yaml, const std::strin
     r.Read("replicas", p.replicas);
     r.Read("tensor_parallel_size", p.tensor_parallel_size);
     r.Read("pipeline_parallel_size", p.pipeline_parallel_size);
+    r.Read("pp_layers", p.pp_layers);
     r.Read("backend", p.backend);
     r.ReadList("devices", p.devices);
     r.ReadList("hosts", p.hosts);
@@ -439,6 +461,7 @@ std::string TopologyToYaml(const Topology& t) {
     out << YAML::Key << "replicas" << YAML::Value << p.replicas;
     out << YAML::Key << "tensor_parallel_size" << YAML::Value << p.tensor_parallel_size;
     out << YAML::Key << "pipeline_parallel_size" << YAML::Value << p.pipeline_parallel_size;
+    if (!p.pp_layers.empty()) out << YAML::Key << "pp_layers" << YAML::Value << p.pp_layers;
     out << YAML::Key << "backend" << YAML::Value << p.backend;
     if (!p.devices.empty()) out << YAML::Key << "devices" << YAML::Value << YAML::Flow << p.devices;
     if (!p.hosts.empty()) out << YAML::Key << "hosts" << YAML::Value << YAML::Flow << p.hosts;

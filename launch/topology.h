@@ -32,6 +32,8 @@ struct TopologyPool {
   int replicas = 1;
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
+  // Layers per pipeline stage, as the workers' --pp-layers: "" (even), "auto", or "10,6".
+  std::string pp_layers;
   std::string backend = "cpu";  // cpu | cuda (valid here; workers refuse it until issue #8)
   // GPU ids of one replica's ranks (rank order; replica r of the pool on host r's devices).
   std::vector<int> devices;

@@ -142,6 +142,7 @@ absl::Status ApplyTopology(WorkerFlags& flags) {
   }
   flags.replica.tensor_parallel_size = pool.tensor_parallel_size;
   flags.replica.pipeline_parallel_size = pool.pipeline_parallel_size;
+  flags.replica.pp_layers = pool.pp_layers;
   if (flags.replica_name.empty()) flags.replica_name = place.replica_name;
   if (flags.coordinator.empty()) {
     flags.coordinator = absl::StrCat(t.coordinator.host, ":", t.coordinator.internal_port);
@@ -216,10 +217,7 @@ absl::Status CheckWorker(const WorkerFlags& flags) {
     config = ModelConfigFromFlags(shape);
   }
   if (config.ok()) {
-    parallel::ParallelConfig parallel;
-    parallel.tp_size = flags.replica.tensor_parallel_size;
-    parallel.pp_size = flags.replica.pipeline_parallel_size;
-    TESSERA_RETURN_IF_ERROR(parallel::ValidateParallelConfig(*config, parallel));
+    TESSERA_RETURN_IF_ERROR(LayersPerStage(*config, flags.replica).status());  // --pp-layers too
     model_note = "its split checked";
   }
   std::printf(

@@ -1,8 +1,10 @@
 #include "parallel/shard_plan.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "common/status_macros.h"
 
 namespace tessera::parallel {
@@ -80,14 +82,11 @@ absl::StatusOr<ShardPlan> MakeShardPlan(const model::ModelConfig& config,
   plan.pp_rank = pp_rank;
   plan.pp_size = pp;
   // Layers.
+  const std::vector<int64_t> split =
+      parallel.pp_layers.empty() ? EvenLayerSplit(config, pp) : parallel.pp_layers;
   int64_t begin = 0;
   for (int s = 0; s <= pp_rank; ++s) {
-    int64_t n;
-    if (!parallel.pp_layers.empty()) {
-      n = parallel.pp_layers[s];
-    } else {
-      n = config.num_hidden_layers / pp + (s < config.num_hidden_layers % pp ? 1 : 0);
-    }
+    const int64_t n = split[s];
     if (s == pp_rank) {
       plan.layer_begin = begin;
       plan.layer_end = begin + n;
@@ -123,6 +122,57 @@ ShardPlan SingleRankPlan(const model::ModelConfig& config) {
   plan.vocab_size = config.vocab_size;
   plan.vocab_shard = config.vocab_size;
   return plan;
+}
+
+namespace {
+
+// `layers` over `stages`, as even as possible, earlier stages taking the remainder.
+std::vector<int64_t> EvenSplit(int64_t layers, int64_t stages) {
+  std::vector<int64_t> split;
+  split.reserve(static_cast<size_t>(stages));
+  for (int64_t s = 0; s < stages; ++s) {
+    split.push_back(layers / stages + (s < layers % stages ? 1 : 0));
+  }
+  return split;
+}
+
+}  // namespace
+
+std::vector<int64_t> EvenLayerSplit(const model::ModelConfig& config, int pp_size) {
+  const int64_t layers = config.num_hidden_layers;
+  TESSERA_CHECK(pp_size >= 1 && pp_size <= layers)
+      << "EvenLayerSplit: " << pp_size << " stages for " << layers << " layers";
+  return EvenSplit(layers, pp_size);
+}
+
+std::vector<int64_t> BalancedLayerSplit(const model::ModelConfig& config, int pp_size) {
+  const int64_t layers = config.num_hidden_layers;
+  TESSERA_CHECK(pp_size >= 1 && pp_size <= layers)
+      << "BalancedLayerSplit: " << pp_size << " stages for " << layers << " layers";
+  if (pp_size == 1) return {layers};
+  const auto hidden = static_cast<double>(config.hidden_size);
+  // Weights a decode step reads: q, k, v and o; gate, up and down (norms are negligible).
+  const double layer = hidden * static_cast<double>(2 * config.q_size() + 2 * config.kv_size() +
+                                                    3 * config.intermediate_size);
+  const double head = hidden * static_cast<double>(config.vocab_size);
+  const int64_t others = pp_size - 1;
+  int64_t best_last = 0;
+  double best_cost = 0, best_gap = 0;
+  for (int64_t last = 1; last <= layers - others; ++last) {
+    const int64_t rest = layers - last;
+    const int64_t widest = (rest + others - 1) / others;
+    const double cost =
+        std::max(static_cast<double>(last) * layer + head, static_cast<double>(widest) * layer);
+    const double gap = std::abs(static_cast<double>(last) - static_cast<double>(rest) / others);
+    if (best_last == 0 || cost < best_cost || (cost == best_cost && gap < best_gap)) {
+      best_last = last;
+      best_cost = cost;
+      best_gap = gap;
+    }
+  }
+  std::vector<int64_t> split = EvenSplit(layers - best_last, others);
+  split.push_back(best_last);
+  return split;
 }
 
 }  // namespace tessera::parallel

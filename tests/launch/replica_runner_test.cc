@@ -30,6 +30,34 @@ std::vector<int> Indexes(const std::vector<std::string>& hosts) {
   return index;
 }
 
+// --pp-layers: empty (even), a list, or auto (the LM head counted); mistakes named, never fatal.
+TEST(LayersPerStageTest, EvenAListOrBalanced) {
+  model::ModelConfig c;
+  c.hidden_size = 1024;
+  c.intermediate_size = 2816;
+  c.num_hidden_layers = 8;
+  c.num_attention_heads = 16;
+  c.num_key_value_heads = 8;
+  c.head_dim = 64;
+  c.vocab_size = 32000;
+  ReplicaFlags flags;
+  flags.pipeline_parallel_size = 2;
+  EXPECT_EQ(*LayersPerStage(c, flags), (std::vector<int64_t>{4, 4}));
+  flags.pp_layers = "6,2";
+  EXPECT_EQ(*LayersPerStage(c, flags), (std::vector<int64_t>{6, 2}));
+  flags.pp_layers = "auto";
+  EXPECT_EQ(*LayersPerStage(c, flags), (std::vector<int64_t>{5, 3}));
+  flags.pp_layers = "5,x";
+  EXPECT_EQ(LayersPerStage(c, flags).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(LayersPerStage(c, flags).status().message().find("'x'"), absl::string_view::npos);
+  flags.pp_layers = "5,4";
+  EXPECT_NE(LayersPerStage(c, flags).status().message().find("adds up to 9"),
+            absl::string_view::npos);
+  flags.pp_layers = "auto";
+  flags.pipeline_parallel_size = 9;  // more stages than layers: an error, not a failed check
+  EXPECT_EQ(LayersPerStage(c, flags).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(HostLocalIndexTest, OneHostCountsLikeTheReplicaRank) {
   EXPECT_EQ(Indexes({"node1", "node1", "node1", "node1"}), (std::vector<int>{0, 1, 2, 3}));
 }

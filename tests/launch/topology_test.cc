@@ -42,6 +42,7 @@ pools:
     role: decode
     replicas: 1
     pipeline_parallel_size: 2
+    pp_layers: auto
 )";
 
 TEST(TopologyTest, ParsesPoolsAndLayersTheEngineSettings) {
@@ -53,6 +54,8 @@ TEST(TopologyTest, ParsesPoolsAndLayersTheEngineSettings) {
   EXPECT_EQ(t->pools[0].engine.max_num_seqs, 8);   // the pool's own
   EXPECT_EQ(t->pools[1].engine.max_num_seqs, 32);  // the topology's
   EXPECT_EQ(t->pools[1].engine.block_size, 16);
+  EXPECT_EQ(t->pools[1].pp_layers, "auto");
+  EXPECT_EQ(t->pools[0].pp_layers, "");
   EXPECT_EQ(t->total_ranks(), 2 * 2 + 2);
   EXPECT_EQ(t->total_replicas(), 3);
   EXPECT_TRUE(t->disaggregated());
@@ -144,6 +147,14 @@ INSTANTIATE_TEST_SUITE_P(
             "  block_size: 16",
             "  block_size: 16\n  dtype: int8",
             {"dtype", "'int8'"}},
+        Bad{"pp_layers_words",
+            "pp_layers: auto",
+            "pp_layers: balanced",
+            {"pools[1].pp_layers", "'balanced' is not auto or a list"}},
+        Bad{"pp_layers_stages",
+            "pp_layers: auto",
+            "pp_layers: 1,1,1",
+            {"pools[1].pp_layers", "3 stages for pipeline_parallel_size 2"}},
         Bad{"backend",
             "    replicas: 1",
             "    replicas: 1\n    backend: tpu",
