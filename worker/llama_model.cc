@@ -409,11 +409,9 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
 }
 
 int32_t LlamaModel::GraphSize(const ForwardInput& in, const ForwardOptions& options) const {
-  // A step that reports its layers or hands its activations on runs host code between kernels.
-  if (graph_sizes_.empty() || graph_stats_.failed > 0 || options.kv_written ||
-      options.before_send) {
-    return 0;
-  }
+  // A step that reports its layers runs host code between kernels. (before_send is never called
+  // here: graph_sizes_ is empty on a model of several stages.)
+  if (graph_sizes_.empty() || graph_stats_.failed > 0 || options.kv_written) return 0;
   const size_t t = in.token_ids.size();
   if (in.seq_lens.size() != t || in.logits_rows.size() != t ||
       t > static_cast<size_t>(graph_sizes_.back())) {

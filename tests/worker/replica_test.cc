@@ -44,7 +44,7 @@ absl::Status RunReplica(const Fixture& f, const Split& split,
   std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r) {
     threads.emplace_back([&, r] {
-      auto backend = kernels::CreateCpuBackend({.num_threads = 1});
+      auto backend = kernels::CreateCpuBackend({.num_threads = 1, .emulate_graphs = split.graphs});
       if (!backend.ok()) {
         status[r] = backend.status();
         return;
@@ -113,6 +113,38 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) {
       return absl::StrCat(std::get<0>(info.param), "_", std::get<1>(info.param).name);
     });
+
+// Decode steps recorded as graphs under tensor parallelism (the all-reduces inside them, and
+// the vocab-parallel greedy sampler reading ungathered logits): every rank pads and replays alike
+// and the tokens are the fixture's. Pipeline stages stay eager.
+TEST(ReplicaGraphsTest, DecodeGraphsUnderTensorParallelismGiveTheFixtureTokens) {
+  auto f = LoadFixture("llama_gqa");
+  ASSERT_TRUE(f.ok()) << f.status();
+  for (const Split& split : {Split{2, 1, {}, "tp2_graphs", 0, 1, false, true},
+                             Split{4, 1, {}, "tp4_graphs", 0, 1, false, true},
+                             Split{1, 2, {}, "pp2_graphs", 0, 2, false, true}}) {
+    std::vector<RequestOutput> results;
+    std::vector<GraphStats> stats(static_cast<size_t>(split.tp * split.pp));
+    const absl::Status status = RunReplica(*f, split, [&](int r, ReplicaRank& rank) {
+      absl::Status s = GreedyBody(*f, rank, results, split.steps_in_flight);
+      stats[r] = rank.model->graph_stats();
+      return s;
+    });
+    ASSERT_TRUE(status.ok()) << split.name << ": " << status;
+    ASSERT_EQ(results.size(), f->prompts.size());
+    for (size_t i = 0; i < results.size(); ++i) {
+      EXPECT_EQ(results[i].token_ids, f->prompts[i].greedy) << split.name << " prompt " << i;
+    }
+    for (size_t r = 0; r < stats.size(); ++r) {
+      EXPECT_EQ(stats[r].failed, 0) << split.name << " rank " << r;
+      if (split.pp == 1) {
+        EXPECT_GT(stats[r].replayed, 0) << split.name << " rank " << r;
+      } else {
+        EXPECT_EQ(stats[r].recorded, 0) << split.name << " rank " << r << ": a stage recorded";
+      }
+    }
+  }
+}
 
 // A GPU replica's TP and PP data go over communicators made from the host groups (NCCL, through
 // ReplicaRankOptions::device_groups); here a counting wrapper stands in for NCCL.

@@ -17,6 +17,7 @@ ReplicaRankOptions ReplicaOptions(const Split& split) {
   o.model.max_num_tokens = 128;
   o.model.max_num_seqs = 8;
   o.model.max_blocks_per_seq = 32;
+  if (split.graphs) o.model.graph_batch_sizes = {1, 2, 4, 8};
   o.num_kv_blocks = 128;
   o.block_size = 4;
   return o;

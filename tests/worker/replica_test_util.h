@@ -22,6 +22,9 @@ struct Split {
   int steps_in_flight = 1;  // the leader's ReplicaExecutorOptions::max_steps_in_flight
   // In-process sends that wait for their receiver, as NCCL's do (InProcessGroupOptions).
   bool synchronous_sends = false;
+  // Decode steps as graphs (LlamaModelOptions::graph_batch_sizes 1, 2, 4, 8) on CPU backends
+  // that emulate them (CpuBackendOptions::emulate_graphs).
+  bool graphs = false;
 };
 
 // gtest prints parameters with this (the default dumps the bytes).
