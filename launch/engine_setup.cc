@@ -55,7 +55,7 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
                  "of 8 up to N; several are the list itself")
       ->capture_default_str()
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 65536));
   app.add_option("--threads", flags.threads, "CPU threads (0: all cores)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
