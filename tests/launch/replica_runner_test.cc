@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "launch/model_flags.h"
 #include "parallel/comm/inproc/in_process_communicator.h"
 
 namespace tessera::launch {
@@ -32,14 +33,17 @@ std::vector<int> Indexes(const std::vector<std::string>& hosts) {
 
 // --pp-layers: empty (even), a list, or auto (the LM head counted); mistakes named, never fatal.
 TEST(LayersPerStageTest, EvenAListOrBalanced) {
-  model::ModelConfig c;
-  c.hidden_size = 1024;
-  c.intermediate_size = 2816;
-  c.num_hidden_layers = 8;
-  c.num_attention_heads = 16;
-  c.num_key_value_heads = 8;
-  c.head_dim = 64;
-  c.vocab_size = 32000;
+  // The CPU engine benchmark's model: 8 layers, its LM head worth 2.8 of them.
+  ModelShapeFlags shape;
+  shape.hidden_size = 1024;
+  shape.intermediate_size = 2816;
+  shape.num_layers = 8;
+  shape.num_heads = 16;
+  shape.num_kv_heads = 8;
+  shape.vocab_size = 32000;
+  const absl::StatusOr<model::ModelConfig> config = ModelConfigFromFlags(shape);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const model::ModelConfig& c = *config;
   ReplicaFlags flags;
   flags.pipeline_parallel_size = 2;
   EXPECT_EQ(*LayersPerStage(c, flags), (std::vector<int64_t>{4, 4}));

@@ -9,31 +9,24 @@
 namespace tessera::parallel {
 namespace {
 
-// Llama-3-8B's shape: a layer reads 218M weights, the LM head 525M (2.4 layers' worth).
-model::ModelConfig Llama8B() {
+model::ModelConfig Shape(int64_t hidden, int64_t intermediate, int64_t layers, int64_t heads,
+                         int64_t kv_heads, int64_t head_dim, int64_t vocab) {
   model::ModelConfig c;
-  c.hidden_size = 4096;
-  c.intermediate_size = 14336;
-  c.num_hidden_layers = 32;
-  c.num_attention_heads = 32;
-  c.num_key_value_heads = 8;
-  c.head_dim = 128;
-  c.vocab_size = 128256;
+  c.hidden_size = hidden;
+  c.intermediate_size = intermediate;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.vocab_size = vocab;
   return c;
 }
 
+// Llama-3-8B's shape: a layer reads 218M weights, the LM head 525M (2.4 layers' worth).
+model::ModelConfig Llama8B() { return Shape(4096, 14336, 32, 32, 8, 128, 128256); }
+
 // The CPU engine benchmark's model (docs/benchmarks.md): the LM head weighs 2.8 layers.
-model::ModelConfig CpuBenchModel() {
-  model::ModelConfig c;
-  c.hidden_size = 1024;
-  c.intermediate_size = 2816;
-  c.num_hidden_layers = 8;
-  c.num_attention_heads = 16;
-  c.num_key_value_heads = 8;
-  c.head_dim = 64;
-  c.vocab_size = 32000;
-  return c;
-}
+model::ModelConfig CpuBenchModel() { return Shape(1024, 2816, 8, 16, 8, 64, 32000); }
 
 TEST(EvenLayerSplitTest, EarlierStagesTakeTheRemainder) {
   model::ModelConfig c = Llama8B();
