@@ -121,7 +121,7 @@ if want bench; then
   # run: the engine on an 8B-shaped model with decode graphs and without, then every kernel at
   # Llama-3-8B shapes, then the transformers peer at the engine's shapes.
   engine=(build-gpu/launch/tessera bench-engine --backend cuda --preset llama-8b
-    --weight-dtype bfloat16 --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32)
+    --weight-dtype bfloat16 --batch-sizes "1,8,64" --prompt-len 128 --decode-steps 32)
   step bench_engine_8b 0 "${engine[@]}"
   step bench_engine_8b_eager 0 "${engine[@]}" --enforce-eager
   step bench_kernels 0 build-gpu/launch/tessera bench-kernels --backend cuda \
