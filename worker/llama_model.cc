@@ -96,11 +96,12 @@ struct LlamaModel::Workspace {
 };
 
 // A decode step recorded at one batch size, and what it was recorded over.
+// (Two per size under TP: with the logits gathered, for sampled rows, and without, for greedy
+// ones, so that batches alternating between the two replay rather than record again.)
 struct LlamaModel::RecordedStep {
   std::unique_ptr<kernels::Graph> graph;
   const KvCache* cache = nullptr;
   const void* cache_data = nullptr;  // its first layer's keys: another cache at the same address
-  bool gather_logits = true;
 };
 
 LlamaModel::LlamaModel(const model::ModelConfig& config, kernels::Backend& backend,
@@ -170,7 +171,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     sizes = options.graph_batch_sizes;
     std::sort(sizes.begin(), sizes.end());
     sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
-    llama->graphs_.resize(sizes.size());
+    llama->graphs_.resize(2 * sizes.size());
   }
   return llama;
 }
@@ -453,13 +454,13 @@ absl::StatusOr<TensorView> LlamaModel::ForwardGraph(const ForwardInput& in, int3
   TESSERA_RETURN_IF_ERROR(Upload(padded, stream));
 
   const StepShape shape{size, size, size};
-  const bool gather = options.gather_logits;
+  // Only TP gathers logits; one graph a size serves either way without it.
+  const bool gather = options.gather_logits || tp_group() == nullptr;
   const void* cache_data = cache.key(0).data();
   const auto index = static_cast<size_t>(
       std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), size) - graph_sizes_.begin());
-  RecordedStep& step = graphs_[index];
-  if (step.graph != nullptr && step.cache == &cache && step.cache_data == cache_data &&
-      step.gather_logits == gather) {
+  RecordedStep& step = graphs_[2 * index + (gather ? 1 : 0)];
+  if (step.graph != nullptr && step.cache == &cache && step.cache_data == cache_data) {
     TESSERA_RETURN_IF_ERROR(step.graph->Launch(stream));
     ++graph_stats_.replayed;
     return Output(static_cast<int64_t>(in.token_ids.size()), gather);
@@ -477,13 +478,13 @@ absl::StatusOr<TensorView> LlamaModel::ForwardGraph(const ForwardInput& in, int3
         return Compute(shape, *recorded_cache, replay, replay_options);
       });
   if (graph.ok()) {
-    step = RecordedStep{*std::move(graph), &cache, cache_data, gather};
+    step = RecordedStep{*std::move(graph), &cache, cache_data};
     ++graph_stats_.recorded;
   } else {
     // This step's result stands (it ran eagerly); every later step runs eagerly too.
     ++graph_stats_.failed;
     graphs_.clear();
-    graphs_.resize(graph_sizes_.size());
+    graphs_.resize(2 * graph_sizes_.size());
     TESSERA_LOG(WARNING) << "recording the decode step of batch " << size
                          << " as a graph failed, running every step eagerly from now on: "
                          << graph.status();

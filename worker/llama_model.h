@@ -52,7 +52,9 @@ struct LlamaModelOptions {
 
 // How a model's decode steps ran (LlamaModelOptions::graph_batch_sizes).
 struct GraphStats {
-  int64_t recorded = 0;  // graphs recorded (one per batch size, again for another cache)
+  // Graphs recorded: one per batch size (under TP one with the logits gathered and one without),
+  // again for another cache.
+  int64_t recorded = 0;
   int64_t replayed = 0;  // steps run by replaying a graph
   int64_t failed = 0;    // recordings that failed: graphs are off for the model from then on
 };
@@ -165,7 +167,7 @@ class LlamaModel {
   std::vector<Layer> layers_;
   std::unique_ptr<Workspace> ws_;
   std::vector<int32_t> graph_sizes_;
-  std::vector<RecordedStep> graphs_;  // one per graph_sizes_ entry
+  std::vector<RecordedStep> graphs_;  // two per graph_sizes_ entry (RecordedStep)
   GraphStats graph_stats_;
 };
 
