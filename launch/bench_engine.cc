@@ -88,6 +88,7 @@ worker::StepPlan DecodePlan(const model::ModelConfig& config, int32_t first, int
 absl::Status Bench(BenchFlags flags) {
   TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, ModelConfigFromFlags(flags.shape));
   TESSERA_ASSIGN_OR_RETURN(DataType dtype, DataTypeFromName(flags.weight_dtype));
+  config.torch_dtype = dtype;  // the random weights' (the engine's activations follow on a GPU)
   int32_t max_batch = 1;
   for (int32_t b : flags.batch_sizes) max_batch = std::max(max_batch, b);
   const int32_t seq_len = flags.prompt_len + flags.decode_steps;
@@ -152,6 +153,9 @@ absl::Status Bench(BenchFlags flags) {
           (prompt + 1) / 2;
 
   TESSERA_ASSIGN_OR_RETURN(EngineLimits limits, ComputeEngineLimits(config, flags.engine));
+  std::printf("activations %s, KV cache %s\n",
+              std::string(DataTypeName(limits.model.activation_dtype)).c_str(),
+              std::string(DataTypeName(limits.kv_cache_dtype)).c_str());
   const size_t kv_bytes_per_token = 2ull * static_cast<size_t>(config.num_hidden_layers) *
                                     static_cast<size_t>(config.kv_size()) *
                                     DataTypeSize(limits.kv_cache_dtype);

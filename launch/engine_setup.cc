@@ -18,10 +18,11 @@ namespace tessera::launch {
 void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
   app.add_option("--dtype", flags.dtype,
                  "Weight storage: auto (as in the checkpoint), float32, bfloat16 or float16; "
-                 "the CPU backend computes in float32")
+                 "the CPU backend computes in float32, a GPU in the weights' type")
       ->capture_default_str();
   app.add_option("--kv-cache-dtype", flags.kv_cache_dtype,
-                 "KV cache element type: auto (float32 on CPU), float32, bfloat16 or float16")
+                 "KV cache element type: auto (the activations': float32 on CPU, the weights' "
+                 "half type on a GPU), float32, bfloat16 or float16")
       ->capture_default_str();
   app.add_option("--block-size", flags.block_size, "Tokens per KV-cache block")
       ->capture_default_str()
@@ -158,7 +159,12 @@ absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& confi
   TESSERA_ASSIGN_OR_RETURN(limits.model.weight_dtype, ParseDtypeFlag("--dtype", flags.dtype));
   TESSERA_ASSIGN_OR_RETURN(std::optional<DataType> kv_dtype,
                            ParseDtypeFlag("--kv-cache-dtype", flags.kv_cache_dtype));
-  limits.kv_cache_dtype = kv_dtype.value_or(DataType::kF32);
+  // Activations: on a GPU the weights' half type (as vLLM runs a bf16 model: cuBLAS multiplies
+  // on tensor cores), f32 for f32 weights and on the CPU, which computes in f32 only.
+  const DataType weights = limits.model.weight_dtype.value_or(config.torch_dtype);
+  limits.model.activation_dtype =
+      flags.backend != "cpu" && weights != DataType::kF32 ? weights : DataType::kF32;
+  limits.kv_cache_dtype = kv_dtype.value_or(limits.model.activation_dtype);
   const int64_t model_max = std::min<int64_t>(config.max_position_embeddings, 8192);
   limits.max_model_len =
       flags.max_model_len > 0 ? flags.max_model_len : static_cast<int32_t>(model_max);

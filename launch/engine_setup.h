@@ -22,7 +22,7 @@ namespace tessera::launch {
 
 struct EngineFlags {
   std::string dtype = "auto";           // weights: auto (as stored) | float32 | bfloat16 | float16
-  std::string kv_cache_dtype = "auto";  // auto (= activations, f32 on CPU) | float32 | ...
+  std::string kv_cache_dtype = "auto";  // auto (= activations: f32 on CPU) | float32 | ...
   int32_t block_size = 16;
   int32_t max_model_len = 0;  // 0: min(max_position_embeddings, 8192)
   int32_t max_num_seqs = 64;
@@ -64,7 +64,9 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFl
 kernels::bench::KernelBenchOptions KernelBenchDefaults(absl::string_view backend, DataType weights);
 
 // The sizes an engine is built with, derived from the flags and the model (and the rank's share
-// of it under TP/PP): the model's workspace, max_model_len, and the KV blocks per rank.
+// of it under TP/PP): the model's workspace and activation dtype (on a GPU the weights' half
+// type, from --dtype or the checkpoint's torch_dtype; else f32), max_model_len, the KV cache's
+// dtype (auto: the activations') and the KV blocks per rank.
 struct EngineLimits {
   worker::LlamaModelOptions model;
   int32_t max_model_len = 0;

@@ -272,6 +272,17 @@ absl::Status ValidateTopology(const Topology& t) {
                                   ": KV moves between pools block by block, so every pool uses "
                                   "one block size"));
     }
+    // The KV cache's auto dtype follows the activations: f32 on the CPU, a half model's own type
+    // on a GPU. Pools on different backends would then disagree for a bf16 model, and every
+    // transfer between them would be refused.
+    const TopologyPool& first = t.pools[0];
+    if (p.backend != first.backend &&
+        (p.engine.kv_cache_dtype == "auto" || first.engine.kv_cache_dtype == "auto")) {
+      return Invalid(where + ".engine.kv_cache_dtype",
+                     absl::StrCat("pools on ", first.backend, " and ", p.backend,
+                                  " need a kv_cache_dtype named for both (auto is float32 on "
+                                  "cpu and the model's half type on cuda), e.g. bfloat16"));
+    }
   }
   bool prefill = false;
   bool decode = false;

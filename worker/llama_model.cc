@@ -136,6 +136,16 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         absl::StrCat("LlamaModel: weight dtype must be f32, f16 or bf16, got ",
                      DataTypeName(*options.weight_dtype)));
   }
+  if (!IsFloatingPoint(options.activation_dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LlamaModel: activation dtype must be f32, f16 or bf16, got ",
+                     DataTypeName(options.activation_dtype)));
+  }
+  if (options.activation_dtype != DataType::kF32 && backend.device().type == DeviceType::kCpu) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LlamaModel: the ", backend.name(), " backend computes activations in f32 ",
+                     "only, got ", DataTypeName(options.activation_dtype)));
+  }
   if (config.sliding_window.has_value()) {
     return absl::UnimplementedError(absl::StrCat(
         "LlamaModel: sliding-window attention (sliding_window=", *config.sliding_window,
@@ -274,15 +284,16 @@ absl::Status LlamaModel::AllocateWorkspace() {
     kernels::DeviceBuffer* buffer;
     size_t bytes;
   };
+  const size_t a = DataTypeSize(options_.activation_dtype);
   const Request requests[] = {
-      {&ws_->residual, t * hidden * f},
-      {&ws_->normed, t * hidden * f},
-      {&ws_->delta, t * hidden * f},
-      {&ws_->qkv, t * qkv * f},
-      {&ws_->attn, t * q_size * f},
-      {&ws_->gate_up, t * 2 * inter * f},
-      {&ws_->act, t * inter * f},
-      {&ws_->gathered, t * hidden * f},
+      {&ws_->residual, t * hidden * a},
+      {&ws_->normed, t * hidden * a},
+      {&ws_->delta, t * hidden * a},
+      {&ws_->qkv, t * qkv * a},
+      {&ws_->attn, t * q_size * a},
+      {&ws_->gate_up, t * 2 * inter * a},
+      {&ws_->act, t * inter * a},
+      {&ws_->gathered, t * hidden * a},
       {&ws_->logits, t * shard * f},
       // TP: every rank's logits shard, then the rows reassembled to [rows, vocab].
       {&ws_->all_logits, tp > 1 ? tp * t * shard * f : 0},
@@ -529,22 +540,25 @@ absl::Status LlamaModel::Compute(const StepShape& shape, KvCache& cache, Stream&
     return tp == nullptr ? absl::OkStatus() : tp->AllReduce(x, x, parallel::ReduceOp::kSum, stream);
   };
 
-  MutableTensorView residual = ws_->residual.View(f32, {t, hidden});
-  MutableTensorView normed = ws_->normed.View(f32, {t, hidden});
-  MutableTensorView delta = ws_->delta.View(f32, {t, hidden});
-  MutableTensorView qkv = ws_->qkv.View(f32, {t, qkv_width});
+  // Activations in the model's activation dtype (f32, or the GPU's bf16/f16); logits f32.
+  const DataType a = options_.activation_dtype;
+  MutableTensorView residual = ws_->residual.View(a, {t, hidden});
+  MutableTensorView normed = ws_->normed.View(a, {t, hidden});
+  MutableTensorView delta = ws_->delta.View(a, {t, hidden});
+  MutableTensorView qkv = ws_->qkv.View(a, {t, qkv_width});
   // q, k and v are column ranges of the fused projection: [t, heads, head_dim] with row stride
   // qkv_width.
   auto head_view = [&](int64_t column, int64_t n_heads) {
-    char* base = static_cast<char*>(ws_->qkv.data()) + column * static_cast<int64_t>(sizeof(float));
-    return MutableTensorView(base, f32, {t, n_heads, head_dim}, {qkv_width, head_dim, 1}, dev);
+    char* base =
+        static_cast<char*>(ws_->qkv.data()) + column * static_cast<int64_t>(DataTypeSize(a));
+    return MutableTensorView(base, a, {t, n_heads, head_dim}, {qkv_width, head_dim, 1}, dev);
   };
   MutableTensorView q = head_view(0, heads);
   MutableTensorView k = head_view(q_size, kv_heads);
   MutableTensorView v = head_view(q_size + kv_size, kv_heads);
-  MutableTensorView attn = ws_->attn.View(f32, {t, heads, head_dim});
-  MutableTensorView gate_up = ws_->gate_up.View(f32, {t, 2 * inter});
-  MutableTensorView act = ws_->act.View(f32, {t, inter});
+  MutableTensorView attn = ws_->attn.View(a, {t, heads, head_dim});
+  MutableTensorView gate_up = ws_->gate_up.View(a, {t, 2 * inter});
+  MutableTensorView act = ws_->act.View(a, {t, inter});
   const TensorView ids = ws_->token_ids.View(DataType::kI32, {t});
   const TensorView positions = ws_->positions.View(DataType::kI32, {t});
   const TensorView slots = ws_->slots.View(DataType::kI64, {t});
@@ -616,7 +630,7 @@ absl::Status LlamaModel::Compute(const StepShape& shape, KvCache& cache, Stream&
       RmsNorm(backend_, {delta, residual, final_norm_->view, normed, eps}, stream));
   if (rows == 0) return absl::OkStatus();  // a step of prefill chunks only
   // Only the rows whose logits are wanted go through the LM head.
-  MutableTensorView gathered = ws_->gathered.View(f32, {rows, hidden});
+  MutableTensorView gathered = ws_->gathered.View(a, {rows, hidden});
   TESSERA_RETURN_IF_ERROR(Embedding(
       backend_, {ws_->logits_rows.View(DataType::kI32, {rows}), normed, gathered, 0}, stream));
   TESSERA_RETURN_IF_ERROR(Matmul(backend_, {gathered, lm_head_->view, {}, logits}, stream));

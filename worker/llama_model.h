@@ -37,6 +37,10 @@ struct LlamaModelOptions {
   // Weight storage on the device; unset keeps each tensor's checkpoint dtype (bf16 stays bf16,
   // read as f32 by the kernels). Compute is f32 on the CPU backend either way.
   std::optional<DataType> weight_dtype;
+  // The residual stream, every projection's input and output, q/k/v and attention: f32, or on a
+  // GPU backend bf16/f16 (the model's own dtype, as vLLM runs it: cuBLAS then multiplies on
+  // tensor cores). Logits are f32 either way; the KV cache must take K/V of this type.
+  DataType activation_dtype = DataType::kF32;
   int32_t max_num_tokens = 2048;   // tokens per step
   int32_t max_num_seqs = 256;      // sequences per step
   int32_t max_blocks_per_seq = 0;  // block-table width; required

@@ -69,6 +69,40 @@ TEST(GraphBatchSizesTest, OneSizeIsALadderSeveralAreTheListEagerIsNone) {
   EXPECT_TRUE(GraphBatchSizes(flags).empty());
 }
 
+// Activations: f32 on the CPU always; on a GPU the weights' half type (the --dtype flag's, else
+// the checkpoint's), f32 for f32 weights; the KV cache follows them unless --kv-cache-dtype says.
+TEST(ComputeEngineLimitsTest, AGpuComputesInTheWeightsHalfTypeTheCpuInF32) {
+  model::ModelConfig config;
+  config.hidden_size = 64;
+  config.intermediate_size = 128;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = 2;
+  config.head_dim = 16;
+  config.vocab_size = 100;
+  config.max_position_embeddings = 256;
+  config.torch_dtype = DataType::kBF16;
+  EngineFlags flags;
+  auto limits = ComputeEngineLimits(config, flags);
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_EQ(limits->model.activation_dtype, DataType::kF32);
+  EXPECT_EQ(limits->kv_cache_dtype, DataType::kF32);
+  flags.backend = "cuda";
+  limits = ComputeEngineLimits(config, flags);
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_EQ(limits->model.activation_dtype, DataType::kBF16);
+  EXPECT_EQ(limits->kv_cache_dtype, DataType::kBF16);
+  flags.dtype = "float16";
+  EXPECT_EQ(ComputeEngineLimits(config, flags)->model.activation_dtype, DataType::kF16);
+  flags.dtype = "float32";
+  EXPECT_EQ(ComputeEngineLimits(config, flags)->model.activation_dtype, DataType::kF32);
+  flags.dtype = "auto";
+  flags.kv_cache_dtype = "float32";
+  limits = ComputeEngineLimits(config, flags);
+  EXPECT_EQ(limits->model.activation_dtype, DataType::kBF16);
+  EXPECT_EQ(limits->kv_cache_dtype, DataType::kF32);
+}
+
 TEST(KernelBenchDefaultsTest, TheCpuComputesActivationsInF32AndRunsASmallerGrid) {
   const kernels::bench::KernelBenchOptions cpu = KernelBenchDefaults("cpu", DataType::kBF16);
   const kernels::bench::KernelBenchOptions gpu = KernelBenchDefaults("cuda", DataType::kBF16);

@@ -81,6 +81,7 @@ absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
   model_options.max_blocks_per_seq =
       (options.max_model_len + options.block_size - 1) / options.block_size;
   model_options.graph_batch_sizes = options.graph_batch_sizes;
+  model_options.activation_dtype = options.activation_dtype;
   TESSERA_ASSIGN_OR_RETURN(e.model, LlamaModel::Create(config, weights, *e.backend, model_options));
   KvCacheConfig cache;
   cache.num_layers = static_cast<int32_t>(config.num_hidden_layers);

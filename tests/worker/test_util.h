@@ -51,7 +51,8 @@ struct TestEngineOptions {
   int32_t max_num_seqs = 16;
   int32_t max_num_batched_tokens = 256;
   DataType kv_dtype = DataType::kF32;
-  std::vector<int32_t> graph_batch_sizes;  // LlamaModelOptions::graph_batch_sizes
+  std::vector<int32_t> graph_batch_sizes;      // LlamaModelOptions::graph_batch_sizes
+  DataType activation_dtype = DataType::kF32;  // LlamaModelOptions::activation_dtype
 };
 
 // The random-weight model of the engine benchmarks: vocab 4096, hidden 512, MLP 1536, 8 query
