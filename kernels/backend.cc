@@ -1,8 +1,5 @@
 #include "kernels/backend.h"
 
-#include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -33,17 +30,9 @@ MutableTensorView DeviceBuffer::View(DataType dtype, Shape shape) const {
   return MutableTensorView(data_, dtype, std::move(shape), device_);
 }
 
-absl::StatusOr<DeviceBuffer> Backend::AllocateHost(size_t bytes) {
-  constexpr size_t kAlignment = 256;
-  // aligned_alloc wants a multiple of the alignment; a zero-byte buffer still gets a pointer.
-  const size_t rounded = std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
-  void* data = rounded < bytes ? nullptr : std::aligned_alloc(kAlignment, rounded);
-  if (data == nullptr) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("AllocateHost: ", bytes, " bytes of host memory are not available"));
-  }
-  std::memset(data, 0, rounded);
-  return DeviceBuffer(data, bytes, Device::Cpu(), [](void* p) { std::free(p); });
+absl::StatusOr<DeviceBuffer> Backend::AllocateHost(size_t /*bytes*/) {
+  return absl::UnimplementedError(
+      absl::StrCat("the ", name(), " backend has no host memory for staging"));
 }
 
 absl::StatusOr<std::unique_ptr<Graph>> Backend::CaptureGraph(Stream& /*stream*/,

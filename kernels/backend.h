@@ -90,8 +90,8 @@ class Backend {
   virtual absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) = 0;
   // Zeroed host memory (a buffer whose device() is the CPU) that this backend copies to and
   // from at full speed, for staging: page-locked on CUDA (cudaHostAlloc), so that copies are
-  // truly asynchronous and need no bounce through a driver buffer; plain aligned memory on the
-  // CPU. kResourceExhausted when there is none left.
+  // truly asynchronous and need no bounce through a driver buffer; the CPU backend's own memory
+  // on the CPU. kResourceExhausted when there is none left; kUnimplemented by default.
   virtual absl::StatusOr<DeviceBuffer> AllocateHost(size_t bytes);
   // Copies between host memory and this backend's device memory, or within the device. Ordered
   // on `stream`; the host side must stay valid until the stream is synchronised.

@@ -139,6 +139,21 @@ absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text) {
   return ids;
 }
 
+absl::StatusOr<std::vector<int64_t>> ParseLayerList(absl::string_view text) {
+  std::vector<int64_t> layers;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", part, "' in '", text,
+                       "' is not a number of layers >= 1 (give auto, or a list such as 10,6)"));
+    }
+    layers.push_back(n);
+  }
+  return layers;
+}
+
 namespace {
 absl::StatusOr<std::optional<DataType>> ParseDtypeFlag(const std::string& flag,
                                                        const std::string& value) {

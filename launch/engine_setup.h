@@ -84,5 +84,8 @@ worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_mod
 
 // Parses "1,2,3" into token ids; kInvalidArgument naming the bad element.
 absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text);
+// Parses a layer split, "10,6" (--pp-layers, a topology pool's pp_layers), into layers per stage,
+// each >= 1; kInvalidArgument naming the bad element. "auto" and "" are the callers' to handle.
+absl::StatusOr<std::vector<int64_t>> ParseLayerList(absl::string_view text);
 
 }  // namespace tessera::launch

@@ -88,14 +88,11 @@ absl::StatusOr<std::vector<int64_t>> LayersPerStage(const model::ModelConfig& co
   parallel.tp_size = flags.tensor_parallel_size;
   parallel.pp_size = flags.pipeline_parallel_size;
   if (!flags.pp_layers.empty() && flags.pp_layers != "auto") {
-    for (absl::string_view part : absl::StrSplit(flags.pp_layers, ',')) {
-      int64_t n = 0;
-      if (!absl::SimpleAtoi(part, &n)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--pp-layers: '", part, "' is not a number of layers (or give auto, or nothing)"));
-      }
-      parallel.pp_layers.push_back(n);
+    absl::StatusOr<std::vector<int64_t>> layers = ParseLayerList(flags.pp_layers);
+    if (!layers.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--pp-layers: ", layers.status().message()));
     }
+    parallel.pp_layers = *std::move(layers);
   }
   // Checked before a split is computed: either needs a layer per stage.
   TESSERA_RETURN_IF_ERROR(parallel::ValidateParallelConfig(config, parallel));

@@ -6,10 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "yaml-cpp/yaml.h"
 
@@ -121,6 +119,16 @@ void ReadEngine(MapReader& r, EngineFlags& e) {
   r.Finish();
 }
 
+// What a pool's workers store their KV cache in, as far as the topology tells: auto follows the
+// activations, f32 on the CPU and on a GPU the weights' type (the checkpoint's own when the pool's
+// dtype is auto too; ComputeEngineLimits).
+std::string KvDtypeOf(const TopologyPool& p) {
+  const EngineFlags& e = p.engine;
+  if (e.kv_cache_dtype != "auto") return e.kv_cache_dtype;
+  if (p.backend == "cpu" || e.dtype == "float32") return "float32";
+  return e.dtype == "auto" ? "the checkpoint's dtype (auto on cuda)" : e.dtype;
+}
+
 absl::Status Invalid(const std::string& where, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(where, ": ", what));
 }
@@ -229,18 +237,12 @@ absl::Status ValidateTopology(const Topology& t) {
     }
     if (!p.pp_layers.empty() && p.pp_layers != "auto") {
       // The sum is checked against the model by the workers (--check included).
-      const std::vector<std::string> parts = absl::StrSplit(p.pp_layers, ',');
-      for (const std::string& part : parts) {
-        int64_t n = 0;
-        if (!absl::SimpleAtoi(part, &n) || n < 1) {
-          return Invalid(where + ".pp_layers",
-                         absl::StrCat("'", p.pp_layers,
-                                      "' is not auto or a list of layer counts >= 1, e.g. 10,6"));
-        }
-      }
-      if (static_cast<int>(parts.size()) != p.pipeline_parallel_size) {
+      absl::StatusOr<std::vector<int64_t>> layers = ParseLayerList(p.pp_layers);
+      if (!layers.ok())
+        return Invalid(where + ".pp_layers", std::string(layers.status().message()));
+      if (static_cast<int>(layers->size()) != p.pipeline_parallel_size) {
         return Invalid(where + ".pp_layers",
-                       absl::StrCat(parts.size(), " stages for pipeline_parallel_size ",
+                       absl::StrCat(layers->size(), " stages for pipeline_parallel_size ",
                                     p.pipeline_parallel_size));
       }
     }
@@ -272,16 +274,20 @@ absl::Status ValidateTopology(const Topology& t) {
                                   ": KV moves between pools block by block, so every pool uses "
                                   "one block size"));
     }
-    // The KV cache's auto dtype follows the activations: f32 on the CPU, a half model's own type
-    // on a GPU. Pools on different backends would then disagree for a bf16 model, and every
-    // transfer between them would be refused.
-    const TopologyPool& first = t.pools[0];
-    if (p.backend != first.backend &&
-        (p.engine.kv_cache_dtype == "auto" || first.engine.kv_cache_dtype == "auto")) {
-      return Invalid(where + ".engine.kv_cache_dtype",
-                     absl::StrCat("pools on ", first.backend, " and ", p.backend,
-                                  " need a kv_cache_dtype named for both (auto is float32 on "
-                                  "cpu and the model's half type on cuda), e.g. bfloat16"));
+  }
+  // Prefill and decode pools exchange KV blocks, which must be of one type on both sides.
+  const TopologyPool* reference = nullptr;
+  for (size_t i = 0; i < t.pools.size(); ++i) {
+    const TopologyPool& p = t.pools[i];
+    if (p.role != "prefill" && p.role != "decode") continue;
+    if (reference == nullptr) {
+      reference = &p;
+    } else if (KvDtypeOf(p) != KvDtypeOf(*reference)) {
+      return Invalid(absl::StrCat("pools[", i, "].engine.kv_cache_dtype"),
+                     absl::StrCat(KvDtypeOf(p), " here, ", KvDtypeOf(*reference), " in pool '",
+                                  reference->name,
+                                  "': prefill and decode pools exchange KV blocks "
+                                  "of one type; name it in both, e.g. bfloat16"));
     }
   }
   bool prefill = false;

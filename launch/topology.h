@@ -34,7 +34,7 @@ struct TopologyPool {
   int pipeline_parallel_size = 1;
   // Layers per pipeline stage, as the workers' --pp-layers: "" (even), "auto", or "10,6".
   std::string pp_layers;
-  std::string backend = "cpu";  // cpu | cuda (valid here; workers refuse it until issue #8)
+  std::string backend = "cpu";  // cpu | cuda
   // GPU ids of one replica's ranks (rank order; replica r of the pool on host r's devices).
   std::vector<int> devices;
   // Hosts for the pool's ranks under mpirun, in rank order (repeated as needed): replica 0's

@@ -5,6 +5,7 @@
 #include <memory>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -334,23 +335,26 @@ const uint8_t* KvPort::LocalBase(kvtransfer::RegionId region) const {
 absl::Status KvPort::Stage(absl::Span<const int32_t> blocks, int32_t layer_begin, int32_t layer_end,
                            bool to_host) {
   if (backend_ == nullptr || blocks.empty()) return absl::OkStatus();
+  // Runs of consecutive blocks go in one copy each: (offset, length) in every layer's regions.
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  for (size_t i = 0; i < blocks.size();) {
+    size_t j = i + 1;
+    while (j < blocks.size() && blocks[j] == blocks[j - 1] + 1) ++j;
+    runs.emplace_back(static_cast<uint64_t>(blocks[i]) * block_bytes_,
+                      static_cast<uint64_t>(j - i) * block_bytes_);
+    i = j;
+  }
   absl::MutexLock lock(&stage_mu_);
   for (int32_t layer = layer_begin; layer < layer_end; ++layer) {
-    const auto i = static_cast<size_t>(layer - layout_.layer_begin);
+    const auto at = static_cast<size_t>(layer - layout_.layer_begin);
     for (const Region* r :
-         {&regions_.at(layout_.key_regions.at(i)), &regions_.at(layout_.value_regions.at(i))}) {
-      // Runs of consecutive blocks go in one copy.
-      for (size_t i = 0; i < blocks.size();) {
-        size_t j = i + 1;
-        while (j < blocks.size() && blocks[j] == blocks[j - 1] + 1) ++j;
-        const uint64_t offset = static_cast<uint64_t>(blocks[i]) * block_bytes_;
-        const uint64_t length = static_cast<uint64_t>(j - i) * block_bytes_;
+         {&regions_.at(layout_.key_regions.at(at)), &regions_.at(layout_.value_regions.at(at))}) {
+      for (const auto& [offset, length] : runs) {
         TESSERA_RETURN_IF_ERROR(
             to_host
                 ? backend_->CopyToHost(r->device + offset, r->base + offset, length, *stage_stream_)
                 : backend_->CopyToDevice(r->base + offset, r->device + offset, length,
                                          *stage_stream_));
-        i = j;
       }
     }
   }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -88,11 +90,8 @@ struct LlamaModel::Workspace {
   kernels::DeviceBuffer token_ids, positions, slots, query_start, seq_lens, block_tables,
       logits_rows, inv_freq;
   int32_t rope_half = 0;
-  // The host side of a padded graph step's input (kept until the next step: the upload reads it
-  // asynchronously).
-  std::vector<int32_t> pad_ids, pad_positions, pad_query_start, pad_seq_lens, pad_block_tables,
-      pad_logits_rows;
-  std::vector<int64_t> pad_slots;
+  // Graph steps' padding, made once: 0, 1, 2, ... (query_start, logits rows) and 1s (seq_lens).
+  std::vector<int32_t> count_up, ones;
 };
 
 // A decode step recorded at one batch size, and what it was recorded over.
@@ -181,7 +180,13 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     sizes = options.graph_batch_sizes;
     std::sort(sizes.begin(), sizes.end());
     sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
-    llama->graphs_.resize(2 * sizes.size());
+    if (!sizes.empty()) {
+      llama->graphs_.resize(2 * sizes.size());
+      Workspace& w = *llama->ws_;
+      w.count_up.resize(static_cast<size_t>(sizes.back()) + 1);
+      std::iota(w.count_up.begin(), w.count_up.end(), 0);
+      w.ones.assign(static_cast<size_t>(sizes.back()), 1);
+    }
   }
   return llama;
 }
@@ -409,8 +414,8 @@ int64_t LlamaModel::VocabColumns() const {
 absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& cache,
                                                Stream& stream, const ForwardOptions& options) {
   TESSERA_RETURN_IF_ERROR(ValidateInput(in, cache));
-  if (const int32_t size = GraphSize(in, options); size > 0) {
-    return ForwardGraph(in, size, cache, stream, options);
+  if (const std::optional<size_t> graph = GraphIndex(in, options)) {
+    return ForwardGraph(in, *graph, cache, stream, options);
   }
   TESSERA_RETURN_IF_ERROR(Upload(in, stream));
   const StepShape shape{static_cast<int64_t>(in.token_ids.size()),
@@ -420,56 +425,64 @@ absl::StatusOr<TensorView> LlamaModel::Forward(const ForwardInput& in, KvCache& 
   return Output(shape.rows, options.gather_logits);
 }
 
-int32_t LlamaModel::GraphSize(const ForwardInput& in, const ForwardOptions& options) const {
+std::optional<size_t> LlamaModel::GraphIndex(const ForwardInput& in,
+                                             const ForwardOptions& options) const {
   // A step that reports its layers runs host code between kernels. (before_send is never called
   // here: graph_sizes_ is empty on a model of several stages.)
-  if (graph_sizes_.empty() || graph_stats_.failed > 0 || options.kv_written) return 0;
+  if (graph_sizes_.empty() || graph_stats_.failed > 0 || options.kv_written) return std::nullopt;
   const size_t t = in.token_ids.size();
   if (in.seq_lens.size() != t || in.logits_rows.size() != t ||
       t > static_cast<size_t>(graph_sizes_.back())) {
-    return 0;
+    return std::nullopt;
   }
   for (size_t i = 0; i < t; ++i) {
     if (in.query_start[i] != static_cast<int32_t>(i) ||
         in.logits_rows[i] != static_cast<int32_t>(i)) {
-      return 0;
+      return std::nullopt;
     }
   }
-  return *std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), static_cast<int32_t>(t));
+  return static_cast<size_t>(
+      std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), static_cast<int32_t>(t)) -
+      graph_sizes_.begin());
 }
 
-absl::StatusOr<TensorView> LlamaModel::ForwardGraph(const ForwardInput& in, int32_t size,
+absl::Status LlamaModel::UploadPadding(size_t t, size_t n, Stream& stream) {
+  // Rows [t, n) of a step padded to a graph's size: each a sequence of one token (id 0) at
+  // position 0 whose K/V go nowhere (slot -1) and which attends to slot 0 of block 0 — memory it
+  // does not own but only reads; its logits row is dropped. The batch's own query_start and
+  // logits rows already count up from 0 (GraphIndex), so the padding continues them.
+  if (t == n) return absl::OkStatus();
+  const size_t pad = n - t;
+  const auto width = static_cast<size_t>(options_.max_blocks_per_seq);
+  auto at = [](const kernels::DeviceBuffer& buffer, size_t element_bytes, size_t index) {
+    return static_cast<char*>(buffer.data()) + index * element_bytes;
+  };
+  constexpr size_t i32 = sizeof(int32_t);
+  Workspace& w = *ws_;
+  TESSERA_RETURN_IF_ERROR(backend_.Memset(at(w.token_ids, i32, t), 0, pad * i32, stream));
+  TESSERA_RETURN_IF_ERROR(backend_.Memset(at(w.positions, i32, t), 0, pad * i32, stream));
+  TESSERA_RETURN_IF_ERROR(  // every byte 0xff: -1
+      backend_.Memset(at(w.slots, sizeof(int64_t), t), 0xff, pad * sizeof(int64_t), stream));
+  TESSERA_RETURN_IF_ERROR(
+      backend_.Memset(at(w.block_tables, i32, t * width), 0, pad * width * i32, stream));
+  TESSERA_RETURN_IF_ERROR(
+      backend_.CopyToDevice(w.ones.data(), at(w.seq_lens, i32, t), pad * i32, stream));
+  TESSERA_RETURN_IF_ERROR(
+      backend_.CopyToDevice(&w.count_up[t + 1], at(w.query_start, i32, t + 1), pad * i32, stream));
+  return backend_.CopyToDevice(&w.count_up[t], at(w.logits_rows, i32, t), pad * i32, stream);
+}
+
+absl::StatusOr<TensorView> LlamaModel::ForwardGraph(const ForwardInput& in, size_t index,
                                                     KvCache& cache, Stream& stream,
                                                     const ForwardOptions& options) {
-  // The batch padded to `size`: each extra row is a sequence of one token at position 0 whose
-  // K/V go nowhere (slot -1) and which attends to slot 0 of block 0 — memory it does not own
-  // but only reads; its logits row is dropped.
-  Workspace& w = *ws_;
-  const auto n = static_cast<size_t>(size);
-  const auto width = static_cast<size_t>(options_.max_blocks_per_seq);
-  auto pad = [](auto& dst, const auto& src, size_t count, auto fill) {
-    dst.assign(src.begin(), src.end());
-    dst.resize(count, fill);
-  };
-  pad(w.pad_ids, in.token_ids, n, 0);
-  pad(w.pad_positions, in.positions, n, 0);
-  pad(w.pad_slots, in.slot_mapping, n, int64_t{-1});
-  pad(w.pad_seq_lens, in.seq_lens, n, 1);
-  pad(w.pad_block_tables, in.block_tables, n * width, 0);
-  w.pad_query_start.resize(n + 1);
-  w.pad_logits_rows.resize(n);
-  for (size_t i = 0; i <= n; ++i) w.pad_query_start[i] = static_cast<int32_t>(i);
-  for (size_t i = 0; i < n; ++i) w.pad_logits_rows[i] = static_cast<int32_t>(i);
-  const ForwardInput padded{w.pad_ids,      w.pad_positions,    w.pad_slots,      w.pad_query_start,
-                            w.pad_seq_lens, w.pad_block_tables, w.pad_logits_rows};
-  TESSERA_RETURN_IF_ERROR(Upload(padded, stream));
+  const int32_t size = graph_sizes_[index];
+  TESSERA_RETURN_IF_ERROR(Upload(in, stream));
+  TESSERA_RETURN_IF_ERROR(UploadPadding(in.token_ids.size(), static_cast<size_t>(size), stream));
 
   const StepShape shape{size, size, size};
   // Only TP gathers logits; one graph a size serves either way without it.
   const bool gather = options.gather_logits || tp_group() == nullptr;
   const void* cache_data = cache.key(0).data();
-  const auto index = static_cast<size_t>(
-      std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), size) - graph_sizes_.begin());
   RecordedStep& step = graphs_[2 * index + (gather ? 1 : 0)];
   if (step.graph != nullptr && step.cache == &cache && step.cache_data == cache_data) {
     TESSERA_RETURN_IF_ERROR(step.graph->Launch(stream));

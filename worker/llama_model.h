@@ -155,9 +155,12 @@ class LlamaModel {
                        const ForwardOptions& options);
   // What Forward returns for `rows` logits rows (after Compute).
   TensorView Output(int64_t rows, bool gather_logits) const;
-  // The graph size a step runs at (the smallest at least its batch), or 0 to run it eagerly.
-  int32_t GraphSize(const ForwardInput& input, const ForwardOptions& options) const;
-  absl::StatusOr<TensorView> ForwardGraph(const ForwardInput& input, int32_t size, KvCache& cache,
+  // The graph a step runs as: the index in graph_sizes_ of the smallest size that holds its batch,
+  // or nullopt to run it eagerly.
+  std::optional<size_t> GraphIndex(const ForwardInput& input, const ForwardOptions& options) const;
+  // Fills rows [t, n) of the uploaded input with padding rows.
+  absl::Status UploadPadding(size_t t, size_t n, Stream& stream);
+  absl::StatusOr<TensorView> ForwardGraph(const ForwardInput& input, size_t index, KvCache& cache,
                                           Stream& stream, const ForwardOptions& options);
 
   model::ModelConfig config_;

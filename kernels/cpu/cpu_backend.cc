@@ -68,6 +68,12 @@ absl::StatusOr<DeviceBuffer> CpuBackend::Allocate(size_t bytes) {
   return DeviceBuffer(data, bytes, Device::Cpu(), [](void* p) { std::free(p); });
 }
 
+absl::StatusOr<DeviceBuffer> CpuBackend::AllocateHost(size_t bytes) {
+  absl::StatusOr<DeviceBuffer> buffer = Allocate(bytes);
+  if (buffer.ok() && bytes != 0) std::memset(buffer->data(), 0, bytes);
+  return buffer;
+}
+
 absl::Status CpuBackend::CopyToDevice(const void* host, void* device, size_t bytes, Stream&) {
   if (absl::Status s = CheckCopy("CopyToDevice", host, device, bytes); !s.ok()) return s;
   if (bytes != 0) std::memmove(device, host, bytes);

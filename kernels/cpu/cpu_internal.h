@@ -23,6 +23,7 @@ class CpuBackend final : public Backend {
   Device device() const override { return Device::Cpu(); }
   std::string Describe() const override;
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
+  absl::StatusOr<DeviceBuffer> AllocateHost(size_t bytes) override;  // Allocate, zeroed
   absl::Status CopyToDevice(const void* host, void* device, size_t bytes, Stream& stream) override;
   absl::Status CopyToHost(const void* device, void* host, size_t bytes, Stream& stream) override;
   absl::Status CopyOnDevice(const void* src, void* dst, size_t bytes, Stream& stream) override;

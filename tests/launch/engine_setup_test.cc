@@ -50,7 +50,6 @@ TEST(ValidateBackendTest, CudaRefusesWhatThisBuildLacksNamingIt) {
   }
 }
 
-// bench-kernels and bench-engine start from the same settings for a backend.
 // --cuda-graph-sizes and --enforce-eager as vLLM reads them.
 TEST(GraphBatchSizesTest, OneSizeIsALadderSeveralAreTheListEagerIsNone) {
   EngineFlags flags;
@@ -103,6 +102,7 @@ TEST(ComputeEngineLimitsTest, AGpuComputesInTheWeightsHalfTypeTheCpuInF32) {
   EXPECT_EQ(limits->kv_cache_dtype, DataType::kF32);
 }
 
+// bench-kernels and bench-engine start from the same settings for a backend.
 TEST(KernelBenchDefaultsTest, TheCpuComputesActivationsInF32AndRunsASmallerGrid) {
   const kernels::bench::KernelBenchOptions cpu = KernelBenchDefaults("cpu", DataType::kBF16);
   const kernels::bench::KernelBenchOptions gpu = KernelBenchDefaults("cuda", DataType::kBF16);
