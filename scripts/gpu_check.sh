@@ -126,6 +126,9 @@ if want bench; then
   step bench_engine_8b_eager 0 "${engine[@]}" --enforce-eager
   step bench_kernels 0 build-gpu/launch/tessera bench-kernels --backend cuda \
     --json "$OUT/bench_kernels.json"
+  # Prefill attention with f32 activations takes the SIMT kernel: the tensor-core tile's gain.
+  step bench_prefill_attention_simt 0 build-gpu/launch/tessera bench-kernels --backend cuda \
+    --ops prefill_attention --activation-dtype float32 --prefill-tokens 1024,4096
   step peer_hf_8b 0 python3 scripts/peer_decode_hf.py --preset llama-8b --device cuda \
     --dtype bfloat16 --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32 \
     --compare "$OUT/bench_engine_8b.log"

@@ -16,6 +16,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/mma_attention.h"
 
 namespace tessera::kernels::cuda {
 namespace {
@@ -44,36 +45,20 @@ size_t SharedBytes(int vectors, int64_t head_dim) {
   return static_cast<size_t>(floats) * sizeof(float);
 }
 
-// One thread: the items (sequence, first row) of every well-formed sequence. Sequences whose
-// layout is inconsistent (rows outside [0, tokens], seq_len < rows, more tokens than the block
-// table holds) get no item; their output rows stay unwritten.
-__global__ void PlanItemsKernel(PagedAttentionArgs a, int rows_per_item, int capacity, int2* items,
-                                int* count) {
+// One thread: the items of every well-formed sequence (mma::PlanItems).
+__global__ void PlanItemsKernel(PagedAttentionArgs a, int rows_per_item, int capacity,
+                                int32_t* items, int* count) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  const int64_t max_context = a.max_blocks_per_seq * a.block_size;
-  int n = 0;
-  for (int64_t s = 0; s < a.num_seqs; ++s) {
-    const int64_t begin = a.query_start[s];
-    const int64_t end = a.query_start[s + 1];
-    const int64_t seq_len = a.seq_lens[s];
-    if (begin < 0 || end < begin || end > a.tokens || seq_len < end - begin ||
-        seq_len > max_context) {
-      continue;
-    }
-    for (int64_t r = 0; r < end - begin && n < capacity; r += rows_per_item) {
-      items[n++] = make_int2(static_cast<int>(s), static_cast<int>(r));
-    }
-  }
-  *count = n;
+  *count = mma::PlanItems(a.query_start, a.seq_lens, a.num_seqs, a.tokens,
+                          a.max_blocks_per_seq * a.block_size, rows_per_item, capacity, items);
 }
 
 __global__ void __launch_bounds__(kThreads)
-    AttentionKernel(PagedAttentionArgs a, Plan p, const int2* items, const int* count) {
+    AttentionKernel(PagedAttentionArgs a, Plan p, const int32_t* items, const int* count) {
   extern __shared__ float smem[];
   if (static_cast<int>(blockIdx.x) >= *count) return;
-  const int2 item = items[blockIdx.x];
-  const int64_t s = item.x;
-  const int64_t row0 = item.y;
+  const int64_t s = items[2 * blockIdx.x];
+  const int64_t row0 = items[2 * blockIdx.x + 1];
   const int64_t kv_head = blockIdx.y / p.head_chunks;
   const int g0 = static_cast<int>(blockIdx.y % p.head_chunks) * p.heads_per_item;
   const int heads = min(p.heads_per_item, p.group - g0);
@@ -212,6 +197,80 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The hardware behind mma::AttentionTile (sm_80 and later).
+struct DeviceMmaContext {
+  uint16_t* smem;
+  __device__ int thread() const { return static_cast<int>(threadIdx.x); }
+  __device__ void sync() const { __syncthreads(); }
+  __device__ uint16_t* shared() const { return smem; }
+  __device__ float ShuffleXor(float value, int mask) const {
+    return __shfl_xor_sync(0xffffffffu, value, mask);
+  }
+  __device__ float Exp2(float x) const { return exp2f(x); }
+  // 16 bytes global -> shared, asynchronously (cp.async, sm_80+), completed by WaitCopies.
+  __device__ void CopyAsync16(uint16_t* shared, const uint16_t* global) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const auto address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+#else
+    __trap();
+#endif
+  }
+  __device__ void CommitCopies() const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+  }
+  template <int kPending>
+  __device__ void WaitCopies() const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+  }
+  // (lo, hi) rounded to nearest even, lo in the low 16 bits.
+  template <bool kBf16>
+  __device__ uint32_t Pack(float lo, float hi) const {
+    if constexpr (kBf16) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
+      return *reinterpret_cast<const uint32_t*>(&pair);
+    } else {
+      const __half2 pair = __floats2half2_rn(lo, hi);
+      return *reinterpret_cast<const uint32_t*>(&pair);
+    }
+  }
+  // c += a b: one mma.sync.m16n8k16 with f32 accumulators.
+  template <bool kBf16>
+  __device__ void Mma(const uint32_t (&a)[4], const uint32_t (&b)[2], float (&c)[4]) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (kBf16) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+          "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+          "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#else
+    __trap();  // the launcher picks this kernel only on sm_80 and later
+#endif
+  }
+};
+
+template <int D, bool kBf16>
+__global__ void __launch_bounds__(mma::kThreads)
+    MmaAttentionKernel(mma::MmaArgs a, const int32_t* items, const int* count) {
+  extern __shared__ __align__(16) unsigned char mma_smem[];
+  if (static_cast<int>(blockIdx.x) >= *count) return;
+  DeviceMmaContext ctx{reinterpret_cast<uint16_t*>(mma_smem)};
+  mma::AttentionTile<D, kBf16>(ctx, a, items[2 * blockIdx.x], items[2 * blockIdx.x + 1], blockIdx.y,
+                               blockIdx.z);
+}
+
 // Merges the splits of one (token, query head). Partials of rows no item covered keep the NaN
 // the launch filled them with, and so do their outputs.
 __global__ void CombineKernel(PagedAttentionArgs a, Plan p) {
@@ -248,21 +307,77 @@ size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 size_t PagedAttentionMinSharedBytes(int64_t head_dim) { return SharedBytes(1, head_dim); }
 
+namespace {
+
+bool Aligned(const void* pointer, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(pointer) % bytes == 0;
+}
+
+// The tensor-core tile takes f16/bf16 queries over a cache of the same type, head dims it is
+// built for, 4-byte aligned query and output pairs and 16-byte aligned cache vectors. Batches
+// of decode rows only (one query row per sequence) stay with the SIMT kernel: their tiles would
+// be mostly padding, and decode is bound by reading the cache, not by arithmetic.
+bool UseMmaTile(const PagedAttentionArgs& a, const DeviceLimits& limits) {
+  if (limits.compute_major < 8 || a.type != a.cache_type || a.type == ElemType::kF32) return false;
+  if (!mma::SupportsHeadDim(a.head_dim) || a.tokens <= a.num_seqs) return false;
+  if (mma::SharedBytes(a.head_dim) > static_cast<size_t>(limits.max_shared_bytes)) return false;
+  const bool pairs = Aligned(a.query, 4) && Aligned(a.output, 4) && a.query_stride0 % 2 == 0 &&
+                     a.query_stride1 % 2 == 0 && a.output_stride0 % 2 == 0 &&
+                     a.output_stride1 % 2 == 0;
+  const auto vectors = [](const void* cache, const CacheLayout& layout) {
+    return Aligned(cache, 16) && layout.stride0 % 8 == 0 && layout.stride1 % 8 == 0 &&
+           layout.stride2 % 8 == 0;
+  };
+  return pairs && vectors(a.key_cache, a.key_layout) && vectors(a.value_cache, a.value_layout);
+}
+
+template <int D>
+cudaError_t LaunchMmaTile(const PagedAttentionArgs& a, const mma::MmaArgs& m, dim3 grid,
+                          const int32_t* items, const int* count, cudaStream_t stream) {
+  const size_t shared = mma::SharedBytes(D);
+  if (shared > 48 * 1024) {
+    const cudaError_t error =
+        a.type == ElemType::kBF16
+            ? cudaFuncSetAttribute(MmaAttentionKernel<D, true>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(shared))
+            : cudaFuncSetAttribute(MmaAttentionKernel<D, false>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(shared));
+    if (error != cudaSuccess) return error;
+  }
+  if (a.type == ElemType::kBF16) {
+    MmaAttentionKernel<D, true><<<grid, mma::kThreads, shared, stream>>>(m, items, count);
+  } else {
+    MmaAttentionKernel<D, false><<<grid, mma::kThreads, shared, stream>>>(m, items, count);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
 cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits& limits,
                                  cudaStream_t stream) {
   if (a.tokens == 0 || a.num_seqs == 0 || a.q_heads == 0) return cudaSuccess;
+  const bool use_mma = UseMmaTile(a, limits);
+  const int64_t tile_keys = use_mma ? mma::kTileKeys : kTileKeys;
   Plan p{};
   p.group = static_cast<int>(a.q_heads / a.kv_heads);
-  p.heads_per_item = p.group;
-  p.rows_per_item = std::max(1, kTargetVectors / p.group);
-  while (SharedBytes(p.rows_per_item * p.heads_per_item, a.head_dim) >
-         static_cast<size_t>(limits.max_shared_bytes)) {
-    if (p.rows_per_item > 1) {
-      p.rows_per_item /= 2;
-    } else if (p.heads_per_item > 1) {
-      p.heads_per_item = (p.heads_per_item + 1) / 2;
-    } else {
-      return cudaErrorInvalidValue;  // head_dim too large for one tile in shared memory
+  if (use_mma) {
+    p.heads_per_item = std::min(p.group, mma::kTileVectors);
+    p.rows_per_item = std::max(1, mma::kTileVectors / p.group);
+  } else {
+    p.heads_per_item = p.group;
+    p.rows_per_item = std::max(1, kTargetVectors / p.group);
+    while (SharedBytes(p.rows_per_item * p.heads_per_item, a.head_dim) >
+           static_cast<size_t>(limits.max_shared_bytes)) {
+      if (p.rows_per_item > 1) {
+        p.rows_per_item /= 2;
+      } else if (p.heads_per_item > 1) {
+        p.heads_per_item = (p.heads_per_item + 1) / 2;
+      } else {
+        return cudaErrorInvalidValue;  // head_dim too large for one tile in shared memory
+      }
     }
   }
   p.head_chunks = (p.group + p.heads_per_item - 1) / p.heads_per_item;
@@ -283,12 +398,13 @@ cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits
         1, std::min<int64_t>({splits, static_cast<int64_t>(kMaxPartialBytes / per_split), 65535}));
   }
   int64_t chunk = (max_context + splits - 1) / splits;
-  chunk = (chunk + kTileKeys - 1) / kTileKeys * kTileKeys;
+  chunk = (chunk + tile_keys - 1) / tile_keys * tile_keys;
   splits = (max_context + chunk - 1) / chunk;
   p.splits = static_cast<int>(splits);
   p.chunk = chunk;
 
-  const size_t items_bytes = AlignUp(static_cast<size_t>(capacity) * sizeof(int2) + sizeof(int));
+  const size_t items_bytes =
+      AlignUp(static_cast<size_t>(capacity) * 2 * sizeof(int32_t) + sizeof(int));
   const size_t slots = static_cast<size_t>(a.tokens * a.q_heads) * static_cast<size_t>(splits);
   const size_t ml_bytes = splits > 1 ? AlignUp(slots * 2 * sizeof(float)) : 0;
   const size_t out_bytes = splits > 1 ? slots * static_cast<size_t>(a.head_dim) * sizeof(float) : 0;
@@ -296,8 +412,8 @@ cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits
   cudaError_t error = cudaMallocAsync(&workspace, items_bytes + ml_bytes + out_bytes, stream);
   if (error != cudaSuccess) return error;
   char* bytes = static_cast<char*>(workspace);
-  auto* items = reinterpret_cast<int2*>(bytes);
-  int* count = reinterpret_cast<int*>(bytes + static_cast<size_t>(capacity) * sizeof(int2));
+  auto* items = reinterpret_cast<int32_t*>(bytes);
+  int* count = reinterpret_cast<int*>(bytes + static_cast<size_t>(capacity) * 2 * sizeof(int32_t));
   if (splits > 1) {
     p.partial_ml = reinterpret_cast<float*>(bytes + items_bytes);
     p.partial_out = reinterpret_cast<float*>(bytes + items_bytes + ml_bytes);
@@ -308,21 +424,65 @@ cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits
                                           count);
     error = cudaGetLastError();
   }
-  const size_t shared = SharedBytes(p.rows_per_item * p.heads_per_item, a.head_dim);
-  if (error == cudaSuccess && shared > 48 * 1024) {
-    error = cudaFuncSetAttribute(AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(shared));
-  }
-  if (error == cudaSuccess) {
-    const dim3 grid(static_cast<unsigned>(capacity),
-                    static_cast<unsigned>(a.kv_heads * p.head_chunks),
-                    static_cast<unsigned>(splits));
-    AttentionKernel<<<grid, kThreads, shared, stream>>>(a, p, items, count);
-    error = cudaGetLastError();
+  const dim3 grid(static_cast<unsigned>(capacity),
+                  static_cast<unsigned>(a.kv_heads * p.head_chunks), static_cast<unsigned>(splits));
+  if (error == cudaSuccess && use_mma) {
+    mma::MmaArgs m{};
+    m.query = static_cast<const uint16_t*>(a.query);
+    m.query_stride0 = a.query_stride0;
+    m.query_stride1 = a.query_stride1;
+    m.output = static_cast<uint16_t*>(a.output);
+    m.output_stride0 = a.output_stride0;
+    m.output_stride1 = a.output_stride1;
+    m.key_cache = static_cast<const uint16_t*>(a.key_cache);
+    m.key_stride0 = a.key_layout.stride0;
+    m.key_stride1 = a.key_layout.stride1;
+    m.key_stride2 = a.key_layout.stride2;
+    m.value_cache = static_cast<const uint16_t*>(a.value_cache);
+    m.value_stride0 = a.value_layout.stride0;
+    m.value_stride1 = a.value_layout.stride1;
+    m.value_stride2 = a.value_layout.stride2;
+    m.block_tables = a.block_tables;
+    m.block_tables_stride = a.block_tables_stride;
+    m.query_start = a.query_start;
+    m.seq_lens = a.seq_lens;
+    m.q_heads = a.q_heads;
+    m.num_blocks = a.num_blocks;
+    m.block_size = a.block_size;
+    m.scale = a.scale;
+    m.group = p.group;
+    m.rows_per_item = p.rows_per_item;
+    m.heads_per_item = p.heads_per_item;
+    m.head_chunks = p.head_chunks;
+    m.splits = p.splits;
+    m.chunk = p.chunk;
+    m.partial_out = p.partial_out;
+    m.partial_ml = p.partial_ml;
+    switch (a.head_dim) {
+      case 32:
+        error = LaunchMmaTile<32>(a, m, grid, items, count, stream);
+        break;
+      case 64:
+        error = LaunchMmaTile<64>(a, m, grid, items, count, stream);
+        break;
+      default:
+        error = LaunchMmaTile<128>(a, m, grid, items, count, stream);
+        break;
+    }
+  } else if (error == cudaSuccess) {
+    const size_t shared = SharedBytes(p.rows_per_item * p.heads_per_item, a.head_dim);
+    if (shared > 48 * 1024) {
+      error = cudaFuncSetAttribute(AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(shared));
+    }
+    if (error == cudaSuccess) {
+      AttentionKernel<<<grid, kThreads, shared, stream>>>(a, p, items, count);
+      error = cudaGetLastError();
+    }
   }
   if (error == cudaSuccess && splits > 1) {
-    const dim3 grid(static_cast<unsigned>(a.tokens), static_cast<unsigned>(a.q_heads));
-    CombineKernel<<<grid, a.head_dim >= 128 ? 128 : 32, 0, stream>>>(a, p);
+    const dim3 combine(static_cast<unsigned>(a.tokens), static_cast<unsigned>(a.q_heads));
+    CombineKernel<<<combine, a.head_dim >= 128 ? 128 : 32, 0, stream>>>(a, p);
     error = cudaGetLastError();
   }
   const cudaError_t free_error = cudaFreeAsync(workspace, stream);

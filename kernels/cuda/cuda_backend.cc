@@ -296,6 +296,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
       absl::StrCat(props.name, ", ", props.multiProcessorCount, " SMs, ",
                    absl::StrFormat("%.1f", static_cast<double>(props.totalGlobalMem) / (1 << 30)),
                    " GiB, sm_", props.major, props.minor, ", device ", options.device);
+  limits.compute_major = props.major;
   return std::unique_ptr<Backend>(
       std::make_unique<cuda::CudaBackend>(options.device, limits, std::move(description)));
 }

@@ -126,6 +126,7 @@ struct PagedAttentionArgs {
 struct DeviceLimits {
   int multiprocessors = 1;
   int max_shared_bytes = 48 * 1024;  // per block, with the opt-in
+  int compute_major = 0;             // compute capability: tensor-core tiles need 8 or more
 };
 // Shared memory the smallest tile needs: a device offering less cannot run head_dim.
 size_t PagedAttentionMinSharedBytes(int64_t head_dim);

@@ -60,7 +60,20 @@ TEST_P(AttentionConformance, KvWriteScattersSlotsAndSkipsNegative) {
 struct AttentionCase {
   DataType cache_dtype;
   int64_t q_heads, kv_heads, head_dim, block_size;
+  DataType activation_dtype = DataType::kF32;  // of the queries and the output
 };
+
+// Relative size of one rounding to `dtype` (half an ulp, doubled for slack).
+double Rounding(DataType dtype) {
+  switch (dtype) {
+    case DataType::kBF16:
+      return 0x1p-8;
+    case DataType::kF16:
+      return 0x1p-11;
+    default:
+      return 0.0;
+  }
+}
 
 // (query rows, seq_len) per sequence.
 using BatchShape = std::vector<std::pair<int64_t, int64_t>>;
@@ -123,16 +136,17 @@ void PagedAttentionConformance::Run(const AttentionCase& c, uint64_t seed, Batch
   // Queries: the q columns of a fused [tokens, q + 2 kv] buffer.
   const int64_t q_width = c.q_heads * c.head_dim;
   const int64_t width = q_width + 2 * kv_width;
-  const std::vector<float> qkv = RandomFloats(rng, tokens * width, -2.0f, 2.0f);
+  const std::vector<float> qkv =
+      RoundTo(c.activation_dtype, RandomFloats(rng, tokens * width, -2.0f, 2.0f));
   PagedAttentionParams params;
-  params.query = SubView(Upload(qkv, DataType::kF32, {tokens, width}), 0,
+  params.query = SubView(Upload(qkv, c.activation_dtype, {tokens, width}), 0,
                          {tokens, c.q_heads, c.head_dim}, {width, c.head_dim, 1});
   params.key_cache = write.key_cache;
   params.value_cache = write.value_cache;
   params.block_tables = UploadI32(tables, {num_seqs, max_blocks});
   params.query_start = UploadI32(query_start, {num_seqs + 1});
   params.seq_lens = UploadI32(seq_lens, {num_seqs});
-  params.output = Uninitialized(DataType::kF32, {tokens, c.q_heads, c.head_dim});
+  params.output = Uninitialized(c.activation_dtype, {tokens, c.q_heads, c.head_dim});
   params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
   const absl::Status status = PagedAttention(backend(), params, stream());
   ASSERT_TRUE(status.ok()) << status;
@@ -160,12 +174,18 @@ void PagedAttentionConformance::Run(const AttentionCase& c, uint64_t seed, Batch
         double sum = 0;
         for (double& score : scores) sum += (score = std::exp(score - max));
         for (int64_t d = 0; d < c.head_dim; ++d) {
-          double want = 0;
+          double want = 0, magnitude = 0;
           for (int64_t j = 0; j <= pos; ++j) {
-            want += scores[j] / sum *
-                    rounded_values[((first_cached + j) * c.kv_heads + kvh) * c.head_dim + d];
+            const double v =
+                rounded_values[((first_cached + j) * c.kv_heads + kvh) * c.head_dim + d];
+            want += scores[j] / sum * v;
+            magnitude += scores[j] / sum * std::abs(v);
           }
-          ASSERT_NEAR(got[(row * c.q_heads + h) * c.head_dim + d], want, 2e-5)
+          // Half activations: one rounding of the output and, where the backend multiplies
+          // softmax weights in the half type (tensor cores), one of each weight.
+          const double rounding = Rounding(c.activation_dtype);
+          ASSERT_NEAR(got[(row * c.q_heads + h) * c.head_dim + d], want,
+                      2e-5 + rounding * (std::abs(want) + magnitude))
               << "seq " << s << " row " << i << " head " << h << " dim " << d;
         }
       }
@@ -205,6 +225,33 @@ TEST_P(PagedAttentionConformance, LongContextsMatchReference) {
                               " kv_heads ", c.kv_heads, " head_dim ", c.head_dim, " block_size ",
                               c.block_size));
     Run(c, ++seed, seqs);
+    if (HasFatalFailure()) return;
+  }
+}
+
+// Half queries and outputs (what a bf16 or f16 model computes in on a GPU), prefill and mixed
+// batches: over a cache of the same type and a supported head dim, the CUDA backend takes its
+// tensor-core tile; other head dims and mixed types stay with its f32 kernel. The CPU backend
+// takes f32 activations only.
+TEST_P(PagedAttentionConformance, HalfActivationsMatchReference) {
+  if (backend().device().type == DeviceType::kCpu) {
+    GTEST_SKIP() << "the " << backend().name() << " backend takes f32 activations only";
+  }
+  constexpr DataType kBF16 = DataType::kBF16, kF16 = DataType::kF16;
+  const std::vector<AttentionCase> cases = {
+      {kBF16, 8, 2, 64, 16, kBF16},   {kF16, 4, 4, 32, 8, kF16},   {kBF16, 6, 1, 128, 16, kBF16},
+      {kBF16, 32, 8, 128, 16, kBF16}, {kF16, 16, 2, 64, 32, kF16}, {kBF16, 8, 2, 96, 16, kBF16},
+      {kF16, 4, 2, 64, 16, kBF16},
+  };
+  uint64_t seed = 780;
+  for (const AttentionCase& c : cases) {
+    SCOPED_TRACE(absl::StrCat("activations ", DataTypeName(c.activation_dtype), " cache ",
+                              DataTypeName(c.cache_dtype), " q_heads ", c.q_heads, " kv_heads ",
+                              c.kv_heads, " head_dim ", c.head_dim, " block_size ", c.block_size));
+    Run(c, ++seed);
+    if (HasFatalFailure()) return;
+    // A long prefill chunk among long decodes: few items, so the context is split.
+    Run(c, ++seed, {{1, 1500}, {1, 777}, {40, 1100}, {1, 33}, {130, 130}});
     if (HasFatalFailure()) return;
   }
 }
