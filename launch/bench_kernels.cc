@@ -22,6 +22,7 @@ struct BenchKernelsFlags {
   ModelShapeFlags shape;
   std::string backend = "cpu";
   int device = 0;
+  std::string attention_kernel = "auto";
   int32_t threads = 0;
   std::string dtype = "bfloat16";
   std::string activation_dtype = "auto";
@@ -43,6 +44,7 @@ absl::Status Run(const BenchKernelsFlags& flags) {
   EngineFlags engine;
   engine.backend = flags.backend;
   engine.device = flags.device;
+  engine.attention_kernel = flags.attention_kernel;
   TESSERA_RETURN_IF_ERROR(ValidateBackend(engine, /*ranks=*/1));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<kernels::Backend> backend,
                            MakeRankBackend(engine, flags.threads, /*on_host=*/0));
@@ -113,6 +115,7 @@ Command RegisterBenchKernels(CLI::App& app) {
   AddModelShapeFlags(*sub, flags->shape);
   sub->add_option("--backend", flags->backend, "cpu or cuda")->capture_default_str();
   sub->add_option("--device", flags->device, "CUDA device ordinal")->capture_default_str();
+  AddAttentionKernelFlag(*sub, flags->attention_kernel);
   sub->add_option("--threads", flags->threads, "CPU threads (0: all cores)")->capture_default_str();
   sub->add_option("--dtype", flags->dtype, "Weights and KV cache: float32, bfloat16, float16")
       ->capture_default_str();

@@ -67,9 +67,23 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
                  "cuda: the replica's first GPU on each host (its ranks there take the next ones)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  AddAttentionKernelFlag(app, flags.attention_kernel);
+}
+
+void AddAttentionKernelFlag(CLI::App& app, std::string& attention_kernel) {
+  app.add_option("--attention-kernel", attention_kernel,
+                 "cuda: auto (tensor cores for prefill in bf16/f16, SIMT for decode), simt, or "
+                 "tensor-cores (decode too)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "simt", "tensor-cores"}));
 }
 
 absl::Status ValidateBackend(const EngineFlags& flags, int ranks) {
+  if (flags.attention_kernel != "auto" && flags.attention_kernel != "simt" &&
+      flags.attention_kernel != "tensor-cores") {
+    return absl::InvalidArgumentError(absl::StrCat("--attention-kernel: '", flags.attention_kernel,
+                                                   "' is none of auto, simt, tensor-cores"));
+  }
   if (flags.backend == "cpu") return absl::OkStatus();
   if (flags.backend != "cuda") {
     return absl::InvalidArgumentError(
@@ -105,6 +119,15 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFl
   if (flags.backend == "cuda") {
     kernels::CudaBackendOptions cuda;
     cuda.device = flags.device + on_host;
+    if (flags.attention_kernel == "simt") {
+      cuda.attention_kernel = kernels::CudaAttentionKernel::kSimt;
+    } else if (flags.attention_kernel == "tensor-cores") {
+      cuda.attention_kernel = kernels::CudaAttentionKernel::kTensorCores;
+    } else if (flags.attention_kernel != "auto") {
+      return absl::InvalidArgumentError(absl::StrCat("--attention-kernel: '",
+                                                     flags.attention_kernel,
+                                                     "' is none of auto, simt, tensor-cores"));
+    }
     return kernels::CreateCudaBackend(cuda);
   }
 #endif

@@ -34,6 +34,8 @@ struct EngineFlags {
   // on its host). A topology pool's `backend` and first `devices` entry set these for its workers.
   std::string backend = "cpu";
   int device = 0;
+  // cuda: which PagedAttention kernel (kernels::CudaAttentionKernel): auto | simt | tensor-cores.
+  std::string attention_kernel = "auto";
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
   // Decode steps as CUDA graphs (worker::LlamaModelOptions::graph_batch_sizes), as vLLM's flags
@@ -44,6 +46,8 @@ struct EngineFlags {
 };
 
 void AddEngineFlags(CLI::App& app, EngineFlags& flags);
+// --attention-kernel alone (bench-kernels, which takes no other engine flag).
+void AddAttentionKernelFlag(CLI::App& app, std::string& attention_kernel);
 
 // Whether a replica of `ranks` ranks can run on `flags.backend`: kInvalidArgument for an
 // unknown backend or a negative device, kFailedPrecondition for cuda in a build without it (or,

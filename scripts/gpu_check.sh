@@ -88,7 +88,7 @@ fi
 if want test; then
   # Per-test output of the CUDA instances, most telling first (the ctest entries at the end only
   # say pass or fail).
-  step kernels_test_cuda 1 build-gpu/tests/kernels/kernels_test --gtest_filter='*/cuda'
+  step kernels_test_cuda 1 build-gpu/tests/kernels/kernels_test --gtest_filter='*/cuda:*/cuda_*'
   # The transformers fixtures on the GPU, decode graphs (DecodeGraphLogitsMatchTransformers)
   # included.
   CUDA_LAUNCH_BLOCKING=1 step worker_test_cuda 1 \
@@ -126,9 +126,11 @@ if want bench; then
   step bench_engine_8b_eager 0 "${engine[@]}" --enforce-eager
   step bench_kernels 0 build-gpu/launch/tessera bench-kernels --backend cuda \
     --json "$OUT/bench_kernels.json"
-  # Prefill attention with f32 activations takes the SIMT kernel: the tensor-core tile's gain.
-  step bench_prefill_attention_simt 0 build-gpu/launch/tessera bench-kernels --backend cuda \
-    --ops prefill_attention --activation-dtype float32 --prefill-tokens 1024,4096
+  # Attention on each kernel (the run above takes tensor cores for prefill, SIMT for decode).
+  step bench_attention_simt 0 build-gpu/launch/tessera bench-kernels --backend cuda \
+    --ops decode_attention,prefill_attention --attention-kernel simt
+  step bench_attention_tensor_cores 0 build-gpu/launch/tessera bench-kernels --backend cuda \
+    --ops decode_attention --attention-kernel tensor-cores
   step peer_hf_8b 0 python3 scripts/peer_decode_hf.py --preset llama-8b --device cuda \
     --dtype bfloat16 --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32 \
     --compare "$OUT/bench_engine_8b.log"

@@ -314,12 +314,15 @@ bool Aligned(const void* pointer, size_t bytes) {
 }
 
 // The tensor-core tile takes f16/bf16 queries over a cache of the same type, head dims it is
-// built for, 4-byte aligned query and output pairs and 16-byte aligned cache vectors. Batches
-// of decode rows only (one query row per sequence) stay with the SIMT kernel: their tiles would
-// be mostly padding, and decode is bound by reading the cache, not by arithmetic.
+// built for, 4-byte aligned query and output pairs and 16-byte aligned cache vectors. Unless
+// the backend asks for it (AttentionChoice::kTensorCores), batches of decode rows only (one
+// query row per sequence) stay with the SIMT kernel: their tiles would be mostly padding, and
+// decode is bound by reading the cache, not by arithmetic.
 bool UseMmaTile(const PagedAttentionArgs& a, const DeviceLimits& limits) {
+  if (limits.attention == AttentionChoice::kSimt) return false;
   if (limits.compute_major < 8 || a.type != a.cache_type || a.type == ElemType::kF32) return false;
-  if (!mma::SupportsHeadDim(a.head_dim) || a.tokens <= a.num_seqs) return false;
+  if (!mma::SupportsHeadDim(a.head_dim)) return false;
+  if (a.tokens <= a.num_seqs && limits.attention != AttentionChoice::kTensorCores) return false;
   if (mma::SharedBytes(a.head_dim) > static_cast<size_t>(limits.max_shared_bytes)) return false;
   const bool pairs = Aligned(a.query, 4) && Aligned(a.output, 4) && a.query_stride0 % 2 == 0 &&
                      a.query_stride1 % 2 == 0 && a.output_stride0 % 2 == 0 &&

@@ -122,11 +122,16 @@ struct PagedAttentionArgs {
   int64_t num_seqs, tokens, q_heads, kv_heads, head_dim, block_size, num_blocks;
   float scale;
 };
-// Device properties the attention launch plans with (queried once by the backend).
+// Which attention kernel a launch may take (CudaAttentionKernel of cuda_backend.h).
+enum class AttentionChoice : int { kAuto = 0, kSimt = 1, kTensorCores = 2 };
+
+// Device properties the attention launch plans with (queried once by the backend), and the
+// backend's kernel choice.
 struct DeviceLimits {
   int multiprocessors = 1;
   int max_shared_bytes = 48 * 1024;  // per block, with the opt-in
   int compute_major = 0;             // compute capability: tensor-core tiles need 8 or more
+  AttentionChoice attention = AttentionChoice::kAuto;
 };
 // Shared memory the smallest tile needs: a device offering less cannot run head_dim.
 size_t PagedAttentionMinSharedBytes(int64_t head_dim);

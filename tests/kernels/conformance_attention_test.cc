@@ -253,6 +253,9 @@ TEST_P(PagedAttentionConformance, HalfActivationsMatchReference) {
     // A long prefill chunk among long decodes: few items, so the context is split.
     Run(c, ++seed, {{1, 1500}, {1, 777}, {40, 1100}, {1, 33}, {130, 130}});
     if (HasFatalFailure()) return;
+    // Decode rows only (the SIMT kernel, but on cuda_tensor_cores the tile).
+    Run(c, ++seed, {{1, 300}, {1, 17}, {1, 1}, {1, 2 * c.block_size}, {1, 1200}});
+    if (HasFatalFailure()) return;
   }
 }
 
@@ -260,6 +263,9 @@ INSTANTIATE_TEST_SUITE_P(Backends, AttentionConformance,
                          ::testing::ValuesIn(testing::BackendNames()), testing::BackendParamName());
 INSTANTIATE_TEST_SUITE_P(Backends, PagedAttentionConformance,
                          ::testing::ValuesIn(testing::BackendNames()), testing::BackendParamName());
+// The tensor-core attention tile on decode batches too (skips without a GPU).
+INSTANTIATE_TEST_SUITE_P(TensorCores, PagedAttentionConformance,
+                         ::testing::Values("cuda_tensor_cores"), testing::BackendParamName());
 
 }  // namespace
 }  // namespace tessera::kernels

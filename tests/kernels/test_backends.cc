@@ -22,9 +22,11 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name) {
     options.emulate_graphs = true;
     return CreateCpuBackend(options);
   }
-  if (name == "cuda") {
+  if (name == "cuda" || name == "cuda_tensor_cores") {
 #ifdef TESSERA_HAVE_CUDA_BACKEND
-    return CreateCudaBackend(CudaBackendOptions{});
+    CudaBackendOptions options;
+    if (name == "cuda_tensor_cores") options.attention_kernel = CudaAttentionKernel::kTensorCores;
+    return CreateCudaBackend(options);
 #else
     return absl::UnavailableError("the cuda backend is not built (TESSERA_WITH_CUDA=OFF)");
 #endif

@@ -19,8 +19,9 @@
 
 namespace tessera::kernels::testing {
 
-// "cpu" (AVX2 loops where the CPU has them), "cpu_portable" (portable loops); later "cuda".
-// "cpu_graphs": "cpu" with CpuBackendOptions::emulate_graphs (not in BackendNames()).
+// "cpu" (AVX2 loops where the CPU has them), "cpu_portable" (portable loops), "cuda".
+// Not in BackendNames(): "cpu_graphs", "cpu" with CpuBackendOptions::emulate_graphs;
+// "cuda_tensor_cores", "cuda" taking the tensor-core attention tile for decode batches too.
 // kUnavailable for a backend this build or machine cannot provide, kNotFound for other names.
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name);
 std::vector<std::string> BackendNames();

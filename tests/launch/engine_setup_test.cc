@@ -23,6 +23,21 @@ TEST(ValidateBackendTest, UnknownBackendsAreRefused) {
   EXPECT_THAT(s.message(), HasSubstr("'rocm' is not cpu or cuda"));
 }
 
+TEST(ValidateBackendTest, AttentionKernelsAreNamedOrRefused) {
+  EngineFlags flags;
+  CLI::App app;
+  AddEngineFlags(app, flags);
+  app.parse("--attention-kernel simt", /*program_name_included=*/false);
+  EXPECT_EQ(flags.attention_kernel, "simt");
+  EXPECT_TRUE(ValidateBackend(flags, 1).ok());
+  EXPECT_THROW(app.parse("--attention-kernel fast", /*program_name_included=*/false),
+               CLI::ParseError);
+  flags.attention_kernel = "fast";  // a caller that fills the struct itself
+  const absl::Status s = ValidateBackend(flags, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("'fast' is none of auto, simt, tensor-cores"));
+}
+
 TEST(ValidateBackendTest, CudaRefusesWhatThisBuildLacksNamingIt) {
   EngineFlags flags;
   flags.backend = "cuda";
