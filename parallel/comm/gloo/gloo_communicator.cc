@@ -246,6 +246,16 @@ absl::Status GlooCommunicator::Connect(const std::shared_ptr<Shared>& shared,
                        options.key_prefix, "/R' is rank R's): ", adapter.status().message()));
     }
     if (!status.ok()) return status;
+    // A rank's connectFullMesh can return while a peer still reads its side of the handshake;
+    // were this rank to close its pairs at once (a communicator made and dropped, a rank that
+    // leaves), that peer would fail with "connection closed by peer". A barrier on the new mesh
+    // makes creation collective, as ncclCommInitRank is: every rank returns with every pair up.
+    status = CatchGloo("gloo::barrier (after connectFullMesh)", where, options.timeout, [&] {
+      gloo::BarrierOptions barrier(context);
+      barrier.setTimeout(Millis(options.timeout));
+      gloo::barrier(barrier);
+    });
+    if (!status.ok()) return status;
     raw->context = std::move(context);
     return absl::OkStatus();
   };
