@@ -69,6 +69,9 @@ absl::Status Run(const BenchKernelsFlags& flags) {
   TESSERA_RETURN_IF_ERROR(kernels::bench::ValidateKernelBenchOptions(options));
 
   std::printf("device: %s (%s)\n", backend->Describe().c_str(), flags.backend.c_str());
+  if (flags.backend == "cuda") {
+    std::printf("attention kernel: %s\n", flags.attention_kernel.c_str());
+  }
   std::printf("shape: hidden %lld, heads %lld/%lld x %lld, intermediate %lld, vocab %lld\n",
               static_cast<long long>(options.shape.hidden),
               static_cast<long long>(options.shape.q_heads),

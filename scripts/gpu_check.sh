@@ -135,6 +135,7 @@ if want bench; then
     --dtype bfloat16 --batch-sizes 1,8,64 --prompt-len 128 --decode-steps 32 \
     --compare "$OUT/bench_engine_8b.log"
   grep -hE "^(device|peak)|BELOW|met" "$OUT/bench_kernels.log" 2>/dev/null | head -40
+  grep -HE "attention" "$OUT"/bench_attention_*.log 2>/dev/null | head -30
   tail -n 6 "$OUT"/bench_engine_8b*.log "$OUT/peer_hf_8b.log" 2>/dev/null
 fi
 

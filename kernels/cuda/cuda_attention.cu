@@ -211,7 +211,8 @@ struct DeviceMmaContext {
   __device__ void CopyAsync16(uint16_t* shared, const uint16_t* global) const {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const auto address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global)
+                 : "memory");
 #else
     __trap();
 #endif
@@ -224,7 +225,7 @@ struct DeviceMmaContext {
   template <int kPending>
   __device__ void WaitCopies() const {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
   }
   // (lo, hi) rounded to nearest even, lo in the low 16 bits.
