@@ -374,6 +374,15 @@ TEST(MmaAttentionEmulation, SplitContextPartialsMerge) {
   Check({true, 4, 2, 64, 16, {{1, 200}, {12, 300}, {1, 5}}, 3}, 4);
 }
 
+TEST(MmaAttentionEmulation, OddGroupsBlockSizesAndSplits) {
+  // Three heads per KV head (21 rows, 63 vectors a block) over one-token blocks.
+  Check({true, 3, 1, 64, 1, {{30, 40}, {1, 9}}}, 6);
+  // Eight heads per KV head (8 rows a block); decodes at a block boundary and just past it.
+  Check({false, 16, 2, 128, 32, {{9, 100}, {1, 64}, {1, 65}}}, 7);
+  // f16 over two splits, the second starting mid-prompt.
+  Check({false, 2, 2, 32, 4, {{3, 260}, {70, 70}}, 2}, 8);
+}
+
 TEST(MmaAttentionEmulation, BadBlockIdPoisonsOnlyTheRowsThatReachIt) {
   Check({false, 4, 2, 32, 8, {{20, 20}, {1, 12}}, 1, 0}, 5);
 }
