@@ -116,6 +116,7 @@ void ReadEngine(MapReader& r, EngineFlags& e) {
   r.Read("enable_prefix_caching", e.enable_prefix_caching);
   r.Read("enable_chunked_prefill", e.enable_chunked_prefill);
   r.Read("enforce_eager", e.enforce_eager);
+  r.Read("attention_kernel", e.attention_kernel);
   r.Finish();
 }
 
@@ -160,6 +161,11 @@ absl::Status ValidateEngineSettings(const EngineFlags& e, const std::string& whe
   }
   if (!(e.kv_cache_gib > 0)) {
     return Invalid(where + ".kv_cache_gib", absl::StrCat("must be > 0, got ", e.kv_cache_gib));
+  }
+  if (e.attention_kernel != "auto" && e.attention_kernel != "simt" &&
+      e.attention_kernel != "tensor-cores") {
+    return Invalid(where + ".attention_kernel",
+                   absl::StrCat("'", e.attention_kernel, "' is not auto, simt or tensor-cores"));
   }
   return absl::OkStatus();
 }
@@ -451,6 +457,7 @@ std::string TopologyToYaml(const Topology& t) {
     out << YAML::Key << "enable_prefix_caching" << YAML::Value << e.enable_prefix_caching;
     out << YAML::Key << "enable_chunked_prefill" << YAML::Value << e.enable_chunked_prefill;
     out << YAML::Key << "enforce_eager" << YAML::Value << e.enforce_eager;
+    out << YAML::Key << "attention_kernel" << YAML::Value << e.attention_kernel;
     out << YAML::EndMap;
   };
   out << YAML::BeginMap;

@@ -38,6 +38,7 @@ pools:
     tensor_parallel_size: 2
     engine:
       max_num_seqs: 8
+      attention_kernel: simt
   - name: decode
     role: decode
     replicas: 1
@@ -55,6 +56,8 @@ TEST(TopologyTest, ParsesPoolsAndLayersTheEngineSettings) {
   EXPECT_EQ(t->pools[1].engine.max_num_seqs, 32);  // the topology's
   EXPECT_EQ(t->pools[1].engine.block_size, 16);
   EXPECT_EQ(t->pools[1].pp_layers, "auto");
+  EXPECT_EQ(t->pools[0].engine.attention_kernel, "simt");
+  EXPECT_EQ(t->pools[1].engine.attention_kernel, "auto");
   EXPECT_EQ(t->pools[0].pp_layers, "");
   EXPECT_EQ(t->total_ranks(), 2 * 2 + 2);
   EXPECT_EQ(t->total_replicas(), 3);
@@ -147,6 +150,10 @@ INSTANTIATE_TEST_SUITE_P(
             "  block_size: 16",
             "  block_size: 16\n  dtype: int8",
             {"dtype", "'int8'"}},
+        Bad{"attention_kernel",
+            "  block_size: 16",
+            "  block_size: 16\n  attention_kernel: flash",
+            {"engine.attention_kernel", "'flash' is not auto, simt or tensor-cores"}},
         Bad{"pp_layers_words",
             "pp_layers: auto",
             "pp_layers: balanced",
