@@ -3,7 +3,8 @@
 # .devdeps prefix carried over, builds for that GPU, runs every `gpu`-labelled test (the CUDA
 # kernels' conformance suites, the transformers fixtures on the CUDA backend with and without
 # decode graphs, KV migration between GPU caches, NCCL at world size 1) and the benchmarks
-# (bench-kernels, bench-engine at 8B with graphs and eagerly, the transformers peer), writing
+# (bench-kernels, attention on each kernel and torch's as its peer, bench-engine at 8B with graphs
+# and eagerly, the transformers peer), writing
 # each log under $OUT (default: gpu-out/).
 #
 #   On the machine with apt first:  bash ../shared/device/fetch-deps.sh   (fills .devdeps/)
@@ -126,6 +127,10 @@ if want bench; then
   step bench_engine_8b_eager 0 "${engine[@]}" --enforce-eager
   step bench_kernels 0 build-gpu/launch/tessera bench-kernels --backend cuda \
     --json "$OUT/bench_kernels.json"
+  # The attention peer: torch's scaled_dot_product_attention at the shapes of the run above.
+  step peer_attention_torch 0 python3 scripts/peer_attention_torch.py --device cuda \
+    --dtype bfloat16 --prefill-tokens 4096 --batch-sizes 32,64 --contexts 4096,32768 \
+    --compare "$OUT/bench_kernels.log"
   # Attention on each kernel (the run above takes tensor cores for prefill, SIMT for decode).
   step bench_attention_simt 0 build-gpu/launch/tessera bench-kernels --backend cuda \
     --ops decode_attention,prefill_attention --attention-kernel simt
@@ -136,6 +141,7 @@ if want bench; then
     --compare "$OUT/bench_engine_8b.log"
   grep -hE "^(device|peak)|BELOW|met" "$OUT/bench_kernels.log" 2>/dev/null | head -40
   grep -HE "attention" "$OUT"/bench_attention_*.log 2>/dev/null | head -30
+  grep -hE "attention|^peer" "$OUT/peer_attention_torch.log" 2>/dev/null | head -10
   tail -n 6 "$OUT"/bench_engine_8b*.log "$OUT/peer_hf_8b.log" 2>/dev/null
 fi
 

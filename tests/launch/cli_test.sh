@@ -103,7 +103,23 @@ assert ops == want, ops
 assert report["peaks"]["gemm_flops_per_second"] > 0 and report["backend"] == "cpu"
 assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in report["results"])
 PY
+# scripts/peer_attention_torch.py --compare reads this table: its parser must find the attention rows.
+python3 - "$WORK/kernels.txt" "$(dirname "$0")/../../scripts" <<'PY' || fail "bench-kernels' attention rows no longer parse: $(cat "$WORK/kernels.txt")"
+import sys
+sys.path.insert(0, sys.argv[2])
+from peer_attention_torch import tessera_figures
+figures = tessera_figures(sys.argv[1])
+want = {("decode_attention", "batch=1 context=32"), ("decode_attention", "batch=4 context=32"),
+        ("prefill_attention", "tokens=16 causal")}
+assert set(figures) == want, figures
+assert all(gbps > 0 and tflops > 0 for gbps, tflops in figures.values()), figures
+PY
 expect_error "unknown op 'softmax'" bench-kernels --preset tiny --ops softmax
+# A flag value outside its set is CLI11's usage error (exit 105), before anything runs.
+"$TESSERA" bench-kernels --preset tiny --attention-kernel fast >"$WORK/out" 2>"$WORK/err" &&
+  fail "bench-kernels --attention-kernel fast succeeded"
+grep -qF "fast not in {auto,simt,tensor-cores}" "$WORK/err" ||
+  fail "bench-kernels --attention-kernel fast: $(cat "$WORK/err")"
 expect_error "backend 'tpu' is not cpu or cuda" bench-kernels --preset tiny --backend tpu
 "$TESSERA" bench-engine --preset tiny --batch-sizes 1,2 --prompt-len 8 --decode-steps 2 \
   --copy-gib 0.01 --gemm-size 64 >"$WORK/engine.txt" 2>"$WORK/err" ||
