@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvtransfer/inproc/in_process_transport.h"
+#include "tests/kernels/test_backends.h"
 #include "tests/worker/test_util.h"
 #include "worker/engine.h"
 #include "worker/kv_port.h"
@@ -190,7 +191,7 @@ TEST_F(DisaggregationTest, ThroughAHostMirrorTheTokensAreTheSame) {
 // mirror on its own (no stage_through_host). f32 weights and KV: the fixture's greedy tokens.
 // Skips without a GPU (`ctest -L gpu` runs it).
 TEST_F(DisaggregationTest, GpuCachesMigrateThroughTheHostMirror_cuda) {
-  if (auto gpu = testing::MakeBackend("cuda"); !gpu.ok()) GTEST_SKIP() << gpu.status();
+  if (auto gpu = kernels::testing::MakeBackend("cuda"); !gpu.ok()) GTEST_SKIP() << gpu.status();
   backend_ = "cuda";
   for (bool stream : {true, false}) {
     SCOPED_TRACE(stream ? "layer-wise streaming" : "whole sends");

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "tests/kernels/test_backends.h"
 #include "tests/worker/test_util.h"
 
 namespace tessera::worker {
@@ -59,7 +60,7 @@ using FixtureOnBackend = std::tuple<std::string, std::string>;
 class LlamaModelFixtureTest : public ::testing::TestWithParam<FixtureOnBackend> {
  protected:
   void SetUp() override {
-    auto backend = testing::MakeBackend(Backend());
+    auto backend = kernels::testing::MakeBackend(Backend());
     if (absl::IsUnavailable(backend.status())) GTEST_SKIP() << backend.status();
     ASSERT_TRUE(backend.ok()) << backend.status();
     auto fixture = LoadFixture(Name());

@@ -2,10 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/cpu_backend.h"
-#ifdef TESSERA_HAVE_CUDA_BACKEND
-#include "kernels/cuda/cuda_backend.h"
-#endif
+#include "tests/kernels/test_backends.h"
 
 namespace tessera::worker::testing {
 
@@ -55,26 +52,11 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const std::string& name) {
-  if (name == "cpu") return kernels::CreateCpuBackend({});
-  if (name == "cpu_graphs") {
-    kernels::CpuBackendOptions options;
-    options.emulate_graphs = true;
-    return kernels::CreateCpuBackend(options);
-  }
-#ifdef TESSERA_HAVE_CUDA_BACKEND
-  if (name == "cuda") return kernels::CreateCudaBackend({});
-#else
-  if (name == "cuda") return absl::UnavailableError("this build has no CUDA backend");
-#endif
-  return absl::InvalidArgumentError(absl::StrCat("unknown backend ", name));
-}
-
 absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
                                           const model::WeightSource& weights,
                                           const TestEngineOptions& options) {
   TestEngine e;
-  TESSERA_ASSIGN_OR_RETURN(e.backend, MakeBackend(options.backend));
+  TESSERA_ASSIGN_OR_RETURN(e.backend, kernels::testing::MakeBackend(options.backend));
   LlamaModelOptions model_options;
   model_options.max_num_tokens = options.max_num_batched_tokens;
   model_options.max_num_seqs = options.max_num_seqs;

@@ -44,7 +44,7 @@ struct TestEngine {
 };
 
 struct TestEngineOptions {
-  std::string backend = "cpu";  // or "cpu_graphs", "cuda" (MakeBackend)
+  std::string backend = "cpu";  // a name kernels::testing::MakeBackend knows
   int32_t block_size = 4;
   int32_t num_blocks = 256;
   int32_t max_model_len = 128;
@@ -60,11 +60,6 @@ struct TestEngineOptions {
 model::ModelConfig BenchModelConfig(int layers, int kv_heads);
 // Seconds of steady-clock time since `start` (benchmarks).
 double SecondsSince(std::chrono::steady_clock::time_point start);
-
-// A backend by name: "cpu", "cpu_graphs" (the CPU emulating graphs:
-// kernels::CpuBackendOptions::emulate_graphs), or "cuda" (GPU 0; kUnavailable where none is, or
-// where this build has no CUDA backend) — tests skip on kUnavailable.
-absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const std::string& name);
 
 absl::StatusOr<TestEngine> MakeTestEngine(const model::ModelConfig& config,
                                           const model::WeightSource& weights,
