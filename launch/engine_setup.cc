@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -70,19 +71,29 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
   AddAttentionKernelFlag(app, flags.attention_kernel);
 }
 
+namespace {
+constexpr const char* kAttentionKernels[] = {"auto", "simt", "tensor-cores"};
+}  // namespace
+
 void AddAttentionKernelFlag(CLI::App& app, std::string& attention_kernel) {
   app.add_option("--attention-kernel", attention_kernel,
                  "cuda: auto (tensor cores for prefill in bf16/f16, SIMT for decode), simt, or "
                  "tensor-cores (decode too)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "simt", "tensor-cores"}));
+      ->check(CLI::IsMember(
+          std::vector<std::string>(std::begin(kAttentionKernels), std::end(kAttentionKernels))));
+}
+
+absl::Status ValidateAttentionKernel(absl::string_view name) {
+  for (const char* known : kAttentionKernels) {
+    if (name == known) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not auto, simt or tensor-cores"));
 }
 
 absl::Status ValidateBackend(const EngineFlags& flags, int ranks) {
-  if (flags.attention_kernel != "auto" && flags.attention_kernel != "simt" &&
-      flags.attention_kernel != "tensor-cores") {
-    return absl::InvalidArgumentError(absl::StrCat("--attention-kernel: '", flags.attention_kernel,
-                                                   "' is none of auto, simt, tensor-cores"));
+  if (absl::Status s = ValidateAttentionKernel(flags.attention_kernel); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--attention-kernel: ", s.message()));
   }
   if (flags.backend == "cpu") return absl::OkStatus();
   if (flags.backend != "cuda") {
@@ -119,14 +130,11 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeRankBackend(const EngineFl
   if (flags.backend == "cuda") {
     kernels::CudaBackendOptions cuda;
     cuda.device = flags.device + on_host;
+    TESSERA_RETURN_IF_ERROR(ValidateAttentionKernel(flags.attention_kernel));
     if (flags.attention_kernel == "simt") {
       cuda.attention_kernel = kernels::CudaAttentionKernel::kSimt;
     } else if (flags.attention_kernel == "tensor-cores") {
       cuda.attention_kernel = kernels::CudaAttentionKernel::kTensorCores;
-    } else if (flags.attention_kernel != "auto") {
-      return absl::InvalidArgumentError(absl::StrCat("--attention-kernel: '",
-                                                     flags.attention_kernel,
-                                                     "' is none of auto, simt, tensor-cores"));
     }
     return kernels::CreateCudaBackend(cuda);
   }
@@ -148,33 +156,30 @@ kernels::bench::KernelBenchOptions KernelBenchDefaults(absl::string_view backend
   return o;
 }
 
-absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text) {
-  std::vector<int32_t> ids;
+namespace {
+// "a,b,c" as integers >= `min`; kInvalidArgument naming the bad element and what it should be.
+template <typename T>
+absl::StatusOr<std::vector<T>> ParseIntList(absl::string_view text, T min, absl::string_view what) {
+  std::vector<T> values;
   for (absl::string_view part : absl::StrSplit(text, ',')) {
     part = absl::StripAsciiWhitespace(part);
-    int32_t id = 0;
-    if (!absl::SimpleAtoi(part, &id) || id < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", part, "' in '", text, "' is not a token id (a non-negative integer)"));
+    T value = 0;
+    if (!absl::SimpleAtoi(part, &value) || value < min) {
+      return absl::InvalidArgumentError(absl::StrCat("'", part, "' in '", text, "' is not ", what));
     }
-    ids.push_back(id);
+    values.push_back(value);
   }
-  return ids;
+  return values;
+}
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text) {
+  return ParseIntList<int32_t>(text, 0, "a token id (a non-negative integer)");
 }
 
 absl::StatusOr<std::vector<int64_t>> ParseLayerList(absl::string_view text) {
-  std::vector<int64_t> layers;
-  for (absl::string_view part : absl::StrSplit(text, ',')) {
-    part = absl::StripAsciiWhitespace(part);
-    int64_t n = 0;
-    if (!absl::SimpleAtoi(part, &n) || n < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", part, "' in '", text,
-                       "' is not a number of layers >= 1 (give auto, or a list such as 10,6)"));
-    }
-    layers.push_back(n);
-  }
-  return layers;
+  return ParseIntList<int64_t>(text, 1,
+                               "a number of layers >= 1 (give auto, or a list such as 10,6)");
 }
 
 namespace {

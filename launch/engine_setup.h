@@ -48,6 +48,8 @@ struct EngineFlags {
 void AddEngineFlags(CLI::App& app, EngineFlags& flags);
 // --attention-kernel alone (bench-kernels, which takes no other engine flag).
 void AddAttentionKernelFlag(CLI::App& app, std::string& attention_kernel);
+// kInvalidArgument unless `name` is one of --attention-kernel's (auto, simt, tensor-cores).
+absl::Status ValidateAttentionKernel(absl::string_view name);
 
 // Whether a replica of `ranks` ranks can run on `flags.backend`: kInvalidArgument for an
 // unknown backend or a negative device, kFailedPrecondition for cuda in a build without it (or,

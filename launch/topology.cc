@@ -162,10 +162,8 @@ absl::Status ValidateEngineSettings(const EngineFlags& e, const std::string& whe
   if (!(e.kv_cache_gib > 0)) {
     return Invalid(where + ".kv_cache_gib", absl::StrCat("must be > 0, got ", e.kv_cache_gib));
   }
-  if (e.attention_kernel != "auto" && e.attention_kernel != "simt" &&
-      e.attention_kernel != "tensor-cores") {
-    return Invalid(where + ".attention_kernel",
-                   absl::StrCat("'", e.attention_kernel, "' is not auto, simt or tensor-cores"));
+  if (absl::Status s = ValidateAttentionKernel(e.attention_kernel); !s.ok()) {
+    return Invalid(where + ".attention_kernel", std::string(s.message()));
   }
   return absl::OkStatus();
 }

@@ -28,16 +28,7 @@ constexpr int kTargetVectors = 32;
 constexpr int64_t kMinSplitTokens = 256;
 constexpr size_t kMaxPartialBytes = size_t{256} << 20;
 
-struct Plan {
-  int rows_per_item;   // query rows of one sequence per item
-  int heads_per_item;  // query heads of one KV head per item (<= group)
-  int head_chunks;     // ceil(group / heads_per_item)
-  int group;           // q_heads / kv_heads
-  int splits;          // context splits
-  int64_t chunk;       // keys per split, a multiple of kTileKeys
-  float* partial_out;  // [tokens, q_heads, splits, head_dim] when splits > 1
-  float* partial_ml;   // [tokens, q_heads, splits, 2] (max, sum)
-};
+using Plan = AttentionPlan;  // mma_attention.h: the plan of both kernels
 
 size_t SharedBytes(int vectors, int64_t head_dim) {
   const int64_t floats = 2 * vectors * head_dim + kTileKeys * (head_dim + 1) +
@@ -45,12 +36,12 @@ size_t SharedBytes(int vectors, int64_t head_dim) {
   return static_cast<size_t>(floats) * sizeof(float);
 }
 
-// One thread: the items of every well-formed sequence (mma::PlanItems).
+// One thread: the items of every well-formed sequence (PlanItems).
 __global__ void PlanItemsKernel(PagedAttentionArgs a, int rows_per_item, int capacity,
                                 int32_t* items, int* count) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  *count = mma::PlanItems(a.query_start, a.seq_lens, a.num_seqs, a.tokens,
-                          a.max_blocks_per_seq * a.block_size, rows_per_item, capacity, items);
+  *count = PlanItems(a.query_start, a.seq_lens, a.num_seqs, a.tokens,
+                     a.max_blocks_per_seq * a.block_size, rows_per_item, capacity, items);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -314,16 +305,20 @@ bool Aligned(const void* pointer, size_t bytes) {
   return reinterpret_cast<uintptr_t>(pointer) % bytes == 0;
 }
 
+}  // namespace
+
 // The tensor-core tile takes f16/bf16 queries over a cache of the same type, head dims it is
 // built for, 4-byte aligned query and output pairs and 16-byte aligned cache vectors. Unless
-// the backend asks for it (AttentionChoice::kTensorCores), batches of decode rows only (one
+// the backend asks for it (CudaAttentionKernel::kTensorCores), batches of decode rows only (one
 // query row per sequence) stay with the SIMT kernel: their tiles would be mostly padding, and
 // decode is bound by reading the cache, not by arithmetic.
-bool UseMmaTile(const PagedAttentionArgs& a, const DeviceLimits& limits) {
-  if (limits.attention == AttentionChoice::kSimt) return false;
+bool PagedAttentionTakesTensorCores(const PagedAttentionArgs& a, const DeviceLimits& limits) {
+  if (limits.attention == CudaAttentionKernel::kSimt) return false;
   if (limits.compute_major < 8 || a.type != a.cache_type || a.type == ElemType::kF32) return false;
   if (!mma::SupportsHeadDim(a.head_dim)) return false;
-  if (a.tokens <= a.num_seqs && limits.attention != AttentionChoice::kTensorCores) return false;
+  if (a.tokens <= a.num_seqs && limits.attention != CudaAttentionKernel::kTensorCores) {
+    return false;
+  }
   if (mma::SharedBytes(a.head_dim) > static_cast<size_t>(limits.max_shared_bytes)) return false;
   const bool pairs = Aligned(a.query, 4) && Aligned(a.output, 4) && a.query_stride0 % 2 == 0 &&
                      a.query_stride1 % 2 == 0 && a.output_stride0 % 2 == 0 &&
@@ -334,6 +329,8 @@ bool UseMmaTile(const PagedAttentionArgs& a, const DeviceLimits& limits) {
   };
   return pairs && vectors(a.key_cache, a.key_layout) && vectors(a.value_cache, a.value_layout);
 }
+
+namespace {
 
 template <int D>
 cudaError_t LaunchMmaTile(const PagedAttentionArgs& a, const mma::MmaArgs& m, dim3 grid,
@@ -363,14 +360,11 @@ cudaError_t LaunchMmaTile(const PagedAttentionArgs& a, const mma::MmaArgs& m, di
 cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits& limits,
                                  cudaStream_t stream) {
   if (a.tokens == 0 || a.num_seqs == 0 || a.q_heads == 0) return cudaSuccess;
-  const bool use_mma = UseMmaTile(a, limits);
+  const bool use_mma = PagedAttentionTakesTensorCores(a, limits);
   const int64_t tile_keys = use_mma ? mma::kTileKeys : kTileKeys;
-  Plan p{};
-  p.group = static_cast<int>(a.q_heads / a.kv_heads);
-  if (use_mma) {
-    p.heads_per_item = std::min(p.group, mma::kTileVectors);
-    p.rows_per_item = std::max(1, mma::kTileVectors / p.group);
-  } else {
+  const int group = static_cast<int>(a.q_heads / a.kv_heads);
+  Plan p = mma::TilePlan(group);
+  if (!use_mma) {
     p.heads_per_item = p.group;
     p.rows_per_item = std::max(1, kTargetVectors / p.group);
     while (SharedBytes(p.rows_per_item * p.heads_per_item, a.head_dim) >
@@ -383,8 +377,8 @@ cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits
         return cudaErrorInvalidValue;  // head_dim too large for one tile in shared memory
       }
     }
+    p.head_chunks = (p.group + p.heads_per_item - 1) / p.heads_per_item;
   }
-  p.head_chunks = (p.group + p.heads_per_item - 1) / p.heads_per_item;
   const int64_t capacity =
       std::min<int64_t>(a.tokens, a.num_seqs + (a.tokens + p.rows_per_item - 1) / p.rows_per_item);
   const int64_t blocks = capacity * a.kv_heads * p.head_chunks;
@@ -401,11 +395,8 @@ cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits
     splits = std::max<int64_t>(
         1, std::min<int64_t>({splits, static_cast<int64_t>(kMaxPartialBytes / per_split), 65535}));
   }
-  int64_t chunk = (max_context + splits - 1) / splits;
-  chunk = (chunk + tile_keys - 1) / tile_keys * tile_keys;
-  splits = (max_context + chunk - 1) / chunk;
-  p.splits = static_cast<int>(splits);
-  p.chunk = chunk;
+  SplitContext(max_context, splits, tile_keys, p);
+  splits = p.splits;
 
   const size_t items_bytes =
       AlignUp(static_cast<size_t>(capacity) * 2 * sizeof(int32_t) + sizeof(int));
@@ -454,14 +445,7 @@ cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits
     m.num_blocks = a.num_blocks;
     m.block_size = a.block_size;
     m.scale = a.scale;
-    m.group = p.group;
-    m.rows_per_item = p.rows_per_item;
-    m.heads_per_item = p.heads_per_item;
-    m.head_chunks = p.head_chunks;
-    m.splits = p.splits;
-    m.chunk = p.chunk;
-    m.partial_out = p.partial_out;
-    m.partial_ml = p.partial_ml;
+    m.plan = p;
     switch (a.head_dim) {
       case 32:
         error = LaunchMmaTile<32>(a, m, grid, items, count, stream);

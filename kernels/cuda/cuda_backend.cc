@@ -297,17 +297,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
                    absl::StrFormat("%.1f", static_cast<double>(props.totalGlobalMem) / (1 << 30)),
                    " GiB, sm_", props.major, props.minor, ", device ", options.device);
   limits.compute_major = props.major;
-  switch (options.attention_kernel) {
-    case CudaAttentionKernel::kSimt:
-      limits.attention = cuda::AttentionChoice::kSimt;
-      break;
-    case CudaAttentionKernel::kTensorCores:
-      limits.attention = cuda::AttentionChoice::kTensorCores;
-      break;
-    case CudaAttentionKernel::kAuto:
-      limits.attention = cuda::AttentionChoice::kAuto;
-      break;
-  }
+  limits.attention = options.attention_kernel;
   return std::unique_ptr<Backend>(
       std::make_unique<cuda::CudaBackend>(options.device, limits, std::move(description)));
 }

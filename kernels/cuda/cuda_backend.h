@@ -14,15 +14,9 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/attention_kernel.h"
 
 namespace tessera::kernels {
-
-// Which PagedAttention kernel runs (kernels/cuda/README.md). kAuto: the tensor-core tile for
-// batches with a multi-row sequence where it applies (f16/bf16 queries over a cache of the same
-// type, head_dim 32/64/128, sm_80+), the SIMT kernel otherwise. kTensorCores also takes the tile
-// for decode-only batches where it applies; kSimt never takes it. For measuring one against the
-// other (`tessera bench-kernels --attention-kernel`).
-enum class CudaAttentionKernel { kAuto, kSimt, kTensorCores };
 
 struct CudaBackendOptions {
   // The CUDA device ordinal (as CUDA_VISIBLE_DEVICES numbers them).

@@ -14,6 +14,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "kernels/cuda/attention_kernel.h"
+
 namespace tessera::kernels::cuda {
 
 // Floating-point element types of activations, weights and caches.
@@ -122,21 +124,21 @@ struct PagedAttentionArgs {
   int64_t num_seqs, tokens, q_heads, kv_heads, head_dim, block_size, num_blocks;
   float scale;
 };
-// Which attention kernel a launch may take (CudaAttentionKernel of cuda_backend.h).
-enum class AttentionChoice : int { kAuto = 0, kSimt = 1, kTensorCores = 2 };
-
 // Device properties the attention launch plans with (queried once by the backend), and the
 // backend's kernel choice.
 struct DeviceLimits {
   int multiprocessors = 1;
   int max_shared_bytes = 48 * 1024;  // per block, with the opt-in
   int compute_major = 0;             // compute capability: tensor-core tiles need 8 or more
-  AttentionChoice attention = AttentionChoice::kAuto;
+  CudaAttentionKernel attention = CudaAttentionKernel::kAuto;
 };
 // Shared memory the smallest tile needs: a device offering less cannot run head_dim.
 size_t PagedAttentionMinSharedBytes(int64_t head_dim);
 cudaError_t LaunchPagedAttention(const PagedAttentionArgs& args, const DeviceLimits& limits,
                                  cudaStream_t stream);
+// Whether LaunchPagedAttention takes the tensor-core tile (mma_attention.h) for `args`, or the
+// SIMT kernel: host logic only, so testable without a GPU.
+bool PagedAttentionTakesTensorCores(const PagedAttentionArgs& args, const DeviceLimits& limits);
 
 // ---- cuda_sample.cu -----------------------------------------------------------------------
 

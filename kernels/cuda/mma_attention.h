@@ -34,52 +34,31 @@
 #define TESSERA_MMA_CONSTEXPR constexpr
 #endif
 
-namespace tessera::kernels::cuda::mma {
+namespace tessera::kernels::cuda {
 
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
-constexpr int kTileVectors = 16 * kWarps;  // M of a block
-constexpr int kTileKeys = 64;              // N of a key tile
-constexpr int kPad = 8;                    // halves after each shared-memory row: no bank conflicts
-
-// Head dims the tile is built for (one instance each): multiples of 16, O in registers.
-TESSERA_MMA_CONSTEXPR bool SupportsHeadDim(int64_t head_dim) {
-  return head_dim == 32 || head_dim == 64 || head_dim == 128;
-}
-
-// Halves from one key's (or value's) shared-memory row to the next.
-TESSERA_MMA_CONSTEXPR int64_t RowStride(int64_t head_dim) { return head_dim + kPad; }
-// Two buffers (double-buffering) each of a key tile and a value tile.
-TESSERA_MMA_CONSTEXPR size_t SharedBytes(int64_t head_dim) {
-  return static_cast<size_t>(4 * kTileKeys * RowStride(head_dim)) * 2;
-}
-
-// Everything a block reads, in elements (halves) for the strides.
-struct MmaArgs {
-  const uint16_t* query;
-  int64_t query_stride0, query_stride1;
-  uint16_t* output;
-  int64_t output_stride0, output_stride1;
-  const uint16_t* key_cache;
-  int64_t key_stride0, key_stride1, key_stride2;
-  const uint16_t* value_cache;
-  int64_t value_stride0, value_stride1, value_stride2;
-  const int32_t* block_tables;
-  int64_t block_tables_stride;
-  const int32_t* query_start;
-  const int32_t* seq_lens;
-  int64_t q_heads, num_blocks, block_size;
-  float scale;
-  // The plan (see cuda_attention.cu).
-  int group;           // query heads per KV head
-  int rows_per_item;   // query rows of one sequence per block
-  int heads_per_item;  // query heads of one KV head per block
-  int head_chunks;     // ceil(group / heads_per_item)
-  int splits;          // context splits; > 1 writes partials for the combine kernel
-  int64_t chunk;       // keys per split, a multiple of kTileKeys
-  float* partial_out;  // [tokens, q_heads, splits, head_dim]
-  float* partial_ml;   // [tokens, q_heads, splits, 2]: (max in natural-log units, sum)
+// How a PagedAttention launch divides its work, for either kernel. A work item is (sequence, a
+// chunk of its query rows) x (KV head, a range of its query heads) x (context split); its query
+// vectors (row, head) are the rows of one tile.
+struct AttentionPlan {
+  int group = 1;                 // query heads per KV head
+  int rows_per_item = 1;         // query rows of one sequence per item
+  int heads_per_item = 1;        // query heads of one KV head per item (<= group)
+  int head_chunks = 1;           // ceil(group / heads_per_item)
+  int splits = 1;                // context splits; > 1 writes partials for the combine kernel
+  int64_t chunk = 0;             // keys per split, a multiple of the kernel's key tile
+  float* partial_out = nullptr;  // [tokens, q_heads, splits, head_dim]
+  float* partial_ml = nullptr;   // [tokens, q_heads, splits, 2]: (max in natural-log units, sum)
 };
+
+// Splits a context of up to `max_context` keys into about `splits` chunks, each a multiple of
+// `tile_keys` keys: sets the plan's chunk and the splits that result.
+inline void SplitContext(int64_t max_context, int64_t splits, int64_t tile_keys,
+                         AttentionPlan& plan) {
+  int64_t chunk = (max_context + splits - 1) / splits;
+  chunk = (chunk + tile_keys - 1) / tile_keys * tile_keys;
+  plan.chunk = chunk;
+  plan.splits = static_cast<int>((max_context + chunk - 1) / chunk);
+}
 
 // The items (sequence, first query row) of every well-formed sequence, in order, up to
 // `capacity`; returns their number. A sequence whose layout is inconsistent (rows outside
@@ -106,42 +85,79 @@ TESSERA_MMA_FN int PlanItems(const int32_t* query_start, const int32_t* seq_lens
   return n;
 }
 
+}  // namespace tessera::kernels::cuda
+
+namespace tessera::kernels::cuda::mma {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kTileVectors = 16 * kWarps;  // M of a block
+constexpr int kTileKeys = 64;              // N of a key tile
+constexpr int kPad = 8;                    // halves after each shared-memory row: no bank conflicts
+
+// Head dims the tile is built for (one instance each): multiples of 16, O in registers.
+TESSERA_MMA_CONSTEXPR bool SupportsHeadDim(int64_t head_dim) {
+  return head_dim == 32 || head_dim == 64 || head_dim == 128;
+}
+
+// Halves from one key's (or value's) shared-memory row to the next.
+TESSERA_MMA_CONSTEXPR int64_t RowStride(int64_t head_dim) { return head_dim + kPad; }
+// Two buffers (double-buffering) each of a key tile and a value tile.
+TESSERA_MMA_CONSTEXPR size_t SharedBytes(int64_t head_dim) {
+  return static_cast<size_t>(4 * kTileKeys * RowStride(head_dim)) * 2;
+}
+
+// The tile's items: every query head of a KV head (at most kTileVectors of them), and as many
+// query rows as fill kTileVectors vectors (10 rows of 6 heads: 60).
+inline AttentionPlan TilePlan(int group) {
+  AttentionPlan plan;
+  plan.group = group;
+  plan.heads_per_item = group < kTileVectors ? group : kTileVectors;
+  plan.rows_per_item = group < kTileVectors ? kTileVectors / group : 1;
+  plan.head_chunks = (group + plan.heads_per_item - 1) / plan.heads_per_item;
+  return plan;
+}
+
+// Everything a block reads, in elements (halves) for the strides.
+struct MmaArgs {
+  const uint16_t* query;
+  int64_t query_stride0, query_stride1;
+  uint16_t* output;
+  int64_t output_stride0, output_stride1;
+  const uint16_t* key_cache;
+  int64_t key_stride0, key_stride1, key_stride2;
+  const uint16_t* value_cache;
+  int64_t value_stride0, value_stride1, value_stride2;
+  const int32_t* block_tables;
+  int64_t block_tables_stride;
+  const int32_t* query_start;
+  const int32_t* seq_lens;
+  int64_t q_heads, num_blocks, block_size;
+  float scale;
+  AttentionPlan plan;
+};
+
 // 16 bytes: eight halves.
 struct alignas(16) Half8 {
   uint32_t w[4];
 };
 
-TESSERA_MMA_FN uint32_t Load32(const uint16_t* p) {
+// A T (uint32_t: two halves, Half8: eight) at `p`, aligned for T on the device.
+template <class T>
+TESSERA_MMA_FN T LoadAs(const uint16_t* p) {
 #if defined(__CUDACC__)
-  return *reinterpret_cast<const uint32_t*>(p);
+  return *reinterpret_cast<const T*>(p);
 #else
-  uint32_t value;
+  T value;
   std::memcpy(&value, p, sizeof(value));
   return value;
 #endif
 }
 
-TESSERA_MMA_FN void Store32(uint16_t* p, uint32_t value) {
+template <class T>
+TESSERA_MMA_FN void StoreAs(uint16_t* p, const T& value) {
 #if defined(__CUDACC__)
-  *reinterpret_cast<uint32_t*>(p) = value;
-#else
-  std::memcpy(p, &value, sizeof(value));
-#endif
-}
-
-TESSERA_MMA_FN Half8 Load128(const uint16_t* p) {
-#if defined(__CUDACC__)
-  return *reinterpret_cast<const Half8*>(p);
-#else
-  Half8 value;
-  std::memcpy(&value, p, sizeof(value));
-  return value;
-#endif
-}
-
-TESSERA_MMA_FN void Store128(uint16_t* p, const Half8& value) {
-#if defined(__CUDACC__)
-  *reinterpret_cast<Half8*>(p) = value;
+  *reinterpret_cast<T*>(p) = value;
 #else
   std::memcpy(p, &value, sizeof(value));
 #endif
@@ -180,19 +196,20 @@ TESSERA_MMA_FN void AttentionTile(Ctx& ctx, const MmaArgs& a, int64_t seq, int64
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr float kLn2 = 0.6931471805599453f;
 
-  const int64_t kv_head = by / a.head_chunks;
-  const int g0 = static_cast<int>(by % a.head_chunks) * a.heads_per_item;
-  const int heads = a.heads_per_item < a.group - g0 ? a.heads_per_item : a.group - g0;
+  const int64_t kv_head = by / a.plan.head_chunks;
+  const int g0 = static_cast<int>(by % a.plan.head_chunks) * a.plan.heads_per_item;
+  const int heads =
+      a.plan.heads_per_item < a.plan.group - g0 ? a.plan.heads_per_item : a.plan.group - g0;
   const int64_t q_begin = a.query_start[seq];
   const int64_t q_len = a.query_start[seq + 1] - q_begin;
   const int64_t first_pos = a.seq_lens[seq] - q_len;  // position of query row 0
   const int rows =
-      static_cast<int>(a.rows_per_item < q_len - row0 ? a.rows_per_item : q_len - row0);
+      static_cast<int>(a.plan.rows_per_item < q_len - row0 ? a.plan.rows_per_item : q_len - row0);
   const int vectors = rows * heads;
   const int64_t last_pos = first_pos + row0 + rows - 1;
-  const int64_t key_begin = split * a.chunk;
+  const int64_t key_begin = split * a.plan.chunk;
   const int64_t key_end =
-      (split + 1) * a.chunk < last_pos + 1 ? (split + 1) * a.chunk : last_pos + 1;
+      (split + 1) * a.plan.chunk < last_pos + 1 ? (split + 1) * a.plan.chunk : last_pos + 1;
 
   const int tid = ctx.thread();
   const int lane = tid % 32;
@@ -211,7 +228,7 @@ TESSERA_MMA_FN void AttentionTile(Ctx& ctx, const MmaArgs& a, int64_t seq, int64
     const int v = v_of[r];
     limit[r] = v < vectors ? first_pos + row0 + v / heads : -1;
     q_row[r] = v < vectors ? a.query + (q_begin + row0 + v / heads) * a.query_stride0 +
-                                 (kv_head * a.group + g0 + v % heads) * a.query_stride1
+                                 (kv_head * a.plan.group + g0 + v % heads) * a.query_stride1
                            : nullptr;
   }
   const int last_vector = vectors - 1 < warp * 16 + 15 ? vectors - 1 : warp * 16 + 15;
@@ -221,10 +238,10 @@ TESSERA_MMA_FN void AttentionTile(Ctx& ctx, const MmaArgs& a, int64_t seq, int64
   uint32_t qa[kKSteps][4];
   for (int kk = 0; kk < kKSteps; ++kk) {
     const int d = 16 * kk + 2 * t;
-    qa[kk][0] = q_row[0] != nullptr ? Load32(q_row[0] + d) : 0u;
-    qa[kk][1] = q_row[1] != nullptr ? Load32(q_row[1] + d) : 0u;
-    qa[kk][2] = q_row[0] != nullptr ? Load32(q_row[0] + d + 8) : 0u;
-    qa[kk][3] = q_row[1] != nullptr ? Load32(q_row[1] + d + 8) : 0u;
+    qa[kk][0] = q_row[0] != nullptr ? LoadAs<uint32_t>(q_row[0] + d) : 0u;
+    qa[kk][1] = q_row[1] != nullptr ? LoadAs<uint32_t>(q_row[1] + d) : 0u;
+    qa[kk][2] = q_row[0] != nullptr ? LoadAs<uint32_t>(q_row[0] + d + 8) : 0u;
+    qa[kk][3] = q_row[1] != nullptr ? LoadAs<uint32_t>(q_row[1] + d + 8) : 0u;
   }
   float o[kDTiles][4];
   for (int dt = 0; dt < kDTiles; ++dt) {
@@ -252,11 +269,11 @@ TESSERA_MMA_FN void AttentionTile(Ctx& ctx, const MmaArgs& a, int64_t seq, int64
       uint16_t* v_dst = v_buf + jj * kStride + part * 8;
       const int64_t block = j < key_end ? table[j / a.block_size] : -1;
       if (j >= key_end) {
-        Store128(k_dst, Fill8(0));
-        Store128(v_dst, Fill8(0));
+        StoreAs<Half8>(k_dst, Fill8(0));
+        StoreAs<Half8>(v_dst, Fill8(0));
       } else if (block < 0 || block >= a.num_blocks) {
-        Store128(k_dst, Fill8(kNanBits<kBf16>));
-        Store128(v_dst, Fill8(0));
+        StoreAs<Half8>(k_dst, Fill8(kNanBits<kBf16>));
+        StoreAs<Half8>(v_dst, Fill8(0));
       } else {
         const int64_t offset = j % a.block_size;
         ctx.CopyAsync16(k_dst, a.key_cache + block * a.key_stride0 + kv_head * a.key_stride1 +
@@ -290,7 +307,8 @@ TESSERA_MMA_FN void AttentionTile(Ctx& ctx, const MmaArgs& a, int64_t seq, int64
         for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
         const uint16_t* key = k_buf + (8 * nt + g) * kStride + 2 * t;
         for (int kk = 0; kk < kKSteps; ++kk) {
-          const uint32_t b[2] = {Load32(key + 16 * kk), Load32(key + 16 * kk + 8)};
+          const uint32_t b[2] = {LoadAs<uint32_t>(key + 16 * kk),
+                                 LoadAs<uint32_t>(key + 16 * kk + 8)};
           ctx.template Mma<kBf16>(qa[kk], b, s[nt]);
         }
       }
@@ -360,23 +378,23 @@ TESSERA_MMA_FN void AttentionTile(Ctx& ctx, const MmaArgs& a, int64_t seq, int64
     const int v = v_of[r];
     if (v >= vectors) continue;
     const int64_t token = q_begin + row0 + v / heads;
-    const int64_t head = kv_head * a.group + g0 + v % heads;
-    if (a.splits == 1) {
+    const int64_t head = kv_head * a.plan.group + g0 + v % heads;
+    if (a.plan.splits == 1) {
       uint16_t* out = a.output + token * a.output_stride0 + head * a.output_stride1 + 2 * t;
       for (int dt = 0; dt < kDTiles; ++dt) {
-        Store32(out + 8 * dt,
-                ctx.template Pack<kBf16>(o[dt][2 * r] / l[r], o[dt][2 * r + 1] / l[r]));
+        StoreAs<uint32_t>(out + 8 * dt,
+                          ctx.template Pack<kBf16>(o[dt][2 * r] / l[r], o[dt][2 * r + 1] / l[r]));
       }
     } else {
-      const int64_t slot = (token * a.q_heads + head) * a.splits + split;
-      float* out = a.partial_out + slot * D + 2 * t;
+      const int64_t slot = (token * a.q_heads + head) * a.plan.splits + split;
+      float* out = a.plan.partial_out + slot * D + 2 * t;
       for (int dt = 0; dt < kDTiles; ++dt) {
         out[8 * dt] = o[dt][2 * r];
         out[8 * dt + 1] = o[dt][2 * r + 1];
       }
       if (t == 0) {
-        a.partial_ml[slot * 2] = m[r] * kLn2;
-        a.partial_ml[slot * 2 + 1] = l[r];
+        a.plan.partial_ml[slot * 2] = m[r] * kLn2;
+        a.plan.partial_ml[slot * 2 + 1] = l[r];
       }
     }
   }

@@ -18,6 +18,7 @@ namespace {
 
 using testing::BackendTest;
 using testing::RandomFloats;
+using testing::Rounding;
 using testing::RoundTo;
 
 class AttentionConformance : public BackendTest {};
@@ -62,18 +63,6 @@ struct AttentionCase {
   int64_t q_heads, kv_heads, head_dim, block_size;
   DataType activation_dtype = DataType::kF32;  // of the queries and the output
 };
-
-// Relative size of one rounding to `dtype` (half an ulp, doubled for slack).
-double Rounding(DataType dtype) {
-  switch (dtype) {
-    case DataType::kBF16:
-      return 0x1p-8;
-    case DataType::kF16:
-      return 0x1p-11;
-    default:
-      return 0.0;
-  }
-}
 
 // (query rows, seq_len) per sequence.
 using BatchShape = std::vector<std::pair<int64_t, int64_t>>;

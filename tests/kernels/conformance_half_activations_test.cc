@@ -16,12 +16,10 @@ namespace {
 
 using testing::BackendTest;
 using testing::RandomFloats;
+using testing::Rounding;
 using testing::RoundTo;
 
 constexpr DataType kHalfTypes[] = {DataType::kBF16, DataType::kF16};
-
-// Relative size of one rounding to `dtype` (half an ulp, doubled for slack).
-double Rounding(DataType dtype) { return dtype == DataType::kBF16 ? 0x1p-8 : 0x1p-11; }
 
 class HalfActivationConformance : public BackendTest {
  protected:

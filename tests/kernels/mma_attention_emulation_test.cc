@@ -9,12 +9,11 @@
 #include "kernels/cuda/mma_attention.h"
 
 #include <algorithm>
+#include <barrier>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <deque>
-#include <mutex>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -29,30 +28,6 @@
 namespace tessera::kernels::cuda::mma {
 namespace {
 
-// A reusable barrier for `count` threads (generation counted).
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const int64_t generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      cv_.notify_all();
-      return;
-    }
-    cv_.wait(lock, [&] { return generation_ != generation; });
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  const int count_;
-  int arrived_ = 0;
-  int64_t generation_ = 0;
-};
-
 float HalfToFloat(bool bf16, uint16_t bits) { return bf16 ? BF16ToF32(bits) : F16ToF32(bits); }
 uint16_t FloatToHalf(bool bf16, float value) { return bf16 ? F32ToBF16(value) : F32ToF16(value); }
 
@@ -60,8 +35,9 @@ uint16_t FloatToHalf(bool bf16, float value) { return bf16 ? F32ToBF16(value) : 
 struct EmulatedBlock {
   explicit EmulatedBlock(size_t shared_bytes) : smem(shared_bytes / 2, 0xdead) {}
   std::vector<uint16_t> smem;
-  Barrier block{kThreads};
-  Barrier warp[kWarps] = {Barrier(32), Barrier(32), Barrier(32), Barrier(32)};
+  std::barrier<> block{kThreads};
+  std::barrier<> warp[kWarps] = {std::barrier<>(32), std::barrier<>(32), std::barrier<>(32),
+                                 std::barrier<>(32)};
   float shuffle[kWarps][32] = {};
   uint32_t a[kWarps][32][4] = {};
   uint32_t b[kWarps][32][2] = {};
@@ -71,14 +47,14 @@ class EmulatedContext {
  public:
   EmulatedContext(EmulatedBlock& block, int tid) : block_(block), tid_(tid) {}
   int thread() const { return tid_; }
-  void sync() { block_.block.Wait(); }
+  void sync() { block_.block.arrive_and_wait(); }
   uint16_t* shared() { return block_.smem.data(); }
   float ShuffleXor(float value, int mask) {
     const int w = tid_ / 32, lane = tid_ % 32;
     block_.shuffle[w][lane] = value;
-    block_.warp[w].Wait();
+    block_.warp[w].arrive_and_wait();
     const float result = block_.shuffle[w][lane ^ mask];
-    block_.warp[w].Wait();
+    block_.warp[w].arrive_and_wait();
     return result;
   }
   float Exp2(float x) { return std::exp2(x); }
@@ -111,7 +87,7 @@ class EmulatedContext {
     const int w = tid_ / 32, lane = tid_ % 32;
     std::copy(a, a + 4, block_.a[w][lane]);
     std::copy(b, b + 2, block_.b[w][lane]);
-    block_.warp[w].Wait();
+    block_.warp[w].arrive_and_wait();
     float A[16][16], B[16][8];
     for (int l = 0; l < 32; ++l) {
       const int g = l >> 2, t = l % 4;
@@ -135,7 +111,7 @@ class EmulatedContext {
       for (int k = 0; k < 16; ++k) sum += static_cast<double>(A[row][k]) * B[k][col];
       c[i] = static_cast<float>(sum);
     }
-    block_.warp[w].Wait();
+    block_.warp[w].arrive_and_wait();
   }
 
  private:
@@ -239,28 +215,25 @@ void Check(const Case& c, uint64_t seed) {
   args.num_blocks = num_blocks;
   args.block_size = c.block_size;
   args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  // The launcher's plan.
-  args.group = static_cast<int>(c.q_heads / c.kv_heads);
-  args.heads_per_item = std::min(args.group, kTileVectors);
-  args.rows_per_item = std::max(1, kTileVectors / args.group);
-  args.head_chunks = (args.group + args.heads_per_item - 1) / args.heads_per_item;
+  // The launcher's plan (its split count is the device's to choose; here the case's).
+  AttentionPlan& plan = args.plan;
+  plan = TilePlan(static_cast<int>(c.q_heads / c.kv_heads));
   const int64_t max_context = max_blocks * c.block_size;
-  args.chunk = ((max_context + c.splits - 1) / c.splits + kTileKeys - 1) / kTileKeys * kTileKeys;
-  args.splits = static_cast<int>((max_context + args.chunk - 1) / args.chunk);
-  std::vector<float> partial_out(tokens * c.q_heads * args.splits * D, NAN);
-  std::vector<float> partial_ml(tokens * c.q_heads * args.splits * 2, NAN);
-  args.partial_out = partial_out.data();
-  args.partial_ml = partial_ml.data();
+  SplitContext(max_context, c.splits, kTileKeys, plan);
+  std::vector<float> partial_out(tokens * c.q_heads * plan.splits * D, NAN);
+  std::vector<float> partial_ml(tokens * c.q_heads * plan.splits * 2, NAN);
+  plan.partial_out = partial_out.data();
+  plan.partial_ml = partial_ml.data();
 
   const int capacity = static_cast<int>(
-      std::min<int64_t>(tokens, num_seqs + (tokens + args.rows_per_item - 1) / args.rows_per_item));
+      std::min<int64_t>(tokens, num_seqs + (tokens + plan.rows_per_item - 1) / plan.rows_per_item));
   std::vector<int32_t> items(2 * capacity);
   const int count = PlanItems(query_start.data(), seq_lens.data(), num_seqs, tokens, max_context,
-                              args.rows_per_item, capacity, items.data());
+                              plan.rows_per_item, capacity, items.data());
   ASSERT_GT(count, 0);
   for (int item = 0; item < count; ++item) {
-    for (int64_t by = 0; by < c.kv_heads * args.head_chunks; ++by) {
-      for (int64_t split = 0; split < args.splits; ++split) {
+    for (int64_t by = 0; by < c.kv_heads * plan.head_chunks; ++by) {
+      for (int64_t split = 0; split < plan.splits; ++split) {
         switch (D) {
           case 32:
             RunBlockOfType<32>(c.bf16, args, items[2 * item], items[2 * item + 1], by, split);
@@ -288,18 +261,18 @@ void Check(const Case& c, uint64_t seed) {
         SCOPED_TRACE(absl::StrCat("sequence ", s, " row ", r, " head ", h));
         const int64_t kvh = h / group;
         std::vector<float> got(D);
-        if (args.splits == 1) {
+        if (plan.splits == 1) {
           for (int64_t d = 0; d < D; ++d) {
             got[d] = HalfToFloat(c.bf16, output[(row * c.q_heads + h) * D + d]);
           }
         } else {
           // The combine kernel's merge, over the partials the blocks wrote.
-          const int64_t base = (row * c.q_heads + h) * args.splits;
+          const int64_t base = (row * c.q_heads + h) * plan.splits;
           float m_max = -INFINITY;
-          for (int z = 0; z < args.splits; ++z) m_max = std::max(m_max, partial_ml[(base + z) * 2]);
+          for (int z = 0; z < plan.splits; ++z) m_max = std::max(m_max, partial_ml[(base + z) * 2]);
           double denominator = 0;
           std::vector<double> acc(D, 0.0);
-          for (int z = 0; z < args.splits; ++z) {
+          for (int z = 0; z < plan.splits; ++z) {
             const float m = partial_ml[(base + z) * 2];
             ASSERT_FALSE(std::isnan(m)) << "split " << z << " wrote no partial";
             if (m == -INFINITY) continue;
@@ -348,7 +321,7 @@ void Check(const Case& c, uint64_t seed) {
     }
   }
   // Rows no item covers keep the poison; here every row is covered, so none may.
-  if (args.splits == 1) {
+  if (plan.splits == 1) {
     for (size_t i = 0; i < output.size(); ++i) {
       ASSERT_NE(output[i], kPoison) << "output element " << i << " never written";
     }

@@ -44,6 +44,17 @@ std::vector<float> RoundTo(DataType dtype, std::vector<float> values) {
   return values;
 }
 
+double Rounding(DataType dtype) {
+  switch (dtype) {
+    case DataType::kBF16:
+      return 0x1p-8;
+    case DataType::kF16:
+      return 0x1p-11;
+    default:
+      return 0.0;
+  }
+}
+
 std::vector<float> RandomFloats(std::mt19937_64& rng, size_t count, float low, float high) {
   std::uniform_real_distribution<float> dist(low, high);
   std::vector<float> values(count);

@@ -35,6 +35,8 @@ struct BackendParamName {
 
 // f32 values rounded as storing them in `dtype` would (f32: unchanged).
 std::vector<float> RoundTo(DataType dtype, std::vector<float> values);
+// Relative size of one rounding to `dtype` (half an ulp, doubled for slack); 0 for f32.
+double Rounding(DataType dtype);
 std::vector<float> RandomFloats(std::mt19937_64& rng, size_t count, float low = -1.0f,
                                 float high = 1.0f);
 

@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "launch/model_flags.h"
+
 namespace tessera::launch {
 namespace {
 
@@ -35,7 +37,8 @@ TEST(ValidateBackendTest, AttentionKernelsAreNamedOrRefused) {
   flags.attention_kernel = "fast";  // a caller that fills the struct itself
   const absl::Status s = ValidateBackend(flags, 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_THAT(s.message(), HasSubstr("'fast' is none of auto, simt, tensor-cores"));
+  EXPECT_THAT(s.message(),
+              HasSubstr("--attention-kernel: 'fast' is not auto, simt or tensor-cores"));
 }
 
 TEST(ValidateBackendTest, CudaRefusesWhatThisBuildLacksNamingIt) {
@@ -86,15 +89,9 @@ TEST(GraphBatchSizesTest, OneSizeIsALadderSeveralAreTheListEagerIsNone) {
 // Activations: f32 on the CPU always; on a GPU the weights' half type (the --dtype flag's, else
 // the checkpoint's), f32 for f32 weights; the KV cache follows them unless --kv-cache-dtype says.
 TEST(ComputeEngineLimitsTest, AGpuComputesInTheWeightsHalfTypeTheCpuInF32) {
-  model::ModelConfig config;
-  config.hidden_size = 64;
-  config.intermediate_size = 128;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 16;
-  config.vocab_size = 100;
-  config.max_position_embeddings = 256;
+  absl::StatusOr<model::ModelConfig> tiny = ModelConfigFromFlags(ModelShapeFlags{});
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  model::ModelConfig config = *tiny;
   config.torch_dtype = DataType::kBF16;
   EngineFlags flags;
   auto limits = ComputeEngineLimits(config, flags);
