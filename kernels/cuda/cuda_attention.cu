@@ -14,6 +14,7 @@
 // kernel merges them.
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/mma_attention.h"
@@ -335,18 +336,7 @@ namespace {
 template <int D>
 cudaError_t LaunchMmaTile(const PagedAttentionArgs& a, const mma::MmaArgs& m, dim3 grid,
                           const int32_t* items, const int* count, cudaStream_t stream) {
-  const size_t shared = mma::SharedBytes(D);
-  if (shared > 48 * 1024) {
-    const cudaError_t error =
-        a.type == ElemType::kBF16
-            ? cudaFuncSetAttribute(MmaAttentionKernel<D, true>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(shared))
-            : cudaFuncSetAttribute(MmaAttentionKernel<D, false>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(shared));
-    if (error != cudaSuccess) return error;
-  }
+  const size_t shared = mma::SharedBytes(D);  // opted into by PrepareAttentionKernels
   if (a.type == ElemType::kBF16) {
     MmaAttentionKernel<D, true><<<grid, mma::kThreads, shared, stream>>>(m, items, count);
   } else {
@@ -355,7 +345,30 @@ cudaError_t LaunchMmaTile(const PagedAttentionArgs& a, const mma::MmaArgs& m, di
   return cudaGetLastError();
 }
 
+// The tile's opt-in to more than 48 KiB of dynamic shared memory, for one head_dim's kernels.
+template <int D>
+cudaError_t OptInSharedMemory() {
+  const int shared = static_cast<int>(mma::SharedBytes(D));
+  if (shared <= 48 * 1024) return cudaSuccess;
+  const cudaError_t error = cudaFuncSetAttribute(
+      MmaAttentionKernel<D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
+  if (error != cudaSuccess) return error;
+  return cudaFuncSetAttribute(MmaAttentionKernel<D, false>,
+                              cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
+}
+
 }  // namespace
+
+cudaError_t PrepareAttentionKernels(const DeviceLimits& limits) {
+  if (limits.compute_major < 8) return cudaSuccess;  // the tile never runs there
+  for (const auto& [head_dim, opt_in] :
+       {std::pair{32, &OptInSharedMemory<32>}, std::pair{64, &OptInSharedMemory<64>},
+        std::pair{128, &OptInSharedMemory<128>}}) {
+    if (mma::SharedBytes(head_dim) > static_cast<size_t>(limits.max_shared_bytes)) continue;
+    if (const cudaError_t error = opt_in(); error != cudaSuccess) return error;
+  }
+  return cudaSuccess;
+}
 
 cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits& limits,
                                  cudaStream_t stream) {

@@ -298,6 +298,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
                    " GiB, sm_", props.major, props.minor, ", device ", options.device);
   limits.compute_major = props.major;
   limits.attention = options.attention_kernel;
+  TESSERA_RETURN_IF_ERROR(cuda::CudaStatus("PrepareAttentionKernels (cudaFuncSetAttribute)",
+                                           cuda::PrepareAttentionKernels(limits)));
   return std::unique_ptr<Backend>(
       std::make_unique<cuda::CudaBackend>(options.device, limits, std::move(description)));
 }
