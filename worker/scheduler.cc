@@ -30,7 +30,8 @@ struct Scheduler::Sequence {
   bool sent_first = false;
   int32_t num_cached_tokens = 0;
   std::optional<KvDestination> kv_destination;  // prefill side of disaggregated serving
-  int32_t kv_sent_blocks = 0;  // leading blocks sent (or cached at the destination), streaming
+  // Layer-wise streaming: leading blocks whose send a step planned (or cached at the destination).
+  int32_t kv_planned_blocks = 0;
   // Steps awaiting Update that compute tokens of this sequence, and how many tokens they compute
   // in all: several only for prompt chunks (a chunk needs no token of the one before it).
   int32_t in_flight_steps = 0;
@@ -246,9 +247,9 @@ void Scheduler::Remove(Sequence* seq) {
 }
 
 void Scheduler::Preempt(Sequence& seq) {
-  if (seq.kv_destination.has_value() && seq.kv_sent_blocks > 0) {
+  if (seq.kv_destination.has_value() && seq.kv_planned_blocks > 0) {
     kv_sends_to_cancel_.push_back(seq.id);
-    seq.kv_sent_blocks = 0;
+    seq.kv_planned_blocks = 0;
   }
   ReleaseBlocks(seq);
   std::erase(running_, &seq);
@@ -274,10 +275,12 @@ StepPlan Scheduler::Schedule() {
     ScheduleRunning(budget, preempted);
   }
   StepPlan plan = BuildPlan();
+  newest_sends_.clear();
   if (!scheduled_.empty()) {
     for (const auto& [seq, n] : scheduled_) {
       ++seq->in_flight_steps;
       seq->in_flight_tokens += n;
+      PlanKvSend(*seq, n);
     }
     in_flight_.push_back(std::move(scheduled_));
     scheduled_.clear();
@@ -434,27 +437,27 @@ std::pair<int32_t, int32_t> KvBlocksReady(int32_t sent, int32_t cached_blocks,
 }
 }  // namespace
 
-std::vector<Scheduler::KvSend> Scheduler::KvSendsInStep() const {
-  std::vector<KvSend> out;
-  if (in_flight_.empty()) return out;
-  for (const auto& [seq, n] : in_flight_.back()) {
-    if (!seq->kv_destination.has_value() || seq->num_computed >= seq->num_prompt) continue;
-    const KvDestination& d = *seq->kv_destination;
-    const int32_t cached = d.num_cached_tokens / block_size_;
-    const auto [first, end] = KvBlocksReady(seq->kv_sent_blocks, cached, seq->num_computed + n,
-                                            seq->num_prompt, block_size_);
-    if (first == end) continue;
-    KvSend send;
-    send.id = seq->id;
-    send.blocks.assign(seq->blocks.begin() + first, seq->blocks.begin() + end);
-    send.destination.token = d.token;
-    send.destination.num_cached_tokens = d.num_cached_tokens;
-    send.destination.block_ids.assign(d.block_ids.begin() + (first - cached),
-                                      d.block_ids.begin() + (end - cached));
-    send.destination.ranks = d.ranks;
-    out.push_back(std::move(send));
-  }
-  return out;
+void Scheduler::PlanKvSend(Sequence& seq, int32_t n) {
+  // This step computes the sequence's tokens [end - n, end): it is its newest step in flight.
+  const int32_t end_token = seq.scheduled_end();
+  if (!seq.kv_destination.has_value() || end_token - n >= seq.num_prompt) return;
+  const KvDestination& d = *seq.kv_destination;
+  const int32_t cached = d.num_cached_tokens / block_size_;
+  const auto [first, end] =
+      KvBlocksReady(seq.kv_planned_blocks, cached, end_token, seq.num_prompt, block_size_);
+  // Planned now, not when the step is applied: the prompt's next chunk may follow this one into
+  // the pipeline and sends from where this one ends.
+  seq.kv_planned_blocks = end;
+  if (first == end) return;
+  KvSend send;
+  send.id = seq.id;
+  send.blocks.assign(seq.blocks.begin() + first, seq.blocks.begin() + end);
+  send.destination.token = d.token;
+  send.destination.num_cached_tokens = d.num_cached_tokens;
+  send.destination.block_ids.assign(d.block_ids.begin() + (first - cached),
+                                    d.block_ids.begin() + (end - cached));
+  send.destination.ranks = d.ranks;
+  newest_sends_.push_back(std::move(send));
 }
 
 std::vector<RequestId> Scheduler::TakeKvSendsToCancel() {
@@ -585,12 +588,6 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
     const bool decode = n == 1 && seq->num_computed >= seq->num_prompt &&
                         seq->num_computed + 1 == static_cast<int32_t>(seq->tokens.size());
     (decode ? counters_.last_step_decode_tokens : counters_.last_step_prefill_tokens) += n;
-    if (seq->kv_destination.has_value() && seq->num_computed < seq->num_prompt) {
-      seq->kv_sent_blocks =
-          KvBlocksReady(seq->kv_sent_blocks, seq->kv_destination->num_cached_tokens / block_size_,
-                        seq->num_computed + n, seq->num_prompt, block_size_)
-              .second;
-    }
     seq->num_computed += n;
     if (blocks_.prefix_caching()) {
       const int32_t full = seq->num_computed / block_size_;

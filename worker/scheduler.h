@@ -143,17 +143,18 @@ class Scheduler {
     KvDestination destination;
     std::vector<int32_t> held;  // every block of the request, released by ReleaseExport
   };
-  // Between Schedule and Update: what the newest step makes ready to send of the prompts with
-  // a kv_destination (layer-wise streaming, chunk by chunk). A chunk that fills blocks sends them
+  // After Schedule: what the newest step makes ready to send of the prompts with a
+  // kv_destination (layer-wise streaming, chunk by chunk). A chunk that fills blocks sends them
   // (blocks it leaves partly written wait for the next chunk); the chunk that completes the prompt
   // sends the rest, its last partial block included. Over a prompt's steps every block from the
-  // destination's cached prefix on is sent once, in order. Update counts them as sent.
+  // destination's cached prefix on is sent once, in order, also when its chunks follow each other
+  // into the pipeline (each step's sends are counted when it is planned).
   struct KvSend {
     RequestId id = 0;
     std::vector<int32_t> blocks;  // local blocks
     KvDestination destination;    // the matching destination blocks only
   };
-  std::vector<KvSend> KvSendsInStep() const;
+  std::vector<KvSend> KvSendsInStep() const { return newest_sends_; }
   // The requests whose blocks were released since the last call (preempted for recomputation)
   // while sends of them may be in flight: the caller cancels those sends before the next step
   // writes into the blocks; their blocks are sent again as they are recomputed.
@@ -186,6 +187,8 @@ class Scheduler {
   bool ScheduleWaiting(int32_t& budget);
   // Sequences the step being built may still take (max_steps_in_flight's share).
   bool RoomForSequence() const { return scheduled_.size() < seq_cap_; }
+  // Plans the KV send of the newest step of `seq` (computing `n` of its tokens) into newest_sends_.
+  void PlanKvSend(Sequence& seq, int32_t n);
   void Preempt(Sequence& seq);
   void ReleaseBlocks(Sequence& seq);
   void Remove(Sequence* seq);
@@ -205,6 +208,7 @@ class Scheduler {
   std::vector<Scheduled> scheduled_;              // the step Schedule is building
   std::deque<std::vector<Scheduled>> in_flight_;  // steps awaiting Update, oldest first
   std::vector<RequestId> kv_sends_to_cancel_;     // TakeKvSendsToCancel
+  std::vector<KvSend> newest_sends_;              // KvSendsInStep
   size_t seq_cap_ = 0;                            // of the step being built
   SchedulerCounters counters_;
   struct Reservation {

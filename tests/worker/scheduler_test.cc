@@ -650,6 +650,45 @@ TEST(SchedulerTest, KvSendsFollowTheChunksBlockByBlock) {
   EXPECT_TRUE(StepWithSends(**s, executor).empty());  // the prompt is done (its handoff ended it)
 }
 
+// With steps in flight, a prompt's chunks follow each other into the pipeline before the first is
+// applied; each step still sends only the blocks it makes ready, so every block goes once.
+TEST(SchedulerTest, KvSendsOfChunksInFlightAtOnceSendEachBlockOnce) {
+  std::mt19937 rng(5);
+  SchedulerConfig config = Config(/*budget=*/16);
+  config.max_steps_in_flight = 4;
+  auto s = Scheduler::Create(config, Limits(64), Model());
+  ASSERT_TRUE(s.ok()) << s.status();
+  FakeExecutor executor(Limits(64), kVocab);
+  ASSERT_TRUE((*s)->Add(1, KvDestinationRequest(RandomPrompt(rng, 40), 8, 4)).ok());
+  // Three chunks of 16, 16 and 8 tokens planned before any is applied.
+  const std::vector<std::pair<int32_t, int32_t>> want = {{2, 4}, {4, 8}, {8, 10}};
+  std::vector<StepPlan> plans;
+  std::vector<int32_t> dst;
+  for (size_t step = 0; step < want.size(); ++step) {
+    plans.push_back((*s)->Schedule());
+    ASSERT_FALSE(plans.back().token_ids.empty()) << "step " << step;
+    const std::vector<Scheduler::KvSend> sends = (*s)->KvSendsInStep();
+    ASSERT_EQ(sends.size(), 1u) << "step " << step;
+    const auto [first, end] = want[step];
+    const StepPlan& plan = plans.back();
+    std::vector<int32_t> local(plan.block_tables.begin() + first, plan.block_tables.begin() + end);
+    EXPECT_EQ(sends[0].blocks, local) << "step " << step;
+    dst.insert(dst.end(), sends[0].destination.block_ids.begin(),
+               sends[0].destination.block_ids.end());
+  }
+  EXPECT_EQ((*s)->steps_in_flight(), 3);
+  EXPECT_EQ(dst, (std::vector<int32_t>{1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009}));
+  // A step that plans nothing (the prompt's tokens are all in flight) sends nothing, not the
+  // last step's sends again.
+  EXPECT_TRUE((*s)->Schedule().token_ids.empty());
+  EXPECT_TRUE((*s)->KvSendsInStep().empty());
+  for (const StepPlan& plan : plans) {
+    auto result = executor.Execute(plan);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_TRUE((*s)->Update(*result).ok());
+  }
+}
+
 TEST(SchedulerTest, APreemptedKvDestinationPromptSendsAgainFromTheStart) {
   // A long decode (request 0) and a chunked prompt with a KV destination (request 1) share a cache
   // too small for both: the prompt, admitted last, is preempted while partly sent.
