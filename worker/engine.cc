@@ -31,13 +31,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(StepExecutor& executor,
         "Engine: max_requests_in_flight (", options.max_requests_in_flight, ") and idle_wait (",
         absl::FormatDuration(options.idle_wait), ") must be positive"));
   }
-  // Pipelined steps as the executor allows them, except with layer-wise KV streaming: its streams
-  // open on every rank before a step and close after it (commands between steps). Exports and
-  // imports are commands between steps too, which every rank runs after the steps before them.
+  // Pipelined steps as the executor allows them. KV commands keep their order with the steps on
+  // every rank; a replica's layer streams open with the step that writes their layers.
   SchedulerConfig scheduling = options.scheduler;
-  scheduling.max_steps_in_flight = options.kv_port == nullptr || !options.kv_stream_layers
-                                       ? std::max(executor.max_steps_in_flight(), 1)
-                                       : 1;
+  scheduling.max_steps_in_flight = std::max(executor.max_steps_in_flight(), 1);
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Scheduler> scheduler,
                            Scheduler::Create(scheduling, executor.limits(), config));
   auto engine = std::unique_ptr<Engine>(new Engine(executor, std::move(scheduler), options, clock));
@@ -257,6 +254,7 @@ void Engine::RunLoop() {
       ApplyCommands(commands);
       const auto aborted = static_cast<int64_t>(live_.size());
       EndAll(failure);
+      step_streams_.clear();  // their sends stop before the blocks return
       // Steps still in flight are never applied now: their aborted sequences' blocks return.
       scheduler_->DiscardStep();
       std::vector<uint64_t> tokens;
@@ -468,8 +466,8 @@ absl::Status Engine::Step() {
   }
   absl::StatusOr<StepResult> result = executor_.Collect();
   if (result.ok()) FinishStreams();
-  step_streams_.clear();  // after a failure: what they started is cancelled
   if (!result.ok()) {
+    step_streams_.clear();  // what they started is cancelled
     scheduler_->DiscardStep();
     return result.status();
   }
@@ -489,43 +487,53 @@ absl::Status Engine::Step() {
 }
 
 absl::Status Engine::SubmitStreaming(const StepPlan& plan) {
-  // Preempted prompts: their blocks may already be another sequence's in this step.
+  // Preempted prompts: their blocks may already be another sequence's in this step. (Preemption
+  // takes no sequence of a step in flight, so none of their streams is still open.)
   for (RequestId id : scheduler_->TakeKvSendsToCancel()) streaming_.erase(id);
-  if (options_.kv_port == nullptr || !options_.kv_stream_layers) return executor_.Submit(plan);
-  // Layer-wise streaming (one step in flight): the blocks this step fills (or, completing a
-  // prompt, the rest) go out layer by layer as the step writes them.
-  for (Scheduler::KvSend& send : scheduler_->KvSendsInStep()) {
-    StreamedKv& s = streaming_[send.id];
-    if (!s.error.ok()) continue;
-    if (s.started == absl::InfinitePast()) s.started = clock_.MonotonicNow();
-    absl::StatusOr<std::unique_ptr<KvLayerStream>> stream =
-        options_.kv_port->StreamLayers(send.blocks, send.destination);
-    if (!stream.ok()) {
-      s.error = stream.status();
-      continue;
+  StepStreams streams;
+  if (options_.kv_port != nullptr && options_.kv_stream_layers) {
+    // Layer-wise streaming: the blocks this step fills (or, completing a prompt, the rest) go out
+    // layer by layer as the step writes them.
+    for (Scheduler::KvSend& send : scheduler_->KvSendsInStep()) {
+      StreamedKv& s = streaming_[send.id];
+      if (!s.error.ok()) continue;
+      if (s.started == absl::InfinitePast()) s.started = clock_.MonotonicNow();
+      absl::StatusOr<std::unique_ptr<KvLayerStream>> stream =
+          options_.kv_port->StreamLayers(send.blocks, send.destination);
+      if (!stream.ok()) {
+        s.error = stream.status();
+        continue;
+      }
+      streams.emplace_back(send.id, *std::move(stream));
     }
-    step_streams_.emplace_back(send.id, *std::move(stream));
   }
+  // This rank's layers are written during Submit (the followers report theirs themselves).
   const bool layered =
-      !step_streams_.empty() && executor_.SetKvWrittenCallback([this](int32_t layer) {
-        for (auto& [id, stream] : step_streams_) stream->LayerWritten(layer);
+      !streams.empty() && executor_.SetKvWrittenCallback([&streams](int32_t layer) {
+        for (auto& [id, stream] : streams) stream->LayerWritten(layer);
       });
   absl::Status submitted = executor_.Submit(plan);
   if (layered) executor_.SetKvWrittenCallback(nullptr);
+  if (submitted.ok()) step_streams_.push_back(std::move(streams));
   return submitted;
 }
 
 void Engine::FinishStreams() {
-  for (auto& [id, stream] : step_streams_) {
-    StreamedKv& s = streaming_[id];
+  if (step_streams_.empty()) return;
+  StepStreams streams = std::move(step_streams_.front());
+  step_streams_.pop_front();
+  for (auto& [id, stream] : streams) {
+    const auto it = streaming_.find(id);
+    // Ended while its step was in flight: dropping the stream cancels its sends, before the step
+    // is applied and the blocks return.
+    if (it == streaming_.end()) continue;
     absl::StatusOr<std::unique_ptr<KvExport>> part = stream->Finish();
     if (part.ok()) {
-      s.parts.push_back(*std::move(part));
+      it->second.parts.push_back(*std::move(part));
     } else {
-      s.error = part.status();
+      it->second.error = part.status();
     }
   }
-  step_streams_.clear();
 }
 
 void Engine::End(RequestId id, absl::Status status) {
@@ -579,8 +587,10 @@ void Engine::Deliver(TokenEvent event) {
 
 void Engine::PublishCounters() {
   const SchedulerCounters c = scheduler_->counters();
+  const int64_t drains = executor_.pipeline_drains();
   absl::MutexLock lock(&mu_);
   static_cast<SchedulerCounters&>(counters_) = c;
+  counters_.pipeline_drains = drains;
 }
 
 absl::StatusOr<std::vector<RequestOutput>> GenerateAll(Engine& engine,

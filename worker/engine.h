@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -60,6 +61,7 @@ struct EngineCounters : SchedulerCounters {
   int64_t requests_submitted = 0;
   int64_t requests_rejected = 0;  // Submit errors
   int64_t requests_in_flight = 0;
+  int64_t pipeline_drains = 0;  // StepExecutor::pipeline_drains
 };
 
 class Engine {
@@ -165,6 +167,7 @@ class Engine {
   // Submits `plan`; the sends it makes ready are streamed layer by layer while it executes, and
   // FinishStreams (after its Collect) adds what they sent to streaming_.
   absl::Status SubmitStreaming(const StepPlan& plan);
+  // The oldest step's streams (step_streams_'s front) become their requests' parts.
   void FinishStreams();
   void PollExports();
   void EndExport(RequestId id, const absl::Status& status);
@@ -180,8 +183,9 @@ class Engine {
   // Prompts still being computed whose finished blocks are on their way (engine thread only).
   // An entry must go — cancelling its sends — before the request's blocks can be reused.
   absl::flat_hash_map<RequestId, StreamedKv> streaming_;
-  // The layer-wise sends of the step in flight (a streaming engine runs one step at a time).
-  std::vector<std::pair<RequestId, std::unique_ptr<KvLayerStream>>> step_streams_;
+  // The layer-wise sends of each step in flight, oldest first (an entry for every step).
+  using StepStreams = std::vector<std::pair<RequestId, std::unique_ptr<KvLayerStream>>>;
+  std::deque<StepStreams> step_streams_;
   absl::BitGen bitgen_;  // reservation tokens; engine thread
 
   mutable absl::Mutex mu_;

@@ -14,8 +14,7 @@ namespace {
 constexpr int64_t kStop = 0;
 constexpr int64_t kStep = 1;
 constexpr int64_t kKeepAlive = 2;
-constexpr int64_t kCommand = 3;  // not a plan: a command for the followers' handlers
-constexpr int64_t kMaxReplyWords = int64_t{1} << 28;
+constexpr int64_t kCommand = 3;      // not a plan: a command for the followers' handlers
 constexpr int64_t kHeaderWords = 2;  // kind, payload words
 
 // Adding a field to SamplingRow or StepPlan must extend the wire format below.
@@ -89,10 +88,18 @@ std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind) {
 }
 
 absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64_t* kind) {
-  StepPlan plan;
   size_t at = 0;
+  TESSERA_ASSIGN_OR_RETURN(StepPlan plan, DecodeStepPlanAt(words, &at, kind));
+  if (at != words.size()) return absl::DataLossError("a step plan from the leader is malformed");
+  return plan;
+}
+
+absl::StatusOr<StepPlan> DecodeStepPlanAt(const std::vector<int64_t>& words, size_t* at_out,
+                                          int64_t* kind) {
+  StepPlan plan;
+  size_t at = *at_out;
   const auto bad = [] { return absl::DataLossError("a step plan from the leader is malformed"); };
-  if (words.empty()) return bad();
+  if (at >= words.size()) return bad();
   *kind = words[at++];
   if (!Read(words, at, plan.token_ids) || !Read(words, at, plan.positions) ||
       !Read(words, at, plan.slot_mapping) || !Read(words, at, plan.query_start) ||
@@ -121,8 +128,73 @@ absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64
       return bad();
     }
   }
-  if (at != words.size()) return bad();
+  *at_out = at;
   return plan;
+}
+
+std::vector<int64_t> EncodeCommandBatch(const std::vector<std::vector<int64_t>>& commands) {
+  std::vector<int64_t> words = {static_cast<int64_t>(commands.size())};
+  for (const std::vector<int64_t>& c : commands) Append(words, c);
+  return words;
+}
+
+absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeCommandBatch(
+    const std::vector<int64_t>& words, size_t* at) {
+  const auto bad = [] {
+    return absl::DataLossError("a command batch from the leader is malformed");
+  };
+  if (*at >= words.size()) return bad();
+  const int64_t n = words[(*at)++];
+  // Every command takes at least its length word.
+  if (n < 0 || static_cast<size_t>(n) > words.size() - *at) return bad();
+  std::vector<std::vector<int64_t>> commands(static_cast<size_t>(n));
+  for (std::vector<int64_t>& c : commands) {
+    if (!Read(words, *at, c)) return bad();
+  }
+  return commands;
+}
+
+void AppendReplyEntry(std::vector<int64_t>& section, int rank,
+                      const std::vector<std::vector<int64_t>>& replies) {
+  if (section.empty()) section.push_back(0);
+  ++section[0];
+  section.push_back(rank);
+  section.push_back(static_cast<int64_t>(replies.size()));
+  for (const std::vector<int64_t>& r : replies) Append(section, r);
+}
+
+absl::StatusOr<std::vector<std::vector<std::vector<int64_t>>>> DecodeReplySection(
+    const std::vector<int64_t>& section, int replica_size, size_t commands) {
+  const auto bad = [](const std::string& what) {
+    return absl::DataLossError(absl::StrCat("the followers' replies are malformed: ", what));
+  };
+  const size_t followers = replica_size > 1 ? static_cast<size_t>(replica_size - 1) : 0;
+  std::vector<std::vector<std::vector<int64_t>>> replies(
+      commands, std::vector<std::vector<int64_t>>(followers));
+  std::vector<bool> seen(followers, false);
+  size_t at = 0;
+  if (section.empty()) return bad("no entry count");
+  const int64_t entries = section[at++];
+  if (entries != static_cast<int64_t>(followers)) {
+    return bad(absl::StrCat(entries, " entries from ", followers, " followers"));
+  }
+  for (int64_t e = 0; e < entries; ++e) {
+    if (section.size() - at < 2) return bad("a truncated entry");
+    const int64_t rank = section[at++];
+    const int64_t n = section[at++];
+    if (rank < 1 || rank > static_cast<int64_t>(followers) || seen[rank - 1]) {
+      return bad(absl::StrCat("an entry of rank ", rank));
+    }
+    if (n != static_cast<int64_t>(commands)) {
+      return bad(absl::StrCat("rank ", rank, " answered ", n, " of ", commands, " commands"));
+    }
+    seen[rank - 1] = true;
+    for (size_t c = 0; c < commands; ++c) {
+      if (!Read(section, at, replies[c][rank - 1])) return bad(absl::StrCat("rank ", rank));
+    }
+  }
+  if (at != section.size()) return bad("trailing words");
+  return replies;
 }
 
 absl::StatusOr<std::unique_ptr<ShardWorker>> ShardWorker::Create(LlamaModel& model, KvCache& cache,
@@ -234,7 +306,8 @@ absl::StatusOr<StepResult> ShardWorker::ForwardAndSample(
 }
 
 absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan,
-                                                const std::function<absl::Status()>& before_send) {
+                                                const std::function<absl::Status()>& before_send,
+                                                std::vector<int64_t>* replies) {
   if (plan.sampling.size() != plan.logits_rows.size()) {
     return absl::InvalidArgumentError(absl::StrCat("step plan: ", plan.sampling.size(),
                                                    " sampling rows for ", plan.logits_rows.size(),
@@ -286,62 +359,18 @@ absl::StatusOr<StepResult> ShardWorker::RunStep(const StepPlan& plan,
     }
   }
   if (observer != nullptr) observer->StepEnded();
-  if (rows == 0 || !result_from_last_stage()) return is_leader() ? result : StepResult{};
+  if (replies != nullptr && shard.last_stage()) TESSERA_RETURN_IF_ERROR(GatherReplies(*replies));
+  if ((rows == 0 && replies == nullptr) || !result_from_last_stage()) {
+    return is_leader() ? result : StepResult{};
+  }
   const int sender = parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size);
-  if (replica_.rank() == sender) TESSERA_RETURN_IF_ERROR(SendResult(result, rows));
+  if (replica_.rank() == sender) TESSERA_RETURN_IF_ERROR(SendResult(result, rows, replies));
   return StepResult{};
 }
 
 bool ShardWorker::result_from_last_stage() const {
   const parallel::ShardPlan& shard = model_.plan();
   return parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size) != 0;
-}
-
-// The hand-back: top_n, then the chosen tokens and logprobs, then rows * top_n alternatives.
-absl::Status ShardWorker::SendResult(const StepResult& result, int64_t rows) {
-  CpuStream host;
-  int64_t top_n = result.top_n;
-  TESSERA_RETURN_IF_ERROR(replica_.Send(HostView(&top_n, DataType::kI64, 1), 0, host));
-  TESSERA_RETURN_IF_ERROR(
-      replica_.Send(HostView(result.token_ids.data(), DataType::kI32, rows), 0, host));
-  TESSERA_RETURN_IF_ERROR(
-      replica_.Send(HostView(result.logprobs.data(), DataType::kF32, rows), 0, host));
-  if (top_n > 0) {
-    TESSERA_RETURN_IF_ERROR(replica_.Send(
-        HostView(result.top_token_ids.data(), DataType::kI32, rows * top_n), 0, host));
-    TESSERA_RETURN_IF_ERROR(
-        replica_.Send(HostView(result.top_logprobs.data(), DataType::kF32, rows * top_n), 0, host));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<StepResult> ShardWorker::ReceiveResult(int64_t rows) {
-  const parallel::ShardPlan& shard = model_.plan();
-  const int sender = parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size);
-  StepResult result;
-  if (rows == 0) return result;  // the last stage sends nothing for a step without logits
-  CpuStream host;
-  int64_t top_n = 0;
-  TESSERA_RETURN_IF_ERROR(replica_.Recv(HostView(&top_n, DataType::kI64, 1), sender, host));
-  if (top_n < 0 || top_n > 1024) {
-    return absl::DataLossError(absl::StrCat("the last stage sent top_n ", top_n));
-  }
-  result.top_n = static_cast<int32_t>(top_n);
-  result.token_ids.resize(static_cast<size_t>(rows));
-  result.logprobs.resize(static_cast<size_t>(rows));
-  TESSERA_RETURN_IF_ERROR(
-      replica_.Recv(HostView(result.token_ids.data(), DataType::kI32, rows), sender, host));
-  TESSERA_RETURN_IF_ERROR(
-      replica_.Recv(HostView(result.logprobs.data(), DataType::kF32, rows), sender, host));
-  if (top_n > 0) {
-    result.top_token_ids.resize(static_cast<size_t>(rows * top_n));
-    result.top_logprobs.resize(static_cast<size_t>(rows * top_n));
-    TESSERA_RETURN_IF_ERROR(replica_.Recv(
-        HostView(result.top_token_ids.data(), DataType::kI32, rows * top_n), sender, host));
-    TESSERA_RETURN_IF_ERROR(replica_.Recv(
-        HostView(result.top_logprobs.data(), DataType::kF32, rows * top_n), sender, host));
-  }
-  return result;
 }
 
 namespace {
@@ -373,12 +402,93 @@ absl::Status RecvWords(parallel::Communicator& comm, std::vector<int64_t>& words
   int64_t n = 0;
   TESSERA_RETURN_IF_ERROR(comm.Recv(HostView(&n, DataType::kI64, 1), peer, host));
   if (n < 0 || n > kMaxMessageWords) {
-    return absl::DataLossError(absl::StrCat("a message of ", n, " words from the previous stage"));
+    return absl::DataLossError(absl::StrCat("a message of ", n, " words from rank ", peer));
   }
   words.resize(static_cast<size_t>(n));
   return comm.Recv(HostView(words.data(), DataType::kI64, n), peer, host);
 }
 }  // namespace
+
+// The hand-back: top_n, then the chosen tokens and logprobs, then rows * top_n alternatives (when
+// there are rows); then the reply section's length and words (when commands rode with the step).
+absl::Status ShardWorker::SendResult(const StepResult& result, int64_t rows,
+                                     const std::vector<int64_t>* replies) {
+  if (replies != nullptr) {
+    TESSERA_RETURN_IF_ERROR(SendTokens(result, rows));
+    return SendWords(replica_, *replies, 0);
+  }
+  return SendTokens(result, rows);
+}
+
+absl::Status ShardWorker::SendTokens(const StepResult& result, int64_t rows) {
+  if (rows == 0) return absl::OkStatus();
+  CpuStream host;
+  int64_t top_n = result.top_n;
+  TESSERA_RETURN_IF_ERROR(replica_.Send(HostView(&top_n, DataType::kI64, 1), 0, host));
+  TESSERA_RETURN_IF_ERROR(
+      replica_.Send(HostView(result.token_ids.data(), DataType::kI32, rows), 0, host));
+  TESSERA_RETURN_IF_ERROR(
+      replica_.Send(HostView(result.logprobs.data(), DataType::kF32, rows), 0, host));
+  if (top_n > 0) {
+    TESSERA_RETURN_IF_ERROR(replica_.Send(
+        HostView(result.top_token_ids.data(), DataType::kI32, rows * top_n), 0, host));
+    TESSERA_RETURN_IF_ERROR(
+        replica_.Send(HostView(result.top_logprobs.data(), DataType::kF32, rows * top_n), 0, host));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> ShardWorker::ReceiveResult(int64_t rows, std::vector<int64_t>* replies) {
+  const parallel::ShardPlan& shard = model_.plan();
+  const int sender = parallel::ShardPlan::ReplicaRank(0, shard.pp_size - 1, shard.tp_size);
+  TESSERA_ASSIGN_OR_RETURN(StepResult result, ReceiveTokens(rows, sender));
+  if (replies != nullptr) TESSERA_RETURN_IF_ERROR(RecvWords(replica_, *replies, sender));
+  return result;
+}
+
+absl::StatusOr<StepResult> ShardWorker::ReceiveTokens(int64_t rows, int sender) {
+  StepResult result;
+  if (rows == 0) return result;  // the last stage sends no tokens for a step without logits
+  CpuStream host;
+  int64_t top_n = 0;
+  TESSERA_RETURN_IF_ERROR(replica_.Recv(HostView(&top_n, DataType::kI64, 1), sender, host));
+  if (top_n < 0 || top_n > 1024) {
+    return absl::DataLossError(absl::StrCat("the last stage sent top_n ", top_n));
+  }
+  result.top_n = static_cast<int32_t>(top_n);
+  result.token_ids.resize(static_cast<size_t>(rows));
+  result.logprobs.resize(static_cast<size_t>(rows));
+  TESSERA_RETURN_IF_ERROR(
+      replica_.Recv(HostView(result.token_ids.data(), DataType::kI32, rows), sender, host));
+  TESSERA_RETURN_IF_ERROR(
+      replica_.Recv(HostView(result.logprobs.data(), DataType::kF32, rows), sender, host));
+  if (top_n > 0) {
+    result.top_token_ids.resize(static_cast<size_t>(rows * top_n));
+    result.top_logprobs.resize(static_cast<size_t>(rows * top_n));
+    TESSERA_RETURN_IF_ERROR(replica_.Recv(
+        HostView(result.top_token_ids.data(), DataType::kI32, rows * top_n), sender, host));
+    TESSERA_RETURN_IF_ERROR(replica_.Recv(
+        HostView(result.top_logprobs.data(), DataType::kF32, rows * top_n), sender, host));
+  }
+  return result;
+}
+
+absl::Status ShardWorker::GatherReplies(std::vector<int64_t>& replies) {
+  const parallel::ShardPlan& shard = model_.plan();
+  if (host_.tp == nullptr) return absl::OkStatus();
+  if (shard.tp_rank != 0) return SendWords(*host_.tp, replies, 0);
+  if (replies.empty()) replies.push_back(0);
+  for (int peer = 1; peer < shard.tp_size; ++peer) {
+    std::vector<int64_t> theirs;
+    TESSERA_RETURN_IF_ERROR(RecvWords(*host_.tp, theirs, peer));
+    if (theirs.empty()) {
+      return absl::DataLossError(absl::StrCat("TP rank ", peer, " sent an empty reply section"));
+    }
+    replies[0] += theirs[0];
+    replies.insert(replies.end(), theirs.begin() + 1, theirs.end());
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ShardWorker::SendToFirstStage(std::vector<int64_t>& words) {
   if (host_.tp == nullptr || model_.plan().pp_rank != 0) return absl::OkStatus();
@@ -417,9 +527,58 @@ ReplicaExecutor::~ReplicaExecutor() {
   if (!status.ok()) TESSERA_LOG(WARNING) << "stopping the replica's followers: " << status;
 }
 
+// Declared before a public method's MutexLock, it runs the handlers whose replies came once the
+// lock is released.
+class ReplicaExecutor::FinishedRunner {
+ public:
+  explicit FinishedRunner(ReplicaExecutor& executor) : executor_(executor) {}
+  FinishedRunner(const FinishedRunner&) = delete;
+  FinishedRunner& operator=(const FinishedRunner&) = delete;
+  ~FinishedRunner() { executor_.RunFinished(); }
+
+ private:
+  ReplicaExecutor& executor_;
+};
+
+void ReplicaExecutor::RunFinished() {
+  std::vector<std::pair<PostedReplyHandler, FollowerReplies>> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    finished.swap(finished_);
+  }
+  for (auto& [done, replies] : finished) done(std::move(replies));
+}
+
 absl::Status ReplicaExecutor::UsableLocked() const {
   if (stopped_) return absl::FailedPreconditionError("the replica was stopped");
   return broken_;
+}
+
+absl::Status ReplicaExecutor::BreakLocked(absl::Status status) {
+  broken_ = status;
+  // No reply comes now: every handler still waiting gets the error.
+  for (Downstream& step : downstream_) FinishPostedLocked(std::move(step.posted), status);
+  std::vector<PostedReplyHandler> posted;
+  for (Posted& p : posted_) posted.push_back(std::move(p.done));
+  posted_.clear();
+  FinishPostedLocked(std::move(posted), status);
+  return status;
+}
+
+void ReplicaExecutor::FinishPostedLocked(std::vector<PostedReplyHandler> posted,
+                                         const absl::StatusOr<std::vector<int64_t>>& section) {
+  if (posted.empty()) return;
+  absl::StatusOr<std::vector<std::vector<std::vector<int64_t>>>> replies =
+      section.ok() ? DecodeReplySection(*section, worker_.replica().size(), posted.size())
+                   : section.status();
+  for (size_t i = 0; i < posted.size(); ++i) {
+    if (!posted[i]) continue;
+    if (replies.ok()) {
+      finished_.emplace_back(std::move(posted[i]), std::move((*replies)[i]));
+    } else {
+      finished_.emplace_back(std::move(posted[i]), replies.status());
+    }
+  }
 }
 
 absl::StatusOr<StepResult> ReplicaExecutor::Execute(const StepPlan& plan) {
@@ -434,15 +593,22 @@ absl::StatusOr<StepResult> ReplicaExecutor::Execute(const StepPlan& plan) {
 }
 
 absl::Status ReplicaExecutor::ReceiveOldestLocked() {
-  const int64_t rows = downstream_.front();
+  Downstream step = std::move(downstream_.front());
   downstream_.pop_front();
-  absl::StatusOr<StepResult> result = worker_.ReceiveResult(rows);
-  if (!result.ok()) return broken_ = result.status();
+  std::vector<int64_t> section;
+  absl::StatusOr<StepResult> result =
+      worker_.ReceiveResult(step.rows, step.posted.empty() ? nullptr : &section);
+  if (!result.ok()) {
+    FinishPostedLocked(std::move(step.posted), result.status());
+    return BreakLocked(result.status());
+  }
+  FinishPostedLocked(std::move(step.posted), section);
   ready_.push_back(*std::move(result));
   return absl::OkStatus();
 }
 
 absl::Status ReplicaExecutor::Submit(const StepPlan& plan) {
+  FinishedRunner runner(*this);
   absl::MutexLock lock(&mu_);
   TESSERA_RETURN_IF_ERROR(UsableLocked());
   if (static_cast<int>(downstream_.size() + ready_.size()) >= max_steps_in_flight_) {
@@ -450,9 +616,23 @@ absl::Status ReplicaExecutor::Submit(const StepPlan& plan) {
         absl::StrCat("Submit with ", max_steps_in_flight_, " steps in flight already"));
   }
   std::vector<int64_t> words;
+  // The posted commands ride with this step (the leader replies to none of them).
+  std::vector<PostedReplyHandler> posted;
   if (worker_.replica().size() > 1) {
+    std::vector<std::vector<int64_t>> commands;
+    for (Posted& p : posted_) {
+      commands.push_back(std::move(p.command));
+      posted.push_back(std::move(p.done));
+    }
+    posted_.clear();
     words = EncodeStepPlan(plan, kStep);
-    if (absl::Status s = worker_.SendToFirstStage(words); !s.ok()) return broken_ = s;
+    const std::vector<int64_t> batch = EncodeCommandBatch(commands);
+    words.insert(words.end(), batch.begin(), batch.end());
+    words.push_back(0);  // the reply section, of no entry yet
+    if (absl::Status s = worker_.SendToFirstStage(words); !s.ok()) {
+      FinishPostedLocked(std::move(posted), s);
+      return BreakLocked(s);
+    }
     last_sent_ = clock_.MonotonicNow();
   }
   // Before the activations go to the second stage: with max_steps_in_flight steps submitted,
@@ -465,17 +645,24 @@ absl::Status ReplicaExecutor::Submit(const StepPlan& plan) {
     }
     return worker_.PassDownstream(words);
   };
-  absl::StatusOr<StepResult> result = worker_.RunStep(plan, before_send);
-  if (!result.ok()) return broken_ = result.status();
+  std::vector<int64_t> section = {0};
+  absl::StatusOr<StepResult> result =
+      worker_.RunStep(plan, before_send, posted.empty() ? nullptr : &section);
+  if (!result.ok()) {
+    FinishPostedLocked(std::move(posted), result.status());
+    return BreakLocked(result.status());
+  }
   if (worker_.result_from_last_stage()) {
-    downstream_.push_back(static_cast<int64_t>(plan.logits_rows.size()));
+    downstream_.push_back({static_cast<int64_t>(plan.logits_rows.size()), std::move(posted)});
   } else {
+    FinishPostedLocked(std::move(posted), section);
     ready_.push_back(*std::move(result));
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<StepResult> ReplicaExecutor::Collect() {
+  FinishedRunner runner(*this);
   absl::MutexLock lock(&mu_);
   if (ready_.empty() && downstream_.empty()) {
     return absl::FailedPreconditionError("Collect without a step in flight");
@@ -488,12 +675,59 @@ absl::StatusOr<StepResult> ReplicaExecutor::Collect() {
 }
 
 absl::Status ReplicaExecutor::SendMessageLocked(std::vector<int64_t>& words) {
+  if (!downstream_.empty()) ++drains_;
   while (!downstream_.empty()) TESSERA_RETURN_IF_ERROR(ReceiveOldestLocked());
   absl::Status s = worker_.SendToFirstStage(words);
   if (s.ok()) s = worker_.PassDownstream(words);
-  if (!s.ok()) return broken_ = s;
+  if (!s.ok()) return BreakLocked(s);
   last_sent_ = clock_.MonotonicNow();
   return absl::OkStatus();
+}
+
+FollowerReplies ReplicaExecutor::CallLocked(const std::vector<int64_t>* command) {
+  std::vector<std::vector<int64_t>> commands;
+  std::vector<PostedReplyHandler> posted;
+  for (Posted& p : posted_) {
+    commands.push_back(std::move(p.command));
+    posted.push_back(std::move(p.done));
+  }
+  posted_.clear();
+  if (command != nullptr) commands.push_back(*command);
+  std::vector<int64_t> words = {kCommand};
+  const std::vector<int64_t> batch = EncodeCommandBatch(commands);
+  words.insert(words.end(), batch.begin(), batch.end());
+  absl::Status s = SendMessageLocked(words);
+  // Each follower answers with a reply section of its own entry.
+  std::vector<int64_t> section = {0};
+  parallel::Communicator& comm = worker_.replica();
+  for (int rank = 1; s.ok() && rank < comm.size(); ++rank) {
+    std::vector<int64_t> reply;
+    s = RecvWords(comm, reply, rank);
+    if (s.ok() && reply.empty()) {
+      s = absl::DataLossError(absl::StrCat("rank ", rank, " sent an empty reply section"));
+    }
+    if (s.ok()) {
+      section[0] += reply[0];
+      section.insert(section.end(), reply.begin() + 1, reply.end());
+    }
+  }
+  if (!s.ok()) {
+    FinishPostedLocked(std::move(posted), s);
+    return BreakLocked(s);
+  }
+  absl::StatusOr<std::vector<std::vector<std::vector<int64_t>>>> replies =
+      DecodeReplySection(section, comm.size(), commands.size());
+  for (size_t i = 0; i < posted.size(); ++i) {
+    if (!posted[i]) continue;
+    if (replies.ok()) {
+      finished_.emplace_back(std::move(posted[i]), std::move((*replies)[i]));
+    } else {
+      finished_.emplace_back(std::move(posted[i]), replies.status());
+    }
+  }
+  if (!replies.ok()) return replies.status();
+  if (command == nullptr) return std::vector<std::vector<int64_t>>{};
+  return std::move(replies->back());
 }
 
 bool ReplicaExecutor::SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) {
@@ -504,77 +738,122 @@ bool ReplicaExecutor::SetKvWrittenCallback(std::function<void(int32_t layer)> kv
 }
 
 absl::Status ReplicaExecutor::Idle() {
+  FinishedRunner runner(*this);
   absl::MutexLock lock(&mu_);
   if (stopped_ || worker_.replica().size() == 1) return absl::OkStatus();
   TESSERA_RETURN_IF_ERROR(broken_);
+  // Posted commands no step took go now (a malformed reply is their handlers' error).
+  if (!posted_.empty()) {
+    (void)CallLocked(nullptr);
+    return broken_;
+  }
   if (clock_.MonotonicNow() - last_sent_ < keepalive_interval_) return absl::OkStatus();
   std::vector<int64_t> words = EncodeStepPlan(StepPlan{}, kKeepAlive);
   return SendMessageLocked(words);
 }
 
+absl::Status ReplicaExecutor::FlushPosted() {
+  FinishedRunner runner(*this);
+  absl::MutexLock lock(&mu_);
+  TESSERA_RETURN_IF_ERROR(UsableLocked());
+  if (posted_.empty()) return absl::OkStatus();
+  (void)CallLocked(nullptr);
+  return broken_;
+}
+
 absl::Status ReplicaExecutor::Stop() {
+  FinishedRunner runner(*this);
   absl::MutexLock lock(&mu_);
   if (stopped_) return absl::OkStatus();
+  // The posted commands still run (a cancelled export must stop reading memory first).
+  if (broken_.ok() && !posted_.empty()) (void)CallLocked(nullptr);
   stopped_ = true;
   if (worker_.replica().size() == 1 || !broken_.ok()) return broken_;
   std::vector<int64_t> words = EncodeStepPlan(StepPlan{}, kStop);
   return SendMessageLocked(words);
 }
 
-absl::StatusOr<std::vector<std::vector<int64_t>>> ReplicaExecutor::CallFollowers(
-    const std::vector<int64_t>& command) {
+FollowerReplies ReplicaExecutor::CallFollowers(const std::vector<int64_t>& command) {
+  FinishedRunner runner(*this);
   absl::MutexLock lock(&mu_);
   TESSERA_RETURN_IF_ERROR(UsableLocked());
-  parallel::Communicator& comm = worker_.replica();
-  std::vector<std::vector<int64_t>> replies;
-  if (comm.size() == 1) return replies;
-  std::vector<int64_t> words;
-  words.reserve(command.size() + 1);
-  words.push_back(kCommand);
-  words.insert(words.end(), command.begin(), command.end());
-  absl::Status s = SendMessageLocked(words);
-  CpuStream host;
-  for (int rank = 1; s.ok() && rank < comm.size(); ++rank) {
-    int64_t n = 0;
-    s = comm.Recv(HostView(&n, DataType::kI64, 1), rank, host);
-    if (s.ok() && (n < 0 || n > kMaxReplyWords)) {
-      s = absl::DataLossError(absl::StrCat("rank ", rank, " replied with ", n, " words"));
-    }
-    if (!s.ok()) break;
-    std::vector<int64_t> reply(static_cast<size_t>(n));
-    if (n > 0) s = comm.Recv(HostView(reply.data(), DataType::kI64, n), rank, host);
-    replies.push_back(std::move(reply));
+  if (worker_.replica().size() == 1) return std::vector<std::vector<int64_t>>{};
+  return CallLocked(&command);
+}
+
+void ReplicaExecutor::Post(std::vector<int64_t> command, PostedReplyHandler done) {
+  FinishedRunner runner(*this);
+  absl::MutexLock lock(&mu_);
+  if (absl::Status usable = UsableLocked(); !usable.ok()) {
+    if (done) finished_.emplace_back(std::move(done), usable);
+    return;
   }
-  if (!s.ok()) return broken_ = s;
-  return replies;
+  if (worker_.replica().size() == 1) {
+    if (done) finished_.emplace_back(std::move(done), std::vector<std::vector<int64_t>>{});
+    return;
+  }
+  posted_.push_back({std::move(command), std::move(done)});
+}
+
+int64_t ReplicaExecutor::pipeline_drains() const {
+  absl::MutexLock lock(&mu_);
+  return drains_;
 }
 
 absl::Status RunFollower(ShardWorker& worker, const FollowerHandler& handler) {
   if (worker.is_leader()) return absl::InvalidArgumentError("RunFollower on the leader");
-  CpuStream host;
+  const int rank = worker.replica().rank();
+  // Runs a batch of commands; this rank's entry of the reply section.
+  const auto run = [&](const std::vector<std::vector<int64_t>>& commands,
+                       std::vector<int64_t>& section) {
+    std::vector<std::vector<int64_t>> replies;
+    replies.reserve(commands.size());
+    for (const std::vector<int64_t>& c : commands) {
+      replies.push_back(handler ? handler(c) : std::vector<int64_t>{});
+    }
+    AppendReplyEntry(section, rank, replies);
+  };
+  const auto malformed = [] {
+    return absl::DataLossError("a message from the leader is malformed");
+  };
   while (true) {
     std::vector<int64_t> words;
     TESSERA_RETURN_IF_ERROR(worker.ReceiveMessage(words));
-    if (!words.empty() && words[0] == kCommand) {
+    if (words.empty()) return malformed();
+    if (words[0] == kCommand) {
       TESSERA_RETURN_IF_ERROR(worker.PassDownstream(words));
-      std::vector<int64_t> reply;
-      if (handler) reply = handler(std::vector<int64_t>(words.begin() + 1, words.end()));
-      int64_t n = static_cast<int64_t>(reply.size());
-      TESSERA_RETURN_IF_ERROR(worker.replica().Send(HostView(&n, DataType::kI64, 1), 0, host));
-      if (n > 0) {
-        TESSERA_RETURN_IF_ERROR(
-            worker.replica().Send(HostView(reply.data(), DataType::kI64, n), 0, host));
-      }
+      size_t at = 1;
+      TESSERA_ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> commands,
+                               DecodeCommandBatch(words, &at));
+      if (at != words.size()) return malformed();
+      std::vector<int64_t> section = {0};
+      run(commands, section);
+      TESSERA_RETURN_IF_ERROR(SendWords(worker.replica(), section, 0));
       continue;
     }
+    size_t at = 0;
     int64_t kind = 0;
-    TESSERA_ASSIGN_OR_RETURN(StepPlan plan, DecodeStepPlan(words, &kind));
+    TESSERA_ASSIGN_OR_RETURN(StepPlan plan, DecodeStepPlanAt(words, &at, &kind));
     if (kind == kStep) {
+      TESSERA_ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> commands,
+                               DecodeCommandBatch(words, &at));
+      // The reply section of the ranks upstream ends the message; this rank's entry joins it.
+      if (at >= words.size() || words[at] < 0) return malformed();
+      std::vector<int64_t> section(words.begin() + static_cast<std::ptrdiff_t>(at), words.end());
+      if (!commands.empty()) {
+        run(commands, section);
+        words.resize(at);
+        words.insert(words.end(), section.begin(), section.end());
+      }
       // The next stage takes the plan right before this step's activations.
-      TESSERA_RETURN_IF_ERROR(
-          worker.RunStep(plan, [&] { return worker.PassDownstream(words); }).status());
+      TESSERA_RETURN_IF_ERROR(worker
+                                  .RunStep(
+                                      plan, [&] { return worker.PassDownstream(words); },
+                                      commands.empty() ? nullptr : &section)
+                                  .status());
       continue;
     }
+    if (at != words.size()) return malformed();
     if (kind != kStop && kind != kKeepAlive) {
       return absl::DataLossError(absl::StrCat("unknown message kind ", kind));
     }

@@ -13,9 +13,16 @@
 // for a later one to take the next plan, and a pipelining leader (max_steps_in_flight > 1) can
 // start step n+1 on the first stage while later stages still run step n. Every wait is bounded
 // by the communicators' timeouts: a follower idles at most that long, so a leader with no work
-// sends a keep-alive more often than that — Idle() does it. Commands that are not steps (KV
-// migration: worker/replica_kv.h) go once no step is in flight; every follower runs it through
-// its FollowerHandler and sends the reply back to the leader.
+// sends a keep-alive more often than that — Idle() does it.
+//
+// Commands for the followers' FollowerHandlers (KV migration: worker/replica_kv.h) go two ways:
+//   - posted (ReplicaExecutor::Post): a command rides in the next step's message. Every follower
+//     runs it before that step's forward pass and appends its reply to the message it passes down
+//     the pipeline; the last stage's TP ranks gather the replies to the rank that sends the
+//     tokens, which sends them with the step's tokens. Steps in flight are never waited for.
+//   - called (ReplicaExecutor::CallFollowers): a message between steps, sent once every step in
+//     flight has come back (a pipeline drain); each follower replies to the leader directly.
+// Either way each follower runs the commands in the order the leader posted or called them.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +30,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -83,13 +91,19 @@ class ShardWorker {
   // next stage. The last stage's TP rank 0 sends the tokens to the leader when that is another
   // rank; the leader gets them from ReceiveResult then, and RunStep returns them only when the
   // leader samples itself (no pipeline). Elsewhere an empty result.
+  // `replies` is non-null on every rank when posted commands ride with the step: this rank's
+  // reply section (AppendReplyEntry: the replies of the ranks upstream and its own). The last
+  // stage's TP ranks gather theirs to TP rank 0, which sends the section with the tokens, or, on
+  // the leader, leaves the whole section in `replies`.
   absl::StatusOr<StepResult> RunStep(const StepPlan& plan,
-                                     const std::function<absl::Status()>& before_send = nullptr);
+                                     const std::function<absl::Status()>& before_send = nullptr,
+                                     std::vector<int64_t>* replies = nullptr);
   // Whether the leader's tokens come from another rank (the last stage), through ReceiveResult.
   bool result_from_last_stage() const;
   // The leader: receives the tokens of the oldest step the last stage still owes, one that had
-  // `rows` logits rows.
-  absl::StatusOr<StepResult> ReceiveResult(int64_t rows);
+  // `rows` logits rows, and, when `replies` is non-null, the reply section of the commands that
+  // rode with it.
+  absl::StatusOr<StepResult> ReceiveResult(int64_t rows, std::vector<int64_t>* replies = nullptr);
 
   // The message route (see the top of this file). The leader hands a message to the first
   // stage's other TP ranks (a no-op without TP); every rank passes a message on to the next stage
@@ -118,8 +132,15 @@ class ShardWorker {
   // Forward and, on the last stage, sampling of one (micro-)batch; `observer` hears of each layer.
   absl::StatusOr<StepResult> ForwardAndSample(const StepPlan& plan, KvLayerObserver* observer,
                                               const std::function<absl::Status()>& before_send);
-  // The last stage's TP rank 0 sends a step's tokens to the leader.
-  absl::Status SendResult(const StepResult& result, int64_t rows);
+  // The last stage's TP rank 0 sends a step's tokens (rows > 0) and reply section (non-null) to
+  // the leader.
+  absl::Status SendResult(const StepResult& result, int64_t rows,
+                          const std::vector<int64_t>* replies);
+  // The last stage: TP ranks other than 0 send their reply sections to TP rank 0, which appends
+  // them to its own.
+  absl::Status GatherReplies(std::vector<int64_t>& replies);
+  absl::Status SendTokens(const StepResult& result, int64_t rows);
+  absl::StatusOr<StepResult> ReceiveTokens(int64_t rows, int sender);
 
   LlamaModel& model_;
   KvCache& cache_;
@@ -132,9 +153,14 @@ class ShardWorker {
   KvLayerObserver* observer_ = nullptr;
 };
 
-// What a follower does with a command from the leader (ReplicaExecutor::CallFollowers): the
-// command's words in, the reply's words out.
+// What a follower does with a command from the leader (ReplicaExecutor::CallFollowers and Post):
+// the command's words in, the reply's words out.
 using FollowerHandler = std::function<std::vector<int64_t>(const std::vector<int64_t>& command)>;
+
+// The followers' replies to one command, in replica rank order (rank 1 first), or the error that
+// kept them from coming.
+using FollowerReplies = absl::StatusOr<std::vector<std::vector<int64_t>>>;
+using PostedReplyHandler = std::function<void(FollowerReplies replies)>;
 
 struct ReplicaExecutorOptions {
   // Keep-alives go out at most this often (of the clock's monotonic time); keep it well under the
@@ -177,10 +203,20 @@ class ReplicaExecutor final : public StepExecutor {
   absl::Status Stop();
 
   // Runs `command` on every follower (its FollowerHandler) between steps and returns their
-  // replies, followers in replica rank order (rank 1 first). kFailedPrecondition after Stop; a
+  // replies, followers in replica rank order (rank 1 first). Commands posted before it go first.
+  // Waits for every step in flight (a pipeline drain). kFailedPrecondition after Stop; a
   // communicator error leaves the replica unusable (every later call fails with it).
-  absl::StatusOr<std::vector<std::vector<int64_t>>> CallFollowers(
-      const std::vector<int64_t>& command);
+  FollowerReplies CallFollowers(const std::vector<int64_t>& command);
+  // Runs `command` on every follower without waiting for the steps in flight: it rides with the
+  // next step submitted (each follower runs it before that step's forward pass, and the replies
+  // come back with the step's tokens), or goes between steps at the next Idle, FlushPosted, Stop
+  // or CallFollowers when no step goes first. `done` (may be null) gets the replies, outside the
+  // executor's lock, on the thread of the call that received them; after Stop or a channel error
+  // it gets the error (at once when posted then).
+  void Post(std::vector<int64_t> command, PostedReplyHandler done);
+  // Sends the posted commands that no step took between steps now, and hands out their replies.
+  absl::Status FlushPosted();
+  int64_t pipeline_drains() const override;
   int size() const { return worker_.replica().size(); }
 
  private:
@@ -191,11 +227,33 @@ class ReplicaExecutor final : public StepExecutor {
         clock_(clock) {}
   // kFailedPrecondition after Stop, the first communicator error after one.
   absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  struct Posted {
+    std::vector<int64_t> command;
+    PostedReplyHandler done;
+  };
+  // A submitted step whose tokens the last stage still owes.
+  struct Downstream {
+    int64_t rows = 0;                        // its logits rows
+    std::vector<PostedReplyHandler> posted;  // the commands that rode with it
+  };
   // Moves the oldest step the last stage owes into ready_ (its tokens received).
   absl::Status ReceiveOldestLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A message that is not a step: every step in flight is received first (followers answer
   // commands only between steps), then it goes to every follower.
   absl::Status SendMessageLocked(std::vector<int64_t>& words) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sends the posted commands and `command` (when non-null) between steps and receives every
+  // follower's replies: the posted ones are handed out, `command`'s are returned.
+  FollowerReplies CallLocked(const std::vector<int64_t>* command)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the channel broken by `status` and hands it to every handler still waiting.
+  absl::Status BreakLocked(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues the replies (a reply section, or an error) of the commands `posted` for the handlers.
+  void FinishPostedLocked(std::vector<PostedReplyHandler> posted,
+                          const absl::StatusOr<std::vector<int64_t>>& section)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs the handlers whose replies came, outside mu_ (every public method ends with it).
+  void RunFinished() ABSL_LOCKS_EXCLUDED(mu_);
+  class FinishedRunner;
   // Hands the leader's layers to the engine's callback.
   class CallbackObserver final : public KvLayerObserver {
    public:
@@ -209,9 +267,14 @@ class ReplicaExecutor final : public StepExecutor {
   const absl::Duration keepalive_interval_;
   const int max_steps_in_flight_;
   Clock& clock_;
-  absl::Mutex mu_;  // the channel: one exchange with the followers at a time
-  // Logits rows of the submitted steps whose tokens the last stage still owes, oldest first.
-  std::deque<int64_t> downstream_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Mutex mu_;  // the channel: one exchange with the followers at a time
+  // The submitted steps whose tokens the last stage still owes, oldest first.
+  std::deque<Downstream> downstream_ ABSL_GUARDED_BY(mu_);
+  // Posted commands that no message has taken yet.
+  std::vector<Posted> posted_ ABSL_GUARDED_BY(mu_);
+  // Handlers and their replies, for RunFinished.
+  std::vector<std::pair<PostedReplyHandler, FollowerReplies>> finished_ ABSL_GUARDED_BY(mu_);
+  int64_t drains_ ABSL_GUARDED_BY(mu_) = 0;
   // Results of submitted steps not yet collected that are here already (older than downstream_).
   std::deque<StepResult> ready_ ABSL_GUARDED_BY(mu_);
   absl::Time last_sent_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
@@ -275,5 +338,23 @@ std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
 // kind 0 = stop, 1 = step, 2 = keep-alive (3, a follower command, is not a plan).
 std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind);
 absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64_t* kind);
+// As DecodeStepPlan, reading from words[*at] and leaving *at after the plan (words may go on).
+absl::StatusOr<StepPlan> DecodeStepPlanAt(const std::vector<int64_t>& words, size_t* at,
+                                          int64_t* kind);
+
+// Follower commands on the wire. A batch: [n, then each command as (length, words)]. A reply
+// section: [m, then m entries, each (replica rank, n, then each reply as (length, words))]: the
+// replies of m followers to a batch of n commands.
+std::vector<int64_t> EncodeCommandBatch(const std::vector<std::vector<int64_t>>& commands);
+absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeCommandBatch(
+    const std::vector<int64_t>& words, size_t* at);
+// Adds one follower's entry (its replies to a batch) to `section`.
+void AppendReplyEntry(std::vector<int64_t>& section, int rank,
+                      const std::vector<std::vector<int64_t>>& replies);
+// Splits a whole section from a replica of `replica_size` ranks into replies[command][follower]
+// (follower = rank - 1). kDataLoss unless every follower answered every one of `commands`
+// commands exactly once.
+absl::StatusOr<std::vector<std::vector<std::vector<int64_t>>>> DecodeReplySection(
+    const std::vector<int64_t>& section, int replica_size, size_t commands);
 
 }  // namespace tessera::worker

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -248,13 +249,28 @@ KvPortOptions KvPortOptionsFor(const parallel::ShardPlan& plan, int64_t model_kv
 
 // --- the leader's export: its own transfers and every follower's
 
+// Written by the posted commands' handlers (on whichever thread received the replies), taken by
+// the export.
+struct ReplicaKvPort::ExportInbox {
+  using Replies = absl::StatusOr<std::vector<ReplicaKvPort::Reply>>;
+  absl::Mutex mu;
+  std::optional<Replies> start ABSL_GUARDED_BY(mu);  // the followers' start of the export or stream
+  std::optional<Replies> poll ABSL_GUARDED_BY(mu);   // the latest poll's
+};
+
 class ReplicaKvExport final : public KvExport {
  public:
-  ReplicaKvExport(ReplicaKvPort& port, uint64_t id, std::unique_ptr<KvExport> local, int followers)
+  using Inbox = ReplicaKvPort::ExportInbox;
+  using Replies = Inbox::Replies;
+
+  // `inbox` receives the followers' replies to the start and the polls.
+  ReplicaKvExport(ReplicaKvPort& port, uint64_t id, std::unique_ptr<KvExport> local, int followers,
+                  std::shared_ptr<Inbox> inbox)
       : port_(port),
         id_(id),
         local_(std::move(local)),
         remote_(static_cast<size_t>(followers)),
+        inbox_(std::move(inbox)),
         start_(absl::Now()) {}
   ~ReplicaKvExport() override {
     if (!remote_done_) Cancel();
@@ -263,15 +279,30 @@ class ReplicaKvExport final : public KvExport {
 
   bool Done() override {
     if (remote_done_) return local_->Done();
+    TakeReplies();
+    if (remote_done_) return local_->Done();
     if (!local_->Done()) return false;
-    Poll();
-    return remote_done_;
+    // The followers are asked once this rank's sends are done, one poll at a time.
+    if (!polling_) {
+      polling_ = true;
+      port_.Post(Writer().Int(kPoll).Int(static_cast<int64_t>(id_)).Take(),
+                 [inbox = inbox_](Replies replies) {
+                   absl::MutexLock lock(&inbox->mu);
+                   inbox->poll = std::move(replies);
+                 });
+    }
+    return false;
   }
 
   absl::StatusOr<std::vector<KvSegmentChecksum>> Wait(absl::Duration timeout) override {
     const absl::Time give_up = absl::Now() + timeout;
     while (!Done()) {
       if (absl::Now() >= give_up) return absl::DeadlineExceededError("the KV export is running");
+      // Nobody may be submitting steps for the posted polls to ride with.
+      if (absl::Status s = port_.executor_.FlushPosted(); !s.ok()) {
+        TakeReplies();
+        if (!remote_done_) return s;
+      }
       absl::SleepFor(absl::Microseconds(200));
     }
     absl::StatusOr<std::vector<KvSegmentChecksum>> sums = local_->Wait(absl::ZeroDuration());
@@ -292,7 +323,7 @@ class ReplicaKvExport final : public KvExport {
     local_->Cancel();
     if (remote_done_) return;
     remote_done_ = true;
-    // A follower's export ends (and its memory is no longer read) before it replies.
+    // Each follower's export ends (and its memory is no longer read) before it runs a later step.
     port_.CancelFollowers(id_);
     for (Remote& r : remote_) {
       if (r.status.ok() && !r.sent) r.status = absl::CancelledError("the KV export was cancelled");
@@ -306,20 +337,44 @@ class ReplicaKvExport final : public KvExport {
     std::vector<KvSegmentChecksum> sums;
   };
 
-  void Poll() {
-    absl::StatusOr<std::vector<ReplicaKvPort::Reply>> replies =
-        port_.Call(Writer().Int(kPoll).Int(static_cast<int64_t>(id_)).Take());
-    if (!replies.ok()) {
-      for (Remote& r : remote_) {
-        if (!r.sent && r.status.ok()) r.status = replies.status();
+  // Applies the replies that came: the start's (a follower that could not start has failed), then
+  // the poll's.
+  void TakeReplies() {
+    std::optional<Replies> start;
+    std::optional<Replies> poll;
+    {
+      absl::MutexLock lock(&inbox_->mu);
+      start.swap(inbox_->start);
+      poll.swap(inbox_->poll);
+    }
+    if (start.has_value()) {
+      for (size_t i = 0; i < remote_.size(); ++i) {
+        Remote& r = remote_[i];
+        if (!r.status.ok()) continue;
+        if (!start->ok()) {
+          r.status = start->status();
+        } else if (!(**start)[i].status.ok()) {
+          r.status = OnRank(static_cast<int>(i) + 1, (**start)[i].status);
+        }
       }
-      remote_done_ = true;
-      return;
+    }
+    if (poll.has_value()) {
+      polling_ = false;
+      ApplyPoll(*poll);
     }
     bool all = true;
+    for (const Remote& r : remote_) all &= r.sent || !r.status.ok();
+    remote_done_ = all;
+  }
+
+  void ApplyPoll(const Replies& replies) {
     for (size_t i = 0; i < remote_.size(); ++i) {
       Remote& r = remote_[i];
       if (r.sent || !r.status.ok()) continue;
+      if (!replies.ok()) {
+        r.status = replies.status();
+        continue;
+      }
       const ReplicaKvPort::Reply& reply = (*replies)[i];
       Reader in(reply.payload);
       const int64_t state = reply.status.ok() ? in.Int() : kFailed;
@@ -330,19 +385,18 @@ class ReplicaKvExport final : public KvExport {
         r.sent = true;
       } else if (state == kFailed) {
         r.status = OnRank(static_cast<int>(i) + 1, in.Status());
-      } else {
-        all = false;
       }
       if (!in.ok()) r.status = absl::DataLossError("a malformed export poll reply");
     }
-    remote_done_ = all;
   }
 
   ReplicaKvPort& port_;
   const uint64_t id_;
   std::unique_ptr<KvExport> local_;
   std::vector<Remote> remote_;  // per follower (rank i + 1)
-  bool remote_done_ = false;    // every follower's export has ended (or was cancelled)
+  const std::shared_ptr<Inbox> inbox_;
+  bool polling_ = false;      // a poll is out
+  bool remote_done_ = false;  // every follower's export has ended (or was cancelled)
   bool reported_ = false;
   const absl::Time start_;
 };
@@ -352,8 +406,12 @@ class ReplicaKvExport final : public KvExport {
 class ReplicaLayerStream final : public KvLayerStream {
  public:
   ReplicaLayerStream(ReplicaKvPort& port, uint64_t id, std::unique_ptr<KvLayerStream> local,
-                     int followers)
-      : port_(port), id_(id), local_(std::move(local)), followers_(followers) {}
+                     int followers, std::shared_ptr<ReplicaKvPort::ExportInbox> inbox)
+      : port_(port),
+        id_(id),
+        local_(std::move(local)),
+        followers_(followers),
+        inbox_(std::move(inbox)) {}
   ~ReplicaLayerStream() override {
     if (!finished_) port_.CancelFollowers(id_);
   }
@@ -369,7 +427,7 @@ class ReplicaLayerStream final : public KvLayerStream {
     }
     // The followers finished theirs when their step ended; the export polls them.
     return std::unique_ptr<KvExport>(
-        new ReplicaKvExport(port_, id_, *std::move(local), followers_));
+        new ReplicaKvExport(port_, id_, *std::move(local), followers_, inbox_));
   }
 
  private:
@@ -377,6 +435,7 @@ class ReplicaLayerStream final : public KvLayerStream {
   const uint64_t id_;
   std::unique_ptr<KvLayerStream> local_;
   const int followers_;
+  const std::shared_ptr<ReplicaKvPort::ExportInbox> inbox_;
   bool finished_ = false;
 };
 
@@ -404,10 +463,30 @@ absl::StatusOr<std::vector<ReplicaKvPort::Reply>> ReplicaKvPort::Call(
     const std::vector<int64_t>& command) {
   TESSERA_ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> words,
                            executor_.CallFollowers(command));
+  return ParseReplies(words, *followers_);
+}
+
+void ReplicaKvPort::Post(std::vector<int64_t> command,
+                         std::function<void(absl::StatusOr<std::vector<Reply>>)> done) {
+  // The replies may come after the port is gone (with a step still in flight then): the handler
+  // holds only what it shares.
+  executor_.Post(std::move(command),
+                 [followers = followers_, done = std::move(done)](FollowerReplies words) {
+                   if (!done) return;
+                   if (words.ok()) {
+                     done(ParseReplies(*words, *followers));
+                   } else {
+                     done(words.status());
+                   }
+                 });
+}
+
+std::vector<ReplicaKvPort::Reply> ReplicaKvPort::ParseReplies(
+    const std::vector<std::vector<int64_t>>& words, FollowerCounters& followers) {
   std::vector<Reply> replies;
   replies.reserve(words.size());
-  absl::MutexLock lock(&mu_);
-  follower_counters_.resize(words.size());
+  absl::MutexLock lock(&followers.mu);
+  followers.latest.resize(words.size());
   for (size_t i = 0; i < words.size(); ++i) {
     // A reply: the command's status, the follower's counters, then the payload.
     Reader in(words[i]);
@@ -418,7 +497,7 @@ absl::StatusOr<std::vector<ReplicaKvPort::Reply>> ReplicaKvPort::Call(
       reply.status = absl::DataLossError(
           absl::StrCat("replica rank ", i + 1, " sent a malformed reply to a KV command"));
     } else {
-      follower_counters_[i] = counters;
+      followers.latest[i] = counters;
       reply.payload.assign(words[i].begin() + static_cast<std::ptrdiff_t>(in.position()),
                            words[i].end());
     }
@@ -429,14 +508,17 @@ absl::StatusOr<std::vector<ReplicaKvPort::Reply>> ReplicaKvPort::Call(
 
 KvPortCounters ReplicaKvPort::counters() const {
   KvPortCounters c = local_.counters();
-  absl::MutexLock lock(&mu_);
-  for (const KvPortCounters& f : follower_counters_) {
-    c.bytes_sent += f.bytes_sent;
-    c.bytes_received += f.bytes_received;
-    c.transfers_sent += f.transfers_sent;
-    c.transfers_failed += f.transfers_failed;
-    c.writes_refused += f.writes_refused;
+  {
+    absl::MutexLock lock(&followers_->mu);
+    for (const KvPortCounters& f : followers_->latest) {
+      c.bytes_sent += f.bytes_sent;
+      c.bytes_received += f.bytes_received;
+      c.transfers_sent += f.transfers_sent;
+      c.transfers_failed += f.transfers_failed;
+      c.writes_refused += f.writes_refused;
+    }
   }
+  absl::MutexLock lock(&mu_);
   c.commits = commits_;
   c.checksum_failures = checksum_failures_;
   c.send_seconds = send_seconds_;
@@ -461,9 +543,10 @@ uint64_t ReplicaKvPort::NextExportId() {
 }
 
 void ReplicaKvPort::CancelFollowers(uint64_t id) {
-  absl::StatusOr<std::vector<Reply>> replies =
-      Call(Writer().Int(kCancel).Int(static_cast<int64_t>(id)).Take());
-  if (!replies.ok()) TESSERA_LOG(WARNING) << "cancelling a KV export: " << replies.status();
+  Post(Writer().Int(kCancel).Int(static_cast<int64_t>(id)).Take(),
+       [](const absl::StatusOr<std::vector<Reply>>& replies) {
+         if (!replies.ok()) TESSERA_LOG(WARNING) << "cancelling a KV export: " << replies.status();
+       });
 }
 
 template <typename T>
@@ -472,32 +555,34 @@ absl::StatusOr<ReplicaKvPort::Started<T>> ReplicaKvPort::StartEverywhere(
     const std::function<absl::StatusOr<T>()>& start_local) {
   Started<T> started;
   started.id = NextExportId();
+  started.followers = executor_.size() - 1;
+  started.inbox = std::make_shared<ExportInbox>();
   Writer command;
   command.Int(op).Int(static_cast<int64_t>(started.id)).Ints(blocks);
-  TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
-                           Call(Destination(command, destination).Take()));
-  started.followers = static_cast<int>(replies.size());
-  absl::Status status = FirstError(replies);
-  if (status.ok()) {
-    absl::StatusOr<T> local = start_local();
-    if (local.ok()) {
-      started.local = *std::move(local);
-      return started;
-    }
-    status = local.status();
+  Post(Destination(command, destination).Take(),
+       [inbox = started.inbox](absl::StatusOr<std::vector<Reply>>&& replies) {
+         absl::MutexLock lock(&inbox->mu);
+         inbox->start = std::move(replies);
+       });
+  absl::StatusOr<T> local = start_local();
+  if (!local.ok()) {
+    CancelFollowers(started.id);  // after the start, in the same order on every follower
+    return local.status();
   }
-  CancelFollowers(started.id);  // the followers that did start stop (unknown ids are ignored)
-  return status;
+  started.local = *std::move(local);
+  return started;
 }
 
 absl::StatusOr<std::unique_ptr<KvLayerStream>> ReplicaKvPort::StreamLayers(
     absl::Span<const int32_t> blocks, const KvDestination& destination) {
+  // The followers open theirs before the step the engine submits next, the one that writes the
+  // layers.
   TESSERA_ASSIGN_OR_RETURN(
       Started<std::unique_ptr<KvLayerStream>> s,
       StartEverywhere<std::unique_ptr<KvLayerStream>>(
           kStream, blocks, destination, [&] { return local_.StreamLayers(blocks, destination); }));
   return std::unique_ptr<KvLayerStream>(
-      new ReplicaLayerStream(*this, s.id, std::move(s.local), s.followers));
+      new ReplicaLayerStream(*this, s.id, std::move(s.local), s.followers, std::move(s.inbox)));
 }
 
 absl::StatusOr<std::unique_ptr<KvExport>> ReplicaKvPort::Export(absl::Span<const int32_t> blocks,
@@ -507,7 +592,7 @@ absl::StatusOr<std::unique_ptr<KvExport>> ReplicaKvPort::Export(absl::Span<const
       StartEverywhere<std::unique_ptr<KvExport>>(
           kExport, blocks, destination, [&] { return local_.Export(blocks, destination); }));
   return std::unique_ptr<KvExport>(
-      new ReplicaKvExport(*this, s.id, std::move(s.local), s.followers));
+      new ReplicaKvExport(*this, s.id, std::move(s.local), s.followers, std::move(s.inbox)));
 }
 
 absl::Status ReplicaKvPort::AbortFollowers(uint64_t token, bool* known) {

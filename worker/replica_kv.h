@@ -1,13 +1,20 @@
 // KV migration for a replica of several ranks (TP x PP). Every rank has its own KV cache, KvPort
 // and transport; the leader's ReplicaKvPort is the KvEndpoint the engine uses: it does each
-// operation on its own port and, through ReplicaExecutor::CallFollowers (between steps, on the
-// replica's communicator), on every follower's — where a FollowerKvHandler runs it.
+// operation on its own port and, through the ReplicaExecutor (on the replica's communicator), on
+// every follower's — where a FollowerKvHandler runs it. Operations whose answer the caller waits
+// for are called between steps (ReplicaExecutor::CallFollowers, which drains the pipeline); an
+// export's start, polls and cancel are posted (ReplicaExecutor::Post): they ride with the next
+// step and their replies come back with its tokens, so a multi-stage replica keeps its steps in
+// flight while it exports.
 //
 //   Reserve, Commit, Abort: on every rank, followers first. A reservation that fails on one rank
 //     is aborted on the others; Commit hands each rank the checksums that name it.
 //   Export: every rank starts sending its slice (the block ids are the replica's, the same on
 //     every rank). The leader's KvExport is done when its own transfers and every follower's are;
-//     followers are polled while the engine polls, and hand over their checksums once done.
+//     once its own are, it posts a poll whenever the last one has come back, and the followers
+//     hand over their checksums once done. A follower that could not start reports it then.
+//     Cancel is posted too: each follower stops reading the blocks before it runs any later
+//     step, so the engine may hand them out again at once.
 //   StreamLayers: before the step, every rank opens a layer stream of its slice; during the step
 //     each rank's ShardWorker reports the layers it writes to its own stream (the leader's through
 //     the executor's callback, a follower's through its FollowerKvHandler), so every rank sends
@@ -63,37 +70,55 @@ class ReplicaKvPort final : public KvEndpoint {
   absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) override;
   absl::Status Abort(uint64_t token) override;
 
- private:
-  friend class ReplicaKvExport;
-  friend class ReplicaLayerStream;
   // One follower's answer: its status and what follows it.
   struct Reply {
     absl::Status status;
     std::vector<int64_t> payload;
   };
+
+ private:
+  friend class ReplicaKvExport;
+  friend class ReplicaLayerStream;
   ReplicaKvPort(KvPort& local, ReplicaExecutor& executor) : local_(local), executor_(executor) {}
   // Runs `command` on every follower: one Reply per follower (rank 1 first), or the channel's
   // error. Records the counters each reply carries.
   absl::StatusOr<std::vector<Reply>> Call(const std::vector<int64_t>& command);
+  // As Call, without waiting: `done` (may be null) gets the replies when they come
+  // (ReplicaExecutor::Post).
+  void Post(std::vector<int64_t> command,
+            std::function<void(absl::StatusOr<std::vector<Reply>>)> done);
+  // Each follower's counters as of its last reply.
+  struct FollowerCounters {
+    absl::Mutex mu;
+    std::vector<KvPortCounters> latest ABSL_GUARDED_BY(mu);
+  };
+  // The followers' raw replies as Replies; records their counters in `followers`.
+  static std::vector<Reply> ParseReplies(const std::vector<std::vector<int64_t>>& words,
+                                         FollowerCounters& followers);
   // Abort on the followers; the first error that is not kNotFound, else kNotFound when no rank
   // knew the token, else OK.
   absl::Status AbortFollowers(uint64_t token, bool* known);
   void ExportEnded(absl::Duration took);  // send_seconds
   uint64_t NextExportId();
-  // An export or stream started on every rank: its id, this rank's part, the followers' count.
+  // What an export's posted commands (its start, its polls) bring back (defined in the .cc).
+  struct ExportInbox;
+  // An export or stream started on every rank: its id, this rank's part, the followers' count,
+  // and where the followers' replies arrive.
   template <typename T>
   struct Started {
     uint64_t id = 0;
     T local;
     int followers = 0;
+    std::shared_ptr<ExportInbox> inbox;
   };
-  // Starts command `op` (an export or a stream) of a new id on every follower, then
-  // `start_local` on this rank; when any rank fails, the followers that started stop.
+  // Posts command `op` (an export or a stream) of a new id to every follower (each starts with
+  // the next step, and whether it could comes back to the inbox), then runs `start_local` on this
+  // rank; when that fails, the followers' part is cancelled.
   template <typename T>
   absl::StatusOr<Started<T>> StartEverywhere(int64_t op, absl::Span<const int32_t> blocks,
                                              const KvDestination& destination,
                                              const std::function<absl::StatusOr<T>()>& start_local);
-  // Cancels export `id` on the followers (unknown ids are ignored); errors are logged.
+  // Cancels export `id` on the followers (unknown ids are ignored), posted; errors are logged.
   void CancelFollowers(uint64_t id);
 
   KvPort& local_;
@@ -102,7 +127,7 @@ class ReplicaKvPort final : public KvEndpoint {
 
   mutable absl::Mutex mu_;
   uint64_t next_export_id_ ABSL_GUARDED_BY(mu_) = 1;
-  std::vector<KvPortCounters> follower_counters_ ABSL_GUARDED_BY(mu_);
+  const std::shared_ptr<FollowerCounters> followers_ = std::make_shared<FollowerCounters>();
   int64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t checksum_failures_ ABSL_GUARDED_BY(mu_) = 0;
   double send_seconds_ ABSL_GUARDED_BY(mu_) = 0;

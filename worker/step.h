@@ -114,6 +114,9 @@ class StepExecutor {
   // calls). False when this executor cannot report layers (then sends go after the step). A
   // replica across ranks reports the leader's layers here; each follower reports its own.
   virtual bool SetKvWrittenCallback(std::function<void(int32_t layer)> kv_written) { return false; }
+  // How often a message between steps (a command that must be answered before the caller goes
+  // on) had to wait for every step in flight first: each such drain idles a pipeline's stages.
+  virtual int64_t pipeline_drains() const { return 0; }
 
  private:
   std::deque<StepResult> done_;  // the default Submit's results

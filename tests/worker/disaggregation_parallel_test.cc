@@ -256,9 +256,12 @@ TEST_P(DisaggregationParallelTest, GreedyTokensMatchTheSingleRankMixedRun) {
   EXPECT_EQ(p.bytes_sent, d.bytes_received);
   EXPECT_EQ(d.commits, static_cast<int64_t>(prompts.size()));
   EXPECT_EQ(d.checksum_failures, 0);
-  // Layer-wise streaming on every rank, followers included: each sending rank submits one transfer
-  // per layer it shares with each destination rank (without streaming, one per destination rank
-  // it shares any with). A rank whose layers and heads an earlier rank holds sends nothing.
+  // Prompts in one chunk (one step in flight): layer-wise streaming on every rank, followers
+  // included, submits one transfer per layer each sending rank shares with each destination rank
+  // (without streaming, one per destination rank it shares any with). A rank whose layers and
+  // heads an earlier rank holds sends nothing. (With steps in flight the prompts go in chunks, and
+  // every chunk that fills blocks sends them.)
+  if (GetParam().prefill.steps_in_flight > 1 && GetParam().stream_layers) return;
   int64_t per_prompt = 0;
   const std::vector<KvRankLayout> src = prefill_->kv().layouts();
   for (size_t r = 0; r < src.size(); ++r) {
@@ -277,6 +280,32 @@ TEST_P(DisaggregationParallelTest, GreedyTokensMatchTheSingleRankMixedRun) {
     }
   }
   EXPECT_EQ(p.transfers_sent, per_prompt * static_cast<int64_t>(prompts.size()));
+}
+
+// Requests at once: the prefill replica exports one prompt's KV while it runs another's steps.
+// Its exports (start, polls, cancel) ride with those steps, so nothing drains its pipeline.
+TEST_P(DisaggregationParallelTest, ConcurrentRequestsExportWithoutDrainingThePrefillPipeline) {
+  auto mixed_parts = testing::MakeTestEngine(fixture_.config, *fixture_.weights);
+  ASSERT_TRUE(mixed_parts.ok()) << mixed_parts.status();
+  std::vector<std::vector<int32_t>> prompts;
+  for (int copy = 0; copy < 2; ++copy) {
+    for (const auto& p : fixture_.prompts) prompts.push_back(p.ids);
+  }
+  auto mixed =
+      testing::GenerateGreedy(*mixed_parts->executor, fixture_.config, prompts, 6, TestScheduler());
+  ASSERT_TRUE(mixed.ok()) << mixed.status();
+  std::vector<absl::StatusOr<std::vector<int32_t>>> got(prompts.size(),
+                                                        absl::UnknownError("not run"));
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    clients.emplace_back([&, i] { got[i] = Disaggregated(Greedy(prompts[i], 6)); });
+  }
+  for (std::thread& t : clients) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << "prompt " << i << ": " << got[i].status();
+    EXPECT_EQ(*got[i], (*mixed)[i].token_ids) << "prompt " << i;
+  }
+  EXPECT_EQ(prefill_->engine().counters().pipeline_drains, 0);
 }
 
 TEST_P(DisaggregationParallelTest, CorruptionOnAnyRankIsRefusedAndTheRequestRetries) {
@@ -309,26 +338,30 @@ TEST_P(DisaggregationParallelTest, CorruptionOnAnyRankIsRefusedAndTheRequestRetr
   ASSERT_TRUE(retry.ok()) << retry.status();
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, DisaggregationParallelTest,
-                         ::testing::Values(Pair{{2, 1, {}, "tp2"}, {1, 1, {}, "tp1"}},
-                                           Pair{{1, 1, {}, "tp1"}, {2, 1, {}, "tp2"}},
-                                           Pair{{1, 2, {}, "pp2"}, {2, 1, {}, "tp2"}},
-                                           Pair{{2, 2, {}, "tp2pp2"}, {1, 2, {}, "pp2"}},
-                                           Pair{{4, 1, {}, "tp4_kv_replicated"}, {1, 1, {}, "tp1"}},
-                                           Pair{{1, 1, {}, "tp1"}, {4, 1, {}, "tp4_kv_replicated"}},
-                                           // Steps in flight where no layer-wise streaming is on.
-                                           Pair{{1, 2, {}, "pp2_two_steps_in_flight", 0, 2},
-                                                {2, 2, {}, "tp2pp2_two_steps_in_flight", 0, 2},
-                                                false},
-                                           // The same with sends that wait for their receiver
-                                           // (NCCL's), KV commands between steps included.
-                                           Pair{{1, 2, {}, "pp2_synchronous_sends", 0, 2, true},
-                                                {2, 2, {}, "tp2pp2_synchronous_sends", 0, 2, true},
-                                                false}),
-                         [](const auto& info) {
-                           return absl::StrCat(info.param.prefill.name, "_to_",
-                                               info.param.decode.name);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, DisaggregationParallelTest,
+    ::testing::Values(
+        Pair{{2, 1, {}, "tp2"}, {1, 1, {}, "tp1"}}, Pair{{1, 1, {}, "tp1"}, {2, 1, {}, "tp2"}},
+        Pair{{1, 2, {}, "pp2"}, {2, 1, {}, "tp2"}}, Pair{{2, 2, {}, "tp2pp2"}, {1, 2, {}, "pp2"}},
+        Pair{{4, 1, {}, "tp4_kv_replicated"}, {1, 1, {}, "tp1"}},
+        Pair{{1, 1, {}, "tp1"}, {4, 1, {}, "tp4_kv_replicated"}},
+        // Steps in flight where no layer-wise streaming is on.
+        Pair{{1, 2, {}, "pp2_two_steps_in_flight", 0, 2},
+             {2, 2, {}, "tp2pp2_two_steps_in_flight", 0, 2},
+             false},
+        // The same with sends that wait for their receiver
+        // (NCCL's), KV commands between steps included.
+        Pair{{1, 2, {}, "pp2_synchronous_sends", 0, 2, true},
+             {2, 2, {}, "tp2pp2_synchronous_sends", 0, 2, true},
+             false},
+        // Layer-wise streaming with steps in flight: each
+        // chunk's streams open with its step.
+        Pair{{1, 2, {}, "pp2_streaming_two_steps", 0, 2}, {2, 2, {}, "tp2pp2_two_steps", 0, 2}},
+        Pair{{2, 2, {}, "tp2pp2_streaming_synchronous", 0, 2, true},
+             {1, 2, {}, "pp2_synchronous", 0, 2, true}}),
+    [](const auto& info) {
+      return absl::StrCat(info.param.prefill.name, "_to_", info.param.decode.name);
+    });
 
 TEST(KvPortOptionsForTest, OnlyTheFirstHolderOfAReplicatedKvHeadSends) {
   parallel::ShardPlan plan;

@@ -9,9 +9,11 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <map>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/comm/inproc/in_process_communicator.h"
@@ -353,6 +355,127 @@ TEST(ReplicaExecutorTest, TwoStepsInFlightThroughTwoStagesGiveTheFixtureTokens) 
       const std::vector<int32_t>& want = f->prompts[s].greedy;
       EXPECT_EQ(generated, want) << "sequence " << s;
     }
+  }
+}
+
+// Commands posted while steps are in flight ride with the next step: every follower runs them
+// before that step's forward pass, in the order they were posted (and before a command called
+// after them), their replies come back with the step's tokens, and no message between steps has
+// to wait for the pipeline. The tokens stay the fixture's.
+TEST(ReplicaExecutorTest, PostedCommandsRideWithStepsWithoutDrainingThePipeline) {
+  auto f = LoadFixture("llama_gqa");
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_GE(f->prompts.size(), 2u);
+  for (const Split& split :
+       {Split{1, 2, {}, "pp2", 1, 2}, Split{2, 2, {}, "tp2pp2", 2, 2},
+        Split{1, 2, {}, "pp2_synchronous_sends", 1, 2, true},
+        Split{2, 2, {}, "tp2pp2_synchronous_sends", 2, 2, true}, Split{2, 1, {}, "tp2"}}) {
+    SCOPED_TRACE(split.name);
+    const int ranks = split.tp * split.pp;
+    const int depth = split.steps_in_flight;
+    absl::Mutex mu;
+    std::vector<std::vector<int64_t>> ran(ranks);  // per follower, the commands in order
+    std::vector<std::vector<int32_t>> tokens(2);
+    std::vector<int64_t> posted;                 // the commands posted, in order
+    std::map<int64_t, FollowerReplies> replies;  // their replies, as handed out
+    int64_t drains_while_decoding = -1;
+    int64_t drains_after_call = -1;
+    const absl::Status status =
+        RunReplica(*f, split, [&](int r, ReplicaRank& rank) -> absl::Status {
+          if (!rank.worker->is_leader()) {
+            return RunFollower(*rank.worker, [&, r](const std::vector<int64_t>& command) {
+              absl::MutexLock lock(&mu);
+              ran[r].push_back(command.at(0));
+              return std::vector<int64_t>{r, command.at(0)};
+            });
+          }
+          TESSERA_ASSIGN_OR_RETURN(
+              auto executor, ReplicaExecutor::Create(*rank.worker, {.keepalive_interval = {},
+                                                                    .max_steps_in_flight = depth}));
+          const auto post = [&](int64_t c) {
+            posted.push_back(c);
+            executor->Post({c}, [&, c](FollowerReplies got) {
+              absl::MutexLock lock(&mu);
+              EXPECT_FALSE(replies.contains(c)) << "command " << c << " answered twice";
+              replies.emplace(c, std::move(got));
+            });
+          };
+          const size_t steps = f->prompts[0].greedy.size();
+          std::vector<int32_t> computed(2);
+          for (int s = 0; s < 2; ++s) {
+            tokens[s] = f->prompts[s].ids;
+            post(s);  // with the prefill
+            TESSERA_ASSIGN_OR_RETURN(StepResult r,
+                                     executor->Execute(OneSequencePlan(s, tokens[s], 0)));
+            computed[s] = static_cast<int32_t>(tokens[s].size());
+            tokens[s].push_back(r.token_ids.at(0));
+          }
+          // Decode with `depth` steps in flight; every step but the first carries a command or two.
+          int64_t next = 2;
+          for (int s = 0; s < depth; ++s) {
+            TESSERA_RETURN_IF_ERROR(executor->Submit(OneSequencePlan(s, tokens[s], computed[s])));
+            computed[s] = static_cast<int32_t>(tokens[s].size());
+          }
+          for (size_t n = 0; n < depth * (steps - 1); ++n) {
+            const int s = static_cast<int>(n % depth);
+            TESSERA_ASSIGN_OR_RETURN(StepResult r, executor->Collect());
+            tokens[s].push_back(r.token_ids.at(0));
+            if (tokens[s].size() - f->prompts[s].ids.size() < steps) {
+              post(next++);
+              if (n % 3 == 0) post(next++);
+              TESSERA_RETURN_IF_ERROR(executor->Submit(OneSequencePlan(s, tokens[s], computed[s])));
+              computed[s] = static_cast<int32_t>(tokens[s].size());
+            }
+          }
+          drains_while_decoding = executor->pipeline_drains();
+          {
+            // Each came back with the step it rode with, all of which are collected.
+            absl::MutexLock lock(&mu);
+            EXPECT_EQ(replies.size(), posted.size());
+          }
+          // A called command waits for the step in flight (with a pipeline) and follows the posted.
+          post(next++);
+          TESSERA_RETURN_IF_ERROR(executor->Submit(OneSequencePlan(0, tokens[0], computed[0])));
+          post(next++);
+          TESSERA_ASSIGN_OR_RETURN(auto called, executor->CallFollowers({1000}));
+          EXPECT_EQ(called.size(), static_cast<size_t>(ranks - 1));
+          drains_after_call = executor->pipeline_drains();
+          TESSERA_RETURN_IF_ERROR(executor->Collect().status());
+          // With no step to ride: FlushPosted, then Stop, send them between steps.
+          post(next++);
+          TESSERA_RETURN_IF_ERROR(executor->FlushPosted());
+          post(next++);
+          TESSERA_RETURN_IF_ERROR(executor->Stop());
+          // After Stop: the error, at once.
+          bool refused = false;
+          executor->Post({2000}, [&](FollowerReplies got) {
+            refused = got.status().code() == absl::StatusCode::kFailedPrecondition;
+          });
+          EXPECT_TRUE(refused);
+          return absl::OkStatus();
+        });
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_EQ(drains_while_decoding, 0);
+    EXPECT_EQ(drains_after_call, split.pp > 1 ? 1 : 0);
+    for (int s = 0; s < depth; ++s) {
+      const std::vector<int32_t> generated(
+          tokens[s].begin() + f->prompts[s].ids.size(),
+          tokens[s].begin() + f->prompts[s].ids.size() + f->prompts[s].greedy.size());
+      EXPECT_EQ(generated, f->prompts[s].greedy) << "sequence " << s;
+    }
+    // Every posted command was answered once, by every follower, with its own reply.
+    ASSERT_EQ(replies.size(), posted.size());
+    for (int64_t c : posted) {
+      ASSERT_TRUE(replies[c].ok()) << "command " << c << ": " << replies[c].status();
+      ASSERT_EQ(replies[c]->size(), static_cast<size_t>(ranks - 1)) << "command " << c;
+      for (int r = 1; r < ranks; ++r) {
+        EXPECT_EQ((*replies[c])[r - 1], (std::vector<int64_t>{r, c})) << "command " << c;
+      }
+    }
+    // Each follower ran them in order, the called one after the two posted before it.
+    std::vector<int64_t> order = posted;
+    order.insert(order.end() - 2, 1000);
+    for (int r = 1; r < ranks; ++r) EXPECT_EQ(ran[r], order) << "rank " << r;
   }
 }
 
