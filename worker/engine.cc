@@ -21,7 +21,13 @@ absl::Status NoKvPort() {
 
 Engine::Engine(StepExecutor& executor, std::unique_ptr<Scheduler> scheduler,
                const EngineOptions& options, Clock& clock)
-    : executor_(executor), options_(options), clock_(clock), scheduler_(std::move(scheduler)) {}
+    : executor_(executor),
+      options_(options),
+      clock_(clock),
+      scheduler_(std::move(scheduler)),
+      kv_answers_(std::make_shared<KvAnswers>()) {
+  kv_answers_->engine = this;
+}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(StepExecutor& executor,
                                                        const model::ModelConfig& config,
@@ -49,6 +55,8 @@ Engine::~Engine() {
   if (!status.ok() && !absl::IsDeadlineExceeded(status)) {
     TESSERA_LOG(WARNING) << "engine stopped after a failure: " << status;
   }
+  absl::MutexLock lock(&kv_answers_->mu);
+  kv_answers_->engine = nullptr;
 }
 
 absl::StatusOr<RequestId> Engine::Submit(Request request, std::shared_ptr<RequestSink> sink) {
@@ -259,6 +267,15 @@ void Engine::RunLoop() {
       scheduler_->DiscardStep();
       std::vector<uint64_t> tokens;
       for (const auto& [token, lease] : reservations_) tokens.push_back(token);
+      for (auto& [token, r] : reserving_) {
+        r.reply->result = absl::UnavailableError(absl::StrCat(
+            "the engine stopped before the KV reservation was made: ", failure.message()));
+        r.reply->done.Notify();
+        tokens.push_back(token);
+      }
+      reserving_.clear();
+      for (const auto& [id, c] : committing_) tokens.push_back(c.token);
+      committing_.clear();
       for (uint64_t token : tokens) ReleaseReservation(token, "the engine stopped");
       {
         absl::MutexLock lock(&mu_);
@@ -296,6 +313,12 @@ void Engine::ApplyCommands(std::vector<Command>& commands) {
       case Command::Kind::kSubmit:
         Submitted(command);
         break;
+      case Command::Kind::kReserved:
+        Reserved(command.token, std::move(command.kv_status));
+        break;
+      case Command::Kind::kCommitted:
+        Committed(command.id, std::move(command.kv_status));
+        break;
     }
   }
 }
@@ -309,14 +332,22 @@ void Engine::Submitted(Command& command) {
       added = absl::NotFoundError(absl::StrCat(
           "KV reservation ", token, " is unknown or expired; prefill the request again"));
     } else {
-      added = options_.kv_port->Commit(token, command.request.kv_import->checksums);
-      if (added.ok()) {
-        reservations_.erase(token);
-        added = scheduler_->AddPrefilled(command.id, std::move(command.request),
-                                         std::move(command.stop_matcher));
-      }
-      // Refused KV (or a refused sequence): the blocks go back, unless writes may still land.
-      if (!added.ok()) ReleaseReservation(token, "its KV was refused");
+      // No lease while the commit runs; the request joins the scheduler when every rank has
+      // verified its part (Committed).
+      reservations_.erase(token);
+      Committing& c = committing_[command.id];
+      c.token = token;
+      c.request = std::move(command.request);
+      c.stop_matcher = std::move(command.stop_matcher);
+      options_.kv_port->CommitAsync(token, c.request.kv_import->checksums,
+                                    [answers = kv_answers_, id = command.id](absl::Status status) {
+                                      Command answer;
+                                      answer.kind = Command::Kind::kCommitted;
+                                      answer.id = id;
+                                      answer.kv_status = std::move(status);
+                                      answers->Deliver(std::move(answer));
+                                    });
+      return;
     }
   } else {
     added =
@@ -325,31 +356,77 @@ void Engine::Submitted(Command& command) {
   if (!added.ok()) End(command.id, added);
 }
 
+void Engine::Committed(RequestId id, absl::Status status) {
+  auto node = committing_.extract(id);
+  if (node.empty()) return;
+  Committing& c = node.mapped();
+  if (!live_.contains(id)) {
+    // Ended while its KV was verified (cancelled, timed out).
+    ReleaseReservation(c.token, "its request ended");
+    return;
+  }
+  absl::Status added = std::move(status);
+  if (added.ok()) {
+    added = scheduler_->AddPrefilled(id, std::move(c.request), std::move(c.stop_matcher));
+  }
+  // Refused KV (or a refused sequence): the blocks go back, unless writes may still land.
+  if (!added.ok()) {
+    ReleaseReservation(c.token, "its KV was refused");
+    End(id, added);
+  }
+}
+
 void Engine::Reserve(Command& command) {
-  ReserveReply& reply = *command.reply;
   uint64_t token = 0;
-  while (token == 0 || reservations_.contains(token)) token = absl::Uniform<uint64_t>(bitgen_);
+  while (token == 0 || reservations_.contains(token) || reserving_.contains(token)) {
+    token = absl::Uniform<uint64_t>(bitgen_);
+  }
   absl::StatusOr<Scheduler::KvReservationBlocks> blocks =
       scheduler_->Reserve(token, command.request);
   if (!blocks.ok()) {
-    reply.result = blocks.status();
-    reply.done.Notify();
+    command.reply->result = blocks.status();
+    command.reply->done.Notify();
     return;
   }
-  if (absl::Status s = options_.kv_port->Reserve(token, blocks->fresh); !s.ok()) {
+  // Answered when every rank has reserved (Reserved).
+  Reserving& r = reserving_[token];
+  r.reply = std::move(command.reply);
+  r.blocks = *std::move(blocks);
+  options_.kv_port->ReserveAsync(token, r.blocks.fresh,
+                                 [answers = kv_answers_, token](absl::Status status) {
+                                   Command answer;
+                                   answer.kind = Command::Kind::kReserved;
+                                   answer.token = token;
+                                   answer.kv_status = std::move(status);
+                                   answers->Deliver(std::move(answer));
+                                 });
+}
+
+void Engine::Reserved(uint64_t token, absl::Status status) {
+  auto node = reserving_.extract(token);
+  if (node.empty()) return;
+  Reserving& r = node.mapped();
+  if (!status.ok()) {
     (void)scheduler_->ReleaseReservation(token);
-    reply.result = s;
-    reply.done.Notify();
+    r.reply->result = std::move(status);
+    r.reply->done.Notify();
     return;
   }
   reservations_[token] = clock_.MonotonicNow() + options_.kv_reservation_lease;
   KvDestination d;
   d.token = token;
-  d.num_cached_tokens = blocks->num_cached_tokens;
-  d.block_ids = std::move(blocks->fresh);
+  d.num_cached_tokens = r.blocks.num_cached_tokens;
+  d.block_ids = std::move(r.blocks.fresh);
   d.ranks = options_.kv_port->layouts();
-  reply.result = std::move(d);
-  reply.done.Notify();
+  r.reply->result = std::move(d);
+  r.reply->done.Notify();
+}
+
+void Engine::KvAnswers::Deliver(Command answer) {
+  absl::MutexLock lock(&mu);
+  if (engine == nullptr) return;  // the engine is gone; what the answer concerns went with it
+  absl::MutexLock engine_lock(&engine->mu_);
+  engine->inbox_.push_back(std::move(answer));
 }
 
 void Engine::ReleaseReservation(uint64_t token, const char* why) {

@@ -112,15 +112,36 @@ class Engine {
  private:
   struct ReserveReply;  // shared by ReserveKv's caller and the engine thread
   struct Command {
-    enum class Kind { kSubmit, kCancel, kReserve, kRelease, kRenew } kind;
-    RequestId id = 0;
+    // kReserved and kCommitted are the KV endpoint's answers (ReserveAsync, CommitAsync).
+    enum class Kind { kSubmit, kCancel, kReserve, kRelease, kRenew, kReserved, kCommitted } kind;
+    RequestId id = 0;  // kSubmit, kCancel, kCommitted
     Request request;
     std::shared_ptr<RequestSink> sink;
     std::unique_ptr<StopMatcher> stop_matcher;
     absl::Time deadline = absl::InfiniteFuture();
-    uint64_t token = 0;                   // kReserve, kRelease
+    uint64_t token = 0;                   // kReserve, kRelease, kReserved
     std::vector<uint64_t> tokens;         // kRenew
     std::shared_ptr<ReserveReply> reply;  // kReserve
+    absl::Status kv_status;               // kReserved, kCommitted
+  };
+  // A reservation whose ranks have not all answered (KvEndpoint::ReserveAsync).
+  struct Reserving {
+    std::shared_ptr<ReserveReply> reply;
+    Scheduler::KvReservationBlocks blocks;
+  };
+  // An imported request whose KV the ranks are verifying (KvEndpoint::CommitAsync).
+  struct Committing {
+    uint64_t token = 0;
+    Request request;
+    std::unique_ptr<StopMatcher> stop_matcher;
+  };
+  // Where the KV endpoint's answers go: the engine's inbox while the engine lives. Shared with the
+  // answers' handlers, which may run after the engine is gone (a replica's executor runs the last
+  // ones when it stops).
+  struct KvAnswers {
+    absl::Mutex mu;
+    Engine* engine ABSL_GUARDED_BY(mu) = nullptr;
+    void Deliver(Command answer);
   };
   struct Export {
     std::unique_ptr<KvExport> transfer;
@@ -160,7 +181,9 @@ class Engine {
   void Deliver(TokenEvent event);  // the last event gets the request's timings
   void PublishCounters();
   void Reserve(Command& command);
+  void Reserved(uint64_t token, absl::Status status);
   void Submitted(Command& command);
+  void Committed(RequestId id, absl::Status status);
   void ReleaseReservation(uint64_t token, const char* why);
   // `streamed`: what the request's steps already sent (null: send the whole request now).
   void StartExport(TokenEvent event, StreamedKv* streamed);
@@ -171,7 +194,6 @@ class Engine {
   void FinishStreams();
   void PollExports();
   void EndExport(RequestId id, const absl::Status& status);
-  void Push(Command command);
 
   StepExecutor& executor_;
   const EngineOptions options_;
@@ -179,7 +201,10 @@ class Engine {
   std::unique_ptr<Scheduler> scheduler_;       // engine thread only (Validate: any thread)
   absl::flat_hash_map<RequestId, Live> live_;  // engine thread only
   absl::flat_hash_map<uint64_t, absl::Time> reservations_;  // token -> lease end; engine thread
-  absl::flat_hash_map<RequestId, Export> exports_;          // engine thread only
+  absl::flat_hash_map<uint64_t, Reserving> reserving_;      // by token; engine thread
+  absl::flat_hash_map<RequestId, Committing> committing_;   // engine thread
+  const std::shared_ptr<KvAnswers> kv_answers_;
+  absl::flat_hash_map<RequestId, Export> exports_;  // engine thread only
   // Prompts still being computed whose finished blocks are on their way (engine thread only).
   // An entry must go — cancelling its sends — before the request's blocks can be reused.
   absl::flat_hash_map<RequestId, StreamedKv> streaming_;

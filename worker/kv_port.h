@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -128,6 +129,20 @@ class KvEndpoint {
   virtual absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) = 0;
   virtual absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) = 0;
   virtual absl::Status Abort(uint64_t token) = 0;
+
+  // Reserve and Commit with the answer handed to `done` instead of returned: a multi-rank
+  // replica's leader answers once every follower has, and its followers' parts ride with its next
+  // step, so a pipeline keeps its steps in flight meanwhile. `done` runs either before the call
+  // returns (the defaults: Reserve or Commit, then `done`) or later, inside a call to the
+  // replica's executor (on that caller's thread: the engine's).
+  using Done = std::function<void(absl::Status)>;
+  virtual void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) {
+    done(Reserve(token, blocks));
+  }
+  virtual void CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,
+                           Done done) {
+    done(Commit(token, checksums));
+  }
 };
 
 // One export made of several (a request's layers sent one by one): done when all are; the

@@ -761,6 +761,15 @@ absl::Status ReplicaExecutor::FlushPosted() {
   return broken_;
 }
 
+absl::Status ReplicaExecutor::Quiesce() {
+  FinishedRunner runner(*this);
+  absl::MutexLock lock(&mu_);
+  TESSERA_RETURN_IF_ERROR(UsableLocked());
+  while (!downstream_.empty()) TESSERA_RETURN_IF_ERROR(ReceiveOldestLocked());
+  if (!posted_.empty()) (void)CallLocked(nullptr);
+  return broken_;
+}
+
 absl::Status ReplicaExecutor::Stop() {
   FinishedRunner runner(*this);
   absl::MutexLock lock(&mu_);

@@ -216,6 +216,10 @@ class ReplicaExecutor final : public StepExecutor {
   void Post(std::vector<int64_t> command, PostedReplyHandler done);
   // Sends the posted commands that no step took between steps now, and hands out their replies.
   absl::Status FlushPosted();
+  // Receives every step in flight and flushes the posted commands: every handler has run when it
+  // returns (what the handlers refer to may go then). kFailedPrecondition after Stop, which did
+  // the same.
+  absl::Status Quiesce();
   int64_t pipeline_drains() const override;
   int size() const { return worker_.replica().size(); }
 

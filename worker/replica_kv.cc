@@ -459,6 +459,13 @@ absl::StatusOr<std::unique_ptr<ReplicaKvPort>> ReplicaKvPort::Create(KvPort& loc
   return port;
 }
 
+ReplicaKvPort::~ReplicaKvPort() {
+  // The handlers of posted commands refer to this port: every one runs before it goes.
+  if (absl::Status s = executor_.Quiesce(); !s.ok() && !absl::IsFailedPrecondition(s)) {
+    TESSERA_LOG(WARNING) << "KV commands to the replica's followers: " << s;
+  }
+}
+
 absl::StatusOr<std::vector<ReplicaKvPort::Reply>> ReplicaKvPort::Call(
     const std::vector<int64_t>& command) {
   TESSERA_ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> words,
@@ -622,27 +629,73 @@ absl::Status ReplicaKvPort::Reserve(uint64_t token, absl::Span<const int32_t> bl
   return status;
 }
 
-absl::Status ReplicaKvPort::Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) {
+void ReplicaKvPort::ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) {
+  // This rank's part first: its refusal needs no follower's answer.
+  if (absl::Status s = local_.Reserve(token, blocks); !s.ok()) {
+    done(s);
+    return;
+  }
+  Post(Writer().Int(kReserve).Int(static_cast<int64_t>(token)).Ints(blocks).Take(),
+       [this, token, done = std::move(done)](const absl::StatusOr<std::vector<Reply>>& replies) {
+         absl::Status status = replies.ok() ? FirstError(*replies) : replies.status();
+         if (!status.ok()) {
+           // Undo it where it was made: nothing has been written into those blocks yet. The
+           // followers abort before they run another step.
+           Post(Writer().Int(kAbort).Int(static_cast<int64_t>(token)).Take(), nullptr);
+           (void)local_.Abort(token);
+         }
+         done(status);
+       });
+}
+
+absl::Status ReplicaKvPort::CheckChecksumRanks(uint64_t token,
+                                               absl::Span<const KvSegmentChecksum> checksums) {
   for (const KvSegmentChecksum& c : checksums) {
     if (c.rank < 0 || c.rank >= static_cast<int32_t>(layouts_.size())) {
-      absl::MutexLock lock(&mu_);
-      ++checksum_failures_;
+      CountCommit(absl::DataLossError("a checksum names no rank"));
       return absl::DataLossError(absl::StrCat("KV transfer ", token, ": a checksum names rank ",
                                               c.rank, " of a replica of ", layouts_.size()));
     }
   }
-  TESSERA_ASSIGN_OR_RETURN(
-      std::vector<Reply> replies,
-      Call(Writer().Int(kCommit).Int(static_cast<int64_t>(token)).Checksums(checksums).Take()));
-  absl::Status status = local_.Commit(token, OfRank(checksums, 0));
-  if (status.ok()) status = FirstError(replies);
+  return absl::OkStatus();
+}
+
+void ReplicaKvPort::CountCommit(const absl::Status& status) {
   absl::MutexLock lock(&mu_);
   if (status.ok()) {
     ++commits_;
   } else if (absl::IsDataLoss(status)) {
     ++checksum_failures_;
   }
+}
+
+absl::Status ReplicaKvPort::Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) {
+  TESSERA_RETURN_IF_ERROR(CheckChecksumRanks(token, checksums));
+  TESSERA_ASSIGN_OR_RETURN(
+      std::vector<Reply> replies,
+      Call(Writer().Int(kCommit).Int(static_cast<int64_t>(token)).Checksums(checksums).Take()));
+  absl::Status status = local_.Commit(token, OfRank(checksums, 0));
+  if (status.ok()) status = FirstError(replies);
+  CountCommit(status);
   return status;
+}
+
+void ReplicaKvPort::CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,
+                                Done done) {
+  if (absl::Status s = CheckChecksumRanks(token, checksums); !s.ok()) {
+    done(s);
+    return;
+  }
+  // This rank verifies now; the followers with the next step.
+  absl::Status local = local_.Commit(token, OfRank(checksums, 0));
+  Post(Writer().Int(kCommit).Int(static_cast<int64_t>(token)).Checksums(checksums).Take(),
+       [this, local = std::move(local),
+        done = std::move(done)](const absl::StatusOr<std::vector<Reply>>& replies) {
+         absl::Status status = local;
+         if (status.ok()) status = replies.ok() ? FirstError(*replies) : replies.status();
+         CountCommit(status);
+         done(status);
+       });
 }
 
 absl::Status ReplicaKvPort::Abort(uint64_t token) {

@@ -69,6 +69,14 @@ class ReplicaKvPort final : public KvEndpoint {
   absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) override;
   absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) override;
   absl::Status Abort(uint64_t token) override;
+  // This rank at once, the followers with the next step (ReplicaExecutor::Post); `done` once all
+  // have answered. A reservation refused anywhere is undone everywhere.
+  void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) override;
+  void CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,
+                   Done done) override;
+
+  // Waits for the replies of the commands it posted (ReplicaExecutor::Quiesce).
+  ~ReplicaKvPort() override;
 
   // One follower's answer: its status and what follows it.
   struct Reply {
@@ -95,6 +103,9 @@ class ReplicaKvPort final : public KvEndpoint {
   // The followers' raw replies as Replies; records their counters in `followers`.
   static std::vector<Reply> ParseReplies(const std::vector<std::vector<int64_t>>& words,
                                          FollowerCounters& followers);
+  // kDataLoss (counted) when a checksum names a rank the replica does not have.
+  absl::Status CheckChecksumRanks(uint64_t token, absl::Span<const KvSegmentChecksum> checksums);
+  void CountCommit(const absl::Status& status);  // commits_ or checksum_failures_
   // Abort on the followers; the first error that is not kNotFound, else kNotFound when no rank
   // knew the token, else OK.
   absl::Status AbortFollowers(uint64_t token, bool* known);

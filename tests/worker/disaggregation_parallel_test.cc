@@ -282,9 +282,10 @@ TEST_P(DisaggregationParallelTest, GreedyTokensMatchTheSingleRankMixedRun) {
   EXPECT_EQ(p.transfers_sent, per_prompt * static_cast<int64_t>(prompts.size()));
 }
 
-// Requests at once: the prefill replica exports one prompt's KV while it runs another's steps.
-// Its exports (start, polls, cancel) ride with those steps, so nothing drains its pipeline.
-TEST_P(DisaggregationParallelTest, ConcurrentRequestsExportWithoutDrainingThePrefillPipeline) {
+// Requests at once: the prefill replica exports (or streams) one prompt's KV while it runs
+// another's steps, and the decode replica reserves and commits while it decodes others. Those
+// commands ride with the steps, so neither pipeline is drained.
+TEST_P(DisaggregationParallelTest, ConcurrentRequestsMigrateWithoutDrainingEitherPipeline) {
   auto mixed_parts = testing::MakeTestEngine(fixture_.config, *fixture_.weights);
   ASSERT_TRUE(mixed_parts.ok()) << mixed_parts.status();
   std::vector<std::vector<int32_t>> prompts;
@@ -306,6 +307,7 @@ TEST_P(DisaggregationParallelTest, ConcurrentRequestsExportWithoutDrainingThePre
     EXPECT_EQ(*got[i], (*mixed)[i].token_ids) << "prompt " << i;
   }
   EXPECT_EQ(prefill_->engine().counters().pipeline_drains, 0);
+  EXPECT_EQ(decode_->engine().counters().pipeline_drains, 0);
 }
 
 TEST_P(DisaggregationParallelTest, CorruptionOnAnyRankIsRefusedAndTheRequestRetries) {

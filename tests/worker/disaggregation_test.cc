@@ -3,8 +3,13 @@
 // through KvPorts over an in-process transport. The decode engine's tokens can only match the
 // mixed run if every byte of the KV arrived in the right block.
 #include <memory>
+#include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -33,11 +38,68 @@ bool Await(F condition, absl::Duration timeout = absl::Seconds(10)) {
   return true;
 }
 
+// A KvEndpoint whose ReserveAsync and CommitAsync answers wait until Release(), as a multi-rank
+// replica's do until its followers' replies come back with a step. Everything else forwards.
+class DeferredKv final : public KvEndpoint {
+ public:
+  explicit DeferredKv(KvEndpoint& inner) : inner_(inner) {}
+  std::vector<KvRankLayout> layouts() const override { return inner_.layouts(); }
+  KvPortCounters counters() const override { return inner_.counters(); }
+  absl::Status Preconnect(const std::string& d) override { return inner_.Preconnect(d); }
+  absl::StatusOr<std::unique_ptr<KvExport>> Export(absl::Span<const int32_t> blocks,
+                                                   const KvDestination& d) override {
+    return inner_.Export(blocks, d);
+  }
+  absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(absl::Span<const int32_t> blocks,
+                                                              const KvDestination& d) override {
+    return inner_.StreamLayers(blocks, d);
+  }
+  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) override {
+    return inner_.Reserve(token, blocks);
+  }
+  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> sums) override {
+    return inner_.Commit(token, sums);
+  }
+  absl::Status Abort(uint64_t token) override { return inner_.Abort(token); }
+  void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) override {
+    Hold(std::move(done), inner_.Reserve(token, blocks));
+  }
+  void CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> sums, Done done) override {
+    Hold(std::move(done), inner_.Commit(token, sums));
+  }
+
+  // Answers every call held so far; how many.
+  size_t Release() {
+    std::vector<std::pair<Done, absl::Status>> held;
+    {
+      absl::MutexLock lock(&mu_);
+      held.swap(held_);
+    }
+    for (auto& [done, status] : held) done(status);
+    return held.size();
+  }
+  size_t held() const {
+    absl::MutexLock lock(&mu_);
+    return held_.size();
+  }
+
+ private:
+  void Hold(Done done, absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    held_.emplace_back(std::move(done), std::move(status));
+  }
+
+  KvEndpoint& inner_;
+  mutable absl::Mutex mu_;
+  std::vector<std::pair<Done, absl::Status>> held_ ABSL_GUARDED_BY(mu_);
+};
+
 // One replica: model, cache, transport, port, engine.
 struct Side {
   TestEngine parts;
   std::unique_ptr<kvtransfer::InProcessTransport> transport;
   std::unique_ptr<KvPort> port;
+  std::unique_ptr<DeferredKv> deferred;  // between port and engine when answers are deferred
   std::unique_ptr<Engine> engine;
 };
 
@@ -63,6 +125,7 @@ class DisaggregationTest : public ::testing::Test {
         EXPECT_EQ(c.kv_blocks_free + c.kv_blocks_cached, c.kv_blocks_total);
       }
       side->engine.reset();
+      side->deferred.reset();
       side->port.reset();
       side->transport.reset();
     }
@@ -88,6 +151,10 @@ class DisaggregationTest : public ::testing::Test {
     e.scheduler.max_num_seqs = 16;
     e.scheduler.max_num_batched_tokens = batched_tokens_;
     e.kv_port = side.port.get();
+    if (defer_kv_answers_) {
+      side.deferred = std::make_unique<DeferredKv>(*side.port);
+      e.kv_port = side.deferred.get();
+    }
     e.kv_reservation_lease = lease_;
     e.kv_stream_layers = stream_layers_;
     auto engine = Engine::Create(*side.parts.executor, fixture_.config, e);
@@ -132,7 +199,8 @@ class DisaggregationTest : public ::testing::Test {
   absl::Duration lease_ = absl::Seconds(30);
   bool stream_layers_ = true;
   int32_t batched_tokens_ = 256;
-  bool staged_ = false;  // KvPortOptions::stage_through_host, the path of a GPU cache
+  bool staged_ = false;            // KvPortOptions::stage_through_host, the path of a GPU cache
+  bool defer_kv_answers_ = false;  // DeferredKv in front of each port
   std::string backend_ = "cpu";
   Side prefill_;
   Side decode_;
@@ -375,6 +443,107 @@ TEST_F(DisaggregationTest, AFirstTokenThatEndsTheRequestHandsNothingOff) {
   EXPECT_EQ(prefill_.port->counters().bytes_sent, 0);
   decode_.engine->ReleaseKv(d.token);  // what the coordinator does
   ASSERT_TRUE(Await([&] { return decode_.engine->counters().kv_blocks_reserved == 0; }));
+}
+
+// A multi-rank replica answers reservations and commits when its followers' replies come back
+// with a step. The engine goes on meanwhile: a reservation is answered, and an imported request
+// scheduled, only once the answer is in, with the tokens of the mixed run.
+TEST_F(DisaggregationTest, KvAnswersThatComeLaterAreAwaited) {
+  defer_kv_answers_ = true;
+  Remake();
+  const Request request = Greedy(fixture_.prompts[0].ids, 8);
+  absl::StatusOr<KvDestination> d = absl::UnknownError("not answered");
+  absl::Notification reserved;
+  std::thread reserver([&] {
+    d = decode_.engine->ReserveKv(request);
+    reserved.Notify();
+  });
+  ASSERT_TRUE(Await([&] { return decode_.deferred->held() == 1; }));
+  EXPECT_FALSE(reserved.WaitForNotificationWithTimeout(absl::Milliseconds(50)));
+  EXPECT_EQ(decode_.deferred->Release(), 1u);
+  reserver.join();
+  ASSERT_TRUE(d.ok()) << d.status();
+  // P sends into it; D's commit waits for its answer, and the request with it.
+  Request p = request;
+  p.kv_destination = *d;
+  auto prefilled = prefill_.engine->Submit(p);
+  ASSERT_TRUE(prefilled.ok()) << prefilled.status();
+  std::vector<int32_t> first;
+  std::vector<KvSegmentChecksum> sums;
+  for (;;) {
+    absl::StatusOr<TokenEvent> e = (*prefilled)->Next(absl::Seconds(30));
+    ASSERT_TRUE(e.ok()) << e.status();
+    if (e->token_id >= 0) first.push_back(e->token_id);
+    if (e->finish_reason.has_value()) {
+      ASSERT_TRUE(e->status.ok()) << e->status;
+      ASSERT_TRUE(e->kv_handoff);
+      sums = e->kv_checksums;
+      break;
+    }
+  }
+  Request r = request;
+  r.kv_import = Request::KvImport{d->token, first.at(0), sums};
+  auto decoded = decode_.engine->Submit(r);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ASSERT_TRUE(Await([&] { return decode_.deferred->held() == 1; }));
+  EXPECT_FALSE((*decoded)->Next(absl::Milliseconds(50)).ok());  // nothing runs before the answer
+  EXPECT_EQ(decode_.engine->counters().num_running + decode_.engine->counters().num_waiting, 0);
+  EXPECT_EQ(decode_.deferred->Release(), 1u);
+  auto out = (*decoded)->Collect(absl::Seconds(30));
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_TRUE(out->status.ok()) << out->status;
+  std::vector<int32_t> tokens = first;
+  tokens.insert(tokens.end(), out->token_ids.begin(), out->token_ids.end());
+  auto parts = MakeTestEngine(fixture_.config, *fixture_.weights);
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  auto mixed = testing::GenerateGreedy(*parts->executor, fixture_.config, {fixture_.prompts[0].ids},
+                                       8, prefill_.engine->config());
+  ASSERT_TRUE(mixed.ok()) << mixed.status();
+  EXPECT_EQ(tokens, (*mixed)[0].token_ids);
+}
+
+// Whatever ends while an answer is out gives its blocks back when the answer comes (TearDown
+// checks every block): a request cancelled during its commit, and, with the engine stopped, a
+// reservation still unanswered — whose caller hears kUnavailable.
+TEST_F(DisaggregationTest, WhatEndsWhileAKvAnswerIsOutReturnsItsBlocks) {
+  defer_kv_answers_ = true;
+  Remake();
+  const Request request = Greedy(fixture_.prompts[0].ids, 8);
+  std::thread answerer([&] {
+    // Answers the reservation at once.
+    ASSERT_TRUE(Await([&] { return decode_.deferred->held() == 1; }));
+    decode_.deferred->Release();
+  });
+  KvDestination d;
+  std::vector<KvSegmentChecksum> sums;
+  auto first = Prefill(request, &d, &sums);
+  answerer.join();
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(handoff_);
+  Request r = request;
+  r.kv_import = Request::KvImport{d.token, first->token_ids[0], sums};
+  auto decoded = decode_.engine->Submit(r);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ASSERT_TRUE(Await([&] { return decode_.deferred->held() == 1; }));
+  decode_.engine->Cancel((*decoded)->request_id());
+  auto out = (*decoded)->Collect(absl::Seconds(30));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->status.code(), absl::StatusCode::kCancelled) << out->status;
+  EXPECT_GT(decode_.engine->counters().kv_blocks_reserved, 0);  // until the answer
+  decode_.deferred->Release();
+  ASSERT_TRUE(Await([&] { return decode_.engine->counters().kv_blocks_reserved == 0; }));
+  // A reservation unanswered when the engine stops.
+  absl::StatusOr<KvDestination> pending = absl::UnknownError("not answered");
+  std::thread reserver([&] { pending = decode_.engine->ReserveKv(request); });
+  ASSERT_TRUE(Await([&] { return decode_.deferred->held() == 1; }));
+  EXPECT_TRUE(decode_.engine->Shutdown(absl::ZeroDuration()).ok());
+  reserver.join();
+  EXPECT_EQ(pending.status().code(), absl::StatusCode::kUnavailable) << pending.status();
+  EXPECT_EQ(decode_.engine->counters().kv_blocks_reserved, 0);
+  EXPECT_EQ(decode_.port->counters().blocks_reserved, 0);
+  // The answer, after the engine is gone, goes nowhere.
+  decode_.engine.reset();
+  EXPECT_EQ(decode_.deferred->Release(), 1u);
 }
 
 TEST_F(DisaggregationTest, BadKvRequestsAreRefusedAtSubmit) {
