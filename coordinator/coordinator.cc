@@ -476,6 +476,10 @@ void Coordinator::RegisterMetrics() {
       "KV transfers that failed (send), writes refused by a decode replica (refused) and "
       "transfers whose checksums did not match (checksum).",
       {"replica", "kind"});
+  m_.pipeline_drains = &metrics_.AddCounter(
+      "tessera_pipeline_drains_total",
+      "Messages between a pipelined replica's steps that waited for its steps in flight.",
+      {"replica"});
   m_.lease_expirations =
       &metrics_
            .AddCounter("tessera_replica_lease_expirations_total",
@@ -542,6 +546,10 @@ bool Coordinator::Heartbeat(const std::string& replica_id, const ReplicaLoad& lo
   add_kv(m_.kv_failures, "send", load.kv_transfers_failed, previous.kv_transfers_failed);
   add_kv(m_.kv_failures, "refused", load.kv_writes_refused, previous.kv_writes_refused);
   add_kv(m_.kv_failures, "checksum", load.kv_checksum_failures, previous.kv_checksum_failures);
+  if (load.pipeline_drains_total > previous.pipeline_drains_total) {
+    m_.pipeline_drains->WithLabels({name}).Increment(
+        static_cast<double>(load.pipeline_drains_total - previous.pipeline_drains_total));
+  }
   return true;
 }
 

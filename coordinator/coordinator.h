@@ -117,9 +117,10 @@ class Coordinator final : public Frontend {
     Family<Counter>* prefix_cache_queries;  // engine
     Family<Counter>* prefix_cache_hits;     // engine
     Counter* disaggregated;
-    Family<Counter>* kv_recoveries;  // model_name, reason
-    Family<Counter>* kv_bytes;       // replica, direction
-    Family<Counter>* kv_failures;    // replica, kind
+    Family<Counter>* kv_recoveries;    // model_name, reason
+    Family<Counter>* kv_bytes;         // replica, direction
+    Family<Counter>* kv_failures;      // replica, kind
+    Family<Counter>* pipeline_drains;  // replica
   };
 
   Coordinator(CoordinatorOptions options, std::unique_ptr<model::Tokenizer> tokenizer,

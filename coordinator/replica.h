@@ -53,6 +53,7 @@ struct ReplicaLoad {
   int64_t kv_transfers_failed = 0;
   int64_t kv_writes_refused = 0;
   int64_t kv_checksum_failures = 0;
+  int64_t pipeline_drains_total = 0;  // worker::EngineCounters::pipeline_drains
 };
 
 // A request as a replica runs it: token ids, sampling without stop strings (the coordinator

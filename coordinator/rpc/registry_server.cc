@@ -48,6 +48,7 @@ ReplicaLoad FromProto(const v1::ReplicaStats& s) {
   load.kv_transfers_failed = s.kv_transfers_failed();
   load.kv_writes_refused = s.kv_writes_refused();
   load.kv_checksum_failures = s.kv_checksum_failures();
+  load.pipeline_drains_total = s.pipeline_drains_total();
   return load;
 }
 

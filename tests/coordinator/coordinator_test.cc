@@ -472,6 +472,14 @@ TEST_F(CoordinatorTest, MetricsUseVllmNames) {
                                              "_time_seconds_count{model_name=\"m\"} 1")));
   }
   EXPECT_THAT(text, HasSubstr("tessera_kv_transfer_seconds_count{model_name=\"m\"} 0"));
+  // A replica's cumulative counters become the coordinator's increments.
+  ReplicaLoad load = replicas_[0]->load();
+  for (int64_t drains : {3, 5}) {
+    load.pipeline_drains_total = drains;
+    ASSERT_TRUE(coordinator_->Heartbeat(ids_[0], load));
+  }
+  EXPECT_THAT(coordinator_->RenderMetrics(),
+              HasSubstr("tessera_pipeline_drains_total{replica=\"r0\"} 5"));
 }
 
 GenerateRequest Ids(std::vector<int32_t> prompt, int max_tokens) {

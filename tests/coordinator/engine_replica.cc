@@ -218,6 +218,7 @@ ReplicaLoad EngineReplica::load() const {
   load.kv_blocks_cached = c.kv_blocks_cached;
   load.kv_blocks_reserved = c.kv_blocks_reserved;
   load.kv_blocks_exporting = c.kv_blocks_exporting;
+  load.pipeline_drains_total = c.pipeline_drains;
   if (port_ != nullptr) {
     const worker::KvPortCounters kv = port_->counters();
     load.kv_bytes_sent = kv.bytes_sent;

@@ -135,6 +135,7 @@ v1::ReplicaStats ToReplicaStats(const EngineCounters& c, const KvPortCounters* k
   stats.set_prefix_cache_hits_total(c.prefix_cache_hits);
   stats.set_requests_in_flight(c.requests_in_flight);
   stats.set_steps_total(c.steps);
+  stats.set_pipeline_drains_total(c.pipeline_drains);
   return stats;
 }
 
