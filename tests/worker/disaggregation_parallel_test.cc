@@ -10,14 +10,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "kvtransfer/inproc/in_process_transport.h"
-#include "parallel/comm/inproc/in_process_communicator.h"
 #include "tests/worker/replica_test_util.h"
 #include "tests/worker/test_util.h"
+#include "tests/worker/thread_replica.h"
 #include "worker/engine.h"
 #include "worker/replica.h"
 #include "worker/replica_kv.h"
@@ -29,6 +27,7 @@ using testing::Fixture;
 using ::testing::HasSubstr;
 using testing::LoadFixture;
 using testing::Split;
+using testing::ThreadReplica;
 
 // `budget`: tokens a step (16 chunks the fixture's prompts).
 SchedulerConfig TestScheduler(int32_t budget = 128) {
@@ -39,133 +38,20 @@ SchedulerConfig TestScheduler(int32_t budget = 128) {
   return s;
 }
 
-// A replica of tp x pp ranks as threads; each rank's cache on an in-process transport of its own.
-class ThreadReplica {
- public:
-  // With split.steps_in_flight > 1 the prompts go in chunks of 16 tokens, so that a prompt's
-  // chunks follow each other into the pipeline.
-  ThreadReplica(const Fixture& f, const Split& split,
-                std::shared_ptr<kvtransfer::InProcessFabric> fabric, std::string name,
-                bool stream_layers = true)
-      : f_(f),
-        split_(split),
-        fabric_(std::move(fabric)),
-        name_(std::move(name)),
-        stream_layers_(stream_layers) {
-    const int n = split.tp * split.pp;
-    caches_.resize(n);
-    status_.resize(n);
-    auto group = parallel::CreateInProcessGroup(
-        n, {.timeout = absl::Seconds(30), .synchronous_sends = split.synchronous_sends});
-    if (!group.ok()) {
-      setup_ = group.status();
-      return;
-    }
-    group_ = std::move(*group);
-    for (int r = 0; r < n; ++r) threads_.emplace_back([this, r] { status_[r] = RunRank(r); });
-    if (!ready_.WaitForNotificationWithTimeout(absl::Seconds(60))) {
-      setup_ = absl::DeadlineExceededError("the replica did not come up");
-    }
-  }
-  ~ThreadReplica() { (void)Stop(); }
-
-  const absl::Status& setup() const { return setup_; }
-  Engine& engine() { return *engine_; }
-  KvEndpoint& kv() { return *kv_; }
-  KvCache& cache(int rank) { return *caches_[rank]; }
-
-  // Shuts the engine down and stops every rank; the counters at the end in `final`.
-  absl::Status Stop(EngineCounters* final = nullptr) {
-    if (stopped_) return absl::OkStatus();
-    stopped_ = true;
-    stop_.Notify();
-    for (std::thread& t : threads_) t.join();
-    if (final != nullptr) *final = final_;
-    for (const absl::Status& s : status_) {
-      if (!s.ok()) return s;
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  absl::Status RunRank(int r) {
-    parallel::Communicator& comm = *group_[r];
-    absl::Status status = RunRankBody(r, comm);
-    if (!status.ok()) {
-      comm.Abort();
-      if (r == 0 && !ready_.HasBeenNotified()) {
-        setup_ = status;
-        ready_.Notify();
-      }
-    }
-    return status;
-  }
-
-  absl::Status RunRankBody(int r, parallel::Communicator& comm) {
-    auto backend = kernels::CreateCpuBackend({.num_threads = 1});
-    if (!backend.ok()) return backend.status();
-    absl::StatusOr<ReplicaRank> rank =
-        CreateReplicaRank(f_.config, *f_.weights, **backend, comm, testing::ReplicaOptions(split_));
-    if (!rank.ok()) return rank.status();
-    caches_[r] = rank->cache.get();
-    kvtransfer::TransportOptions t;
-    t.name = absl::StrCat(name_, ".", r);
-    auto transport = kvtransfer::InProcessTransport::Create(fabric_, t);
-    if (!transport.ok()) return transport.status();
-    auto port =
-        KvPort::Create(*rank->cache, **transport,
-                       KvPortOptionsFor(rank->model->plan(), f_.config.num_key_value_heads));
-    if (!port.ok()) return port.status();
-    if (!rank->worker->is_leader()) {
-      FollowerKvHandler handler(**port, r, rank->worker.get());
-      return RunFollower(*rank->worker,
-                         [&handler](const std::vector<int64_t>& c) { return handler.Handle(c); });
-    }
-    auto executor =
-        ReplicaExecutor::Create(*rank->worker, {.max_steps_in_flight = split_.steps_in_flight});
-    if (!executor.ok()) return executor.status();
-    std::unique_ptr<ReplicaKvPort> replica_port;
-    kv_ = port->get();
-    if (comm.size() > 1) {
-      auto made = ReplicaKvPort::Create(**port, **executor);
-      if (!made.ok()) return made.status();
-      replica_port = std::move(*made);
-      kv_ = replica_port.get();
-    }
-    EngineOptions e;
-    e.scheduler = TestScheduler(split_.steps_in_flight > 1 ? 16 : 128);
-    e.kv_port = kv_;
-    e.kv_stream_layers = stream_layers_;
-    auto engine = Engine::Create(**executor, f_.config, e);
-    if (!engine.ok()) return engine.status();
-    engine_ = engine->get();
-    ready_.Notify();
-    stop_.WaitForNotification();
-    absl::Status shutdown = (*engine)->Shutdown(absl::Seconds(5));
-    final_ = (*engine)->counters();
-    engine->reset();
-    replica_port.reset();
-    absl::Status stopped = (*executor)->Stop();
-    return shutdown.ok() ? stopped : shutdown;
-  }
-
-  const Fixture& f_;
-  const Split split_;
-  std::shared_ptr<kvtransfer::InProcessFabric> fabric_;
-  const std::string name_;
-  const bool stream_layers_;
-  std::vector<std::unique_ptr<parallel::Communicator>> group_;
-  std::vector<KvCache*> caches_;
-  std::vector<absl::Status> status_;
-  std::vector<std::thread> threads_;
-  absl::Notification ready_;
-  absl::Notification stop_;
-  absl::Status setup_;
-  Engine* engine_ = nullptr;
-  KvEndpoint* kv_ = nullptr;
-  EngineCounters final_;
-  bool stopped_ = false;
-};
+// A side of the tests: the fixture's model split as `split`. With split.steps_in_flight > 1 the
+// prompts go in chunks of 16 tokens, so that a prompt's chunks follow each other into the
+// pipeline.
+std::unique_ptr<ThreadReplica> MakeReplica(const Fixture& f, const Split& split,
+                                           std::shared_ptr<kvtransfer::InProcessFabric> fabric,
+                                           std::string name, bool stream_layers) {
+  testing::ThreadReplicaOptions o;
+  o.split = split;
+  o.name = std::move(name);
+  o.stream_layers = stream_layers;
+  o.rank = testing::ReplicaOptions(split);
+  o.scheduler = TestScheduler(split.steps_in_flight > 1 ? 16 : 128);
+  return std::make_unique<ThreadReplica>(f.config, *f.weights, std::move(fabric), std::move(o));
+}
 
 struct Pair {
   Split prefill;
@@ -190,11 +76,10 @@ class DisaggregationParallelTest : public ::testing::TestWithParam<Pair> {
     ASSERT_TRUE(fixture.ok()) << fixture.status();
     fixture_ = std::move(*fixture);
     fabric_ = kvtransfer::InProcessFabric::Create();
-    prefill_ = std::make_unique<ThreadReplica>(fixture_, GetParam().prefill, fabric_, "prefill",
-                                               GetParam().stream_layers);
+    prefill_ =
+        MakeReplica(fixture_, GetParam().prefill, fabric_, "prefill", GetParam().stream_layers);
     ASSERT_TRUE(prefill_->setup().ok()) << prefill_->setup();
-    decode_ = std::make_unique<ThreadReplica>(fixture_, GetParam().decode, fabric_, "decode",
-                                              GetParam().stream_layers);
+    decode_ = MakeReplica(fixture_, GetParam().decode, fabric_, "decode", GetParam().stream_layers);
     ASSERT_TRUE(decode_->setup().ok()) << decode_->setup();
   }
 
