@@ -227,7 +227,7 @@ void Engine::RunLoop() {
     absl::Time drain_deadline;
     {
       absl::MutexLock lock(&mu_);
-      if (!Busy() && inbox_.empty() && !shutdown_) {
+      if ((!Busy() || stalled_) && inbox_.empty() && !shutdown_) {
         auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return !inbox_.empty() || shutdown_;
         };
@@ -523,6 +523,7 @@ void Engine::EndExport(RequestId id, const absl::Status& status) {
 bool Engine::Busy() const { return scheduler_->HasWork() || scheduler_->steps_in_flight() > 0; }
 
 absl::Status Engine::Step() {
+  stalled_ = false;
   const int depth = scheduler_->config().max_steps_in_flight;
   if (scheduler_->steps_in_flight() < depth && scheduler_->HasWork()) {
     const StepPlan plan = scheduler_->Schedule();
@@ -538,7 +539,14 @@ absl::Status Engine::Step() {
       // Room for another step: take new commands, then plan it (its sequences are others).
       if (scheduler_->steps_in_flight() < depth) return absl::OkStatus();
     } else if (scheduler_->steps_in_flight() == 0) {
-      return absl::InternalError("the scheduler planned an empty step while requests wait");
+      if (!scheduler_->HoldsBlocksOutsideSequences()) {
+        return absl::InternalError("the scheduler planned an empty step while requests wait");
+      }
+      // The waiting requests need blocks that KV reservations or exports hold: they come back
+      // with a commit, a release, an expired lease or a finished send. Wait for them (the
+      // followers' keep-alives and posted commands go meanwhile).
+      stalled_ = true;
+      return executor_.Idle();
     }
   }
   absl::StatusOr<StepResult> result = executor_.Collect();

@@ -204,6 +204,8 @@ class Engine {
   absl::flat_hash_map<uint64_t, Reserving> reserving_;      // by token; engine thread
   absl::flat_hash_map<RequestId, Committing> committing_;   // engine thread
   const std::shared_ptr<KvAnswers> kv_answers_;
+  // The last Step planned nothing for want of blocks held outside the sequences: the loop waits.
+  bool stalled_ = false;                            // engine thread only
   absl::flat_hash_map<RequestId, Export> exports_;  // engine thread only
   // Prompts still being computed whose finished blocks are on their way (engine thread only).
   // An entry must go — cancelling its sends — before the request's blocks can be reused.

@@ -105,9 +105,13 @@ class Scheduler {
   std::vector<RequestId> TakeAdmitted();
 
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
+  // Whether blocks are held outside the sequences, by KV reservations or exports: they come back
+  // without a step (a commit, a release, a finished send).
+  bool HoldsBlocksOutsideSequences() const { return !reservations_.empty() || !exports_.empty(); }
   // Plans the next step over the sequences no step in flight owes a token: at least one token when
-  // HasWork() and no step is in flight; otherwise it may be empty (every sequence waits for a
-  // step in flight, or for the blocks one will free), and then nothing is put in flight.
+  // HasWork(), no step is in flight and no blocks are held outside the sequences; otherwise it may
+  // be empty (every sequence waits for a step in flight, or for the blocks a step, a reservation
+  // or an export will free), and then nothing is put in flight.
   StepPlan Schedule();
   int steps_in_flight() const { return static_cast<int>(in_flight_.size()); }
   // Applies the executor's result to the sequences of the oldest step in flight: one event per

@@ -546,6 +546,39 @@ TEST_F(DisaggregationTest, WhatEndsWhileAKvAnswerIsOutReturnsItsBlocks) {
   EXPECT_EQ(decode_.deferred->Release(), 1u);
 }
 
+// Blocks held outside any sequence (a reservation here; an export on a prefill replica) can
+// leave a waiting request nothing to run with no step in flight. The engine waits for them to
+// come back, as it waits for a step's blocks, instead of failing.
+TEST_F(DisaggregationTest, ARequestWaitsForBlocksAReservationHolds) {
+  // Two reservations of 31 blocks of 4 tokens leave 2 of the 64.
+  std::vector<uint64_t> tokens;
+  for (int i = 0; i < 2; ++i) {
+    Request big;
+    for (int t = 0; t < 124; ++t) big.prompt.push_back(5 + (t * 7 + i) % 100);
+    big.sampling.max_tokens = 1;
+    auto d = decode_.engine->ReserveKv(big);
+    ASSERT_TRUE(d.ok()) << d.status();
+    tokens.push_back(d->token);
+  }
+  ASSERT_EQ(decode_.engine->counters().kv_blocks_reserved, 62);
+  // A request that needs more than what is left waits for the reservations.
+  std::vector<int32_t> prompt;
+  for (int t = 0; t < 40; ++t) prompt.push_back(7 + t);
+  Request small = Greedy(prompt, 8);
+  auto stream = decode_.engine->Submit(small);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  absl::SleepFor(absl::Milliseconds(100));
+  const EngineCounters waiting = decode_.engine->counters();
+  EXPECT_EQ(waiting.num_waiting, 1);
+  EXPECT_EQ(waiting.num_running, 0);
+  EXPECT_EQ(waiting.requests_in_flight, 1);
+  for (uint64_t token : tokens) decode_.engine->ReleaseKv(token);
+  auto out = (*stream)->Collect(absl::Seconds(30));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(out->status.ok()) << out->status;
+  EXPECT_EQ(out->token_ids.size(), 8u);
+}
+
 TEST_F(DisaggregationTest, BadKvRequestsAreRefusedAtSubmit) {
   Request r = Greedy(fixture_.prompts[0].ids, 8);
   r.kv_import = Request::KvImport{1, 5, {}};
