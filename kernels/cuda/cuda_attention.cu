@@ -360,6 +360,13 @@ cudaError_t OptInSharedMemory() {
 }  // namespace
 
 cudaError_t PrepareAttentionKernels(const DeviceLimits& limits) {
+  // The SIMT kernel's tile grows with head_dim and the GQA group (the launcher refuses what the
+  // device cannot hold): it may use up to the device's opt-in limit.
+  if (limits.max_shared_bytes > 48 * 1024) {
+    const cudaError_t error = cudaFuncSetAttribute(
+        AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limits.max_shared_bytes);
+    if (error != cudaSuccess) return error;
+  }
   if (limits.compute_major < 8) return cudaSuccess;  // the tile never runs there
   for (const auto& [head_dim, opt_in] :
        {std::pair{32, &OptInSharedMemory<32>}, std::pair{64, &OptInSharedMemory<64>},
@@ -471,15 +478,10 @@ cudaError_t LaunchPagedAttention(const PagedAttentionArgs& a, const DeviceLimits
         break;
     }
   } else if (error == cudaSuccess) {
+    // Opted into up to the device's limit by PrepareAttentionKernels.
     const size_t shared = SharedBytes(p.rows_per_item * p.heads_per_item, a.head_dim);
-    if (shared > 48 * 1024) {
-      error = cudaFuncSetAttribute(AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(shared));
-    }
-    if (error == cudaSuccess) {
-      AttentionKernel<<<grid, kThreads, shared, stream>>>(a, p, items, count);
-      error = cudaGetLastError();
-    }
+    AttentionKernel<<<grid, kThreads, shared, stream>>>(a, p, items, count);
+    error = cudaGetLastError();
   }
   if (error == cudaSuccess && splits > 1) {
     const dim3 combine(static_cast<unsigned>(a.tokens), static_cast<unsigned>(a.q_heads));

@@ -136,8 +136,9 @@ struct DeviceLimits {
 size_t PagedAttentionMinSharedBytes(int64_t head_dim);
 cudaError_t LaunchPagedAttention(const PagedAttentionArgs& args, const DeviceLimits& limits,
                                  cudaStream_t stream);
-// Lets the tensor-core tiles use the shared memory they need on the current device (more than
-// the default 48 KiB): once per device, when the backend is made, not on every launch.
+// Lets the attention kernels use more than the default 48 KiB of shared memory on the current
+// device (the tensor-core tiles what they need, the SIMT kernel up to the device's limit): once
+// per device, when the backend is made, not on every launch.
 cudaError_t PrepareAttentionKernels(const DeviceLimits& limits);
 // Whether LaunchPagedAttention takes the tensor-core tile (mma_attention.h) for `args`, or the
 // SIMT kernel: host logic only, so testable without a GPU.
