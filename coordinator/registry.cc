@@ -102,13 +102,23 @@ absl::StatusOr<std::shared_ptr<ReplicaEntry>> ReplicaRegistry::Register(ReplicaI
     }
   }
   if (info.role != "mixed") {
-    // KV moves block for block between the pools: they must agree on the block size.
+    // KV moves block for block between the pools: they must agree on the block size and on the
+    // blocks' element type.
     for (const auto& [other_id, lease] : leases_) {
       const ReplicaInfo& other = lease.entry->info();
-      if (other.role != "mixed" && other.name != info.name && other.block_size != info.block_size) {
+      if (other.role == "mixed" || other.name == info.name) continue;
+      if (other.block_size != info.block_size) {
         return error("replica ", info.name, " (", info.role, ") has block_size ", info.block_size,
                      " but ", other.role, " replica ", other.name, " has ", other.block_size,
                      ": prefill and decode replicas must use the same --block-size");
+      }
+      if (!info.kv_cache_dtype.empty() && !other.kv_cache_dtype.empty() &&
+          other.kv_cache_dtype != info.kv_cache_dtype) {
+        return error("replica ", info.name, " (", info.role, ") keeps its KV cache in ",
+                     info.kv_cache_dtype, " but ", other.role, " replica ", other.name, " keeps ",
+                     other.kv_cache_dtype,
+                     ": prefill and decode replicas exchange KV blocks of one type "
+                     "(--kv-cache-dtype)");
       }
     }
   }

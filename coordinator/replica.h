@@ -31,6 +31,8 @@ struct ReplicaInfo {
   int32_t pipeline_parallel_size = 1;
   // Prefill/decode: each rank's KV transport descriptor (opaque), replica rank order.
   std::vector<std::string> kv_descriptors;
+  // Prefill/decode: the KV cache's element type (DataTypeName); empty when not said.
+  std::string kv_cache_dtype;
 };
 
 struct ReplicaLoad {

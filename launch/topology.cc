@@ -122,7 +122,8 @@ void ReadEngine(MapReader& r, EngineFlags& e) {
 
 // What a pool's workers store their KV cache in, as far as the topology tells: auto follows the
 // activations, f32 on the CPU and on a GPU the weights' type (the checkpoint's own when the pool's
-// dtype is auto too; ComputeEngineLimits).
+// dtype is auto too; ComputeEngineLimits). A check before anything starts; the coordinator checks
+// the types the workers resolved when they register (ReplicaInfo::kv_cache_dtype).
 std::string KvDtypeOf(const TopologyPool& p) {
   const EngineFlags& e = p.engine;
   if (e.kv_cache_dtype != "auto") return e.kv_cache_dtype;

@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/dtype.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kvtransfer/grpc/grpc_transport.h"
@@ -306,6 +307,9 @@ absl::Status RunWorker(WorkerFlags flags) {
     if (port != nullptr) {
       for (const worker::KvRankLayout& rank : port->layouts()) {
         descriptor.add_kv_descriptors(rank.descriptor);
+      }
+      if (!port->layouts().empty()) {
+        descriptor.set_kv_cache_dtype(std::string(DataTypeName(port->layouts()[0].dtype)));
       }
       if (flags.role == "prefill") {
         preconnector = std::make_unique<worker::KvPreconnector>(

@@ -25,6 +25,7 @@ ReplicaInfo FromProto(const v1::ReplicaDescriptor& d) {
   info.tensor_parallel_size = d.tensor_parallel_size();
   info.pipeline_parallel_size = d.pipeline_parallel_size();
   info.kv_descriptors.assign(d.kv_descriptors().begin(), d.kv_descriptors().end());
+  info.kv_cache_dtype = d.kv_cache_dtype();
   return info;
 }
 

@@ -432,6 +432,17 @@ TEST_F(CoordinatorTest, RegistrationChecksTheReplica) {
   decode.block_size = prefill.block_size * 2;
   EXPECT_THAT(std::string(coordinator_->RegisterReplica(decode).status().message()),
               HasSubstr("must use the same --block-size"));
+  // The KV's element type, as the workers resolved it, must agree too (when both say it).
+  prefill.kv_cache_dtype = "bf16";
+  ASSERT_TRUE(coordinator_->RegisterReplica(prefill).ok());
+  decode.block_size = prefill.block_size;
+  decode.kv_cache_dtype = "f32";
+  EXPECT_THAT(std::string(coordinator_->RegisterReplica(decode).status().message()),
+              HasSubstr("keeps its KV cache in f32 but prefill replica x keeps bf16"));
+  decode.kv_cache_dtype = "bf16";
+  auto matched = coordinator_->RegisterReplica(decode);
+  ASSERT_TRUE(matched.ok()) << matched.status();
+  coordinator_->DeregisterReplica((*matched)->id());
   ReplicaInfo bad_role = replica.info("m");
   bad_role.role = "both";
   EXPECT_EQ(coordinator_->RegisterReplica(bad_role).status().code(),
