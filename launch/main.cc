@@ -59,7 +59,10 @@ int main(int argc, char** argv) {
     for (std::string& a : args) pointers.push_back(a.data());
     app.parse(static_cast<int>(pointers.size()), pointers.data());
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0. Every usage error (an unknown flag, a value outside its set or
+    // range, a missing argument) exits 2, as argparse's do (vLLM's, torchrun's), whatever code
+    // CLI11 gives its kind of error. Errors found after parsing exit 1.
+    return app.exit(e) == 0 ? 0 : 2;
   }
   auto level = tessera::ParseLogLevel(log_level);
   if (!level.ok()) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end checks of the tessera binary: make-model writes a checkpoint that generate runs, the
 # output is deterministic, batched prompts equal the same prompts alone, and bad input fails with
-# a message that names the problem (exit 1), never a crash.
+# a message that names the problem (exit 1; exit 2 for usage errors, as argparse's), never a crash.
 set -uo pipefail
 TESSERA=$1
 WORK=$(mktemp -d)
@@ -14,6 +14,15 @@ expect_error() {  # expect_error "text in stderr" args...
   local rc=$?
   [ $rc -eq 1 ] || fail "expected exit 1 from '$*', got $rc: $(cat "$WORK/err")"
   grep -qF -- "$text" "$WORK/err" || fail "expected '$text' in the error of '$*', got: $(cat "$WORK/err")"
+}
+
+expect_usage_error() {  # a usage error (CLI11's): exit 2, as argparse's
+  local want="$1"
+  shift
+  "$TESSERA" "$@" >"$WORK/out" 2>"$WORK/err"
+  local rc=$?
+  [ $rc -eq 2 ] || fail "expected exit 2 from '$*', got $rc: $(cat "$WORK/err")"
+  grep -qF -- "$want" "$WORK/err" || fail "'$*': no '$want' in: $(cat "$WORK/err")"
 }
 
 "$TESSERA" make-model --out "$WORK/m" --preset tiny --seed 3 --init-std 0.5 >/dev/null || fail "make-model"
@@ -116,11 +125,12 @@ assert set(figures) == want, figures
 assert all(gbps >= 0 and tflops >= 0 for gbps, tflops in figures.values()), figures
 PY
 expect_error "unknown op 'softmax'" bench-kernels --preset tiny --ops softmax
-# A flag value outside its set is CLI11's usage error (exit 105), before anything runs.
-"$TESSERA" bench-kernels --preset tiny --attention-kernel fast >"$WORK/out" 2>"$WORK/err" &&
-  fail "bench-kernels --attention-kernel fast succeeded"
-grep -qF "fast not in {auto,simt,tensor-cores}" "$WORK/err" ||
-  fail "bench-kernels --attention-kernel fast: $(cat "$WORK/err")"
+# A flag value outside its set, or a flag that does not exist, is a usage error: exit 2 (as
+# argparse's), before anything runs.
+expect_usage_error "fast not in {auto,simt,tensor-cores}" \
+  bench-kernels --preset tiny --attention-kernel fast
+expect_usage_error "--no-such-flag" generate --model "$WORK/m" --prompt-ids 1,2 --no-such-flag
+expect_usage_error "--log-level" --log-level loud generate --model "$WORK/m" --prompt-ids 1,2
 expect_error "backend 'tpu' is not cpu or cuda" bench-kernels --preset tiny --backend tpu
 "$TESSERA" bench-engine --preset tiny --batch-sizes 1,2 --prompt-len 8 --decode-steps 2 \
   --copy-gib 0.01 --gemm-size 64 >"$WORK/engine.txt" 2>"$WORK/err" ||
