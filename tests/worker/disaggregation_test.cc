@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kvtransfer/fault_injecting_transport.h"
 #include "kvtransfer/inproc/in_process_transport.h"
 #include "tests/kernels/test_backends.h"
 #include "tests/worker/test_util.h"
@@ -97,7 +98,7 @@ class DeferredKv final : public KvEndpoint {
 // One replica: model, cache, transport, port, engine.
 struct Side {
   TestEngine parts;
-  std::unique_ptr<kvtransfer::InProcessTransport> transport;
+  std::unique_ptr<kvtransfer::Transport> transport;
   std::unique_ptr<KvPort> port;
   std::unique_ptr<DeferredKv> deferred;  // between port and engine when answers are deferred
   std::unique_ptr<Engine> engine;
@@ -143,6 +144,12 @@ class DisaggregationTest : public ::testing::Test {
     auto transport = kvtransfer::InProcessTransport::Create(fabric_, t);
     ASSERT_TRUE(transport.ok()) << transport.status();
     side.transport = std::move(*transport);
+    if (transfer_delay_ > absl::ZeroDuration()) {
+      auto slow = kvtransfer::FaultInjectingTransport::Create(std::move(side.transport),
+                                                              {.transfer_delay = transfer_delay_});
+      ASSERT_TRUE(slow.ok()) << slow.status();
+      side.transport = std::move(*slow);
+    }
     auto port = KvPort::Create(*side.parts.cache, *side.transport, {.stage_through_host = staged_});
     ASSERT_TRUE(port.ok()) << port.status();
     side.port = std::move(*port);
@@ -201,6 +208,7 @@ class DisaggregationTest : public ::testing::Test {
   int32_t batched_tokens_ = 256;
   bool staged_ = false;            // KvPortOptions::stage_through_host, the path of a GPU cache
   bool defer_kv_answers_ = false;  // DeferredKv in front of each port
+  absl::Duration transfer_delay_;  // > 0: every KV transfer takes at least this long
   std::string backend_ = "cpu";
   Side prefill_;
   Side decode_;
@@ -577,6 +585,36 @@ TEST_F(DisaggregationTest, ARequestWaitsForBlocksAReservationHolds) {
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_TRUE(out->status.ok()) << out->status;
   EXPECT_EQ(out->token_ids.size(), 8u);
+}
+
+// The same on the prefill side: blocks held by a slow export.
+TEST_F(DisaggregationTest, ARequestWaitsForBlocksAnExportHolds) {
+  transfer_delay_ = absl::Milliseconds(200);
+  Remake();
+  // Two prompts of 31 blocks (of 4 tokens) leave 2 of the prefill replica's 64 while they send.
+  std::vector<std::thread> handoffs;
+  std::vector<absl::Status> status(2);
+  for (int i = 0; i < 2; ++i) {
+    handoffs.emplace_back([&, i] {
+      Request big;
+      for (int t = 0; t < 124; ++t) big.prompt.push_back(5 + (t * 7 + i) % 100);
+      big.sampling.max_tokens = 4;
+      big.sampling.ignore_eos = true;
+      status[i] = Disaggregated(big).status();
+    });
+  }
+  ASSERT_TRUE(Await([&] { return prefill_.engine->counters().kv_blocks_exporting == 62; }));
+  // A request that needs more than what is left waits for the exports to end.
+  std::vector<int32_t> prompt;
+  for (int t = 0; t < 40; ++t) prompt.push_back(7 + t);
+  auto stream = prefill_.engine->Submit(Greedy(prompt, 8));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto out = (*stream)->Collect(absl::Seconds(30));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(out->status.ok()) << out->status;
+  EXPECT_EQ(out->token_ids.size(), 8u);
+  for (std::thread& t : handoffs) t.join();
+  for (const absl::Status& s : status) EXPECT_TRUE(s.ok()) << s;
 }
 
 TEST_F(DisaggregationTest, BadKvRequestsAreRefusedAtSubmit) {
