@@ -14,7 +14,8 @@ BUILD_DIR="${BUILD_DIR:-$ROOT/build-fuzz}"
 JOBS="${JOBS:-2}"
 # Each target is tests/<folder>/fuzz/<name>.cc, with seeds in tests/<folder>/fuzz/corpus/<name
 # without _fuzz> and an optional dictionary tests/<folder>/fuzz/*.dict.
-TARGETS=(model/safetensors_header_fuzz model/config_fuzz kvtransfer/ucx_wire_fuzz)
+TARGETS=(model/safetensors_header_fuzz model/config_fuzz kvtransfer/ucx_wire_fuzz
+  worker/replica_wire_fuzz)
 
 if [ -z "${CXX:-}" ]; then
   if command -v clang++ >/dev/null; then CXX=clang++; else CXX=clang++-14; fi
@@ -34,7 +35,8 @@ mkdir -p "$BUILD_DIR/obj" "$BUILD_DIR/artifacts"
 
 # The library code under test, instrumented for coverage, in an archive so that only the objects
 # the targets need are linked.
-SOURCES=("$ROOT"/model/*.cc "$ROOT"/common/*.cc "$ROOT"/kvtransfer/ucx/wire.cc)
+SOURCES=("$ROOT"/model/*.cc "$ROOT"/common/*.cc "$ROOT"/kvtransfer/ucx/wire.cc
+  "$ROOT"/worker/replica_wire.cc)
 OBJECTS=()
 pids=()
 for src in "${SOURCES[@]}"; do
@@ -42,8 +44,8 @@ for src in "${SOURCES[@]}"; do
   obj="$BUILD_DIR/obj/${rel//\//_}.o"
   OBJECTS+=("$obj")
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$0" -nt "$obj" ] ||
-     [ -n "$(find "$ROOT/model" "$ROOT/common" "$ROOT/kvtransfer" -name '*.h' -newer "$obj" \
-       -print -quit)" ]; then
+     [ -n "$(find "$ROOT/model" "$ROOT/common" "$ROOT/kvtransfer" "$ROOT/worker" -name '*.h' \
+       -newer "$obj" -print -quit)" ]; then
     "$CXX" "${CXXFLAGS[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj" &
     pids+=($!)
     if [ "${#pids[@]}" -ge "$JOBS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi

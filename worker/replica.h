@@ -46,6 +46,7 @@
 #include "worker/kv_cache.h"
 #include "worker/llama_model.h"
 #include "worker/local_executor.h"
+#include "worker/replica_wire.h"
 #include "worker/step.h"
 #include "worker/vocab_parallel.h"
 
@@ -251,6 +252,11 @@ class ReplicaExecutor final : public StepExecutor {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Marks the channel broken by `status` and hands it to every handler still waiting.
   absl::Status BreakLocked(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues each of `posted`'s handlers with its command's replies (the first posted.size() of
+  // `replies`: replies[command][follower]) or the error.
+  using CommandReplies = std::vector<std::vector<std::vector<int64_t>>>;
+  void HandOutLocked(std::vector<PostedReplyHandler>& posted,
+                     absl::StatusOr<CommandReplies>& replies) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues the replies (a reply section, or an error) of the commands `posted` for the handlers.
   void FinishPostedLocked(std::vector<PostedReplyHandler> posted,
                           const absl::StatusOr<std::vector<int64_t>>& section)
@@ -337,28 +343,5 @@ absl::StatusOr<ReplicaRank> CreateReplicaRank(const model::ModelConfig& config,
 // `origin[i]` lists, for plan i, the index in `plan`'s logits rows of each of its logits rows.
 std::vector<StepPlan> SplitStepPlan(const StepPlan& plan, int parts,
                                     std::vector<std::vector<size_t>>* origin);
-
-// The wire form of a plan: a header of sizes, then every field, as int64 words (floats bit-cast).
-// kind 0 = stop, 1 = step, 2 = keep-alive (3, a follower command, is not a plan).
-std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind);
-absl::StatusOr<StepPlan> DecodeStepPlan(const std::vector<int64_t>& words, int64_t* kind);
-// As DecodeStepPlan, reading from words[*at] and leaving *at after the plan (words may go on).
-absl::StatusOr<StepPlan> DecodeStepPlanAt(const std::vector<int64_t>& words, size_t* at,
-                                          int64_t* kind);
-
-// Follower commands on the wire. A batch: [n, then each command as (length, words)]. A reply
-// section: [m, then m entries, each (replica rank, n, then each reply as (length, words))]: the
-// replies of m followers to a batch of n commands.
-std::vector<int64_t> EncodeCommandBatch(const std::vector<std::vector<int64_t>>& commands);
-absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeCommandBatch(
-    const std::vector<int64_t>& words, size_t* at);
-// Adds one follower's entry (its replies to a batch) to `section`.
-void AppendReplyEntry(std::vector<int64_t>& section, int rank,
-                      const std::vector<std::vector<int64_t>>& replies);
-// Splits a whole section from a replica of `replica_size` ranks into replies[command][follower]
-// (follower = rank - 1). kDataLoss unless every follower answered every one of `commands`
-// commands exactly once.
-absl::StatusOr<std::vector<std::vector<std::vector<int64_t>>>> DecodeReplySection(
-    const std::vector<int64_t>& section, int replica_size, size_t commands);
 
 }  // namespace tessera::worker

@@ -47,17 +47,43 @@ testing::ThreadReplicaOptions Options(const testing::Split& split, const char* n
   return o;
 }
 
+// `n` greedy requests of `prompt_len` random tokens and `max_tokens` output tokens.
+std::vector<Request> RandomRequests(int n, int prompt_len, int32_t max_tokens, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<Request> requests(n);
+  for (Request& r : requests) {
+    for (int i = 0; i < prompt_len; ++i) r.prompt.push_back(3 + static_cast<int32_t>(rng() % 4000));
+    r.sampling.max_tokens = max_tokens;
+    r.sampling.ignore_eos = true;
+  }
+  return requests;
+}
+
+// Runs every request disaggregated, request i starting after i * `stagger`; the wall seconds
+// until the last is done (every request must succeed).
+double RunAll(testing::ThreadReplica& prefill, testing::ThreadReplica& decode,
+              const std::vector<Request>& requests, absl::Duration stagger) {
+  std::vector<absl::Status> status(requests.size());
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    clients.emplace_back([&, i] {
+      absl::SleepFor(stagger * static_cast<double>(i));
+      status[i] =
+          testing::GenerateDisaggregated(prefill.engine(), decode.engine(), requests[i]).status();
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  const double wall = testing::SecondsSince(start);
+  for (const absl::Status& s : status) EXPECT_TRUE(s.ok()) << s;
+  return wall;
+}
+
 TEST(DisaggregationPipelinePerf, PrefillThroughputWithStepsInFlight) {
   const model::ModelConfig config = testing::BenchModelConfig(/*layers=*/8, /*kv_heads=*/8);
   std::unique_ptr<model::WeightSource> weights =
       model::MakeRandomWeights(config, DataType::kF32, /*seed=*/1);
-  std::mt19937 rng(7);
-  std::vector<Request> requests(kPrompts);
-  for (Request& r : requests) {
-    for (int i = 0; i < kPromptLen; ++i) r.prompt.push_back(3 + static_cast<int32_t>(rng() % 4000));
-    r.sampling.max_tokens = 2;
-    r.sampling.ignore_eos = true;
-  }
+  const std::vector<Request> requests = RandomRequests(kPrompts, kPromptLen, 2, /*seed=*/7);
   std::printf(
       "model: hidden 512, 8 layers (5 + 3 over two stages), f32; %d prompts of %d tokens at once, "
       "chunks of 256\n\n"
@@ -74,19 +100,7 @@ TEST(DisaggregationPipelinePerf, PrefillThroughputWithStepsInFlight) {
         testing::ThreadReplica decode(config, *weights, fabric,
                                       Options({1, 1, {}, "tp1"}, "decode", stream));
         ASSERT_TRUE(decode.setup().ok()) << decode.setup();
-        std::vector<absl::Status> status(kPrompts);
-        const auto start = std::chrono::steady_clock::now();
-        std::vector<std::thread> clients;
-        for (int i = 0; i < kPrompts; ++i) {
-          clients.emplace_back([&, i] {
-            status[i] =
-                testing::GenerateDisaggregated(prefill.engine(), decode.engine(), requests[i])
-                    .status();
-          });
-        }
-        for (std::thread& t : clients) t.join();
-        const double wall = testing::SecondsSince(start);
-        for (const absl::Status& s : status) ASSERT_TRUE(s.ok()) << s;
+        const double wall = RunAll(prefill, decode, requests, absl::ZeroDuration());
         std::printf("| %s | %d | %d | %.2f | %.0f | %lld / %lld |\n",
                     stream ? "layer by layer" : "after the prompt", depth, run, wall,
                     kPrompts * kPromptLen / wall,
@@ -108,13 +122,7 @@ TEST(DisaggregationPipelinePerf, DecodeThroughputWhileRequestsArrive) {
   const model::ModelConfig config = testing::BenchModelConfig(/*layers=*/8, /*kv_heads=*/8);
   std::unique_ptr<model::WeightSource> weights =
       model::MakeRandomWeights(config, DataType::kF32, /*seed=*/1);
-  std::mt19937 rng(11);
-  std::vector<Request> requests(kRequests);
-  for (Request& r : requests) {
-    for (int i = 0; i < 128; ++i) r.prompt.push_back(3 + static_cast<int32_t>(rng() % 4000));
-    r.sampling.max_tokens = kOutput;
-    r.sampling.ignore_eos = true;
-  }
+  const std::vector<Request> requests = RandomRequests(kRequests, 128, kOutput, /*seed=*/11);
   std::printf(
       "\nmodel as above; %d requests of 128 prompt tokens and %d output tokens, one every 50 ms; "
       "decode replica PP=2 (5 + 3)\n\n"
@@ -130,19 +138,7 @@ TEST(DisaggregationPipelinePerf, DecodeThroughputWhileRequestsArrive) {
       testing::ThreadReplica decode(config, *weights, fabric,
                                     Options({1, 2, {5, 3}, "pp2", 0, depth}, "decode", true));
       ASSERT_TRUE(decode.setup().ok()) << decode.setup();
-      std::vector<absl::Status> status(kRequests);
-      const auto start = std::chrono::steady_clock::now();
-      std::vector<std::thread> clients;
-      for (int i = 0; i < kRequests; ++i) {
-        clients.emplace_back([&, i] {
-          absl::SleepFor(absl::Milliseconds(50 * i));
-          status[i] = testing::GenerateDisaggregated(prefill.engine(), decode.engine(), requests[i])
-                          .status();
-        });
-      }
-      for (std::thread& t : clients) t.join();
-      const double wall = testing::SecondsSince(start);
-      for (const absl::Status& s : status) ASSERT_TRUE(s.ok()) << s;
+      const double wall = RunAll(prefill, decode, requests, absl::Milliseconds(50));
       std::printf("| %d | %d | %.2f | %.0f | %lld / %lld |\n", depth, run, wall,
                   kRequests * kOutput / wall,
                   static_cast<long long>(prefill.engine().counters().pipeline_drains),
