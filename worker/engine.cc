@@ -340,13 +340,7 @@ void Engine::Submitted(Command& command) {
       c.request = std::move(command.request);
       c.stop_matcher = std::move(command.stop_matcher);
       options_.kv_port->CommitAsync(token, c.request.kv_import->checksums,
-                                    [answers = kv_answers_, id = command.id](absl::Status status) {
-                                      Command answer;
-                                      answer.kind = Command::Kind::kCommitted;
-                                      answer.id = id;
-                                      answer.kv_status = std::move(status);
-                                      answers->Deliver(std::move(answer));
-                                    });
+                                    kv_answers_->To(Command::Kind::kCommitted, command.id, 0));
       return;
     }
   } else {
@@ -393,13 +387,7 @@ void Engine::Reserve(Command& command) {
   r.reply = std::move(command.reply);
   r.blocks = *std::move(blocks);
   options_.kv_port->ReserveAsync(token, r.blocks.fresh,
-                                 [answers = kv_answers_, token](absl::Status status) {
-                                   Command answer;
-                                   answer.kind = Command::Kind::kReserved;
-                                   answer.token = token;
-                                   answer.kv_status = std::move(status);
-                                   answers->Deliver(std::move(answer));
-                                 });
+                                 kv_answers_->To(Command::Kind::kReserved, 0, token));
 }
 
 void Engine::Reserved(uint64_t token, absl::Status status) {
@@ -422,11 +410,18 @@ void Engine::Reserved(uint64_t token, absl::Status status) {
   r.reply->done.Notify();
 }
 
-void Engine::KvAnswers::Deliver(Command answer) {
-  absl::MutexLock lock(&mu);
-  if (engine == nullptr) return;  // the engine is gone; what the answer concerns went with it
-  absl::MutexLock engine_lock(&engine->mu_);
-  engine->inbox_.push_back(std::move(answer));
+KvEndpoint::Done Engine::KvAnswers::To(Command::Kind kind, RequestId id, uint64_t token) {
+  return [self = shared_from_this(), kind, id, token](absl::Status status) {
+    Command answer;
+    answer.kind = kind;
+    answer.id = id;
+    answer.token = token;
+    answer.kv_status = std::move(status);
+    absl::MutexLock lock(&self->mu);
+    if (self->engine == nullptr) return;  // the engine is gone, and what the answer concerns
+    absl::MutexLock engine_lock(&self->engine->mu_);
+    self->engine->inbox_.push_back(std::move(answer));
+  };
 }
 
 void Engine::ReleaseReservation(uint64_t token, const char* why) {

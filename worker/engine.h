@@ -138,10 +138,12 @@ class Engine {
   // Where the KV endpoint's answers go: the engine's inbox while the engine lives. Shared with the
   // answers' handlers, which may run after the engine is gone (a replica's executor runs the last
   // ones when it stops).
-  struct KvAnswers {
+  struct KvAnswers : std::enable_shared_from_this<KvAnswers> {
     absl::Mutex mu;
     Engine* engine ABSL_GUARDED_BY(mu) = nullptr;
-    void Deliver(Command answer);
+    // A KvEndpoint::Done that queues a `kind` answer (about request `id` or reservation `token`)
+    // in the engine's inbox.
+    KvEndpoint::Done To(Command::Kind kind, RequestId id, uint64_t token);
   };
   struct Export {
     std::unique_ptr<KvExport> transfer;

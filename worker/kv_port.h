@@ -125,24 +125,17 @@ class KvEndpoint {
   // A layer-wise stream of the same send (every rank's layers). Errors as Export.
   virtual absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(
       absl::Span<const int32_t> blocks, const KvDestination& destination) = 0;
-  // As KvPort's, on every rank; Commit hands each rank the checksums that name it.
-  virtual absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) = 0;
-  virtual absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) = 0;
-  virtual absl::Status Abort(uint64_t token) = 0;
-
-  // Reserve and Commit with the answer handed to `done` instead of returned: a multi-rank
-  // replica's leader answers once every follower has, and its followers' parts ride with its next
-  // step, so a pipeline keeps its steps in flight meanwhile. `done` runs either before the call
-  // returns (the defaults: Reserve or Commit, then `done`) or later, inside a call to the
-  // replica's executor (on that caller's thread: the engine's).
+  // KvPort's Reserve and Commit on every rank (Commit hands each rank the checksums that name it),
+  // with the answer handed to `done` instead of returned: a multi-rank replica's leader answers
+  // once every follower has, and its followers' parts ride with its next step, so a pipeline keeps
+  // its steps in flight meanwhile. `done` runs either before the call returns (one rank) or later,
+  // inside a call to the replica's executor (on that caller's thread: the engine's).
   using Done = std::function<void(absl::Status)>;
-  virtual void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) {
-    done(Reserve(token, blocks));
-  }
+  virtual void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) = 0;
   virtual void CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,
-                           Done done) {
-    done(Commit(token, checksums));
-  }
+                           Done done) = 0;
+  // As KvPort's, on every rank.
+  virtual absl::Status Abort(uint64_t token) = 0;
 };
 
 // One export made of several (a request's layers sent one by one): done when all are; the
@@ -182,13 +175,21 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   // Opens a reservation: `blocks` (all of whose bytes will be written) may receive writes tagged
   // `token`. kAlreadyExists for a token in use, kFailedPrecondition for a block another open
   // reservation owns, kInvalidArgument for token 0 or a block out of range.
-  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) override;
+  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks);
   // Verifies and closes the reservation: every byte of its blocks (every layer, K and V) arrived
   // and `checksums` — the sender's, covering exactly those bytes — match. kNotFound for an
   // unknown token; kDataLoss naming the first damaged or missing range: the reservation is then
   // closed, and the caller calls Abort to learn whether its blocks may be reused. The checksums'
   // rank is not looked at (a multi-rank replica hands each rank its own).
-  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) override;
+  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums);
+  // KvEndpoint: Reserve and Commit, then `done`.
+  void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) override {
+    done(Reserve(token, blocks));
+  }
+  void CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,
+                   Done done) override {
+    done(Commit(token, checksums));
+  }
   // Closes the reservation: later writes are refused. Waits up to quiesce_timeout for writes
   // admitted earlier to land: OK when the blocks may be reused, kDeadlineExceeded when they must
   // not (a write may still land in them). kNotFound for an unknown token.

@@ -242,11 +242,8 @@ absl::Status RecvWords(parallel::Communicator& comm, std::vector<int64_t>& words
 // there are rows); then the reply section's length and words (when commands rode with the step).
 absl::Status ShardWorker::SendResult(const StepResult& result, int64_t rows,
                                      const std::vector<int64_t>* replies) {
-  if (replies != nullptr) {
-    TESSERA_RETURN_IF_ERROR(SendTokens(result, rows));
-    return SendWords(replica_, *replies, 0);
-  }
-  return SendTokens(result, rows);
+  TESSERA_RETURN_IF_ERROR(SendTokens(result, rows));
+  return replies == nullptr ? absl::OkStatus() : SendWords(replica_, *replies, 0);
 }
 
 absl::Status ShardWorker::SendTokens(const StepResult& result, int64_t rows) {
@@ -306,15 +303,10 @@ absl::Status ShardWorker::GatherReplies(std::vector<int64_t>& replies) {
   const parallel::ShardPlan& shard = model_.plan();
   if (host_.tp == nullptr) return absl::OkStatus();
   if (shard.tp_rank != 0) return SendWords(*host_.tp, replies, 0);
-  if (replies.empty()) replies.push_back(0);
   for (int peer = 1; peer < shard.tp_size; ++peer) {
     std::vector<int64_t> theirs;
     TESSERA_RETURN_IF_ERROR(RecvWords(*host_.tp, theirs, peer));
-    if (theirs.empty()) {
-      return absl::DataLossError(absl::StrCat("TP rank ", peer, " sent an empty reply section"));
-    }
-    replies[0] += theirs[0];
-    replies.insert(replies.end(), theirs.begin() + 1, theirs.end());
+    TESSERA_RETURN_IF_ERROR(AppendReplySection(replies, theirs, peer));
   }
   return absl::OkStatus();
 }
@@ -387,11 +379,19 @@ absl::Status ReplicaExecutor::BreakLocked(absl::Status status) {
   broken_ = status;
   // No reply comes now: every handler still waiting gets the error.
   for (Downstream& step : downstream_) FinishPostedLocked(std::move(step.posted), status);
-  std::vector<PostedReplyHandler> posted;
-  for (Posted& p : posted_) posted.push_back(std::move(p.done));
-  posted_.clear();
-  FinishPostedLocked(std::move(posted), status);
+  FinishPostedLocked(TakePostedLocked(nullptr), status);
   return status;
+}
+
+std::vector<PostedReplyHandler> ReplicaExecutor::TakePostedLocked(
+    std::vector<std::vector<int64_t>>* commands) {
+  std::vector<PostedReplyHandler> handlers;
+  for (Posted& p : posted_) {
+    if (commands != nullptr) commands->push_back(std::move(p.command));
+    handlers.push_back(std::move(p.done));
+  }
+  posted_.clear();
+  return handlers;
 }
 
 void ReplicaExecutor::FinishPostedLocked(std::vector<PostedReplyHandler> posted,
@@ -454,11 +454,7 @@ absl::Status ReplicaExecutor::Submit(const StepPlan& plan) {
   std::vector<PostedReplyHandler> posted;
   if (worker_.replica().size() > 1) {
     std::vector<std::vector<int64_t>> commands;
-    for (Posted& p : posted_) {
-      commands.push_back(std::move(p.command));
-      posted.push_back(std::move(p.done));
-    }
-    posted_.clear();
+    posted = TakePostedLocked(&commands);
     words = EncodeStepPlan(plan, kStep);
     const std::vector<int64_t> batch = EncodeCommandBatch(commands);
     words.insert(words.end(), batch.begin(), batch.end());
@@ -520,12 +516,7 @@ absl::Status ReplicaExecutor::SendMessageLocked(std::vector<int64_t>& words) {
 
 FollowerReplies ReplicaExecutor::CallLocked(const std::vector<int64_t>* command) {
   std::vector<std::vector<int64_t>> commands;
-  std::vector<PostedReplyHandler> posted;
-  for (Posted& p : posted_) {
-    commands.push_back(std::move(p.command));
-    posted.push_back(std::move(p.done));
-  }
-  posted_.clear();
+  std::vector<PostedReplyHandler> posted = TakePostedLocked(&commands);
   if (command != nullptr) commands.push_back(*command);
   std::vector<int64_t> words = {kCommand};
   const std::vector<int64_t> batch = EncodeCommandBatch(commands);
@@ -537,13 +528,7 @@ FollowerReplies ReplicaExecutor::CallLocked(const std::vector<int64_t>* command)
   for (int rank = 1; s.ok() && rank < comm.size(); ++rank) {
     std::vector<int64_t> reply;
     s = RecvWords(comm, reply, rank);
-    if (s.ok() && reply.empty()) {
-      s = absl::DataLossError(absl::StrCat("rank ", rank, " sent an empty reply section"));
-    }
-    if (s.ok()) {
-      section[0] += reply[0];
-      section.insert(section.end(), reply.begin() + 1, reply.end());
-    }
+    if (s.ok()) s = AppendReplySection(section, reply, rank);
   }
   if (!s.ok()) {
     FinishPostedLocked(std::move(posted), s);

@@ -250,6 +250,9 @@ class ReplicaExecutor final : public StepExecutor {
   // follower's replies: the posted ones are handed out, `command`'s are returned.
   FollowerReplies CallLocked(const std::vector<int64_t>* command)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Empties posted_: the handlers, and the commands into `commands` (when non-null).
+  std::vector<PostedReplyHandler> TakePostedLocked(std::vector<std::vector<int64_t>>* commands)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Marks the channel broken by `status` and hands it to every handler still waiting.
   absl::Status BreakLocked(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues each of `posted`'s handlers with its command's replies (the first posted.size() of

@@ -470,30 +470,28 @@ absl::StatusOr<std::vector<ReplicaKvPort::Reply>> ReplicaKvPort::Call(
     const std::vector<int64_t>& command) {
   TESSERA_ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> words,
                            executor_.CallFollowers(command));
-  return ParseReplies(words, *followers_);
+  return ParseReplies(words);
 }
 
 void ReplicaKvPort::Post(std::vector<int64_t> command,
                          std::function<void(absl::StatusOr<std::vector<Reply>>)> done) {
-  // The replies may come after the port is gone (with a step still in flight then): the handler
-  // holds only what it shares.
-  executor_.Post(std::move(command),
-                 [followers = followers_, done = std::move(done)](FollowerReplies words) {
-                   if (!done) return;
-                   if (words.ok()) {
-                     done(ParseReplies(*words, *followers));
-                   } else {
-                     done(words.status());
-                   }
-                 });
+  // Every handler runs before the port goes (its destructor quiesces the executor).
+  executor_.Post(std::move(command), [this, done = std::move(done)](FollowerReplies words) {
+    if (!done) return;
+    if (words.ok()) {
+      done(ParseReplies(*words));
+    } else {
+      done(words.status());
+    }
+  });
 }
 
 std::vector<ReplicaKvPort::Reply> ReplicaKvPort::ParseReplies(
-    const std::vector<std::vector<int64_t>>& words, FollowerCounters& followers) {
+    const std::vector<std::vector<int64_t>>& words) {
   std::vector<Reply> replies;
   replies.reserve(words.size());
-  absl::MutexLock lock(&followers.mu);
-  followers.latest.resize(words.size());
+  absl::MutexLock lock(&mu_);
+  follower_counters_.resize(words.size());
   for (size_t i = 0; i < words.size(); ++i) {
     // A reply: the command's status, the follower's counters, then the payload.
     Reader in(words[i]);
@@ -504,7 +502,7 @@ std::vector<ReplicaKvPort::Reply> ReplicaKvPort::ParseReplies(
       reply.status = absl::DataLossError(
           absl::StrCat("replica rank ", i + 1, " sent a malformed reply to a KV command"));
     } else {
-      followers.latest[i] = counters;
+      follower_counters_[i] = counters;
       reply.payload.assign(words[i].begin() + static_cast<std::ptrdiff_t>(in.position()),
                            words[i].end());
     }
@@ -515,17 +513,14 @@ std::vector<ReplicaKvPort::Reply> ReplicaKvPort::ParseReplies(
 
 KvPortCounters ReplicaKvPort::counters() const {
   KvPortCounters c = local_.counters();
-  {
-    absl::MutexLock lock(&followers_->mu);
-    for (const KvPortCounters& f : followers_->latest) {
-      c.bytes_sent += f.bytes_sent;
-      c.bytes_received += f.bytes_received;
-      c.transfers_sent += f.transfers_sent;
-      c.transfers_failed += f.transfers_failed;
-      c.writes_refused += f.writes_refused;
-    }
-  }
   absl::MutexLock lock(&mu_);
+  for (const KvPortCounters& f : follower_counters_) {
+    c.bytes_sent += f.bytes_sent;
+    c.bytes_received += f.bytes_received;
+    c.transfers_sent += f.transfers_sent;
+    c.transfers_failed += f.transfers_failed;
+    c.writes_refused += f.writes_refused;
+  }
   c.commits = commits_;
   c.checksum_failures = checksum_failures_;
   c.send_seconds = send_seconds_;
@@ -614,21 +609,6 @@ absl::Status ReplicaKvPort::AbortFollowers(uint64_t token, bool* known) {
   return first;
 }
 
-absl::Status ReplicaKvPort::Reserve(uint64_t token, absl::Span<const int32_t> blocks) {
-  TESSERA_ASSIGN_OR_RETURN(
-      std::vector<Reply> replies,
-      Call(Writer().Int(kReserve).Int(static_cast<int64_t>(token)).Ints(blocks).Take()));
-  absl::Status status = FirstError(replies);
-  if (status.ok()) status = local_.Reserve(token, blocks);
-  if (!status.ok()) {
-    // Undo it where it was made: nothing has been written into those blocks yet.
-    bool known = false;
-    (void)AbortFollowers(token, &known);
-    (void)local_.Abort(token);
-  }
-  return status;
-}
-
 void ReplicaKvPort::ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) {
   // This rank's part first: its refusal needs no follower's answer.
   if (absl::Status s = local_.Reserve(token, blocks); !s.ok()) {
@@ -667,17 +647,6 @@ void ReplicaKvPort::CountCommit(const absl::Status& status) {
   } else if (absl::IsDataLoss(status)) {
     ++checksum_failures_;
   }
-}
-
-absl::Status ReplicaKvPort::Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) {
-  TESSERA_RETURN_IF_ERROR(CheckChecksumRanks(token, checksums));
-  TESSERA_ASSIGN_OR_RETURN(
-      std::vector<Reply> replies,
-      Call(Writer().Int(kCommit).Int(static_cast<int64_t>(token)).Checksums(checksums).Take()));
-  absl::Status status = local_.Commit(token, OfRank(checksums, 0));
-  if (status.ok()) status = FirstError(replies);
-  CountCommit(status);
-  return status;
 }
 
 void ReplicaKvPort::CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,

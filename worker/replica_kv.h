@@ -1,14 +1,15 @@
 // KV migration for a replica of several ranks (TP x PP). Every rank has its own KV cache, KvPort
 // and transport; the leader's ReplicaKvPort is the KvEndpoint the engine uses: it does each
 // operation on its own port and, through the ReplicaExecutor (on the replica's communicator), on
-// every follower's — where a FollowerKvHandler runs it. Operations whose answer the caller waits
-// for are called between steps (ReplicaExecutor::CallFollowers, which drains the pipeline); an
-// export's start, polls and cancel are posted (ReplicaExecutor::Post): they ride with the next
-// step and their replies come back with its tokens, so a multi-stage replica keeps its steps in
-// flight while it exports.
+// every follower's — where a FollowerKvHandler runs it. Most commands are posted
+// (ReplicaExecutor::Post): they ride with the next step and their replies come back with its
+// tokens, so a multi-stage replica keeps its steps in flight. Abort, Preconnect and the layout
+// exchange are called between steps (ReplicaExecutor::CallFollowers, after the steps in flight).
 //
-//   Reserve, Commit, Abort: on every rank, followers first. A reservation that fails on one rank
-//     is aborted on the others; Commit hands each rank the checksums that name it.
+//   ReserveAsync, CommitAsync: this rank at once, the followers with the next step; the answer
+//     once all have answered. A reservation refused anywhere is undone everywhere; Commit hands
+//     each rank the checksums that name it.
+//   Abort: on every rank, followers first.
 //   Export: every rank starts sending its slice (the block ids are the replica's, the same on
 //     every rank). The leader's KvExport is done when its own transfers and every follower's are;
 //     once its own are, it posts a poll whenever the last one has come back, and the followers
@@ -66,8 +67,6 @@ class ReplicaKvPort final : public KvEndpoint {
                                                    const KvDestination& destination) override;
   absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(
       absl::Span<const int32_t> blocks, const KvDestination& destination) override;
-  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) override;
-  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> checksums) override;
   absl::Status Abort(uint64_t token) override;
   // This rank at once, the followers with the next step (ReplicaExecutor::Post); `done` once all
   // have answered. A reservation refused anywhere is undone everywhere.
@@ -95,14 +94,8 @@ class ReplicaKvPort final : public KvEndpoint {
   // (ReplicaExecutor::Post).
   void Post(std::vector<int64_t> command,
             std::function<void(absl::StatusOr<std::vector<Reply>>)> done);
-  // Each follower's counters as of its last reply.
-  struct FollowerCounters {
-    absl::Mutex mu;
-    std::vector<KvPortCounters> latest ABSL_GUARDED_BY(mu);
-  };
-  // The followers' raw replies as Replies; records their counters in `followers`.
-  static std::vector<Reply> ParseReplies(const std::vector<std::vector<int64_t>>& words,
-                                         FollowerCounters& followers);
+  // The followers' raw replies as Replies; records their counters.
+  std::vector<Reply> ParseReplies(const std::vector<std::vector<int64_t>>& words);
   // kDataLoss (counted) when a checksum names a rank the replica does not have.
   absl::Status CheckChecksumRanks(uint64_t token, absl::Span<const KvSegmentChecksum> checksums);
   void CountCommit(const absl::Status& status);  // commits_ or checksum_failures_
@@ -138,7 +131,7 @@ class ReplicaKvPort final : public KvEndpoint {
 
   mutable absl::Mutex mu_;
   uint64_t next_export_id_ ABSL_GUARDED_BY(mu_) = 1;
-  const std::shared_ptr<FollowerCounters> followers_ = std::make_shared<FollowerCounters>();
+  std::vector<KvPortCounters> follower_counters_ ABSL_GUARDED_BY(mu_);  // as of their last reply
   int64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t checksum_failures_ ABSL_GUARDED_BY(mu_) = 0;
   double send_seconds_ ABSL_GUARDED_BY(mu_) = 0;

@@ -138,6 +138,17 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeCommandBatch(
   return commands;
 }
 
+absl::Status AppendReplySection(std::vector<int64_t>& section, const std::vector<int64_t>& other,
+                                int from) {
+  if (other.empty() || other[0] < 0) {
+    return absl::DataLossError(absl::StrCat("rank ", from, " sent a reply section of no entries"));
+  }
+  if (section.empty()) section.push_back(0);
+  section[0] += other[0];
+  section.insert(section.end(), other.begin() + 1, other.end());
+  return absl::OkStatus();
+}
+
 void AppendReplyEntry(std::vector<int64_t>& section, int rank,
                       const std::vector<std::vector<int64_t>>& replies) {
   if (section.empty()) section.push_back(0);

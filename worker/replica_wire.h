@@ -27,6 +27,10 @@ absl::StatusOr<StepPlan> DecodeStepPlanAt(const std::vector<int64_t>& words, siz
 std::vector<int64_t> EncodeCommandBatch(const std::vector<std::vector<int64_t>>& commands);
 absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeCommandBatch(
     const std::vector<int64_t>& words, size_t* at);
+// Adds the entries of `other` (a section from replica rank `from`) to `section` (empty: none
+// yet). kDataLoss when `other` has no entry count.
+absl::Status AppendReplySection(std::vector<int64_t>& section, const std::vector<int64_t>& other,
+                                int from);
 // Adds one follower's entry (its replies to a batch) to `section`.
 void AppendReplyEntry(std::vector<int64_t>& section, int rank,
                       const std::vector<std::vector<int64_t>>& replies);

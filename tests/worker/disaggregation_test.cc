@@ -55,18 +55,13 @@ class DeferredKv final : public KvEndpoint {
                                                               const KvDestination& d) override {
     return inner_.StreamLayers(blocks, d);
   }
-  absl::Status Reserve(uint64_t token, absl::Span<const int32_t> blocks) override {
-    return inner_.Reserve(token, blocks);
-  }
-  absl::Status Commit(uint64_t token, absl::Span<const KvSegmentChecksum> sums) override {
-    return inner_.Commit(token, sums);
-  }
   absl::Status Abort(uint64_t token) override { return inner_.Abort(token); }
+  // The inner endpoint answers at once (a KvPort); its answer is held.
   void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) override {
-    Hold(std::move(done), inner_.Reserve(token, blocks));
+    inner_.ReserveAsync(token, blocks, [&, done](absl::Status s) { Hold(done, std::move(s)); });
   }
   void CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> sums, Done done) override {
-    Hold(std::move(done), inner_.Commit(token, sums));
+    inner_.CommitAsync(token, sums, [&, done](absl::Status s) { Hold(done, std::move(s)); });
   }
 
   // Answers every call held so far; how many.
@@ -538,8 +533,13 @@ TEST_F(DisaggregationTest, WhatEndsWhileAKvAnswerIsOutReturnsItsBlocks) {
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->status.code(), absl::StatusCode::kCancelled) << out->status;
   EXPECT_GT(decode_.engine->counters().kv_blocks_reserved, 0);  // until the answer
+  const int64_t steps = decode_.engine->counters().steps;
   decode_.deferred->Release();
   ASSERT_TRUE(Await([&] { return decode_.engine->counters().kv_blocks_reserved == 0; }));
+  // Released, not scheduled: the cancelled request never runs.
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(decode_.engine->counters().steps, steps);
+  EXPECT_EQ(decode_.engine->counters().kv_blocks_in_use, 0);
   // A reservation unanswered when the engine stops.
   absl::StatusOr<KvDestination> pending = absl::UnknownError("not answered");
   std::thread reserver([&] { pending = decode_.engine->ReserveKv(request); });
