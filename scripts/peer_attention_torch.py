@@ -14,9 +14,10 @@ Needs torch (pip); exits 2 with a message when it is missing, so that a machine 
 the comparison instead of failing the run. A benchmark: reports only.
 """
 import argparse
-import re
 import sys
 import time
+
+from peer_util import table_rows, torch_on
 
 
 def int_list(text, name, parser):
@@ -53,31 +54,22 @@ def parse_args(argv):
 
 def tessera_figures(path):
     """{(op, shape): (GB/s, TFLOP/s)} from a bench-kernels log's table."""
-    figures = {}
-    row = re.compile(r"^(decode_attention|prefill_attention)\s+(.+?)\s{2,}([\d.]+)\s+([\d.]+)"
-                     r"\s+([\d.]+)\s")
-    with open(path, encoding="utf-8") as log:
-        for line in log:
-            m = row.match(line)
-            if m:
-                figures[(m.group(1), m.group(2).strip())] = (float(m.group(4)), float(m.group(5)))
-    return figures
+    row = (r"^(decode_attention|prefill_attention)\s+(.+?)\s{2,}([\d.]+)\s+([\d.]+)"
+           r"\s+([\d.]+)\s")
+    return table_rows(
+        path, row,
+        lambda m: ((m.group(1), m.group(2).strip()), (float(m.group(4)), float(m.group(5)))))
 
 
 def main(argv):
     args = parse_args(argv)
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError as e:
-        print(f"peer_attention_torch: needs torch ({e}); skipped", file=sys.stderr)
+    found = torch_on(args.device, "peer_attention_torch", "pip install torch")
+    if found is None:
         return 2
-    device = torch.device(args.device)
+    torch, device = found
+    import torch.nn.functional as F
     dtype = getattr(torch, args.dtype)
     cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("peer_attention_torch: --device cuda but torch sees no GPU; skipped", file=sys.stderr)
-        return 2
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"peer: torch {torch.__version__} scaled_dot_product_attention on {name}, {args.dtype}, "
           f"heads {args.q_heads}/{args.kv_heads} x {args.head_dim}")

@@ -11,9 +11,10 @@ Needs torch and transformers (pip); exits 2 with a message when they are missing
 machine without them skips the comparison instead of failing the run. A benchmark: reports only.
 """
 import argparse
-import re
 import sys
 import time
+
+from peer_util import table_rows, torch_on
 
 PRESETS = {  # launch/model_flags.cc
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -58,30 +59,24 @@ def parse_args(argv):
 
 def tessera_rows(path):
     """{batch: (prefill tok/s, decode tok/s)} from a bench-engine log's table."""
-    rows = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            # batch prompt prefill-tok/s vs-GEMM% decode-tok/s decode-GB/s vs-copy% comm%
-            m = re.match(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+[\d.]+%\s+([\d.]+)\s", line)
-            if m:
-                rows[int(m.group(1))] = (float(m.group(3)), float(m.group(4)))
-    return rows
+    # batch prompt prefill-tok/s vs-GEMM% decode-tok/s decode-GB/s vs-copy% comm%
+    return table_rows(path, r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+[\d.]+%\s+([\d.]+)\s",
+                      lambda m: (int(m.group(1)), (float(m.group(3)), float(m.group(4)))))
 
 
 def main(argv):
     args = parse_args(argv)
+    found = torch_on(args.device, "peer_decode_hf", "pip install torch transformers")
+    if found is None:
+        return 2
+    torch, device = found
     try:
-        import torch
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError as e:
-        print(f"peer_decode_hf: skipped: {e} (pip install torch transformers)", file=sys.stderr)
+        print(f"peer_decode_hf: skipped: {e} (pip install transformers)", file=sys.stderr)
         return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("peer_decode_hf: skipped: torch sees no CUDA device", file=sys.stderr)
-        return 2
     dtype = getattr(torch, args.dtype)
     config = LlamaConfig(**PRESETS[args.preset], max_length=None)
     torch.manual_seed(1)
