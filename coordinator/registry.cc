@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/net.h"
 
 namespace tessera::coordinator {
 
@@ -83,6 +84,16 @@ absl::StatusOr<std::shared_ptr<ReplicaEntry>> ReplicaRegistry::Register(ReplicaI
   }
   if (info.block_size < 1) {
     return error("replica ", info.name, ": block_size must be positive, got ", info.block_size);
+  }
+  // A replica on another machine that gives a loopback address would have this coordinator (and
+  // every KV peer) dial themselves.
+  if (!info.registered_from.empty() && !IsLoopbackHost(info.registered_from) &&
+      IsLoopbackHost(HostOf(info.address))) {
+    return error("replica ", info.name, " registered from ", info.registered_from,
+                 " but gives the loopback address ", info.address,
+                 ", which no other machine can dial: start its worker with --listen "
+                 "0.0.0.0:PORT or --advertise-host HOST (by default a worker listens on every "
+                 "interface when --coordinator is not a loopback address)");
   }
   auto client = connector_.Connect(info);
   if (!client.ok()) {

@@ -33,6 +33,8 @@ struct ReplicaInfo {
   std::vector<std::string> kv_descriptors;
   // Prefill/decode: the KV cache's element type (DataTypeName); empty when not said.
   std::string kv_cache_dtype;
+  // The host the registration came from (the coordinator's view of the peer); empty: unknown.
+  std::string registered_from;
 };
 
 struct ReplicaLoad {

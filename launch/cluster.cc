@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "bench/http_get.h"
+#include "common/net.h"
 #include "common/status_macros.h"
 #include "launch/processes.h"
 #include "launch/signals.h"
@@ -278,8 +279,9 @@ absl::Status RunCluster(const Topology& topology, const ClusterOptions& options)
       summary.push_back(absl::StrCat(p.replicas, " ", p.role, " (tp ", p.tensor_parallel_size,
                                      ", pp ", p.pipeline_parallel_size, ")"));
     }
+    // Where clients reach it: the bound host, or the coordinator's name when it binds them all.
     const std::string& host =
-        t.coordinator.bind_host.empty() ? t.coordinator.host : t.coordinator.bind_host;
+        IsWildcardHost(t.coordinator.bind_host) ? t.coordinator.host : t.coordinator.bind_host;
     const std::string& name = t.served_model_name;
     std::printf(
         "\n%s: ready — model \"%s\" on %d replica(s): %s; KV over %s\n"

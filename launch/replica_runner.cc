@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "common/net.h"
 #include "common/status_macros.h"
 #include "common/stream.h"
 #include "common/tensor.h"

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/net.h"
 #include "common/status_macros.h"
 #include "yaml-cpp/yaml.h"
 
@@ -373,15 +374,6 @@ absl::StatusOr<Topology> ParseTopology(const std::string& yaml, const std::strin
   if (error.ok()) error = ValidateTopology(t);
   if (!error.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, error.message()));
   return t;
-}
-
-bool IsLoopbackHost(const std::string& host) {
-  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
-}
-
-std::string HostPort(const std::string& host, int port) {
-  const bool bare_ipv6 = host.find(':') != std::string::npos && host.front() != '[';
-  return absl::StrCat(bare_ipv6 ? "[" : "", host, bare_ipv6 ? "]" : "", ":", port);
 }
 
 CoordinatorSettings CoordinatorSettingsOf(const Topology& t) {

@@ -94,9 +94,6 @@ struct CoordinatorSettings {
   int32_t max_model_len = 0;  // the smallest any pool sets (what every pool can hold); 0: model's
 };
 CoordinatorSettings CoordinatorSettingsOf(const Topology& topology);
-bool IsLoopbackHost(const std::string& host);
-// "host:port", an IPv6 host in brackets ("[::1]:8000").
-std::string HostPort(const std::string& host, int port);
 
 // The YAML of `topology` (every key written), for `tessera launch --dry-run` and tests.
 std::string TopologyToYaml(const Topology& topology);

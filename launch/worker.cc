@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
 #include "common/logging.h"
+#include "common/net.h"
 #include "common/status_macros.h"
 #include "kvtransfer/grpc/grpc_transport.h"
 #include "launch/commands.h"
@@ -48,8 +49,8 @@ namespace {
 struct WorkerFlags {
   std::string model;
   std::string coordinator;
-  std::string listen = "127.0.0.1:0";
-  std::string advertise_host;
+  std::string listen;          // empty: ResolveAddresses picks
+  std::string advertise_host;  // empty: ResolveAddresses picks
   std::string replica_name;
   std::string role = "mixed";
   std::string served_model_name;
@@ -158,14 +159,12 @@ absl::StatusOr<std::unique_ptr<kvtransfer::Transport>> MakeKvTransport(const Wor
   base.name = name;
   if (flags.kv_transport == "grpc") {
     kvtransfer::GrpcTransportOptions grpc;
-    if (!flags.kv_listen.empty()) {
-      grpc.listen_address = flags.kv_listen;
-    } else {
-      const size_t colon = flags.listen.rfind(':');
-      grpc.listen_address =
-          (colon == std::string::npos ? flags.listen : flags.listen.substr(0, colon)) + ":0";
+    grpc.listen_address =
+        flags.kv_listen.empty() ? HostPort(HostOf(flags.listen), 0) : flags.kv_listen;
+    // Peers dial the advertised host, unless --kv-listen names an address of its own.
+    if (IsWildcardHost(HostOf(grpc.listen_address)) || flags.kv_listen.empty()) {
+      grpc.advertise_host = flags.advertise_host;
     }
-    grpc.advertise_host = flags.advertise_host;
     TESSERA_ASSIGN_OR_RETURN(auto t, kvtransfer::GrpcTransport::Create(base, grpc));
     return std::unique_ptr<kvtransfer::Transport>(std::move(t));
   }
@@ -185,19 +184,34 @@ absl::StatusOr<std::unique_ptr<kvtransfer::Transport>> MakeKvTransport(const Wor
                                                  ")"));
 }
 
-// host:port that the coordinator should dial: --advertise-host, else the --listen host unless it
-// is a wildcard (then this machine's hostname); the port is the one bound.
-std::string AdvertisedAddress(const WorkerFlags& flags, int port) {
-  std::string host = flags.advertise_host;
-  if (host.empty()) {
-    const size_t colon = flags.listen.rfind(':');
-    host = colon == std::string::npos ? flags.listen : flags.listen.substr(0, colon);
-    if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") {
-      char name[256] = {};
-      host = gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
-    }
+// Where this replica listens, and the host that the coordinator and KV peers dial. Unless --listen
+// says: loopback when the coordinator is on this machine, every interface when it is not (the
+// coordinator and the other pools' ranks dial in from other hosts). Unless --advertise-host says:
+// the --listen host, or for a wildcard the address of the interface that reaches the coordinator
+// (what hosts on its network can dial, as vLLM's get_ip()), else this machine's hostname.
+void ResolveAddresses(WorkerFlags& flags) {
+  const std::string coordinator_host = HostOf(flags.coordinator);
+  if (flags.listen.empty()) {
+    flags.listen = IsLoopbackHost(coordinator_host) ? "127.0.0.1:0" : "0.0.0.0:0";
   }
-  return HostPort(host, port);
+  if (!flags.advertise_host.empty()) return;
+  const std::string listen_host = HostOf(flags.listen);
+  if (!IsWildcardHost(listen_host)) {
+    flags.advertise_host = listen_host;
+    return;
+  }
+  absl::StatusOr<std::string> local = LocalAddressToward(coordinator_host);
+  if (local.ok() && !IsLoopbackHost(*local)) {
+    flags.advertise_host = *local;
+    return;
+  }
+  char name[256] = {};
+  flags.advertise_host = gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
+  if (!local.ok()) {
+    TESSERA_LOG(WARNING) << "worker: advertising hostname " << flags.advertise_host
+                         << " (no address toward the coordinator: " << local.status().message()
+                         << "); --advertise-host names another";
+  }
 }
 
 // --check: what can be checked without running — the flags, the topology, and the model's split
@@ -222,12 +236,12 @@ absl::Status CheckWorker(const WorkerFlags& flags) {
     model_note = "its split checked";
   }
   std::printf(
-      "tessera worker: configuration ok — replica %s, role %s, tp %d, pp %d, coordinator %s, kv "
-      "transport %s, model %s (%s)\n",
+      "tessera worker: configuration ok — replica %s, role %s, tp %d, pp %d, coordinator %s, "
+      "listen %s (dialled at %s), kv transport %s, model %s (%s)\n",
       flags.replica_name.empty() ? "(ROLE@ADDRESS)" : flags.replica_name.c_str(),
       flags.role.c_str(), flags.replica.tensor_parallel_size, flags.replica.pipeline_parallel_size,
-      flags.coordinator.c_str(), flags.kv_transport.c_str(), flags.model.c_str(),
-      model_note.c_str());
+      flags.coordinator.c_str(), flags.listen.c_str(), flags.advertise_host.c_str(),
+      flags.kv_transport.c_str(), flags.model.c_str(), model_note.c_str());
   return absl::OkStatus();
 }
 
@@ -237,6 +251,7 @@ absl::Status RunWorker(WorkerFlags flags) {
   if (flags.coordinator.empty()) {
     return absl::InvalidArgumentError("--coordinator (or --topology) is required");
   }
+  ResolveAddresses(flags);
   if (flags.check) return CheckWorker(flags);
   // The model: a Hugging Face directory, or a preset shape with random weights (demos, tests).
   model::ModelConfig config;
@@ -289,7 +304,7 @@ absl::Status RunWorker(WorkerFlags flags) {
       (void)engine->Shutdown(absl::ZeroDuration());
       return server.status();
     }
-    const std::string address = AdvertisedAddress(flags, (*server)->port());
+    const std::string address = HostPort(flags.advertise_host, (*server)->port());
     tessera::v1::ReplicaDescriptor descriptor;
     descriptor.set_name(flags.replica_name.empty() ? absl::StrCat(flags.role, "@", address)
                                                    : flags.replica_name);
@@ -390,11 +405,12 @@ Command RegisterWorker(CLI::App& app) {
   sub->add_flag("--check", flags->check,
                 "Validate the configuration (flags, topology, the model's split when it is "
                 "here), print it and exit");
-  sub->add_option("--listen", flags->listen, "Address of this replica's gRPC service (port 0: any)")
-      ->capture_default_str();
+  sub->add_option("--listen", flags->listen,
+                  "Address of this replica's gRPC service (port 0: any; default 127.0.0.1:0 when "
+                  "--coordinator is a loopback address, else 0.0.0.0:0)");
   sub->add_option("--advertise-host", flags->advertise_host,
-                  "Host the coordinator should dial (default: the --listen host, or this "
-                  "machine's hostname when that is a wildcard)");
+                  "Host the coordinator and KV peers should dial (default: the --listen host; for "
+                  "a wildcard, this machine's address on the route to the coordinator)");
   sub->add_option("--replica-name", flags->replica_name,
                   "Unique name in the coordinator's logs and metrics (default: ROLE@ADDRESS)");
   sub->add_option("--role", flags->role, "Pool: mixed, prefill or decode")

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/net.h"
 #include "common/rpc/grpc_status.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -57,9 +58,11 @@ class RegistryService final : public v1::Registry::Service {
  public:
   explicit RegistryService(Coordinator& coordinator) : coordinator_(coordinator) {}
 
-  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
+  grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                         v1::RegisterResponse* response) override {
-    auto entry = coordinator_.RegisterReplica(FromProto(request->replica()));
+    ReplicaInfo info = FromProto(request->replica());
+    info.registered_from = HostOf(context->peer());
+    auto entry = coordinator_.RegisterReplica(std::move(info));
     if (!entry.ok()) return tessera::rpc::ToGrpcStatus(entry.status());
     response->set_replica_id((*entry)->id());
     response->set_lease_ms(absl::ToInt64Milliseconds(coordinator_.registry().options().lease));

@@ -451,6 +451,21 @@ TEST_F(CoordinatorTest, RegistrationChecksTheReplica) {
   unreachable.address = "inproc://nowhere";
   EXPECT_EQ(coordinator_->RegisterReplica(unreachable).status().code(),
             absl::StatusCode::kUnavailable);
+  // A replica on another machine that gives a loopback address would have the coordinator dial
+  // itself: refused, naming both. From this machine, loopback is what it should give.
+  ReplicaInfo remote_loopback = replica.info("m");
+  remote_loopback.address = "127.0.0.1:5000";
+  remote_loopback.registered_from = "10.0.0.2";
+  const absl::Status refused = coordinator_->RegisterReplica(remote_loopback).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr("registered from 10.0.0.2 but gives the loopback address 127.0.0.1:5000"));
+  ReplicaInfo remote = replica.info("m");
+  remote.registered_from = "10.0.0.2";
+  EXPECT_TRUE(coordinator_->RegisterReplica(remote).ok());
+  ReplicaInfo local = replica.info("m");
+  local.registered_from = "127.0.0.1";
+  EXPECT_TRUE(coordinator_->RegisterReplica(local).ok());
   // Registering twice under one name replaces the first entry.
   auto a = coordinator_->RegisterReplica(replica.info("m"));
   auto b = coordinator_->RegisterReplica(replica.info("m"));

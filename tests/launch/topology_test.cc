@@ -209,15 +209,6 @@ TEST(TopologyTest, CoordinatorSettingsAreWhatLaunchPassesTheCoordinator) {
   EXPECT_EQ(c.max_model_len, 256);
 }
 
-TEST(TopologyTest, HostPortBracketsIpv6AndSpotsLoopback) {
-  EXPECT_EQ(HostPort("node0", 29500), "node0:29500");
-  EXPECT_EQ(HostPort("::1", 8000), "[::1]:8000");
-  EXPECT_EQ(HostPort("[fe80::1]", 8000), "[fe80::1]:8000");
-  EXPECT_TRUE(IsLoopbackHost("localhost"));
-  EXPECT_TRUE(IsLoopbackHost("[::1]"));
-  EXPECT_FALSE(IsLoopbackHost("0.0.0.0"));
-}
-
 TEST(TopologyTest, AnEmptyPoolListIsRefused) {
   absl::StatusOr<Topology> t = ParseTopology("model: demo\npools: []\n");
   ASSERT_FALSE(t.ok());

@@ -1,0 +1,96 @@
+#include "common/net.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace tessera {
+namespace {
+
+absl::string_view Unbracketed(absl::string_view host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    return host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
+}  // namespace
+
+bool IsLoopbackHost(absl::string_view host) {
+  host = Unbracketed(host);
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+bool IsWildcardHost(absl::string_view host) {
+  host = Unbracketed(host);
+  return host.empty() || host == "0.0.0.0" || host == "::";
+}
+
+std::string HostPort(absl::string_view host, int port) {
+  const bool bare_ipv6 = host.find(':') != absl::string_view::npos && host.front() != '[';
+  return absl::StrCat(bare_ipv6 ? "[" : "", host, bare_ipv6 ? "]" : "", ":", port);
+}
+
+std::string HostOf(absl::string_view address) {
+  for (absl::string_view scheme : {"ipv4:", "ipv6:"}) {
+    if (absl::StartsWith(address, scheme)) address.remove_prefix(scheme.size());
+  }
+  if (!address.empty() && address.front() == '[') {
+    const size_t close = address.find(']');
+    return std::string(
+        address.substr(1, close == absl::string_view::npos ? absl::string_view::npos : close - 1));
+  }
+  const size_t colon = address.rfind(':');
+  // More than one colon without brackets: a bare IPv6 address, no port.
+  if (colon == absl::string_view::npos || address.find(':') != colon) return std::string(address);
+  return std::string(address.substr(0, colon));
+}
+
+absl::StatusOr<std::string> LocalAddressToward(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  const std::string name(Unbracketed(host));
+  if (const int rc = getaddrinfo(name.c_str(), "9", &hints, &found); rc != 0) {
+    return absl::NotFoundError(absl::StrCat("cannot resolve ", host, ": ", gai_strerror(rc)));
+  }
+  std::string error = "no address";
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      error = std::strerror(errno);
+      continue;
+    }
+    sockaddr_storage local{};
+    socklen_t length = sizeof(local);
+    char text[INET6_ADDRSTRLEN] = {};
+    const bool ok =
+        connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) == 0 &&
+        inet_ntop(
+            local.ss_family,
+            local.ss_family == AF_INET
+                ? static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr)
+                : static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr),
+            text, sizeof(text)) != nullptr;
+    if (!ok) error = std::strerror(errno);
+    close(fd);
+    if (ok) {
+      freeaddrinfo(found);
+      return std::string(text);
+    }
+  }
+  freeaddrinfo(found);
+  return absl::UnavailableError(absl::StrCat("no route from this machine to ", host, ": ", error));
+}
+
+}  // namespace tessera

@@ -1,0 +1,56 @@
+#include "common/net.h"
+
+#include "gtest/gtest.h"
+
+namespace tessera {
+namespace {
+
+TEST(NetTest, HostPortBracketsIpv6) {
+  EXPECT_EQ(HostPort("node0", 29500), "node0:29500");
+  EXPECT_EQ(HostPort("::1", 8000), "[::1]:8000");
+  EXPECT_EQ(HostPort("[fe80::1]", 8000), "[fe80::1]:8000");
+}
+
+TEST(NetTest, SpotsLoopbackAndWildcardHosts) {
+  for (const char* host : {"localhost", "127.0.0.1", "127.0.1.1", "::1", "[::1]"}) {
+    EXPECT_TRUE(IsLoopbackHost(host)) << host;
+    EXPECT_FALSE(IsWildcardHost(host)) << host;
+  }
+  for (const char* host : {"0.0.0.0", "::", "[::]", ""}) {
+    EXPECT_TRUE(IsWildcardHost(host)) << host;
+    EXPECT_FALSE(IsLoopbackHost(host)) << host;
+  }
+  for (const char* host : {"10.0.0.2", "node-a", "fe80::1", "1270.0.0.1"}) {
+    EXPECT_FALSE(IsLoopbackHost(host)) << host;
+    EXPECT_FALSE(IsWildcardHost(host)) << host;
+  }
+}
+
+TEST(NetTest, HostOfAddressesAndGrpcPeers) {
+  EXPECT_EQ(HostOf("node-a:8002"), "node-a");
+  EXPECT_EQ(HostOf("[::1]:8000"), "::1");
+  EXPECT_EQ(HostOf("ipv4:10.0.0.2:5000"), "10.0.0.2");
+  EXPECT_EQ(HostOf("ipv6:[fe80::1]:5000"), "fe80::1");
+  EXPECT_EQ(HostOf("node-a"), "node-a");
+  EXPECT_EQ(HostOf("fe80::1"), "fe80::1");
+}
+
+TEST(NetTest, TheLocalAddressTowardLoopbackIsLoopback) {
+  absl::StatusOr<std::string> local = LocalAddressToward("127.0.0.1");
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_EQ(*local, "127.0.0.1");
+  local = LocalAddressToward("localhost");
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_TRUE(IsLoopbackHost(*local)) << *local;
+}
+
+TEST(NetTest, AnUnknownHostIsAClearError) {
+  absl::StatusOr<std::string> local = LocalAddressToward("no-such-host.invalid");
+  ASSERT_FALSE(local.ok());
+  EXPECT_NE(std::string(local.status().message()).find("cannot resolve no-such-host.invalid"),
+            std::string::npos)
+      << local.status();
+}
+
+}  // namespace
+}  // namespace tessera

@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""End to end across two hosts: two network namespaces made by this test ("node-a" and "node-b",
+each with its own network stack and hostname, joined by a veth link, 10.77.0.1 and 10.77.0.2),
+with Open MPI's rsh launcher reaching node-b through `ip netns exec` instead of ssh. They share
+this machine's kernel, files and cores: what crosses the link is what would cross a network
+between two machines; nothing here measures a real network.
+
+1. `launch/mpirun/generate.sh -tp 2 -pp 2` with a hostfile of both nodes: ranks 0-1 (stage 0) on
+   node-a, ranks 2-3 (stage 1) on node-b, activations between the stages over MPI's TCP transport
+   across the link. Tokens equal the single-process `tessera generate`.
+2. `tessera launch` of a topology whose prefill pool (TP 2) names node-a and whose decode pool
+   (TP 2) names node-b, the coordinator on node-a (bound to every interface), KV over the transport
+   given (grpc or ucx). Clients on node-b: 8 concurrent gRPC streams equal `tessera generate`, the
+   decode replica received its KV across the link, and the printed URLs name a routable host.
+3. A worker on node-b that listens on loopback is refused by the coordinator with a message that
+   says why and what to pass, and exits 1.
+4. SIGINT stops the cluster on both nodes: `tessera launch` exits 0 and no process is left.
+
+Needs root (network namespaces); without it, or without `ip`/`unshare`/`mpirun`, it exits 77
+(CTest: skipped) and says why.
+
+Usage: two_node_e2e_test.py TESSERA_BINARY grpc|ucx
+"""
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import e2e_util as u
+
+TESSERA = os.path.abspath(sys.argv[1])
+TRANSPORT = sys.argv[2]
+SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SKIP = 77
+TAG = f"ts{os.getpid()}"
+NODES = {"node-a": (f"{TAG}a", "10.77.0.1"), "node-b": (f"{TAG}b", "10.77.0.2")}
+LINK = {"node-a": f"{TAG}va", "node-b": f"{TAG}vb"}
+
+
+def sh(*argv):
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def on(node, argv, **kwargs):
+    """argv run on `node`: in its network namespace, under its hostname."""
+    netns = NODES[node][0]
+    return ["ip", "netns", "exec", netns, "unshare", "--uts", "/bin/sh", "-c",
+            f'hostname {node} && exec "$@"', "sh"] + list(argv)
+
+
+def make_nodes():
+    for node, (netns, _) in NODES.items():
+        r = sh("ip", "netns", "add", netns)
+        if r.returncode != 0:
+            print(f"SKIP: cannot make network namespaces ({r.stderr.strip()})", flush=True)
+            sys.exit(SKIP)
+    r = sh("ip", "link", "add", LINK["node-a"], "type", "veth", "peer", "name", LINK["node-b"])
+    u.check(r.returncode == 0, f"ip link add: {r.stderr}")
+    for node, (netns, address) in NODES.items():
+        for argv in (["ip", "link", "set", LINK[node], "netns", netns],
+                     ["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", LINK[node]],
+                     ["ip", "-n", netns, "link", "set", LINK[node], "up"],
+                     ["ip", "-n", netns, "link", "set", "lo", "up"]):
+            r = sh(*argv)
+            u.check(r.returncode == 0, f"{' '.join(argv)}: {r.stderr}")
+
+
+def remove_nodes():
+    for netns, _ in NODES.values():
+        # What is left in a namespace (a failed test's processes) goes with it.
+        for pid in sh("ip", "netns", "pids", netns).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh("ip", "netns", "del", netns)  # the veth pair goes with it
+
+
+def link_bytes():
+    """Bytes node-a sent to node-b and received from it over the link."""
+    text = sh("ip", "-n", NODES["node-a"][0], "-s", "-j", "link", "show", LINK["node-a"]).stdout
+    stats = json.loads(text)[0]["stats64"]
+    return stats["tx"]["bytes"], stats["rx"]["bytes"]
+
+
+def write_agent(work):
+    """Open MPI's rsh agent: `agent HOST COMMAND...` runs COMMAND on HOST, as ssh would."""
+    agent = os.path.join(work, "agent.sh")
+    cases = "\n".join(f"  {node}) netns={netns} ;;" for node, (netns, _) in NODES.items())
+    with open(agent, "w") as f:
+        f.write(f"""#!/bin/sh
+host=$1; shift
+case "$host" in
+{cases}
+  *) echo "agent: unknown host $host" >&2; exit 255 ;;
+esac
+echo "$host" >> {work}/agent.log
+exec ip netns exec "$netns" unshare --uts /bin/sh -c "hostname $host && $*"
+""")
+    os.chmod(agent, 0o755)
+    return agent
+
+
+def pipeline_across_nodes(work, agent, model):
+    prompts = [[1, 2, 3], [4, 5], list(range(5, 31))]
+    reference = u.generate_reference(TESSERA, model, prompts, 6)
+    hosts = os.path.join(work, "hosts")
+    with open(hosts, "w") as f:
+        f.write("node-a slots=2\nnode-b slots=2\n")
+    env = dict(os.environ, TESSERA=TESSERA, HOSTFILE=hosts,
+               MPIRUN_ARGS=f"--mca plm_rsh_agent {agent} --mca btl self,vader,tcp")
+    argv = [os.path.join(SOURCE, "launch/mpirun/generate.sh"), "-tp", "2", "-pp", "2",
+            "--model", model, "--max-tokens", "6", "--ignore-eos", "--output", "json",
+            "--max-num-batched-tokens", "8", "--max-num-seqs", "4"]
+    for p in prompts:
+        argv += ["--prompt-ids", ",".join(map(str, p))]
+    before = link_bytes()
+    r = subprocess.run(on("node-a", argv), capture_output=True, text=True, env=env, timeout=180)
+    after = link_bytes()
+    u.check(r.returncode == 0, f"generate.sh across two nodes exited {r.returncode}:\n{r.stderr}")
+    got = [json.loads(l)["token_ids"] for l in r.stdout.splitlines() if l.startswith("{")]
+    u.check(got == reference, f"-tp 2 -pp 2 over two nodes: {got} != one process {reference}")
+    launched = open(os.path.join(work, "agent.log")).read().split()
+    u.check(launched == ["node-b"], f"mpirun reached {launched}, not node-b once")
+    # Stage 0 sends stage 1 each step's activations (hidden 64 x f32 per token), and stage 1
+    # sends the tokens back: both directions carried at least the prompts' activations.
+    tokens = sum(len(p) for p in prompts)
+    sent, received = after[0] - before[0], after[1] - before[1]
+    u.check(sent >= tokens * 64 * 4 and received > 0,
+            f"node-a sent {sent} and received {received} bytes over the link")
+    print(f"1. -tp 2 -pp 2 across node-a and node-b equals one process "
+          f"({sent} bytes a->b, {received} b->a)", flush=True)
+
+
+def get(url):
+    return urllib.request.urlopen(url, timeout=10).read().decode()
+
+
+def client_main(grpc_url, metrics_url, model, reference_file):
+    """On node-b: the clients (see main)."""
+    prompts, reference = json.load(open(reference_file))
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        outputs = [f.result(timeout=120) for f in
+                   [pool.submit(u.grpc_stream, grpc_url, p, 10) for p in prompts]]
+    for i, (_, ids) in enumerate(outputs):
+        u.check(ids == reference[i], f"prompt {i}: ids {ids} != generate {reference[i]}")
+    # Metrics follow the replicas' heartbeats.
+    deadline = time.time() + 20
+    while True:
+        text = get(metrics_url)
+        served = u.metric_value(
+            text, f'tessera_disaggregated_requests_total{{model_name="{u.MODEL}"}}') or 0
+        received = u.metric_value(
+            text, 'tessera_kv_transfer_bytes_total{replica="decode-0",direction="received"}') or 0
+        if served >= len(prompts) and received > 0:
+            break
+        u.check(time.time() < deadline, f"not disaggregated across the nodes:\n{text}")
+        time.sleep(0.5)
+    print(f"2. {len(prompts)} streams from node-b through prefill on node-a and decode on "
+          f"node-b equal tessera generate; the decode replica received {int(received)} KV "
+          f"bytes", flush=True)
+
+
+def cluster_across_nodes(work, agent):
+    topology = os.path.join(work, "two-node.yaml")
+    with open(topology, "w") as f:
+        f.write(f"""model: demo
+kv_transport: {TRANSPORT}
+coordinator:
+  host: {NODES["node-a"][1]}
+  bind_host: 0.0.0.0
+  http_port: 0
+  grpc_port: 0
+  internal_port: 0
+engine:
+  block_size: 16
+  max_num_seqs: 32
+  kv_cache_gib: 0.125
+  threads: 1
+pools:
+  - name: prefill
+    role: prefill
+    replicas: 1
+    tensor_parallel_size: 2
+    hosts: [node-a]
+  - name: decode
+    role: decode
+    replicas: 1
+    tensor_parallel_size: 2
+    hosts: [node-b]
+""")
+    run = os.path.join(work, "run")
+    open(os.path.join(work, "agent.log"), "w").close()
+    launch = subprocess.Popen(
+        on("node-a", [TESSERA, "launch", topology, "--mpirun", "--work-dir", run,
+                      "--mpirun-args", f"--mca plm_rsh_agent {agent} --mca btl self,vader,tcp"]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    threading.Thread(target=lambda: [u.SERVE_LOG.append(l) for l in launch.stdout],
+                     daemon=True).start()
+    try:
+        deadline = time.time() + 120
+        while not any("tessera launch: ready" in l for l in u.SERVE_LOG):
+            u.check(launch.poll() is None, "tessera launch exited early")
+            u.check(time.time() < deadline, "tessera launch not ready in 120 s")
+            time.sleep(0.1)
+        time.sleep(0.2)  # the rest of the ready message
+        coordinator = NODES["node-a"][1]
+        u.check(any(f"curl http://{coordinator}:" in l for l in u.SERVE_LOG),
+                "the ready message does not give the coordinator's routable address")
+        for replica, node in (("prefill-0", "node-a"), ("decode-0", "node-b")):
+            u.check(any(f"replica {replica} serving on {NODES[node][1]}:" in l
+                        for l in u.SERVE_LOG), f"{replica} does not advertise {node}'s address")
+        ports = json.load(open(os.path.join(run, "coordinator-ports.json")))
+        model = os.path.join(run, "demo-model")
+        prompts = [[1 + (7 * i + j) % 400 for j in range(5 + 4 * i)] for i in range(8)]
+        reference_file = os.path.join(work, "reference.json")
+        json.dump([prompts, u.generate_reference(TESSERA, model, prompts, 10)],
+                  open(reference_file, "w"))
+        client = subprocess.run(
+            ["ip", "netns", "exec", NODES["node-b"][0], sys.executable, os.path.abspath(__file__),
+             TESSERA, TRANSPORT, "--client", f"{coordinator}:{ports['grpc']}",
+             f"http://{coordinator}:{ports['http']}/metrics", model, reference_file],
+            capture_output=True, text=True, timeout=300)
+        print(client.stdout, end="", flush=True)
+        u.check(client.returncode == 0, f"the clients on node-b failed:\n{client.stderr}")
+
+        # A worker on node-b listening on loopback could never be dialled from node-a.
+        r = subprocess.run(on("node-b", [
+            TESSERA, "worker", "--model", model, "--served-model-name", u.MODEL,
+            "--coordinator", f"{coordinator}:{ports['internal']}", "--listen", "127.0.0.1:0",
+            "--replica-name", "stray", "--threads", "1", "--register-timeout", "20"]),
+            capture_output=True, text=True, timeout=60)
+        u.check(r.returncode == 1 and "registered from 10.77.0.2 but gives the loopback address "
+                "127.0.0.1:" in r.stderr and "--listen 0.0.0.0:PORT" in r.stderr,
+                f"a worker on loopback: exit {r.returncode}, {r.stderr[-2000:]}")
+        print("3. a worker on node-b listening on loopback is refused, and told what to pass",
+              flush=True)
+    finally:
+        if launch.poll() is None:
+            launch.send_signal(signal.SIGINT)
+        try:
+            code = launch.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+            u.fail("tessera launch did not stop within 60 s of SIGINT")
+    u.check(code == 0, f"tessera launch exited with {code}")
+    time.sleep(0.5)
+    left = sh("pgrep", "-f", run).stdout.split()
+    u.check(not left, f"processes left behind: {left}")
+    print("4. SIGINT stopped the cluster on both nodes", flush=True)
+
+
+def main():
+    if "--client" in sys.argv:
+        i = sys.argv.index("--client")
+        client_main(*sys.argv[i + 1:i + 5])
+        return
+    if os.geteuid() != 0:
+        print("SKIP: network namespaces need root", flush=True)
+        sys.exit(SKIP)
+    for tool in ("ip", "unshare", "mpirun"):
+        if shutil.which(tool) is None:
+            print(f"SKIP: no {tool} on PATH", flush=True)
+            sys.exit(SKIP)
+    work = tempfile.mkdtemp(prefix=f"tessera-two-node-{TRANSPORT}-")
+    try:
+        make_nodes()
+        agent = write_agent(work)
+        model = os.path.join(work, "model")
+        subprocess.run([TESSERA, "make-model", "--out", model, "--preset", "tiny", "--seed", "3",
+                        "--init-std", "0.5"], check=True, capture_output=True)
+        pipeline_across_nodes(work, agent, model)
+        cluster_across_nodes(work, agent)
+    finally:
+        remove_nodes()
+        shutil.rmtree(work, ignore_errors=True)
+    print("PASS", flush=True)
+
+
+if __name__ == "__main__":
+    main()
