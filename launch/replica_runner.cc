@@ -80,7 +80,7 @@ void AddReplicaFlags(CLI::App& app, ReplicaFlags& flags) {
       ->check(CLI::Range(0, 65535));
   app.add_option("--comm-host", flags.comm_host,
                  "Gloo: address this rank binds and tells its peers (default: 127.0.0.1 when the "
-                 "rendezvous is on loopback, else this machine's hostname)");
+                 "rendezvous is on loopback, else this machine's address on the route to it)");
 }
 
 absl::StatusOr<std::vector<int64_t>> LayersPerStage(const model::ModelConfig& config,
@@ -264,7 +264,13 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
   // The rendezvous gets a full timeout of its own (at most twice it in all) and so does every op.
   parallel::GlooCommunicatorOptions comm_options;
   comm_options.timeout = timeout;
-  comm_options.hostname = !flags.comm_host.empty() ? flags.comm_host : loopback ? "127.0.0.1" : "";
+  // What the peers dial: --comm-host, else loopback for a rendezvous on loopback, else this
+  // machine's address on the route to rank 0 (a hostname may resolve to 127.0.1.1, or not at all).
+  comm_options.hostname = flags.comm_host;
+  if (comm_options.hostname.empty()) {
+    absl::StatusOr<std::string> local = LocalAddressToward(host);
+    comm_options.hostname = loopback ? "127.0.0.1" : local.ok() ? *local : "";
+  }
   comm_options.key_prefix = "tessera/replica";
   absl::StatusOr<std::unique_ptr<parallel::GlooCommunicator>> made =
       parallel::GlooCommunicator::Create(store, info.rank, ranks, comm_options);

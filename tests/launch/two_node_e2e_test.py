@@ -15,6 +15,8 @@ between two machines; nothing here measures a real network.
 3. A worker on node-b that listens on loopback is refused by the coordinator with a message that
    says why and what to pass, and exits 1.
 4. SIGINT stops the cluster on both nodes: `tessera launch` exits 0 and no process is left.
+5. (TESSERA_TEST_GLOO=1) A PP 2 replica's ranks on node-a and node-b without mpirun, ranked as
+   LeaderWorkerSet pods, meet over Gloo: tokens equal one process.
 
 Needs root (network namespaces); without it, or without `ip`/`unshare`/`mpirun`, it exits 77
 (CTest: skipped) and says why.
@@ -137,6 +139,27 @@ def pipeline_across_nodes(work, agent, model):
             f"node-a sent {sent} and received {received} bytes over the link")
     print(f"1. -tp 2 -pp 2 across node-a and node-b equals one process "
           f"({sent} bytes a->b, {received} b->a)", flush=True)
+
+
+def gloo_pipeline_across_nodes(work, model):
+    """A PP 2 replica's ranks on two nodes without mpirun, ranked as LeaderWorkerSet pods."""
+    argv = [TESSERA, "generate", "--model", model, "--max-tokens", "6", "--ignore-eos",
+            "--output", "json", "--prompt-ids", "1,2,3", "--prompt-ids", ",".join(
+                map(str, range(5, 31))), "--max-num-batched-tokens", "8", "--max-num-seqs", "4",
+            "-pp", "2", "--pp-steps-in-flight", "2", "--comm-timeout-s", "30"]
+    reference = u.generate_reference(TESSERA, model, [[1, 2, 3], list(range(5, 31))], 6)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
+    env.update(LWS_GROUP_SIZE="2", LWS_LEADER_ADDRESS=NODES["node-a"][1])
+    ranks = [subprocess.Popen(on(node, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(env, LWS_WORKER_INDEX=str(rank)))
+             for rank, node in enumerate(("node-a", "node-b"))]
+    outputs = [r.communicate(timeout=120) for r in ranks]
+    for rank, (r, (out, err)) in enumerate(zip(ranks, outputs)):
+        u.check(r.returncode == 0, f"gloo rank {rank} exited {r.returncode}:\n{err[-3000:]}")
+    got = [json.loads(l)["token_ids"] for l in outputs[0][0].splitlines() if l.startswith("{")]
+    u.check(got == reference, f"gloo -pp 2 over two nodes: {got} != one process {reference}")
+    print("5. -pp 2 over Gloo (LeaderWorkerSet ranks, no mpirun) across node-a and node-b equals "
+          "one process", flush=True)
 
 
 def get(url):
@@ -278,6 +301,8 @@ def main():
                         "--init-std", "0.5"], check=True, capture_output=True)
         pipeline_across_nodes(work, agent, model)
         cluster_across_nodes(work, agent)
+        if os.environ.get("TESSERA_TEST_GLOO") == "1":
+            gloo_pipeline_across_nodes(work, model)
     finally:
         remove_nodes()
         shutil.rmtree(work, ignore_errors=True)

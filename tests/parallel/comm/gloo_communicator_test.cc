@@ -28,6 +28,20 @@ TEST(GlooCommunicatorTest, CreateRejectsBadRankSizeOrTimeout) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Gloo's own device lookup dereferences a failed name lookup (a segfault, seen with a pod whose
+// hostname did not resolve): an address that does not resolve is an error naming it.
+TEST(GlooCommunicatorTest, AHostThatDoesNotResolveIsAnErrorNotACrash) {
+  auto store = std::make_shared<InMemoryStore>();
+  GlooCommunicatorOptions options;
+  options.hostname = "no-such-host.invalid";
+  auto comm = GlooCommunicator::Create(store, 0, 1, options);
+  ASSERT_FALSE(comm.ok());
+  EXPECT_EQ(comm.status().code(), absl::StatusCode::kFailedPrecondition) << comm.status();
+  EXPECT_NE(comm.status().message().find("'no-such-host.invalid' does not resolve"),
+            absl::string_view::npos)
+      << comm.status();
+}
+
 TEST(GlooCommunicatorTest, SingleRankGroupWorks) {
   auto store = std::make_shared<InMemoryStore>();
   auto comm = GlooCommunicator::Create(store, 0, 1);
