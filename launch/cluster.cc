@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -139,13 +138,16 @@ std::vector<std::string> CoordinatorCommand(const Topology& t, const std::string
 
 }  // namespace
 
-absl::StatusOr<std::string> RankfileFor(const Topology& t) {
+absl::StatusOr<std::string> HostSequenceFor(const Topology& t, const ClusterOptions& options) {
   bool any = false;
   for (const TopologyPool& p : t.pools) any |= !p.hosts.empty();
   if (!any) return std::string();
+  if (!options.hostfile.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--hostfile ", options.hostfile,
+        ": the pools name their hosts, which place every rank; give one or the other"));
+  }
   std::string out;
-  std::map<std::string, int> next_slot;
-  int rank = 0;
   for (size_t i = 0; i < t.pools.size(); ++i) {
     const TopologyPool& p = t.pools[i];
     if (p.hosts.empty()) {
@@ -154,9 +156,8 @@ absl::StatusOr<std::string> RankfileFor(const Topology& t) {
                        "].hosts: some pools name hosts and this one does not; under mpirun "
                        "either every pool names its hosts or a --hostfile places them all"));
     }
-    for (int r = 0; r < p.replicas * p.ranks_per_replica(); ++r, ++rank) {
-      const std::string& host = p.hosts[static_cast<size_t>(r) % p.hosts.size()];
-      absl::StrAppend(&out, "rank ", rank, "=", host, " slot=", next_slot[host]++, "\n");
+    for (int r = 0; r < p.replicas * p.ranks_per_replica(); ++r) {
+      absl::StrAppend(&out, p.hosts[static_cast<size_t>(r) % p.hosts.size()], "\n");
     }
   }
   return out;
@@ -165,17 +166,18 @@ absl::StatusOr<std::string> RankfileFor(const Topology& t) {
 std::vector<std::string> MpirunCommand(const Topology& t, const std::string& self,
                                        const std::string& topology_path,
                                        const std::string& coordinator_address,
-                                       const ClusterOptions& options, const std::string& rankfile) {
+                                       const ClusterOptions& options,
+                                       const std::string& host_sequence) {
   // Ranks keep every core the OS gives them (OpenMP threads); a hostfile fills a node before the
   // next, so that a replica's TP group stays inside a node.
   std::vector<std::string> argv = {options.mpirun_path, "-np", std::to_string(t.total_ranks()),
                                    "--bind-to", "none"};
   if (geteuid() == 0) argv.push_back("--allow-run-as-root");
-  if (!options.hostfile.empty()) {
-    argv.insert(argv.end(), {"--hostfile", options.hostfile});
-    if (rankfile.empty()) argv.insert(argv.end(), {"--map-by", "slot"});
+  if (!host_sequence.empty()) {
+    argv.insert(argv.end(), {"--hostfile", host_sequence, "--mca", "rmaps", "seq"});
+  } else if (!options.hostfile.empty()) {
+    argv.insert(argv.end(), {"--hostfile", options.hostfile, "--map-by", "slot"});
   }
-  if (!rankfile.empty()) argv.insert(argv.end(), {"--rankfile", rankfile});
   for (const std::string& v : options.forward_env) argv.insert(argv.end(), {"-x", v});
   argv.insert(argv.end(), options.mpirun_args.begin(), options.mpirun_args.end());
   argv.insert(argv.end(),
@@ -208,12 +210,12 @@ absl::Status RunCluster(const Topology& topology, const ClusterOptions& options)
     if (!options.dry_run) TESSERA_RETURN_IF_ERROR(MakeDemoModel(children, self, t.model));
   }
   if (t.served_model_name.empty()) t.served_model_name = t.model;
-  std::string rankfile_path;
+  std::string host_sequence_path;
   if (options.mpirun) {
-    TESSERA_ASSIGN_OR_RETURN(const std::string rankfile, RankfileFor(t));
-    if (!rankfile.empty()) {
-      rankfile_path = work + "/rankfile";
-      std::ofstream(rankfile_path) << rankfile;
+    TESSERA_ASSIGN_OR_RETURN(const std::string hosts, HostSequenceFor(t, options));
+    if (!hosts.empty()) {
+      host_sequence_path = work + "/hosts-by-rank";
+      std::ofstream(host_sequence_path) << hosts;
     }
   }
 
@@ -248,7 +250,7 @@ absl::Status RunCluster(const Topology& topology, const ClusterOptions& options)
   std::vector<std::pair<std::string, std::vector<std::string>>> workers;
   if (options.mpirun) {
     workers.push_back({"mpirun", MpirunCommand(t, self, topology_path, coordinator_address, options,
-                                               rankfile_path)});
+                                               host_sequence_path)});
   } else {
     for (const TopologyPool& p : t.pools) {
       for (int r = 0; r < p.replicas; ++r) {

@@ -34,14 +34,18 @@ struct ClusterOptions {
 absl::Status RunCluster(const Topology& topology, const ClusterOptions& options);
 
 // The mpirun command line for the workers of `topology` (resolved: its model a path), reading it
-// from `topology_path`; `rankfile` is written when pools name hosts. For tests and --dry-run.
+// from `topology_path`; `host_sequence` is the file HostSequenceFor wrote when pools name hosts.
+// For tests and --dry-run.
 std::vector<std::string> MpirunCommand(const Topology& topology, const std::string& self,
                                        const std::string& topology_path,
                                        const std::string& coordinator_address,
-                                       const ClusterOptions& options, const std::string& rankfile);
-// The Open MPI rankfile that places the ranks of pools with `hosts` (empty when no pool names
-// hosts).
-// kInvalidArgument when only some pools name hosts.
-absl::StatusOr<std::string> RankfileFor(const Topology& topology);
+                                       const ClusterOptions& options,
+                                       const std::string& host_sequence);
+// When pools name hosts: a hostfile of one line per rank, the host of rank i on line i, for Open
+// MPI's sequential mapper (`--mca rmaps seq`: rank i on that host, nothing else implied; a
+// rankfile's slot=N would bind to core N and fail on a node with fewer cores than ranks). Empty
+// when no pool names hosts; kInvalidArgument when only some do, or when --hostfile is given too.
+absl::StatusOr<std::string> HostSequenceFor(const Topology& topology,
+                                            const ClusterOptions& options);
 
 }  // namespace tessera::launch

@@ -19,6 +19,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr char kDemo[] = R"(
 model: demo
@@ -236,32 +237,41 @@ TEST(TopologyTest, RanksArePlacedPoolByPoolReplicaByReplica) {
   EXPECT_FALSE(PlaceRank(*t, -1).ok());
 }
 
-TEST(TopologyTest, MpirunRunsEveryRankAndARankfilePlacesPoolsOnTheirHosts) {
+TEST(TopologyTest, MpirunRunsEveryRankAndTheSequentialMapperPlacesPoolsOnTheirHosts) {
   absl::StatusOr<Topology> t = ParseTopology(kDemo);
   ASSERT_TRUE(t.ok()) << t.status();
   ClusterOptions options;
   options.hostfile = "hosts.txt";
   options.mpirun_args = {"--mca", "btl", "self,tcp"};
   options.forward_env = {"NCCL_DEBUG"};
-  const std::vector<std::string> argv =
-      MpirunCommand(*t, "/bin/tessera", "/w/topology.yaml", "10.0.0.1:8002", options, "");
-  const std::string line = absl::StrJoin(argv, " ");
+  std::string line = absl::StrJoin(
+      MpirunCommand(*t, "/bin/tessera", "/w/topology.yaml", "10.0.0.1:8002", options, ""), " ");
   EXPECT_THAT(line, HasSubstr("mpirun -np 6 --bind-to none"));
   EXPECT_THAT(line, HasSubstr("--hostfile hosts.txt --map-by slot"));
   EXPECT_THAT(line, HasSubstr("-x NCCL_DEBUG --mca btl self,tcp /bin/tessera worker --topology "
                               "/w/topology.yaml --coordinator 10.0.0.1:8002"));
-  // No pool names hosts: no rankfile.
-  absl::StatusOr<std::string> none = RankfileFor(*t);
+  // No pool names hosts: no host sequence.
+  absl::StatusOr<std::string> none = HostSequenceFor(*t, options);
   ASSERT_TRUE(none.ok());
   EXPECT_EQ(*none, "");
   t->pools[0].hosts = {"a", "b"};
-  EXPECT_THAT(std::string(RankfileFor(*t).status().message()), HasSubstr("pools[1].hosts"));
+  options.hostfile.clear();
+  EXPECT_THAT(std::string(HostSequenceFor(*t, options).status().message()),
+              HasSubstr("pools[1].hosts"));
   t->pools[1].hosts = {"c"};
-  absl::StatusOr<std::string> file = RankfileFor(*t);
+  absl::StatusOr<std::string> file = HostSequenceFor(*t, options);
   ASSERT_TRUE(file.ok()) << file.status();
-  EXPECT_EQ(*file,
-            "rank 0=a slot=0\nrank 1=b slot=0\nrank 2=a slot=1\nrank 3=b slot=1\n"
-            "rank 4=c slot=0\nrank 5=c slot=1\n");
+  // Rank i on line i, whatever the node's core count (a rankfile's slot=N needs N cores).
+  EXPECT_EQ(*file, "a\nb\na\nb\nc\nc\n");
+  line = absl::StrJoin(
+      MpirunCommand(*t, "/bin/tessera", "/w/t.yaml", "10.0.0.1:8002", options, "/w/hosts-by-rank"),
+      " ");
+  EXPECT_THAT(line, HasSubstr("--hostfile /w/hosts-by-rank --mca rmaps seq"));
+  EXPECT_THAT(line, Not(HasSubstr("--map-by")));
+  // Pools' hosts and a --hostfile both placing the ranks: refused, naming both.
+  options.hostfile = "hosts.txt";
+  EXPECT_THAT(std::string(HostSequenceFor(*t, options).status().message()),
+              HasSubstr("--hostfile hosts.txt: the pools name their hosts"));
 }
 
 }  // namespace

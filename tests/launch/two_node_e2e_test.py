@@ -14,8 +14,11 @@ between two machines; nothing here measures a real network.
    decode replica received its KV across the link, and the printed URLs name a routable host.
 3. A worker on node-b that listens on loopback is refused by the coordinator with a message that
    says why and what to pass, and exits 1.
-4. SIGINT stops the cluster on both nodes: `tessera launch` exits 0 and no process is left.
-5. (TESSERA_TEST_GLOO=1) A PP 2 replica's ranks on node-a and node-b without mpirun, ranked as
+4. node-b's link goes down while 4 streams decode there: each ends with a 503 naming the lost
+   replica (its lease lapses) within 30 s, none hangs; once the link is back, the cluster serves
+   again.
+5. SIGINT stops the cluster on both nodes: `tessera launch` exits 0 and no process is left.
+6. (TESSERA_TEST_GLOO=1) A PP 2 replica's ranks on node-a and node-b without mpirun, ranked as
    LeaderWorkerSet pods, meet over Gloo: tokens equal one process.
 
 Needs root (network namespaces); without it, or without `ip`/`unshare`/`mpirun`, it exits 77
@@ -26,6 +29,7 @@ Usage: two_node_e2e_test.py TESSERA_BINARY grpc|ucx
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +62,13 @@ def on(node, argv, **kwargs):
 
 
 def make_nodes():
+    # Namespaces of an earlier run that was killed before it could remove them.
+    for line in sh("ip", "netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if re.fullmatch(r"ts\d+[ab]", name) and not os.path.exists(f"/proc/{name[2:-1]}"):
+            for pid in sh("ip", "netns", "pids", name).stdout.split():
+                sh("kill", "-9", pid)
+            sh("ip", "netns", "del", name)
     for node, (netns, _) in NODES.items():
         r = sh("ip", "netns", "add", netns)
         if r.returncode != 0:
@@ -158,7 +169,7 @@ def gloo_pipeline_across_nodes(work, model):
         u.check(r.returncode == 0, f"gloo rank {rank} exited {r.returncode}:\n{err[-3000:]}")
     got = [json.loads(l)["token_ids"] for l in outputs[0][0].splitlines() if l.startswith("{")]
     u.check(got == reference, f"gloo -pp 2 over two nodes: {got} != one process {reference}")
-    print("5. -pp 2 over Gloo (LeaderWorkerSet ranks, no mpirun) across node-a and node-b equals "
+    print("6. -pp 2 over Gloo (LeaderWorkerSet ranks, no mpirun) across node-a and node-b equals "
           "one process", flush=True)
 
 
@@ -189,6 +200,42 @@ def client_main(grpc_url, metrics_url, model, reference_file):
     print(f"2. {len(prompts)} streams from node-b through prefill on node-a and decode on "
           f"node-b equal tessera generate; the decode replica received {int(received)} KV "
           f"bytes", flush=True)
+
+
+def completion(url, prompt, max_tokens, stream):
+    body = json.dumps({"model": u.MODEL, "prompt": prompt, "max_tokens": max_tokens,
+                       "stream": stream, "ignore_eos": True})
+    return ["curl", "-sN", "-m", "120", url, "-H", "Content-Type: application/json", "-d", body]
+
+
+def partition_and_heal(url):
+    """node-b's link goes down while 4 streams decode there (clients on node-a); it comes back."""
+    streams = [subprocess.Popen(on("node-a", completion(url, [1, 2, 3 + k], 1000, True)),
+                                stdout=subprocess.PIPE, text=True) for k in range(4)]
+    for s in streams:
+        u.check(s.stdout.readline().startswith("data: {"), "a stream did not start")
+    sh("ip", "-n", NODES["node-b"][0], "link", "set", LINK["node-b"], "down")
+    cut = time.time()
+    ended = []
+    for s in streams:
+        out = s.stdout.read()
+        s.wait(timeout=60)
+        ended.append(time.time() - cut)
+        u.check('"code":503' in out and "was lost" in out and out.count("data: {") < 900,
+                f"a stream cut off from its decode replica: {out[-800:]}")
+    u.check(max(ended) < 30, f"streams ended {ended} s after the cut")
+    sh("ip", "-n", NODES["node-b"][0], "link", "set", LINK["node-b"], "up")
+    healed = time.time()
+    while True:
+        r = subprocess.run(on("node-a", completion(url, [1, 2, 3], 5, False)), capture_output=True,
+                           text=True)
+        if '"choices"' in r.stdout:
+            break
+        u.check(time.time() - healed < 60, f"not serving 60 s after the link came back: {r.stdout}")
+        time.sleep(1)
+    print(f"4. node-b cut off: its 4 streams ended with a 503 naming the lost replica within "
+          f"{max(ended):.1f} s; served again {time.time() - healed:.1f} s after the link came "
+          f"back", flush=True)
 
 
 def cluster_across_nodes(work, agent):
@@ -265,6 +312,7 @@ pools:
                 f"a worker on loopback: exit {r.returncode}, {r.stderr[-2000:]}")
         print("3. a worker on node-b listening on loopback is refused, and told what to pass",
               flush=True)
+        partition_and_heal(f"http://{coordinator}:{ports['http']}/v1/completions")
     finally:
         if launch.poll() is None:
             launch.send_signal(signal.SIGINT)
@@ -277,7 +325,7 @@ pools:
     time.sleep(0.5)
     left = sh("pgrep", "-f", run).stdout.split()
     u.check(not left, f"processes left behind: {left}")
-    print("4. SIGINT stopped the cluster on both nodes", flush=True)
+    print("5. SIGINT stopped the cluster on both nodes", flush=True)
 
 
 def main():
