@@ -2,10 +2,13 @@
 
 #include <chrono>
 #include <exception>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/net.h"
 #include "httplib.h"
 
 namespace tessera::bench {
@@ -23,21 +26,38 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(absl::string_view url) {
     out.path = std::string(rest.substr(slash));
     rest = rest.substr(0, slash);
   }
-  const size_t colon = rest.rfind(':');
-  if (colon != absl::string_view::npos && rest.find(']') == absl::string_view::npos) {
-    if (!absl::SimpleAtoi(rest.substr(colon + 1), &out.port) || out.port <= 0 || out.port > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat("'", url, "': bad port"));
+  // host[:port], an IPv6 host in brackets ("[::1]:8000").
+  auto error = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("'", url, "': ", what));
+  };
+  absl::string_view host = rest;
+  std::optional<absl::string_view> port;
+  if (absl::StartsWith(rest, "[")) {
+    const size_t close = rest.find(']');
+    if (close == absl::string_view::npos) return error("no ']' after an IPv6 host");
+    host = rest.substr(1, close - 1);
+    absl::string_view after = rest.substr(close + 1);
+    if (!after.empty()) {
+      if (!absl::ConsumePrefix(&after, ":")) return error("expected ':port' after ']'");
+      port = after;
     }
-    rest = rest.substr(0, colon);
+  } else if (const size_t colon = rest.find(':'); colon != absl::string_view::npos) {
+    if (rest.rfind(':') != colon) return error("an IPv6 host goes in brackets (http://[::1]:8000)");
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
   }
-  if (rest.empty()) return absl::InvalidArgumentError(absl::StrCat("'", url, "': no host"));
-  out.host = std::string(rest);
+  if (port.has_value() &&
+      (!absl::SimpleAtoi(*port, &out.port) || out.port <= 0 || out.port > 65535)) {
+    return error("bad port");
+  }
+  if (host.empty()) return error("no host");
+  out.host = std::string(host);
   return out;
 }
 
 absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
                                     absl::Duration timeout) {
-  const std::string where = absl::StrCat("http://", host, ":", port, path);
+  const std::string where = absl::StrCat("http://", HostPort(host, port), path);
   try {
     httplib::Client client(host, port);
     const auto micros = std::chrono::microseconds(absl::ToInt64Microseconds(timeout));

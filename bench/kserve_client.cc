@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "bench/client.h"
+#include "common/net.h"
 #include "common/rpc/grpc_status.h"
 #include "grpcpp/grpcpp.h"
 #include "inference/grpc_service.grpc.pb.h"
@@ -32,7 +33,7 @@ std::chrono::system_clock::time_point Deadline(absl::Duration timeout) {
 class KServeClient final : public RequestClient {
  public:
   explicit KServeClient(ClientOptions options)
-      : options_(std::move(options)), address_(absl::StrCat(options_.host, ":", options_.port)) {
+      : options_(std::move(options)), address_(HostPort(options_.host, options_.port)) {
     for (int i = 0; i < kChannels; ++i) {
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own

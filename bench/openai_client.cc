@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "bench/client.h"
 #include "bench/http_get.h"
+#include "common/net.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 
@@ -124,7 +125,7 @@ class OpenAiClient final : public RequestClient {
     if (!body.ok()) {
       if (absl::IsUnavailable(body.status())) {
         return absl::UnavailableError(
-            absl::StrCat("OpenAI HTTP server at http://", options_.host, ":", options_.port,
+            absl::StrCat("OpenAI HTTP server at http://", HostPort(options_.host, options_.port),
                          " cannot be reached: ", body.status().message()));
       }
       return body.status();
@@ -157,7 +158,7 @@ class OpenAiClient final : public RequestClient {
 
   const ServerInfo& info() const override { return info_; }
   std::string Describe() const override {
-    return absl::StrCat("openai http://", options_.host, ":", options_.port);
+    return absl::StrCat("openai http://", HostPort(options_.host, options_.port));
   }
 
   RequestRecord Send(const RequestSpec& spec, absl::Time run_start) override {

@@ -22,6 +22,7 @@
 #include "bench/workload.h"
 #include "common/clock.h"
 #include "common/logging.h"
+#include "common/net.h"
 #include "common/status_macros.h"
 
 namespace tessera::bench {
@@ -91,8 +92,8 @@ absl::StatusOr<MetricsSnapshot> Scrape(const HttpUrl& url, absl::Duration timeou
   TESSERA_ASSIGN_OR_RETURN(std::string text, HttpGet(url.host, url.port, url.path, timeout));
   absl::StatusOr<std::vector<PromSample>> samples = ParsePrometheusText(text);
   if (!samples.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("/metrics of ", url.host, ":", url.port, ": ", samples.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("/metrics of ", HostPort(url.host, url.port),
+                                                   ": ", samples.status().message()));
   }
   return MetricsSnapshot::FromSamples(*samples);
 }
@@ -262,7 +263,7 @@ absl::StatusOr<BenchResult> RunBench(const BenchConfig& config, ProgressSink* pr
   if (config.metrics_url != "none") {
     std::string url = config.metrics_url;
     if (url.empty() && config.endpoint == Endpoint::kOpenAiHttp) {
-      url = absl::StrCat("http://", config.host, ":", options.port, "/metrics");
+      url = absl::StrCat("http://", HostPort(config.host, options.port), "/metrics");
     }
     if (!url.empty()) {
       TESSERA_ASSIGN_OR_RETURN(HttpUrl parsed, ParseHttpUrl(url));

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 
 namespace tessera {
 namespace {
@@ -39,10 +40,16 @@ std::string HostPort(absl::string_view host, int port) {
   return absl::StrCat(bare_ipv6 ? "[" : "", host, bare_ipv6 ? "]" : "", ":", port);
 }
 
-std::string HostOf(absl::string_view address) {
+std::string HostOf(absl::string_view peer) {
+  std::string decoded(peer);
   for (absl::string_view scheme : {"ipv4:", "ipv6:"}) {
-    if (absl::StartsWith(address, scheme)) address.remove_prefix(scheme.size());
+    if (absl::StartsWith(peer, scheme)) {
+      // gRPC's peer URIs percent-encode the brackets ("ipv6:%5B::1%5D:5000").
+      decoded = absl::StrReplaceAll(peer.substr(scheme.size()),
+                                    {{"%5B", "["}, {"%5D", "]"}, {"%5b", "["}, {"%5d", "]"}});
+    }
   }
+  absl::string_view address = decoded;
   if (!address.empty() && address.front() == '[') {
     const size_t close = address.find(']');
     return std::string(

@@ -16,7 +16,7 @@ bool IsWildcardHost(absl::string_view host);
 // "host:port", an IPv6 host in brackets ("[::1]:8000").
 std::string HostPort(absl::string_view host, int port);
 // The host of "host:port" ("[::1]:8000" -> "::1"), and of a gRPC peer URI ("ipv4:10.0.0.2:5000"
-// -> "10.0.0.2", "ipv6:[::1]:5000" -> "::1"). Without a colon: the whole string.
+// -> "10.0.0.2", "ipv6:%5B::1%5D:5000" -> "::1"). Without a colon: the whole string.
 std::string HostOf(absl::string_view address);
 // The address of this machine's interface that reaches `host` (a name or a literal address): the
 // one a peer on that network can dial back. Nothing is sent (a UDP socket is connected, and its

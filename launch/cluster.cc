@@ -66,15 +66,23 @@ absl::Status WaitFor(ProcessGroup& children, absl::Duration timeout, const std::
   return absl::OkStatus();
 }
 
+// Where this machine reaches the coordinator's public APIs: the host they bind, loopback for a
+// wildcard.
+std::string LocalApiHost(const Topology& t) {
+  const std::string& bind =
+      t.coordinator.bind_host.empty() ? t.coordinator.host : t.coordinator.bind_host;
+  if (!IsWildcardHost(bind)) return bind;
+  return HostOf(bind) == "::" ? "::1" : "127.0.0.1";
+}
+
 // The coordinator's /health answers 200 once a replica has registered.
-bool HealthOk(int port) {
-  return bench::HttpGet("127.0.0.1", port, "/health", absl::Seconds(2)).ok();
+bool HealthOk(const std::string& host, int port) {
+  return bench::HttpGet(host, port, "/health", absl::Seconds(2)).ok();
 }
 
 // Replicas in rotation (the coordinator's tessera_replicas gauge, all roles).
-int RegisteredReplicas(int port) {
-  const absl::StatusOr<std::string> r =
-      bench::HttpGet("127.0.0.1", port, "/metrics", absl::Seconds(2));
+int RegisteredReplicas(const std::string& host, int port) {
+  const absl::StatusOr<std::string> r = bench::HttpGet(host, port, "/metrics", absl::Seconds(2));
   if (!r.ok()) return 0;
   int total = 0;
   for (absl::string_view line : absl::StrSplit(*r, '\n')) {
@@ -246,7 +254,7 @@ absl::Status RunCluster(const Topology& topology, const ClusterOptions& options)
     out << "# Written by " << options.label << ": the topology as launched.\n" << TopologyToYaml(t);
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", topology_path));
   }
-  const std::string coordinator_address = absl::StrCat(t.coordinator.host, ":", ports->internal);
+  const std::string coordinator_address = HostPort(t.coordinator.host, ports->internal);
   std::vector<std::pair<std::string, std::vector<std::string>>> workers;
   if (options.mpirun) {
     workers.push_back({"mpirun", MpirunCommand(t, self, topology_path, coordinator_address, options,
@@ -272,9 +280,11 @@ absl::Status RunCluster(const Topology& topology, const ClusterOptions& options)
   if (options.dry_run) return absl::OkStatus();
 
   const int expected = t.total_replicas();
-  absl::Status result =
-      WaitFor(children, absl::Seconds(options.ready_timeout_s), "the replicas to register",
-              [&] { return HealthOk(ports->http) && RegisteredReplicas(ports->http) >= expected; });
+  absl::Status result = WaitFor(children, absl::Seconds(options.ready_timeout_s),
+                                "the replicas to register", [&, api = LocalApiHost(t)] {
+                                  return HealthOk(api, ports->http) &&
+                                         RegisteredReplicas(api, ports->http) >= expected;
+                                });
   if (result.ok()) {
     std::vector<std::string> summary;
     for (const TopologyPool& p : t.pools) {
@@ -284,17 +294,18 @@ absl::Status RunCluster(const Topology& topology, const ClusterOptions& options)
     // Where clients reach it: the bound host, or the coordinator's name when it binds them all.
     const std::string& host =
         IsWildcardHost(t.coordinator.bind_host) ? t.coordinator.host : t.coordinator.bind_host;
+    const std::string http = HostPort(host, ports->http);
     const std::string& name = t.served_model_name;
     std::printf(
         "\n%s: ready — model \"%s\" on %d replica(s): %s; KV over %s\n"
-        "  OpenAI HTTP: curl http://%s:%d/v1/completions -H 'Content-Type: application/json' "
+        "  OpenAI HTTP: curl http://%s/v1/completions -H 'Content-Type: application/json' "
         "-d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 16}'\n"
-        "  KServe gRPC: %s:%d, model \"%s\", inputs text_input, stream, sampling_parameters "
+        "  KServe gRPC: %s, model \"%s\", inputs text_input, stream, sampling_parameters "
         "(tritonclient, perf_analyzer)\n"
-        "  metrics: http://%s:%d/metrics   Ctrl-C stops everything.\n\n",
+        "  metrics: http://%s/metrics   Ctrl-C stops everything.\n\n",
         options.label.c_str(), name.c_str(), expected, absl::StrJoin(summary, ", ").c_str(),
-        t.kv_transport.c_str(), host.c_str(), ports->http, name.c_str(), host.c_str(), ports->grpc,
-        name.c_str(), host.c_str(), ports->http);
+        t.kv_transport.c_str(), http.c_str(), name.c_str(), HostPort(host, ports->grpc).c_str(),
+        name.c_str(), http.c_str());
     std::fflush(stdout);
     while (true) {
       if (std::optional<ProcessGroup::Exited> exited = children.PollExited(); exited.has_value()) {

@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/net.h"
 #include "common/status_macros.h"
 #include "coordinator/api/kserve_server.h"
 #include "coordinator/api/openai_http.h"
@@ -160,7 +161,7 @@ absl::Status RunCoordinator(const CoordinatorFlags& flags) {
   TESSERA_ASSIGN_OR_RETURN(auto registry,
                            coordinator::RegistryServer::Create(*core, flags.internal_address));
   coordinator::KServeServerOptions kserve_options;
-  kserve_options.address = absl::StrCat(flags.host, ":", flags.grpc_port);
+  kserve_options.address = HostPort(flags.host, flags.grpc_port);
   TESSERA_ASSIGN_OR_RETURN(auto kserve, coordinator::KServeServer::Create(*core, kserve_options));
   coordinator::api::OpenAiHttpOptions http_options;
   http_options.host = flags.host;
@@ -172,10 +173,10 @@ absl::Status RunCoordinator(const CoordinatorFlags& flags) {
         WritePortFile(flags.port_file, http->port(), kserve->port(), registry->port()));
   }
   std::printf(
-      "tessera coordinator: model %s; OpenAI HTTP on http://%s:%d/v1, KServe gRPC on %s:%d, "
+      "tessera coordinator: model %s; OpenAI HTTP on http://%s/v1, KServe gRPC on %s, "
       "replicas register at port %d\n",
-      options.model.name.c_str(), flags.host.c_str(), http->port(), flags.host.c_str(),
-      kserve->port(), registry->port());
+      options.model.name.c_str(), HostPort(flags.host, http->port()).c_str(),
+      HostPort(flags.host, kserve->port()).c_str(), registry->port());
   std::fflush(stdout);
 
   // Serve until a termination signal; keep gRPC health in step with readiness meanwhile.

@@ -246,7 +246,10 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
   std::string target = HostPort(host, port);
   if (info.rank == 0) {
     // Loopback unless the peers are elsewhere (then every interface: the pod's address).
-    const std::string listen = absl::StrCat(loopback ? "127.0.0.1" : "0.0.0.0", ":", port);
+    const std::string listen = HostPort(!loopback             ? "0.0.0.0"
+                                        : host == "localhost" ? "127.0.0.1"
+                                                              : host,
+                                        port);
     absl::StatusOr<std::unique_ptr<parallel::StoreServer>> made =
         parallel::StoreServer::Create(listen);
     if (!made.ok()) {
@@ -255,7 +258,7 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
                                        listen, " (--rendezvous-port): ", made.status().message()));
     }
     server = std::move(*made);
-    target = absl::StrCat("127.0.0.1:", server->port());
+    target = HostPort(loopback ? HostOf(listen) : "127.0.0.1", server->port());
   }
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<parallel::GrpcStore> grpc,
                            parallel::GrpcStore::Create(target));
@@ -279,8 +282,8 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
                         absl::StrCat("rank ", info.rank, " of ", ranks,
                                      ": the replica's ranks did "
                                      "not all arrive within --comm-timeout-s ",
-                                     flags.comm_timeout_s, "s (rendezvous at ", host, ":", port,
-                                     "): ", made.status().message()));
+                                     flags.comm_timeout_s, "s (rendezvous at ",
+                                     HostPort(host, port), "): ", made.status().message()));
   }
   std::unique_ptr<parallel::GlooCommunicator> replica = std::move(*made);
   *is_leader = info.rank == 0;

@@ -147,7 +147,7 @@ absl::Status ApplyTopology(WorkerFlags& flags) {
   flags.replica.pp_layers = pool.pp_layers;
   if (flags.replica_name.empty()) flags.replica_name = place.replica_name;
   if (flags.coordinator.empty()) {
-    flags.coordinator = absl::StrCat(t.coordinator.host, ":", t.coordinator.internal_port);
+    flags.coordinator = HostPort(t.coordinator.host, t.coordinator.internal_port);
   }
   return absl::OkStatus();
 }

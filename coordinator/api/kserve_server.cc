@@ -7,6 +7,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/net.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -27,7 +28,7 @@ class KServeServer::Impl {
   ~Impl() { Shutdown(absl::Now() + absl::Seconds(1)); }
 
   int port() const { return port_; }
-  std::string target() const { return absl::StrCat(host_, ":", port_); }
+  std::string target() const { return HostPort(host_, port_); }
 
   void SetServing(bool serving) {
     grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();

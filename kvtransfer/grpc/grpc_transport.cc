@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/logging.h"
+#include "common/net.h"
 #include "common/rpc/grpc_status.h"
 #include "grpc/grpc.h"
 #include "grpcpp/channel.h"
@@ -436,11 +437,10 @@ void KeepGrpcInitialized() {
 std::string AdvertisedAddress(const GrpcTransportOptions& options, int port) {
   std::string host = options.advertise_host;
   if (host.empty()) {
-    const size_t colon = options.listen_address.rfind(':');
-    host = options.listen_address.substr(0, colon == std::string::npos ? 0 : colon);
-    if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") host = "127.0.0.1";
+    host = HostOf(options.listen_address);
+    if (IsWildcardHost(host)) host = "127.0.0.1";
   }
-  return absl::StrCat(host, ":", port);
+  return HostPort(host, port);
 }
 
 }  // namespace

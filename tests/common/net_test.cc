@@ -31,6 +31,8 @@ TEST(NetTest, HostOfAddressesAndGrpcPeers) {
   EXPECT_EQ(HostOf("[::1]:8000"), "::1");
   EXPECT_EQ(HostOf("ipv4:10.0.0.2:5000"), "10.0.0.2");
   EXPECT_EQ(HostOf("ipv6:[fe80::1]:5000"), "fe80::1");
+  EXPECT_EQ(HostOf("ipv6:%5B::1%5D:5000"), "::1");  // as grpc::ServerContext::peer() gives it
+  EXPECT_TRUE(IsLoopbackHost(HostOf("ipv6:%5B::1%5D:5000")));
   EXPECT_EQ(HostOf("node-a"), "node-a");
   EXPECT_EQ(HostOf("fe80::1"), "fe80::1");
 }

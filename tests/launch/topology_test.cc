@@ -208,6 +208,9 @@ TEST(TopologyTest, CoordinatorSettingsAreWhatLaunchPassesTheCoordinator) {
   EXPECT_EQ(c.bind_host, "0.0.0.0");
   EXPECT_EQ(c.served_model_name, "tiny");
   EXPECT_EQ(c.max_model_len, 256);
+  // IPv6 loopback: the registry on it, bracketed.
+  t->coordinator.host = "::1";
+  EXPECT_EQ(CoordinatorSettingsOf(*t).internal_address, "[::1]:8002");
 }
 
 TEST(TopologyTest, AnEmptyPoolListIsRefused) {

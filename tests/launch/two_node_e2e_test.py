@@ -12,6 +12,7 @@ between two machines; nothing here measures a real network.
    (TP 2) names node-b, the coordinator on node-a (bound to every interface), KV over the transport
    given (grpc or ucx). Clients on node-b: 8 concurrent gRPC streams equal `tessera generate`, the
    decode replica received its KV across the link, and the printed URLs name a routable host.
+   `tessera bench` on node-b completes every request over both APIs.
 3. A worker on node-b that listens on loopback is refused by the coordinator with a message that
    says why and what to pass, and exits 1.
 4. node-b's link goes down while 4 streams decode there: each ends with a 503 naming the lost
@@ -24,7 +25,10 @@ between two machines; nothing here measures a real network.
 Needs root (network namespaces); without it, or without `ip`/`unshare`/`mpirun`, it exits 77
 (CTest: skipped) and says why.
 
-Usage: two_node_e2e_test.py TESSERA_BINARY grpc|ucx
+With ipv6, the coordinator, the workers, the KV transport and the Gloo rendezvous use the nodes'
+IPv6 addresses (fd77::1, fd77::2; Open MPI's own traffic stays on IPv4).
+
+Usage: two_node_e2e_test.py TESSERA_BINARY grpc|ucx [ipv4|ipv6]
 """
 import concurrent.futures
 import json
@@ -43,10 +47,23 @@ import e2e_util as u
 
 TESSERA = os.path.abspath(sys.argv[1])
 TRANSPORT = sys.argv[2]
+# The family of the addresses the cluster's processes give each other (the link has both; Open
+# MPI's own traffic stays on IPv4).
+FAMILY = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] in ("ipv4", "ipv6") else "ipv4"
 SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SKIP = 77
 TAG = f"ts{os.getpid()}"
 NODES = {"node-a": (f"{TAG}a", "10.77.0.1"), "node-b": (f"{TAG}b", "10.77.0.2")}
+IPV6 = {"node-a": "fd77::1", "node-b": "fd77::2"}
+
+
+def addr(node):
+    """The address of `node` that the cluster uses."""
+    return IPV6[node] if FAMILY == "ipv6" else NODES[node][1]
+
+
+def host_port(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 LINK = {"node-a": f"{TAG}va", "node-b": f"{TAG}vb"}
 
 
@@ -77,8 +94,14 @@ def make_nodes():
     r = sh("ip", "link", "add", LINK["node-a"], "type", "veth", "peer", "name", LINK["node-b"])
     u.check(r.returncode == 0, f"ip link add: {r.stderr}")
     for node, (netns, address) in NODES.items():
+        # A link that goes down keeps its IPv6 addresses, as IPv4 ones (a cable pulled, not an
+        # interface reconfigured).
+        keep = f"/proc/sys/net/ipv6/conf/{LINK[node]}/keep_addr_on_down"
         for argv in (["ip", "link", "set", LINK[node], "netns", netns],
+                     ["ip", "netns", "exec", netns, "sh", "-c", f"echo 1 > {keep}"],
                      ["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", LINK[node]],
+                     ["ip", "-n", netns, "addr", "add", f"{IPV6[node]}/64", "dev", LINK[node],
+                      "nodad"],
                      ["ip", "-n", netns, "link", "set", LINK[node], "up"],
                      ["ip", "-n", netns, "link", "set", "lo", "up"]):
             r = sh(*argv)
@@ -160,13 +183,14 @@ def gloo_pipeline_across_nodes(work, model):
             "-pp", "2", "--pp-steps-in-flight", "2", "--comm-timeout-s", "30"]
     reference = u.generate_reference(TESSERA, model, [[1, 2, 3], list(range(5, 31))], 6)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
-    env.update(LWS_GROUP_SIZE="2", LWS_LEADER_ADDRESS=NODES["node-a"][1])
+    env.update(LWS_GROUP_SIZE="2", LWS_LEADER_ADDRESS=addr("node-a"))
     ranks = [subprocess.Popen(on(node, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=dict(env, LWS_WORKER_INDEX=str(rank)))
              for rank, node in enumerate(("node-a", "node-b"))]
     outputs = [r.communicate(timeout=120) for r in ranks]
-    for rank, (r, (out, err)) in enumerate(zip(ranks, outputs)):
-        u.check(r.returncode == 0, f"gloo rank {rank} exited {r.returncode}:\n{err[-3000:]}")
+    u.check(all(r.returncode == 0 for r in ranks), "gloo ranks exited " + "; ".join(
+        f"rank {rank}: {r.returncode}, {err[-2000:]}"
+        for rank, (r, (_, err)) in enumerate(zip(ranks, outputs))))
     got = [json.loads(l)["token_ids"] for l in outputs[0][0].splitlines() if l.startswith("{")]
     u.check(got == reference, f"gloo -pp 2 over two nodes: {got} != one process {reference}")
     print("6. -pp 2 over Gloo (LeaderWorkerSet ranks, no mpirun) across node-a and node-b equals "
@@ -200,6 +224,26 @@ def client_main(grpc_url, metrics_url, model, reference_file):
     print(f"2. {len(prompts)} streams from node-b through prefill on node-a and decode on "
           f"node-b equal tessera generate; the decode replica received {int(received)} KV "
           f"bytes", flush=True)
+
+
+def bench_from_node_b(work, coordinator, ports):
+    """`tessera bench` on node-b against the coordinator on node-a, over both APIs."""
+    for backend, port in (("openai", ports["http"]), ("tessera-grpc", ports["grpc"])):
+        result = os.path.join(work, f"bench-{backend}.json")
+        r = subprocess.run(on("node-b", [
+            TESSERA, "bench", "--backend", backend, "--host", coordinator, "--port", str(port),
+            "--metrics-url", f"http://{host_port(coordinator, ports['http'])}/metrics",
+            "--dataset-name", "random", "--num-prompts", "16", "--random-input-len", "32",
+            "--random-output-len", "8", "--request-rate", "inf", "--ignore-eos", "--seed", "1",
+            "--disable-tqdm", "--result-file", result]), capture_output=True, text=True,
+            timeout=120)
+        u.check(r.returncode == 0, f"bench {backend} from node-b exited {r.returncode}:\n"
+                f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        run = json.load(open(result))["runs"][0]
+        u.check(run["completed"] == 16 and run["failed"] == 0 and run["total_output_tokens"] == 128,
+                f"bench {backend} from node-b: {json.dumps(run)[:2000]}")
+    print("2b. tessera bench on node-b against the coordinator on node-a: 16 of 16 requests over "
+          "OpenAI HTTP and over KServe gRPC", flush=True)
 
 
 def completion(url, prompt, max_tokens, stream):
@@ -244,8 +288,8 @@ def cluster_across_nodes(work, agent):
         f.write(f"""model: demo
 kv_transport: {TRANSPORT}
 coordinator:
-  host: {NODES["node-a"][1]}
-  bind_host: 0.0.0.0
+  host: "{addr("node-a")}"
+  bind_host: "{"::" if FAMILY == "ipv6" else "0.0.0.0"}"
   http_port: 0
   grpc_port: 0
   internal_port: 0
@@ -281,13 +325,14 @@ pools:
             u.check(time.time() < deadline, "tessera launch not ready in 120 s")
             time.sleep(0.1)
         time.sleep(0.2)  # the rest of the ready message
-        coordinator = NODES["node-a"][1]
-        u.check(any(f"curl http://{coordinator}:" in l for l in u.SERVE_LOG),
+        coordinator = addr("node-a")
+        ports = json.load(open(os.path.join(run, "coordinator-ports.json")))
+        u.check(any(f"curl http://{host_port(coordinator, ports['http'])}/" in l
+                    for l in u.SERVE_LOG),
                 "the ready message does not give the coordinator's routable address")
         for replica, node in (("prefill-0", "node-a"), ("decode-0", "node-b")):
-            u.check(any(f"replica {replica} serving on {NODES[node][1]}:" in l
+            u.check(any(f"replica {replica} serving on {host_port(addr(node), '')}" in l
                         for l in u.SERVE_LOG), f"{replica} does not advertise {node}'s address")
-        ports = json.load(open(os.path.join(run, "coordinator-ports.json")))
         model = os.path.join(run, "demo-model")
         prompts = [[1 + (7 * i + j) % 400 for j in range(5 + 4 * i)] for i in range(8)]
         reference_file = os.path.join(work, "reference.json")
@@ -295,24 +340,26 @@ pools:
                   open(reference_file, "w"))
         client = subprocess.run(
             ["ip", "netns", "exec", NODES["node-b"][0], sys.executable, os.path.abspath(__file__),
-             TESSERA, TRANSPORT, "--client", f"{coordinator}:{ports['grpc']}",
-             f"http://{coordinator}:{ports['http']}/metrics", model, reference_file],
+             TESSERA, TRANSPORT, "--client", host_port(coordinator, ports['grpc']),
+             f"http://{host_port(coordinator, ports['http'])}/metrics", model, reference_file],
             capture_output=True, text=True, timeout=300)
         print(client.stdout, end="", flush=True)
         u.check(client.returncode == 0, f"the clients on node-b failed:\n{client.stderr}")
+        bench_from_node_b(work, coordinator, ports)
 
         # A worker on node-b listening on loopback could never be dialled from node-a.
         r = subprocess.run(on("node-b", [
             TESSERA, "worker", "--model", model, "--served-model-name", u.MODEL,
-            "--coordinator", f"{coordinator}:{ports['internal']}", "--listen", "127.0.0.1:0",
+            "--coordinator", host_port(coordinator, ports['internal']), "--listen", "127.0.0.1:0",
             "--replica-name", "stray", "--threads", "1", "--register-timeout", "20"]),
             capture_output=True, text=True, timeout=60)
-        u.check(r.returncode == 1 and "registered from 10.77.0.2 but gives the loopback address "
+        u.check(r.returncode == 1 and f"registered from {addr('node-b')} but gives the loopback "
+                "address "
                 "127.0.0.1:" in r.stderr and "--listen 0.0.0.0:PORT" in r.stderr,
                 f"a worker on loopback: exit {r.returncode}, {r.stderr[-2000:]}")
         print("3. a worker on node-b listening on loopback is refused, and told what to pass",
               flush=True)
-        partition_and_heal(f"http://{coordinator}:{ports['http']}/v1/completions")
+        partition_and_heal(f"http://{host_port(coordinator, ports['http'])}/v1/completions")
     finally:
         if launch.poll() is None:
             launch.send_signal(signal.SIGINT)
