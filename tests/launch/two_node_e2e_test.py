@@ -9,9 +9,10 @@ between two machines; nothing here measures a real network.
    node-a, ranks 2-3 (stage 1) on node-b, activations between the stages over MPI's TCP transport
    across the link. Tokens equal the single-process `tessera generate`.
 2. `tessera launch` of a topology whose prefill pool (TP 2) names node-a and whose decode pool
-   (TP 2) names node-b, the coordinator on node-a (bound to every interface), KV over the transport
-   given (grpc or ucx). Clients on node-b: 8 concurrent gRPC streams equal `tessera generate`, the
-   decode replica received its KV across the link, and the printed URLs name a routable host.
+   (TP 2) names node-b, the coordinator on node-a (its registry on every interface, its APIs on
+   node-a's address for IPv4 and on every interface for IPv6), KV over the transport given (grpc
+   or ucx). Clients on node-b: 8 concurrent gRPC streams equal `tessera generate`, the decode
+   replica received its KV across the link, and the printed URLs name a routable host.
    `tessera bench` on node-b completes every request over both APIs.
 3. A worker on node-b that listens on loopback is refused by the coordinator with a message that
    says why and what to pass, and exits 1.
@@ -289,7 +290,7 @@ def cluster_across_nodes(work, agent):
 kv_transport: {TRANSPORT}
 coordinator:
   host: "{addr("node-a")}"
-  bind_host: "{"::" if FAMILY == "ipv6" else "0.0.0.0"}"
+  bind_host: "{"::" if FAMILY == "ipv6" else addr("node-a")}"
   http_port: 0
   grpc_port: 0
   internal_port: 0
