@@ -277,6 +277,18 @@ void Engine::RunLoop() {
       for (const auto& [id, c] : committing_) tokens.push_back(c.token);
       committing_.clear();
       for (uint64_t token : tokens) ReleaseReservation(token, "the engine stopped");
+      // The followers' parts of those aborts go now; their answers return the blocks before the
+      // counters are published for the last time.
+      (void)executor_.Idle();
+      {
+        absl::MutexLock lock(&mu_);
+        commands.clear();
+        for (Command& c : inbox_) {
+          if (c.kind == Command::Kind::kAborted) commands.push_back(std::move(c));
+        }
+        inbox_.clear();
+      }
+      ApplyCommands(commands);
       {
         absl::MutexLock lock(&mu_);
         if (absl::IsAborted(failure)) aborted_at_shutdown_ = aborted;
@@ -318,6 +330,9 @@ void Engine::ApplyCommands(std::vector<Command>& commands) {
         break;
       case Command::Kind::kCommitted:
         Committed(command.id, std::move(command.kv_status));
+        break;
+      case Command::Kind::kAborted:
+        Aborted(command.token, command.kv_status);
         break;
     }
   }
@@ -426,9 +441,16 @@ KvEndpoint::Done Engine::KvAnswers::To(Command::Kind kind, RequestId id, uint64_
 
 void Engine::ReleaseReservation(uint64_t token, const char* why) {
   reservations_.erase(token);
-  if (absl::Status s = options_.kv_port->Abort(token); !s.ok() && !absl::IsNotFound(s)) {
+  aborting_[token] = why;
+  options_.kv_port->AbortAsync(token, kv_answers_->To(Command::Kind::kAborted, 0, token));
+}
+
+void Engine::Aborted(uint64_t token, const absl::Status& status) {
+  auto node = aborting_.extract(token);
+  if (node.empty()) return;
+  if (!status.ok() && !absl::IsNotFound(status)) {
     // Writes may still land in its blocks: they stay reserved (never reused) rather than risk it.
-    TESSERA_LOG(ERROR) << "KV reservation " << token << " (" << why << "): " << s;
+    TESSERA_LOG(ERROR) << "KV reservation " << token << " (" << node.mapped() << "): " << status;
     return;
   }
   (void)scheduler_->ReleaseReservation(token);

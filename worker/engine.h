@@ -112,17 +112,27 @@ class Engine {
  private:
   struct ReserveReply;  // shared by ReserveKv's caller and the engine thread
   struct Command {
-    // kReserved and kCommitted are the KV endpoint's answers (ReserveAsync, CommitAsync).
-    enum class Kind { kSubmit, kCancel, kReserve, kRelease, kRenew, kReserved, kCommitted } kind;
+    // kReserved, kCommitted and kAborted are the KV endpoint's answers (ReserveAsync,
+    // CommitAsync, AbortAsync).
+    enum class Kind {
+      kSubmit,
+      kCancel,
+      kReserve,
+      kRelease,
+      kRenew,
+      kReserved,
+      kCommitted,
+      kAborted
+    } kind;
     RequestId id = 0;  // kSubmit, kCancel, kCommitted
     Request request;
     std::shared_ptr<RequestSink> sink;
     std::unique_ptr<StopMatcher> stop_matcher;
     absl::Time deadline = absl::InfiniteFuture();
-    uint64_t token = 0;                   // kReserve, kRelease, kReserved
+    uint64_t token = 0;                   // kReserve, kRelease, kReserved, kAborted
     std::vector<uint64_t> tokens;         // kRenew
     std::shared_ptr<ReserveReply> reply;  // kReserve
-    absl::Status kv_status;               // kReserved, kCommitted
+    absl::Status kv_status;               // kReserved, kCommitted, kAborted
   };
   // A reservation whose ranks have not all answered (KvEndpoint::ReserveAsync).
   struct Reserving {
@@ -186,7 +196,10 @@ class Engine {
   void Reserved(uint64_t token, absl::Status status);
   void Submitted(Command& command);
   void Committed(RequestId id, absl::Status status);
+  // Aborts the reservation on every rank; its blocks return when every rank has answered that
+  // no write can land in them any more (Aborted).
   void ReleaseReservation(uint64_t token, const char* why);
+  void Aborted(uint64_t token, const absl::Status& status);
   // `streamed`: what the request's steps already sent (null: send the whole request now).
   void StartExport(TokenEvent event, StreamedKv* streamed);
   // Submits `plan`; the sends it makes ready are streamed layer by layer while it executes, and
@@ -205,6 +218,8 @@ class Engine {
   absl::flat_hash_map<uint64_t, absl::Time> reservations_;  // token -> lease end; engine thread
   absl::flat_hash_map<uint64_t, Reserving> reserving_;      // by token; engine thread
   absl::flat_hash_map<RequestId, Committing> committing_;   // engine thread
+  // Reservations being aborted (AbortAsync), by token: why, for the log; engine thread.
+  absl::flat_hash_map<uint64_t, const char*> aborting_;
   const std::shared_ptr<KvAnswers> kv_answers_;
   // The last Step planned nothing for want of blocks held outside the sequences: the loop waits.
   bool stalled_ = false;                            // engine thread only

@@ -116,7 +116,8 @@ class KvEndpoint {
   virtual std::vector<KvRankLayout> layouts() const = 0;
   // Summed over the ranks (a multi-rank replica's followers as of their last report).
   virtual KvPortCounters counters() const = 0;
-  // Connects every rank to the peer rank `descriptor` describes (in the background on followers).
+  // Connects every rank to the peer rank `descriptor` describes (in the background on followers,
+  // whose part may ride with the next step; their failures are logged there).
   virtual absl::Status Preconnect(const std::string& descriptor) = 0;
   // Sends local `blocks` (the same block ids on every rank) into `destination`; checksums carry
   // the receiving rank. Errors as KvPort::Export.
@@ -125,17 +126,19 @@ class KvEndpoint {
   // A layer-wise stream of the same send (every rank's layers). Errors as Export.
   virtual absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(
       absl::Span<const int32_t> blocks, const KvDestination& destination) = 0;
-  // KvPort's Reserve and Commit on every rank (Commit hands each rank the checksums that name it),
-  // with the answer handed to `done` instead of returned: a multi-rank replica's leader answers
-  // once every follower has, and its followers' parts ride with its next step, so a pipeline keeps
-  // its steps in flight meanwhile. `done` runs either before the call returns (one rank) or later,
-  // inside a call to the replica's executor (on that caller's thread: the engine's).
+  // KvPort's Reserve, Commit and Abort on every rank (Commit hands each rank the checksums that
+  // name it), with the answer handed to `done` instead of returned: a multi-rank replica's leader
+  // answers once every follower has, and its followers' parts ride with its next step, so a
+  // pipeline keeps its steps in flight meanwhile. `done` runs either before the call returns (one
+  // rank) or later, inside a call to the replica's executor (on that caller's thread: the
+  // engine's).
   using Done = std::function<void(absl::Status)>;
   virtual void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) = 0;
   virtual void CommitAsync(uint64_t token, absl::Span<const KvSegmentChecksum> checksums,
                            Done done) = 0;
-  // As KvPort's, on every rank.
-  virtual absl::Status Abort(uint64_t token) = 0;
+  // Answers as KvPort::Abort: OK when the blocks may be reused on every rank, kNotFound when no
+  // rank knew the token, else the first rank's error (the blocks must stay out of use).
+  virtual void AbortAsync(uint64_t token, Done done) = 0;
 };
 
 // One export made of several (a request's layers sent one by one): done when all are; the
@@ -193,7 +196,8 @@ class KvPort final : public KvEndpoint, public kvtransfer::WriteListener {
   // Closes the reservation: later writes are refused. Waits up to quiesce_timeout for writes
   // admitted earlier to land: OK when the blocks may be reused, kDeadlineExceeded when they must
   // not (a write may still land in them). kNotFound for an unknown token.
-  absl::Status Abort(uint64_t token) override;
+  absl::Status Abort(uint64_t token);
+  void AbortAsync(uint64_t token, Done done) override { done(Abort(token)); }
 
   // kvtransfer::WriteListener
   absl::Status Admit(const kvtransfer::WriteInfo& write) override;

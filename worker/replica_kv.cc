@@ -533,9 +533,11 @@ void ReplicaKvPort::ExportEnded(absl::Duration took) {
 }
 
 absl::Status ReplicaKvPort::Preconnect(const std::string& descriptor) {
-  TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
-                           Call(Writer().Int(kPreconnect).Bytes(descriptor).Take()));
-  (void)replies;  // followers connect in the background
+  // Followers connect in the background; what fails there is logged there.
+  Post(Writer().Int(kPreconnect).Bytes(descriptor).Take(),
+       [](const absl::StatusOr<std::vector<Reply>>& replies) {
+         if (!replies.ok()) TESSERA_LOG(WARNING) << "KV pre-connect: " << replies.status();
+       });
   return local_.Preconnect(descriptor);
 }
 
@@ -597,18 +599,6 @@ absl::StatusOr<std::unique_ptr<KvExport>> ReplicaKvPort::Export(absl::Span<const
       new ReplicaKvExport(*this, s.id, std::move(s.local), s.followers, std::move(s.inbox)));
 }
 
-absl::Status ReplicaKvPort::AbortFollowers(uint64_t token, bool* known) {
-  TESSERA_ASSIGN_OR_RETURN(std::vector<Reply> replies,
-                           Call(Writer().Int(kAbort).Int(static_cast<int64_t>(token)).Take()));
-  absl::Status first;
-  for (size_t i = 0; i < replies.size(); ++i) {
-    if (absl::IsNotFound(replies[i].status)) continue;
-    *known = true;
-    if (first.ok()) first = OnRank(static_cast<int>(i) + 1, replies[i].status);
-  }
-  return first;
-}
-
 void ReplicaKvPort::ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) {
   // This rank's part first: its refusal needs no follower's answer.
   if (absl::Status s = local_.Reserve(token, blocks); !s.ok()) {
@@ -667,16 +657,27 @@ void ReplicaKvPort::CommitAsync(uint64_t token, absl::Span<const KvSegmentChecks
        });
 }
 
-absl::Status ReplicaKvPort::Abort(uint64_t token) {
-  bool known = false;
-  absl::Status status = AbortFollowers(token, &known);
+void ReplicaKvPort::AbortAsync(uint64_t token, Done done) {
   absl::Status local = local_.Abort(token);
-  if (!absl::IsNotFound(local)) {
-    known = true;
-    if (status.ok()) status = local;
-  }
-  if (!status.ok()) return status;
-  return known ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no KV reservation ", token));
+  Post(Writer().Int(kAbort).Int(static_cast<int64_t>(token)).Take(),
+       [token, local = std::move(local),
+        done = std::move(done)](const absl::StatusOr<std::vector<Reply>>& replies) {
+         if (!replies.ok()) {
+           done(replies.status());
+           return;
+         }
+         bool known = !absl::IsNotFound(local);
+         absl::Status status = known ? local : absl::OkStatus();
+         for (size_t i = 0; i < replies->size(); ++i) {
+           if (absl::IsNotFound((*replies)[i].status)) continue;
+           known = true;
+           if (status.ok()) status = OnRank(static_cast<int>(i) + 1, (*replies)[i].status);
+         }
+         if (status.ok() && !known) {
+           status = absl::NotFoundError(absl::StrCat("no KV reservation ", token));
+         }
+         done(status);
+       });
 }
 
 // --- a follower's handler

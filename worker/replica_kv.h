@@ -3,19 +3,23 @@
 // operation on its own port and, through the ReplicaExecutor (on the replica's communicator), on
 // every follower's — where a FollowerKvHandler runs it. Most commands are posted
 // (ReplicaExecutor::Post): they ride with the next step and their replies come back with its
-// tokens, so a multi-stage replica keeps its steps in flight. Abort, Preconnect and the layout
-// exchange are called between steps (ReplicaExecutor::CallFollowers, after the steps in flight).
+// tokens, so a multi-stage replica keeps its steps in flight. Only the layout exchange at start-up
+// is called between steps (ReplicaExecutor::CallFollowers, after the steps in flight).
 //
 //   ReserveAsync, CommitAsync: this rank at once, the followers with the next step; the answer
 //     once all have answered. A reservation refused anywhere is undone everywhere; Commit hands
 //     each rank the checksums that name it.
-//   Abort: on every rank, followers first.
+//   AbortAsync: this rank at once, the followers with the next step; the answer once all have
+//     answered. Preconnect: this rank at once, the followers with the next step (their failures
+//     are logged).
 //   Export: every rank starts sending its slice (the block ids are the replica's, the same on
 //     every rank). The leader's KvExport is done when its own transfers and every follower's are;
 //     once its own are, it posts a poll whenever the last one has come back, and the followers
 //     hand over their checksums once done. A follower that could not start reports it then.
 //     Cancel is posted too: each follower stops reading the blocks before it runs any later
-//     step, so the engine may hand them out again at once.
+//     step, so the engine may hand them out again at once. Its Wait with a timeout sends the
+//     posted polls itself (ReplicaExecutor::FlushPosted), draining the steps in flight: it is for
+//     callers that run no steps (tests, tools); the engine polls Done() instead.
 //   StreamLayers: before the step, every rank opens a layer stream of its slice; during the step
 //     each rank's ShardWorker reports the layers it writes to its own stream (the leader's through
 //     the executor's callback, a follower's through its FollowerKvHandler), so every rank sends
@@ -67,7 +71,7 @@ class ReplicaKvPort final : public KvEndpoint {
                                                    const KvDestination& destination) override;
   absl::StatusOr<std::unique_ptr<KvLayerStream>> StreamLayers(
       absl::Span<const int32_t> blocks, const KvDestination& destination) override;
-  absl::Status Abort(uint64_t token) override;
+  void AbortAsync(uint64_t token, Done done) override;
   // This rank at once, the followers with the next step (ReplicaExecutor::Post); `done` once all
   // have answered. A reservation refused anywhere is undone everywhere.
   void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) override;
@@ -99,10 +103,7 @@ class ReplicaKvPort final : public KvEndpoint {
   // kDataLoss (counted) when a checksum names a rank the replica does not have.
   absl::Status CheckChecksumRanks(uint64_t token, absl::Span<const KvSegmentChecksum> checksums);
   void CountCommit(const absl::Status& status);  // commits_ or checksum_failures_
-  // Abort on the followers; the first error that is not kNotFound, else kNotFound when no rank
-  // knew the token, else OK.
-  absl::Status AbortFollowers(uint64_t token, bool* known);
-  void ExportEnded(absl::Duration took);  // send_seconds
+  void ExportEnded(absl::Duration took);         // send_seconds
   uint64_t NextExportId();
   // What an export's posted commands (its start, its polls) bring back (defined in the .cc).
   struct ExportInbox;

@@ -4,6 +4,7 @@
 // replica's tokens can only match the single-rank mixed run if every rank's slice of the KV
 // (its layers, its heads) arrived from the prefill ranks that hold them.
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -193,6 +194,46 @@ TEST_P(DisaggregationParallelTest, ConcurrentRequestsMigrateWithoutDrainingEithe
   }
   EXPECT_EQ(prefill_->engine().counters().pipeline_drains, 0);
   EXPECT_EQ(decode_->engine().counters().pipeline_drains, 0);
+}
+
+// While both replicas run requests, the decode replica's reservations are released before any
+// KV comes (aborted on every rank) and the prefill replica pre-connects to the decode ranks again:
+// those commands ride with the steps too, and every aborted reservation's blocks come back
+// (TearDown checks).
+TEST_P(DisaggregationParallelTest, AbortsAndPreconnectsRideWithTheStepsToo) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int copy = 0; copy < 2; ++copy) {
+    for (const auto& p : fixture_.prompts) prompts.push_back(p.ids);
+  }
+  std::atomic<int> running{static_cast<int>(prompts.size())};
+  std::vector<absl::StatusOr<std::vector<int32_t>>> got(prompts.size(),
+                                                        absl::UnknownError("not run"));
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    clients.emplace_back([&, i] {
+      got[i] = Disaggregated(Greedy(prompts[i], 12));
+      --running;
+    });
+  }
+  int aborted = 0;
+  while (running > 0 || aborted < 8) {
+    absl::StatusOr<KvDestination> d = decode_->engine().ReserveKv(Greedy(prompts[0], 4));
+    ASSERT_TRUE(d.ok()) << d.status();
+    decode_->engine().ReleaseKv(d->token);
+    for (const KvRankLayout& rank : decode_->kv().layouts()) {
+      EXPECT_TRUE(prefill_->kv().Preconnect(rank.descriptor).ok());
+    }
+    ++aborted;
+  }
+  for (std::thread& t : clients) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << "prompt " << i << ": " << got[i].status();
+  }
+  EXPECT_EQ(prefill_->engine().counters().pipeline_drains, 0);
+  EXPECT_EQ(decode_->engine().counters().pipeline_drains, 0);
+  // The released reservations' blocks come back (every rank has answered the abort).
+  EXPECT_TRUE(testing::Await([&] { return decode_->engine().counters().kv_blocks_reserved == 0; }))
+      << decode_->engine().counters().kv_blocks_reserved << " blocks still reserved";
 }
 
 TEST_P(DisaggregationParallelTest, CorruptionOnAnyRankIsRefusedAndTheRequestRetries) {

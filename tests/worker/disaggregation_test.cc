@@ -23,21 +23,12 @@
 namespace tessera::worker {
 namespace {
 
+using testing::Await;
 using testing::Fixture;
 using ::testing::HasSubstr;
 using testing::LoadFixture;
 using testing::MakeTestEngine;
 using testing::TestEngine;
-
-template <typename F>
-bool Await(F condition, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time give_up = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return true;
-}
 
 // A KvEndpoint whose ReserveAsync and CommitAsync answers wait until Release(), as a multi-rank
 // replica's do until its followers' replies come back with a step. Everything else forwards.
@@ -55,7 +46,7 @@ class DeferredKv final : public KvEndpoint {
                                                               const KvDestination& d) override {
     return inner_.StreamLayers(blocks, d);
   }
-  absl::Status Abort(uint64_t token) override { return inner_.Abort(token); }
+  void AbortAsync(uint64_t token, Done done) override { inner_.AbortAsync(token, std::move(done)); }
   // The inner endpoint answers at once (a KvPort); its answer is held.
   void ReserveAsync(uint64_t token, absl::Span<const int32_t> blocks, Done done) override {
     inner_.ReserveAsync(token, blocks, [&, done](absl::Status s) { Hold(done, std::move(s)); });

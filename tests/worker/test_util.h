@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -16,6 +18,17 @@
 #include "worker/local_executor.h"
 
 namespace tessera::worker::testing {
+
+// Polls `condition` every millisecond until it holds (true) or `timeout` passes (false).
+template <typename F>
+bool Await(F condition, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
 
 // One prompt of a fixture: its ids, the transformers logits of every position [len, vocab], and
 // 16 greedy tokens.
