@@ -108,18 +108,29 @@ def metric_value(text, name_and_labels):
     return None
 
 
-def stop_serve(serve, work):
-    """SIGINT, then checks that nothing of `work` is left running."""
+def interrupt(proc, what):
+    """SIGINT to `proc` (unless it ended); its exit code. Fails when it runs 60 s more."""
     import signal
-    if serve.poll() is None:
-        serve.send_signal(signal.SIGINT)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            fail("serve did not stop within 60 s of SIGINT")
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        fail(f"{what} did not stop within 60 s of SIGINT")
+
+
+def check_nothing_left(work):
+    """No process whose command line names `work` is running (after a moment to exit)."""
+    time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", work], capture_output=True, text=True).stdout.split()
     check(not left, f"processes left behind: {left}")
+
+
+def stop_serve(serve, work):
+    """SIGINT, then checks that nothing of `work` is left running."""
+    interrupt(serve, "serve")
+    check_nothing_left(work)
 
 
 def worker_pid(work, replica):

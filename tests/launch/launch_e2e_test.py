@@ -12,7 +12,6 @@ Usage: launch_e2e_test.py TESSERA_BINARY local|mpirun [MPIRUN ARGS...]
 import concurrent.futures
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -64,17 +63,9 @@ def main():
         print(f"{MODE}: 12 streams through the launched cluster match tessera generate",
               flush=True)
     finally:
-        if launch.poll() is None:
-            launch.send_signal(signal.SIGINT)
-        try:
-            code = launch.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            launch.kill()
-            u.fail("tessera launch did not stop within 60 s of SIGINT")
+        code = u.interrupt(launch, "tessera launch")
     u.check(code == 0, f"tessera launch exited with {code}")
-    time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-f", work], capture_output=True, text=True).stdout.split()
-    u.check(not left, f"processes left behind: {left}")
+    u.check_nothing_left(work)
     print("PASS", flush=True)
 
 

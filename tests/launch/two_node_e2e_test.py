@@ -362,17 +362,9 @@ pools:
               flush=True)
         partition_and_heal(f"http://{host_port(coordinator, ports['http'])}/v1/completions")
     finally:
-        if launch.poll() is None:
-            launch.send_signal(signal.SIGINT)
-        try:
-            code = launch.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            launch.kill()
-            u.fail("tessera launch did not stop within 60 s of SIGINT")
+        code = u.interrupt(launch, "tessera launch")
     u.check(code == 0, f"tessera launch exited with {code}")
-    time.sleep(0.5)
-    left = sh("pgrep", "-f", run).stdout.split()
-    u.check(not left, f"processes left behind: {left}")
+    u.check_nothing_left(run)
     print("5. SIGINT stopped the cluster on both nodes", flush=True)
 
 
