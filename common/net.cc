@@ -61,6 +61,25 @@ std::string HostOf(absl::string_view peer) {
   return std::string(address.substr(0, colon));
 }
 
+bool IsLocalAddress(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* found = nullptr;
+  const std::string literal(Unbracketed(host));
+  if (getaddrinfo(literal.c_str(), "0", &hints, &found) != 0) return false;
+  bool local = false;
+  for (const addrinfo* a = found; a != nullptr && !local; a = a->ai_next) {
+    const int fd = socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    local = bind(fd, a->ai_addr, a->ai_addrlen) == 0;
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return local;
+}
+
 absl::StatusOr<std::string> LocalAddressToward(const std::string& host) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;

@@ -18,6 +18,8 @@ std::string HostPort(absl::string_view host, int port);
 // The host of "host:port" ("[::1]:8000" -> "::1"), and of a gRPC peer URI ("ipv4:10.0.0.2:5000"
 // -> "10.0.0.2", "ipv6:%5B::1%5D:5000" -> "::1"). Without a colon: the whole string.
 std::string HostOf(absl::string_view address);
+// Whether `host` is a literal address of this machine (one a socket here can bind). Names: false.
+bool IsLocalAddress(const std::string& host);
 // The address of this machine's interface that reaches `host` (a name or a literal address): the
 // one a peer on that network can dial back. Nothing is sent (a UDP socket is connected, and its
 // local address read, as vLLM's get_ip() does).

@@ -88,7 +88,7 @@ absl::StatusOr<std::shared_ptr<ReplicaEntry>> ReplicaRegistry::Register(ReplicaI
   // A replica on another machine that gives a loopback address would have this coordinator (and
   // every KV peer) dial themselves.
   if (!info.registered_from.empty() && !IsLoopbackHost(info.registered_from) &&
-      IsLoopbackHost(HostOf(info.address))) {
+      !IsLocalAddress(info.registered_from) && IsLoopbackHost(HostOf(info.address))) {
     return error("replica ", info.name, " registered from ", info.registered_from,
                  " but gives the loopback address ", info.address,
                  ", which no other machine can dial: start its worker with --listen "

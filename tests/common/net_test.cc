@@ -46,6 +46,16 @@ TEST(NetTest, TheLocalAddressTowardLoopbackIsLoopback) {
   EXPECT_TRUE(IsLoopbackHost(*local)) << *local;
 }
 
+TEST(NetTest, TellsThisMachinesAddressesFromOthers) {
+  EXPECT_TRUE(IsLocalAddress("127.0.0.1"));
+  EXPECT_FALSE(IsLocalAddress("192.0.2.7"));  // documentation range: nobody's
+  EXPECT_FALSE(IsLocalAddress("localhost"));  // a name, not an address
+  absl::StatusOr<std::string> own = LocalAddressToward("192.0.2.7");
+  if (own.ok()) {  // no route at all: nothing to check
+    EXPECT_TRUE(IsLocalAddress(*own)) << *own;
+  }
+}
+
 TEST(NetTest, AnUnknownHostIsAClearError) {
   absl::StatusOr<std::string> local = LocalAddressToward("no-such-host.invalid");
   ASSERT_FALSE(local.ok());

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/net.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/tokenizer.h"
@@ -452,20 +453,31 @@ TEST_F(CoordinatorTest, RegistrationChecksTheReplica) {
   EXPECT_EQ(coordinator_->RegisterReplica(unreachable).status().code(),
             absl::StatusCode::kUnavailable);
   // A replica on another machine that gives a loopback address would have the coordinator dial
-  // itself: refused, naming both. From this machine, loopback is what it should give.
+  // itself: refused, naming both (192.0.2.0/24 is for documentation: no machine has it). From
+  // this machine, over loopback or one of its own addresses, loopback is what it may give.
   ReplicaInfo remote_loopback = replica.info("m");
   remote_loopback.address = "127.0.0.1:5000";
-  remote_loopback.registered_from = "10.0.0.2";
+  remote_loopback.registered_from = "192.0.2.7";
   const absl::Status refused = coordinator_->RegisterReplica(remote_loopback).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(refused.message()),
-              HasSubstr("registered from 10.0.0.2 but gives the loopback address 127.0.0.1:5000"));
+              HasSubstr("registered from 192.0.2.7 but gives the loopback address 127.0.0.1:5000"));
   ReplicaInfo remote = replica.info("m");
-  remote.registered_from = "10.0.0.2";
+  remote.registered_from = "192.0.2.7";
   EXPECT_TRUE(coordinator_->RegisterReplica(remote).ok());
-  ReplicaInfo local = replica.info("m");
-  local.registered_from = "127.0.0.1";
-  EXPECT_TRUE(coordinator_->RegisterReplica(local).ok());
+  for (std::string from : {std::string("127.0.0.1"), std::string("::1")}) {
+    ReplicaInfo local = replica.info("m");
+    local.registered_from = from;
+    EXPECT_TRUE(coordinator_->RegisterReplica(local).ok()) << from;
+  }
+  absl::StatusOr<std::string> own = LocalAddressToward("192.0.2.7");  // a route, nothing sent
+  if (own.ok()) {
+    ReplicaInfo same_machine = replica.info("m");
+    same_machine.registered_from = *own;
+    same_machine.address = "127.0.0.1:5000";
+    const absl::Status s = coordinator_->RegisterReplica(same_machine).status();
+    EXPECT_NE(s.code(), absl::StatusCode::kInvalidArgument) << *own << ": " << s;
+  }
   // Registering twice under one name replaces the first entry.
   auto a = coordinator_->RegisterReplica(replica.info("m"));
   auto b = coordinator_->RegisterReplica(replica.info("m"));
