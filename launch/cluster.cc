@@ -171,6 +171,37 @@ absl::StatusOr<std::string> HostSequenceFor(const Topology& t, const ClusterOpti
   return out;
 }
 
+std::vector<std::string> PlacementWarnings(const Topology& t) {
+  std::vector<std::string> warnings;
+  for (size_t i = 0; i < t.pools.size(); ++i) {
+    const TopologyPool& p = t.pools[i];
+    if (p.hosts.size() < 2 || p.tensor_parallel_size < 2) continue;
+    const auto host = [&p](int rank) -> const std::string& {
+      return p.hosts[static_cast<size_t>(rank) % p.hosts.size()];
+    };
+    // Ranks are laid out replica by replica, stage by stage, TP innermost.
+    const int groups = p.replicas * p.pipeline_parallel_size;
+    for (int g = 0; g < groups; ++g) {
+      const int first = g * p.tensor_parallel_size;
+      const int last = first + p.tensor_parallel_size - 1;
+      int other = -1;
+      for (int r = first + 1; r <= last && other < 0; ++r) {
+        if (host(r) != host(first)) other = r;
+      }
+      if (other < 0) continue;
+      warnings.push_back(absl::StrCat(
+          "pools[", i, "].hosts: replica ", g / p.pipeline_parallel_size, "'s tensor-parallel ",
+          "group (stage ", g % p.pipeline_parallel_size, ") spans ", host(first), " and ",
+          host(other),
+          ", so its all-reduces cross the network every layer; the hosts are taken rank by "
+          "rank, so list each one tensor_parallel_size (",
+          p.tensor_parallel_size, ") times in a row to keep each group on one node"));
+      break;
+    }
+  }
+  return warnings;
+}
+
 std::vector<std::string> MpirunCommand(const Topology& t, const std::string& self,
                                        const std::string& topology_path,
                                        const std::string& coordinator_address,
@@ -220,6 +251,9 @@ absl::Status RunCluster(const Topology& topology, const ClusterOptions& options)
   if (t.served_model_name.empty()) t.served_model_name = t.model;
   std::string host_sequence_path;
   if (options.mpirun) {
+    for (const std::string& warning : PlacementWarnings(t)) {
+      std::fprintf(stderr, "%swarning: %s\n", prefix.c_str(), warning.c_str());
+    }
     TESSERA_ASSIGN_OR_RETURN(const std::string hosts, HostSequenceFor(t, options));
     if (!hosts.empty()) {
       host_sequence_path = work + "/hosts-by-rank";

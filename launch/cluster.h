@@ -47,5 +47,8 @@ std::vector<std::string> MpirunCommand(const Topology& topology, const std::stri
 // when no pool names hosts; kInvalidArgument when only some do, or when --hostfile is given too.
 absl::StatusOr<std::string> HostSequenceFor(const Topology& topology,
                                             const ClusterOptions& options);
+// One line per pool whose `hosts` split a tensor-parallel group across nodes (legal, but its
+// all-reduces then cross the network every layer), saying how to keep the groups whole.
+std::vector<std::string> PlacementWarnings(const Topology& topology);
 
 }  // namespace tessera::launch

@@ -271,6 +271,15 @@ TEST(TopologyTest, MpirunRunsEveryRankAndTheSequentialMapperPlacesPoolsOnTheirHo
       " ");
   EXPECT_THAT(line, HasSubstr("--hostfile /w/hosts-by-rank --mca rmaps seq"));
   EXPECT_THAT(line, Not(HasSubstr("--map-by")));
+  // hosts [a, b] under TP 2 split every TP group across the two: said, with the remedy; [a, a,
+  // b, b] keeps them whole (replica 0 on a, replica 1 on b).
+  std::vector<std::string> warnings = PlacementWarnings(*t);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_THAT(warnings[0], HasSubstr("pools[0].hosts: replica 0's tensor-parallel group (stage 0) "
+                                     "spans a and b"));
+  EXPECT_THAT(warnings[0], HasSubstr("list each one tensor_parallel_size (2) times in a row"));
+  t->pools[0].hosts = {"a", "a", "b", "b"};
+  EXPECT_THAT(PlacementWarnings(*t), ElementsAre());
   // Pools' hosts and a --hostfile both placing the ranks: refused, naming both.
   options.hostfile = "hosts.txt";
   EXPECT_THAT(std::string(HostSequenceFor(*t, options).status().message()),
