@@ -96,6 +96,25 @@ def start_serve(tessera, work, args, ready_s=120):
     return serve, json.load(open(os.path.join(work, "coordinator-ports.json")))
 
 
+def start_launch(argv, ready_s=120, **popen):
+    """Starts `tessera launch` (argv), its output into SERVE_LOG; returns the process once it
+    printed that it is ready (and the rest of that message)."""
+    launch = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              **popen)
+    threading.Thread(target=lambda: [SERVE_LOG.append(l) for l in launch.stdout],
+                     daemon=True).start()
+    deadline = time.time() + ready_s
+    while not any("tessera launch: ready" in l for l in SERVE_LOG):
+        if launch.poll() is not None:
+            fail("tessera launch exited early")
+        if time.time() >= deadline:
+            interrupt(launch, "tessera launch")
+            fail(f"tessera launch not ready in {ready_s} s")
+        time.sleep(0.1)
+    time.sleep(0.2)  # the rest of the ready message
+    return launch
+
+
 def metrics(ports):
     return urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/metrics").read().decode()
 

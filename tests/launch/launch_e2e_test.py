@@ -12,11 +12,8 @@ Usage: launch_e2e_test.py TESSERA_BINARY local|mpirun [MPIRUN ARGS...]
 import concurrent.futures
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 import e2e_util as u
 
@@ -36,15 +33,8 @@ def main():
     argv = [TESSERA, "launch", topology, "--work-dir", os.path.join(work, "run")]
     if MODE == "mpirun":
         argv += ["--mpirun", "--mpirun-args", " ".join(MPIRUN_ARGS)]
-    launch = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    threading.Thread(target=lambda: [u.SERVE_LOG.append(l) for l in launch.stdout],
-                     daemon=True).start()
+    launch = u.start_launch(argv)
     try:
-        deadline = time.time() + 120
-        while not any("tessera launch: ready" in l for l in u.SERVE_LOG):
-            u.check(launch.poll() is None, "tessera launch exited early")
-            u.check(time.time() < deadline, "tessera launch not ready in 120 s")
-            time.sleep(0.1)
         u.check(any("[mpirun] $ " in l for l in u.SERVE_LOG) == (MODE == "mpirun"),
                 "the workers were not started the way asked")
         ports = u.json.load(open(os.path.join(work, "run", "coordinator-ports.json")))

@@ -40,7 +40,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -313,19 +312,10 @@ pools:
 """)
     run = os.path.join(work, "run")
     open(os.path.join(work, "agent.log"), "w").close()
-    launch = subprocess.Popen(
+    launch = u.start_launch(
         on("node-a", [TESSERA, "launch", topology, "--mpirun", "--work-dir", run,
-                      "--mpirun-args", f"--mca plm_rsh_agent {agent} --mca btl self,vader,tcp"]),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    threading.Thread(target=lambda: [u.SERVE_LOG.append(l) for l in launch.stdout],
-                     daemon=True).start()
+                      "--mpirun-args", f"--mca plm_rsh_agent {agent} --mca btl self,vader,tcp"]))
     try:
-        deadline = time.time() + 120
-        while not any("tessera launch: ready" in l for l in u.SERVE_LOG):
-            u.check(launch.poll() is None, "tessera launch exited early")
-            u.check(time.time() < deadline, "tessera launch not ready in 120 s")
-            time.sleep(0.1)
-        time.sleep(0.2)  # the rest of the ready message
         coordinator = addr("node-a")
         ports = json.load(open(os.path.join(run, "coordinator-ports.json")))
         u.check(any(f"curl http://{host_port(coordinator, ports['http'])}/" in l
