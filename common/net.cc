@@ -61,23 +61,69 @@ std::string HostOf(absl::string_view peer) {
   return std::string(address.substr(0, colon));
 }
 
-bool IsLocalAddress(const std::string& host) {
+std::string ThisHostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) name[0] = '\0';
+  return name;
+}
+
+namespace {
+
+// BindableAddress, resolving with `flags` (AI_NUMERICHOST: literals only).
+absl::StatusOr<std::string> FirstBindable(const std::string& host, int flags) {
+  const std::string name = host.empty() ? ThisHostName() : std::string(Unbracketed(host));
+  if (name.empty()) return absl::FailedPreconditionError("this machine has no hostname");
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_DGRAM;
-  hints.ai_flags = AI_NUMERICHOST;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = flags;
   addrinfo* found = nullptr;
-  const std::string literal(Unbracketed(host));
-  if (getaddrinfo(literal.c_str(), "0", &hints, &found) != 0) return false;
-  bool local = false;
-  for (const addrinfo* a = found; a != nullptr && !local; a = a->ai_next) {
-    const int fd = socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (const int rc = getaddrinfo(name.c_str(), nullptr, &hints, &found); rc != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("host '", name, "' does not resolve (", gai_strerror(rc), ")"));
+  }
+  std::string address;
+  for (const addrinfo* a = found; a != nullptr && address.empty(); a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) continue;
-    local = bind(fd, a->ai_addr, a->ai_addrlen) == 0;
+    char text[NI_MAXHOST] = {};
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        getnameinfo(a->ai_addr, a->ai_addrlen, text, sizeof(text), nullptr, 0, NI_NUMERICHOST) ==
+            0) {
+      address = text;
+    }
     close(fd);
   }
   freeaddrinfo(found);
-  return local;
+  if (address.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no address of host '", name, "' is on this machine"));
+  }
+  return address;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> BindableAddress(const std::string& host) {
+  return FirstBindable(host, 0);
+}
+
+bool IsLocalAddress(const std::string& host) {
+  return !host.empty() && FirstBindable(host, AI_NUMERICHOST).ok();
+}
+
+std::string ListenHostFor(absl::string_view peer) {
+  if (!IsLoopbackHost(peer)) return "0.0.0.0";
+  peer = Unbracketed(peer);
+  return peer == "localhost" ? "127.0.0.1" : std::string(peer);
+}
+
+std::string AdvertiseHostToward(const std::string& peer) {
+  if (IsLoopbackHost(peer)) return ListenHostFor(peer);
+  absl::StatusOr<std::string> local = LocalAddressToward(peer);
+  if (local.ok() && !IsLoopbackHost(*local)) return *local;
+  const std::string name = ThisHostName();
+  return name.empty() ? "localhost" : name;
 }
 
 absl::StatusOr<std::string> LocalAddressToward(const std::string& host) {

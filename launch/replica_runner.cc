@@ -1,7 +1,5 @@
 #include "launch/replica_runner.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -246,10 +244,7 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
   std::string target = HostPort(host, port);
   if (info.rank == 0) {
     // Loopback unless the peers are elsewhere (then every interface: the pod's address).
-    const std::string listen = HostPort(!loopback             ? "0.0.0.0"
-                                        : host == "localhost" ? "127.0.0.1"
-                                                              : host,
-                                        port);
+    const std::string listen = HostPort(ListenHostFor(host), port);
     absl::StatusOr<std::unique_ptr<parallel::StoreServer>> made =
         parallel::StoreServer::Create(listen);
     if (!made.ok()) {
@@ -267,13 +262,9 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
   // The rendezvous gets a full timeout of its own (at most twice it in all) and so does every op.
   parallel::GlooCommunicatorOptions comm_options;
   comm_options.timeout = timeout;
-  // What the peers dial: --comm-host, else loopback for a rendezvous on loopback, else this
-  // machine's address on the route to rank 0 (a hostname may resolve to 127.0.1.1, or not at all).
-  comm_options.hostname = flags.comm_host;
-  if (comm_options.hostname.empty()) {
-    absl::StatusOr<std::string> local = LocalAddressToward(host);
-    comm_options.hostname = loopback ? "127.0.0.1" : local.ok() ? *local : "";
-  }
+  // What the peers dial: --comm-host, else the address toward rank 0's (a hostname may resolve
+  // to 127.0.1.1, or not at all).
+  comm_options.hostname = flags.comm_host.empty() ? AdvertiseHostToward(host) : flags.comm_host;
   comm_options.key_prefix = "tessera/replica";
   absl::StatusOr<std::unique_ptr<parallel::GlooCommunicator>> made =
       parallel::GlooCommunicator::Create(store, info.rank, ranks, comm_options);
@@ -297,12 +288,6 @@ absl::Status RunGlooRank(const model::ModelConfig& config, const model::WeightSo
 #endif
 
 }  // namespace
-
-std::string ThisHostName() {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) name[0] = '\0';
-  return name;
-}
 
 absl::StatusOr<int> HostLocalIndex(parallel::Communicator& replica, const std::string& host_name) {
   constexpr int64_t kName = 256;  // HOST_NAME_MAX is 64 on Linux

@@ -78,8 +78,6 @@ using KvTransportFactory =
 // each host's ranks count from 0 (a rank's GPU is its pool's first device plus this). Collective
 // over `replica` (an all-gather of the names; names past 255 bytes compare by their start).
 absl::StatusOr<int> HostLocalIndex(parallel::Communicator& replica, const std::string& host_name);
-// gethostname(), or "" where it fails.
-std::string ThisHostName();
 
 // Runs `leader` on the replica's rank 0 (in this process, or in the MPI job's rank 0) while the
 // other ranks follow its steps; returns when the leader is done and the followers have stopped.

@@ -386,10 +386,7 @@ CoordinatorSettings CoordinatorSettingsOf(const Topology& t) {
   s.grpc_port = c.grpc_port;
   // Workers on other hosts must reach the internal port: bind it on every interface unless the
   // cluster is this machine.
-  s.internal_address = HostPort(!IsLoopbackHost(c.host) ? "0.0.0.0"
-                                : c.host == "localhost" ? "127.0.0.1"
-                                                        : c.host,
-                                c.internal_port);
+  s.internal_address = HostPort(ListenHostFor(c.host), c.internal_port);
   s.max_queued_requests = c.max_queued_requests;
   s.lease_timeout_s = c.lease_timeout_s;
   s.drain_timeout_s = c.drain_timeout_s;

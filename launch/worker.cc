@@ -4,7 +4,6 @@
 // (--drain-timeout), shut down, exit 0.
 #include <fcntl.h>
 #include <poll.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -191,27 +190,11 @@ absl::StatusOr<std::unique_ptr<kvtransfer::Transport>> MakeKvTransport(const Wor
 // (what hosts on its network can dial, as vLLM's get_ip()), else this machine's hostname.
 void ResolveAddresses(WorkerFlags& flags) {
   const std::string coordinator_host = HostOf(flags.coordinator);
-  if (flags.listen.empty()) {
-    flags.listen = IsLoopbackHost(coordinator_host) ? "127.0.0.1:0" : "0.0.0.0:0";
-  }
+  if (flags.listen.empty()) flags.listen = HostPort(ListenHostFor(coordinator_host), 0);
   if (!flags.advertise_host.empty()) return;
   const std::string listen_host = HostOf(flags.listen);
-  if (!IsWildcardHost(listen_host)) {
-    flags.advertise_host = listen_host;
-    return;
-  }
-  absl::StatusOr<std::string> local = LocalAddressToward(coordinator_host);
-  if (local.ok() && !IsLoopbackHost(*local)) {
-    flags.advertise_host = *local;
-    return;
-  }
-  char name[256] = {};
-  flags.advertise_host = gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
-  if (!local.ok()) {
-    TESSERA_LOG(WARNING) << "worker: advertising hostname " << flags.advertise_host
-                         << " (no address toward the coordinator: " << local.status().message()
-                         << "); --advertise-host names another";
-  }
+  flags.advertise_host =
+      IsWildcardHost(listen_host) ? AdvertiseHostToward(coordinator_host) : listen_host;
 }
 
 // --check: what can be checked without running — the flags, the topology, and the model's split

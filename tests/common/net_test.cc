@@ -1,5 +1,6 @@
 #include "common/net.h"
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace tessera {
@@ -44,6 +45,34 @@ TEST(NetTest, TheLocalAddressTowardLoopbackIsLoopback) {
   local = LocalAddressToward("localhost");
   ASSERT_TRUE(local.ok()) << local.status();
   EXPECT_TRUE(IsLoopbackHost(*local)) << *local;
+}
+
+TEST(NetTest, ThisHostHasAName) { EXPECT_FALSE(ThisHostName().empty()); }
+
+TEST(NetTest, ListensWhereThePeerCanReachAndAdvertisesWhatItCanDial) {
+  EXPECT_EQ(ListenHostFor("localhost"), "127.0.0.1");
+  EXPECT_EQ(ListenHostFor("127.0.0.1"), "127.0.0.1");
+  EXPECT_EQ(ListenHostFor("[::1]"), "::1");
+  EXPECT_EQ(ListenHostFor("node-a"), "0.0.0.0");
+  EXPECT_EQ(ListenHostFor("10.0.0.1"), "0.0.0.0");
+  EXPECT_EQ(AdvertiseHostToward("127.0.0.1"), "127.0.0.1");
+  EXPECT_EQ(AdvertiseHostToward("::1"), "::1");
+  // Another machine: this one's address on the route there, never loopback; without a route,
+  // the hostname.
+  const std::string toward = AdvertiseHostToward("192.0.2.7");
+  absl::StatusOr<std::string> route = LocalAddressToward("192.0.2.7");
+  EXPECT_EQ(toward, route.ok() && !IsLoopbackHost(*route) ? *route : ThisHostName()) << toward;
+  EXPECT_EQ(AdvertiseHostToward("no-such-host.invalid"), ThisHostName());
+}
+
+TEST(NetTest, BindableAddressesAreThisMachines) {
+  absl::StatusOr<std::string> loopback = BindableAddress("localhost");
+  ASSERT_TRUE(loopback.ok()) << loopback.status();
+  EXPECT_TRUE(IsLoopbackHost(*loopback)) << *loopback;
+  EXPECT_THAT(std::string(BindableAddress("192.0.2.7").status().message()),
+              ::testing::HasSubstr("no address of host '192.0.2.7' is on this machine"));
+  EXPECT_THAT(std::string(BindableAddress("no-such-host.invalid").status().message()),
+              ::testing::HasSubstr("host 'no-such-host.invalid' does not resolve"));
 }
 
 TEST(NetTest, TellsThisMachinesAddressesFromOthers) {

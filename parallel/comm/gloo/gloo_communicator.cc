@@ -1,9 +1,5 @@
 #include "parallel/comm/gloo/gloo_communicator.h"
 
-#include <netdb.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <csignal>
@@ -22,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "common/net.h"
 #include "common/status_macros.h"
 #include "gloo/allgather.h"
 #include "gloo/allreduce.h"
@@ -87,45 +84,6 @@ void SetReduce(gloo::AllreduceOptions& opts, DataType dtype, ReduceOp op) {
     const void* srcs[2] = {a, b};
     ReduceCpu(dtype, op, srcs, out, static_cast<int64_t>(n));
   });
-}
-
-// The first address of `host` (empty: this machine's hostname) that a TCP socket binds, as a
-// literal. Gloo's own lookup does the same but reads an unset result when the lookup fails
-// transiently (EAI_AGAIN: a segfault, seen with a hostname no resolver knew).
-absl::StatusOr<std::string> BindableAddress(std::string host) {
-  if (host.empty()) {
-    char name[256] = {};
-    if (gethostname(name, sizeof(name) - 1) != 0) {
-      return absl::FailedPreconditionError("this machine has no hostname");
-    }
-    host = name;
-  }
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (const int rc = getaddrinfo(host.c_str(), nullptr, &hints, &found); rc != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("host '", host, "' does not resolve (", gai_strerror(rc), ")"));
-  }
-  std::string address;
-  for (const addrinfo* a = found; a != nullptr && address.empty(); a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
-    char text[NI_MAXHOST] = {};
-    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 &&
-        getnameinfo(a->ai_addr, a->ai_addrlen, text, sizeof(text), nullptr, 0, NI_NUMERICHOST) ==
-            0) {
-      address = text;
-    }
-    close(fd);
-  }
-  freeaddrinfo(found);
-  if (address.empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("no address of host '", host, "' is on this machine"));
-  }
-  return address;
 }
 
 }  // namespace
@@ -242,6 +200,8 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
   if (!options.iface.empty()) {
     attr.iface = options.iface;
   } else {
+    // Gloo's own lookup does this too, but reads an unset result when the lookup fails
+    // transiently (EAI_AGAIN: a segfault, seen with a hostname no resolver knew).
     absl::StatusOr<std::string> address = BindableAddress(options.hostname);
     if (!address.ok()) {
       return absl::Status(
