@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/tokenizer.h"
+#include "tests/await.h"
 #include "tests/coordinator/engine_replica.h"
 
 namespace tessera::coordinator {
@@ -73,15 +74,7 @@ Collected Collect(GenerateStream& stream) {
   return c;
 }
 
-template <typename F>
-bool Await(F condition, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time give_up = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  return true;
-}
+using tessera::testing::Await;
 
 class CoordinatorTest : public ::testing::Test {
  protected:

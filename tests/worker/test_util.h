@@ -7,11 +7,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/time/clock.h"
-#include "absl/time/time.h"
 #include "kernels/backend.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "tests/await.h"
 #include "worker/engine.h"
 #include "worker/kv_cache.h"
 #include "worker/llama_model.h"
@@ -19,16 +18,7 @@
 
 namespace tessera::worker::testing {
 
-// Polls `condition` every millisecond until it holds (true) or `timeout` passes (false).
-template <typename F>
-bool Await(F condition, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time give_up = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return true;
-}
+using tessera::testing::Await;
 
 // One prompt of a fixture: its ids, the transformers logits of every position [len, vocab], and
 // 16 greedy tokens.

@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/await.h"
 #include "tests/coordinator/fake_frontend.h"
 
 namespace tessera::coordinator::api {
@@ -25,16 +26,7 @@ using json = nlohmann::json;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-// Waits for `condition` until `timeout`; true when it held.
-template <typename Condition>
-bool AwaitCondition(Condition condition, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return true;
-}
+using tessera::testing::Await;
 
 // The payloads of "data: ..." events, in order.
 std::vector<std::string> SsePayloads(const std::string& body) {
@@ -600,7 +592,7 @@ TEST_F(OpenAiHttpTest, ClientDisconnectMidStreamCancelsTheRequest) {
   httplib::Result res = client.send(req);
   EXPECT_FALSE(res);  // the client cancelled
   EXPECT_THAT(received, StartsWith("data: "));
-  EXPECT_TRUE(AwaitCondition([&] { return frontend_.cancelled.load() == 1; }))
+  EXPECT_TRUE(Await([&] { return frontend_.cancelled.load() == 1; }))
       << "cancelled=" << frontend_.cancelled.load();
 }
 
@@ -619,12 +611,12 @@ TEST_F(OpenAiHttpTest, ShutdownEndsStreamsInFlight) {
     };
     client.send(req);
   });
-  ASSERT_TRUE(AwaitCondition([&] { return got_first.load(); }));
+  ASSERT_TRUE(Await([&] { return got_first.load(); }));
   const absl::Time start = absl::Now();
   server_->Shutdown();
   EXPECT_LT(absl::Now() - start, absl::Seconds(8));
   client_thread.join();
-  EXPECT_TRUE(AwaitCondition([&] { return frontend_.cancelled.load() == 1; }));
+  EXPECT_TRUE(Await([&] { return frontend_.cancelled.load() == 1; }));
 }
 
 }  // namespace

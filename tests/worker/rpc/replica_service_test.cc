@@ -20,6 +20,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "tessera/v1/replica.grpc.pb.h"
+#include "tests/await.h"
 #include "tests/worker/fake_executor.h"
 #include "worker/engine.h"
 #include "worker/rpc/replica_service.h"
@@ -55,14 +56,7 @@ class Gate {
 };
 
 // Polls `done` until it holds or kWait passed.
-bool Await(const std::function<bool()>& done) {
-  const absl::Time deadline = absl::Now() + kWait;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  return true;
-}
+bool Await(const std::function<bool()>& done) { return tessera::testing::Await(done, kWait); }
 
 ExecutorLimits FakeLimits() {
   ExecutorLimits l;
