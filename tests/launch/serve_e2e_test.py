@@ -4,8 +4,9 @@ driven by the real clients, `openai` (HTTP) and `tritonclient` (KServe v2 gRPC).
 
 1. 64 concurrent streaming requests, half over HTTP and half over gRPC, all greedy: every
    output equals what `tessera generate` gives for the same prompt ids.
-2. A replica is killed (SIGKILL) while requests run: those on it end with a retryable error, the
-   coordinator takes it out of rotation within its lease, and new requests succeed on the other.
+2. A replica is frozen (SIGSTOP, as a hung or partitioned host) while 8 long requests stream:
+   exactly those routed to it end with a retryable error, the others finish, the coordinator
+   takes it out of rotation within its lease, and new requests succeed on the other.
 3. SIGINT stops the whole cluster cleanly (exit 0, no process left behind).
 
 Usage: serve_e2e_test.py TESSERA_BINARY
@@ -27,6 +28,11 @@ import openai
 TESSERA = os.path.abspath(sys.argv[1])
 MODEL = u.MODEL
 MAX_TOKENS = 12
+# The long requests of step 2 must still be generating when the replica is frozen, on any machine:
+# the model is sized so that LONG_TOKENS take seconds (the demo model makes 1000 in under one).
+LONG_TOKENS = 600
+MODEL_SHAPE = ["--hidden-size", "384", "--intermediate-size", "1536", "--num-layers", "4",
+               "--num-heads", "6", "--num-kv-heads", "2", "--seed", "7", "--init-std", "0.5"]
 LEASE_S = 3.0  # the coordinator's default --lease-timeout
 
 
@@ -62,8 +68,11 @@ def grpc_stream(url, prompt_ids):
 
 def main():
     work = tempfile.mkdtemp(prefix="tessera-serve-e2e-")
+    model_dir = os.path.join(work, "model")
+    subprocess.run([TESSERA, "make-model", "--out", model_dir] + MODEL_SHAPE, check=True,
+                   stdout=subprocess.DEVNULL)
     serve = subprocess.Popen(
-        [TESSERA, "serve", "--port", "0", "--grpc-port", "0", "--num-replicas", "2",
+        [TESSERA, "serve", model_dir, "--served-model-name", MODEL, "--port", "0", "--grpc-port", "0", "--num-replicas", "2",
          "--threads", "1", "--work-dir", work, "--max-num-seqs", "32", "--kv-cache-gib", "0.25",
          "--drain-timeout", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -79,7 +88,6 @@ def main():
         ports = json.load(open(os.path.join(work, "coordinator-ports.json")))
         base = f"http://127.0.0.1:{ports['http']}/v1"
         grpc_url = f"127.0.0.1:{ports['grpc']}"
-        model_dir = os.path.join(work, "demo-model")
         # Both replicas registered?
         deadline = time.time() + 60
         while True:
@@ -113,50 +121,64 @@ def main():
             check(outputs[i] == text, f"prompt {i}: HTTP text {outputs[i]!r} != gRPC {text!r}")
         print("64 concurrent streams match tessera generate", flush=True)
 
-        # 2. Kill a replica while it serves.
+        # 2. Freeze a replica while it serves. Every long request has streamed its first token
+        # before the freeze, and each takes seconds more to finish, so those on replica-0 are
+        # provably mid-stream: exactly they must fail, retryably; the rest must finish.
         worker = u.worker_pid(work, "replica-0")
         started = threading.Semaphore(0)
 
         def long_http(i):
             try:
                 stream = http.completions.create(model=MODEL, prompt=[5, 6, 7 + i],
-                                                 max_tokens=1000, temperature=0, stream=True,
-                                                 extra_body={"ignore_eos": True})
-                first, finish = True, None
+                                                 max_tokens=LONG_TOKENS, temperature=0,
+                                                 stream=True, extra_body={"ignore_eos": True},
+                                                 stream_options={"include_usage": True})
+                first, finish, tokens = True, None, None
                 for chunk in stream:
                     if first:
                         started.release()
                         first = False
                     for choice in chunk.choices:
                         finish = choice.finish_reason or finish
-                return ("ok", finish)
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+                return ("ok", finish, tokens)
             except openai.APIError as e:
                 return ("error", str(e))
-        # Freeze replica-0 mid-stream: it stops heartbeating (as a hung or partitioned host does).
-        # As soon as the first stream has started: waiting for all eight would let short ones
-        # finish first on a fast machine. The router spreads the eight over both replicas, so
-        # some are on (or still going to) replica-0 and must end with a retryable error.
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             long_requests = [pool.submit(long_http, i) for i in range(8)]
-            check(started.acquire(timeout=60), "the long requests did not start")
+            for _ in range(8):
+                check(started.acquire(timeout=60), "the long requests did not all start")
+            metrics = urllib.request.urlopen(base.replace("/v1", "/metrics")).read().decode()
             os.kill(worker, signal.SIGSTOP)
             killed_at = time.time()
+            # Out of rotation within the lease (plus the check interval).
+            while True:
+                text = urllib.request.urlopen(base.replace("/v1", "/metrics")).read().decode()
+                if 'tessera_replicas{role="mixed"} 1' in text:
+                    break
+                check(time.time() - killed_at < LEASE_S * 3 + 2,
+                      "the frozen replica is still in rotation")
+                time.sleep(0.1)
+            out_after = time.time() - killed_at
             results = [f.result(timeout=300) for f in long_requests]
+        on_replica = [u.metric_value(metrics, "tessera_replica_requests_in_flight{replica="
+                                     f'"replica-{r}",role="mixed"}}') for r in (0, 1)]
+        check(sum(on_replica) == 8 and min(on_replica) > 0,
+              "8 requests on two idle replicas were not spread over both (requests in flight "
+              f"on replica-0, replica-1: {on_replica})")
+        frozen = int(on_replica[0])
         errors = [r for r in results if r[0] == "error"]
-        check(errors, f"no request failed after the replica was frozen: {results}")
+        check(len(errors) == frozen,
+              f"{frozen} requests were on the frozen replica, {len(errors)} failed: {results}")
         for e in errors:
-            check("retry" in e[1], f"not a retryable error: {e}")
-        # Out of rotation within the lease (plus the check interval).
-        while True:
-            metrics = urllib.request.urlopen(base.replace("/v1", "/metrics")).read().decode()
-            if 'tessera_replicas{role="mixed"} 1' in metrics:
-                break
-            check(time.time() - killed_at < LEASE_S * 3 + 2,
-                  "the dead replica is still in rotation")
-            time.sleep(0.1)
+            check("retry" in e[1] and "replica-0" in e[1], f"not a retryable error: {e}")
+        for r in results:
+            check(r[0] == "error" or r[1:] == ("length", LONG_TOKENS),
+                  f"a request on the live replica did not finish: {r}")
         os.kill(worker, signal.SIGKILL)
-        print(f"frozen replica out of rotation after {time.time() - killed_at:.1f} s; "
-              f"{len(errors)} of 8 in-flight requests failed retryably", flush=True)
+        print(f"frozen replica out of rotation after {out_after:.1f} s; "
+              f"{len(errors)} of 8 in-flight requests (those on it) failed retryably", flush=True)
         for i in range(6):
             r = http.completions.create(model=MODEL, prompt=[9, 10 + i], max_tokens=4)
             check(r.usage.completion_tokens == 4, f"after the kill: {r}")
