@@ -148,7 +148,7 @@ std::vector<std::string> CoordinatorCommand(const Topology& t, const std::string
 
 absl::StatusOr<std::string> HostSequenceFor(const Topology& t, const ClusterOptions& options) {
   bool any = false;
-  for (const TopologyPool& p : t.pools) any |= !p.hosts.empty();
+  for (const TopologyPool& p : t.pools) any |= p.places_ranks();
   if (!any) return std::string();
   if (!options.hostfile.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -158,14 +158,14 @@ absl::StatusOr<std::string> HostSequenceFor(const Topology& t, const ClusterOpti
   std::string out;
   for (size_t i = 0; i < t.pools.size(); ++i) {
     const TopologyPool& p = t.pools[i];
-    if (p.hosts.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("pools[", i,
-                       "].hosts: some pools name hosts and this one does not; under mpirun "
-                       "either every pool names its hosts or a --hostfile places them all"));
+    if (!p.places_ranks()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "pools[", i,
+          "].hosts: some pools name hosts and this one does not; under mpirun either every pool "
+          "names its hosts (hosts or replica_hosts) or a --hostfile places them all"));
     }
     for (int r = 0; r < p.replicas * p.ranks_per_replica(); ++r) {
-      absl::StrAppend(&out, p.hosts[static_cast<size_t>(r) % p.hosts.size()], "\n");
+      absl::StrAppend(&out, p.HostOfRank(r), "\n");
     }
   }
   return out;
@@ -175,10 +175,9 @@ std::vector<std::string> PlacementWarnings(const Topology& t) {
   std::vector<std::string> warnings;
   for (size_t i = 0; i < t.pools.size(); ++i) {
     const TopologyPool& p = t.pools[i];
+    // replica_hosts keep every tensor-parallel group on one host.
     if (p.hosts.size() < 2 || p.tensor_parallel_size < 2) continue;
-    const auto host = [&p](int rank) -> const std::string& {
-      return p.hosts[static_cast<size_t>(rank) % p.hosts.size()];
-    };
+    const auto host = [&p](int rank) -> const std::string& { return p.HostOfRank(rank); };
     // Ranks are laid out replica by replica, stage by stage, TP innermost.
     const int groups = p.replicas * p.pipeline_parallel_size;
     for (int g = 0; g < groups; ++g) {
@@ -195,7 +194,9 @@ std::vector<std::string> PlacementWarnings(const Topology& t) {
           host(other),
           ", so its all-reduces cross the network every layer; the hosts are taken rank by "
           "rank, so list each one tensor_parallel_size (",
-          p.tensor_parallel_size, ") times in a row to keep each group on one node"));
+          p.tensor_parallel_size,
+          ") times in a row, or give replica_hosts (a host per replica or per stage), to keep "
+          "each group on one node"));
       break;
     }
   }

@@ -104,6 +104,33 @@ class MapReader {
   std::set<std::string> known_;
 };
 
+// pools[i].replica_hosts: a list with, for each replica, a host name or a list of them.
+void ReadReplicaHosts(const YAML::Node& n, const std::string& where,
+                      std::vector<std::vector<std::string>>& out, absl::Status* error) {
+  const auto fail = [&](const std::string& at, const std::string& what) {
+    *error = absl::InvalidArgumentError(absl::StrCat(at, ": ", what));
+  };
+  if (!n.IsSequence()) return fail(where, "must be a list, one entry per replica");
+  out.clear();
+  for (size_t r = 0; r < n.size(); ++r) {
+    const std::string at = absl::StrCat(where, "[", r, "]");
+    std::vector<std::string> stages;
+    if (n[r].IsScalar()) {
+      stages.push_back(n[r].Scalar());
+    } else if (n[r].IsSequence()) {
+      for (size_t s = 0; s < n[r].size(); ++s) {
+        if (!n[r][s].IsScalar()) {
+          return fail(absl::StrCat(at, "[", s, "]"), "is not a host name");
+        }
+        stages.push_back(n[r][s].Scalar());
+      }
+    } else {
+      return fail(at, "must be a host name or a list of them, one per pipeline stage");
+    }
+    out.push_back(std::move(stages));
+  }
+}
+
 void ReadEngine(MapReader& r, EngineFlags& e) {
   r.Read("dtype", e.dtype);
   r.Read("kv_cache_dtype", e.kv_cache_dtype);
@@ -168,6 +195,17 @@ absl::Status ValidateEngineSettings(const EngineFlags& e, const std::string& whe
     return Invalid(where + ".attention_kernel", std::string(s.message()));
   }
   return absl::OkStatus();
+}
+
+const std::string& TopologyPool::HostOfRank(int rank) const {
+  static const std::string kNone;
+  if (!hosts.empty()) return hosts[static_cast<size_t>(rank) % hosts.size()];
+  if (replica_hosts.empty()) return kNone;
+  const int per_replica = ranks_per_replica();
+  const std::vector<std::string>& stages =
+      replica_hosts[static_cast<size_t>(rank / per_replica) % replica_hosts.size()];
+  const int stage = rank % per_replica / tensor_parallel_size;
+  return stages.size() == 1 ? stages[0] : stages[static_cast<size_t>(stage) % stages.size()];
 }
 
 int Topology::total_ranks() const {
@@ -272,6 +310,28 @@ absl::Status ValidateTopology(const Topology& t) {
     for (const std::string& h : p.hosts) {
       if (h.empty()) return Invalid(where + ".hosts", "a host name is empty");
     }
+    if (!p.hosts.empty() && !p.replica_hosts.empty()) {
+      return Invalid(where + ".replica_hosts",
+                     "give hosts (rank by rank) or replica_hosts (replica by replica), not both");
+    }
+    if (!p.replica_hosts.empty() && static_cast<int>(p.replica_hosts.size()) != p.replicas) {
+      return Invalid(where + ".replica_hosts",
+                     absl::StrCat(p.replica_hosts.size(), " entries for ", p.replicas,
+                                  " replicas: give one entry per replica"));
+    }
+    for (size_t r = 0; r < p.replica_hosts.size(); ++r) {
+      const std::vector<std::string>& stages = p.replica_hosts[r];
+      const std::string at = absl::StrCat(where, ".replica_hosts[", r, "]");
+      if (stages.size() != 1 && static_cast<int>(stages.size()) != p.pipeline_parallel_size) {
+        return Invalid(at, absl::StrCat(stages.size(),
+                                        " hosts: give one host for the whole "
+                                        "replica or one per pipeline stage (",
+                                        p.pipeline_parallel_size, ")"));
+      }
+      for (const std::string& h : stages) {
+        if (h.empty()) return Invalid(at, "a host name is empty");
+      }
+    }
     TESSERA_RETURN_IF_ERROR(ValidateEngineSettings(p.engine, where + ".engine"));
     if (p.engine.block_size != t.pools[0].engine.block_size) {
       return Invalid(where + ".engine.block_size",
@@ -358,6 +418,9 @@ absl::StatusOr<Topology> ParseTopology(const std::string& yaml, const std::strin
     r.Read("backend", p.backend);
     r.ReadList("devices", p.devices);
     r.ReadList("hosts", p.hosts);
+    if (YAML::Node h = r.Get("replica_hosts"); h.IsDefined() && !h.IsNull() && error.ok()) {
+      ReadReplicaHosts(h, r.Key("replica_hosts"), p.replica_hosts, &error);
+    }
     if (YAML::Node e = r.Get("engine"); e.IsDefined() && !e.IsNull() && error.ok()) {
       MapReader er(e, r.Key("engine"), &error);
       ReadEngine(er, p.engine);
@@ -479,6 +542,17 @@ std::string TopologyToYaml(const Topology& t) {
     out << YAML::Key << "backend" << YAML::Value << p.backend;
     if (!p.devices.empty()) out << YAML::Key << "devices" << YAML::Value << YAML::Flow << p.devices;
     if (!p.hosts.empty()) out << YAML::Key << "hosts" << YAML::Value << YAML::Flow << p.hosts;
+    if (!p.replica_hosts.empty()) {
+      out << YAML::Key << "replica_hosts" << YAML::Value << YAML::BeginSeq;
+      for (const std::vector<std::string>& stages : p.replica_hosts) {
+        if (stages.size() == 1) {
+          out << stages[0];
+        } else {
+          out << YAML::Flow << stages;
+        }
+      }
+      out << YAML::EndSeq;
+    }
     out << YAML::Key << "engine" << YAML::Value;
     engine(p.engine);
     out << YAML::EndMap;

@@ -37,12 +37,21 @@ struct TopologyPool {
   std::string backend = "cpu";  // cpu | cuda
   // GPU ids of one replica's ranks (rank order; replica r of the pool on host r's devices).
   std::vector<int> devices;
-  // Hosts for the pool's ranks under mpirun, in rank order (repeated as needed): replica 0's
-  // ranks on the first ones. Empty: wherever the hostfile puts them.
+  // Where the pool's ranks run under mpirun, in one of two forms (or neither: wherever the
+  // hostfile puts them):
+  // - hosts: rank by rank, in rank order (replica by replica, stage by stage, TP innermost),
+  //   repeated as needed;
+  // - replica_hosts: one entry per replica, either one host (every rank of the replica) or one
+  //   host per pipeline stage. A tensor-parallel group never spans hosts this way.
   std::vector<std::string> hosts;
+  std::vector<std::vector<std::string>> replica_hosts;
   EngineFlags engine;  // the topology's engine section, then the pool's own
 
   int ranks_per_replica() const { return tensor_parallel_size * pipeline_parallel_size; }
+  bool places_ranks() const { return !hosts.empty() || !replica_hosts.empty(); }
+  // The host of the pool's `rank` (0 .. replicas x ranks_per_replica - 1) under either form; ""
+  // when the pool places no ranks.
+  const std::string& HostOfRank(int rank) const;
 };
 
 struct Topology {

@@ -17,6 +17,8 @@ namespace {
 using ::testing::HasSubstr;
 
 enum class Api { kGrpc, kHttp };
+// gtest prints a parameter into the test's CTest name.
+void PrintTo(Api api, std::ostream* os) { *os << (api == Api::kGrpc ? "grpc" : "http"); }
 
 class ClientTest : public ::testing::TestWithParam<Api> {
  protected:

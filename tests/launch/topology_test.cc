@@ -89,6 +89,9 @@ struct Bad {
   std::vector<std::string> message;
 };
 
+// gtest prints a parameter into the test's CTest name: its name, not its bytes.
+void PrintTo(const Bad& bad, std::ostream* os) { *os << bad.name; }
+
 class TopologyErrorTest : public ::testing::TestWithParam<Bad> {};
 
 TEST_P(TopologyErrorTest, NamesTheKeyAndTheProblem) {
@@ -181,6 +184,30 @@ INSTANTIATE_TEST_SUITE_P(
             "kv_transport: grpc",
             "kv_transport: rdma",
             {"kv_transport", "'rdma' is not grpc or ucx"}},
+        Bad{"hosts_both_forms",
+            "    replicas: 1",
+            "    replicas: 1\n    hosts: [a]\n    replica_hosts: [a]",
+            {"pools[1].replica_hosts", "hosts (rank by rank) or replica_hosts", "not both"}},
+        Bad{"replica_hosts_count",
+            "    replicas: 2",
+            "    replicas: 2\n    replica_hosts: [a]",
+            {"pools[0].replica_hosts", "1 entries for 2 replicas"}},
+        Bad{"replica_hosts_stages",
+            "    replicas: 1",
+            "    replicas: 1\n    replica_hosts: [[a, b, c]]",
+            {"pools[1].replica_hosts[0]", "3 hosts", "one per pipeline stage (2)"}},
+        Bad{"replica_hosts_empty_name",
+            "    replicas: 1",
+            "    replicas: 1\n    replica_hosts: [[a, '']]",
+            {"pools[1].replica_hosts[0]", "a host name is empty"}},
+        Bad{"replica_hosts_not_list",
+            "    replicas: 1",
+            "    replicas: 1\n    replica_hosts: a",
+            {"pools[1].replica_hosts", "must be a list, one entry per replica"}},
+        Bad{"replica_hosts_map",
+            "    replicas: 1",
+            "    replicas: 1\n    replica_hosts: [{stage: a}]",
+            {"pools[1].replica_hosts[0]", "a host name or a list of them"}},
         Bad{"no_model", "model: demo", "", {"model: is required"}},
         Bad{"pools_not_list", "pools:\n", "pools: 3\nx:\n", {"pools"}}),
     [](const auto& info) { return info.param.name; });
@@ -284,6 +311,34 @@ TEST(TopologyTest, MpirunRunsEveryRankAndTheSequentialMapperPlacesPoolsOnTheirHo
   options.hostfile = "hosts.txt";
   EXPECT_THAT(std::string(HostSequenceFor(*t, options).status().message()),
               HasSubstr("--hostfile hosts.txt: the pools name their hosts"));
+}
+
+TEST(TopologyTest, ReplicaHostsPlaceEachReplicaOrEachStageOnOneHost) {
+  // Replica 0 of the prefill pool (TP 2) on a; replica 1 on b. The decode replica's stage 0 on c,
+  // stage 1 on d.
+  absl::StatusOr<Topology> t = ParseTopology(absl::StrReplaceAll(
+      kDemo, {{"    replicas: 2", "    replicas: 2\n    replica_hosts: [a, [b]]"},
+              {"    pp_layers: auto", "    pp_layers: auto\n    replica_hosts:\n      - [c, d]"}}));
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_THAT(t->pools[0].replica_hosts,
+              ElementsAre(std::vector<std::string>{"a"}, std::vector<std::string>{"b"}));
+  EXPECT_THAT(t->pools[1].replica_hosts, ElementsAre(std::vector<std::string>{"c", "d"}));
+  absl::StatusOr<std::string> file = HostSequenceFor(*t, ClusterOptions{});
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(*file, "a\na\nb\nb\nc\nd\n");
+  // A TP group is never split this way: no warning.
+  EXPECT_THAT(PlacementWarnings(*t), ElementsAre());
+  // TopologyToYaml writes both forms back (launch passes the workers that file).
+  absl::StatusOr<Topology> again = ParseTopology(TopologyToYaml(*t));
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << TopologyToYaml(*t);
+  EXPECT_EQ(again->pools[0].replica_hosts, t->pools[0].replica_hosts);
+  EXPECT_EQ(again->pools[1].replica_hosts, t->pools[1].replica_hosts);
+  // One pool with replica_hosts and one with rank-by-rank hosts place together.
+  t->pools[1].replica_hosts.clear();
+  t->pools[1].hosts = {"e", "f"};
+  file = HostSequenceFor(*t, ClusterOptions{});
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(*file, "a\na\nb\nb\ne\nf\n");
 }
 
 }  // namespace

@@ -313,7 +313,7 @@ pools:
     role: decode
     replicas: 1
     tensor_parallel_size: 2
-    hosts: [node-b]
+    replica_hosts: [node-b]      # the per-replica form (prefill's is rank by rank)
 """)
     run = os.path.join(work, "run")
     open(os.path.join(work, "agent.log"), "w").close()

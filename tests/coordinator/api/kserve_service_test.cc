@@ -467,6 +467,8 @@ struct BadCase {
   grpc::StatusCode code;
   std::string message;  // a substring of the error message
 };
+// gtest prints a parameter into the test's CTest name: its name, not its bytes.
+void PrintTo(const BadCase& bad, std::ostream* os) { *os << bad.name; }
 
 class KServeBadRequestTest : public KServeTest, public ::testing::WithParamInterface<BadCase> {};
 
