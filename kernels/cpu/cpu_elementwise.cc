@@ -124,11 +124,7 @@ absl::Status CpuSwiglu(Backend& backend, const SwigluParams& p, Stream&) {
   for (int64_t t = 0; t < tokens; ++t) {
     const float* gate = p.gate_up.data_as<float>() + t * p.gate_up.stride(0);
     const float* up = gate + inter;
-    float* out = p.output.data_as<float>() + t * p.output.stride(0);
-    for (int64_t j = 0; j < inter; ++j) {
-      const float g = gate[j];
-      out[j] = g / (1.0f + std::exp(-g)) * up[j];
-    }
+    cpu.simd().swiglu(gate, up, p.output.data_as<float>() + t * p.output.stride(0), inter);
   }
   return absl::OkStatus();
 }

@@ -35,6 +35,10 @@ struct SimdKernels {
   float (*exp_shifted)(float* values, int64_t count, float shift);
   // sum_j exp(values[j] - shift), exponentials in f32 as exp_shifted, summed in double.
   double (*sum_exp_shifted)(const float* values, int64_t count, float shift);
+
+  // out[j] = silu(gate[j]) * up[j] for j < count, silu(g) = g / (1 + exp(-g)), finite for every
+  // finite g. `out` may be `gate` (in place).
+  void (*swiglu)(const float* gate, const float* up, float* out, int64_t count);
 };
 
 const SimdKernels& PortableKernels();

@@ -316,6 +316,34 @@ double SumExpShifted(const float* values, int64_t count, float shift) {
   return total;
 }
 
+// silu(g) * u with e = exp(-|g|), always in Exp's domain: sigmoid(g) is 1 / (1 + e) for g >= 0
+// and e / (1 + e) below, so no exponential overflows.
+inline __m256 SiluTimes(__m256 g, __m256 u) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 e = Exp(_mm256_or_ps(g, sign));  // exp(-|g|)
+  const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+  const __m256 negative = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
+  const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(e, inv), negative);
+  return _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), u);
+}
+
+void Swiglu(const float* gate, const float* up, float* out, int64_t count) {
+  int64_t j = 0;
+  for (; j + 8 <= count; j += 8) {
+    _mm256_storeu_ps(out + j, SiluTimes(_mm256_loadu_ps(gate + j), _mm256_loadu_ps(up + j)));
+  }
+  if (j < count) {
+    alignas(32) float g[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    alignas(32) float u[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t t = j; t < count; ++t) {
+      g[t - j] = gate[t];
+      u[t - j] = up[t];
+    }
+    _mm256_store_ps(g, SiluTimes(_mm256_load_ps(g), _mm256_load_ps(u)));
+    for (int64_t t = j; t < count; ++t) out[t] = g[t - j];
+  }
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -330,6 +358,7 @@ constexpr SimdKernels kAvx2 = {
     .pv_accumulate = &PvAccumulate,
     .exp_shifted = &ExpShifted,
     .sum_exp_shifted = &SumExpShifted,
+    .swiglu = &Swiglu,
 };
 
 }  // namespace

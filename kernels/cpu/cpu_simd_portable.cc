@@ -77,6 +77,13 @@ double SumExpShifted(const float* values, int64_t count, float shift) {
   return sum;
 }
 
+void Swiglu(const float* gate, const float* up, float* out, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    const float g = gate[j];
+    out[j] = g / (1.0f + std::exp(-g)) * up[j];
+  }
+}
+
 constexpr SimdKernels kPortable = {
     .name = "portable",
     .to_f32 = &ToF32,
@@ -85,6 +92,7 @@ constexpr SimdKernels kPortable = {
     .pv_accumulate = &PvAccumulate,
     .exp_shifted = &ExpShifted,
     .sum_exp_shifted = &SumExpShifted,
+    .swiglu = &Swiglu,
 };
 
 }  // namespace
