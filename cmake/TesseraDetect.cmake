@@ -24,12 +24,19 @@ if(TESSERA_WITH_CUDA)
   find_package(CUDAToolkit REQUIRED)
 endif()
 
-# NCCL: with CUDA only; the library ships with the toolkit here.
+# NCCL: with CUDA only; the library ships with the toolkit here. Elsewhere it may come only
+# with PyTorch's wheel (nvidia-nccl-cu13: lib/libnccl.so.2, no libnccl.so): name its folder in
+# TESSERA_NCCL_ROOT (-D or the environment).
+if(NOT DEFINED TESSERA_NCCL_ROOT AND DEFINED ENV{TESSERA_NCCL_ROOT})
+  set(TESSERA_NCCL_ROOT "$ENV{TESSERA_NCCL_ROOT}")
+endif()
 if(NOT DEFINED TESSERA_WITH_NCCL)
   set(_nccl_default OFF)
   if(TESSERA_WITH_CUDA)
-    find_library(TESSERA_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
-    find_path(TESSERA_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+    find_library(TESSERA_NCCL_LIBRARY NAMES nccl libnccl.so.2
+                 HINTS ${TESSERA_NCCL_ROOT}/lib ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
+    find_path(TESSERA_NCCL_INCLUDE_DIR nccl.h
+              HINTS ${TESSERA_NCCL_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
     if(TESSERA_NCCL_LIBRARY AND TESSERA_NCCL_INCLUDE_DIR)
       set(_nccl_default ON)
     endif()

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "launch/cluster.h"
+#include "tests/source_dir.h"
 
 namespace tessera::launch {
 namespace {
@@ -70,7 +71,8 @@ TEST(TopologyTest, ParsesPoolsAndLayersTheEngineSettings) {
 }
 
 TEST(TopologyTest, TheShippedTopologiesAreValid) {
-  const std::filesystem::path dir = std::filesystem::path(TESSERA_SOURCE_DIR) / "launch/topologies";
+  const std::filesystem::path dir =
+      std::filesystem::path(tessera::testing::SourceDir()) / "launch/topologies";
   int n = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
     if (entry.path().extension() != ".yaml") continue;

@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "model/chat_template.h"
 #include "nlohmann/json.hpp"
+#include "tests/source_dir.h"
 
 namespace tessera::model {
 namespace {
@@ -18,8 +19,8 @@ using json = nlohmann::json;
 using ::testing::HasSubstr;
 
 json ReadFixture() {
-  std::ifstream in(
-      absl::StrCat(TESSERA_SOURCE_DIR, "/tests/reference/tokenizers/chat_templates.json"));
+  std::ifstream in(absl::StrCat(tessera::testing::SourceDir(),
+                                "/tests/reference/tokenizers/chat_templates.json"));
   std::stringstream buffer;
   buffer << in.rdbuf();
   return json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);

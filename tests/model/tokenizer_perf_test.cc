@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "model/tokenizer.h"
+#include "tests/source_dir.h"
 
 namespace tessera::model {
 namespace {
@@ -63,8 +64,8 @@ void Measure(const std::string& name, const Tokenizer& tokenizer) {
 }
 
 TEST(TokenizerPerfTest, EncodeThroughputLlama3Style) {
-  auto tokenizer = Tokenizer::FromFile(
-      absl::StrCat(TESSERA_SOURCE_DIR, "/tests/reference/tokenizers/llama3/tokenizer.json"));
+  auto tokenizer = Tokenizer::FromFile(absl::StrCat(
+      tessera::testing::SourceDir(), "/tests/reference/tokenizers/llama3/tokenizer.json"));
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   Measure("llama3-style fixture (1.5k vocab)", **tokenizer);
 }

@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/source_dir.h"
 
 namespace tessera::model {
 namespace {
@@ -20,7 +21,7 @@ using json = nlohmann::json;
 using ::testing::HasSubstr;
 
 std::string FixturePath(const std::string& name) {
-  return absl::StrCat(TESSERA_SOURCE_DIR, "/tests/reference/tokenizers/", name);
+  return absl::StrCat(tessera::testing::SourceDir(), "/tests/reference/tokenizers/", name);
 }
 
 json ReadJson(const std::string& path) {

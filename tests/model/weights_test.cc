@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "model/safetensors.h"
+#include "tests/source_dir.h"
 
 namespace tessera::model {
 namespace {
@@ -147,7 +148,7 @@ TEST(WeightsTest, RandomWeightsWrittenAsSafetensorsValidate) {
   auto weights = MakeRandomWeights(config, DataType::kBF16, 5);
   std::vector<std::pair<std::string, TensorView>> tensors;
   for (const std::string& name : weights->Names()) tensors.emplace_back(name, *weights->Get(name));
-  const std::string dir = testing::TempDir() + "/weights_test_random_checkpoint";
+  const std::string dir = ::testing::TempDir() + "/weights_test_random_checkpoint";
   std::filesystem::create_directories(dir);
   ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
   auto checkpoint = SafetensorsCheckpoint::Open(dir);
@@ -161,7 +162,7 @@ TEST(WeightsTest, RandomWeightsWrittenAsSafetensorsValidate) {
 // The checkpoints transformers wrote for the numerical-truth fixtures (tests/reference/).
 TEST(WeightsTest, TransformersFixturesLoadAndValidate) {
   const std::filesystem::path root =
-      std::filesystem::path(TESSERA_SOURCE_DIR) / "tests" / "reference" / "fixtures";
+      std::filesystem::path(tessera::testing::SourceDir()) / "tests" / "reference" / "fixtures";
   std::error_code error;
   if (!std::filesystem::is_directory(root, error)) GTEST_SKIP() << "no fixtures in " << root;
   int checked = 0;

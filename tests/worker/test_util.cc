@@ -3,12 +3,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "tests/kernels/test_backends.h"
+#include "tests/source_dir.h"
 
 namespace tessera::worker::testing {
 
 absl::StatusOr<Fixture> LoadFixture(const std::string& name) {
   Fixture f;
-  f.dir = absl::StrCat(TESSERA_SOURCE_DIR, "/tests/reference/fixtures/", name);
+  f.dir = absl::StrCat(tessera::testing::SourceDir(), "/tests/reference/fixtures/", name);
   TESSERA_ASSIGN_OR_RETURN(f.config, model::LoadModelConfig(f.dir));
   TESSERA_ASSIGN_OR_RETURN(f.weights, model::SafetensorsCheckpoint::Open(f.dir));
   TESSERA_ASSIGN_OR_RETURN(auto reference,
