@@ -262,6 +262,7 @@ absl::Status CpuKvWrite(Backend& backend, const KvWriteParams& p, Stream&) {
   }
   const DataType cache_dtype = p.key_cache.dtype();
   const size_t size = p.key_cache.element_size();
+  const SimdKernels& simd = cpu.simd();
   const int threads = ThreadsFor(cpu, tokens, kv_heads * head_dim * 2);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t t = 0; t < tokens; ++t) {
@@ -273,8 +274,7 @@ absl::Status CpuKvWrite(Backend& backend, const KvWriteParams& p, Stream&) {
       for (int64_t h = 0; h < kv_heads; ++h) {
         const float* from = src.data_as<float>() + t * src.stride(0) + h * src.stride(1);
         const int64_t to = block * cache.stride(0) + h * cache.stride(1) + offset * cache.stride(2);
-        ConvertFromF32(from, cache_dtype, ElementPtr(cache.data(), to, size),
-                       static_cast<size_t>(head_dim));
+        simd.from_f32(from, cache_dtype, ElementPtr(cache.data(), to, size), head_dim);
       }
     };
     write(p.key, p.key_cache);

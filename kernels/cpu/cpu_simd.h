@@ -15,6 +15,9 @@ struct SimdKernels {
 
   // dst[i] = src[i] converted to f32, src of dtype f32, f16 or bf16.
   void (*to_f32)(DataType src_dtype, const void* src, float* dst, int64_t count);
+  // dst[i] = src[i] converted to dst_dtype (f32, f16 or bf16), bit for bit as ConvertFromF32
+  // (round to nearest even; NaN as there).
+  void (*from_f32)(const float* src, DataType dst_dtype, void* dst, int64_t count);
 
   // The skinny product of decode: out[i * ldo + j] = sum_c x[i * ldx + c] * w[j * k + c] for
   // i < m and row_begin <= j < row_end, where w (f32, f16 or bf16) is converted on the fly and

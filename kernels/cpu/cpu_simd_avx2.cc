@@ -72,6 +72,53 @@ void ToF32(DataType src_dtype, const void* src, float* dst, int64_t count) {
   }
 }
 
+// 8 lanes of 32 bits holding 16-bit values, stored as 8 contiguous uint16.
+inline void Store8x16(__m256i values, uint16_t* out) {
+  // packus works within 128-bit halves: [v0..v3 v0..v3 | v4..v7 v4..v7]; keep qwords 0 and 2.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(values, values), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(packed));
+}
+
+void FromF32(const float* src, DataType dst_dtype, void* dst, int64_t count) {
+  if (dst_dtype != DataType::kBF16 && dst_dtype != DataType::kF16) {
+    ConvertFromF32(src, dst_dtype, dst, static_cast<size_t>(count));
+    return;
+  }
+  auto* out = static_cast<uint16_t*>(dst);
+  int64_t i = 0;
+  if (dst_dtype == DataType::kBF16) {
+    // As F32ToBF16: add 0x7fff plus the kept part's lowest bit, keep the high half; NaN keeps its
+    // high half with the quiet bit set.
+    const __m256i one = _mm256_set1_epi32(1);
+    const __m256i half = _mm256_set1_epi32(0x7fff);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    const __m256i inf = _mm256_set1_epi32(0x7f800000);
+    const __m256i quiet = _mm256_set1_epi32(0x40);
+    for (; i + 8 <= count; i += 8) {
+      const __m256i w = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+      const __m256i high = _mm256_srli_epi32(w, 16);
+      const __m256i rounded = _mm256_srli_epi32(
+          _mm256_add_epi32(w, _mm256_add_epi32(half, _mm256_and_si256(high, one))), 16);
+      const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(w, abs_mask), inf);
+      Store8x16(_mm256_blendv_epi8(rounded, _mm256_or_si256(high, quiet), nan), out + i);
+    }
+    for (; i < count; ++i) out[i] = F32ToBF16(src[i]);
+    return;
+  }
+  // f16 through F16C (IEEE round to nearest even, subnormals, overflow to infinity, as
+  // F32ToF16); a group holding a NaN goes through F32ToF16, whose NaN is canonical.
+  for (; i + 8 <= count; i += 8) {
+    const __m256 x = _mm256_loadu_ps(src + i);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0) {
+      for (int64_t j = i; j < i + 8; ++j) out[j] = F32ToF16(src[j]);
+      continue;
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < count; ++i) out[i] = F32ToF16(src[i]);
+}
+
 // out[i, row + r] for i < M, r < R: M input rows against R weight rows, 8 columns at a time.
 template <DataType W, int M, int R>
 void SkinnyTile(const float* x, int64_t ldx, const char* w, int64_t w_pitch, int64_t k, int64_t row,
@@ -317,10 +364,12 @@ double SumExpShifted(const float* values, int64_t count, float shift) {
 }
 
 // silu(g) * u with e = exp(-|g|), always in Exp's domain: sigmoid(g) is 1 / (1 + e) for g >= 0
-// and e / (1 + e) below, so no exponential overflows.
+// and e / (1 + e) below, so no exponential overflows. Past |g| = 87 (where Exp clamps) e is 0.
 inline __m256 SiluTimes(__m256 g, __m256 u) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256 e = Exp(_mm256_or_ps(g, sign));  // exp(-|g|)
+  const __m256 minus_abs = _mm256_or_ps(g, sign);
+  const __m256 e = _mm256_and_ps(
+      Exp(minus_abs), _mm256_cmp_ps(minus_abs, _mm256_set1_ps(-87.0f), _CMP_GE_OQ));
   const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
   const __m256 negative = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
   const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(e, inv), negative);
@@ -353,6 +402,7 @@ void Swiglu(const float* gate, const float* up, float* out, int64_t count) {
 constexpr SimdKernels kAvx2 = {
     .name = "avx2",
     .to_f32 = &ToF32,
+    .from_f32 = &FromF32,
     .skinny_matmul = &SkinnyMatmul,
     .qk_scores = &QkScores,
     .pv_accumulate = &PvAccumulate,

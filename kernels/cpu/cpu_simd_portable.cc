@@ -84,9 +84,14 @@ void Swiglu(const float* gate, const float* up, float* out, int64_t count) {
   }
 }
 
+void FromF32(const float* src, DataType dst_dtype, void* dst, int64_t count) {
+  ConvertFromF32(src, dst_dtype, dst, static_cast<size_t>(count));
+}
+
 constexpr SimdKernels kPortable = {
     .name = "portable",
     .to_f32 = &ToF32,
+    .from_f32 = &FromF32,
     .skinny_matmul = &SkinnyMatmul,
     .qk_scores = &QkScores,
     .pv_accumulate = &PvAccumulate,
