@@ -144,6 +144,19 @@ const float* BlockRows(const SimdKernels& simd, const TensorView& cache, int64_t
   return buffer.data();
 }
 
+// Prefetches rows [0, count) of one block and head of a cache into the caches.
+void PrefetchBlockRows(const TensorView& cache, int64_t block, int64_t head, int64_t count) {
+  const size_t size = cache.element_size();
+  const auto* base = static_cast<const char*>(cache.data());
+  const int64_t row_bytes = cache.dim(3) * static_cast<int64_t>(size);
+  for (int64_t j = 0; j < count; ++j) {
+    const char* row =
+        base + (block * cache.stride(0) + head * cache.stride(1) + j * cache.stride(2)) *
+                   static_cast<int64_t>(size);
+    for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(row + byte, 0, 3);
+  }
+}
+
 // The online-softmax step of `rows` x `group` queries (state at max/sum/acc) over the scores of
 // one block: rescales the running sums to the new maximum and turns scores into weights (zero
 // past each row's causal limit). Row r sees block columns [0, first_limit + r).
@@ -214,6 +227,15 @@ void RunItem(const SimdKernels& simd, const PagedAttentionParams& p, const WorkI
   for (int64_t b = 0; b * block_size <= last_pos; ++b) {
     const int64_t start = b * block_size;
     const int64_t valid = std::min(block_size, last_pos + 1 - start);
+    // The next block's rows are somewhere else in memory (a page of their own, often): ask for
+    // them now, so that they arrive while this block computes instead of stalling its reads.
+    if ((b + 1) * block_size <= last_pos) {
+      const int64_t next_valid = std::min(block_size, last_pos + 1 - (b + 1) * block_size);
+      for (int64_t hh = 0; hh < heads; ++hh) {
+        PrefetchBlockRows(p.key_cache, table[b + 1], item.head_begin + hh, next_valid);
+        PrefetchBlockRows(p.value_cache, table[b + 1], item.head_begin + hh, next_valid);
+      }
+    }
     for (int64_t hh = 0; hh < heads; ++hh) {
       const int64_t head = item.head_begin + hh;
       const int64_t q0 = hh * per_head;
