@@ -62,6 +62,7 @@ struct BenchConfig {
   std::string host = "127.0.0.1";
   int port = 0;             // 0: 8000 for HTTP, 8001 for gRPC
   std::string model;        // empty: the first model the server lists
+  std::string api_key;      // the server's API key (never written to results); empty: none
   std::string metrics_url;  // "http://host:port/metrics"; empty: derived for HTTP, none for
                             // gRPC; "none": no server breakdown
   WorkloadSpec workload;

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 
 #include "absl/strings/ascii.h"
@@ -98,6 +99,9 @@ void AddBenchFlags(CLI::App& app, BenchFlags& flags) {
                  "Server URL http://host:port (instead of --host/--port)");
   app.add_option("--host", flags.host, "Server host")->capture_default_str();
   app.add_option("--port", flags.port, "Server port (default 8000 HTTP, 8001 gRPC)");
+  app.add_option("--api-key", flags.api_key,
+                 "The server's API key, sent as \"Authorization: Bearer KEY\" (default: "
+                 "$OPENAI_API_KEY, as vllm bench serve)");
   app.add_option("--model", flags.model, "Served model name (default: the first listed)");
   app.add_option("--dataset-name", flags.dataset_name,
                  "Workload: random, fixed, chat, prefix or mooncake")
@@ -166,6 +170,10 @@ absl::StatusOr<BenchConfig> BenchConfigFromFlags(const BenchFlags& flags) {
   }
   config.host = flags.host;
   config.port = flags.port;
+  config.api_key = flags.api_key;
+  if (config.api_key.empty()) {
+    if (const char* env = std::getenv("OPENAI_API_KEY"); env != nullptr) config.api_key = env;
+  }
   if (!flags.base_url.empty()) {
     absl::StatusOr<HttpUrl> url = ParseHttpUrl(flags.base_url);
     if (!url.ok())

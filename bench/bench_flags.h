@@ -22,6 +22,7 @@ struct BenchFlags {
   std::string host = "127.0.0.1";
   int port = 0;  // 0: 8000 (HTTP) or 8001 (gRPC)
   std::string model;
+  std::string api_key;  // --api-key, else $OPENAI_API_KEY (as vllm bench serve)
   std::string dataset_name = "random";
   std::string dataset_path;
   int64_t num_prompts = 0;  // 0: 1000, or unbounded with --duration

@@ -30,6 +30,9 @@ struct ClientOptions {
   absl::Duration request_timeout = absl::Minutes(10);
   absl::Duration connect_timeout = absl::Seconds(10);
   const Clock* clock = &RealClock::Get();  // MonotonicNow() times the responses
+  // Sent as "Authorization: Bearer KEY" (HTTP) or the "authorization" metadata (gRPC); empty:
+  // none.
+  std::string api_key;
 };
 
 // What the server says about itself.

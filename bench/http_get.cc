@@ -56,7 +56,7 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(absl::string_view url) {
 }
 
 absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
-                                    absl::Duration timeout) {
+                                    absl::Duration timeout, const std::string& api_key) {
   const std::string where = absl::StrCat("http://", HostPort(host, port), path);
   try {
     httplib::Client client(host, port);
@@ -64,7 +64,9 @@ absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std
     client.set_connection_timeout(micros);
     client.set_read_timeout(micros);
     client.set_write_timeout(micros);
-    httplib::Result result = client.Get(path.c_str());
+    httplib::Headers headers;
+    if (!api_key.empty()) headers.emplace("Authorization", absl::StrCat("Bearer ", api_key));
+    httplib::Result result = client.Get(path.c_str(), headers);
     if (!result) {
       return absl::UnavailableError(absl::StrCat(
           "GET ", where, ": cannot reach the server: ", httplib::to_string(result.error())));

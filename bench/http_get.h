@@ -22,7 +22,8 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(absl::string_view url);
 // GET `path` from host:port; the body of a 200 answer. kUnavailable naming the address when the
 // server cannot be reached within `timeout`; kFailedPrecondition with the status and body for
 // any other status.
+// `api_key`, when set, goes as "Authorization: Bearer KEY".
 absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path,
-                                    absl::Duration timeout);
+                                    absl::Duration timeout, const std::string& api_key = "");
 
 }  // namespace tessera::bench

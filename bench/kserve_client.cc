@@ -43,10 +43,27 @@ class KServeClient final : public RequestClient {
     }
   }
 
+  // The API key as the "authorization" metadata (the coordinator's --api-key).
+  void Authorize(grpc::ClientContext& context) const {
+    if (!options_.api_key.empty()) {
+      context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.api_key));
+    }
+  }
+
+  // An UNAUTHENTICATED answer, said as what to do about it.
+  absl::Status KeyError(const grpc::Status& status) const {
+    return absl::UnauthenticatedError(
+        absl::StrCat("KServe gRPC server at ", address_,
+                     options_.api_key.empty() ? " needs an API key: --api-key or $OPENAI_API_KEY"
+                                              : " refused the API key given",
+                     " (", status.error_message(), ")"));
+  }
+
   absl::Status Probe() {
     GRPCInferenceService::Stub& stub = *stubs_[0];
     {
       grpc::ClientContext context;
+      Authorize(context);
       context.set_deadline(Deadline(options_.connect_timeout));
       context.set_wait_for_ready(false);  // a refused connection fails at once
       inference::ServerReadyRequest request;
@@ -65,10 +82,12 @@ class KServeClient final : public RequestClient {
     info_.model = options_.model;
     if (info_.model.empty()) {
       grpc::ClientContext context;
+      Authorize(context);
       context.set_deadline(Deadline(options_.connect_timeout));
       inference::RepositoryIndexRequest request;
       inference::RepositoryIndexResponse response;
       const grpc::Status status = stub.RepositoryIndex(&context, request, &response);
+      if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) return KeyError(status);
       if (!status.ok()) return rpc::FromGrpcStatus("RepositoryIndex", status);
       if (response.models().empty()) {
         return absl::NotFoundError(absl::StrCat("the server at ", address_, " lists no model"));
@@ -76,11 +95,13 @@ class KServeClient final : public RequestClient {
       info_.model = response.models(0).name();
     }
     grpc::ClientContext context;
+    Authorize(context);
     context.set_deadline(Deadline(options_.connect_timeout));
     inference::ModelConfigRequest request;
     request.set_name(info_.model);
     inference::ModelConfigResponse response;
     const grpc::Status status = stub.ModelConfig(&context, request, &response);
+    if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) return KeyError(status);
     if (!status.ok()) {
       return absl::NotFoundError(
           absl::StrCat("model '", info_.model, "' at ", address_, ": ", status.error_message()));
@@ -109,6 +130,7 @@ class KServeClient final : public RequestClient {
     ResponseTimer timer(*options_.clock, run_start, static_cast<int64_t>(spec.prompt.size()),
                         &record);
     grpc::ClientContext context;
+    Authorize(context);
     context.set_deadline(Deadline(options_.request_timeout));
     std::unique_ptr<
         grpc::ClientReaderWriter<inference::ModelInferRequest, inference::ModelStreamInferResponse>>

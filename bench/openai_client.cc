@@ -120,13 +120,20 @@ class OpenAiClient final : public RequestClient {
   explicit OpenAiClient(ClientOptions options) : options_(std::move(options)) {}
 
   absl::Status Probe() {
-    absl::StatusOr<std::string> body =
-        HttpGet(options_.host, options_.port, "/v1/models", options_.connect_timeout);
+    absl::StatusOr<std::string> body = HttpGet(options_.host, options_.port, "/v1/models",
+                                               options_.connect_timeout, options_.api_key);
     if (!body.ok()) {
       if (absl::IsUnavailable(body.status())) {
         return absl::UnavailableError(
             absl::StrCat("OpenAI HTTP server at http://", HostPort(options_.host, options_.port),
                          " cannot be reached: ", body.status().message()));
+      }
+      if (absl::StrContains(body.status().message(), "HTTP 401")) {
+        return absl::UnauthenticatedError(absl::StrCat(
+            body.status().message(), options_.api_key.empty()
+                                         ? "; the server needs an API key: --api-key or "
+                                           "$OPENAI_API_KEY"
+                                         : "; the server refused the API key given"));
       }
       return body.status();
     }
@@ -204,6 +211,9 @@ class OpenAiClient final : public RequestClient {
     request.headers = {{"Accept", "text/event-stream"}};
     request.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
     request.set_header("Content-Type", "application/json");
+    if (!options_.api_key.empty()) {
+      request.set_header("Authorization", absl::StrCat("Bearer ", options_.api_key));
+    }
     request.response_handler = [&](const httplib::Response& response) {
       status = response.status;
       return true;

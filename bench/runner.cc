@@ -250,6 +250,7 @@ absl::StatusOr<BenchResult> RunBench(const BenchConfig& config, ProgressSink* pr
   options.temperature = config.temperature;
   options.request_timeout = config.request_timeout;
   options.connect_timeout = config.connect_timeout;
+  options.api_key = config.api_key;
   absl::StatusOr<std::unique_ptr<RequestClient>> client = config.endpoint == Endpoint::kKServeGrpc
                                                               ? CreateKServeClient(options)
                                                               : CreateOpenAiClient(options);

@@ -91,6 +91,10 @@ class Coordinator final : public Frontend {
                                                 bool add_special_tokens) const override;
   absl::StatusOr<std::string> Detokenize(absl::Span<const int32_t> ids,
                                          bool skip_special_tokens) const override;
+  absl::StatusOr<std::vector<std::string>> IdsToTokens(
+      absl::Span<const int32_t> ids) const override {
+    return tokenizer_->IdsToTokens(ids);
+  }
   std::string RenderMetrics() const override { return metrics_.Render(); }
 
  private:

@@ -112,6 +112,9 @@ class Frontend {
                                                         bool add_special_tokens) const = 0;
   virtual absl::StatusOr<std::string> Detokenize(absl::Span<const int32_t> ids,
                                                  bool skip_special_tokens) const = 0;
+  // Each id's vocabulary string (model::Tokenizer::IdsToTokens).
+  virtual absl::StatusOr<std::vector<std::string>> IdsToTokens(
+      absl::Span<const int32_t> ids) const = 0;
 
   // Every metric in Prometheus text exposition format 0.0.4 (vllm:* and tessera_*).
   virtual std::string RenderMetrics() const = 0;

@@ -20,6 +20,7 @@
 #include "bench/http_get.h"
 #include "common/net.h"
 #include "common/status_macros.h"
+#include "coordinator/api/api_keys.h"
 #include "launch/processes.h"
 #include "launch/signals.h"
 #include "nlohmann/json.hpp"
@@ -227,6 +228,16 @@ std::vector<std::string> MpirunCommand(const Topology& t, const std::string& sel
 
 absl::Status RunCluster(const Topology& topology, const ClusterOptions& options) {
   TESSERA_RETURN_IF_ERROR(ValidateTopology(topology));
+  // The API key: --api-key, else the caller's $TESSERA_API_KEY. The coordinator inherits it (and,
+  // unused, the local workers); set before any thread starts.
+  const char* env_key = std::getenv("TESSERA_API_KEY");
+  const std::string api_key =
+      !options.api_key.empty() ? options.api_key : (env_key != nullptr ? env_key : "");
+  if (!api_key.empty()) {
+    TESSERA_RETURN_IF_ERROR(coordinator::api::ApiKeys::Validate(
+        {api_key}, options.api_key.empty() ? "TESSERA_API_KEY" : "--api-key"));
+    setenv("TESSERA_API_KEY", api_key.c_str(), 1);
+  }
   InstallTerminationHandlers();
   const std::string self = SelfExecutable();
   std::string work = options.work_dir;
@@ -333,14 +344,15 @@ absl::Status RunCluster(const Topology& topology, const ClusterOptions& options)
     const std::string& name = t.served_model_name;
     std::printf(
         "\n%s: ready — model \"%s\" on %d replica(s): %s; KV over %s\n"
-        "  OpenAI HTTP: curl http://%s/v1/completions -H 'Content-Type: application/json' "
+        "  OpenAI HTTP: curl http://%s/v1/completions -H 'Content-Type: application/json' %s"
         "-d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 16}'\n"
         "  KServe gRPC: %s, model \"%s\", inputs text_input, stream, sampling_parameters "
         "(tritonclient, perf_analyzer)\n"
         "  metrics: http://%s/metrics   Ctrl-C stops everything.\n\n",
         options.label.c_str(), name.c_str(), expected, absl::StrJoin(summary, ", ").c_str(),
-        t.kv_transport.c_str(), http.c_str(), name.c_str(), HostPort(host, ports->grpc).c_str(),
-        name.c_str(), http.c_str());
+        t.kv_transport.c_str(), http.c_str(),
+        api_key.empty() ? "" : "-H \"Authorization: Bearer $TESSERA_API_KEY\" ", name.c_str(),
+        HostPort(host, ports->grpc).c_str(), name.c_str(), http.c_str());
     std::fflush(stdout);
     while (true) {
       if (std::optional<ProcessGroup::Exited> exited = children.PollExited(); exited.has_value()) {

@@ -26,6 +26,9 @@ struct ClusterOptions {
   std::vector<std::string> forward_env;  // variables mpirun forwards to every rank (-x VAR)
   double ready_timeout_s = 300.0;
   bool dry_run = false;  // print the resolved topology and the commands; start nothing
+  // The key API clients must present (coordinator --api-key); passed to the coordinator as
+  // $TESSERA_API_KEY, not on its command line. Empty: the APIs are open.
+  std::string api_key;
 };
 
 // Runs until a signal (OK) or until the coordinator, the mpirun job or the last worker exits on

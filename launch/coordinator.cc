@@ -3,11 +3,13 @@
 // registrations on an internal gRPC port. SIGINT/SIGTERM drain it: readiness turns false, new
 // requests are refused, requests in flight get --drain-timeout seconds to finish.
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -15,6 +17,7 @@
 #include "common/logging.h"
 #include "common/net.h"
 #include "common/status_macros.h"
+#include "coordinator/api/api_keys.h"
 #include "coordinator/api/kserve_server.h"
 #include "coordinator/api/openai_http.h"
 #include "coordinator/coordinator.h"
@@ -42,9 +45,24 @@ struct CoordinatorFlags {
   double lease_timeout_s = 3.0;
   double drain_timeout_s = 30.0;
   std::string port_file;
-  std::string topology;  // the settings the command line does not give come from here
-  bool check = false;    // validate and exit
+  std::string topology;               // the settings the command line does not give come from here
+  bool check = false;                 // validate and exit
+  std::vector<std::string> api_keys;  // --api-key, then $TESSERA_API_KEY
 };
+
+// The keys clients must present: --api-key (repeatable), else $TESSERA_API_KEY (what `tessera
+// serve --api-key` and `tessera launch --api-key` pass, so that no key shows in a process list).
+absl::StatusOr<std::vector<std::string>> ApiKeysOf(const CoordinatorFlags& flags) {
+  std::vector<std::string> keys = flags.api_keys;
+  if (keys.empty()) {
+    if (const char* env = std::getenv("TESSERA_API_KEY"); env != nullptr && *env != '\0') {
+      keys.push_back(env);
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(coordinator::api::ApiKeys::Validate(
+      keys, flags.api_keys.empty() ? "TESSERA_API_KEY" : "--api-key"));
+  return keys;
+}
 
 // Fills what the command line left unset from the topology file's model and coordinator section
 // (what `tessera launch` would pass), so a Kubernetes coordinator reads the same ConfigMap as its
@@ -67,6 +85,7 @@ absl::Status ApplyTopology(CoordinatorFlags& flags, const std::function<bool(con
 
 // --check: the flags, and the model when it is on this machine (its config and tokenizer load).
 absl::Status CheckCoordinator(const CoordinatorFlags& flags) {
+  TESSERA_RETURN_IF_ERROR(ApiKeysOf(flags).status());
   for (const auto& [name, port] :
        {std::pair<const char*, int>{"--port", flags.port}, {"--grpc-port", flags.grpc_port}}) {
     if (port < 0 || port > 65535) {
@@ -124,6 +143,7 @@ absl::Status WritePortFile(const std::string& path, int http, int grpc, int inte
 
 absl::Status RunCoordinator(const CoordinatorFlags& flags) {
   if (flags.check) return CheckCoordinator(flags);
+  TESSERA_ASSIGN_OR_RETURN(const std::vector<std::string> api_keys, ApiKeysOf(flags));
   InstallTerminationHandlers();
   TESSERA_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(flags.model));
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
@@ -162,10 +182,12 @@ absl::Status RunCoordinator(const CoordinatorFlags& flags) {
                            coordinator::RegistryServer::Create(*core, flags.internal_address));
   coordinator::KServeServerOptions kserve_options;
   kserve_options.address = HostPort(flags.host, flags.grpc_port);
+  kserve_options.service.api_keys = api_keys;
   TESSERA_ASSIGN_OR_RETURN(auto kserve, coordinator::KServeServer::Create(*core, kserve_options));
   coordinator::api::OpenAiHttpOptions http_options;
   http_options.host = flags.host;
   http_options.port = flags.port;
+  http_options.api_keys = api_keys;
   TESSERA_ASSIGN_OR_RETURN(auto http,
                            coordinator::api::OpenAiHttpServer::Create(*core, http_options));
   if (!flags.port_file.empty()) {
@@ -174,9 +196,10 @@ absl::Status RunCoordinator(const CoordinatorFlags& flags) {
   }
   std::printf(
       "tessera coordinator: model %s; OpenAI HTTP on http://%s/v1, KServe gRPC on %s, "
-      "replicas register at port %d\n",
+      "replicas register at port %d%s\n",
       options.model.name.c_str(), HostPort(flags.host, http->port()).c_str(),
-      HostPort(flags.host, kserve->port()).c_str(), registry->port());
+      HostPort(flags.host, kserve->port()).c_str(), registry->port(),
+      api_keys.empty() ? "" : absl::StrCat("; ", api_keys.size(), " API key(s) required").c_str());
   std::fflush(stdout);
 
   // Serve until a termination signal; keep gRPC health in step with readiness meanwhile.
@@ -228,6 +251,10 @@ Command RegisterCoordinator(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--port-file", flags->port_file,
                   "Write the bound ports here as JSON once listening (for scripts)");
+  sub->add_option("--api-key", flags->api_keys,
+                  "Require \"Authorization: Bearer KEY\" (HTTP) or the metadata \"authorization: "
+                  "Bearer KEY\" (gRPC) on every API call but health, metrics and version; "
+                  "repeatable (default: $TESSERA_API_KEY)");
   sub->add_flag("--check", flags->check,
                 "Validate the flags (and the model when it is here), print them and exit");
   return ExitCodeOf("coordinator", [flags, sub] {

@@ -71,6 +71,9 @@ Command RegisterLaunch(CLI::App& app) {
   sub->add_option("--ready-timeout", flags->cluster.ready_timeout_s,
                   "Seconds to wait for every replica to register")
       ->capture_default_str();
+  sub->add_option("--api-key", flags->cluster.api_key,
+                  "Require this key (\"Authorization: Bearer KEY\") on every API call but health, "
+                  "metrics and version (default: $TESSERA_API_KEY, as vLLM's VLLM_API_KEY)");
   return ExitCodeOf("launch", [flags] { return Launch(*flags); });
 }
 

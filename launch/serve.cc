@@ -19,7 +19,8 @@ namespace tessera::launch {
 namespace {
 
 struct ServeFlags {
-  std::string model;  // empty: the built-in demo model
+  std::string api_key;  // --api-key, or $TESSERA_API_KEY
+  std::string model;    // empty: the built-in demo model
   std::string served_model_name;
   std::string host = "127.0.0.1";
   int port = 8000;
@@ -112,6 +113,7 @@ absl::Status Serve(const ServeFlags& flags) {
   options.label = "tessera serve";
   options.work_dir = flags.work_dir;
   options.ready_timeout_s = flags.ready_timeout_s;
+  options.api_key = flags.api_key;
   return RunCluster(topology, options);
 }
 
@@ -177,6 +179,9 @@ Command RegisterServe(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--work-dir", flags->work_dir,
                   "Where the demo model and port files go (default: a fresh temp dir)");
+  sub->add_option("--api-key", flags->api_key,
+                  "Require this key (\"Authorization: Bearer KEY\") on every API call but health, "
+                  "metrics and version (default: $TESSERA_API_KEY, as vLLM's VLLM_API_KEY)");
   return ExitCodeOf("serve", [flags] { return Serve(*flags); });
 }
 

@@ -337,6 +337,21 @@ std::optional<std::string> Tokenizer::IdToToken(int32_t id) const {
   return impl_->ids[id].token;
 }
 
+absl::StatusOr<std::vector<std::string>> Tokenizer::IdsToTokens(
+    absl::Span<const int32_t> ids) const {
+  std::vector<std::string> out;
+  out.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    std::optional<std::string> token = IdToToken(ids[i]);
+    if (!token.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", ids[i], " (at ", i, ") is not in the vocabulary of ", vocab_size(), " ids"));
+    }
+    out.push_back(std::move(*token));
+  }
+  return out;
+}
+
 bool Tokenizer::IsSpecial(int32_t id) const {
   return id >= 0 && id < vocab_size() && impl_->ids[id].special;
 }

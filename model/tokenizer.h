@@ -84,6 +84,9 @@ class Tokenizer {
   std::optional<int32_t> TokenToId(absl::string_view token) const;
   // The token's string as tokenizer.json writes it (byte-level: "Ġhello" for " hello").
   std::optional<std::string> IdToToken(int32_t id) const;
+  // IdToToken of each id (transformers' convert_ids_to_tokens); kInvalidArgument naming the
+  // first id that has no token.
+  absl::StatusOr<std::vector<std::string>> IdsToTokens(absl::Span<const int32_t> ids) const;
   bool IsSpecial(int32_t id) const;
   // From tokenizer_config.json's bos_token, else the special token the post-processor puts first.
   std::optional<int32_t> bos_token_id() const;

@@ -220,7 +220,20 @@ class StreamSession {
 }  // namespace
 
 KServeService::KServeService(Frontend& frontend, KServeServiceOptions options)
-    : frontend_(frontend), options_(std::move(options)) {}
+    : frontend_(frontend), options_(std::move(options)), keys_(options_.api_keys) {}
+
+grpc::Status KServeService::Authorize(const grpc::ServerContext& context) const {
+  if (!keys_.enabled()) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  const auto found = metadata.find("authorization");
+  if (found != metadata.end() &&
+      keys_.Allows(absl::string_view(found->second.data(), found->second.size()))) {
+    return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      "this server needs an API key: send the metadata \"authorization: Bearer "
+                      "KEY\" (tritonclient: headers={\"authorization\": \"Bearer KEY\"})");
+}
 
 void KServeService::RecordRequest(bool ok, absl::Duration elapsed) {
   const uint64_t ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(elapsed));
@@ -246,18 +259,20 @@ grpc::Status KServeService::ServerReady(grpc::ServerContext*, const inference::S
   return grpc::Status::OK;
 }
 
-grpc::Status KServeService::ModelReady(grpc::ServerContext*,
+grpc::Status KServeService::ModelReady(grpc::ServerContext* context,
                                        const inference::ModelReadyRequest* request,
                                        inference::ModelReadyResponse* response) {
+  if (grpc::Status denied = Authorize(*context); !denied.ok()) return denied;
   response->set_ready(
       kserve::CheckModel(frontend_.model(), request->name(), request->version()).ok() &&
       frontend_.Ready());
   return grpc::Status::OK;
 }
 
-grpc::Status KServeService::ServerMetadata(grpc::ServerContext*,
+grpc::Status KServeService::ServerMetadata(grpc::ServerContext* context,
                                            const inference::ServerMetadataRequest*,
                                            inference::ServerMetadataResponse* response) {
+  if (grpc::Status denied = Authorize(*context); !denied.ok()) return denied;
   response->set_name("tessera");
   response->set_version(options_.server_version);
   for (const char* extension : {"model_configuration", "parameters", "statistics"}) {
@@ -266,18 +281,20 @@ grpc::Status KServeService::ServerMetadata(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status KServeService::ModelMetadata(grpc::ServerContext*,
+grpc::Status KServeService::ModelMetadata(grpc::ServerContext* context,
                                           const inference::ModelMetadataRequest* request,
                                           inference::ModelMetadataResponse* response) {
+  if (grpc::Status denied = Authorize(*context); !denied.ok()) return denied;
   absl::Status status = kserve::CheckModel(frontend_.model(), request->name(), request->version());
   if (!status.ok()) return ToGrpcStatus(status);
   kserve::FillModelMetadata(frontend_.model(), response);
   return grpc::Status::OK;
 }
 
-grpc::Status KServeService::ModelConfig(grpc::ServerContext*,
+grpc::Status KServeService::ModelConfig(grpc::ServerContext* context,
                                         const inference::ModelConfigRequest* request,
                                         inference::ModelConfigResponse* response) {
+  if (grpc::Status denied = Authorize(*context); !denied.ok()) return denied;
   absl::Status status = kserve::CheckModel(frontend_.model(), request->name(), request->version());
   if (!status.ok()) return ToGrpcStatus(status);
   kserve::FillModelConfig(frontend_.model(), response->mutable_config());
@@ -287,6 +304,7 @@ grpc::Status KServeService::ModelConfig(grpc::ServerContext*,
 grpc::Status KServeService::ModelInfer(grpc::ServerContext* context,
                                        const inference::ModelInferRequest* request,
                                        inference::ModelInferResponse* response) {
+  if (grpc::Status denied = Authorize(*context); !denied.ok()) return denied;
   const absl::Time start = absl::Now();
   auto run = [&]() -> absl::Status {
     absl::StatusOr<kserve::ParsedRequest> parsed =
@@ -320,13 +338,15 @@ grpc::Status KServeService::ModelInfer(grpc::ServerContext* context,
 }
 
 grpc::Status KServeService::ModelStreamInfer(grpc::ServerContext* context, Stream* stream) {
+  if (grpc::Status denied = Authorize(*context); !denied.ok()) return denied;
   StreamSession session(*this, frontend_, options_, *context, *stream);
   return session.Run();
 }
 
-grpc::Status KServeService::ModelStatistics(grpc::ServerContext*,
+grpc::Status KServeService::ModelStatistics(grpc::ServerContext* context,
                                             const inference::ModelStatisticsRequest* request,
                                             inference::ModelStatisticsResponse* response) {
+  if (grpc::Status denied = Authorize(*context); !denied.ok()) return denied;
   if (!request->name().empty()) {
     absl::Status status =
         kserve::CheckModel(frontend_.model(), request->name(), request->version());
@@ -354,9 +374,10 @@ grpc::Status KServeService::ModelStatistics(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status KServeService::RepositoryIndex(grpc::ServerContext*,
+grpc::Status KServeService::RepositoryIndex(grpc::ServerContext* context,
                                             const inference::RepositoryIndexRequest* request,
                                             inference::RepositoryIndexResponse* response) {
+  if (grpc::Status denied = Authorize(*context); !denied.ok()) return denied;
   const bool ready = frontend_.Ready();
   if (request->ready() && !ready) return grpc::Status::OK;
   auto* model = response->add_models();

@@ -27,7 +27,9 @@
 //                                 open for the others.
 //   ModelStatistics               counts of successful/failed requests and their time
 //   RepositoryIndex               the served model, READY or UNAVAILABLE
-// Errors use absl codes mapped 1:1 to gRPC codes; messages name the field.
+// Errors use absl codes mapped 1:1 to gRPC codes; messages name the field. With api_keys, every
+// method but ServerLive and ServerReady answers UNAUTHENTICATED unless the call's "authorization"
+// metadata is "Bearer KEY" with a configured key.
 //
 // Threads: gRPC's sync server gives each call a thread. A stream's thread reads requests; each
 // request runs on a thread of its own that reads its GenerateStream and writes responses; writes
@@ -46,6 +48,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "coordinator/api/api_keys.h"
 #include "coordinator/frontend.h"
 #include "inference/grpc_service.grpc.pb.h"
 
@@ -58,6 +61,9 @@ struct KServeServiceOptions {
   int max_requests_per_stream = 256;
   // How often waiting threads look at cancellation and shutdown.
   absl::Duration poll_interval = absl::Milliseconds(50);
+  // Keys a call must present in its "authorization" metadata (api_keys.h); empty: open. Every
+  // method but ServerLive and ServerReady (and the gRPC health service) checks it.
+  std::vector<std::string> api_keys;
 };
 
 class KServeService final : public inference::GRPCInferenceService::Service {
@@ -98,7 +104,11 @@ class KServeService final : public inference::GRPCInferenceService::Service {
 
  private:
   Frontend& frontend_;
+  // OK, or UNAUTHENTICATED when keys are configured and the call's metadata names none.
+  grpc::Status Authorize(const grpc::ServerContext& context) const;
+
   const KServeServiceOptions options_;
+  const api::ApiKeys keys_;
   std::atomic<uint64_t> success_count_{0};
   std::atomic<uint64_t> success_ns_{0};
   std::atomic<uint64_t> fail_count_{0};

@@ -128,7 +128,7 @@ Usage TotalUsage(const std::vector<ChoiceState>& choices) {
 class OpenAiHttpServer::Handlers {
  public:
   Handlers(Frontend& frontend, const OpenAiHttpOptions& options, std::atomic<bool>& shut_down)
-      : frontend_(frontend), options_(options), shut_down_(shut_down) {
+      : frontend_(frontend), options_(options), shut_down_(shut_down), keys_(options.api_keys) {
     names_ = options_.served_model_names;
     if (names_.empty()) names_.push_back(frontend_.model().name);
     std::random_device device;
@@ -136,6 +136,11 @@ class OpenAiHttpServer::Handlers {
   }
 
   void Register(httplib::Server& server) {
+    if (keys_.enabled()) {
+      server.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+        return Authorize(req, res);
+      });
+    }
     server.Get("/v1/models", Wrap([this](const auto& req, auto& res) { Models(req, res); }));
     server.Get("/health", Wrap([this](const auto& req, auto& res) { Health(req, res); }));
     server.Get("/metrics", Wrap([this](const auto& req, auto& res) { Metrics(req, res); }));
@@ -144,6 +149,8 @@ class OpenAiHttpServer::Handlers {
                 Wrap([this](const auto& req, auto& res) { Generate(req, res, false); }));
     server.Post("/v1/chat/completions",
                 Wrap([this](const auto& req, auto& res) { Generate(req, res, true); }));
+    server.Post("/tokenize", Wrap([this](const auto& req, auto& res) { Tokenize(req, res); }));
+    server.Post("/detokenize", Wrap([this](const auto& req, auto& res) { Detokenize(req, res); }));
     server.set_error_handler(httplib::Server::HandlerWithResponse(
         [this](const httplib::Request& req, httplib::Response& res) { return OnError(req, res); }));
     server.set_exception_handler(
@@ -197,8 +204,79 @@ class OpenAiHttpServer::Handlers {
     if (path == "/v1/models" || path == "/health" || path == "/metrics" || path == "/version") {
       return "GET, HEAD";
     }
-    if (path == "/v1/completions" || path == "/v1/chat/completions") return "POST";
+    if (path == "/v1/completions" || path == "/v1/chat/completions" || path == "/tokenize" ||
+        path == "/detokenize") {
+      return "POST";
+    }
     return "";
+  }
+
+  // With API keys: every path but the probes' and scrapers' needs "Authorization: Bearer KEY"
+  // (vLLM's middleware: 401 {"error": "Unauthorized"}; CORS preflights pass).
+  httplib::Server::HandlerResponse Authorize(const httplib::Request& req, httplib::Response& res) {
+    static constexpr const char* kOpen[] = {"/health", "/ping", "/version", "/metrics"};
+    if (req.method == "OPTIONS") return httplib::Server::HandlerResponse::Unhandled;
+    for (const char* open : kOpen) {
+      if (req.path == open) return httplib::Server::HandlerResponse::Unhandled;
+    }
+    if (keys_.Allows(req.get_header_value("Authorization"))) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    res.set_header("WWW-Authenticate", "Bearer");
+    SendJson(res, 401, json{{"error", "Unauthorized"}});
+    return httplib::Server::HandlerResponse::Handled;
+  }
+
+  // POST /tokenize (vLLM's): {count, max_model_len, tokens[, token_strs]}.
+  void Tokenize(const httplib::Request& req, httplib::Response& res) {
+    absl::StatusOr<json> body = ParseBody(req.body);
+    if (!body.ok()) return SendError(res, ErrorFromStatus(body.status()));
+    absl::StatusOr<TokenizeRequest> parsed = ParseTokenizeRequest(*body);
+    if (!parsed.ok()) return SendError(res, ErrorFromStatus(parsed.status()));
+    if (auto error = CheckModel(parsed->model)) return SendError(res, *error);
+    std::string text;
+    if (parsed->prompt.has_value()) {
+      text = *parsed->prompt;
+    } else {
+      absl::StatusOr<std::string> applied =
+          frontend_.ApplyChatTemplate(parsed->messages, parsed->template_options);
+      if (!applied.ok()) return SendError(res, ErrorFromStatus(applied.status()));
+      text = std::move(*applied);
+    }
+    absl::StatusOr<std::vector<int32_t>> ids = frontend_.Tokenize(text, parsed->add_special_tokens);
+    if (!ids.ok()) return SendError(res, ErrorFromStatus(ids.status()));
+    json out{{"count", ids->size()},
+             {"max_model_len", frontend_.model().max_model_len},
+             {"tokens", *ids},
+             {"token_strs", nullptr}};
+    if (parsed->return_token_strs) {
+      absl::StatusOr<std::vector<std::string>> strs = frontend_.IdsToTokens(*ids);
+      if (!strs.ok()) return SendError(res, ErrorFromStatus(strs.status()));
+      out["token_strs"] = std::move(*strs);
+    }
+    SendJson(res, 200, out);
+  }
+
+  // POST /detokenize (vLLM's): {prompt}, special tokens kept (tokenizer.decode's default).
+  void Detokenize(const httplib::Request& req, httplib::Response& res) {
+    absl::StatusOr<json> body = ParseBody(req.body);
+    if (!body.ok()) return SendError(res, ErrorFromStatus(body.status()));
+    absl::StatusOr<DetokenizeRequest> parsed = ParseDetokenizeRequest(*body);
+    if (!parsed.ok()) return SendError(res, ErrorFromStatus(parsed.status()));
+    if (auto error = CheckModel(parsed->model)) return SendError(res, *error);
+    const int32_t vocab = frontend_.model().vocab_size;
+    for (size_t i = 0; i < parsed->tokens.size(); ++i) {
+      if (parsed->tokens[i] >= vocab) {
+        return SendError(res,
+                         MakeError(400,
+                                   absl::StrCat("tokens[", i, "]: token id ", parsed->tokens[i],
+                                                " is outside the vocabulary (", vocab, ")"),
+                                   "tokens"));
+      }
+    }
+    absl::StatusOr<std::string> text = frontend_.Detokenize(parsed->tokens, false);
+    if (!text.ok()) return SendError(res, ErrorFromStatus(text.status()));
+    SendJson(res, 200, json{{"prompt", std::move(*text)}});
   }
 
   void Models(const httplib::Request&, httplib::Response& res) {
@@ -604,6 +682,7 @@ class OpenAiHttpServer::Handlers {
   Frontend& frontend_;
   const OpenAiHttpOptions& options_;
   std::atomic<bool>& shut_down_;
+  const ApiKeys keys_;
   std::vector<std::string> names_;
   uint64_t id_seed_ = 0;
   std::atomic<uint64_t> id_counter_{0};

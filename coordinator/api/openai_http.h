@@ -6,6 +6,11 @@
 //   GET  /health                   200 when Frontend::Ready(), else 503
 //   GET  /metrics                  Frontend::RenderMetrics() (Prometheus text format 0.0.4)
 //   GET  /version                  {"version": options.version}
+//   POST /tokenize                 a prompt, or messages through the chat template, as token ids
+//                                  (vLLM's: count, max_model_len, tokens, token_strs)
+//   POST /detokenize               token ids as text (vLLM's: {"prompt": ...})
+// With api_keys, every path but /health, /ping, /version and /metrics needs "Authorization:
+// Bearer KEY" (api_keys.h); 401 {"error": "Unauthorized"} otherwise.
 // Errors are vLLM's body {"error": {"message", "type", "param", "code"}} with the status of
 // openai_protocol.h's ErrorFromStatus; 404 for unknown paths, 405 for a known path with the wrong
 // method, 413 for bodies over max_body_bytes. An X-Request-Id header names the request (ids
@@ -27,6 +32,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "coordinator/api/api_keys.h"
 #include "coordinator/frontend.h"
 
 namespace httplib {
@@ -57,6 +63,8 @@ struct OpenAiHttpOptions {
   absl::Duration write_timeout = absl::Seconds(30);
   absl::Duration keep_alive_timeout = absl::Seconds(5);
   int keep_alive_max_requests = 100;
+  // Keys a request must present (api_keys.h); empty: the API is open.
+  std::vector<std::string> api_keys;
 };
 
 class OpenAiHttpServer {

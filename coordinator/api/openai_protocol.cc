@@ -236,6 +236,8 @@ std::string LeadingField(absl::string_view message) {
                                            "body",
                                            "cache_salt",
                                            "add_special_tokens",
+                                           "tokens",
+                                           "return_token_strs",
                                            "user"};
   size_t end = 0;
   while (end < message.size() &&
@@ -416,37 +418,11 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(const json& body) {
   return out;
 }
 
-absl::StatusOr<ChatRequest> ParseChatRequest(const json& body) {
-  ChatRequest out;
-  TESSERA_RETURN_IF_ERROR(ParseCommon(body, out.common));
-  std::optional<int32_t> max_tokens;
-  TESSERA_RETURN_IF_ERROR(GetInt32(body, "max_tokens", max_tokens));
-  std::optional<int32_t> max_completion_tokens;
-  TESSERA_RETURN_IF_ERROR(GetInt32(body, "max_completion_tokens", max_completion_tokens));
-  out.common.max_tokens = max_completion_tokens.has_value() ? max_completion_tokens : max_tokens;
-  if (max_completion_tokens.has_value() && *max_completion_tokens < 1) {
-    return FieldError("max_completion_tokens",
-                      absl::StrCat("must be at least 1, got ", *max_completion_tokens));
-  }
+namespace {
 
-  TESSERA_RETURN_IF_ERROR(GetBool(body, "logprobs", out.logprobs));
-  std::optional<int32_t> top_logprobs;
-  TESSERA_RETURN_IF_ERROR(GetInt32(body, "top_logprobs", top_logprobs));
-  if (top_logprobs.has_value()) {
-    if (*top_logprobs < 0 || *top_logprobs > model::kMaxLogprobs) {
-      return FieldError("top_logprobs", absl::StrCat("must be in [0, ", model::kMaxLogprobs,
-                                                     "], got ", *top_logprobs));
-    }
-    if (!out.logprobs && *top_logprobs > 0) {
-      return FieldError("top_logprobs", "requires logprobs to be true");
-    }
-    out.top_logprobs = *top_logprobs;
-  }
-  if (out.logprobs) out.common.sampling.logprobs = std::max(out.top_logprobs, 1);
-
-  TESSERA_RETURN_IF_ERROR(
-      GetBool(body, "add_generation_prompt", out.template_options.add_generation_prompt));
-  TESSERA_RETURN_IF_ERROR(GetBool(body, "add_special_tokens", out.add_special_tokens));
+// add_generation_prompt and chat_template_kwargs, for the chat template.
+absl::Status ParseTemplateOptions(const json& body, model::ChatTemplateOptions& out) {
+  TESSERA_RETURN_IF_ERROR(GetBool(body, "add_generation_prompt", out.add_generation_prompt));
   if (const json* kwargs = Field(body, "chat_template_kwargs")) {
     if (!kwargs->is_object()) {
       return FieldError("chat_template_kwargs",
@@ -456,10 +432,14 @@ absl::StatusOr<ChatRequest> ParseChatRequest(const json& body) {
       if (!thinking->is_boolean()) {
         return FieldError("chat_template_kwargs", "enable_thinking: expected a boolean");
       }
-      out.template_options.enable_thinking = thinking->get<bool>();
+      out.enable_thinking = thinking->get<bool>();
     }
   }
+  return absl::OkStatus();
+}
 
+// "messages": a non-empty list of {role, content (a string or text parts), reasoning_content}.
+absl::Status ParseMessages(const json& body, std::vector<model::ChatMessage>& out) {
   const json* messages = Field(body, "messages");
   if (messages == nullptr) return FieldError("messages", "required");
   if (!messages->is_array() || messages->empty()) {
@@ -502,8 +482,81 @@ absl::StatusOr<ChatRequest> ParseChatRequest(const json& body) {
     absl::Status status = GetString(message, "reasoning_content", reasoning);
     if (!status.ok()) return FieldError("messages", absl::StrCat(where, ".", status.message()));
     parsed.reasoning_content = reasoning;
-    out.messages.push_back(std::move(parsed));
+    out.push_back(std::move(parsed));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ChatRequest> ParseChatRequest(const json& body) {
+  ChatRequest out;
+  TESSERA_RETURN_IF_ERROR(ParseCommon(body, out.common));
+  std::optional<int32_t> max_tokens;
+  TESSERA_RETURN_IF_ERROR(GetInt32(body, "max_tokens", max_tokens));
+  std::optional<int32_t> max_completion_tokens;
+  TESSERA_RETURN_IF_ERROR(GetInt32(body, "max_completion_tokens", max_completion_tokens));
+  out.common.max_tokens = max_completion_tokens.has_value() ? max_completion_tokens : max_tokens;
+  if (max_completion_tokens.has_value() && *max_completion_tokens < 1) {
+    return FieldError("max_completion_tokens",
+                      absl::StrCat("must be at least 1, got ", *max_completion_tokens));
+  }
+
+  TESSERA_RETURN_IF_ERROR(GetBool(body, "logprobs", out.logprobs));
+  std::optional<int32_t> top_logprobs;
+  TESSERA_RETURN_IF_ERROR(GetInt32(body, "top_logprobs", top_logprobs));
+  if (top_logprobs.has_value()) {
+    if (*top_logprobs < 0 || *top_logprobs > model::kMaxLogprobs) {
+      return FieldError("top_logprobs", absl::StrCat("must be in [0, ", model::kMaxLogprobs,
+                                                     "], got ", *top_logprobs));
+    }
+    if (!out.logprobs && *top_logprobs > 0) {
+      return FieldError("top_logprobs", "requires logprobs to be true");
+    }
+    out.top_logprobs = *top_logprobs;
+  }
+  if (out.logprobs) out.common.sampling.logprobs = std::max(out.top_logprobs, 1);
+
+  TESSERA_RETURN_IF_ERROR(ParseTemplateOptions(body, out.template_options));
+  TESSERA_RETURN_IF_ERROR(GetBool(body, "add_special_tokens", out.add_special_tokens));
+  TESSERA_RETURN_IF_ERROR(ParseMessages(body, out.messages));
+  return out;
+}
+
+absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(const json& body) {
+  if (!body.is_object()) return FieldError("body", "expected a JSON object");
+  TokenizeRequest out;
+  TESSERA_RETURN_IF_ERROR(GetString(body, "model", out.model));
+  TESSERA_RETURN_IF_ERROR(GetBool(body, "return_token_strs", out.return_token_strs));
+  const bool has_prompt = Field(body, "prompt") != nullptr;
+  const bool has_messages = Field(body, "messages") != nullptr;
+  if (has_prompt == has_messages) {
+    return FieldError(has_prompt ? "messages" : "prompt",
+                      "give exactly one of prompt (text) and messages (a conversation)");
+  }
+  if (has_prompt) {
+    TESSERA_RETURN_IF_ERROR(GetString(body, "prompt", out.prompt));
+    out.add_special_tokens = true;  // as a completion prompt
+  } else {
+    TESSERA_RETURN_IF_ERROR(ParseTemplateOptions(body, out.template_options));
+    TESSERA_RETURN_IF_ERROR(ParseMessages(body, out.messages));
+    out.add_special_tokens = false;  // the template has them
+  }
+  TESSERA_RETURN_IF_ERROR(GetBool(body, "add_special_tokens", out.add_special_tokens));
+  return out;
+}
+
+absl::StatusOr<DetokenizeRequest> ParseDetokenizeRequest(const json& body) {
+  if (!body.is_object()) return FieldError("body", "expected a JSON object");
+  DetokenizeRequest out;
+  TESSERA_RETURN_IF_ERROR(GetString(body, "model", out.model));
+  const json* tokens = Field(body, "tokens");
+  if (tokens == nullptr) return FieldError("tokens", "required");
+  if (!tokens->is_array()) {
+    return FieldError("tokens",
+                      absl::StrCat("expected a list of token ids, got ", TypeName(*tokens)));
+  }
+  TESSERA_RETURN_IF_ERROR(GetTokenIds(*tokens, "tokens", out.tokens));
   return out;
 }
 

@@ -93,6 +93,23 @@ struct ChatRequest {
 absl::StatusOr<CompletionRequest> ParseCompletionRequest(const nlohmann::json& body);
 absl::StatusOr<ChatRequest> ParseChatRequest(const nlohmann::json& body);
 
+// POST /tokenize (vLLM's): a completion prompt or a conversation run through the chat template.
+struct TokenizeRequest {
+  std::optional<std::string> model;
+  std::optional<std::string> prompt;         // set: tokenize this text
+  std::vector<model::ChatMessage> messages;  // else: the chat template over these
+  model::ChatTemplateOptions template_options;
+  bool add_special_tokens = true;  // default true for a prompt, false for messages (as vLLM)
+  bool return_token_strs = false;  // also answer each token's vocabulary string
+};
+// POST /detokenize (vLLM's).
+struct DetokenizeRequest {
+  std::optional<std::string> model;
+  std::vector<int32_t> tokens;
+};
+absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(const nlohmann::json& body);
+absl::StatusOr<DetokenizeRequest> ParseDetokenizeRequest(const nlohmann::json& body);
+
 // ---- responses ---------------------------------------------------------------------------------
 
 // What one choice produced so far (accumulated from GenerateEvents).

@@ -368,8 +368,8 @@ double SumExpShifted(const float* values, int64_t count, float shift) {
 inline __m256 SiluTimes(__m256 g, __m256 u) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   const __m256 minus_abs = _mm256_or_ps(g, sign);
-  const __m256 e = _mm256_and_ps(
-      Exp(minus_abs), _mm256_cmp_ps(minus_abs, _mm256_set1_ps(-87.0f), _CMP_GE_OQ));
+  const __m256 e =
+      _mm256_and_ps(Exp(minus_abs), _mm256_cmp_ps(minus_abs, _mm256_set1_ps(-87.0f), _CMP_GE_OQ));
   const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
   const __m256 negative = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
   const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(e, inv), negative);

@@ -90,7 +90,7 @@ TEST(CpuSimdTest, Avx2SwigluMatchesPortableAndStaysFinite) {
     gate[i] = i % 3 == 0 ? wide(rng) : wide(rng) / 20.0f;
     up[i] = wide(rng) / 10.0f;
   }
-  gate[0] = std::numeric_limits<float>::max();  // silu(g) = g: times 0.5, still finite
+  gate[0] = std::numeric_limits<float>::max();   // silu(g) = g: times 0.5, still finite
   gate[1] = -std::numeric_limits<float>::max();  // silu(g) = -0
   up[0] = up[1] = 0.5f;
   std::vector<float> want(gate.size()), got(gate.size());

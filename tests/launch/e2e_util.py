@@ -40,12 +40,13 @@ def generate_reference(tessera, model_dir, prompts, max_tokens):
     return [r["token_ids"] for r in results]
 
 
-def grpc_stream(url, prompt_ids, max_tokens, want_ids=True, on_first=None):
+def grpc_stream(url, prompt_ids, max_tokens, want_ids=True, on_first=None, headers=None):
     """One streaming request over ModelStreamInfer; returns (text, output ids). `on_first` is
-    called when the first response arrives."""
+    called when the first response arrives; `headers` go as the stream's metadata."""
     results = queue.Queue()
     client = grpcclient.InferenceServerClient(url=url)
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    client.start_stream(callback=lambda result, error: results.put((result, error)),
+                        headers=headers)
     ids = grpcclient.InferInput("input_ids", [len(prompt_ids)], "INT32")
     ids.set_data_from_numpy(np.array(prompt_ids, dtype=np.int32))
     stream = grpcclient.InferInput("stream", [1], "BOOL")
@@ -81,11 +82,12 @@ def grpc_stream(url, prompt_ids, max_tokens, want_ids=True, on_first=None):
     return text, out_ids
 
 
-def start_serve(tessera, work, args, ready_s=120):
-    """Starts `tessera serve` with `args` in `work`; returns (process, ports dict)."""
+def start_serve(tessera, work, args, ready_s=120, env=None):
+    """Starts `tessera serve` with `args` in `work` (and `env`, default ours); returns (process,
+    ports dict)."""
     serve = subprocess.Popen(
         [tessera, "serve", "--port", "0", "--grpc-port", "0", "--threads", "1", "--work-dir", work]
-        + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     threading.Thread(target=lambda: [SERVE_LOG.append(l) for l in serve.stdout],
                      daemon=True).start()
     deadline = time.time() + ready_s

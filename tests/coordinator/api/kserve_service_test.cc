@@ -310,6 +310,83 @@ TEST_F(KServeTest, MetadataAndConfigOfAnUnknownModelUseTritonsError) {
 
 // ---- ModelInfer --------------------------------------------------------------------------
 
+TEST_F(KServeTest, ApiKeysGuardEveryMethodButLiveAndReady) {
+  KServeServerOptions options;
+  options.service.api_keys = {"grpc-key"};
+  StartServer(options);
+  const auto call = [&](const std::string& authorization) {
+    std::vector<grpc::StatusCode> codes;
+    const auto context = [&](grpc::ClientContext& c) {
+      SetDeadline(&c);
+      if (!authorization.empty()) c.AddMetadata("authorization", authorization);
+    };
+    {
+      grpc::ClientContext c;
+      context(c);
+      ModelInferResponse response;
+      codes.push_back(stub_->ModelInfer(&c, Build(Req{}), &response).error_code());
+    }
+    {
+      grpc::ClientContext c;
+      context(c);
+      auto stream = stub_->ModelStreamInfer(&c);
+      stream->WritesDone();
+      ModelStreamInferResponse response;
+      while (stream->Read(&response)) {
+      }
+      codes.push_back(stream->Finish().error_code());
+    }
+    {
+      grpc::ClientContext c;
+      context(c);
+      inference::ModelMetadataRequest request;
+      request.set_name("fake-model");
+      inference::ModelMetadataResponse response;
+      codes.push_back(stub_->ModelMetadata(&c, request, &response).error_code());
+    }
+    {
+      grpc::ClientContext c;
+      context(c);
+      inference::ModelReadyRequest request;
+      request.set_name("fake-model");
+      inference::ModelReadyResponse response;
+      codes.push_back(stub_->ModelReady(&c, request, &response).error_code());
+    }
+    {
+      grpc::ClientContext c;
+      context(c);
+      inference::RepositoryIndexRequest request;
+      inference::RepositoryIndexResponse response;
+      codes.push_back(stub_->RepositoryIndex(&c, request, &response).error_code());
+    }
+    return codes;
+  };
+  const std::vector<grpc::StatusCode> denied(5, grpc::StatusCode::UNAUTHENTICATED);
+  const std::vector<grpc::StatusCode> allowed(5, grpc::StatusCode::OK);
+  EXPECT_EQ(call(""), denied);
+  EXPECT_EQ(call("Bearer other-key"), denied);
+  EXPECT_EQ(call("grpc-key"), denied);
+  EXPECT_EQ(call("Bearer grpc-key"), allowed);
+  EXPECT_EQ(call("bearer grpc-key"), allowed);
+  // The message says what to send.
+  {
+    grpc::ClientContext c;
+    SetDeadline(&c);
+    ModelInferResponse response;
+    const grpc::Status status = stub_->ModelInfer(&c, Build(Req{}), &response);
+    EXPECT_THAT(status.error_message(), HasSubstr("authorization: Bearer KEY"));
+  }
+  // Liveness and readiness stay open, for probes.
+  grpc::ClientContext live_context;
+  SetDeadline(&live_context);
+  inference::ServerLiveResponse live;
+  EXPECT_TRUE(stub_->ServerLive(&live_context, inference::ServerLiveRequest(), &live).ok());
+  grpc::ClientContext ready_context;
+  SetDeadline(&ready_context);
+  inference::ServerReadyResponse ready;
+  EXPECT_TRUE(stub_->ServerReady(&ready_context, inference::ServerReadyRequest(), &ready).ok());
+}
+
 TEST_F(KServeTest, UnaryInferReturnsThePromptAndTheWholeText) {
   Req r;
   r.id = "unary-1";

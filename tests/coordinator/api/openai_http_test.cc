@@ -619,5 +619,89 @@ TEST_F(OpenAiHttpTest, ShutdownEndsStreamsInFlight) {
   EXPECT_TRUE(Await([&] { return frontend_.cancelled.load() == 1; }));
 }
 
+TEST_F(OpenAiHttpTest, ApiKeysGuardEverythingButProbesAndScrapers) {
+  OpenAiHttpOptions options;
+  options.api_keys = {"key-one", "key-two"};
+  StartServer(options);
+  const json completion = {{"prompt", "Hi"}, {"max_tokens", 2}};
+  // No key, a wrong one, a prefix of a right one, another scheme: 401 with vLLM's body.
+  for (const httplib::Headers& headers :
+       {httplib::Headers{}, httplib::Headers{{"Authorization", "Bearer key-three"}},
+        httplib::Headers{{"Authorization", "Bearer key-on"}},
+        httplib::Headers{{"Authorization", "Bearer key-one2"}},
+        httplib::Headers{{"Authorization", "Basic key-one"}},
+        httplib::Headers{{"Authorization", "key-one"}}}) {
+    httplib::Result res = Post("/v1/completions", completion, headers);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 401) << res->body;
+    EXPECT_EQ(json::parse(res->body), json({{"error", "Unauthorized"}}));
+    EXPECT_EQ(res->get_header_value("WWW-Authenticate"), "Bearer");
+  }
+  EXPECT_EQ(Client().Get("/v1/models")->status, 401);
+  EXPECT_EQ(Post("/tokenize", {{"prompt", "Hi"}})->status, 401);
+  // Either key, the scheme in any case.
+  for (const char* value : {"Bearer key-one", "bearer key-two", "BEARER key-one"}) {
+    httplib::Result res = Post("/v1/completions", completion, {{"Authorization", value}});
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << value << ": " << res->body;
+  }
+  EXPECT_EQ(Client().Get("/v1/models", {{"Authorization", "Bearer key-two"}})->status, 200);
+  // Probes and scrapers need none.
+  EXPECT_EQ(Client().Get("/health")->status, 200);
+  EXPECT_EQ(Client().Get("/metrics")->status, 200);
+  EXPECT_EQ(Client().Get("/version")->status, 200);
+}
+
+TEST_F(OpenAiHttpTest, TokenizeAPromptOrAConversation) {
+  httplib::Result res = Post("/tokenize", {{"model", "fake-model"}, {"prompt", "Hello there"}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json body = json::parse(res->body);
+  const std::vector<int32_t> want = *frontend_.tokenizer().Encode("Hello there", true);
+  EXPECT_EQ(body["tokens"].get<std::vector<int32_t>>(), want);
+  EXPECT_EQ(body["count"], want.size());
+  EXPECT_EQ(body["max_model_len"], frontend_.model().max_model_len);
+  EXPECT_TRUE(body["token_strs"].is_null());
+  // Without special tokens, with each token's vocabulary string.
+  res =
+      Post("/tokenize",
+           {{"prompt", "Hello there"}, {"add_special_tokens", false}, {"return_token_strs", true}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  body = json::parse(res->body);
+  const std::vector<int32_t> plain = *frontend_.tokenizer().Encode("Hello there", false);
+  EXPECT_EQ(body["tokens"].get<std::vector<int32_t>>(), plain);
+  EXPECT_EQ(body["token_strs"].get<std::vector<std::string>>(),
+            *frontend_.tokenizer().IdsToTokens(plain));
+  // A conversation: the chat template's prompt, as /v1/chat/completions sends it.
+  res = Post("/tokenize", {{"messages", {{{"role", "user"}, {"content", "Hello"}}}}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["tokens"].get<std::vector<int32_t>>(), ChatPromptIds("Hello"));
+}
+
+TEST_F(OpenAiHttpTest, DetokenizeGivesTheText) {
+  const std::vector<int32_t> ids = *frontend_.tokenizer().Encode("round trip", false);
+  httplib::Result res = Post("/detokenize", {{"tokens", ids}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body), json({{"prompt", "round trip"}}));
+}
+
+TEST_F(OpenAiHttpTest, TokenizeAndDetokenizeNameWhatIsWrong) {
+  ExpectError("/tokenize", json::object(), 400, "prompt");
+  ExpectError("/tokenize", {{"prompt", "x"}, {"messages", json::array()}}, 400, "messages");
+  ExpectError("/tokenize", {{"prompt", 3}}, 400, "prompt");
+  ExpectError("/tokenize", {{"messages", "hi"}}, 400, "messages");
+  ExpectError("/detokenize", json::object(), 400, "tokens");
+  ExpectError("/detokenize", {{"tokens", {1, "a"}}}, 400, "tokens");
+  ExpectError("/detokenize", {{"tokens", {1, -2}}}, 400, "tokens");
+  ExpectError("/detokenize", {{"tokens", {1, 100000}}}, 400, "tokens");
+  httplib::Result res = Post("/tokenize", {{"model", "other"}, {"prompt", "x"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404) << res->body;
+  res = Client().Get("/tokenize");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 405);
+}
+
 }  // namespace
 }  // namespace tessera::coordinator::api

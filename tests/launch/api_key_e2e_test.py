@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""End to end: `tessera serve --api-key` (vLLM's --api-key) with the real clients.
+
+1. OpenAI HTTP (`openai`): without the key, or with another, 401 AuthenticationError; with it,
+   completions and /v1/models work. /health, /metrics and /version need no key.
+2. /tokenize and /detokenize (vLLM's endpoints) with the key: a round trip, and the ids equal
+   what the completion reports as its prompt.
+3. KServe gRPC (`tritonclient`): without the key UNAUTHENTICATED; with headers={"authorization":
+   "Bearer KEY"} a stream equals `tessera generate`; server liveness needs no key.
+4. `tessera bench` over both APIs: OPENAI_API_KEY (as vllm bench serve) completes every request,
+   without it bench fails and says why.
+5. A key an Authorization header cannot carry is refused at start, naming the flag, not the key.
+
+Usage: api_key_e2e_test.py TESSERA_BINARY
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+import e2e_util as u
+import numpy as np
+import openai
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+TESSERA = os.path.abspath(sys.argv[1])
+KEY = "tk-e2e-0123456789"
+
+
+def http(base, path, body=None, key=None):
+    """(status, parsed JSON or text) of a GET (body None) or POST to base + path."""
+    request = urllib.request.Request(base + path, method="GET" if body is None else "POST",
+                                     data=None if body is None else json.dumps(body).encode())
+    request.add_header("Content-Type", "application/json")
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as e:
+        text, status = e.read().decode(), e.code
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="tessera-api-key-e2e-")
+    # 5. A key with a space is refused before anything starts.
+    bad = subprocess.run([TESSERA, "serve", "--api-key", "has space", "--work-dir", work],
+                         capture_output=True, text=True, timeout=60)
+    u.check(bad.returncode != 0 and "--api-key: key 1 holds whitespace" in bad.stderr + bad.stdout
+            and "has space" not in bad.stderr + bad.stdout,
+            f"a bad key was not refused by name: {bad.returncode} {bad.stdout} {bad.stderr}")
+
+    serve, ports = u.start_serve(TESSERA, work, ["--num-replicas", "1", "--max-num-seqs", "8",
+                                                 "--kv-cache-gib", "0.125"],
+                                 env=dict(os.environ, TESSERA_API_KEY=KEY))
+    try:
+        base = f"http://127.0.0.1:{ports['http']}"
+        grpc_url = f"127.0.0.1:{ports['grpc']}"
+        u.check(any("-H \"Authorization: Bearer $TESSERA_API_KEY\"" in l for l in u.SERVE_LOG),
+                "the ready message does not show how to send the key")
+        u.check(not any(KEY in l for l in u.SERVE_LOG), "the key was printed")
+
+        # 1. OpenAI HTTP.
+        for key in (None, "wrong"):
+            client = openai.OpenAI(base_url=base + "/v1", api_key=key or "none", max_retries=0)
+            try:
+                client.completions.create(model=u.MODEL, prompt=[5, 6, 7], max_tokens=2)
+                u.fail(f"a completion with key {key!r} was served")
+            except openai.AuthenticationError as e:
+                u.check(e.status_code == 401, f"not 401: {e}")
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
+        r = client.completions.create(model=u.MODEL, prompt="the cat", max_tokens=4,
+                                      temperature=0, extra_body={"ignore_eos": True})
+        u.check(r.usage.completion_tokens == 4, f"completion with the key: {r}")
+        u.check([m.id for m in client.models.list().data] == [u.MODEL], "models with the key")
+        for path in ("/health", "/metrics", "/version"):
+            status, _ = http(base, path)
+            u.check(status == 200, f"{path} without a key: {status}")
+        status, body = http(base, "/v1/models")
+        u.check(status == 401 and body == {"error": "Unauthorized"}, f"/v1/models: {status} {body}")
+        print("1. OpenAI HTTP: 401 without the key or with another, served with it; probes open",
+              flush=True)
+
+        # 2. /tokenize and /detokenize.
+        status, body = http(base, "/tokenize", {"prompt": "the cat"})
+        u.check(status == 401, f"/tokenize without a key: {status}")
+        status, body = http(base, "/tokenize", {"model": u.MODEL, "prompt": "the cat",
+                                                "return_token_strs": True}, key=KEY)
+        u.check(status == 200 and body["count"] == len(body["tokens"]) == r.usage.prompt_tokens
+                and len(body["token_strs"]) == body["count"] and body["max_model_len"] > 0,
+                f"/tokenize: {status} {body}")
+        status, back = http(base, "/detokenize", {"tokens": body["tokens"]}, key=KEY)
+        u.check(status == 200 and back["prompt"].endswith("the cat"), f"/detokenize: {back}")
+        status, chat = http(base, "/tokenize",
+                            {"messages": [{"role": "user", "content": "hi"}]}, key=KEY)
+        u.check(status == 200 and chat["count"] > 2, f"/tokenize messages: {status} {chat}")
+        print(f"2. /tokenize ({body['count']} tokens, chat {chat['count']}) and /detokenize "
+              "round trip", flush=True)
+
+        # 3. KServe gRPC.
+        model_dir = os.path.join(work, "demo-model")
+        prompt = [1, 7, 9, 11]
+        reference = u.generate_reference(TESSERA, model_dir, [prompt], 6)[0]
+        probe = grpcclient.InferenceServerClient(url=grpc_url)
+        text_input = grpcclient.InferInput("text_input", [1], "BYTES")
+        text_input.set_data_from_numpy(np.array([b"the cat"], dtype=np.object_))
+        for headers in (None, {"authorization": "Bearer wrong"}):
+            try:
+                probe.infer(u.MODEL, [text_input], headers=headers)
+                u.fail(f"a gRPC infer with headers {headers} was served")
+            except InferenceServerException as e:
+                u.check(e.status() == "StatusCode.UNAUTHENTICATED" and "API key" in e.message(),
+                        f"gRPC without the key: {e.status()} {e.message()}")
+        _, ids = u.grpc_stream(grpc_url, prompt, 6, headers={"authorization": f"Bearer {KEY}"})
+        u.check(ids == reference, f"gRPC with the key: {ids} != {reference}")
+        u.check(probe.is_server_live(), "gRPC liveness without a key")
+        print("3. KServe gRPC: UNAUTHENTICATED without the key, equal to tessera generate with it",
+              flush=True)
+
+        # 4. tessera bench.
+        for backend, port in (("openai", ports["http"]), ("tessera-grpc", ports["grpc"])):
+            result = os.path.join(work, f"bench-{backend}.json")
+            argv = [TESSERA, "bench", "--backend", backend, "--port", str(port),
+                    "--metrics-url", f"{base}/metrics", "--num-prompts", "6",
+                    "--random-input-len", "16", "--random-output-len", "4", "--ignore-eos",
+                    "--disable-tqdm", "--result-file", result]
+            ran = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                 env=dict(os.environ, OPENAI_API_KEY=KEY))
+            u.check(ran.returncode == 0, f"bench {backend} with the key: {ran.stdout[-1500:]}"
+                    f"{ran.stderr[-1500:]}")
+            run = json.load(open(result))["runs"][0]
+            u.check(run["completed"] == 6 and run["failed"] == 0, f"bench {backend}: {run}")
+            u.check(KEY not in open(result).read(), "the key is in bench's result file")
+            env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+            refused = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+            out = refused.stdout + refused.stderr
+            u.check(refused.returncode != 0 and ("401" in out or "UNAUTHENTICATED" in out or
+                                                 "API key" in out),
+                    f"bench {backend} without the key: {refused.returncode}\n{out[-1500:]}")
+        print("4. tessera bench: every request with OPENAI_API_KEY over both APIs; refused "
+              "without", flush=True)
+    finally:
+        u.stop_serve(serve, work)
+    print("PASS", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # a client error: show what the cluster said
+        u.fail(f"{type(e).__name__}: {e}")
