@@ -1,6 +1,8 @@
 // Deviations from vLLM's OpenAI server (vllm/entrypoints/openai), on purpose or for now:
-//  - n and best_of must be 1 (400 otherwise); a batch of prompts in /v1/completions is answered
-//    with one choice per prompt (index = position), as vLLM does.
+//  - best_of must be 1 (vLLM's V1 engine dropped it). n > 1 (at most kMaxChoices choices in all)
+//    runs each prompt n times as separate requests, seed + i when a seed is given, as vLLM's
+//    parallel sampling; a batch of prompts in /v1/completions is answered with choice p * n + i
+//    for prompt p's i-th completion, as vLLM does. Usage counts each prompt once.
 //  - echo together with logprobs (prompt logprobs) is refused with 400; echo alone works.
 //  - tools / tool_choice and response_format other than "text" are refused with 400; image and
 //    audio content parts too. Other unknown fields are ignored, as vLLM does.
@@ -113,12 +115,15 @@ size_t Apply(ChoiceState& choice, const GenerateEvent& event) {
   return begin;
 }
 
-Usage TotalUsage(const std::vector<ChoiceState>& choices) {
+// Prompt (and cached) tokens once per prompt, whatever n; completion tokens of every choice.
+Usage TotalUsage(const std::vector<ChoiceState>& choices, int32_t n) {
   Usage total;
   for (const ChoiceState& choice : choices) {
-    total.prompt_tokens += choice.usage.prompt_tokens;
+    if (choice.output.index % n == 0) {
+      total.prompt_tokens += choice.usage.prompt_tokens;
+      total.cached_tokens += choice.usage.cached_tokens;
+    }
     total.completion_tokens += choice.usage.completion_tokens;
-    total.cached_tokens += choice.usage.cached_tokens;
   }
   return total;
 }
@@ -143,6 +148,9 @@ class OpenAiHttpServer::Handlers {
     }
     server.Get("/v1/models", Wrap([this](const auto& req, auto& res) { Models(req, res); }));
     server.Get("/health", Wrap([this](const auto& req, auto& res) { Health(req, res); }));
+    // SageMaker's health check, as vLLM serves it.
+    server.Get("/ping", Wrap([this](const auto& req, auto& res) { Health(req, res); }));
+    server.Post("/ping", Wrap([this](const auto& req, auto& res) { Health(req, res); }));
     server.Get("/metrics", Wrap([this](const auto& req, auto& res) { Metrics(req, res); }));
     server.Get("/version", Wrap([this](const auto& req, auto& res) { Version(req, res); }));
     server.Post("/v1/completions",
@@ -208,6 +216,7 @@ class OpenAiHttpServer::Handlers {
         path == "/detokenize") {
       return "POST";
     }
+    if (path == "/ping") return "GET, HEAD, POST";
     return "";
   }
 
@@ -415,6 +424,25 @@ class OpenAiHttpServer::Handlers {
     return absl::OkStatus();
   }
 
+  // n > 1: each prompt's request n times (prompt-major, so choice p * n + i is prompt p's i-th),
+  // a given seed made seed + i as vLLM's parallel sampling does.
+  static void FanOut(Job& job) {
+    const auto n = static_cast<size_t>(job.common.n);
+    std::vector<GenerateRequest> requests;
+    std::vector<std::string> echo;
+    requests.reserve(job.requests.size() * n);
+    for (size_t p = 0; p < job.requests.size(); ++p) {
+      for (size_t i = 0; i < n; ++i) {
+        GenerateRequest child = job.requests[p];
+        if (child.sampling.seed.has_value()) *child.sampling.seed += static_cast<int64_t>(i);
+        requests.push_back(std::move(child));
+        echo.push_back(job.echo[p]);
+      }
+    }
+    job.requests = std::move(requests);
+    job.echo = std::move(echo);
+  }
+
   TokenText MakeTokenText() const {
     return [this](int32_t id) {
       absl::StatusOr<std::string> text = frontend_.Detokenize({id}, false);
@@ -488,6 +516,17 @@ class OpenAiHttpServer::Handlers {
       built = BuildCompletionJob(*parsed, *job);
     }
     if (!built.ok()) return SendError(res, ErrorFromStatus(built));
+    if (job->common.n > 1) {
+      if (job->requests.size() * static_cast<size_t>(job->common.n) >
+          static_cast<size_t>(kMaxChoices)) {
+        return SendError(res, MakeError(400,
+                                        absl::StrCat("n: ", job->requests.size(),
+                                                     " prompts x n = ", job->common.n,
+                                                     " is more than ", kMaxChoices, " choices"),
+                                        "n"));
+      }
+      FanOut(*job);
+    }
     // Validate before anything starts (the Frontend checks again, with the same messages).
     for (const GenerateRequest& request : job->requests) {
       absl::Status valid =
@@ -538,7 +577,7 @@ class OpenAiHttpServer::Handlers {
       out.push_back(ChoiceJson(job, choice, text, 0, choice.output.token_ids.size(),
                                /*chunk=*/false, /*final_chunk=*/true));
     }
-    const Usage usage = TotalUsage(choices);
+    const Usage usage = TotalUsage(choices, job.common.n);
     SendJson(res, 200,
              job.chat ? ChatResponseJson(job.header, std::move(out), usage)
                       : CompletionResponseJson(job.header, std::move(out), usage));
@@ -594,7 +633,7 @@ class OpenAiHttpServer::Handlers {
       tail = SseEvent(ErrorJson(*error));
     } else if (state.job->common.stream_options.has_value() &&
                state.job->common.stream_options->include_usage) {
-      const Usage usage = TotalUsage(*state.choices);
+      const Usage usage = TotalUsage(*state.choices, state.job->common.n);
       tail = SseEvent(state.job->chat
                           ? ChatChunkJson(state.job->header, json::array(), usage)
                           : CompletionResponseJson(state.job->header, json::array(), usage));

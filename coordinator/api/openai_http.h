@@ -4,6 +4,7 @@
 //   POST /v1/completions           text completions, streamed as SSE with "stream": true
 //   POST /v1/chat/completions      chat completions (the model's chat template), SSE as above
 //   GET  /health                   200 when Frontend::Ready(), else 503
+//   GET|POST /ping                 the same (SageMaker's health check, as vLLM)
 //   GET  /metrics                  Frontend::RenderMetrics() (Prometheus text format 0.0.4)
 //   GET  /version                  {"version": options.version}
 //   POST /tokenize                 a prompt, or messages through the chat template, as token ids

@@ -132,8 +132,11 @@ absl::Status ParseCommon(const json& body, CommonRequest& out) {
 
   std::optional<int32_t> n;
   TESSERA_RETURN_IF_ERROR(GetInt32(body, "n", n));
-  if (n.has_value() && *n != 1) {
-    return FieldError("n", absl::StrCat("only n = 1 is supported, got ", *n));
+  if (n.has_value()) {
+    if (*n < 1 || *n > kMaxChoices) {
+      return FieldError("n", absl::StrCat("must be in [1, ", kMaxChoices, "], got ", *n));
+    }
+    out.n = *n;
   }
   std::optional<int32_t> best_of;
   TESSERA_RETURN_IF_ERROR(GetInt32(body, "best_of", best_of));

@@ -57,8 +57,14 @@ struct StreamOptions {
 };
 
 // Fields shared by /v1/completions and /v1/chat/completions.
+// The most completions one request may ask for (n), as choices of all its prompts together.
+inline constexpr int32_t kMaxChoices = 128;
+
 struct CommonRequest {
   std::optional<std::string> model;  // unset: the default (first served) model
+  // Completions per prompt (vLLM's parallel sampling): each its own request to the cluster, with
+  // seed + i when a seed is given; choice index = prompt index * n + i.
+  int32_t n = 1;
   // max_tokens (chat: max_completion_tokens wins); nullopt: as many as fit in the context.
   std::optional<int32_t> max_tokens;
   model::SamplingParams sampling;  // max_tokens left at its default; logprobs as requested

@@ -125,6 +125,11 @@ GenerateRequest FakeFrontend::last_request() const {
   return last_request_;
 }
 
+std::vector<GenerateRequest> FakeFrontend::requests() const {
+  absl::MutexLock lock(&mu_);
+  return requests_;
+}
+
 absl::StatusOr<std::unique_ptr<GenerateStream>> FakeFrontend::Generate(GenerateRequest request) {
   if (!generate_error.ok()) return generate_error;
   TESSERA_RETURN_IF_ERROR(model::ValidateSamplingParams(request.sampling, info_.vocab_size));
@@ -152,6 +157,7 @@ absl::StatusOr<std::unique_ptr<GenerateStream>> FakeFrontend::Generate(GenerateR
   {
     absl::MutexLock lock(&mu_);
     last_request_ = request;
+    requests_.push_back(request);
   }
   generated++;
   return std::unique_ptr<GenerateStream>(new FakeStream(

@@ -35,6 +35,7 @@ class FakeFrontend final : public Frontend {
   std::atomic<int> cancelled{0};  // streams cancelled (explicitly or by destruction) early
   std::atomic<int> finished{0};   // streams whose finished event was produced
   GenerateRequest last_request() const;
+  std::vector<GenerateRequest> requests() const;  // every request Generate took, in order
 
   // The ids the fake generates for `prompt` with `max_tokens` (no stop ids): for expectations.
   static std::vector<int32_t> ExpectedTokens(const std::vector<int32_t>& prompt, int max_tokens);
@@ -62,6 +63,7 @@ class FakeFrontend final : public Frontend {
   std::unique_ptr<model::Tokenizer> tokenizer_;
   mutable absl::Mutex mu_;
   GenerateRequest last_request_ ABSL_GUARDED_BY(mu_);
+  std::vector<GenerateRequest> requests_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tessera::coordinator::testing

@@ -93,6 +93,20 @@ class OpenAiClientTest(unittest.TestCase):
         self.assertEqual(len(chunks), 4)
         self.assertTrue(all(c.usage is None for c in chunks))
 
+    def test_n_choices(self):
+        out = self.client.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, n=3,
+            seed=5)
+        self.assertEqual([c.index for c in out.choices], [0, 1, 2])
+        self.assertTrue(all(c.finish_reason == "length" for c in out.choices))
+        self.assertEqual(out.usage.completion_tokens, 9)
+        one = self.client.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        self.assertEqual(out.usage.prompt_tokens, one.usage.prompt_tokens)  # counted once
+        chunks = list(self.client.completions.create(model=self.model, prompt="Hi", max_tokens=2,
+                                                     n=2, stream=True))
+        self.assertEqual(sorted({c.choices[0].index for c in chunks if c.choices}), [0, 1])
+
     def test_bad_request_names_the_field(self):
         with self.assertRaises(openai.BadRequestError) as caught:
             self.client.completions.create(model=self.model, prompt="x", max_tokens=4,

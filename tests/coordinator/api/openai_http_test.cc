@@ -4,11 +4,13 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -133,8 +135,11 @@ TEST_F(OpenAiHttpTest, ServedModelNamesAreAliases) {
 
 TEST_F(OpenAiHttpTest, HealthFollowsReadiness) {
   EXPECT_EQ(Client().Get("/health")->status, 200);
+  EXPECT_EQ(Client().Get("/ping")->status, 200);
+  EXPECT_EQ(Client().Post("/ping", "", "application/json")->status, 200);
   frontend_.ready = false;
   EXPECT_EQ(Client().Get("/health")->status, 503);
+  EXPECT_EQ(Client().Get("/ping")->status, 503);
 }
 
 TEST_F(OpenAiHttpTest, MetricsServePrometheusText) {
@@ -432,7 +437,7 @@ TEST_F(OpenAiHttpTest, BadInputsAre400sNamingTheField) {
   ExpectError(c, {{"prompt", "x"}, {"top_p", 0}}, 400, "top_p");
   ExpectError(c, {{"prompt", "x"}, {"temperature", -0.1}}, 400, "temperature");
   ExpectError(c, {{"prompt", "x"}, {"temperature", "hot"}}, 400, "temperature");
-  ExpectError(c, {{"prompt", "x"}, {"n", 2}}, 400, "n");
+  ExpectError(c, {{"prompt", "x"}, {"n", 0}}, 400, "n");
   ExpectError(c, {{"prompt", "x"}, {"logprobs", 21}}, 400, "logprobs");
   ExpectError(c, {{"prompt", "x"}, {"stop", 5}}, 400, "stop");
   ExpectError(c, {{"prompt", "x"}, {"stream_options", {{"include_usage", true}}}}, 400,
@@ -617,6 +622,71 @@ TEST_F(OpenAiHttpTest, ShutdownEndsStreamsInFlight) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(8));
   client_thread.join();
   EXPECT_TRUE(Await([&] { return frontend_.cancelled.load() == 1; }));
+}
+
+TEST_F(OpenAiHttpTest, NCompletionsPerPromptAreSeparateRequestsWithTheirOwnSeeds) {
+  const std::vector<int32_t> a = {5, 6, 7};
+  const std::vector<int32_t> b = {9, 10};
+  httplib::Result res =
+      Post("/v1/completions",
+           {{"prompt", {a, b}}, {"max_tokens", 3}, {"n", 2}, {"seed", 40}, {"temperature", 0.7}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json body = json::parse(res->body);
+  ASSERT_EQ(body["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    const json& choice = body["choices"][i];
+    EXPECT_EQ(choice["index"], i);
+    EXPECT_EQ(choice["text"], ExpectedText(i < 2 ? a : b, 3)) << i;  // choice p * n + i
+  }
+  // Each prompt counted once, every completion counted.
+  EXPECT_EQ(body["usage"]["prompt_tokens"], a.size() + b.size());
+  EXPECT_EQ(body["usage"]["completion_tokens"], 4 * 3);
+  // Four requests: prompt a with seeds 40 and 41, then prompt b with 40 and 41.
+  const std::vector<GenerateRequest> sent = frontend_.requests();
+  ASSERT_EQ(sent.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(sent[i].prompt_token_ids, i < 2 ? a : b);
+    EXPECT_EQ(sent[i].sampling.seed, 40 + i % 2);
+    EXPECT_FLOAT_EQ(sent[i].sampling.temperature, 0.7f);
+  }
+}
+
+TEST_F(OpenAiHttpTest, NChatCompletionsStreamEveryChoice) {
+  httplib::Result res =
+      Post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hello"}}}},
+                                    {"max_tokens", 2},
+                                    {"n", 3},
+                                    {"stream", true},
+                                    {"stream_options", {{"include_usage", true}}}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  std::map<int, std::string> content;
+  std::map<int, std::string> finish;
+  json usage;
+  const std::vector<std::string> lines = absl::StrSplit(res->body, '\n');
+  for (const std::string& line : lines) {
+    if (!absl::StartsWith(line, "data: {")) continue;
+    const json chunk = json::parse(line.substr(6));
+    if (!chunk["usage"].is_null()) usage = chunk["usage"];
+    for (const json& choice : chunk["choices"]) {
+      const int index = choice["index"];
+      if (choice["delta"].contains("content")) content[index] += choice["delta"]["content"];
+      if (!choice["finish_reason"].is_null()) finish[index] = choice["finish_reason"];
+    }
+  }
+  const std::string want = ExpectedText(ChatPromptIds("Hello"), 2);
+  EXPECT_EQ(content, (std::map<int, std::string>{{0, want}, {1, want}, {2, want}}));
+  EXPECT_EQ(finish, (std::map<int, std::string>{{0, "length"}, {1, "length"}, {2, "length"}}));
+  EXPECT_EQ(usage["prompt_tokens"], ChatPromptIds("Hello").size());
+  EXPECT_EQ(usage["completion_tokens"], 6);
+}
+
+TEST_F(OpenAiHttpTest, NOutOfRangeOrTooManyChoicesIsRefused) {
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"n", 0}}, 400, "n");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"n", 129}}, 400, "n");
+  ExpectError("/v1/completions", {{"prompt", {"a", "b", "c"}}, {"n", 50}}, 400, "n");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"best_of", 2}}, 400, "best_of");
 }
 
 TEST_F(OpenAiHttpTest, ApiKeysGuardEverythingButProbesAndScrapers) {
