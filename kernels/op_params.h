@@ -118,7 +118,9 @@ struct SampleParams {
   MutableTensorView output_top_logprobs;  // optional [num_seqs, n] f32
 };
 
-// Adjusts logits in place as vLLM's sampler applies its penalties, then bans tokens. For every row
+// Adjusts logits in place as vLLM's sampler applies logit bias and penalties, then bans tokens.
+// First, when bias_ids is given, for every row r and entry e in [bias_start[r], bias_start[r + 1])
+// (distinct ids within a row): logits[r, bias_ids[e]] += bias_values[e]. Then for every row
 // r and every entry e in [token_start[r], token_start[r + 1]) — the distinct tokens of the row's
 // prompt and output, each listed once, with output_counts[e] its occurrences in the output:
 //   x = logits[r, token_ids[e]];
@@ -138,6 +140,9 @@ struct ApplyPenaltiesParams {
   TensorView token_start;         // [rows + 1] i32, 0 first, entries last, non-decreasing
   TensorView banned_ids;          // optional [bans] i32
   TensorView banned_start;        // optional (with banned_ids) [rows + 1] i32
+  TensorView bias_ids;            // optional [biases] i32 (OpenAI's logit_bias)
+  TensorView bias_values;         // optional (with bias_ids) [biases] f32
+  TensorView bias_start;          // optional (with bias_ids) [rows + 1] i32
 };
 
 // The uniform draw in [0, 1) that sampling uses for (seed, step): 53 bits of

@@ -332,14 +332,24 @@ absl::Status ValidateApplyPenalties(const OpValidator& v, const ApplyPenaltiesPa
     TESSERA_RETURN_IF_ERROR(
         v.Shape("banned_start", p.banned_start, row_starts, "[logits.rows + 1]"));
   }
+  if (p.bias_ids.empty() != p.bias_start.empty() || p.bias_ids.empty() != p.bias_values.empty()) {
+    return v.Error("bias_ids, bias_values and bias_start go together: all three or none");
+  }
+  if (!p.bias_ids.empty()) {
+    TESSERA_RETURN_IF_ERROR(v.Tensor("bias_ids", p.bias_ids, 1, kI32));
+    TESSERA_RETURN_IF_ERROR(v.Tensor("bias_values", p.bias_values, 1, kF32));
+    TESSERA_RETURN_IF_ERROR(
+        v.Shape("bias_values", p.bias_values, p.bias_ids.shape(), "the shape of bias_ids"));
+    TESSERA_RETURN_IF_ERROR(v.Tensor("bias_start", p.bias_start, 1, kI32));
+    TESSERA_RETURN_IF_ERROR(v.Shape("bias_start", p.bias_start, row_starts, "[logits.rows + 1]"));
+  }
   const struct {
     const char* name;
     const TensorView& view;
-  } lists[] = {{"token_ids", p.token_ids},
-               {"output_counts", p.output_counts},
-               {"token_start", p.token_start},
-               {"banned_ids", p.banned_ids},
-               {"banned_start", p.banned_start}};
+  } lists[] = {{"token_ids", p.token_ids},       {"output_counts", p.output_counts},
+               {"token_start", p.token_start},   {"banned_ids", p.banned_ids},
+               {"banned_start", p.banned_start}, {"bias_ids", p.bias_ids},
+               {"bias_values", p.bias_values},   {"bias_start", p.bias_start}};
   for (const auto& field : lists) {
     if (!field.view.empty()) {
       TESSERA_RETURN_IF_ERROR(v.Disjoint("logits", p.logits, field.name, field.view));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace tessera::model {
@@ -52,7 +53,31 @@ absl::Status ValidateSamplingParams(const SamplingParams& s, int32_t vocab_size)
   for (const std::string& stop : s.stop) {
     if (stop.empty()) return error("stop strings must not be empty");
   }
+  for (size_t i = 0; i < s.logit_bias.size(); ++i) {
+    const LogitBias& b = s.logit_bias[i];
+    if (b.token_id < 0 || b.token_id >= vocab_size) {
+      return error("logit_bias token ", b.token_id, " outside the vocabulary [0, ", vocab_size,
+                   ")");
+    }
+    if (!(b.bias >= -kMaxLogitBias && b.bias <= kMaxLogitBias)) {
+      return error("logit_bias of token ", b.token_id, " must be in [-100, 100], got ", b.bias);
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (s.logit_bias[j].token_id == b.token_id) {
+        return error("logit_bias names token ", b.token_id, " twice");
+      }
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<LogitBias> LogitBiasEntry(absl::string_view key, double bias) {
+  int32_t id = 0;
+  if (!absl::SimpleAtoi(key, &id) || id < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("logit_bias: key '", key, "' is not a token id (a non-negative integer)"));
+  }
+  return LogitBias{id, static_cast<float>(bias)};
 }
 
 }  // namespace tessera::model

@@ -11,9 +11,18 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace tessera::model {
+
+struct LogitBias {
+  int32_t token_id = 0;
+  float bias = 0.0f;
+  bool operator==(const LogitBias&) const = default;
+};
+
+inline constexpr float kMaxLogitBias = 100.0f;  // OpenAI's range: [-100, 100]
 
 struct SamplingParams {
   float temperature = 0.0f;         // 0: greedy
@@ -32,6 +41,9 @@ struct SamplingParams {
   // Stop strings need a detokenizer: the engine accepts them only with a StopMatcherFactory
   // (worker::EngineOptions); the coordinator matches them itself on the detokenized stream.
   std::vector<std::string> stop;
+  // OpenAI's logit_bias: added to the token's logit before the penalties and temperature, as
+  // vLLM's sampler does; each token at most once, bias in [-100, 100].
+  std::vector<LogitBias> logit_bias;
 };
 
 inline constexpr int32_t kMaxLogprobs = 20;
@@ -48,5 +60,9 @@ absl::string_view FinishReasonName(FinishReason finish);  // "stop", "length", "
 // (max_tokens < 1, top_p outside (0, 1], a negative temperature, ...) and for ids outside
 // [0, vocab_size) in stop_token_ids. The prompt and the context length are the caller's.
 absl::Status ValidateSamplingParams(const SamplingParams& params, int32_t vocab_size);
+
+// One entry of an API's logit_bias object ({"token id": bias}): kInvalidArgument "logit_bias: ..."
+// when the key is not a token id (a non-negative integer). Ranges: ValidateSamplingParams.
+absl::StatusOr<LogitBias> LogitBiasEntry(absl::string_view key, double bias);
 
 }  // namespace tessera::model

@@ -58,9 +58,11 @@ absl::StatusOr<TensorView> DeviceSampler::ApplyPenalties(const TensorView& logit
                                                     static_cast<size_t>(vocab) * 4, stream));
     }
   }
-  auto& [repetition, presence, frequency, ids, counts, start, banned, banned_start] = staging;
+  auto& [repetition, presence, frequency, ids, counts, start, banned, banned_start, bias_ids,
+         bias_values, bias_start] = staging;
   start.push_back(0);
   banned_start.push_back(0);
+  bias_start.push_back(0);
   for (const SamplingRow& r : rows) {
     repetition.push_back(r.repetition_penalty);
     presence.push_back(r.presence_penalty);
@@ -77,6 +79,14 @@ absl::StatusOr<TensorView> DeviceSampler::ApplyPenalties(const TensorView& logit
     start.push_back(static_cast<int32_t>(ids.size()));
     banned.insert(banned.end(), r.banned_token_ids.begin(), r.banned_token_ids.end());
     banned_start.push_back(static_cast<int32_t>(banned.size()));
+    if (r.bias_token_ids.size() != r.bias_values.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("Sample: ", r.bias_token_ids.size(),
+                                                     " logit bias tokens with ",
+                                                     r.bias_values.size(), " values"));
+    }
+    bias_ids.insert(bias_ids.end(), r.bias_token_ids.begin(), r.bias_token_ids.end());
+    bias_values.insert(bias_values.end(), r.bias_values.begin(), r.bias_values.end());
+    bias_start.push_back(static_cast<int32_t>(bias_ids.size()));
   }
   TESSERA_RETURN_IF_ERROR(Upload(repetition, repetition_, stream));
   TESSERA_RETURN_IF_ERROR(Upload(presence, presence_, stream));
@@ -86,6 +96,11 @@ absl::StatusOr<TensorView> DeviceSampler::ApplyPenalties(const TensorView& logit
   TESSERA_RETURN_IF_ERROR(Upload(start, penalty_start_, stream));
   TESSERA_RETURN_IF_ERROR(Upload(banned, banned_, stream));
   TESSERA_RETURN_IF_ERROR(Upload(banned_start, banned_start_, stream));
+  if (!bias_ids.empty()) {
+    TESSERA_RETURN_IF_ERROR(Upload(bias_ids, bias_ids_, stream));
+    TESSERA_RETURN_IF_ERROR(Upload(bias_values, bias_values_, stream));
+    TESSERA_RETURN_IF_ERROR(Upload(bias_start, bias_start_, stream));
+  }
   const auto entries = static_cast<int64_t>(ids.size());
   const auto bans = static_cast<int64_t>(banned.size());
   kernels::ApplyPenaltiesParams params;
@@ -98,6 +113,12 @@ absl::StatusOr<TensorView> DeviceSampler::ApplyPenalties(const TensorView& logit
   params.token_start = penalty_start_.View(DataType::kI32, {n + 1});
   params.banned_ids = banned_.View(DataType::kI32, {bans});
   params.banned_start = banned_start_.View(DataType::kI32, {n + 1});
+  if (!bias_ids.empty()) {
+    const auto biases = static_cast<int64_t>(bias_ids.size());
+    params.bias_ids = bias_ids_.View(DataType::kI32, {biases});
+    params.bias_values = bias_values_.View(DataType::kF32, {biases});
+    params.bias_start = bias_start_.View(DataType::kI32, {n + 1});
+  }
   TESSERA_RETURN_IF_ERROR(kernels::ApplyPenalties(backend_, params, stream));
   return TensorView(processed);
 }
@@ -124,7 +145,7 @@ absl::StatusOr<StepResult> DeviceSampler::Sample(const TensorView& logits,
     steps.push_back(r.step);
     min_p.push_back(r.min_p);
     any_min_p |= r.min_p > 0.0f;
-    any_penalty |= r.HasPenalties() || !r.banned_token_ids.empty();
+    any_penalty |= r.HasPenalties() || !r.banned_token_ids.empty() || !r.bias_token_ids.empty();
     top_n = std::max(top_n, r.num_top_logprobs);
   }
   if (top_n > logits.dim(1)) {

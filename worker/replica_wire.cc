@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -10,7 +11,7 @@ namespace tessera::worker {
 namespace {
 
 // Adding a field to SamplingRow or StepPlan must extend the wire format below.
-static_assert(sizeof(SamplingRow) == 128, "update EncodeStepPlan/DecodeStepPlan for SamplingRow");
+static_assert(sizeof(SamplingRow) == 176, "update EncodeStepPlan/DecodeStepPlan for SamplingRow");
 
 int64_t FloatBits(float f) {
   uint32_t bits;
@@ -28,7 +29,13 @@ float BitsFloat(int64_t word) {
 template <typename T>
 void Append(std::vector<int64_t>& words, const std::vector<T>& values) {
   words.push_back(static_cast<int64_t>(values.size()));
-  for (const T& v : values) words.push_back(static_cast<int64_t>(v));
+  for (const T& v : values) {
+    if constexpr (std::is_same_v<T, float>) {
+      words.push_back(FloatBits(v));
+    } else {
+      words.push_back(static_cast<int64_t>(v));
+    }
+  }
 }
 
 template <typename T>
@@ -37,7 +44,13 @@ bool Read(const std::vector<int64_t>& words, size_t& at, std::vector<T>& out) {
   const int64_t n = words[at++];
   if (n < 0 || static_cast<size_t>(n) > words.size() - at) return false;
   out.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(words[at++]);
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<T, float>) {
+      out[i] = BitsFloat(words[at++]);
+    } else {
+      out[i] = static_cast<T>(words[at++]);
+    }
+  }
   return true;
 }
 
@@ -67,6 +80,8 @@ std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind) {
     Append(words, r.penalty_token_ids);
     Append(words, r.penalty_output_counts);
     Append(words, r.banned_token_ids);
+    Append(words, r.bias_token_ids);
+    Append(words, r.bias_values);
   }
   return words;
 }
@@ -108,7 +123,8 @@ absl::StatusOr<StepPlan> DecodeStepPlanAt(const std::vector<int64_t>& words, siz
     r.frequency_penalty = BitsFloat(words[at++]);
     r.num_top_logprobs = static_cast<int32_t>(words[at++]);
     if (!Read(words, at, r.penalty_token_ids) || !Read(words, at, r.penalty_output_counts) ||
-        !Read(words, at, r.banned_token_ids)) {
+        !Read(words, at, r.banned_token_ids) || !Read(words, at, r.bias_token_ids) ||
+        !Read(words, at, r.bias_values) || r.bias_values.size() != r.bias_token_ids.size()) {
       return bad();
     }
   }

@@ -485,6 +485,12 @@ SamplingRow Scheduler::MakeSamplingRow(const Sequence& seq) const {
       row.penalty_output_counts.push_back(count);
     }
   }
+  row.bias_token_ids.reserve(s.logit_bias.size());
+  row.bias_values.reserve(s.logit_bias.size());
+  for (const model::LogitBias& b : s.logit_bias) {
+    row.bias_token_ids.push_back(b.token_id);
+    row.bias_values.push_back(b.bias);
+  }
   if (seq.generated() < s.min_tokens) {
     row.banned_token_ids = s.stop_token_ids;
     if (!s.ignore_eos) {

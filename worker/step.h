@@ -31,6 +31,9 @@ struct SamplingRow {
   std::vector<int32_t> penalty_token_ids;
   std::vector<int32_t> penalty_output_counts;
   std::vector<int32_t> banned_token_ids;  // logits forced to -inf (min_tokens: the stop tokens)
+  // OpenAI's logit_bias (parallel lists), added before the penalties.
+  std::vector<int32_t> bias_token_ids;
+  std::vector<float> bias_values;
 
   bool HasPenalties() const {
     return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;

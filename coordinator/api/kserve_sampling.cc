@@ -131,6 +131,7 @@ constexpr const char* kSupportedKeys[] = {"temperature",
                                           "logprobs",
                                           "skip_special_tokens",
                                           "include_stop_str_in_output",
+                                          "logit_bias",
                                           "n"};
 
 // Applies one key; kNotFound for a key this API does not know.
@@ -185,6 +186,17 @@ absl::Status ApplyOne(const Reader& r, const std::string& key, const json& value
     absl::StatusOr<std::vector<int32_t>> v = r.Int32s(key, value);
     if (!v.ok()) return v.status();
     s.stop_token_ids = std::move(*v);
+    return absl::OkStatus();
+  }
+  if (key == "logit_bias") {
+    if (!value.is_object()) return r.Error(key, "an object of token id: bias", value);
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      absl::StatusOr<double> bias = r.Number("logit_bias", it.value());
+      if (!bias.ok()) return bias.status();
+      absl::StatusOr<model::LogitBias> entry = model::LogitBiasEntry(it.key(), *bias);
+      if (!entry.ok()) return r.Error(key, "token ids as keys", value);
+      s.logit_bias.push_back(*entry);
+    }
     return absl::OkStatus();
   }
   if (key == "n") {  // one sequence per request; accepted so that clients spelling n=1 work

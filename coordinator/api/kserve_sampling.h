@@ -5,7 +5,8 @@
 // Keys (vLLM's meanings, see model/sampling.h): temperature, top_p, min_p, repetition_penalty,
 // presence_penalty, frequency_penalty (numbers); top_k, max_tokens, min_tokens, seed, logprobs
 // (integers); stop (a string or a list of strings); stop_token_ids (a list of integers);
-// ignore_eos, skip_special_tokens, include_stop_str_in_output (booleans); n (only 1).
+// ignore_eos, skip_special_tokens, include_stop_str_in_output (booleans); n (only 1); logit_bias
+// (an object of token id: bias, OpenAI's).
 // Values may be JSON values of those types or strings that spell them ("0.1", "16", "true"), as
 // Triton's documentation writes them; integers may be written as integral numbers (16.0). A null
 // value leaves the default, as the vLLM backend drops None values. Ranges are not checked here:

@@ -130,6 +130,24 @@ absl::Status ParseCommon(const json& body, CommonRequest& out) {
   TESSERA_RETURN_IF_ERROR(GetInt64(body, "seed", seed));
   s.seed = seed;
 
+  if (const json* bias = Field(body, "logit_bias")) {
+    if (!bias->is_object()) {
+      return FieldError("logit_bias", absl::StrCat("expected an object of token id: bias, got ",
+                                                   TypeName(*bias)));
+    }
+    for (auto it = bias->begin(); it != bias->end(); ++it) {
+      if (!it.value().is_number()) {
+        return FieldError("logit_bias",
+                          absl::StrCat("the bias of '", it.key(), "' must be a number, got ",
+                                       TypeName(it.value())));
+      }
+      absl::StatusOr<model::LogitBias> entry =
+          model::LogitBiasEntry(it.key(), it.value().get<double>());
+      if (!entry.ok()) return entry.status();
+      s.logit_bias.push_back(*entry);
+    }
+  }
+
   std::optional<int32_t> n;
   TESSERA_RETURN_IF_ERROR(GetInt32(body, "n", n));
   if (n.has_value()) {
@@ -241,6 +259,7 @@ std::string LeadingField(absl::string_view message) {
                                            "add_special_tokens",
                                            "tokens",
                                            "return_token_strs",
+                                           "logit_bias",
                                            "user"};
   size_t end = 0;
   while (end < message.size() &&

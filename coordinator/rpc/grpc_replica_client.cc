@@ -41,6 +41,10 @@ void ToProto(const model::SamplingParams& s, v1::SamplingParams* p) {
   for (int32_t id : s.stop_token_ids) p->add_stop_token_ids(id);
   p->set_ignore_eos(s.ignore_eos);
   p->set_logprobs(s.logprobs);
+  for (const model::LogitBias& b : s.logit_bias) {
+    p->add_logit_bias_token_ids(b.token_id);
+    p->add_logit_bias_values(b.bias);
+  }
 }
 
 ReplicaEvent FromProto(const v1::GenerateResponse& r) {

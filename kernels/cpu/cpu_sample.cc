@@ -280,6 +280,15 @@ absl::Status CpuApplyPenalties(Backend&, const ApplyPenaltiesParams& p, Stream&)
       return s;
     }
   }
+  const int32_t* bias_ids = p.bias_ids.empty() ? nullptr : p.bias_ids.data_as<int32_t>();
+  const int32_t* bias_start = p.bias_start.empty() ? nullptr : p.bias_start.data_as<int32_t>();
+  const float* bias_values = p.bias_values.empty() ? nullptr : p.bias_values.data_as<float>();
+  if (bias_ids != nullptr) {
+    if (absl::Status s = check_ranges("bias_start", bias_start, bias_ids, p.bias_ids.dim(0));
+        !s.ok()) {
+      return s;
+    }
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const float repetition = p.repetition_penalty.data_as<float>()[r];
     if (!(repetition > 0.0f) || !std::isfinite(repetition)) {
@@ -292,6 +301,11 @@ absl::Status CpuApplyPenalties(Backend&, const ApplyPenaltiesParams& p, Stream&)
     const float repetition = p.repetition_penalty.data_as<float>()[r];
     const float presence = p.presence_penalty.data_as<float>()[r];
     const float frequency = p.frequency_penalty.data_as<float>()[r];
+    if (bias_ids != nullptr) {  // before the penalties, as vLLM's sampler
+      for (int32_t e = bias_start[r]; e < bias_start[r + 1]; ++e) {
+        logits[bias_ids[e]] += bias_values[e];
+      }
+    }
     for (int32_t e = start[r]; e < start[r + 1]; ++e) {
       // In vLLM's order and arithmetic: scale by 1/penalty or penalty, then two subtractions.
       float x = logits[ids[e]];

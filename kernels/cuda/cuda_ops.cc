@@ -351,7 +351,7 @@ absl::Status CudaApplyPenalties(Backend& backend, const ApplyPenaltiesParams& p,
   TESSERA_ASSIGN_OR_RETURN(cudaStream_t native, Prepare(backend, stream));
   const int64_t rows = p.logits.dim(0);
   const int64_t vocab = p.logits.dim(1);
-  std::vector<int32_t> ids, start, banned, banned_start;
+  std::vector<int32_t> ids, start, banned, banned_start, bias_ids, bias_start;
   std::vector<float> repetition;
   TESSERA_RETURN_IF_ERROR(CopyVectorToHost(p.token_ids, &ids, native));
   TESSERA_RETURN_IF_ERROR(CopyVectorToHost(p.token_start, &start, native));
@@ -360,10 +360,17 @@ absl::Status CudaApplyPenalties(Backend& backend, const ApplyPenaltiesParams& p,
     TESSERA_RETURN_IF_ERROR(CopyVectorToHost(p.banned_ids, &banned, native));
     TESSERA_RETURN_IF_ERROR(CopyVectorToHost(p.banned_start, &banned_start, native));
   }
+  if (!p.bias_ids.empty()) {
+    TESSERA_RETURN_IF_ERROR(CopyVectorToHost(p.bias_ids, &bias_ids, native));
+    TESSERA_RETURN_IF_ERROR(CopyVectorToHost(p.bias_start, &bias_start, native));
+  }
   TESSERA_RETURN_IF_ERROR(CudaStatus("cudaStreamSynchronize", cudaStreamSynchronize(native)));
   TESSERA_RETURN_IF_ERROR(CheckRanges("token_start", start, ids, vocab));
   if (!p.banned_ids.empty()) {
     TESSERA_RETURN_IF_ERROR(CheckRanges("banned_start", banned_start, banned, vocab));
+  }
+  if (!p.bias_ids.empty()) {
+    TESSERA_RETURN_IF_ERROR(CheckRanges("bias_start", bias_start, bias_ids, vocab));
   }
   for (const float penalty : repetition) {
     if (!(penalty > 0.0f) || !std::isfinite(penalty)) {
@@ -385,6 +392,11 @@ absl::Status CudaApplyPenalties(Backend& backend, const ApplyPenaltiesParams& p,
   if (!p.banned_ids.empty()) {
     args.banned_ids = p.banned_ids.data_as<int32_t>();
     args.banned_start = p.banned_start.data_as<int32_t>();
+  }
+  if (!p.bias_ids.empty()) {
+    args.bias_ids = p.bias_ids.data_as<int32_t>();
+    args.bias_values = p.bias_values.data_as<float>();
+    args.bias_start = p.bias_start.data_as<int32_t>();
   }
   return CudaStatus("LaunchApplyPenalties", LaunchApplyPenalties(args, native));
 }

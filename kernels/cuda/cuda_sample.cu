@@ -273,14 +273,21 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(SampleArgs a) {
   }
 }
 
-// One block per row: the penalties of its distinct tokens (each listed once, so no two threads
-// write the same logit), then its bans.
+// One block per row: the logit bias of its distinct tokens, then the penalties of its distinct
+// tokens (each listed once in each list, so no two threads write the same logit at once), then
+// its bans.
 __global__ void ApplyPenaltiesKernel(ApplyPenaltiesArgs a) {
   const int64_t r = blockIdx.x;
   float* logits = a.logits + r * a.logits_stride;
   const float repetition = a.repetition[r];
   const float presence = a.presence[r];
   const float frequency = a.frequency[r];
+  if (a.bias_ids != nullptr) {
+    for (int64_t e = a.bias_start[r] + threadIdx.x; e < a.bias_start[r + 1]; e += blockDim.x) {
+      logits[a.bias_ids[e]] += a.bias_values[e];
+    }
+    __syncthreads();
+  }
   for (int64_t e = a.token_start[r] + threadIdx.x; e < a.token_start[r + 1]; e += blockDim.x) {
     const int32_t id = a.token_ids[e];
     const int32_t count = a.output_counts[e];

@@ -448,6 +448,38 @@ TEST_P(ApplyPenaltiesConformance, MatchesDenseReference) {
   }
 }
 
+TEST_P(ApplyPenaltiesConformance, LogitBiasComesBeforeThePenalties) {
+  // Row 0: tokens 1 and 3 biased, token 1 also penalised (repetition 2, counted once); row 1: no
+  // bias; row 2: token 0 pushed to -100, token 2 up by 100.
+  const int64_t vocab = 4, rows = 3;
+  const std::vector<float> logits = {1.0f, 3.0f, -1.0f, 0.5f, 2.0f,  -2.0f,
+                                     1.0f, 0.0f, 5.0f,  0.0f, -5.0f, 1.0f};
+  ApplyPenaltiesParams params;
+  const MutableTensorView device_logits = Upload(logits, DataType::kF32, {rows, vocab});
+  params.logits = device_logits;
+  params.repetition_penalty = Upload({2.0f, 1.0f, 1.0f}, DataType::kF32, {rows});
+  params.presence_penalty = Upload({0.0f, 0.0f, 0.0f}, DataType::kF32, {rows});
+  params.frequency_penalty = Upload({0.0f, 0.0f, 0.0f}, DataType::kF32, {rows});
+  params.token_ids = UploadI32({1}, {1});
+  params.output_counts = UploadI32({1}, {1});
+  params.token_start = UploadI32({0, 1, 1, 1}, {rows + 1});
+  params.bias_ids = UploadI32({1, 3, 0, 2}, {4});
+  params.bias_values = Upload({-5.0f, 1.5f, -100.0f, 100.0f}, DataType::kF32, {4});
+  params.bias_start = UploadI32({0, 2, 2, 4}, {rows + 1});
+  ASSERT_TRUE(kernels::ApplyPenalties(backend(), params, stream()).ok());
+  // Token 1 of row 0: 3 - 5 = -2, then the penalty of a negative logit: -2 * 2 = -4.
+  EXPECT_EQ(Download(device_logits), (std::vector<float>{1.0f, -4.0f, -1.0f, 2.0f, 2.0f, -2.0f,
+                                                         1.0f, 0.0f, -95.0f, 0.0f, 95.0f, 1.0f}));
+  // Checked like the other lists: an id outside the vocabulary, a missing part.
+  params.bias_ids = UploadI32({1, 3, 0, 4}, {4});
+  absl::Status status = kernels::ApplyPenalties(backend(), params, stream());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("token id 4"));
+  params.bias_values = TensorView();
+  status = kernels::ApplyPenalties(backend(), params, stream());
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("all three or none"));
+}
+
 TEST_P(ApplyPenaltiesConformance, RejectsBadIdsAndOffsetsWithoutWriting) {
   const std::vector<float> logits = {1.0f, -1.0f, 2.0f, 0.5f};
   ApplyPenaltiesParams params;

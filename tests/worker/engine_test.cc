@@ -353,6 +353,33 @@ TEST_F(EngineModelTest, GreedyTopLogprobsLeadWithTheChosenToken) {
   }
 }
 
+TEST_F(EngineModelTest, LogitBiasSteersAndBansTokensInABatch) {
+  ModelEngine engine(config_, *weights_, EngineSetup{});
+  std::vector<Request> requests = RandomRequests(3, /*seed=*/41);
+  for (Request& r : requests) r.sampling.max_tokens = 8;
+  const std::vector<RequestOutput> plain = Together(*engine, requests);
+  // Request 0: token 77 pushed up by 100 wins every greedy step. Request 1: its own greedy tokens
+  // pushed down by 100 never come back. Request 2: no bias, unchanged beside the others.
+  requests[0].sampling.logit_bias = {{77, 100.0f}};
+  for (int32_t id : plain[1].token_ids) {
+    bool seen = false;
+    for (const model::LogitBias& b : requests[1].sampling.logit_bias) seen |= b.token_id == id;
+    if (!seen) requests[1].sampling.logit_bias.push_back({id, -100.0f});
+  }
+  const std::vector<RequestOutput> biased = Together(*engine, requests);
+  EXPECT_EQ(biased[0].token_ids, std::vector<int32_t>(8, 77));
+  for (int32_t id : biased[1].token_ids) {
+    for (const model::LogitBias& b : requests[1].sampling.logit_bias) EXPECT_NE(id, b.token_id);
+  }
+  EXPECT_EQ(biased[2].token_ids, plain[2].token_ids);
+  // A bias outside [-100, 100] or the vocabulary is refused by name.
+  Request bad = requests[2];
+  bad.sampling.logit_bias = {{5, 150.0f}};
+  EXPECT_THAT(std::string(engine->Submit(bad).status().message()), HasSubstr("logit_bias"));
+  bad.sampling.logit_bias = {{static_cast<int32_t>(config_.vocab_size), 1.0f}};
+  EXPECT_THAT(std::string(engine->Submit(bad).status().message()), HasSubstr("logit_bias"));
+}
+
 // --- The FakeExecutor behind the engine: time, failures, shutdown ---------------------------
 
 ExecutorLimits FakeLimits() {

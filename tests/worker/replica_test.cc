@@ -540,6 +540,9 @@ TEST(StepPlanWireTest, RoundTripsEveryField) {
   plan.block_tables = {0, 1, 2, 3};
   plan.logits_rows = {1, 2};
   plan.sampling = {{0.5f, 40, 0.9f, -7, 3}, {0.0f, 0, 1.0f, 1, 0}};
+  plan.sampling[1].bias_token_ids = {4, 9};
+  plan.sampling[1].bias_values = {-100.0f, 2.5f};
+  plan.sampling[1].banned_token_ids = {2};
   int64_t kind = -1;
   auto decoded = DecodeStepPlan(EncodeStepPlan(plan, 1), &kind);
   ASSERT_TRUE(decoded.ok()) << decoded.status();
@@ -557,6 +560,10 @@ TEST(StepPlanWireTest, RoundTripsEveryField) {
   EXPECT_EQ(decoded->sampling[0].top_p, 0.9f);
   EXPECT_EQ(decoded->sampling[0].seed, -7);
   EXPECT_EQ(decoded->sampling[0].step, 3);
+  EXPECT_TRUE(decoded->sampling[0].bias_token_ids.empty());
+  EXPECT_EQ(decoded->sampling[1].bias_token_ids, plan.sampling[1].bias_token_ids);
+  EXPECT_EQ(decoded->sampling[1].bias_values, plan.sampling[1].bias_values);
+  EXPECT_EQ(decoded->sampling[1].banned_token_ids, plan.sampling[1].banned_token_ids);
   std::vector<int64_t> truncated = EncodeStepPlan(plan, 1);
   truncated.pop_back();
   EXPECT_EQ(DecodeStepPlan(truncated, &kind).status().code(), absl::StatusCode::kDataLoss);

@@ -108,6 +108,14 @@ absl::StatusOr<Request> RequestFromProto(const v1::GenerateRequest& request,
     s.stop_token_ids.assign(in.stop_token_ids().begin(), in.stop_token_ids().end());
     s.ignore_eos = in.ignore_eos();
     s.logprobs = in.logprobs();
+    if (in.logit_bias_token_ids_size() != in.logit_bias_values_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling: ", in.logit_bias_token_ids_size(),
+                                                     " logit_bias tokens with ",
+                                                     in.logit_bias_values_size(), " values"));
+    }
+    for (int i = 0; i < in.logit_bias_token_ids_size(); ++i) {
+      s.logit_bias.push_back({in.logit_bias_token_ids(i), in.logit_bias_values(i)});
+    }
   }
   return out;
 }

@@ -387,6 +387,24 @@ TEST_F(KServeTest, ApiKeysGuardEveryMethodButLiveAndReady) {
   EXPECT_TRUE(stub_->ServerReady(&ready_context, inference::ServerReadyRequest(), &ready).ok());
 }
 
+TEST_F(KServeTest, SamplingParametersCarryLogitBias) {
+  Req r;
+  r.sampling = R"({"max_tokens": 2, "logit_bias": {"5": -100, "17": "2.5"}})";
+  ModelInferResponse response;
+  grpc::Status status = Infer(Build(r), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  // JSON objects are read in key order: "17" before "5".
+  EXPECT_EQ(frontend_.last_request().sampling.logit_bias,
+            (std::vector<model::LogitBias>{{17, 2.5f}, {5, -100.0f}}));
+  for (const char* bad : {R"({"logit_bias": {"x": 1}})", R"({"logit_bias": [1, 2]})",
+                          R"({"logit_bias": {"5": "lots"}})"}) {
+    r.sampling = bad;
+    status = Infer(Build(r), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_THAT(status.error_message(), HasSubstr("logit_bias")) << bad;
+  }
+}
+
 TEST_F(KServeTest, UnaryInferReturnsThePromptAndTheWholeText) {
   Req r;
   r.id = "unary-1";

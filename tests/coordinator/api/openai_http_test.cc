@@ -689,6 +689,28 @@ TEST_F(OpenAiHttpTest, NOutOfRangeOrTooManyChoicesIsRefused) {
   ExpectError("/v1/completions", {{"prompt", "x"}, {"best_of", 2}}, 400, "best_of");
 }
 
+TEST_F(OpenAiHttpTest, LogitBiasReachesTheRequestAndBadOnesNameTheField) {
+  httplib::Result res =
+      Post("/v1/completions",
+           {{"prompt", "Hi"}, {"max_tokens", 2}, {"logit_bias", {{"50256", -100}, {"3", 4.5}}}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 400) << res->body;  // 50256 is outside the fake's vocabulary
+  EXPECT_THAT(res->body, HasSubstr("logit_bias token 50256 outside the vocabulary"));
+  res = Post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                      {"max_tokens", 2},
+                                      {"logit_bias", {{"7", -100}, {"3", 4.5}}}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(frontend_.last_request().sampling.logit_bias,
+            (std::vector<model::LogitBias>{{3, 4.5f}, {7, -100.0f}}));
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"logit_bias", {{"seven", 1}}}}, 400,
+              "logit_bias");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"logit_bias", {{"7", "up"}}}}, 400,
+              "logit_bias");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"logit_bias", {{"7", 101}}}}, 400,
+              "logit_bias");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"logit_bias", {1, 2}}}, 400, "logit_bias");
+}
+
 TEST_F(OpenAiHttpTest, ApiKeysGuardEverythingButProbesAndScrapers) {
   OpenAiHttpOptions options;
   options.api_keys = {"key-one", "key-two"};

@@ -204,6 +204,17 @@ TEST_F(ReplicaServiceTest, BadRequestsAreInvalidArgumentWithTheEnginesMessage) {
   v1::GenerateRequest bad_token = Req(4);
   bad_token.add_prompt_token_ids(100);  // vocab_size is 100
   EXPECT_EQ(Generate(bad_token).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // logit_bias travels as two parallel lists, which must pair up.
+  v1::GenerateRequest biased = Req(4);
+  biased.mutable_sampling()->add_logit_bias_token_ids(7);
+  biased.mutable_sampling()->add_logit_bias_values(-3.5f);
+  absl::StatusOr<Request> parsed = RequestFromProto(biased, absl::InfiniteDuration());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->sampling.logit_bias, (std::vector<model::LogitBias>{{7, -3.5f}}));
+  biased.mutable_sampling()->add_logit_bias_token_ids(8);
+  EXPECT_THAT(std::string(RequestFromProto(biased, absl::InfiniteDuration()).status().message()),
+              HasSubstr("2 logit_bias tokens with 1 values"));
+  EXPECT_EQ(Generate(biased).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ReplicaServiceTest, TooManyRequestsAreResourceExhausted) {

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""End to end: `tessera serve --api-key` (vLLM's --api-key) with the real clients.
+"""End to end: vLLM's serving features beyond plain completions, on `tessera serve --api-key`
+with the real clients.
 
 1. OpenAI HTTP (`openai`): without the key, or with another, 401 AuthenticationError; with it,
    completions and /v1/models work. /health, /metrics and /version need no key.
 2. /tokenize and /detokenize (vLLM's endpoints) with the key: a round trip, and the ids equal
-   what the completion reports as its prompt.
+   what the completion reports as its prompt. n = 3 completions of one prompt; logit_bias
+   steering greedy decoding onto one token.
 3. KServe gRPC (`tritonclient`): without the key UNAUTHENTICATED; with headers={"authorization":
    "Bearer KEY"} a stream equals `tessera generate`; server liveness needs no key.
 4. `tessera bench` over both APIs: OPENAI_API_KEY (as vllm bench serve) completes every request,
@@ -103,8 +105,19 @@ def main():
         status, chat = http(base, "/tokenize",
                             {"messages": [{"role": "user", "content": "hi"}]}, key=KEY)
         u.check(status == 200 and chat["count"] > 2, f"/tokenize messages: {status} {chat}")
+        many = client.chat.completions.create(
+            model=u.MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3, n=3,
+            temperature=1.0, seed=3)
+        u.check(sorted(c.index for c in many.choices) == [0, 1, 2]
+                and many.usage.completion_tokens == 9, f"n = 3: {many}")
+        steered = client.completions.create(model=u.MODEL, prompt="the cat", max_tokens=5,
+                                            temperature=0, logit_bias={"77": 100},
+                                            extra_body={"ignore_eos": True})
+        status, seventy_seven = http(base, "/detokenize", {"tokens": [77] * 5}, key=KEY)
+        u.check(status == 200 and steered.choices[0].text == seventy_seven["prompt"],
+                f"logit_bias 77: {steered.choices[0].text!r} != {seventy_seven}")
         print(f"2. /tokenize ({body['count']} tokens, chat {chat['count']}) and /detokenize "
-              "round trip", flush=True)
+              "round trip; n = 3; logit_bias steers greedy decoding", flush=True)
 
         # 3. KServe gRPC.
         model_dir = os.path.join(work, "demo-model")
