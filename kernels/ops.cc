@@ -317,31 +317,34 @@ absl::Status ValidateApplyPenalties(const OpValidator& v, const ApplyPenaltiesPa
     TESSERA_RETURN_IF_ERROR(v.Shape(field.name, field.view, per_row, "[logits.rows]"));
     TESSERA_RETURN_IF_ERROR(v.Disjoint("logits", p.logits, field.name, field.view));
   }
-  TESSERA_RETURN_IF_ERROR(v.Tensor("token_ids", p.token_ids, 1, kI32));
-  TESSERA_RETURN_IF_ERROR(v.Tensor("output_counts", p.output_counts, 1, kI32));
-  TESSERA_RETURN_IF_ERROR(
-      v.Shape("output_counts", p.output_counts, p.token_ids.shape(), "the shape of token_ids"));
-  TESSERA_RETURN_IF_ERROR(v.Tensor("token_start", p.token_start, 1, kI32));
-  TESSERA_RETURN_IF_ERROR(v.Shape("token_start", p.token_start, row_starts, "[logits.rows + 1]"));
+  // A per-row list: ids (i32), values of the same shape, offsets [rows + 1] (i32).
+  const auto row_list = [&](const char* ids_name, const TensorView& ids, const char* values_name,
+                            const TensorView& values, internal::DataTypeSet values_type,
+                            const char* start_name, const TensorView& start) -> absl::Status {
+    TESSERA_RETURN_IF_ERROR(v.Tensor(ids_name, ids, 1, kI32));
+    if (values_name != nullptr) {
+      TESSERA_RETURN_IF_ERROR(v.Tensor(values_name, values, 1, values_type));
+      TESSERA_RETURN_IF_ERROR(
+          v.Shape(values_name, values, ids.shape(), absl::StrCat("the shape of ", ids_name)));
+    }
+    TESSERA_RETURN_IF_ERROR(v.Tensor(start_name, start, 1, kI32));
+    return v.Shape(start_name, start, row_starts, "[logits.rows + 1]");
+  };
+  TESSERA_RETURN_IF_ERROR(row_list("token_ids", p.token_ids, "output_counts", p.output_counts, kI32,
+                                   "token_start", p.token_start));
   if (p.banned_ids.empty() != p.banned_start.empty()) {
     return v.Error("banned_ids and banned_start go together: both or neither");
   }
   if (!p.banned_ids.empty()) {
-    TESSERA_RETURN_IF_ERROR(v.Tensor("banned_ids", p.banned_ids, 1, kI32));
-    TESSERA_RETURN_IF_ERROR(v.Tensor("banned_start", p.banned_start, 1, kI32));
-    TESSERA_RETURN_IF_ERROR(
-        v.Shape("banned_start", p.banned_start, row_starts, "[logits.rows + 1]"));
+    TESSERA_RETURN_IF_ERROR(row_list("banned_ids", p.banned_ids, nullptr, TensorView(), kI32,
+                                     "banned_start", p.banned_start));
   }
   if (p.bias_ids.empty() != p.bias_start.empty() || p.bias_ids.empty() != p.bias_values.empty()) {
     return v.Error("bias_ids, bias_values and bias_start go together: all three or none");
   }
   if (!p.bias_ids.empty()) {
-    TESSERA_RETURN_IF_ERROR(v.Tensor("bias_ids", p.bias_ids, 1, kI32));
-    TESSERA_RETURN_IF_ERROR(v.Tensor("bias_values", p.bias_values, 1, kF32));
-    TESSERA_RETURN_IF_ERROR(
-        v.Shape("bias_values", p.bias_values, p.bias_ids.shape(), "the shape of bias_ids"));
-    TESSERA_RETURN_IF_ERROR(v.Tensor("bias_start", p.bias_start, 1, kI32));
-    TESSERA_RETURN_IF_ERROR(v.Shape("bias_start", p.bias_start, row_starts, "[logits.rows + 1]"));
+    TESSERA_RETURN_IF_ERROR(row_list("bias_ids", p.bias_ids, "bias_values", p.bias_values, kF32,
+                                     "bias_start", p.bias_start));
   }
   const struct {
     const char* name;

@@ -116,7 +116,4 @@ def wait_for_every_block(ports, requests):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # a client error: show what the cluster said
-        u.fail(f"{type(e).__name__}: {e}")
+    u.run(main)

@@ -28,6 +28,15 @@ def check(condition, message):
         fail(message)
 
 
+def run(main):
+    """Runs a test's main; an exception (a client's error) fails the test with what the cluster
+    printed."""
+    try:
+        main()
+    except Exception as e:
+        fail(f"{type(e).__name__}: {e}")
+
+
 def generate_reference(tessera, model_dir, prompts, max_tokens):
     """Greedy tokens from `tessera generate` (single process), one list per prompt."""
     cmd = [tessera, "generate", "--model", model_dir, "--max-tokens", str(max_tokens),

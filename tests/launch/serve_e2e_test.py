@@ -202,7 +202,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # a client error: show what the cluster said
-        fail(f"{type(e).__name__}: {e}")
+    u.run(main)
