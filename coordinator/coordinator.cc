@@ -653,6 +653,7 @@ absl::StatusOr<std::unique_ptr<GenerateStream>> Coordinator::Generate(GenerateRe
   replica_request.sampling = request.sampling;
   replica_request.sampling.stop.clear();
   replica_request.cache_salt = request.cache_salt;
+  replica_request.priority = request.priority;
   replica_request.deadline = request.deadline;
   absl::Status last_error;
   // Disaggregated when both pools have a live replica; otherwise mixed replicas serve whole

@@ -53,6 +53,9 @@ struct GenerateRequest {
   bool include_stop_str_in_output = false;  // keep a matched stop string at the end of the text
   absl::Time deadline = absl::InfiniteFuture();  // then the request ends with kDeadlineExceeded
   std::string cache_salt;                        // prefix-cache namespace (vLLM's cache_salt)
+  // vLLM's request priority: lower is scheduled first by replicas started with
+  // --scheduling-policy priority (which refuse anything but 0 otherwise).
+  int32_t priority = 0;
 };
 
 // One piece of a request's output. Events arrive in order; the last has finished = true.

@@ -67,6 +67,7 @@ struct ReplicaRequest {
   std::vector<int32_t> prompt;
   model::SamplingParams sampling;
   std::string cache_salt;
+  int32_t priority = 0;  // vLLM's: lower first, on replicas that schedule by priority
   absl::Time deadline = absl::InfiniteFuture();
   // Disaggregated serving (docs/decisions/0008-disaggregation.md); opaque to the coordinator.
   // To a prefill replica: a decode replica's reservation (KvReservation::destination); the

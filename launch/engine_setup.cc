@@ -50,6 +50,11 @@ void AddEngineFlags(CLI::App& app, EngineFlags& flags) {
   app.add_flag("--enable-chunked-prefill,!--no-enable-chunked-prefill",
                flags.enable_chunked_prefill,
                "Split long prompts into chunks that share steps with decodes (default on)");
+  app.add_option("--scheduling-policy", flags.scheduling_policy,
+                 "fcfs: requests run in arrival order; priority: by each request's priority "
+                 "(lower first), then arrival, and the least urgent are preempted first (vLLM's)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fcfs", "priority"}));
   app.add_flag("--enforce-eager", flags.enforce_eager,
                "Run every step eagerly: no CUDA graphs for decode steps");
   app.add_option("--cuda-graph-sizes", flags.cuda_graph_sizes,
@@ -273,6 +278,7 @@ worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_mod
   options.scheduler.max_num_batched_tokens = flags.max_num_batched_tokens;
   options.scheduler.enable_prefix_caching = flags.enable_prefix_caching;
   options.scheduler.enable_chunked_prefill = flags.enable_chunked_prefill;
+  options.scheduler.priority_scheduling = flags.scheduling_policy == "priority";
   return options;
 }
 

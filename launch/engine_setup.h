@@ -38,6 +38,9 @@ struct EngineFlags {
   std::string attention_kernel = "auto";
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
+  // vLLM's --scheduling-policy: fcfs (arrival order) | priority (requests' priority, then arrival;
+  // worker::SchedulerConfig::priority_scheduling).
+  std::string scheduling_policy = "fcfs";
   // Decode steps as CUDA graphs (worker::LlamaModelOptions::graph_batch_sizes), as vLLM's flags
   // of these names: one size N means 1, 2, 4 and the multiples of 8 up to N; several are the
   // list itself. Sizes past --max-num-seqs or --max-num-batched-tokens are dropped.

@@ -42,6 +42,7 @@ struct ServeFlags {
   double kv_cache_gib = 1.0;
   int32_t threads = 0;
   std::string dtype = "auto";
+  std::string scheduling_policy = "fcfs";
   int64_t max_queued_requests = 256;
   double drain_timeout_s = 30.0;
   double ready_timeout_s = 300.0;
@@ -79,6 +80,7 @@ absl::StatusOr<Topology> ServeTopology(const ServeFlags& flags) {
   engine.max_num_seqs = flags.max_num_seqs;
   engine.kv_cache_gib = flags.kv_cache_gib;
   engine.threads = flags.threads;
+  engine.scheduling_policy = flags.scheduling_policy;
   const auto either = [](int pool, int all) { return pool > 0 ? pool : all; };
   const struct {
     const char* name;  // replicas are NAME-0, NAME-1, ...
@@ -168,6 +170,10 @@ Command RegisterServe(CLI::App& app) {
   sub->add_option("--threads", flags->threads, "CPU threads per worker rank (0: all cores)");
   sub->add_option("--dtype", flags->dtype, "Weights: auto, float32, bfloat16, float16")
       ->capture_default_str();
+  sub->add_option("--scheduling-policy", flags->scheduling_policy,
+                  "fcfs, or priority: requests' priority (lower first), then arrival (vLLM's)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fcfs", "priority"}));
   sub->add_option("--max-queued-requests", flags->max_queued_requests,
                   "Requests admitted beyond the replicas' capacity; more get 429")
       ->capture_default_str();

@@ -145,6 +145,7 @@ void ReadEngine(MapReader& r, EngineFlags& e) {
   r.Read("enable_chunked_prefill", e.enable_chunked_prefill);
   r.Read("enforce_eager", e.enforce_eager);
   r.Read("attention_kernel", e.attention_kernel);
+  r.Read("scheduling_policy", e.scheduling_policy);
   r.Finish();
 }
 
@@ -193,6 +194,10 @@ absl::Status ValidateEngineSettings(const EngineFlags& e, const std::string& whe
   }
   if (absl::Status s = ValidateAttentionKernel(e.attention_kernel); !s.ok()) {
     return Invalid(where + ".attention_kernel", std::string(s.message()));
+  }
+  if (e.scheduling_policy != "fcfs" && e.scheduling_policy != "priority") {
+    return Invalid(where + ".scheduling_policy",
+                   absl::StrCat("'", e.scheduling_policy, "' is not fcfs or priority"));
   }
   return absl::OkStatus();
 }
@@ -511,6 +516,7 @@ std::string TopologyToYaml(const Topology& t) {
     out << YAML::Key << "enable_chunked_prefill" << YAML::Value << e.enable_chunked_prefill;
     out << YAML::Key << "enforce_eager" << YAML::Value << e.enforce_eager;
     out << YAML::Key << "attention_kernel" << YAML::Value << e.attention_kernel;
+    out << YAML::Key << "scheduling_policy" << YAML::Value << e.scheduling_policy;
     out << YAML::EndMap;
   };
   out << YAML::BeginMap;

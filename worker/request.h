@@ -37,6 +37,9 @@ struct Request {
   std::string cache_salt;
   // From Submit; on expiry the request ends with finish reason kAbort and kDeadlineExceeded.
   absl::Duration timeout = absl::InfiniteDuration();
+  // vLLM's request priority: lower runs first, when the replica schedules by priority
+  // (SchedulerConfig::priority_scheduling; otherwise it must be 0).
+  int32_t priority = 0;
 
   // Disaggregated serving (docs/decisions/0008-disaggregation.md). At most one of the two.
   // On a prefill replica: after the prompt's first token, unless it ends the request, send the

@@ -13,7 +13,8 @@
 namespace tessera::worker {
 
 struct Scheduler::Sequence {
-  RequestId id = 0;
+  RequestId id = 0;  // ascending in arrival order
+  int32_t priority = 0;
   SamplingParams sampling;
   uint64_t salt_key = 0;
   int64_t seed = 0;
@@ -126,6 +127,11 @@ absl::Status Scheduler::Validate(const Request& request) const {
   if (request.timeout < absl::ZeroDuration()) {
     return error("timeout must not be negative, got ", absl::FormatDuration(request.timeout));
   }
+  if (request.priority != 0 && !config_.priority_scheduling) {
+    return error("priority ", request.priority,
+                 " needs priority scheduling, which this replica does not use (start it with "
+                 "--scheduling-policy priority)");
+  }
   if (request.kv_destination.has_value() && request.kv_import.has_value()) {
     return error("a request cannot both send (kv_destination) and receive (kv_import) its KV");
   }
@@ -166,6 +172,7 @@ absl::Status Scheduler::Add(RequestId id, Request request,
   if (absl::Status s = Validate(request); !s.ok()) return s;
   auto seq = std::make_unique<Sequence>();
   seq->id = id;
+  seq->priority = request.priority;
   seq->sampling = std::move(request.sampling);
   seq->salt_key = CacheSaltKey(request.cache_salt);
   seq->seed = seq->sampling.seed.has_value()
@@ -181,7 +188,7 @@ absl::Status Scheduler::Add(RequestId id, Request request,
   if (seq->penalties) {
     for (int32_t t : seq->tokens) seq->penalty_counts.emplace(t, 0);
   }
-  waiting_.push_back(seq.get());
+  Enqueue(waiting_, seq.get(), /*front=*/false);
   sequences_.emplace(id, std::move(seq));
   return absl::OkStatus();
 }
@@ -253,8 +260,22 @@ void Scheduler::Preempt(Sequence& seq) {
   }
   ReleaseBlocks(seq);
   std::erase(running_, &seq);
-  waiting_.push_front(&seq);
+  Enqueue(waiting_, &seq, /*front=*/true);
   ++counters_.preemptions;
+}
+
+template <typename Queue>
+void Scheduler::Enqueue(Queue& queue, Sequence* seq, bool front) const {
+  if (!config_.priority_scheduling) {
+    queue.insert(front ? queue.begin() : queue.end(), seq);
+    return;
+  }
+  // (priority, arrival) ascending: after every sequence at least as urgent.
+  const auto after =
+      std::upper_bound(queue.begin(), queue.end(), seq, [](const Sequence* a, const Sequence* b) {
+        return a->priority != b->priority ? a->priority < b->priority : a->id < b->id;
+      });
+  queue.insert(after, seq);
 }
 
 StepPlan Scheduler::Schedule() {
@@ -359,7 +380,7 @@ bool Scheduler::ScheduleWaiting(int32_t& budget) {
         seq->blocks.insert(seq->blocks.end(), fresh->begin(), fresh->end());
       }
       waiting_.pop_front();
-      running_.push_back(seq);
+      Enqueue(running_, seq, /*front=*/false);
       scheduled_.push_back({seq, n});
       budget -= n;
       any = true;
@@ -399,7 +420,7 @@ bool Scheduler::ScheduleWaiting(int32_t& budget) {
       counters_.prefix_cache_hits += computed;
     }
     waiting_.pop_front();
-    running_.push_back(seq);
+    Enqueue(running_, seq, /*front=*/false);
     scheduled_.push_back({seq, n});
     budget -= n;
     any = true;

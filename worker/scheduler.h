@@ -15,6 +15,9 @@
 //    the prefix cache) and it goes back to the front of the waiting queue, to be recomputed from
 //    its prompt and the tokens generated so far. The oldest sequence is never preempted for a
 //    newer one, so the scheduler always makes progress.
+//  - Priority scheduling (optional, vLLM's --scheduling-policy priority): "oldest" and "newest"
+//    above become "most" and "least urgent", (priority, arrival) ascending; a preempted sequence
+//    goes back to its place in that order.
 //  - Prefix caching (default): an admitted request takes the cached blocks of its longest cached
 //    prefix of full blocks, short of its last token (which must be computed to get logits).
 //  - A request that could never run — longer than max_model_len, or more blocks than the whole
@@ -46,6 +49,10 @@ struct SchedulerConfig {
   bool enable_chunked_prefill = true;  // off: max_num_batched_tokens >= max_model_len
   bool enable_prefix_caching = true;
   uint64_t seed = 0;  // unseeded requests draw with SplitMix64(seed ^ request id)
+  // vLLM's --scheduling-policy priority: the waiting queue and the running batch are ordered by
+  // (Request::priority, arrival), so admission takes the most urgent first and preemption takes
+  // the least urgent. Off (fcfs): arrival order, and requests must have priority 0.
+  bool priority_scheduling = false;
   // Steps planned before the oldest one's result is applied (StepExecutor::max_steps_in_flight).
   // Above 1, a step takes no sequence whose next token a step in flight has yet to return (a
   // prompt's next chunk may follow the one in flight), and at most 1/max_steps_in_flight of the
@@ -194,6 +201,10 @@ class Scheduler {
   // Plans the KV send of the newest step of `seq` (computing `n` of its tokens) into newest_sends_.
   void PlanKvSend(Sequence& seq, int32_t n);
   void Preempt(Sequence& seq);
+  // Puts `seq` into the waiting queue or the running batch: at the back (or, with `front`, the
+  // front), or under priority scheduling in (priority, arrival) order.
+  template <typename Queue>
+  void Enqueue(Queue& queue, Sequence* seq, bool front) const;
   void ReleaseBlocks(Sequence& seq);
   void Remove(Sequence* seq);
   StepPlan BuildPlan() const;
@@ -207,9 +218,9 @@ class Scheduler {
   const std::vector<int64_t> eos_token_ids_;
   BlockManager blocks_;
   absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> sequences_;
-  std::deque<Sequence*> waiting_;                 // arrival order; preempted sequences at the front
-  std::vector<Sequence*> running_;                // admission order
-  std::vector<Scheduled> scheduled_;              // the step Schedule is building
+  std::deque<Sequence*> waiting_;     // arrival order; preempted sequences at the front
+  std::vector<Sequence*> running_;    // admission order ((priority, arrival) under priority)
+  std::vector<Scheduled> scheduled_;  // the step Schedule is building
   std::deque<std::vector<Scheduled>> in_flight_;  // steps awaiting Update, oldest first
   std::vector<RequestId> kv_sends_to_cancel_;     // TakeKvSendsToCancel
   std::vector<KvSend> newest_sends_;              // KvSendsInStep

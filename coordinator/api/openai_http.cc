@@ -352,6 +352,7 @@ class OpenAiHttpServer::Handlers {
     request.skip_special_tokens = common.skip_special_tokens;
     request.include_stop_str_in_output = common.include_stop_str_in_output;
     request.cache_salt = common.cache_salt;
+    request.priority = common.priority;
     if (options_.request_timeout != absl::InfiniteDuration()) {
       request.deadline = absl::Now() + options_.request_timeout;
     }

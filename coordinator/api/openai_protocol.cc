@@ -148,6 +148,10 @@ absl::Status ParseCommon(const json& body, CommonRequest& out) {
     }
   }
 
+  std::optional<int32_t> priority;
+  TESSERA_RETURN_IF_ERROR(GetInt32(body, "priority", priority));
+  out.priority = priority.value_or(0);
+
   std::optional<int32_t> n;
   TESSERA_RETURN_IF_ERROR(GetInt32(body, "n", n));
   if (n.has_value()) {
@@ -260,6 +264,7 @@ std::string LeadingField(absl::string_view message) {
                                            "tokens",
                                            "return_token_strs",
                                            "logit_bias",
+                                           "priority",
                                            "user"};
   size_t end = 0;
   while (end < message.size() &&

@@ -65,6 +65,7 @@ struct CommonRequest {
   // Completions per prompt (vLLM's parallel sampling): each its own request to the cluster, with
   // seed + i when a seed is given; choice index = prompt index * n + i.
   int32_t n = 1;
+  int32_t priority = 0;  // vLLM's request priority (lower first; replicas that schedule by it)
   // max_tokens (chat: max_completion_tokens wins); nullopt: as many as fit in the context.
   std::optional<int32_t> max_tokens;
   model::SamplingParams sampling;  // max_tokens left at its default; logprobs as requested

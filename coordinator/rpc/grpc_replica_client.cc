@@ -79,6 +79,7 @@ v1::GenerateRequest ToProto(const ReplicaRequest& request) {
   proto.mutable_prompt_token_ids()->Assign(request.prompt.begin(), request.prompt.end());
   ToProto(request.sampling, proto.mutable_sampling());
   proto.set_cache_salt(request.cache_salt);
+  proto.set_priority(request.priority);
   proto.set_kv_destination(request.kv_destination);
   if (request.kv_import.has_value()) {
     v1::KvImport* kv = proto.mutable_kv_import();

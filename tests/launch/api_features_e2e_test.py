@@ -116,8 +116,16 @@ def main():
         status, seventy_seven = http(base, "/detokenize", {"tokens": [77] * 5}, key=KEY)
         u.check(status == 200 and steered.choices[0].text == seventy_seven["prompt"],
                 f"logit_bias 77: {steered.choices[0].text!r} != {seventy_seven}")
+        # A priority on a replica that schedules first come, first served: refused by name.
+        try:
+            client.completions.create(model=u.MODEL, prompt="x", max_tokens=2,
+                                      extra_body={"priority": 1})
+            u.fail("a priority was accepted by an fcfs replica")
+        except openai.BadRequestError as e:
+            u.check("--scheduling-policy priority" in str(e), f"priority refusal: {e}")
         print(f"2. /tokenize ({body['count']} tokens, chat {chat['count']}) and /detokenize "
-              "round trip; n = 3; logit_bias steers greedy decoding", flush=True)
+              "round trip; n = 3; logit_bias steers greedy decoding; a priority needs "
+              "--scheduling-policy priority", flush=True)
 
         # 3. KServe gRPC.
         model_dir = os.path.join(work, "demo-model")

@@ -329,6 +329,64 @@ TEST(SchedulerTest, TinyCacheForcesPreemptionAndEveryRequestCompletes) {
   }
 }
 
+TEST(SchedulerTest, PrioritySchedulingAdmitsTheMostUrgentFirst) {
+  SchedulerConfig config = Config(/*budget=*/64, /*max_seqs=*/1);
+  config.priority_scheduling = true;
+  Driver d(config, Limits(64));
+  // Ids 0..4 arrive together with priorities 3, 0, -2, 0, -2: one runs at a time, so they are
+  // admitted by (priority, arrival): 2, 4, 1, 3, 0.
+  std::vector<std::pair<int, Request>> arrivals;
+  std::mt19937 rng(5);
+  for (int32_t priority : {3, 0, -2, 0, -2}) {
+    Request r = MakeRequest(RandomPrompt(rng, 5), 3);
+    r.priority = priority;
+    arrivals.emplace_back(0, std::move(r));
+  }
+  std::vector<RequestId> admitted;
+  const auto outcomes = d.Run(arrivals, [&](int) {
+    for (RequestId id : d.scheduler().TakeAdmitted()) admitted.push_back(id);
+  });
+  for (RequestId id : d.scheduler().TakeAdmitted()) admitted.push_back(id);
+  EXPECT_EQ(admitted, (std::vector<RequestId>{2, 4, 1, 3, 0}));
+  ExpectAllAlone(arrivals, outcomes);
+  ExpectAllBlocksBack(d.scheduler());
+}
+
+TEST(SchedulerTest, PrioritySchedulingUnderPreemptionCompletesEveryRequest) {
+  // As TinyCacheForcesPreemption..., with random priorities: the least urgent are preempted and
+  // go back to their place in the queue; every output is still the request's own.
+  for (int32_t steps_in_flight : {1, 2}) {
+    SCOPED_TRACE(absl::StrCat(steps_in_flight, " steps in flight"));
+    std::mt19937 rng(19);
+    std::vector<std::pair<int, Request>> arrivals;
+    for (int i = 0; i < 24; ++i) {
+      Request r = MakeRequest(RandomPrompt(rng, 1 + static_cast<int>(rng() % 20)),
+                              10 + static_cast<int32_t>(rng() % 25));
+      r.priority = static_cast<int32_t>(rng() % 5) - 2;
+      arrivals.emplace_back(i % 3, std::move(r));
+    }
+    SchedulerConfig config = Config(/*budget=*/32);
+    config.priority_scheduling = true;
+    config.max_steps_in_flight = steps_in_flight;
+    Driver d(config, Limits(/*num_blocks=*/14));
+    const auto outcomes = d.Run(arrivals);
+    ExpectAllAlone(arrivals, outcomes);
+    EXPECT_GT(d.scheduler().counters().preemptions, 0);
+    ExpectAllBlocksBack(d.scheduler());
+  }
+}
+
+TEST(SchedulerTest, APriorityNeedsPriorityScheduling) {
+  Driver d(Config(), Limits(64));
+  Request r = MakeRequest({5, 6, 7}, 2);
+  r.priority = 1;
+  const absl::Status status = d.scheduler().Add(0, r);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--scheduling-policy priority"));
+  r.priority = 0;
+  EXPECT_TRUE(d.scheduler().Add(0, r).ok());
+}
+
 TEST(SchedulerTest, AbortAtRandomPointsReturnsEveryBlock) {
   std::mt19937 rng(10);
   SCOPED_TRACE("seed 10");

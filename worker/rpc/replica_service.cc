@@ -91,6 +91,7 @@ absl::StatusOr<Request> RequestFromProto(const v1::GenerateRequest& request,
   }
   out.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
   out.cache_salt = request.cache_salt();
+  out.priority = request.priority();
   out.timeout = timeout;
   if (request.has_sampling()) {
     const v1::SamplingParams& in = request.sampling();

@@ -711,6 +711,15 @@ TEST_F(OpenAiHttpTest, LogitBiasReachesTheRequestAndBadOnesNameTheField) {
   ExpectError("/v1/completions", {{"prompt", "x"}, {"logit_bias", {1, 2}}}, 400, "logit_bias");
 }
 
+TEST_F(OpenAiHttpTest, PriorityReachesTheRequest) {
+  httplib::Result res =
+      Post("/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 2}, {"priority", -3}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(frontend_.last_request().priority, -3);
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"priority", "high"}}, 400, "priority");
+}
+
 TEST_F(OpenAiHttpTest, ApiKeysGuardEverythingButProbesAndScrapers) {
   OpenAiHttpOptions options;
   options.api_keys = {"key-one", "key-two"};
