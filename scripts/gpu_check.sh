@@ -31,6 +31,7 @@ LOGS="$OUT/logs"
 mkdir -p "$LOGS"
 # Every log into one archive at the end, whatever ends the script.
 trap 'tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null && rm -rf "$LOGS"' EXIT
+trap 'exit 143' TERM INT  # a killed check still packs what it logged
 START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-570}))
 SUMMARY="$OUT/summary.txt"
