@@ -310,16 +310,30 @@ TEST(SchedulerTest, EvictionUnderPressureKeepsOutputsCorrect) {
 }
 
 TEST(SchedulerTest, TinyCacheForcesPreemptionAndEveryRequestCompletes) {
-  for (bool prefix_caching : {true, false}) {
-    SCOPED_TRACE(prefix_caching ? "prefix caching" : "no prefix caching");
-    std::mt19937 rng(9);
+  // FCFS with and without prefix caching; priority scheduling (random priorities: the least
+  // urgent are preempted and go back to their place in the queue) with 1 and 2 steps in flight.
+  struct Case {
+    bool prefix_caching;
+    bool priority;
+    int32_t steps_in_flight;
+  };
+  for (const Case c :
+       {Case{true, false, 1}, Case{false, false, 1}, Case{true, true, 1}, Case{true, true, 2}}) {
+    SCOPED_TRACE(absl::StrCat(c.prefix_caching ? "prefix caching, " : "no prefix caching, ",
+                              c.priority ? "priority, " : "fcfs, ", c.steps_in_flight,
+                              " steps in flight"));
+    std::mt19937 rng(c.priority ? 19 : 9);
     std::vector<std::pair<int, Request>> arrivals;
     for (int i = 0; i < 24; ++i) {
-      arrivals.emplace_back(i % 3, MakeRequest(RandomPrompt(rng, 1 + static_cast<int>(rng() % 20)),
-                                               10 + static_cast<int32_t>(rng() % 25)));
+      Request r = MakeRequest(RandomPrompt(rng, 1 + static_cast<int>(rng() % 20)),
+                              10 + static_cast<int32_t>(rng() % 25));
+      if (c.priority) r.priority = static_cast<int32_t>(rng() % 5) - 2;
+      arrivals.emplace_back(i % 3, std::move(r));
     }
     SchedulerConfig config = Config(/*budget=*/32);
-    config.enable_prefix_caching = prefix_caching;
+    config.enable_prefix_caching = c.prefix_caching;
+    config.priority_scheduling = c.priority;
+    config.max_steps_in_flight = c.steps_in_flight;
     // 14 blocks of 4 hold one 50-token request; several at once need more.
     Driver d(config, Limits(/*num_blocks=*/14));
     const auto outcomes = d.Run(arrivals);
@@ -350,30 +364,6 @@ TEST(SchedulerTest, PrioritySchedulingAdmitsTheMostUrgentFirst) {
   EXPECT_EQ(admitted, (std::vector<RequestId>{2, 4, 1, 3, 0}));
   ExpectAllAlone(arrivals, outcomes);
   ExpectAllBlocksBack(d.scheduler());
-}
-
-TEST(SchedulerTest, PrioritySchedulingUnderPreemptionCompletesEveryRequest) {
-  // As TinyCacheForcesPreemption..., with random priorities: the least urgent are preempted and
-  // go back to their place in the queue; every output is still the request's own.
-  for (int32_t steps_in_flight : {1, 2}) {
-    SCOPED_TRACE(absl::StrCat(steps_in_flight, " steps in flight"));
-    std::mt19937 rng(19);
-    std::vector<std::pair<int, Request>> arrivals;
-    for (int i = 0; i < 24; ++i) {
-      Request r = MakeRequest(RandomPrompt(rng, 1 + static_cast<int>(rng() % 20)),
-                              10 + static_cast<int32_t>(rng() % 25));
-      r.priority = static_cast<int32_t>(rng() % 5) - 2;
-      arrivals.emplace_back(i % 3, std::move(r));
-    }
-    SchedulerConfig config = Config(/*budget=*/32);
-    config.priority_scheduling = true;
-    config.max_steps_in_flight = steps_in_flight;
-    Driver d(config, Limits(/*num_blocks=*/14));
-    const auto outcomes = d.Run(arrivals);
-    ExpectAllAlone(arrivals, outcomes);
-    EXPECT_GT(d.scheduler().counters().preemptions, 0);
-    ExpectAllBlocksBack(d.scheduler());
-  }
 }
 
 TEST(SchedulerTest, APriorityNeedsPriorityScheduling) {
