@@ -93,13 +93,15 @@ class Tokenizer {
   // From tokenizer_config.json's eos_token.
   std::optional<int32_t> eos_token_id() const;
 
- private:
-  friend class IncrementalDecoder;
-  explicit Tokenizer(std::unique_ptr<internal::TokenizerImpl> impl);
   // What a token decodes to on its own (nullptr for ids not in the vocabulary): its bytes with a
   // ByteLevel decoder, else its string (tokens are then joined with spaces).
   const std::string* TokenBytes(int32_t id) const;
+  // Whether the decoder is ByteLevel: every token then stands for bytes of the text on its own.
   bool DecodesByteLevel() const;
+
+ private:
+  friend class IncrementalDecoder;
+  explicit Tokenizer(std::unique_ptr<internal::TokenizerImpl> impl);
 
   std::unique_ptr<internal::TokenizerImpl> impl_;
 };

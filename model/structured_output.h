@@ -1,0 +1,129 @@
+// Structured outputs (vLLM's structured_outputs / guided decoding, OpenAI's response_format):
+// what a request asks its output to be (StructuredOutput), the grammar compiled from it (Grammar)
+// and a byte-level matcher over that grammar (GrammarMatcher). The token-level side, which turns
+// a matcher's state into a mask over a vocabulary, is model/token_constraint.h.
+//
+// A Grammar is a tree of typed nodes compiled from a JSON schema (docs/decisions/0015): object
+// (properties, required, additionalProperties), array (items, prefixItems, minItems, maxItems),
+// string (minLength, maxLength), number, integer, boolean and null, enum and const (the values'
+// compact JSON text), anyOf/oneOf (alternatives; oneOf is not checked for exclusivity), allOf with
+// one schema, $ref into the document ($defs, definitions, recursion allowed), and type lists.
+// Keywords that constrain values in ways the grammar cannot express (pattern, minimum, ...) are
+// refused by name rather than ignored; annotations (title, description, format, ...) are ignored.
+// Objects whose schema lists properties take no others unless additionalProperties says so (as
+// OpenAI's strict mode and xgrammar); an object schema without properties takes any members.
+//
+// The JSON a matcher accepts: keys in any order, each at most once, required ones before '}';
+// keys and enum strings in their canonical escaping; whitespace between tokens up to
+// kMaxWhitespaceRun bytes a gap (so that a model cannot pad forever); numbers of at most
+// kMaxNumberDigits digits a part; nesting at most kMaxNesting deep; UTF-8 checked in strings.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace tessera::model {
+
+struct StructuredOutput {
+  enum class Kind : int32_t {
+    kNone = 0,
+    kJsonObject = 1,  // any JSON object (response_format {"type": "json_object"})
+    kJsonSchema = 2,  // spec: a JSON schema (response_format json_schema; vLLM's "json")
+    kChoice = 3,      // spec: a JSON array of strings; the output is exactly one of them, raw
+  };
+  Kind kind = Kind::kNone;
+  std::string spec;
+  bool operator==(const StructuredOutput&) const = default;
+};
+
+inline constexpr int32_t kMaxWhitespaceRun = 24;
+inline constexpr int32_t kMaxNumberDigits = 20;
+inline constexpr int32_t kMaxNesting = 48;
+inline constexpr int32_t kMaxObjectProperties = 128;
+
+namespace internal {
+struct GrammarNode;
+// One level of a parse: the value being read, and how far (structured_output_matcher.cc).
+struct GrammarFrame {
+  const GrammarNode* node = nullptr;  // the value's grammar (the root level: the whole grammar's)
+  uint8_t phase = 0;
+  uint8_t ws = 0;   // whitespace bytes in the current gap
+  uint8_t lex = 0;  // string lexer: 0 plain, 1 after a backslash, 2..5: hex digits of a \u left + 1
+  uint8_t utf8 = 0;      // UTF-8 continuation bytes still due
+  int32_t count = 0;     // characters (strings), items (arrays), bytes (keys, literals), digits
+  int32_t lo = 0;        // keys, literals: candidates [lo, hi); numbers: fraction digits
+  int32_t hi = 0;        // numbers: exponent digits
+  int32_t pending = -1;  // object: the property whose value comes next (-1: another)
+  uint64_t used[2] = {0, 0};  // object: the properties given (kMaxObjectProperties bits)
+  bool operator==(const GrammarFrame&) const = default;
+};
+}  // namespace internal
+
+// Immutable once compiled; shared (shared_ptr) by every matcher made from it, on any thread.
+class Grammar {
+ public:
+  // kInvalidArgument naming what is wrong: a spec that is not JSON, an unsupported keyword (with
+  // its JSON pointer), a $ref outside the document, a choice list that is empty or holds a
+  // non-string, and so on. kNone is refused.
+  static absl::StatusOr<std::shared_ptr<const Grammar>> Compile(const StructuredOutput& spec);
+
+  ~Grammar();
+  Grammar(const Grammar&) = delete;
+  Grammar& operator=(const Grammar&) = delete;
+
+  const internal::GrammarNode* root() const { return root_; }
+
+ private:
+  friend class GrammarBuilder;
+  Grammar();
+  struct Nodes;
+  std::unique_ptr<Nodes> nodes_;
+  const internal::GrammarNode* root_ = nullptr;
+};
+
+// The state of one output in its grammar: which bytes may come next. Not thread-safe; copyable
+// (a copy goes on independently).
+class GrammarMatcher {
+ public:
+  explicit GrammarMatcher(std::shared_ptr<const Grammar> grammar);
+  ~GrammarMatcher();
+  GrammarMatcher(const GrammarMatcher&);
+  GrammarMatcher& operator=(const GrammarMatcher&);
+
+  // Consumes `byte` when the grammar allows it there (true); otherwise false, state unchanged.
+  bool Advance(uint8_t byte);
+  // All of `bytes`, or none of them (false, state unchanged).
+  bool AdvanceBytes(absl::string_view bytes);
+  // The bytes so far are a whole value of the grammar.
+  bool IsAccepting() const;
+  // Some byte may still come (false once a complete object or string has been closed).
+  bool CanContinue() const;
+
+  // The state as alternative parses (an internal form that token_constraint.cc walks).
+  struct State {
+    std::vector<internal::GrammarFrame> frames;  // the parses' stacks, one after another
+    std::vector<uint32_t> ends;                  // where each parse's stack ends in `frames`
+    void Clear() {
+      frames.clear();
+      ends.clear();
+    }
+  };
+  const State& state() const { return state_; }
+  // `in` after `byte`, into `out` (cleared first): an empty `out` means the byte is not allowed.
+  // `out` must not be `in`.
+  void Step(const State& in, uint8_t byte, State& out) const;
+  static bool IsAcceptingState(const State& state);
+
+ private:
+  std::shared_ptr<const Grammar> grammar_;
+  State state_;
+  State scratch_;
+  mutable std::vector<internal::GrammarFrame> stack_;  // Step's working stack, kept for capacity
+};
+
+}  // namespace tessera::model

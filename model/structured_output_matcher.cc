@@ -1,0 +1,525 @@
+// GrammarMatcher: a pushdown recognizer of the JSON a Grammar describes, one byte at a time. A
+// state is a set of parses (a union's alternatives are followed side by side until bytes tell
+// them apart); each parse is a stack of frames, the root level at the bottom.
+#include <algorithm>
+#include <utility>
+
+#include "model/structured_output.h"
+#include "model/structured_output_internal.h"
+
+namespace tessera::model {
+
+using internal::GrammarFrame;
+using internal::GrammarNode;
+using internal::NodeType;
+
+namespace {
+
+enum Phase : uint8_t {
+  kRootValue,      // before the value
+  kRootDone,       // after it: nothing more
+  kObjOpen,        // after '{'
+  kObjKeyNext,     // after ','
+  kObjColon,       // after a key
+  kObjValue,       // after ':'
+  kObjAfterValue,  // after a member's value
+  kKey,            // in a key's quotes
+  kArrOpen,        // after '['
+  kArrNext,        // after ','
+  kArrAfterValue,  // after an item
+  kStr,            // in a string's quotes
+  kNumMinus,
+  kNumZero,
+  kNumInt,
+  kNumDot,
+  kNumFrac,
+  kNumExp,
+  kNumExpSign,
+  kNumExpDigits,
+  kLit,  // in a literal (true, an enum's value, a choice)
+};
+
+using Stack = std::vector<GrammarFrame>;
+
+bool IsWhitespace(uint8_t b) { return b == ' ' || b == '\n' || b == '\t' || b == '\r'; }
+bool IsDigit(uint8_t b) { return b >= '0' && b <= '9'; }
+bool IsHex(uint8_t b) { return IsDigit(b) || (b >= 'a' && b <= 'f') || (b >= 'A' && b <= 'F'); }
+
+bool Used(const GrammarFrame& f, int32_t i) { return (f.used[i / 64] >> (i % 64)) & 1; }
+
+// The string lexer shared by strings and keys. kChar: `b` starts a character; kMore: it continues
+// one (escape, \u digits, UTF-8 continuation); kClose: the closing quote.
+enum class Lex { kReject, kChar, kMore, kClose };
+Lex LexString(GrammarFrame& f, uint8_t b) {
+  if (f.utf8 > 0) {
+    if (b < 0x80 || b > 0xBF) return Lex::kReject;
+    --f.utf8;
+    return Lex::kMore;
+  }
+  if (f.lex == 1) {
+    switch (b) {
+      case '"':
+      case '\\':
+      case '/':
+      case 'b':
+      case 'f':
+      case 'n':
+      case 'r':
+      case 't':
+        f.lex = 0;
+        return Lex::kMore;
+      case 'u':
+        f.lex = 5;
+        return Lex::kMore;
+      default:
+        return Lex::kReject;
+    }
+  }
+  if (f.lex >= 2) {
+    if (!IsHex(b)) return Lex::kReject;
+    f.lex = f.lex == 2 ? 0 : f.lex - 1;
+    return Lex::kMore;
+  }
+  if (b == '"') return Lex::kClose;
+  if (b == '\\') {
+    f.lex = 1;
+    return Lex::kChar;
+  }
+  if (b < 0x20) return Lex::kReject;
+  if (b < 0x80) return Lex::kChar;
+  if (b >= 0xC2 && b <= 0xDF) {
+    f.utf8 = 1;
+  } else if (b >= 0xE0 && b <= 0xEF) {
+    f.utf8 = 2;
+  } else if (b >= 0xF0 && b <= 0xF4) {
+    f.utf8 = 3;
+  } else {
+    return Lex::kReject;
+  }
+  return Lex::kChar;
+}
+
+bool KeyPossible(const GrammarFrame& object) {
+  const GrammarNode& node = *object.node;
+  if (node.additional != nullptr) return true;
+  for (int32_t i = 0; i < static_cast<int32_t>(node.keys.size()); ++i) {
+    if (!Used(object, i)) return true;
+  }
+  return false;
+}
+
+bool RequiredGiven(const GrammarFrame& object) {
+  return (object.node->required[0] & ~object.used[0]) == 0 &&
+         (object.node->required[1] & ~object.used[1]) == 0;
+}
+
+bool NumberComplete(const GrammarFrame& f) {
+  return f.phase == kNumZero || f.phase == kNumInt || f.phase == kNumFrac ||
+         f.phase == kNumExpDigits;
+}
+
+bool LiteralComplete(const GrammarFrame& f) {
+  return f.lo < f.hi && static_cast<int32_t>(f.node->literals[f.lo].size()) == f.count;
+}
+
+// Narrows [lo, hi) of sorted `strings` to those whose byte `pos` is `b`.
+bool Narrow(const std::vector<std::string>& strings, int32_t& lo, int32_t& hi, int32_t pos,
+            uint8_t b) {
+  int32_t new_lo = hi;
+  int32_t new_hi = hi;
+  for (int32_t i = lo; i < hi; ++i) {
+    const std::string& s = strings[i];
+    const bool match = static_cast<int32_t>(s.size()) > pos && static_cast<uint8_t>(s[pos]) == b;
+    if (match && new_lo == hi) new_lo = i;
+    if (!match && new_lo != hi) {
+      new_hi = i;
+      break;
+    }
+  }
+  if (new_lo == hi) return false;
+  lo = new_lo;
+  hi = new_hi;
+  return true;
+}
+
+class Machine {
+ public:
+  explicit Machine(GrammarMatcher::State& out) : out_(out) {}
+
+  // Every parse that `stack` becomes after `b`, appended to the output.
+  void Feed(Stack& stack, uint8_t b) {
+    GrammarFrame& f = stack.back();
+    switch (f.phase) {
+      case kRootValue:
+        if (Whitespace(stack, b)) return;
+        return Enter(stack, f.node, b, 0);
+      case kRootDone:
+        return;
+      case kObjOpen:
+      case kObjKeyNext:
+        if (Whitespace(stack, b)) return;
+        if (b == '}' && f.phase == kObjOpen && RequiredGiven(f)) return Complete(stack);
+        if (b == '"' && KeyPossible(f)) {
+          f.ws = 0;
+          GrammarFrame key;
+          key.node = f.node;
+          key.phase = kKey;
+          key.hi = static_cast<int32_t>(f.node->keys.size());
+          return Push(stack, key);
+        }
+        return;
+      case kObjColon:
+        if (Whitespace(stack, b)) return;
+        if (b == ':') {
+          f.phase = kObjValue;
+          f.ws = 0;
+          return Emit(stack);
+        }
+        return;
+      case kObjValue: {
+        if (Whitespace(stack, b)) return;
+        const GrammarNode* value =
+            f.pending >= 0 ? f.node->key_values[f.pending] : f.node->additional;
+        return Enter(stack, value, b, 0);
+      }
+      case kObjAfterValue:
+        if (Whitespace(stack, b)) return;
+        if (b == ',' && KeyPossible(f)) {
+          f.phase = kObjKeyNext;
+          f.ws = 0;
+          return Emit(stack);
+        }
+        if (b == '}' && RequiredGiven(f)) return Complete(stack);
+        return;
+      case kKey:
+        return Key(stack, b);
+      case kArrOpen:
+      case kArrNext: {
+        if (Whitespace(stack, b)) return;
+        if (b == ']' && f.phase == kArrOpen && f.node->min_items == 0) return Complete(stack);
+        const GrammarNode* item = f.node->Item(f.count);
+        if (item == nullptr || f.count >= f.node->max_items) return;
+        return Enter(stack, item, b, 0);
+      }
+      case kArrAfterValue:
+        if (Whitespace(stack, b)) return;
+        if (b == ',' && f.count < f.node->max_items && f.node->Item(f.count) != nullptr) {
+          f.phase = kArrNext;
+          f.ws = 0;
+          return Emit(stack);
+        }
+        if (b == ']' && f.count >= f.node->min_items) return Complete(stack);
+        return;
+      case kStr:
+        switch (LexString(f, b)) {
+          case Lex::kReject:
+            return;
+          case Lex::kChar:
+            if (f.count >= f.node->max_length) return;
+            ++f.count;
+            return Emit(stack);
+          case Lex::kMore:
+            return Emit(stack);
+          case Lex::kClose:
+            if (f.count < f.node->min_length) return;
+            return Complete(stack);
+        }
+        return;
+      case kLit: {
+        if (LiteralComplete(f)) {  // the literal may end here: the byte is then its parent's
+          Stack ended = stack;
+          Complete(ended, /*emit=*/false);
+          Feed(ended, b);
+        }
+        GrammarFrame& g = stack.back();
+        if (Narrow(g.node->literals, g.lo, g.hi, g.count, b)) {
+          ++g.count;
+          Emit(stack);
+        }
+        return;
+      }
+      default:
+        return Number(stack, b);
+    }
+  }
+
+  // `stack`'s top expects a value of `node`; `b` is its first byte.
+  void Enter(Stack& stack, const GrammarNode* node, uint8_t b, int unions) {
+    if (stack.size() >= static_cast<size_t>(kMaxNesting)) return;
+    GrammarFrame f;
+    f.node = node;
+    switch (node->type) {
+      case NodeType::kUnion:
+        if (unions > 16) return;  // CheckUnionCycles keeps this from looping; bounded anyway
+        for (const GrammarNode* alt : node->alternatives) {
+          Stack branch = stack;
+          Enter(branch, alt, b, unions + 1);
+        }
+        return;
+      case NodeType::kObject:
+        if (b != '{') return;
+        f.phase = kObjOpen;
+        return Push(stack, f);
+      case NodeType::kArray:
+        if (b != '[') return;
+        f.phase = kArrOpen;
+        return Push(stack, f);
+      case NodeType::kString:
+        if (b != '"') return;
+        f.phase = kStr;
+        return Push(stack, f);
+      case NodeType::kNumber:
+      case NodeType::kInteger:
+        if (b == '-') {
+          f.phase = kNumMinus;
+        } else if (b == '0') {
+          f.phase = kNumZero;
+          f.count = 1;
+        } else if (IsDigit(b)) {
+          f.phase = kNumInt;
+          f.count = 1;
+        } else {
+          return;
+        }
+        return Push(stack, f);
+      case NodeType::kLiterals:
+        f.phase = kLit;
+        f.hi = static_cast<int32_t>(node->literals.size());
+        if (!Narrow(node->literals, f.lo, f.hi, 0, b)) return;
+        f.count = 1;
+        return Push(stack, f);
+    }
+  }
+
+ private:
+  void Emit(const Stack& stack) {
+    out_.frames.insert(out_.frames.end(), stack.begin(), stack.end());
+    out_.ends.push_back(static_cast<uint32_t>(out_.frames.size()));
+  }
+
+  void Push(Stack& stack, const GrammarFrame& frame) {
+    stack.back().ws = 0;
+    stack.push_back(frame);
+    Emit(stack);
+  }
+
+  // Whether `b` is whitespace (handled: emitted unless the gap is full), in a gap of the top frame.
+  bool Whitespace(Stack& stack, uint8_t b) {
+    if (!IsWhitespace(b)) return false;
+    GrammarFrame& f = stack.back();
+    if (f.ws < kMaxWhitespaceRun) {
+      ++f.ws;
+      Emit(stack);
+    }
+    return true;
+  }
+
+  // Pops the finished value; its parent moves past it.
+  void Complete(Stack& stack, bool emit = true) {
+    stack.pop_back();
+    GrammarFrame& parent = stack.back();
+    parent.ws = 0;
+    switch (parent.phase) {
+      case kRootValue:
+        parent.phase = kRootDone;
+        break;
+      case kObjValue:
+        parent.phase = kObjAfterValue;
+        break;
+      case kArrOpen:
+      case kArrNext:
+        parent.phase = kArrAfterValue;
+        ++parent.count;
+        break;
+      default:
+        break;
+    }
+    if (emit) Emit(stack);
+  }
+
+  void Key(Stack& stack, uint8_t b) {
+    GrammarFrame& k = stack.back();
+    const GrammarNode& node = *k.node;
+    const Lex lex = LexString(k, b);
+    if (lex == Lex::kReject) return;
+    GrammarFrame& object = stack[stack.size() - 2];
+    if (lex == Lex::kClose) {
+      int32_t exact = -1;
+      if (k.lo < k.hi && static_cast<int32_t>(node.keys[k.lo].size()) == k.count) exact = k.lo;
+      if (exact >= 0 && Used(object, exact)) return;  // a key given twice
+      if (exact < 0 && node.additional == nullptr) return;
+      if (exact >= 0) object.used[exact / 64] |= uint64_t{1} << (exact % 64);
+      object.pending = exact;
+      object.phase = kObjColon;
+      object.ws = 0;
+      stack.pop_back();
+      return Emit(stack);
+    }
+    // Known keys still possible (unused ones, or prefixes of them); else only another key.
+    bool known = k.lo < k.hi && Narrow(node.keys, k.lo, k.hi, k.count, b);
+    if (known) {
+      known = false;
+      for (int32_t i = k.lo; i < k.hi; ++i) known |= !Used(object, i);
+    }
+    if (!known) k.lo = k.hi;
+    if (!known && node.additional == nullptr) return;
+    ++k.count;
+    Emit(stack);
+  }
+
+  void Number(Stack& stack, uint8_t b) {
+    GrammarFrame& f = stack.back();
+    const bool integer = f.node->type == NodeType::kInteger;
+    const auto next = [&](Phase phase) {
+      f.phase = phase;
+      Emit(stack);
+    };
+    switch (f.phase) {
+      case kNumMinus:
+        if (b == '0') {
+          f.count = 1;
+          return next(kNumZero);
+        }
+        if (IsDigit(b)) {
+          f.count = 1;
+          return next(kNumInt);
+        }
+        return;
+      case kNumZero:
+      case kNumInt:
+        if (IsDigit(b) && f.phase == kNumInt) {
+          if (f.count >= kMaxNumberDigits) break;
+          ++f.count;
+          return Emit(stack);
+        }
+        if (b == '.' && !integer) return next(kNumDot);
+        if ((b == 'e' || b == 'E') && !integer) return next(kNumExp);
+        break;
+      case kNumDot:
+        if (!IsDigit(b)) return;
+        f.lo = 1;
+        return next(kNumFrac);
+      case kNumFrac:
+        if (IsDigit(b)) {
+          if (f.lo >= kMaxNumberDigits) break;
+          ++f.lo;
+          return Emit(stack);
+        }
+        if (b == 'e' || b == 'E') return next(kNumExp);
+        break;
+      case kNumExp:
+        if (b == '+' || b == '-') return next(kNumExpSign);
+        [[fallthrough]];
+      case kNumExpSign:
+        if (!IsDigit(b)) return;
+        f.hi = 1;
+        return next(kNumExpDigits);
+      case kNumExpDigits:
+        if (IsDigit(b)) {
+          if (f.hi >= 4) break;
+          ++f.hi;
+          return Emit(stack);
+        }
+        break;
+      default:
+        return;
+    }
+    // The number ended before `b`, which belongs to its parent.
+    if (!NumberComplete(f)) return;
+    Complete(stack, /*emit=*/false);
+    Feed(stack, b);
+  }
+
+  GrammarMatcher::State& out_;
+};
+
+// A state's parses as stacks, one at a time.
+template <typename Fn>
+void ForEachParse(const GrammarMatcher::State& state, Fn&& fn) {
+  uint32_t begin = 0;
+  for (const uint32_t end : state.ends) {
+    fn(state.frames.data() + begin, state.frames.data() + end);
+    begin = end;
+  }
+}
+
+}  // namespace
+
+GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar)
+    : grammar_(std::move(grammar)) {
+  GrammarFrame root;
+  root.node = grammar_->root();
+  root.phase = kRootValue;
+  state_.frames.push_back(root);
+  state_.ends.push_back(1);
+}
+
+GrammarMatcher::~GrammarMatcher() = default;
+GrammarMatcher::GrammarMatcher(const GrammarMatcher&) = default;
+GrammarMatcher& GrammarMatcher::operator=(const GrammarMatcher&) = default;
+
+void GrammarMatcher::Step(const State& in, uint8_t byte, State& out) const {
+  out.Clear();
+  Machine machine(out);
+  ForEachParse(in, [&](const GrammarFrame* begin, const GrammarFrame* end) {
+    stack_.assign(begin, end);
+    machine.Feed(stack_, byte);
+  });
+  if (out.ends.size() < 2) return;
+  // Alternatives that met again (or never differed) are one parse.
+  State unique;
+  ForEachParse(out, [&](const GrammarFrame* begin, const GrammarFrame* end) {
+    bool seen = false;
+    ForEachParse(unique, [&](const GrammarFrame* b, const GrammarFrame* e) {
+      seen = seen || std::equal(begin, end, b, e);
+    });
+    if (seen) return;
+    unique.frames.insert(unique.frames.end(), begin, end);
+    unique.ends.push_back(static_cast<uint32_t>(unique.frames.size()));
+  });
+  out = std::move(unique);
+}
+
+bool GrammarMatcher::Advance(uint8_t byte) {
+  Step(state_, byte, scratch_);
+  if (scratch_.ends.empty()) return false;
+  std::swap(state_, scratch_);
+  return true;
+}
+
+bool GrammarMatcher::AdvanceBytes(absl::string_view bytes) {
+  State saved = state_;
+  for (const char c : bytes) {
+    if (!Advance(static_cast<uint8_t>(c))) {
+      state_ = std::move(saved);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool GrammarMatcher::IsAcceptingState(const State& state) {
+  bool accepting = false;
+  ForEachParse(state, [&](const GrammarFrame* begin, const GrammarFrame* end) {
+    const GrammarFrame& top = *(end - 1);
+    if (end - begin == 1) {
+      accepting = accepting || top.phase == kRootDone;
+    } else if (end - begin == 2) {  // a number or literal at the root ends where the text ends
+      accepting = accepting || (top.phase == kLit && LiteralComplete(top)) || NumberComplete(top);
+    }
+  });
+  return accepting;
+}
+
+bool GrammarMatcher::IsAccepting() const { return IsAcceptingState(state_); }
+
+bool GrammarMatcher::CanContinue() const {
+  State next;
+  for (int b = 0; b < 256; ++b) {
+    Step(state_, static_cast<uint8_t>(b), next);
+    if (!next.ends.empty()) return true;
+  }
+  return false;
+}
+
+}  // namespace tessera::model

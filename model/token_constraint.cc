@@ -1,0 +1,161 @@
+#include "model/token_constraint.h"
+
+#include <algorithm>
+#include <functional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace tessera::model {
+
+namespace {
+
+struct Entry {
+  std::string_view bytes;
+  int32_t id;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TokenVocabulary>> TokenVocabulary::Create(const Tokenizer& tokenizer,
+                                                                         int32_t vocab_size) {
+  if (!tokenizer.DecodesByteLevel()) {
+    return absl::InvalidArgumentError(
+        "structured outputs need a byte-level tokenizer (GPT-2, Llama 3, Qwen style); this "
+        "model's tokenizer.json has another decoder");
+  }
+  if (vocab_size < tokenizer.vocab_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("the model's vocabulary (", vocab_size,
+                                                   ") is smaller than its tokenizer's (",
+                                                   tokenizer.vocab_size(), ")"));
+  }
+  auto vocabulary = std::unique_ptr<TokenVocabulary>(new TokenVocabulary());
+  vocabulary->vocab_size_ = vocab_size;
+  vocabulary->token_bytes_.resize(static_cast<size_t>(vocab_size));
+  std::vector<Entry> entries;
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+    const std::string* bytes = tokenizer.TokenBytes(id);
+    if (bytes == nullptr || bytes->empty() || tokenizer.IsSpecial(id)) continue;
+    vocabulary->token_bytes_[id] = *bytes;
+  }
+  for (int32_t id = 0; id < vocab_size; ++id) {
+    if (!vocabulary->token_bytes_[id].empty()) {
+      entries.push_back({vocabulary->token_bytes_[id], id});
+    }
+  }
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.bytes != b.bytes ? a.bytes < b.bytes : a.id < b.id;
+  });
+  // Nodes over ranges of the sorted entries sharing a prefix of length `depth`; a node's edges
+  // are contiguous.
+  auto& v = *vocabulary;
+  std::function<uint32_t(size_t, size_t, size_t)> build = [&](size_t lo, size_t hi,
+                                                              size_t depth) -> uint32_t {
+    const auto index = static_cast<uint32_t>(v.nodes_.size());
+    v.nodes_.emplace_back();
+    size_t i = lo;
+    v.nodes_[index].first_token = static_cast<uint32_t>(v.node_tokens_.size());
+    while (i < hi && entries[i].bytes.size() == depth) v.node_tokens_.push_back(entries[i++].id);
+    v.nodes_[index].num_tokens = static_cast<uint32_t>(i - lo);
+    std::vector<std::pair<size_t, size_t>> groups;
+    while (i < hi) {
+      size_t j = i;
+      while (j < hi && entries[j].bytes[depth] == entries[i].bytes[depth]) ++j;
+      groups.emplace_back(i, j);
+      i = j;
+    }
+    const auto first_edge = static_cast<uint32_t>(v.edge_bytes_.size());
+    v.nodes_[index].first_edge = first_edge;
+    v.nodes_[index].num_edges = static_cast<uint32_t>(groups.size());
+    for (const auto& [g_lo, g_hi] : groups) {
+      v.edge_bytes_.push_back(static_cast<uint8_t>(entries[g_lo].bytes[depth]));
+      v.edge_targets_.push_back(0);
+    }
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const uint32_t target = build(groups[g].first, groups[g].second, depth + 1);
+      v.edge_targets_[first_edge + g] = target;
+    }
+    v.max_depth_ = std::max(v.max_depth_, depth);
+    return index;
+  };
+  build(0, entries.size(), 0);
+  return vocabulary;
+}
+
+absl::StatusOr<std::unique_ptr<TokenConstraint>> TokenConstraint::Create(
+    const StructuredOutput& spec, const TokenVocabulary& vocabulary,
+    std::vector<int32_t> end_tokens) {
+  TESSERA_ASSIGN_OR_RETURN(std::shared_ptr<const Grammar> grammar, Grammar::Compile(spec));
+  std::erase_if(end_tokens, [&](int32_t t) { return t < 0 || t >= vocabulary.vocab_size(); });
+  return std::unique_ptr<TokenConstraint>(
+      new TokenConstraint(std::move(grammar), vocabulary, std::move(end_tokens)));
+}
+
+TokenConstraint::TokenConstraint(std::shared_ptr<const Grammar> grammar,
+                                 const TokenVocabulary& vocabulary, std::vector<int32_t> end_tokens)
+    : matcher_(std::move(grammar)), vocabulary_(vocabulary), end_tokens_(std::move(end_tokens)) {
+  states_.resize(vocabulary.max_depth() + 2);
+}
+
+void TokenConstraint::Walk(uint32_t node, size_t depth, absl::Span<uint32_t> mask,
+                           int32_t& allowed) {
+  const TokenVocabulary::TrieNode& n = vocabulary_.nodes()[node];
+  const GrammarMatcher::State& here = states_[depth];
+  GrammarMatcher::State& next = states_[depth + 1];
+  for (uint32_t e = n.first_edge; e < n.first_edge + n.num_edges; ++e) {
+    matcher_.Step(here, vocabulary_.edge_bytes()[e], next);
+    if (next.ends.empty()) continue;
+    const TokenVocabulary::TrieNode& child = vocabulary_.nodes()[vocabulary_.edge_targets()[e]];
+    for (uint32_t t = child.first_token; t < child.first_token + child.num_tokens; ++t) {
+      const int32_t token = vocabulary_.node_tokens()[t];
+      mask[token / 32] |= uint32_t{1} << (token % 32);
+      ++allowed;
+    }
+    if (child.num_edges > 0) Walk(vocabulary_.edge_targets()[e], depth + 1, mask, allowed);
+  }
+}
+
+int32_t TokenConstraint::FillMask(absl::Span<uint32_t> mask) {
+  std::fill(mask.begin(), mask.end(), 0u);
+  if (ended_) return 0;
+  int32_t allowed = 0;
+  states_[0] = matcher_.state();
+  Walk(0, 0, mask, allowed);
+  if (matcher_.IsAccepting()) {
+    for (const int32_t token : end_tokens_) {
+      uint32_t& word = mask[token / 32];
+      const uint32_t bit = uint32_t{1} << (token % 32);
+      if ((word & bit) == 0) ++allowed;
+      word |= bit;
+    }
+  }
+  return allowed;
+}
+
+absl::Status TokenConstraint::Accept(int32_t token) {
+  if (ended_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token ", token, " after the end of the structured output"));
+  }
+  if (std::find(end_tokens_.begin(), end_tokens_.end(), token) != end_tokens_.end()) {
+    if (!matcher_.IsAccepting()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("end token ", token, " before the structured output is complete"));
+    }
+    ended_ = true;
+    return absl::OkStatus();
+  }
+  if (token < 0 || token >= vocabulary_.vocab_size() || vocabulary_.TokenBytes(token).empty() ||
+      !matcher_.AdvanceBytes(vocabulary_.TokenBytes(token))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token ", token, " is not allowed here by the structured output's grammar"));
+  }
+  return absl::OkStatus();
+}
+
+bool TokenConstraint::IsTerminated() const {
+  return ended_ || (matcher_.IsAccepting() && !matcher_.CanContinue());
+}
+
+}  // namespace tessera::model

@@ -1,0 +1,93 @@
+// Structured outputs at the token level: which tokens of a vocabulary may come next under a
+// grammar (model/structured_output.h), as a bitmask the sampler applies (vLLM's and xgrammar's
+// token bitmask: bit t of word t / 32 set when token t is allowed).
+//
+// TokenVocabulary holds the bytes each token decodes to, in a trie, so that a mask walks the
+// grammar once per distinct token prefix and skips every token under a prefix the grammar refuses.
+// Only byte-level tokenizers (GPT-2, Llama 3, Qwen) are supported: their tokens decode to bytes on
+// their own. Special tokens never match grammar text; the end tokens a constraint is given are
+// allowed exactly when the output so far is complete.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "model/structured_output.h"
+#include "model/tokenizer.h"
+
+namespace tessera::model {
+
+// Immutable after Create; shared by every constraint of a replica, from any thread.
+class TokenVocabulary {
+ public:
+  // kInvalidArgument when the tokenizer's decoder is not byte-level. `vocab_size` is the model's
+  // (logits width), at least the tokenizer's; ids without a token are never allowed.
+  static absl::StatusOr<std::unique_ptr<TokenVocabulary>> Create(const Tokenizer& tokenizer,
+                                                                 int32_t vocab_size);
+
+  int32_t vocab_size() const { return vocab_size_; }
+  int32_t mask_words() const { return (vocab_size_ + 31) / 32; }
+
+  struct TrieNode {
+    uint32_t first_edge = 0;
+    uint32_t num_edges = 0;
+    uint32_t first_token = 0;  // tokens whose bytes end here
+    uint32_t num_tokens = 0;
+  };
+  const std::vector<TrieNode>& nodes() const { return nodes_; }
+  const std::vector<uint8_t>& edge_bytes() const { return edge_bytes_; }
+  const std::vector<uint32_t>& edge_targets() const { return edge_targets_; }
+  const std::vector<int32_t>& node_tokens() const { return node_tokens_; }
+  // The bytes of `token` (empty for special tokens and ids without a token).
+  const std::string& TokenBytes(int32_t token) const { return token_bytes_[token]; }
+  size_t max_depth() const { return max_depth_; }  // the longest token's bytes
+
+ private:
+  TokenVocabulary() = default;
+  int32_t vocab_size_ = 0;
+  size_t max_depth_ = 0;
+  std::vector<std::string> token_bytes_;
+  std::vector<TrieNode> nodes_;  // [0]: the empty prefix
+  std::vector<uint8_t> edge_bytes_;
+  std::vector<uint32_t> edge_targets_;
+  std::vector<int32_t> node_tokens_;
+};
+
+// One request's output under its grammar. Not thread-safe: one owner (a replica's scheduler).
+class TokenConstraint {
+ public:
+  // kInvalidArgument for a spec the grammar compiler refuses. `vocabulary` must outlive the
+  // constraint. `end_tokens` (EOS, stop token ids) are allowed once the output is complete.
+  static absl::StatusOr<std::unique_ptr<TokenConstraint>> Create(const StructuredOutput& spec,
+                                                                 const TokenVocabulary& vocabulary,
+                                                                 std::vector<int32_t> end_tokens);
+
+  // Sets bit t of `mask` (TokenVocabulary::mask_words() words) for every token t that may come
+  // next, clearing every other bit. Returns how many tokens are allowed (0: none can continue the
+  // output, which the vocabulary cannot spell).
+  int32_t FillMask(absl::Span<uint32_t> mask);
+  // Takes a generated token: kInvalidArgument naming it when the grammar does not allow it there
+  // (the state is then unchanged).
+  absl::Status Accept(int32_t token);
+  // The output is complete and nothing may follow it: the request is done.
+  bool IsTerminated() const;
+  bool IsComplete() const { return matcher_.IsAccepting(); }
+
+ private:
+  TokenConstraint(std::shared_ptr<const Grammar> grammar, const TokenVocabulary& vocabulary,
+                  std::vector<int32_t> end_tokens);
+  void Walk(uint32_t node, size_t depth, absl::Span<uint32_t> mask, int32_t& allowed);
+
+  GrammarMatcher matcher_;
+  const TokenVocabulary& vocabulary_;
+  std::vector<int32_t> end_tokens_;
+  bool ended_ = false;                         // an end token was accepted
+  std::vector<GrammarMatcher::State> states_;  // per trie depth, reused across masks
+};
+
+}  // namespace tessera::model
