@@ -128,8 +128,10 @@ struct SampleParams {
 //   x -= frequency_penalty[r] * output_counts[e];
 //   x -= output_counts[e] > 0 ? presence_penalty[r] : 0;
 // then logits[r, banned_ids[b]] = -inf for b in [banned_start[r], banned_start[r + 1]) (min_tokens
-// bans the stop tokens this way). Token ids outside [0, vocab), bad offsets and a repetition
-// penalty that is not finite and > 0 are kInvalidArgument (nothing is written then).
+// bans the stop tokens this way). Last, when allowed_mask is given (structured outputs),
+// logits[r, t] = -inf for every t whose bit (t % 32) of allowed_mask[r, t / 32] is clear.
+// Token ids outside [0, vocab), bad offsets and a repetition penalty that is not finite and > 0
+// are kInvalidArgument (nothing is written then).
 struct ApplyPenaltiesParams {
   MutableTensorView logits;       // [rows, vocab] f32
   TensorView repetition_penalty;  // [rows] f32, > 0
@@ -143,6 +145,7 @@ struct ApplyPenaltiesParams {
   TensorView bias_ids;            // optional [biases] i32 (OpenAI's logit_bias)
   TensorView bias_values;         // optional (with bias_ids) [biases] f32
   TensorView bias_start;          // optional (with bias_ids) [rows + 1] i32
+  TensorView allowed_mask;        // optional [rows, ceil(vocab / 32)] i32 (bits; all set: no limit)
 };
 
 // The uniform draw in [0, 1) that sampling uses for (seed, step): 53 bits of

@@ -346,13 +346,20 @@ absl::Status ValidateApplyPenalties(const OpValidator& v, const ApplyPenaltiesPa
     TESSERA_RETURN_IF_ERROR(row_list("bias_ids", p.bias_ids, "bias_values", p.bias_values, kF32,
                                      "bias_start", p.bias_start));
   }
+  if (!p.allowed_mask.empty()) {
+    TESSERA_RETURN_IF_ERROR(v.Tensor("allowed_mask", p.allowed_mask, 2, kI32));
+    TESSERA_RETURN_IF_ERROR(v.Shape("allowed_mask", p.allowed_mask,
+                                    {rows, (p.logits.dim(1) + 31) / 32},
+                                    "[logits.rows, ceil(vocab / 32)]"));
+  }
   const struct {
     const char* name;
     const TensorView& view;
-  } lists[] = {{"token_ids", p.token_ids},       {"output_counts", p.output_counts},
-               {"token_start", p.token_start},   {"banned_ids", p.banned_ids},
-               {"banned_start", p.banned_start}, {"bias_ids", p.bias_ids},
-               {"bias_values", p.bias_values},   {"bias_start", p.bias_start}};
+  } lists[] = {{"allowed_mask", p.allowed_mask},   {"token_ids", p.token_ids},
+               {"output_counts", p.output_counts}, {"token_start", p.token_start},
+               {"banned_ids", p.banned_ids},       {"banned_start", p.banned_start},
+               {"bias_ids", p.bias_ids},           {"bias_values", p.bias_values},
+               {"bias_start", p.bias_start}};
   for (const auto& field : lists) {
     if (!field.view.empty()) {
       TESSERA_RETURN_IF_ERROR(v.Disjoint("logits", p.logits, field.name, field.view));

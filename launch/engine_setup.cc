@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <iterator>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #ifdef TESSERA_HAVE_CUDA_BACKEND
@@ -269,6 +271,25 @@ std::vector<int32_t> GraphBatchSizes(const EngineFlags& flags) {
   std::sort(sizes.begin(), sizes.end());
   sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
   return sizes;
+}
+
+absl::StatusOr<std::unique_ptr<model::TokenVocabulary>> LoadTokenVocabulary(
+    const std::string& model, int32_t vocab_size) {
+  std::error_code error;
+  const std::string path = model + "/tokenizer.json";
+  if (!std::filesystem::is_directory(model, error) || !std::filesystem::exists(path, error)) {
+    TESSERA_LOG(INFO) << "structured outputs off: " << model << " has no tokenizer.json";
+    return nullptr;
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
+                           model::Tokenizer::FromFile(path));
+  absl::StatusOr<std::unique_ptr<model::TokenVocabulary>> vocabulary =
+      model::TokenVocabulary::Create(*tokenizer, vocab_size);
+  if (!vocabulary.ok()) {
+    TESSERA_LOG(WARNING) << "structured outputs off: " << vocabulary.status().message();
+    return nullptr;
+  }
+  return vocabulary;
 }
 
 worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_model_len) {

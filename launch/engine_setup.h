@@ -13,6 +13,7 @@
 #include "kernels/backend.h"
 #include "kernels/bench/kernel_bench.h"
 #include "model/config.h"
+#include "model/token_constraint.h"
 #include "model/weights.h"
 #include "worker/engine.h"
 #include "worker/kv_cache.h"
@@ -90,6 +91,13 @@ absl::StatusOr<EngineLimits> ComputeEngineLimits(const model::ModelConfig& confi
 // The batch sizes whose decode steps run as graphs under `flags` (empty with --enforce-eager).
 std::vector<int32_t> GraphBatchSizes(const EngineFlags& flags);
 worker::EngineOptions EngineOptionsFor(const EngineFlags& flags, int32_t max_model_len);
+
+// The tokenizer of model directory `model` as bytes per token, for structured outputs
+// (EngineOptions::token_vocabulary). Null, with a log line, when `model` is not a directory, has
+// no tokenizer.json, or its tokenizer is not byte-level: such a replica refuses structured outputs.
+// A tokenizer.json that does not parse is an error.
+absl::StatusOr<std::unique_ptr<model::TokenVocabulary>> LoadTokenVocabulary(
+    const std::string& model, int32_t vocab_size);
 
 // Parses "1,2,3" into token ids; kInvalidArgument naming the bad element.
 absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text);

@@ -271,6 +271,10 @@ absl::Status RunWorker(WorkerFlags flags) {
   auto leader = [&](worker::StepExecutor& executor, int32_t max_model_len,
                     worker::KvEndpoint* port) -> absl::Status {
     worker::EngineOptions engine_options = EngineOptionsFor(flags.engine, max_model_len);
+    TESSERA_ASSIGN_OR_RETURN(
+        std::unique_ptr<model::TokenVocabulary> vocabulary,
+        LoadTokenVocabulary(flags.model, static_cast<int32_t>(config.vocab_size)));
+    engine_options.token_vocabulary = vocabulary.get();
     if (port != nullptr) {
       engine_options.kv_port = port;
       engine_options.kv_reservation_lease = absl::Seconds(flags.kv_reservation_lease_s);

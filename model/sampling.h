@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "model/structured_output.h"
 
 namespace tessera::model {
 
@@ -44,6 +45,9 @@ struct SamplingParams {
   // OpenAI's logit_bias: added to the token's logit before the penalties and temperature, as
   // vLLM's sampler does; each token at most once, bias in [-100, 100].
   std::vector<LogitBias> logit_bias;
+  // Structured outputs: the output must be a value of this grammar (model/structured_output.h).
+  // The replica needs its model's tokenizer to enforce one (worker::EngineOptions).
+  StructuredOutput structured_output;
 };
 
 inline constexpr int32_t kMaxLogprobs = 20;

@@ -55,7 +55,7 @@ struct GrammarFrame {
   uint8_t ws = 0;   // whitespace bytes in the current gap
   uint8_t lex = 0;  // string lexer: 0 plain, 1 after a backslash, 2..5: hex digits of a \u left + 1
   uint8_t utf8 = 0;      // UTF-8 continuation bytes still due
-  int32_t count = 0;     // characters (strings), items (arrays), bytes (keys, literals), digits
+  int32_t count = 0;     // characters, items, bytes (keys, literals), digits; root: 1 if raw text
   int32_t lo = 0;        // keys, literals: candidates [lo, hi); numbers: fraction digits
   int32_t hi = 0;        // numbers: exponent digits
   int32_t pending = -1;  // object: the property whose value comes next (-1: another)
@@ -77,6 +77,8 @@ class Grammar {
   Grammar& operator=(const Grammar&) = delete;
 
   const internal::GrammarNode* root() const { return root_; }
+  // JSON may have whitespace before its value; a choice is the raw text alone.
+  bool leading_whitespace() const { return leading_whitespace_; }
 
  private:
   friend class GrammarBuilder;
@@ -84,6 +86,7 @@ class Grammar {
   struct Nodes;
   std::unique_ptr<Nodes> nodes_;
   const internal::GrammarNode* root_ = nullptr;
+  bool leading_whitespace_ = true;
 };
 
 // The state of one output in its grammar: which bytes may come next. Not thread-safe; copyable

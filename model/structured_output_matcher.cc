@@ -151,7 +151,7 @@ class Machine {
     GrammarFrame& f = stack.back();
     switch (f.phase) {
       case kRootValue:
-        if (Whitespace(stack, b)) return;
+        if (f.count == 0 && Whitespace(stack, b)) return;
         return Enter(stack, f.node, b, 0);
       case kRootDone:
         return;
@@ -450,6 +450,7 @@ GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar)
   GrammarFrame root;
   root.node = grammar_->root();
   root.phase = kRootValue;
+  root.count = grammar_->leading_whitespace() ? 0 : 1;
   state_.frames.push_back(root);
   state_.ends.push_back(1);
 }

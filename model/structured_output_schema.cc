@@ -488,7 +488,9 @@ absl::StatusOr<std::shared_ptr<const Grammar>> Grammar::Compile(const Structured
       }
       GrammarBuilder builder(nullptr);
       const GrammarNode* root = builder.Literals(std::move(literals));
-      return std::shared_ptr<const Grammar>(builder.Finish(root));
+      std::unique_ptr<Grammar> grammar = builder.Finish(root);
+      grammar->leading_whitespace_ = false;
+      return std::shared_ptr<const Grammar>(std::move(grammar));
     }
   }
   return absl::InvalidArgumentError("structured output: unknown kind");

@@ -20,9 +20,10 @@ absl::Status NoKvPort() {
 }  // namespace
 
 Engine::Engine(StepExecutor& executor, std::unique_ptr<Scheduler> scheduler,
-               const EngineOptions& options, Clock& clock)
+               const EngineOptions& options, std::vector<int64_t> eos_token_ids, Clock& clock)
     : executor_(executor),
       options_(options),
+      eos_token_ids_(std::move(eos_token_ids)),
       clock_(clock),
       scheduler_(std::move(scheduler)),
       kv_answers_(std::make_shared<KvAnswers>()) {
@@ -43,7 +44,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(StepExecutor& executor,
   scheduling.max_steps_in_flight = std::max(executor.max_steps_in_flight(), 1);
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<Scheduler> scheduler,
                            Scheduler::Create(scheduling, executor.limits(), config));
-  auto engine = std::unique_ptr<Engine>(new Engine(executor, std::move(scheduler), options, clock));
+  auto engine = std::unique_ptr<Engine>(
+      new Engine(executor, std::move(scheduler), options, config.eos_token_ids, clock));
   engine->PublishCounters();
   absl::MutexLock lock(&engine->join_mu_);
   engine->thread_ = std::thread([e = engine.get()] { e->Run(); });
@@ -85,6 +87,15 @@ absl::StatusOr<RequestId> Engine::Submit(Request request, std::shared_ptr<Reques
       }
     }
   }
+  std::unique_ptr<model::TokenConstraint> constraint;
+  if (status.ok()) {
+    absl::StatusOr<std::unique_ptr<model::TokenConstraint>> made = MakeConstraint(request.sampling);
+    if (made.ok()) {
+      constraint = *std::move(made);
+    } else {
+      status = made.status();
+    }
+  }
   const absl::Time deadline = request.timeout == absl::InfiniteDuration()
                                   ? absl::InfiniteFuture()
                                   : clock_.MonotonicNow() + request.timeout;
@@ -108,8 +119,26 @@ absl::StatusOr<RequestId> Engine::Submit(Request request, std::shared_ptr<Reques
   ++counters_.requests_submitted;
   Command command{Command::Kind::kSubmit,  id,      std::move(request), std::move(sink),
                   std::move(stop_matcher), deadline};
+  command.constraint = std::move(constraint);
   inbox_.push_back(std::move(command));
   return id;
+}
+
+absl::StatusOr<std::unique_ptr<model::TokenConstraint>> Engine::MakeConstraint(
+    const SamplingParams& sampling) const {
+  if (sampling.structured_output.kind == model::StructuredOutput::Kind::kNone) return nullptr;
+  if (options_.token_vocabulary == nullptr) {
+    return absl::InvalidArgumentError(
+        "structured outputs need the model's tokenizer on the replica, and this one has none (a "
+        "model directory with a byte-level tokenizer.json)");
+  }
+  // The output may end (EOS, a stop token) once it is a whole value of the grammar.
+  std::vector<int32_t> end_tokens = sampling.stop_token_ids;
+  if (!sampling.ignore_eos) {
+    for (const int64_t eos : eos_token_ids_) end_tokens.push_back(static_cast<int32_t>(eos));
+  }
+  return model::TokenConstraint::Create(sampling.structured_output, *options_.token_vocabulary,
+                                        std::move(end_tokens));
 }
 
 absl::StatusOr<std::shared_ptr<ResponseStream>> Engine::Submit(Request request) {
@@ -354,13 +383,14 @@ void Engine::Submitted(Command& command) {
       c.token = token;
       c.request = std::move(command.request);
       c.stop_matcher = std::move(command.stop_matcher);
+      c.constraint = std::move(command.constraint);
       options_.kv_port->CommitAsync(token, c.request.kv_import->checksums,
                                     kv_answers_->To(Command::Kind::kCommitted, command.id, 0));
       return;
     }
   } else {
-    added =
-        scheduler_->Add(command.id, std::move(command.request), std::move(command.stop_matcher));
+    added = scheduler_->Add(command.id, std::move(command.request), std::move(command.stop_matcher),
+                            std::move(command.constraint));
   }
   if (!added.ok()) End(command.id, added);
 }
@@ -376,7 +406,8 @@ void Engine::Committed(RequestId id, absl::Status status) {
   }
   absl::Status added = std::move(status);
   if (added.ok()) {
-    added = scheduler_->AddPrefilled(id, std::move(c.request), std::move(c.stop_matcher));
+    added = scheduler_->AddPrefilled(id, std::move(c.request), std::move(c.stop_matcher),
+                                     std::move(c.constraint));
   }
   // Refused KV (or a refused sequence): the blocks go back, unless writes may still land.
   if (!added.ok()) {

@@ -32,6 +32,7 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "model/config.h"
+#include "model/token_constraint.h"
 #include "worker/kv_port.h"
 #include "worker/request.h"
 #include "worker/scheduler.h"
@@ -44,6 +45,9 @@ struct EngineOptions {
   int32_t max_requests_in_flight = 4096;  // submitted, not finished; more: kResourceExhausted
   absl::Duration idle_wait = absl::Milliseconds(100);  // an idle engine thread re-checks this often
   StopMatcherFactory* stop_matchers = nullptr;         // not owned; must outlive the engine
+  // Structured outputs: the model's vocabulary as bytes (not owned; must outlive the engine).
+  // Null: requests with a structured_output fail with kInvalidArgument.
+  const model::TokenVocabulary* token_vocabulary = nullptr;
   // Disaggregated serving: this replica's KV cache on transports — a KvPort, or a multi-rank
   // replica's ReplicaKvPort (not owned; must outlive the engine). Null: requests with
   // kv_destination or kv_import, and ReserveKv, fail with kFailedPrecondition.
@@ -129,10 +133,11 @@ class Engine {
     std::shared_ptr<RequestSink> sink;
     std::unique_ptr<StopMatcher> stop_matcher;
     absl::Time deadline = absl::InfiniteFuture();
-    uint64_t token = 0;                   // kReserve, kRelease, kReserved, kAborted
-    std::vector<uint64_t> tokens;         // kRenew
-    std::shared_ptr<ReserveReply> reply;  // kReserve
-    absl::Status kv_status;               // kReserved, kCommitted, kAborted
+    std::unique_ptr<model::TokenConstraint> constraint;  // kSubmit
+    uint64_t token = 0;                                  // kReserve, kRelease, kReserved, kAborted
+    std::vector<uint64_t> tokens;                        // kRenew
+    std::shared_ptr<ReserveReply> reply;                 // kReserve
+    absl::Status kv_status;                              // kReserved, kCommitted, kAborted
   };
   // A reservation whose ranks have not all answered (KvEndpoint::ReserveAsync).
   struct Reserving {
@@ -144,6 +149,7 @@ class Engine {
     uint64_t token = 0;
     Request request;
     std::unique_ptr<StopMatcher> stop_matcher;
+    std::unique_ptr<model::TokenConstraint> constraint;
   };
   // Where the KV endpoint's answers go: the engine's inbox while the engine lives. Shared with the
   // answers' handlers, which may run after the engine is gone (a replica's executor runs the last
@@ -177,7 +183,10 @@ class Engine {
   };
 
   Engine(StepExecutor& executor, std::unique_ptr<Scheduler> scheduler, const EngineOptions& options,
-         Clock& clock);
+         std::vector<int64_t> eos_token_ids, Clock& clock);
+  // The request's structured-output constraint (null when it asks for none).
+  absl::StatusOr<std::unique_ptr<model::TokenConstraint>> MakeConstraint(
+      const SamplingParams& sampling) const;
   void Run();
   void RunLoop();
   // Engine-thread helpers.
@@ -212,6 +221,7 @@ class Engine {
 
   StepExecutor& executor_;
   const EngineOptions options_;
+  const std::vector<int64_t> eos_token_ids_;  // the model's
   Clock& clock_;
   std::unique_ptr<Scheduler> scheduler_;       // engine thread only (Validate: any thread)
   absl::flat_hash_map<RequestId, Live> live_;  // engine thread only

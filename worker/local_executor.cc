@@ -59,7 +59,10 @@ absl::StatusOr<TensorView> DeviceSampler::ApplyPenalties(const TensorView& logit
     }
   }
   auto& [repetition, presence, frequency, ids, counts, start, banned, banned_start, bias_ids,
-         bias_values, bias_start] = staging;
+         bias_values, bias_start, allowed_mask] = staging;
+  const int64_t words = (vocab + 31) / 32;
+  const bool any_mask = std::any_of(rows.begin(), rows.end(),
+                                    [](const SamplingRow& r) { return !r.allowed_mask.empty(); });
   start.push_back(0);
   banned_start.push_back(0);
   bias_start.push_back(0);
@@ -87,6 +90,16 @@ absl::StatusOr<TensorView> DeviceSampler::ApplyPenalties(const TensorView& logit
     bias_ids.insert(bias_ids.end(), r.bias_token_ids.begin(), r.bias_token_ids.end());
     bias_values.insert(bias_values.end(), r.bias_values.begin(), r.bias_values.end());
     bias_start.push_back(static_cast<int32_t>(bias_ids.size()));
+    if (!any_mask) continue;
+    if (r.allowed_mask.empty()) {
+      allowed_mask.insert(allowed_mask.end(), static_cast<size_t>(words), -1);
+    } else if (static_cast<int64_t>(r.allowed_mask.size()) != words) {
+      return absl::InvalidArgumentError(absl::StrCat("Sample: an allowed-token mask of ",
+                                                     r.allowed_mask.size(), " words for ", vocab,
+                                                     " logits (", words, " words)"));
+    } else {
+      for (const uint32_t w : r.allowed_mask) allowed_mask.push_back(static_cast<int32_t>(w));
+    }
   }
   TESSERA_RETURN_IF_ERROR(Upload(repetition, repetition_, stream));
   TESSERA_RETURN_IF_ERROR(Upload(presence, presence_, stream));
@@ -119,6 +132,10 @@ absl::StatusOr<TensorView> DeviceSampler::ApplyPenalties(const TensorView& logit
     params.bias_values = bias_values_.View(DataType::kF32, {biases});
     params.bias_start = bias_start_.View(DataType::kI32, {n + 1});
   }
+  if (any_mask) {
+    TESSERA_RETURN_IF_ERROR(Upload(allowed_mask, allowed_mask_, stream));
+    params.allowed_mask = allowed_mask_.View(DataType::kI32, {n, words});
+  }
   TESSERA_RETURN_IF_ERROR(kernels::ApplyPenalties(backend_, params, stream));
   return TensorView(processed);
 }
@@ -145,7 +162,8 @@ absl::StatusOr<StepResult> DeviceSampler::Sample(const TensorView& logits,
     steps.push_back(r.step);
     min_p.push_back(r.min_p);
     any_min_p |= r.min_p > 0.0f;
-    any_penalty |= r.HasPenalties() || !r.banned_token_ids.empty() || !r.bias_token_ids.empty();
+    any_penalty |= r.HasPenalties() || !r.banned_token_ids.empty() || !r.bias_token_ids.empty() ||
+                   !r.allowed_mask.empty();
     top_n = std::max(top_n, r.num_top_logprobs);
   }
   if (top_n > logits.dim(1)) {

@@ -40,6 +40,7 @@ class DeviceSampler {
     std::vector<int32_t> ids, counts, start, banned, banned_start, bias_ids;
     std::vector<float> bias_values;
     std::vector<int32_t> bias_start;
+    std::vector<int32_t> allowed_mask;  // [rows, words] bits (SamplingRow::allowed_mask)
   };
   absl::StatusOr<TensorView> ApplyPenalties(const TensorView& logits,
                                             const std::vector<SamplingRow>& rows,
@@ -51,7 +52,7 @@ class DeviceSampler {
   kernels::DeviceBuffer top_ids_, top_logprobs_;
   kernels::DeviceBuffer processed_logits_, repetition_, presence_, frequency_;
   kernels::DeviceBuffer penalty_ids_, penalty_counts_, penalty_start_, banned_, banned_start_;
-  kernels::DeviceBuffer bias_ids_, bias_values_, bias_start_;
+  kernels::DeviceBuffer bias_ids_, bias_values_, bias_start_, allowed_mask_;
 };
 
 // The limits a scheduler plans with for `model` running on `cache`.

@@ -11,7 +11,7 @@ namespace tessera::worker {
 namespace {
 
 // Adding a field to SamplingRow or StepPlan must extend the wire format below.
-static_assert(sizeof(SamplingRow) == 176, "update EncodeStepPlan/DecodeStepPlan for SamplingRow");
+static_assert(sizeof(SamplingRow) == 200, "update EncodeStepPlan/DecodeStepPlan for SamplingRow");
 
 int64_t FloatBits(float f) {
   uint32_t bits;
@@ -54,6 +54,28 @@ bool Read(const std::vector<int64_t>& words, size_t& at, std::vector<T>& out) {
   return true;
 }
 
+// 32-bit words two to a wire word (an allowed-token mask is ceil(vocab / 32) of them).
+void AppendPacked(std::vector<int64_t>& words, const std::vector<uint32_t>& values) {
+  words.push_back(static_cast<int64_t>(values.size()));
+  for (size_t i = 0; i < values.size(); i += 2) {
+    const uint64_t high = i + 1 < values.size() ? values[i + 1] : 0;
+    words.push_back(static_cast<int64_t>(values[i] | (high << 32)));
+  }
+}
+
+bool ReadPacked(const std::vector<int64_t>& words, size_t& at, std::vector<uint32_t>& out) {
+  if (at >= words.size()) return false;
+  const int64_t n = words[at++];
+  if (n < 0 || static_cast<size_t>((n + 1) / 2) > words.size() - at) return false;
+  out.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; i += 2) {
+    const auto word = static_cast<uint64_t>(words[at++]);
+    out[i] = static_cast<uint32_t>(word);
+    if (i + 1 < n) out[i + 1] = static_cast<uint32_t>(word >> 32);
+  }
+  return true;
+}
+
 }  // namespace
 
 std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind) {
@@ -82,6 +104,7 @@ std::vector<int64_t> EncodeStepPlan(const StepPlan& plan, int64_t kind) {
     Append(words, r.banned_token_ids);
     Append(words, r.bias_token_ids);
     Append(words, r.bias_values);
+    AppendPacked(words, r.allowed_mask);
   }
   return words;
 }
@@ -124,7 +147,8 @@ absl::StatusOr<StepPlan> DecodeStepPlanAt(const std::vector<int64_t>& words, siz
     r.num_top_logprobs = static_cast<int32_t>(words[at++]);
     if (!Read(words, at, r.penalty_token_ids) || !Read(words, at, r.penalty_output_counts) ||
         !Read(words, at, r.banned_token_ids) || !Read(words, at, r.bias_token_ids) ||
-        !Read(words, at, r.bias_values) || r.bias_values.size() != r.bias_token_ids.size()) {
+        !Read(words, at, r.bias_values) || r.bias_values.size() != r.bias_token_ids.size() ||
+        !ReadPacked(words, at, r.allowed_mask)) {
       return bad();
     }
   }

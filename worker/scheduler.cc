@@ -19,7 +19,8 @@ struct Scheduler::Sequence {
   uint64_t salt_key = 0;
   int64_t seed = 0;
   std::unique_ptr<StopMatcher> stop_matcher;
-  std::vector<int32_t> tokens;  // prompt, then generated
+  std::unique_ptr<model::TokenConstraint> constraint;  // structured outputs
+  std::vector<int32_t> tokens;                         // prompt, then generated
   int32_t num_prompt = 0;
   int32_t num_computed = 0;  // tokens whose K/V are in `blocks`
   std::vector<int32_t> blocks;
@@ -165,7 +166,8 @@ absl::Status Scheduler::Validate(const Request& request) const {
 }
 
 absl::Status Scheduler::Add(RequestId id, Request request,
-                            std::unique_ptr<StopMatcher> stop_matcher) {
+                            std::unique_ptr<StopMatcher> stop_matcher,
+                            std::unique_ptr<model::TokenConstraint> constraint) {
   if (sequences_.contains(id)) {
     return absl::AlreadyExistsError(absl::StrCat("request ", id, " is already scheduled"));
   }
@@ -179,6 +181,7 @@ absl::Status Scheduler::Add(RequestId id, Request request,
                   ? *seq->sampling.seed
                   : static_cast<int64_t>(kernels::SplitMix64(config_.seed ^ id));
   seq->stop_matcher = std::move(stop_matcher);
+  seq->constraint = std::move(constraint);
   seq->tokens = std::move(request.prompt);
   seq->num_prompt = static_cast<int32_t>(seq->tokens.size());
   seq->kv_destination = std::move(request.kv_destination);
@@ -521,6 +524,12 @@ SamplingRow Scheduler::MakeSamplingRow(const Sequence& seq) const {
       }
     }
   }
+  if (seq.constraint != nullptr) {
+    row.allowed_mask.resize(static_cast<size_t>((vocab_size_ + 31) / 32));
+    // A mask that allows nothing (the vocabulary cannot spell what must come) samples a token the
+    // constraint then refuses: the request ends with that error in Update.
+    seq.constraint->FillMask(absl::MakeSpan(row.allowed_mask));
+  }
   return row;
 }
 
@@ -642,9 +651,25 @@ absl::StatusOr<std::vector<TokenEvent>> Scheduler::Update(const StepResult& resu
     if (!seq->sent_first) event.num_cached_tokens = seq->num_cached_tokens;
     seq->sent_first = true;
     ++row;
+    if (seq->constraint != nullptr) {
+      if (absl::Status s = seq->constraint->Accept(token); !s.ok()) {
+        event.token_id = -1;
+        event.logprob = 0.0f;
+        event.top_logprobs.clear();
+        event.finish_reason = FinishReason::kAbort;
+        event.status = absl::InternalError(absl::StrCat("structured output: ", s.message()));
+        finished.push_back(seq);
+        events.push_back(std::move(event));
+        continue;
+      }
+    }
     seq->tokens.push_back(token);
     if (seq->penalties) ++seq->penalty_counts[token];
     event.finish_reason = CheckStop(*seq, token);
+    if (!event.finish_reason.has_value() && seq->constraint != nullptr &&
+        seq->constraint->IsTerminated()) {
+      event.finish_reason = FinishReason::kStop;  // the output is whole; nothing may follow
+    }
     if (!event.finish_reason.has_value() && seq->kv_destination.has_value()) {
       // Prefill done: decoding goes on at the decode replica once the KV is there.
       event.finish_reason = FinishReason::kLength;
@@ -719,7 +744,8 @@ absl::Status Scheduler::ReleaseReservation(uint64_t token) {
 }
 
 absl::Status Scheduler::AddPrefilled(RequestId id, Request request,
-                                     std::unique_ptr<StopMatcher> stop_matcher) {
+                                     std::unique_ptr<StopMatcher> stop_matcher,
+                                     std::unique_ptr<model::TokenConstraint> constraint) {
   if (!request.kv_import.has_value()) {
     return absl::InvalidArgumentError("AddPrefilled needs a request with kv_import");
   }
@@ -732,7 +758,16 @@ absl::Status Scheduler::AddPrefilled(RequestId id, Request request,
   Reservation r = std::move(it->second);
   reservations_.erase(it);
   const int32_t num_cached = r.num_cached_tokens;
-  if (absl::Status added = Add(id, std::move(request), std::move(stop_matcher)); !added.ok()) {
+  if (constraint != nullptr) {
+    if (absl::Status s = constraint->Accept(first); !s.ok()) {
+      TESSERA_CHECK_OK(blocks_.Release(r.blocks));
+      return absl::InvalidArgumentError(
+          absl::StrCat("kv_import: the first token breaks the structured output: ", s.message()));
+    }
+  }
+  if (absl::Status added =
+          Add(id, std::move(request), std::move(stop_matcher), std::move(constraint));
+      !added.ok()) {
     TESSERA_CHECK_OK(blocks_.Release(r.blocks));
     return added;
   }

@@ -36,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/config.h"
+#include "model/token_constraint.h"
 #include "worker/block_manager.h"
 #include "worker/request.h"
 #include "worker/step.h"
@@ -103,7 +104,10 @@ class Scheduler {
   absl::Status Validate(const Request& request) const;
   // Queues a request (validated first). `stop_matcher` may be null. kAlreadyExists for a
   // duplicate id.
-  absl::Status Add(RequestId id, Request request, std::unique_ptr<StopMatcher> stop_matcher = {});
+  // `constraint` (structured outputs) limits the tokens each of its steps may sample, and ends the
+  // request (kStop) once its output is complete and nothing may follow.
+  absl::Status Add(RequestId id, Request request, std::unique_ptr<StopMatcher> stop_matcher = {},
+                   std::unique_ptr<model::TokenConstraint> constraint = {});
   // Removes a waiting or running request; its blocks return — once the step it is in, if any,
   // has been applied (Update) or discarded. False when the id is unknown (finished already).
   bool Abort(RequestId id);
@@ -145,8 +149,11 @@ class Scheduler {
   // Queues a request whose prompt's KV is in reservation `request.kv_import->token` (verified by
   // the caller) and whose first token was sampled elsewhere; it keeps the reservation's blocks
   // and waits for a place in the batch like any request. kNotFound for an unknown token.
+  // The first token goes through `constraint` as if sampled here (kInvalidArgument if it breaks
+  // the grammar).
   absl::Status AddPrefilled(RequestId id, Request request,
-                            std::unique_ptr<StopMatcher> stop_matcher = {});
+                            std::unique_ptr<StopMatcher> stop_matcher = {},
+                            std::unique_ptr<model::TokenConstraint> constraint = {});
 
   // --- Disaggregated serving (prefill side).
   struct KvExportBlocks {

@@ -34,6 +34,9 @@ struct SamplingRow {
   // OpenAI's logit_bias (parallel lists), added before the penalties.
   std::vector<int32_t> bias_token_ids;
   std::vector<float> bias_values;
+  // Structured outputs: bit t % 32 of word t / 32 set when token t may be sampled (ceil(vocab / 32)
+  // words); empty: every token may.
+  std::vector<uint32_t> allowed_mask;
 
   bool HasPenalties() const {
     return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;

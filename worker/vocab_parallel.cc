@@ -112,6 +112,34 @@ absl::StatusOr<SamplingRow> LocalRow(const SamplingRow& row, int64_t begin, int6
     TESSERA_RETURN_IF_ERROR(in_vocab(id));
     if (mine(id)) local.banned_token_ids.push_back(static_cast<int32_t>(id - begin));
   }
+  if (row.bias_token_ids.size() != row.bias_values.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("Sample: ", row.bias_token_ids.size(),
+                                                   " logit bias tokens with ",
+                                                   row.bias_values.size(), " values"));
+  }
+  local.bias_token_ids.clear();
+  local.bias_values.clear();
+  for (size_t e = 0; e < row.bias_token_ids.size(); ++e) {
+    const int32_t id = row.bias_token_ids[e];
+    TESSERA_RETURN_IF_ERROR(in_vocab(id));
+    if (!mine(id)) continue;
+    local.bias_token_ids.push_back(static_cast<int32_t>(id - begin));
+    local.bias_values.push_back(row.bias_values[e]);
+  }
+  if (!row.allowed_mask.empty()) {
+    if (static_cast<int64_t>(row.allowed_mask.size()) != (vocab_size + 31) / 32) {
+      return absl::InvalidArgumentError(absl::StrCat("Sample: an allowed-token mask of ",
+                                                     row.allowed_mask.size(),
+                                                     " words for a vocabulary of ", vocab_size));
+    }
+    local.allowed_mask.assign(static_cast<size_t>((columns + 31) / 32), 0u);
+    for (int64_t j = 0; j < columns; ++j) {
+      const int64_t t = begin + j;
+      if ((row.allowed_mask[t / 32] >> (t % 32)) & 1u) {
+        local.allowed_mask[j / 32] |= uint32_t{1} << (j % 32);
+      }
+    }
+  }
   return local;
 }
 

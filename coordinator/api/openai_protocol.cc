@@ -113,6 +113,8 @@ absl::Status GetTokenIds(const json& value, absl::string_view name, std::vector<
   return absl::OkStatus();
 }
 
+absl::Status ParseStructuredOutput(const json& body, model::StructuredOutput& out);
+
 absl::Status ParseCommon(const json& body, CommonRequest& out) {
   TESSERA_RETURN_IF_ERROR(GetString(body, "model", out.model));
   model::SamplingParams& s = out.sampling;
@@ -216,11 +218,91 @@ absl::Status ParseCommon(const json& body, CommonRequest& out) {
   if (const json* tools = Field(body, "tools"); tools != nullptr && !tools->empty()) {
     return FieldError("tools", "tool calling is not supported by this server");
   }
+  return ParseStructuredOutput(body, s.structured_output);
+}
+
+// A JSON schema given as an object, or as a string holding one (vLLM takes both).
+absl::StatusOr<std::string> SchemaText(const json& schema, const char* field) {
+  if (schema.is_object() || schema.is_boolean()) return schema.dump();
+  if (schema.is_string()) return schema.get<std::string>();
+  return FieldError(field,
+                    absl::StrCat("expected a JSON schema (an object), got ", TypeName(schema)));
+}
+
+// OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields: at most one
+// of them; the grammar is compiled here so that a schema it cannot enforce is a 400 naming why.
+absl::Status ParseStructuredOutput(const json& body, model::StructuredOutput& out) {
+  using Kind = model::StructuredOutput::Kind;
+  std::vector<std::string> given;
+  const auto set = [&](const char* field, Kind kind, std::string spec) {
+    given.push_back(field);
+    out = {kind, std::move(spec)};
+  };
   if (const json* format = Field(body, "response_format")) {
     const json* type = format->is_object() ? Field(*format, "type") : nullptr;
-    if (type == nullptr || !type->is_string() || type->get<std::string>() != "text") {
-      return FieldError("response_format", "only {\"type\": \"text\"} is supported");
+    const std::string name = type != nullptr && type->is_string() ? type->get<std::string>() : "";
+    if (name == "json_object") {
+      set("response_format", Kind::kJsonObject, "");
+    } else if (name == "json_schema") {
+      const json* spec = Field(*format, "json_schema");
+      const json* schema = spec != nullptr && spec->is_object() ? Field(*spec, "schema") : nullptr;
+      if (schema == nullptr) {
+        return FieldError(
+            "response_format",
+            "json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}");
+      }
+      TESSERA_ASSIGN_OR_RETURN(std::string text, SchemaText(*schema, "response_format"));
+      set("response_format", Kind::kJsonSchema, std::move(text));
+    } else if (name != "text") {
+      return FieldError("response_format",
+                        "type must be \"text\", \"json_object\" or \"json_schema\"");
     }
+  }
+  if (const json* so = Field(body, "structured_outputs")) {
+    if (!so->is_object()) {
+      return FieldError("structured_outputs",
+                        absl::StrCat("expected an object, got ", TypeName(*so)));
+    }
+    for (const auto& [key, value] : so->items()) {
+      if (value.is_null() || value == json(false)) continue;
+      if (key == "json") {
+        TESSERA_ASSIGN_OR_RETURN(std::string text, SchemaText(value, "structured_outputs"));
+        set("structured_outputs", Kind::kJsonSchema, std::move(text));
+      } else if (key == "json_object") {
+        set("structured_outputs", Kind::kJsonObject, "");
+      } else if (key == "choice") {
+        set("structured_outputs", Kind::kChoice, value.dump());
+      } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
+        return FieldError(
+            "structured_outputs",
+            absl::StrCat(key, " is not supported (json, json_object and choice are)"));
+      } else if (key != "disable_fallback" && key != "disable_any_whitespace" &&
+                 key != "disable_additional_properties" && key != "whitespace_pattern") {
+        return FieldError("structured_outputs", absl::StrCat("unknown field '", key, "'"));
+      }
+    }
+  }
+  if (const json* schema = Field(body, "guided_json")) {
+    TESSERA_ASSIGN_OR_RETURN(std::string text, SchemaText(*schema, "guided_json"));
+    set("guided_json", Kind::kJsonSchema, std::move(text));
+  }
+  if (const json* choice = Field(body, "guided_choice")) {
+    set("guided_choice", Kind::kChoice, choice->dump());
+  }
+  for (const char* field : {"guided_regex", "guided_grammar"}) {
+    if (Field(body, field) != nullptr) {
+      return FieldError(field, "is not supported (guided_json and guided_choice are)");
+    }
+  }
+  if (given.size() > 1) {
+    return FieldError(
+        given[0].c_str(),
+        absl::StrCat("and ", given[1], " both ask for a structured output; give one"));
+  }
+  if (given.empty()) return absl::OkStatus();
+  if (absl::StatusOr<std::shared_ptr<const model::Grammar>> grammar = model::Grammar::Compile(out);
+      !grammar.ok()) {
+    return FieldError(given[0].c_str(), grammar.status().message());
   }
   return absl::OkStatus();
 }
@@ -265,6 +347,11 @@ std::string LeadingField(absl::string_view message) {
                                            "return_token_strs",
                                            "logit_bias",
                                            "priority",
+                                           "structured_outputs",
+                                           "guided_json",
+                                           "guided_choice",
+                                           "guided_regex",
+                                           "guided_grammar",
                                            "user"};
   size_t end = 0;
   while (end < message.size() &&

@@ -45,6 +45,11 @@ void ToProto(const model::SamplingParams& s, v1::SamplingParams* p) {
     p->add_logit_bias_token_ids(b.token_id);
     p->add_logit_bias_values(b.bias);
   }
+  if (s.structured_output.kind != model::StructuredOutput::Kind::kNone) {
+    p->mutable_structured_output()->set_kind(
+        static_cast<v1::StructuredOutput::Kind>(s.structured_output.kind));
+    p->mutable_structured_output()->set_spec(s.structured_output.spec);
+  }
 }
 
 ReplicaEvent FromProto(const v1::GenerateResponse& r) {

@@ -319,6 +319,15 @@ absl::Status CpuApplyPenalties(Backend&, const ApplyPenaltiesParams& p, Stream&)
         logits[banned[b]] = -std::numeric_limits<float>::infinity();
       }
     }
+    if (!p.allowed_mask.empty()) {
+      const auto* mask = reinterpret_cast<const uint32_t*>(p.allowed_mask.data_as<int32_t>()) +
+                         r * p.allowed_mask.stride(0);
+      for (int64_t t = 0; t < vocab; ++t) {
+        if (((mask[t / 32] >> (t % 32)) & 1u) == 0) {
+          logits[t] = -std::numeric_limits<float>::infinity();
+        }
+      }
+    }
   }
   return absl::OkStatus();
 }

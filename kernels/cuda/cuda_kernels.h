@@ -178,11 +178,13 @@ struct ApplyPenaltiesArgs {
   const int32_t* token_ids;
   const int32_t* output_counts;
   const int32_t* token_start;
-  const int32_t* banned_ids;    // nullable
-  const int32_t* banned_start;  // nullable
-  const int32_t* bias_ids;      // nullable: logit bias, added before the penalties
-  const float* bias_values;     // with bias_ids
-  const int32_t* bias_start;    // with bias_ids
+  const int32_t* banned_ids;     // nullable
+  const int32_t* banned_start;   // nullable
+  const int32_t* bias_ids;       // nullable: logit bias, added before the penalties
+  const float* bias_values;      // with bias_ids
+  const int32_t* bias_start;     // with bias_ids
+  const uint32_t* allowed_mask;  // nullable: [rows, mask_stride] bits, applied last
+  int64_t mask_stride;
 };
 cudaError_t LaunchApplyPenalties(const ApplyPenaltiesArgs& args, cudaStream_t stream);
 

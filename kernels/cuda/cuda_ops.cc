@@ -398,6 +398,10 @@ absl::Status CudaApplyPenalties(Backend& backend, const ApplyPenaltiesParams& p,
     args.bias_values = p.bias_values.data_as<float>();
     args.bias_start = p.bias_start.data_as<int32_t>();
   }
+  if (!p.allowed_mask.empty()) {
+    args.allowed_mask = reinterpret_cast<const uint32_t*>(p.allowed_mask.data_as<int32_t>());
+    args.mask_stride = LeadingStride(p.allowed_mask, (vocab + 31) / 32);
+  }
   return CudaStatus("LaunchApplyPenalties", LaunchApplyPenalties(args, native));
 }
 

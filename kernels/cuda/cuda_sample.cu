@@ -298,10 +298,17 @@ __global__ void ApplyPenaltiesKernel(ApplyPenaltiesArgs a) {
     x -= count > 0 ? presence : 0.0f;
     logits[id] = x;
   }
-  if (a.banned_ids == nullptr) return;
+  if (a.banned_ids != nullptr) {
+    __syncthreads();
+    for (int64_t b = a.banned_start[r] + threadIdx.x; b < a.banned_start[r + 1]; b += blockDim.x) {
+      logits[a.banned_ids[b]] = -INFINITY;
+    }
+  }
+  if (a.allowed_mask == nullptr) return;
   __syncthreads();
-  for (int64_t b = a.banned_start[r] + threadIdx.x; b < a.banned_start[r + 1]; b += blockDim.x) {
-    logits[a.banned_ids[b]] = -INFINITY;
+  const uint32_t* mask = a.allowed_mask + r * a.mask_stride;
+  for (int64_t t = threadIdx.x; t < a.vocab; t += blockDim.x) {
+    if (((mask[t >> 5] >> (t & 31)) & 1u) == 0) logits[t] = -INFINITY;
   }
 }
 

@@ -480,6 +480,48 @@ TEST_P(ApplyPenaltiesConformance, LogitBiasComesBeforeThePenalties) {
   EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("all three or none"));
 }
 
+// Structured outputs: every token whose bit is clear becomes -inf, after the bans; the rest keep
+// their (penalised) logits. A vocabulary that is not a multiple of 32 leaves the last word's high
+// bits unused.
+TEST_P(ApplyPenaltiesConformance, AllowedMaskKeepsOnlyItsTokens) {
+  TESSERA_SEEDED_RNG(rng, 811);
+  const int64_t vocab = 1000, rows = 3, words = (vocab + 31) / 32;
+  const std::vector<float> logits = RandomFloats(rng, rows * vocab, -6.0f, 6.0f);
+  std::vector<int32_t> mask(rows * words);
+  for (int64_t w = 0; w < words; ++w) {
+    mask[w] = -1;                                   // row 0: everything
+    mask[words + w] = static_cast<int32_t>(rng());  // row 1: random
+  }
+  mask[2 * words + 7 / 32] = 1 << 7;  // row 2: token 7 alone
+  ApplyPenaltiesParams params;
+  const MutableTensorView device_logits = Upload(logits, DataType::kF32, {rows, vocab});
+  params.logits = device_logits;
+  params.repetition_penalty = Upload({1.0f, 2.0f, 1.0f}, DataType::kF32, {rows});
+  params.presence_penalty = Upload({0.0f, 0.0f, 0.0f}, DataType::kF32, {rows});
+  params.frequency_penalty = Upload({0.0f, 0.0f, 0.0f}, DataType::kF32, {rows});
+  params.token_ids = UploadI32({5}, {1});
+  params.output_counts = UploadI32({1}, {1});
+  params.token_start = UploadI32({0, 0, 1, 1}, {rows + 1});
+  params.banned_ids = UploadI32({3}, {1});
+  params.banned_start = UploadI32({0, 1, 1, 1}, {rows + 1});
+  params.allowed_mask = UploadI32(mask, {rows, words});
+  ASSERT_TRUE(kernels::ApplyPenalties(backend(), params, stream()).ok());
+  const std::vector<float> got = Download(device_logits);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < vocab; ++t) {
+      float want = logits[r * vocab + t];
+      if (r == 1 && t == 5) want *= want > 0 ? 0.5f : 2.0f;
+      if (r == 0 && t == 3) want = -INFINITY;
+      const uint32_t word = static_cast<uint32_t>(mask[r * words + t / 32]);
+      if (((word >> (t % 32)) & 1u) == 0) want = -INFINITY;
+      ASSERT_EQ(got[r * vocab + t], want) << "row " << r << " token " << t;
+    }
+  }
+  params.allowed_mask = UploadI32(std::vector<int32_t>(rows * (words - 1), -1), {rows, words - 1});
+  const absl::Status status = kernels::ApplyPenalties(backend(), params, stream());
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("allowed_mask"));
+}
+
 TEST_P(ApplyPenaltiesConformance, RejectsBadIdsAndOffsetsWithoutWriting) {
   const std::vector<float> logits = {1.0f, -1.0f, 2.0f, 0.5f};
   ApplyPenaltiesParams params;

@@ -217,6 +217,7 @@ TEST(StructuredOutputTest, ChoiceIsRawText) {
   EXPECT_TRUE(Accepts(g, "neg"));
   EXPECT_TRUE(Accepts(g, "negative"));
   EXPECT_FALSE(Prefix(g, "\"positive\""));
+  EXPECT_FALSE(Prefix(g, " positive"));
   EXPECT_FALSE(Prefix(g, "neutral"));
   GrammarMatcher matcher(g);
   ASSERT_TRUE(matcher.AdvanceBytes("neg"));

@@ -12,7 +12,10 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "model/structured_output.h"
+#include "model/tokenizer.h"
 #include "model/weights.h"
+#include "nlohmann/json.hpp"
 #include "tests/worker/fake_executor.h"
 #include "tests/worker/test_util.h"
 
@@ -47,6 +50,7 @@ struct EngineSetup {
   int32_t max_num_seqs = 16;
   bool prefix_caching = true;
   bool chunked_prefill = true;
+  const model::TokenVocabulary* token_vocabulary = nullptr;  // structured outputs
 };
 
 // A tiny model behind an engine.
@@ -68,6 +72,7 @@ class ModelEngine {
     engine.scheduler.max_num_batched_tokens = setup.max_num_batched_tokens;
     engine.scheduler.enable_prefix_caching = setup.prefix_caching;
     engine.scheduler.enable_chunked_prefill = setup.chunked_prefill;
+    engine.token_vocabulary = setup.token_vocabulary;
     auto e = Engine::Create(*parts_.executor, config, engine);
     EXPECT_TRUE(e.ok()) << e.status();
     engine_ = *std::move(e);
@@ -378,6 +383,69 @@ TEST_F(EngineModelTest, LogitBiasSteersAndBansTokensInABatch) {
   EXPECT_THAT(std::string(engine->Submit(bad).status().message()), HasSubstr("logit_bias"));
   bad.sampling.logit_bias = {{static_cast<int32_t>(config_.vocab_size), 1.0f}};
   EXPECT_THAT(std::string(engine->Submit(bad).status().message()), HasSubstr("logit_bias"));
+}
+
+// Structured outputs on a random model whose vocabulary is a byte-level tokenizer's: sampled or
+// greedy, every output that ends is a value of its grammar, and a request without one beside them
+// is unchanged.
+TEST_F(EngineModelTest, StructuredOutputsHoldWhateverTheModelPrefers) {
+  auto files = model::MakeByteLevelTokenizerFiles(300);
+  ASSERT_TRUE(files.ok()) << files.status();
+  auto tokenizer = model::Tokenizer::FromJson(files->tokenizer_json, "test");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  config_.vocab_size = 300;
+  config_.eos_token_ids = {files->eos_token_id};
+  weights_ = model::MakeRandomWeights(config_, DataType::kF32, /*seed=*/12, /*init_std=*/0.5f);
+  auto vocabulary = model::TokenVocabulary::Create(**tokenizer, 300);
+  ASSERT_TRUE(vocabulary.ok()) << vocabulary.status();
+  EngineSetup setup;
+  setup.token_vocabulary = vocabulary->get();
+  ModelEngine engine(config_, *weights_, setup);
+  using Kind = model::StructuredOutput::Kind;
+  const model::StructuredOutput schema{Kind::kJsonSchema, R"({"type": "object",
+      "properties": {"answer": {"enum": ["yes", "no"]}, "n": {"type": "integer"}},
+      "required": ["answer", "n"]})"};
+  std::vector<Request> requests = RandomRequests(8, /*seed=*/43, /*max_prompt=*/20);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    Request& r = requests[i];
+    r.sampling.ignore_eos = false;
+    r.sampling.max_tokens = 100;
+    if (i < 6) r.sampling.structured_output = schema;
+    if (i == 6) r.sampling.structured_output = {Kind::kChoice, R"(["alpha", "beta"])"};
+    if (i % 2 == 1) {  // sampled, seeded
+      r.sampling.temperature = 1.0f;
+      r.sampling.seed = static_cast<int64_t>(i);
+    }
+  }
+  requests[7].sampling.ignore_eos = true;  // no constraint: as alone
+  requests[7].sampling.max_tokens = 10;
+  const std::vector<RequestOutput> outputs = Together(*engine, requests);
+  for (size_t i = 0; i < 7; ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status;
+    std::vector<int32_t> ids = outputs[i].token_ids;
+    if (!ids.empty() && ids.back() == files->eos_token_id) ids.pop_back();
+    auto text = (*tokenizer)->Decode(ids, /*skip_special_tokens=*/false);
+    ASSERT_TRUE(text.ok());
+    SCOPED_TRACE(absl::StrCat("request ", i, ": ", *text));
+    ASSERT_EQ(outputs[i].finish_reason, FinishReason::kStop);
+    if (i == 6) {
+      EXPECT_TRUE(*text == "alpha" || *text == "beta");
+      continue;
+    }
+    const nlohmann::json value = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(value.is_object());
+    EXPECT_TRUE(value["answer"] == "yes" || value["answer"] == "no");
+    EXPECT_TRUE(value["n"].is_number_integer());
+    EXPECT_EQ(value.size(), 2u);
+  }
+  EXPECT_EQ(outputs[7].token_ids, Alone({requests[7]})[0].token_ids);
+  // A schema the grammar cannot enforce is refused by name; so is a replica without a vocabulary.
+  Request bad = requests[0];
+  bad.sampling.structured_output = {Kind::kJsonSchema, R"({"type": "string", "pattern": "a+"})"};
+  EXPECT_THAT(std::string(engine->Submit(bad).status().message()), HasSubstr("pattern"));
+  ModelEngine plain(config_, *weights_, EngineSetup{});
+  EXPECT_THAT(std::string(plain->Submit(requests[0]).status().message()),
+              HasSubstr("need the model's tokenizer"));
 }
 
 // --- The FakeExecutor behind the engine: time, failures, shutdown ---------------------------

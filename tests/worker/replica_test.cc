@@ -543,6 +543,7 @@ TEST(StepPlanWireTest, RoundTripsEveryField) {
   plan.sampling[1].bias_token_ids = {4, 9};
   plan.sampling[1].bias_values = {-100.0f, 2.5f};
   plan.sampling[1].banned_token_ids = {2};
+  plan.sampling[1].allowed_mask = {0xFFFFFFFFu, 0x80000001u, 7u};  // odd: packed two a word
   int64_t kind = -1;
   auto decoded = DecodeStepPlan(EncodeStepPlan(plan, 1), &kind);
   ASSERT_TRUE(decoded.ok()) << decoded.status();
@@ -564,6 +565,8 @@ TEST(StepPlanWireTest, RoundTripsEveryField) {
   EXPECT_EQ(decoded->sampling[1].bias_token_ids, plan.sampling[1].bias_token_ids);
   EXPECT_EQ(decoded->sampling[1].bias_values, plan.sampling[1].bias_values);
   EXPECT_EQ(decoded->sampling[1].banned_token_ids, plan.sampling[1].banned_token_ids);
+  EXPECT_EQ(decoded->sampling[1].allowed_mask, plan.sampling[1].allowed_mask);
+  EXPECT_TRUE(decoded->sampling[0].allowed_mask.empty());
   std::vector<int64_t> truncated = EncodeStepPlan(plan, 1);
   truncated.pop_back();
   EXPECT_EQ(DecodeStepPlan(truncated, &kind).status().code(), absl::StatusCode::kDataLoss);

@@ -162,6 +162,33 @@ TEST_P(VocabParallelSamplerTest, MatchesTheGatheredSampler) {
   }
 }
 
+// Logit bias and an allowed-token mask (structured outputs) reach each rank as its own columns.
+TEST_P(VocabParallelSamplerTest, BiasAndAllowedMaskFollowTheColumns) {
+  const int64_t vocab = GetParam().vocab;
+  const int64_t n = 3;
+  std::vector<float> logits = RandomLogits(n, vocab, 9);
+  std::vector<SamplingRow> rows(n);
+  // Row 0: the last token pushed to the top by a bias, the first pushed down.
+  rows[0].bias_token_ids = {static_cast<int32_t>(vocab - 1), 0};
+  rows[0].bias_values = {100.0f, -100.0f};
+  rows[0].num_top_logprobs = 2;
+  // Row 1: only every seventh token allowed; row 2: only the last one.
+  const int64_t words = (vocab + 31) / 32;
+  rows[1].allowed_mask.assign(words, 0u);
+  rows[2].allowed_mask.assign(words, 0u);
+  for (int64_t t = 0; t < vocab; t += 7) rows[1].allowed_mask[t / 32] |= 1u << (t % 32);
+  rows[2].allowed_mask[(vocab - 1) / 32] |= 1u << ((vocab - 1) % 32);
+  const StepResult want = Reference(logits, rows);
+  ASSERT_EQ(want.token_ids[0], vocab - 1);
+  ASSERT_EQ(want.token_ids[1] % 7, 0);
+  ASSERT_EQ(want.token_ids[2], vocab - 1);
+  auto got = Sharded(logits, rows);
+  for (int rank = 0; rank < GetParam().tp; ++rank) {
+    ASSERT_TRUE(got[rank].ok()) << got[rank].status();
+    ExpectSame(want, *got[rank], absl::StrCat("rank ", rank));
+  }
+}
+
 TEST_P(VocabParallelSamplerTest, ExchangesRecordsNotLogits) {
   const int64_t vocab = GetParam().vocab;
   const int64_t n = 4;

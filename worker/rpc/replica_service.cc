@@ -117,6 +117,15 @@ absl::StatusOr<Request> RequestFromProto(const v1::GenerateRequest& request,
     for (int i = 0; i < in.logit_bias_token_ids_size(); ++i) {
       s.logit_bias.push_back({in.logit_bias_token_ids(i), in.logit_bias_values(i)});
     }
+    if (in.has_structured_output()) {
+      const v1::StructuredOutput& so = in.structured_output();
+      if (!v1::StructuredOutput::Kind_IsValid(so.kind())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sampling: unknown structured_output kind ", so.kind()));
+      }
+      s.structured_output.kind = static_cast<model::StructuredOutput::Kind>(so.kind());
+      s.structured_output.spec = so.spec();
+    }
   }
   return out;
 }

@@ -711,6 +711,73 @@ TEST_F(OpenAiHttpTest, LogitBiasReachesTheRequestAndBadOnesNameTheField) {
   ExpectError("/v1/completions", {{"prompt", "x"}, {"logit_bias", {1, 2}}}, 400, "logit_bias");
 }
 
+// Structured outputs: OpenAI's response_format and vLLM's structured_outputs / guided_* reach
+// the request as a grammar spec; a schema the grammar cannot enforce, two asks at once, and the
+// kinds not supported are 400s naming the field.
+TEST_F(OpenAiHttpTest, StructuredOutputsReachTheRequestAndBadOnesNameTheField) {
+  using Kind = model::StructuredOutput::Kind;
+  const json messages = {{{"role", "user"}, {"content", "Hi"}}};
+  const json schema = {
+      {"type", "object"}, {"properties", {{"ok", {{"type", "boolean"}}}}}, {"required", {"ok"}}};
+  httplib::Result res =
+      Post("/v1/chat/completions",
+           {{"messages", messages},
+            {"max_tokens", 2},
+            {"response_format",
+             {{"type", "json_schema"},
+              {"json_schema", {{"name", "r"}, {"schema", schema}, {"strict", true}}}}}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output.kind, Kind::kJsonSchema);
+  EXPECT_EQ(json::parse(frontend_.last_request().sampling.structured_output.spec), schema);
+  res = Post(
+      "/v1/chat/completions",
+      {{"messages", messages}, {"max_tokens", 2}, {"response_format", {{"type", "json_object"}}}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output.kind, Kind::kJsonObject);
+  res = Post(
+      "/v1/completions",
+      {{"prompt", "x"}, {"max_tokens", 2}, {"structured_outputs", {{"choice", {"yes", "no"}}}}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output,
+            (model::StructuredOutput{Kind::kChoice, R"(["yes","no"])"}));
+  res =
+      Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"guided_json", schema.dump()}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output.kind, Kind::kJsonSchema);
+  res = Post("/v1/completions",
+             {{"prompt", "x"}, {"max_tokens", 2}, {"response_format", {{"type", "text"}}}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output.kind, Kind::kNone);
+
+  ExpectError(
+      "/v1/completions",
+      {{"prompt", "x"},
+       {"response_format",
+        {{"type", "json_schema"},
+         {"json_schema", {{"name", "r"}, {"schema", {{"type", "string"}, {"pattern", "^a"}}}}}}}},
+      400, "response_format");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}},
+              400, "response_format");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"response_format", {{"type", "yaml"}}}}, 400,
+              "response_format");
+  ExpectError(
+      "/v1/completions",
+      {{"prompt", "x"}, {"response_format", {{"type", "json_object"}}}, {"guided_choice", {"a"}}},
+      400, "response_format");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"structured_outputs", {{"regex", "a+"}}}}, 400,
+              "structured_outputs");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"guided_regex", "a+"}}, 400, "guided_regex");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"guided_choice", json::array()}}, 400,
+              "guided_choice");
+  httplib::Result bad = Post(
+      "/v1/completions",
+      {{"prompt", "x"},
+       {"guided_json", {{"properties", {{"zip", {{"type", "string"}, {"pattern", "[0-9]+"}}}}}}}});
+  ASSERT_EQ(bad->status, 400);
+  EXPECT_THAT(bad->body, HasSubstr("/properties/zip/pattern"));
+}
+
 TEST_F(OpenAiHttpTest, PriorityReachesTheRequest) {
   httplib::Result res =
       Post("/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 2}, {"priority", -3}});
