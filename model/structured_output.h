@@ -14,8 +14,9 @@
 // OpenAI's strict mode and xgrammar); an object schema without properties takes any members.
 //
 // The JSON a matcher accepts: keys in any order, each at most once, required ones before '}';
-// keys and enum strings in their canonical escaping; whitespace between tokens up to
-// kMaxWhitespaceRun bytes a gap (so that a model cannot pad forever); numbers of at most
+// keys and enum strings in their canonical escaping; where JSON allows whitespace, one space, or a
+// newline and an indent of at most kIndentPerLevel spaces or tabs per nesting level (pretty
+// printing; a model cannot pad a gap with more, which weak models do); numbers of at most
 // kMaxNumberDigits digits a part; nesting at most kMaxNesting deep; UTF-8 checked in strings.
 #pragma once
 
@@ -41,7 +42,7 @@ struct StructuredOutput {
   bool operator==(const StructuredOutput&) const = default;
 };
 
-inline constexpr int32_t kMaxWhitespaceRun = 24;
+inline constexpr int32_t kIndentPerLevel = 4;
 inline constexpr int32_t kMaxNumberDigits = 20;
 inline constexpr int32_t kMaxNesting = 48;
 inline constexpr int32_t kMaxObjectProperties = 128;
@@ -52,7 +53,7 @@ struct GrammarNode;
 struct GrammarFrame {
   const GrammarNode* node = nullptr;  // the value's grammar (the root level: the whole grammar's)
   uint8_t phase = 0;
-  uint8_t ws = 0;   // whitespace bytes in the current gap
+  uint8_t ws = 0;  // the current gap: 0 empty, 1 a space, 2 + n a newline and n indent bytes
   uint8_t lex = 0;  // string lexer: 0 plain, 1 after a backslash, 2..5: hex digits of a \u left + 1
   uint8_t utf8 = 0;      // UTF-8 continuation bytes still due
   int32_t count = 0;     // characters, items, bytes (keys, literals), digits; root: 1 if raw text

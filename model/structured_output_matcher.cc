@@ -42,6 +42,7 @@ enum Phase : uint8_t {
 using Stack = std::vector<GrammarFrame>;
 
 bool IsWhitespace(uint8_t b) { return b == ' ' || b == '\n' || b == '\t' || b == '\r'; }
+static_assert(2 + kIndentPerLevel * kMaxNesting <= 255, "GrammarFrame::ws holds a gap");
 bool IsDigit(uint8_t b) { return b >= '0' && b <= '9'; }
 bool IsHex(uint8_t b) { return IsDigit(b) || (b >= 'a' && b <= 'f') || (b >= 'A' && b <= 'F'); }
 
@@ -303,14 +304,20 @@ class Machine {
     Emit(stack);
   }
 
-  // Whether `b` is whitespace (handled: emitted unless the gap is full), in a gap of the top frame.
+  // Whether `b` is whitespace (handled: emitted when the gap may hold it), in a gap of the top
+  // frame. A gap is one space, or a newline and an indent of up to kIndentPerLevel bytes a level.
   bool Whitespace(Stack& stack, uint8_t b) {
     if (!IsWhitespace(b)) return false;
     GrammarFrame& f = stack.back();
-    if (f.ws < kMaxWhitespaceRun) {
+    const int indent_limit = kIndentPerLevel * static_cast<int>(stack.size());
+    if (f.ws == 0 && (b == ' ' || b == '\n')) {
+      f.ws = b == ' ' ? 1 : 2;
+    } else if (f.ws >= 2 && (b == ' ' || b == '\t') && f.ws - 2 < indent_limit) {
       ++f.ws;
-      Emit(stack);
+    } else {
+      return true;  // whitespace the gap may not hold: refused
     }
+    Emit(stack);
     return true;
   }
 

@@ -7,6 +7,9 @@ with the real clients.
 2. /tokenize and /detokenize (vLLM's endpoints) with the key: a round trip, and the ids equal
    what the completion reports as its prompt. n = 3 completions of one prompt; logit_bias
    steering greedy decoding onto one token.
+2b. Structured outputs: response_format json_schema sampled n = 4 ways from the random model,
+   every choice ends and conforms; a structured_outputs choice; json_object; a schema keyword the
+   grammar cannot enforce is a 400 naming it.
 3. KServe gRPC (`tritonclient`): without the key UNAUTHENTICATED; with headers={"authorization":
    "Bearer KEY"} a stream equals `tessera generate`; server liveness needs no key.
 4. `tessera bench` over both APIs: OPENAI_API_KEY (as vllm bench serve) completes every request,
@@ -126,6 +129,48 @@ def main():
         print(f"2. /tokenize ({body['count']} tokens, chat {chat['count']}) and /detokenize "
               "round trip; n = 3; logit_bias steers greedy decoding; a priority needs "
               "--scheduling-policy priority", flush=True)
+
+        # 2b. Structured outputs: whatever the random model prefers, the output is the schema's.
+        schema = {"type": "object", "title": "Answer",
+                  "properties": {"answer": {"enum": ["yes", "no", "maybe"]},
+                                 "confidence": {"type": "number"},
+                                 "count": {"type": "integer"}},
+                  "required": ["answer", "count"]}
+        shaped = client.chat.completions.create(
+            model=u.MODEL, messages=[{"role": "user", "content": "answer in JSON"}],
+            max_tokens=150, n=4, temperature=1.0, seed=5,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "answer", "schema": schema}})
+        for choice in shaped.choices:
+            u.check(choice.finish_reason == "stop", f"json_schema did not end: {choice}")
+            value = json.loads(choice.message.content)
+            u.check(set(value) <= {"answer", "confidence", "count"} and
+                    value["answer"] in ("yes", "no", "maybe") and
+                    isinstance(value["count"], int) and
+                    isinstance(value.get("confidence", 0.5), (int, float)),
+                    f"not the schema's: {choice.message.content!r}")
+        picked = client.completions.create(
+            model=u.MODEL, prompt="the cat", max_tokens=20, temperature=0,
+            extra_body={"structured_outputs": {"choice": ["sat on the mat", "ran away"]}})
+        u.check(picked.choices[0].text in ("sat on the mat", "ran away") and
+                picked.choices[0].finish_reason == "stop", f"choice: {picked.choices[0]}")
+        anything = client.chat.completions.create(
+            model=u.MODEL, messages=[{"role": "user", "content": "JSON please"}], max_tokens=60,
+            temperature=0, response_format={"type": "json_object"})
+        text = anything.choices[0].message.content
+        u.check(text.lstrip().startswith("{") and
+                (anything.choices[0].finish_reason == "length" or
+                 isinstance(json.loads(text), dict)), f"json_object: {text!r}")
+        try:
+            client.chat.completions.create(
+                model=u.MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=5,
+                response_format={"type": "json_schema", "json_schema": {
+                    "name": "zip", "schema": {"type": "string", "pattern": "^[0-9]{5}$"}}})
+            u.fail("a schema with a pattern was accepted")
+        except openai.BadRequestError as e:
+            u.check("'pattern' is not supported" in str(e), f"pattern refusal: {e}")
+        print("2b. structured outputs: json_schema (n = 4, sampled) always parses and conforms; "
+              "a choice; json_object; a pattern is refused by name", flush=True)
 
         # 3. KServe gRPC.
         model_dir = os.path.join(work, "demo-model")
