@@ -53,7 +53,7 @@ struct GrammarNode;
 struct GrammarFrame {
   const GrammarNode* node = nullptr;  // the value's grammar (the root level: the whole grammar's)
   uint8_t phase = 0;
-  uint8_t ws = 0;  // the current gap: 0 empty, 1 a space, 2 + n a newline and n indent bytes
+  uint8_t ws = 0;   // the current gap: 0 empty, 1 a space, 2 + n a newline and n indent bytes
   uint8_t lex = 0;  // string lexer: 0 plain, 1 after a backslash, 2..5: hex digits of a \u left + 1
   uint8_t utf8 = 0;      // UTF-8 continuation bytes still due
   int32_t count = 0;     // characters, items, bytes (keys, literals), digits; root: 1 if raw text
@@ -107,6 +107,9 @@ class GrammarMatcher {
   bool IsAccepting() const;
   // Some byte may still come (false once a complete object or string has been closed).
   bool CanContinue() const;
+  // The output is inside a JSON string (or an object key that may be any string) with no length
+  // limit, between characters: any plain text may follow (token_constraint.h).
+  bool InPlainString() const;
 
   // The state as alternative parses (an internal form that token_constraint.cc walks).
   struct State {

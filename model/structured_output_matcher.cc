@@ -521,6 +521,14 @@ bool GrammarMatcher::IsAcceptingState(const State& state) {
 
 bool GrammarMatcher::IsAccepting() const { return IsAcceptingState(state_); }
 
+bool GrammarMatcher::InPlainString() const {
+  if (state_.ends.size() != 1) return false;
+  const GrammarFrame& top = state_.frames.back();
+  if (top.lex != 0 || top.utf8 != 0) return false;
+  if (top.phase == kStr) return top.node->max_length == INT32_MAX;
+  return top.phase == kKey && top.lo >= top.hi && top.node->additional != nullptr;
+}
+
 bool GrammarMatcher::CanContinue() const {
   State next;
   for (int b = 0; b < 256; ++b) {

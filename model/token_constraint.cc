@@ -1,6 +1,7 @@
 #include "model/token_constraint.h"
 
 #include <algorithm>
+#include <bit>
 #include <functional>
 #include <utility>
 
@@ -30,34 +31,55 @@ absl::StatusOr<std::unique_ptr<TokenVocabulary>> TokenVocabulary::Create(const T
                                                    ") is smaller than its tokenizer's (",
                                                    tokenizer.vocab_size(), ")"));
   }
-  auto vocabulary = std::unique_ptr<TokenVocabulary>(new TokenVocabulary());
-  vocabulary->vocab_size_ = vocab_size;
-  vocabulary->token_bytes_.resize(static_cast<size_t>(vocab_size));
-  std::vector<Entry> entries;
+  std::vector<std::string> token_bytes(static_cast<size_t>(vocab_size));
   for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
     const std::string* bytes = tokenizer.TokenBytes(id);
     if (bytes == nullptr || bytes->empty() || tokenizer.IsSpecial(id)) continue;
-    vocabulary->token_bytes_[id] = *bytes;
+    token_bytes[id] = *bytes;
   }
-  for (int32_t id = 0; id < vocab_size; ++id) {
-    if (!vocabulary->token_bytes_[id].empty()) {
-      entries.push_back({vocabulary->token_bytes_[id], id});
+  return FromTokenBytes(std::move(token_bytes));
+}
+
+namespace {
+
+// Whether `bytes` are plain JSON string text: no quote, backslash or control byte, and whole
+// UTF-8 characters as the matcher's string lexer reads them.
+bool IsPlainText(const std::string& bytes) {
+  int continuation = 0;
+  for (const char c : bytes) {
+    const auto b = static_cast<uint8_t>(c);
+    if (continuation > 0) {
+      if (b < 0x80 || b > 0xBF) return false;
+      --continuation;
+    } else if (b < 0x20 || b == '"' || b == '\\') {
+      return false;
+    } else if (b >= 0x80) {
+      if (b >= 0xC2 && b <= 0xDF) {
+        continuation = 1;
+      } else if (b >= 0xE0 && b <= 0xEF) {
+        continuation = 2;
+      } else if (b >= 0xF0 && b <= 0xF4) {
+        continuation = 3;
+      } else {
+        return false;
+      }
     }
   }
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
-    return a.bytes != b.bytes ? a.bytes < b.bytes : a.id < b.id;
-  });
-  // Nodes over ranges of the sorted entries sharing a prefix of length `depth`; a node's edges
-  // are contiguous.
-  auto& v = *vocabulary;
+  return continuation == 0;
+}
+
+// The trie of `entries` (sorted by bytes).
+TokenVocabulary::Trie BuildTrie(const std::vector<Entry>& entries) {
+  TokenVocabulary::Trie t;
+  // A node over each range of entries that share a prefix of length `depth`.
   std::function<uint32_t(size_t, size_t, size_t)> build = [&](size_t lo, size_t hi,
                                                               size_t depth) -> uint32_t {
-    const auto index = static_cast<uint32_t>(v.nodes_.size());
-    v.nodes_.emplace_back();
+    const auto index = static_cast<uint32_t>(t.nodes.size());
+    t.nodes.emplace_back();
     size_t i = lo;
-    v.nodes_[index].first_token = static_cast<uint32_t>(v.node_tokens_.size());
-    while (i < hi && entries[i].bytes.size() == depth) v.node_tokens_.push_back(entries[i++].id);
-    v.nodes_[index].num_tokens = static_cast<uint32_t>(i - lo);
+    t.nodes[index].first_token = static_cast<uint32_t>(t.node_tokens.size());
+    while (i < hi && entries[i].bytes.size() == depth) t.node_tokens.push_back(entries[i++].id);
+    t.nodes[index].num_tokens = static_cast<uint32_t>(i - lo);
     std::vector<std::pair<size_t, size_t>> groups;
     while (i < hi) {
       size_t j = i;
@@ -65,21 +87,52 @@ absl::StatusOr<std::unique_ptr<TokenVocabulary>> TokenVocabulary::Create(const T
       groups.emplace_back(i, j);
       i = j;
     }
-    const auto first_edge = static_cast<uint32_t>(v.edge_bytes_.size());
-    v.nodes_[index].first_edge = first_edge;
-    v.nodes_[index].num_edges = static_cast<uint32_t>(groups.size());
+    const auto first_edge = static_cast<uint32_t>(t.edge_bytes.size());
+    t.nodes[index].first_edge = first_edge;
+    t.nodes[index].num_edges = static_cast<uint32_t>(groups.size());
     for (const auto& [g_lo, g_hi] : groups) {
-      v.edge_bytes_.push_back(static_cast<uint8_t>(entries[g_lo].bytes[depth]));
-      v.edge_targets_.push_back(0);
+      t.edge_bytes.push_back(static_cast<uint8_t>(entries[g_lo].bytes[depth]));
+      t.edge_targets.push_back(0);
     }
     for (size_t g = 0; g < groups.size(); ++g) {
       const uint32_t target = build(groups[g].first, groups[g].second, depth + 1);
-      v.edge_targets_[first_edge + g] = target;
+      t.edge_targets[first_edge + g] = target;
     }
-    v.max_depth_ = std::max(v.max_depth_, depth);
+    t.max_depth = std::max(t.max_depth, depth);
     return index;
   };
   build(0, entries.size(), 0);
+  return t;
+}
+
+}  // namespace
+
+std::unique_ptr<TokenVocabulary> TokenVocabulary::FromTokenBytes(
+    std::vector<std::string> token_bytes) {
+  auto vocabulary = std::unique_ptr<TokenVocabulary>(new TokenVocabulary());
+  const auto vocab_size = static_cast<int32_t>(token_bytes.size());
+  vocabulary->vocab_size_ = vocab_size;
+  vocabulary->token_bytes_ = std::move(token_bytes);
+  vocabulary->plain_text_mask_.assign(static_cast<size_t>(vocabulary->mask_words()), 0u);
+  std::vector<Entry> entries;
+  std::vector<Entry> others;
+  for (int32_t id = 0; id < vocab_size; ++id) {
+    const std::string& bytes = vocabulary->token_bytes_[id];
+    if (bytes.empty()) continue;
+    entries.push_back({bytes, id});
+    if (IsPlainText(bytes)) {
+      vocabulary->plain_text_mask_[id / 32] |= uint32_t{1} << (id % 32);
+    } else {
+      others.push_back({bytes, id});
+    }
+  }
+  const auto by_bytes = [](const Entry& a, const Entry& b) {
+    return a.bytes != b.bytes ? a.bytes < b.bytes : a.id < b.id;
+  };
+  std::sort(entries.begin(), entries.end(), by_bytes);
+  std::sort(others.begin(), others.end(), by_bytes);
+  vocabulary->all_ = BuildTrie(entries);
+  vocabulary->other_ = BuildTrie(others);
   return vocabulary;
 }
 
@@ -95,24 +148,24 @@ absl::StatusOr<std::unique_ptr<TokenConstraint>> TokenConstraint::Create(
 TokenConstraint::TokenConstraint(std::shared_ptr<const Grammar> grammar,
                                  const TokenVocabulary& vocabulary, std::vector<int32_t> end_tokens)
     : matcher_(std::move(grammar)), vocabulary_(vocabulary), end_tokens_(std::move(end_tokens)) {
-  states_.resize(vocabulary.max_depth() + 2);
+  states_.resize(vocabulary.trie().max_depth + 2);
 }
 
-void TokenConstraint::Walk(uint32_t node, size_t depth, absl::Span<uint32_t> mask,
-                           int32_t& allowed) {
-  const TokenVocabulary::TrieNode& n = vocabulary_.nodes()[node];
+void TokenConstraint::Walk(const TokenVocabulary::Trie& trie, uint32_t node, size_t depth,
+                           absl::Span<uint32_t> mask, int32_t& allowed) {
+  const TokenVocabulary::Trie::Node& n = trie.nodes[node];
   const GrammarMatcher::State& here = states_[depth];
   GrammarMatcher::State& next = states_[depth + 1];
   for (uint32_t e = n.first_edge; e < n.first_edge + n.num_edges; ++e) {
-    matcher_.Step(here, vocabulary_.edge_bytes()[e], next);
+    matcher_.Step(here, trie.edge_bytes[e], next);
     if (next.ends.empty()) continue;
-    const TokenVocabulary::TrieNode& child = vocabulary_.nodes()[vocabulary_.edge_targets()[e]];
+    const TokenVocabulary::Trie::Node& child = trie.nodes[trie.edge_targets[e]];
     for (uint32_t t = child.first_token; t < child.first_token + child.num_tokens; ++t) {
-      const int32_t token = vocabulary_.node_tokens()[t];
+      const int32_t token = trie.node_tokens[t];
       mask[token / 32] |= uint32_t{1} << (token % 32);
       ++allowed;
     }
-    if (child.num_edges > 0) Walk(vocabulary_.edge_targets()[e], depth + 1, mask, allowed);
+    if (child.num_edges > 0) Walk(trie, trie.edge_targets[e], depth + 1, mask, allowed);
   }
 }
 
@@ -121,7 +174,15 @@ int32_t TokenConstraint::FillMask(absl::Span<uint32_t> mask) {
   if (ended_) return 0;
   int32_t allowed = 0;
   states_[0] = matcher_.state();
-  Walk(0, 0, mask, allowed);
+  if (matcher_.InPlainString()) {
+    // Plain text continues the string whatever it holds; walk only the other tokens.
+    const std::vector<uint32_t>& plain = vocabulary_.plain_text_mask();
+    std::copy(plain.begin(), plain.end(), mask.begin());
+    for (const uint32_t word : plain) allowed += std::popcount(word);
+    Walk(vocabulary_.other_than_plain_text(), 0, 0, mask, allowed);
+  } else {
+    Walk(vocabulary_.trie(), 0, 0, mask, allowed);
+  }
   if (matcher_.IsAccepting()) {
     for (const int32_t token : end_tokens_) {
       uint32_t& word = mask[token / 32];

@@ -29,33 +29,43 @@ class TokenVocabulary {
   // (logits width), at least the tokenizer's; ids without a token are never allowed.
   static absl::StatusOr<std::unique_ptr<TokenVocabulary>> Create(const Tokenizer& tokenizer,
                                                                  int32_t vocab_size);
+  // From each id's bytes directly (empty: never allowed); for tests and benchmarks.
+  static std::unique_ptr<TokenVocabulary> FromTokenBytes(std::vector<std::string> token_bytes);
 
   int32_t vocab_size() const { return vocab_size_; }
   int32_t mask_words() const { return (vocab_size_ + 31) / 32; }
 
-  struct TrieNode {
-    uint32_t first_edge = 0;
-    uint32_t num_edges = 0;
-    uint32_t first_token = 0;  // tokens whose bytes end here
-    uint32_t num_tokens = 0;
+  // Tokens by their bytes; a node's edges are contiguous.
+  struct Trie {
+    struct Node {
+      uint32_t first_edge = 0;
+      uint32_t num_edges = 0;
+      uint32_t first_token = 0;  // tokens whose bytes end here
+      uint32_t num_tokens = 0;
+    };
+    std::vector<Node> nodes;  // [0]: the empty prefix
+    std::vector<uint8_t> edge_bytes;
+    std::vector<uint32_t> edge_targets;
+    std::vector<int32_t> node_tokens;
+    size_t max_depth = 0;  // the longest token's bytes
   };
-  const std::vector<TrieNode>& nodes() const { return nodes_; }
-  const std::vector<uint8_t>& edge_bytes() const { return edge_bytes_; }
-  const std::vector<uint32_t>& edge_targets() const { return edge_targets_; }
-  const std::vector<int32_t>& node_tokens() const { return node_tokens_; }
+  // Every token with bytes.
+  const Trie& trie() const { return all_; }
+  // In a JSON string, most tokens are plain text: bytes >= 0x20 other than '"' and '\\', in whole
+  // UTF-8 characters. They are allowed there whatever came before (when the string has no length
+  // limit): a precomputed mask, so that a walk visits only the other tokens (their own trie).
+  const std::vector<uint32_t>& plain_text_mask() const { return plain_text_mask_; }
+  const Trie& other_than_plain_text() const { return other_; }
   // The bytes of `token` (empty for special tokens and ids without a token).
   const std::string& TokenBytes(int32_t token) const { return token_bytes_[token]; }
-  size_t max_depth() const { return max_depth_; }  // the longest token's bytes
 
  private:
   TokenVocabulary() = default;
   int32_t vocab_size_ = 0;
-  size_t max_depth_ = 0;
   std::vector<std::string> token_bytes_;
-  std::vector<TrieNode> nodes_;  // [0]: the empty prefix
-  std::vector<uint8_t> edge_bytes_;
-  std::vector<uint32_t> edge_targets_;
-  std::vector<int32_t> node_tokens_;
+  Trie all_;
+  Trie other_;
+  std::vector<uint32_t> plain_text_mask_;
 };
 
 // One request's output under its grammar. Not thread-safe: one owner (a replica's scheduler).
@@ -81,7 +91,8 @@ class TokenConstraint {
  private:
   TokenConstraint(std::shared_ptr<const Grammar> grammar, const TokenVocabulary& vocabulary,
                   std::vector<int32_t> end_tokens);
-  void Walk(uint32_t node, size_t depth, absl::Span<uint32_t> mask, int32_t& allowed);
+  void Walk(const TokenVocabulary::Trie& trie, uint32_t node, size_t depth,
+            absl::Span<uint32_t> mask, int32_t& allowed);
 
   GrammarMatcher matcher_;
   const TokenVocabulary& vocabulary_;

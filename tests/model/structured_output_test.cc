@@ -83,13 +83,14 @@ TEST(StructuredOutputTest, RejectedBytesLeaveTheStateAsItWas) {
 // passes, padding does not.
 TEST(StructuredOutputTest, WhitespaceGapsAreBounded) {
   auto g = Compile(Kind::kJsonObject);
-  EXPECT_TRUE(Accepts(g, "{\n    \"a\": {\n        \"b\": [\n            1,\n            2\n        ]\n    }\n}"));
+  EXPECT_TRUE(Accepts(
+      g, "{\n    \"a\": {\n        \"b\": [\n            1,\n            2\n        ]\n    }\n}"));
   EXPECT_TRUE(Accepts(g, "{\n\t\"a\": [\n\t\t1\n\t]\n}"));
   EXPECT_TRUE(Accepts(g, " {\"a\" : 1 , \"b\": 2 }"));
-  EXPECT_FALSE(Prefix(g, "{  "));     // two spaces
-  EXPECT_FALSE(Prefix(g, "{\n\n"));   // two newlines
-  EXPECT_FALSE(Prefix(g, "{ \n"));     // a space, then a newline
-  EXPECT_FALSE(Prefix(g, "{\r\n"));   // carriage returns never
+  EXPECT_FALSE(Prefix(g, "{  "));    // two spaces
+  EXPECT_FALSE(Prefix(g, "{\n\n"));  // two newlines
+  EXPECT_FALSE(Prefix(g, "{ \n"));   // a space, then a newline
+  EXPECT_FALSE(Prefix(g, "{\r\n"));  // carriage returns never
   EXPECT_TRUE(Prefix(g, "{\n" + std::string(2 * kIndentPerLevel, ' ')));
   EXPECT_FALSE(Prefix(g, "{\n" + std::string(2 * kIndentPerLevel + 1, ' ')));
 }
