@@ -42,10 +42,22 @@ struct StructuredOutput {
   bool operator==(const StructuredOutput&) const = default;
 };
 
+// vLLM's StructuredOutputsParams (the request field structured_outputs, and SamplingParams'
+// structured_outputs / guided_decoding over KServe), as JSON text: one of json (a schema, as an
+// object or a string), json_object (true) and choice (a list of strings); false and null entries
+// are skipped, and vLLM's backend options are accepted and ignored. kInvalidArgument for regex,
+// grammar and structural_tag (not supported), several kinds, unknown fields, or none (kind
+// kNone is returned only when every entry is false or null). The spec is not compiled here.
+absl::StatusOr<StructuredOutput> StructuredOutputFromVllmParams(absl::string_view json_text);
+
 inline constexpr int32_t kIndentPerLevel = 4;
 inline constexpr int32_t kMaxNumberDigits = 20;
 inline constexpr int32_t kMaxNesting = 48;
 inline constexpr int32_t kMaxObjectProperties = 128;
+// A value may be any of at most kMaxAlternatives schemas (anyOf, oneOf, type lists, nested), and
+// a matcher follows at most kMaxParses alternative parses at once: bounds on the work of a byte.
+inline constexpr int32_t kMaxAlternatives = 256;
+inline constexpr int32_t kMaxParses = 1024;
 
 namespace internal {
 struct GrammarNode;

@@ -253,6 +253,7 @@ class Machine {
       case NodeType::kUnion:
         if (unions > 16) return;  // CheckUnionCycles keeps this from looping; bounded anyway
         for (const GrammarNode* alt : node->alternatives) {
+          if (Full()) return;
           Stack branch = stack;
           Enter(branch, alt, b, unions + 1);
         }
@@ -293,7 +294,10 @@ class Machine {
   }
 
  private:
+  bool Full() const { return out_.ends.size() >= static_cast<size_t>(kMaxParses); }
+
   void Emit(const Stack& stack) {
+    if (Full()) return;  // a state holds at most kMaxParses parses (see kMaxAlternatives)
     out_.frames.insert(out_.frames.end(), stack.begin(), stack.end());
     out_.ends.push_back(static_cast<uint32_t>(out_.frames.size()));
   }

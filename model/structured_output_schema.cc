@@ -150,6 +150,25 @@ class GrammarBuilder {
             "itself)");
       }
     }
+    // How many schemas a value may be, through nested unions (acyclic now).
+    absl::flat_hash_map<const GrammarNode*, int64_t> leaves;
+    std::function<int64_t(const GrammarNode*)> count = [&](const GrammarNode* node) -> int64_t {
+      if (node->type != NodeType::kUnion) return 1;
+      if (const auto it = leaves.find(node); it != leaves.end()) return it->second;
+      int64_t n = 0;
+      for (const GrammarNode* alt : node->alternatives) {
+        n = std::min<int64_t>(n + count(alt), int64_t{1} << 40);
+      }
+      leaves[node] = n;
+      return n;
+    };
+    for (const GrammarNode& node : grammar_->nodes_->nodes) {
+      if (count(&node) > kMaxAlternatives) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "json_schema: a value may be any of ", count(&node), " schemas (anyOf, oneOf and type "
+            "lists, nested); at most ", kMaxAlternatives, " are supported"));
+      }
+    }
     return absl::OkStatus();
   }
 
@@ -450,6 +469,48 @@ absl::StatusOr<const GrammarNode*> GrammarBuilder::Ref(const std::string& ref,
   if (resolved == node) return Error(at, "'", ref, "' refers only to itself");
   node->alternatives = {resolved};
   return node;
+}
+
+absl::StatusOr<StructuredOutput> StructuredOutputFromVllmParams(absl::string_view json_text) {
+  TESSERA_ASSIGN_OR_RETURN(json params, internal::ParseJson(json_text, "structured_outputs"));
+  if (!params.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected an object, got ", internal::DescribeJson(params)));
+  }
+  StructuredOutput out;
+  std::vector<std::string> given;
+  for (const auto& [key, value] : params.items()) {
+    if (value.is_null() || value == json(false)) continue;
+    if (key == "json") {
+      if (value.is_string()) {
+        out = {StructuredOutput::Kind::kJsonSchema, value.get<std::string>()};
+      } else if (value.is_object() || value.is_boolean()) {
+        out = {StructuredOutput::Kind::kJsonSchema, value.dump()};
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "json: expected a JSON schema (an object), got ", internal::DescribeJson(value)));
+      }
+    } else if (key == "json_object") {
+      out = {StructuredOutput::Kind::kJsonObject, ""};
+    } else if (key == "choice") {
+      out = {StructuredOutput::Kind::kChoice, value.dump()};
+    } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(key, " is not supported (json, json_object and choice are)"));
+    } else if (key == "backend" || key == "disable_fallback" || key == "disable_any_whitespace" ||
+               key == "disable_additional_properties" || key == "whitespace_pattern" ||
+               key == "backend_was_auto") {
+      continue;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown field '", key, "'"));
+    }
+    given.push_back(key);
+  }
+  if (given.size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(given[0], " and ", given[1], " both given; give one"));
+  }
+  return out;
 }
 
 Grammar::Grammar() : nodes_(std::make_unique<Nodes>()) {}

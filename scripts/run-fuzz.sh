@@ -14,8 +14,8 @@ BUILD_DIR="${BUILD_DIR:-$ROOT/build-fuzz}"
 JOBS="${JOBS:-2}"
 # Each target is tests/<folder>/fuzz/<name>.cc, with seeds in tests/<folder>/fuzz/corpus/<name
 # without _fuzz> and an optional dictionary tests/<folder>/fuzz/*.dict.
-TARGETS=(model/safetensors_header_fuzz model/config_fuzz kvtransfer/ucx_wire_fuzz
-  worker/replica_wire_fuzz)
+TARGETS=(model/safetensors_header_fuzz model/config_fuzz model/structured_output_fuzz
+  kvtransfer/ucx_wire_fuzz worker/replica_wire_fuzz)
 
 if [ -z "${CXX:-}" ]; then
   if command -v clang++ >/dev/null; then CXX=clang++; else CXX=clang++-14; fi
@@ -29,7 +29,7 @@ SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CXXFLAGS=(-std=c++20 -O1 -g -fno-omit-frame-pointer $SANITIZE -I"$ROOT")
 # shellcheck disable=SC2207
 ABSL_LIBS=($(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format absl_time \
-  absl_synchronization))
+  absl_synchronization absl_hash absl_raw_hash_set))
 
 mkdir -p "$BUILD_DIR/obj" "$BUILD_DIR/artifacts"
 

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/optional.h"
 #include "model/json_util.h"
+#include "model/structured_output.h"
 #include "nlohmann/json.hpp"
 
 namespace tessera::coordinator::kserve {
@@ -26,6 +27,7 @@ using model::internal::DescribeJson;
 class Reader {
  public:
   explicit Reader(absl::string_view source) : source_(source) {}
+  absl::string_view source() const { return source_; }
 
   absl::Status Error(absl::string_view key, absl::string_view expected, const json& value) const {
     return absl::InvalidArgumentError(
@@ -132,6 +134,8 @@ constexpr const char* kSupportedKeys[] = {"temperature",
                                           "skip_special_tokens",
                                           "include_stop_str_in_output",
                                           "logit_bias",
+                                          "structured_outputs",
+                                          "guided_decoding",
                                           "n"};
 
 // Applies one key; kNotFound for a key this API does not know.
@@ -197,6 +201,25 @@ absl::Status ApplyOne(const Reader& r, const std::string& key, const json& value
       if (!entry.ok()) return r.Error(key, "token ids as keys", value);
       s.logit_bias.push_back(*entry);
     }
+    return absl::OkStatus();
+  }
+  if (key == "structured_outputs" || key == "guided_decoding") {  // vLLM's, old and new names
+    if (s.structured_output.kind != model::StructuredOutput::Kind::kNone) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          r.source(), ": structured_outputs and guided_decoding both ask for a structured output"));
+    }
+    absl::StatusOr<model::StructuredOutput> parsed =
+        model::StructuredOutputFromVllmParams(value.dump());
+    if (parsed.ok() && parsed->kind != model::StructuredOutput::Kind::kNone) {
+      absl::StatusOr<std::shared_ptr<const model::Grammar>> grammar =
+          model::Grammar::Compile(*parsed);
+      if (!grammar.ok()) parsed = grammar.status();
+    }
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(r.source(), ": ", key, ": ", parsed.status().message()));
+    }
+    s.structured_output = *std::move(parsed);
     return absl::OkStatus();
   }
   if (key == "n") {  // one sequence per request; accepted so that clients spelling n=1 work

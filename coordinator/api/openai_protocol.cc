@@ -259,28 +259,10 @@ absl::Status ParseStructuredOutput(const json& body, model::StructuredOutput& ou
     }
   }
   if (const json* so = Field(body, "structured_outputs")) {
-    if (!so->is_object()) {
-      return FieldError("structured_outputs",
-                        absl::StrCat("expected an object, got ", TypeName(*so)));
-    }
-    for (const auto& [key, value] : so->items()) {
-      if (value.is_null() || value == json(false)) continue;
-      if (key == "json") {
-        TESSERA_ASSIGN_OR_RETURN(std::string text, SchemaText(value, "structured_outputs"));
-        set("structured_outputs", Kind::kJsonSchema, std::move(text));
-      } else if (key == "json_object") {
-        set("structured_outputs", Kind::kJsonObject, "");
-      } else if (key == "choice") {
-        set("structured_outputs", Kind::kChoice, value.dump());
-      } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
-        return FieldError(
-            "structured_outputs",
-            absl::StrCat(key, " is not supported (json, json_object and choice are)"));
-      } else if (key != "disable_fallback" && key != "disable_any_whitespace" &&
-                 key != "disable_additional_properties" && key != "whitespace_pattern") {
-        return FieldError("structured_outputs", absl::StrCat("unknown field '", key, "'"));
-      }
-    }
+    absl::StatusOr<model::StructuredOutput> parsed =
+        model::StructuredOutputFromVllmParams(so->dump());
+    if (!parsed.ok()) return FieldError("structured_outputs", parsed.status().message());
+    if (parsed->kind != Kind::kNone) set("structured_outputs", parsed->kind, parsed->spec);
   }
   if (const json* schema = Field(body, "guided_json")) {
     TESSERA_ASSIGN_OR_RETURN(std::string text, SchemaText(*schema, "guided_json"));

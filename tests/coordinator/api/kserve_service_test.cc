@@ -236,6 +236,34 @@ TEST_F(KServeTest, SamplingParametersCarryLogitBias) {
   }
 }
 
+// vLLM's SamplingParams.structured_outputs (and its older name guided_decoding) in
+// sampling_parameters, as the Triton vLLM backend passes them.
+TEST_F(KServeTest, SamplingParametersCarryStructuredOutputs) {
+  using Kind = model::StructuredOutput::Kind;
+  Req r;
+  r.sampling = R"({"max_tokens": 2, "structured_outputs": {"choice": ["a", "b"]}})";
+  ModelInferResponse response;
+  grpc::Status status = Infer(Build(r), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output,
+            (model::StructuredOutput{Kind::kChoice, R"(["a","b"])"}));
+  r.sampling = R"({"max_tokens": 2, "guided_decoding": {"json": {"type": "object"}}})";
+  status = Infer(Build(r), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output.kind, Kind::kJsonSchema);
+  for (const char* bad :
+       {R"({"structured_outputs": {"regex": "a+"}})", R"({"structured_outputs": [1]})",
+        R"({"guided_decoding": {"json": {"type": "string", "pattern": "a"}}})",
+        R"({"structured_outputs": {"json_object": true, "choice": ["a"]}})"}) {
+    r.sampling = bad;
+    status = Infer(Build(r), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_THAT(status.error_message(), ::testing::AnyOf(HasSubstr("structured_outputs"),
+                                                         HasSubstr("guided_decoding")))
+        << bad;
+  }
+}
+
 TEST_F(KServeTest, UnaryInferReturnsThePromptAndTheWholeText) {
   Req r;
   r.id = "unary-1";
