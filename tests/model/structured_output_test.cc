@@ -259,6 +259,19 @@ TEST(StructuredOutputTest, RefusesWhatItCannotEnforceByName) {
               HasSubstr("/minLength: must be a non-negative integer"));
 }
 
+// Unions that multiply (anyOf of anyOf of ...) are bounded at compile time, so that no byte
+// costs more than kMaxAlternatives parses.
+TEST(StructuredOutputTest, RefusesUnionsWiderThanTheBound) {
+  std::string schema = R"({"type": "object"})";
+  for (int i = 0; i < 9; ++i) schema = R"({"anyOf": [)" + schema + ", " + schema + "]}";
+  EXPECT_THAT(CompileError(Kind::kJsonSchema, schema), HasSubstr("any of 512 schemas"));
+  std::string wide = R"({"anyOf": [{"type": "null"})";
+  for (int i = 0; i < 200; ++i) wide += R"(, {"const": )" + std::to_string(i) + "}";
+  auto g = Schema(wide + "]}");
+  EXPECT_TRUE(Accepts(g, "199"));
+  EXPECT_TRUE(Accepts(g, "null"));
+}
+
 TEST(StructuredOutputTest, AnnotationsAreIgnored) {
   auto g = Schema(R"({"title": "T", "description": "d", "$schema": "x",
       "properties": {"when": {"type": "string", "format": "date-time", "default": "now"}}})");
