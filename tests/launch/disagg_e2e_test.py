@@ -5,6 +5,8 @@ them over the given transport (grpc or ucx).
 
 1. 24 concurrent streaming requests over KServe v2 gRPC, prompts of one to three KV blocks: every
    output equals `tessera generate` on the same prompt (so every KV byte arrived where it belongs).
+   Then 3 sampled completions under a JSON schema (structured outputs) parse and conform: the
+   grammar holds across the handoff.
 2. A decode replica is killed (SIGKILL) while 6 long requests stream: every request still
    completes with exactly the tokens of `tessera generate` — none missing, none repeated — because
    the coordinator re-prefills prompt + tokens sent and continues on the other decode replica.
@@ -19,12 +21,14 @@ hold those layers and heads for the outputs to match.
 Usage: disagg_e2e_test.py TESSERA_BINARY grpc|ucx [LAYOUT FLAGS...]
 """
 import concurrent.futures
+import json
 import os
 import signal
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 import e2e_util as u
 
@@ -58,6 +62,7 @@ def main():
             u.check(ids == reference[i], f"prompt {i}: ids {ids} != generate {reference[i]}")
         print(f"24 disaggregated streams over {TRANSPORT} {' '.join(LAYOUT)} match tessera "
               "generate", flush=True)
+        structured_outputs(ports)
         if not LAYOUT:
             kill_a_decode_replica(work, grpc_url, model_dir, ports)
         wait_for_every_block(ports, 24 if LAYOUT else 30)
@@ -97,6 +102,29 @@ def kill_a_decode_replica(work, grpc_url, model_dir, ports):
     print(f"decode-0 killed: all 6 streams completed exactly; {recovered:.0f} recoveries",
           flush=True)
     u.check(recovered >= 1, "no stream was moved off the killed decode replica")
+
+
+def structured_outputs(ports):
+    """1b. A JSON schema holds across the handoff: the prefill replica samples the first token
+    under the grammar, the decode replica takes it and goes on under the same grammar."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                               "n": {"type": "integer"}},
+              "required": ["ok", "n"]}
+    body = {"model": u.MODEL, "prompt": "the cat sat", "max_tokens": 80, "n": 3,
+            "temperature": 1.0, "seed": 11, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "r", "schema": schema}}}
+    request = urllib.request.Request(f"http://127.0.0.1:{ports['http']}/v1/completions",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        out = json.loads(response.read())
+    for choice in out["choices"]:
+        u.check(choice["finish_reason"] == "stop", f"did not end: {choice}")
+        value = json.loads(choice["text"])
+        u.check(set(value) == {"ok", "n"} and isinstance(value["ok"], bool) and
+                isinstance(value["n"], int), f"not the schema's: {choice['text']!r}")
+    print("3 json_schema completions across the prefill/decode handoff parse and conform",
+          flush=True)
 
 
 def wait_for_every_block(ports, requests):

@@ -215,6 +215,19 @@ TEST_F(ReplicaServiceTest, BadRequestsAreInvalidArgumentWithTheEnginesMessage) {
   EXPECT_THAT(std::string(RequestFromProto(biased, absl::InfiniteDuration()).status().message()),
               HasSubstr("2 logit_bias tokens with 1 values"));
   EXPECT_EQ(Generate(biased).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // A structured output arrives as kind and spec; an unknown kind is refused.
+  v1::GenerateRequest shaped = Req(4);
+  shaped.mutable_sampling()->mutable_structured_output()->set_kind(
+      v1::StructuredOutput::KIND_CHOICE);
+  shaped.mutable_sampling()->mutable_structured_output()->set_spec(R"(["a"])");
+  parsed = RequestFromProto(shaped, absl::InfiniteDuration());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->sampling.structured_output,
+            (model::StructuredOutput{model::StructuredOutput::Kind::kChoice, R"(["a"])"}));
+  shaped.mutable_sampling()->mutable_structured_output()->set_kind(
+      static_cast<v1::StructuredOutput::Kind>(9));
+  EXPECT_THAT(std::string(RequestFromProto(shaped, absl::InfiniteDuration()).status().message()),
+              HasSubstr("unknown structured_output kind 9"));
 }
 
 TEST_F(ReplicaServiceTest, TooManyRequestsAreResourceExhausted) {
