@@ -65,13 +65,14 @@ struct GrammarNode;
 struct GrammarFrame {
   const GrammarNode* node = nullptr;  // the value's grammar (the root level: the whole grammar's)
   uint8_t phase = 0;
-  uint8_t ws = 0;   // the current gap: 0 empty, 1 a space, 2 + n a newline and n indent bytes
-  uint8_t lex = 0;  // string lexer: 0 plain, 1 after a backslash, 2..5: hex digits of a \u left + 1
-  uint8_t utf8 = 0;      // UTF-8 continuation bytes still due
-  int32_t count = 0;     // characters, items, bytes (keys, literals), digits; root: 1 if raw text
-  int32_t lo = 0;        // keys, literals: candidates [lo, hi); numbers: fraction digits
-  int32_t hi = 0;        // numbers: exponent digits
-  int32_t pending = -1;  // object: the property whose value comes next (-1: another)
+  uint8_t ws = 0;     // the current gap: 0 empty, 1 a space, 2 + n a newline and n indent bytes
+  uint8_t lex = 0;    // strings and keys: the lexer state (structured_output_matcher.cc)
+  uint8_t utf8 = 0;   // UTF-8 continuation bytes still due
+  int32_t count = 0;  // characters, items, bytes (keys, literals), digits; root: 1 if raw text
+  int32_t lo = 0;     // keys, literals: candidates [lo, hi); numbers: fraction digits
+  int32_t hi = 0;     // numbers: exponent digits
+  int32_t pending =
+      -1;  // object: the property whose value comes next (-1: another); strings, keys: the lexer's
   uint64_t used[2] = {0, 0};  // object: the properties given (kMaxObjectProperties bits)
   bool operator==(const GrammarFrame&) const = default;
 };

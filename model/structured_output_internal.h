@@ -43,6 +43,25 @@ struct GrammarNode {
   }
 };
 
+// UTF-8 as RFC 3629 has it (no overlong forms, no surrogates, nothing past U+10FFFF): how many
+// continuation bytes lead byte `b` needs (-1: not a lead byte) and the range of the first one.
+struct Utf8Lead {
+  int continuation = -1;
+  uint8_t first_lo = 0x80;
+  uint8_t first_hi = 0xBF;
+};
+inline Utf8Lead Utf8LeadOf(uint8_t b) {
+  if (b < 0x80) return {0};
+  if (b >= 0xC2 && b <= 0xDF) return {1};
+  if (b == 0xE0) return {2, 0xA0, 0xBF};
+  if (b == 0xED) return {2, 0x80, 0x9F};
+  if (b >= 0xE1 && b <= 0xEF) return {2};
+  if (b == 0xF0) return {3, 0x90, 0xBF};
+  if (b == 0xF4) return {3, 0x80, 0x8F};
+  if (b >= 0xF1 && b <= 0xF3) return {3};
+  return {};
+}
+
 }  // namespace tessera::model::internal
 
 namespace tessera::model {

@@ -49,53 +49,91 @@ bool IsHex(uint8_t b) { return IsDigit(b) || (b >= 'a' && b <= 'f') || (b >= 'A'
 bool Used(const GrammarFrame& f, int32_t i) { return (f.used[i / 64] >> (i % 64)) & 1; }
 
 // The string lexer shared by strings and keys. kChar: `b` starts a character; kMore: it continues
-// one (escape, \u digits, UTF-8 continuation); kClose: the closing quote.
+// one (escape, \u digits, UTF-8 continuation); kClose: the closing quote. Its state is the frame's
+// `lex` and `utf8`, and during \u escapes `pending` (the code unit so far, bits 0-15; digits read,
+// bits 16-18; whether it must be a low surrogate, bit 20). Escapes must pair surrogates, and
+// UTF-8 must be well formed, as strict JSON parsers demand.
 enum class Lex { kReject, kChar, kMore, kClose };
+enum LexState : uint8_t {
+  kLexPlain = 0,
+  kLexEscape = 1,     // after a backslash
+  kLexHex = 2,        // in the 4 hex digits of \u
+  kLexLowSlash = 3,   // after a high surrogate: a backslash must follow
+  kLexLowU = 4,       // ... then 'u'
+  kLexFirstCont = 5,  // the first UTF-8 continuation byte, in [first_lo, first_hi] of `pending`
+};
+constexpr int32_t kLowSurrogateBit = 1 << 20;
+
 Lex LexString(GrammarFrame& f, uint8_t b) {
   if (f.utf8 > 0) {
-    if (b < 0x80 || b > 0xBF) return Lex::kReject;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (f.lex == kLexFirstCont) {
+      lo = static_cast<uint8_t>(f.pending & 0xFF);
+      hi = static_cast<uint8_t>((f.pending >> 8) & 0xFF);
+      f.lex = kLexPlain;
+    }
+    if (b < lo || b > hi) return Lex::kReject;
     --f.utf8;
     return Lex::kMore;
   }
-  if (f.lex == 1) {
-    switch (b) {
-      case '"':
-      case '\\':
-      case '/':
-      case 'b':
-      case 'f':
-      case 'n':
-      case 'r':
-      case 't':
-        f.lex = 0;
-        return Lex::kMore;
-      case 'u':
-        f.lex = 5;
-        return Lex::kMore;
-      default:
-        return Lex::kReject;
+  switch (f.lex) {
+    case kLexEscape:
+      switch (b) {
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't':
+          f.lex = kLexPlain;
+          return Lex::kMore;
+        case 'u':
+          f.lex = kLexHex;
+          f.pending = 0;
+          return Lex::kMore;
+        default:
+          return Lex::kReject;
+      }
+    case kLexHex: {
+      if (!IsHex(b)) return Lex::kReject;
+      const int digit = IsDigit(b) ? b - '0' : (b | 0x20) - 'a' + 10;
+      const int32_t value = ((f.pending & 0xFFFF) << 4) | digit;
+      const int32_t digits = ((f.pending >> 16) & 7) + 1;
+      const bool low = (f.pending & kLowSurrogateBit) != 0;
+      f.pending = (f.pending & kLowSurrogateBit) | (digits << 16) | (value & 0xFFFF);
+      if (digits < 4) return Lex::kMore;
+      const bool is_high = value >= 0xD800 && value <= 0xDBFF;
+      const bool is_low = value >= 0xDC00 && value <= 0xDFFF;
+      if (low != is_low || (low && is_high)) return Lex::kReject;
+      f.lex = is_high ? kLexLowSlash : kLexPlain;
+      return Lex::kMore;
     }
-  }
-  if (f.lex >= 2) {
-    if (!IsHex(b)) return Lex::kReject;
-    f.lex = f.lex == 2 ? 0 : f.lex - 1;
-    return Lex::kMore;
+    case kLexLowSlash:
+      if (b != '\\') return Lex::kReject;
+      f.lex = kLexLowU;
+      return Lex::kMore;
+    case kLexLowU:
+      if (b != 'u') return Lex::kReject;
+      f.lex = kLexHex;
+      f.pending = kLowSurrogateBit;
+      return Lex::kMore;
+    default:
+      break;
   }
   if (b == '"') return Lex::kClose;
   if (b == '\\') {
-    f.lex = 1;
+    f.lex = kLexEscape;
     return Lex::kChar;
   }
   if (b < 0x20) return Lex::kReject;
-  if (b < 0x80) return Lex::kChar;
-  if (b >= 0xC2 && b <= 0xDF) {
-    f.utf8 = 1;
-  } else if (b >= 0xE0 && b <= 0xEF) {
-    f.utf8 = 2;
-  } else if (b >= 0xF0 && b <= 0xF4) {
-    f.utf8 = 3;
-  } else {
-    return Lex::kReject;
+  const internal::Utf8Lead lead = internal::Utf8LeadOf(b);
+  if (lead.continuation < 0) return Lex::kReject;
+  if (lead.continuation > 0) {
+    f.utf8 = static_cast<uint8_t>(lead.continuation);
+    f.lex = kLexFirstCont;
+    f.pending = lead.first_lo | (lead.first_hi << 8);
   }
   return Lex::kChar;
 }

@@ -164,9 +164,11 @@ class GrammarBuilder {
     };
     for (const GrammarNode& node : grammar_->nodes_->nodes) {
       if (count(&node) > kMaxAlternatives) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "json_schema: a value may be any of ", count(&node), " schemas (anyOf, oneOf and type "
-            "lists, nested); at most ", kMaxAlternatives, " are supported"));
+        return absl::InvalidArgumentError(absl::StrCat("json_schema: a value may be any of ",
+                                                       count(&node),
+                                                       " schemas (anyOf, oneOf and type "
+                                                       "lists, nested); at most ",
+                                                       kMaxAlternatives, " are supported"));
       }
     }
     return absl::OkStatus();

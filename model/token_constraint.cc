@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "model/structured_output_internal.h"
 
 namespace tessera::model {
 
@@ -46,23 +47,22 @@ namespace {
 // UTF-8 characters as the matcher's string lexer reads them.
 bool IsPlainText(const std::string& bytes) {
   int continuation = 0;
+  uint8_t lo = 0x80, hi = 0xBF;
   for (const char c : bytes) {
     const auto b = static_cast<uint8_t>(c);
     if (continuation > 0) {
-      if (b < 0x80 || b > 0xBF) return false;
+      if (b < lo || b > hi) return false;
+      lo = 0x80;
+      hi = 0xBF;
       --continuation;
     } else if (b < 0x20 || b == '"' || b == '\\') {
       return false;
-    } else if (b >= 0x80) {
-      if (b >= 0xC2 && b <= 0xDF) {
-        continuation = 1;
-      } else if (b >= 0xE0 && b <= 0xEF) {
-        continuation = 2;
-      } else if (b >= 0xF0 && b <= 0xF4) {
-        continuation = 3;
-      } else {
-        return false;
-      }
+    } else {
+      const internal::Utf8Lead lead = internal::Utf8LeadOf(b);
+      if (lead.continuation < 0) return false;
+      continuation = lead.continuation;
+      lo = lead.first_lo;
+      hi = lead.first_hi;
     }
   }
   return continuation == 0;

@@ -57,6 +57,16 @@ TEST(StructuredOutputTest, JsonObjectTakesAnyObjectAndNothingElse) {
   EXPECT_FALSE(Prefix(g, "{\"a\": \"\x01"));      // control character in a string
   EXPECT_FALSE(Prefix(g, "{\"a\": \"\xc3\x41"));  // broken UTF-8
   EXPECT_FALSE(Prefix(g, "{\"a\": \"\\x\""));     // unknown escape
+  // Strict JSON parsers refuse malformed UTF-8 and unpaired surrogate escapes: so does the grammar.
+  EXPECT_FALSE(Prefix(g, "{\"a\": \"\xe0\x80"));  // overlong
+  EXPECT_FALSE(Prefix(g, "{\"a\": \"\xed\xa0"));  // a surrogate in UTF-8
+  EXPECT_FALSE(Prefix(g, "{\"a\": \"\xf4\x90"));  // past U+10FFFF
+  EXPECT_FALSE(Prefix(g, "{\"a\": \"\xc1"));      // overlong lead
+  EXPECT_TRUE(Accepts(g, "{\"a\": \"\xe0\xa0\x80\xf0\x9f\x98\x80\"}"));
+  EXPECT_TRUE(Accepts(g, R"({"a": "\ud83d\ude00 \u00e9"})"));
+  EXPECT_FALSE(Prefix(g, R"({"a": "\ud83d")"));       // a high surrogate alone
+  EXPECT_FALSE(Prefix(g, R"({"a": "\ud83d\u0041)"));  // ... followed by no low one
+  EXPECT_FALSE(Prefix(g, R"({"a": "\ude00)"));        // a low surrogate first
   EXPECT_FALSE(Accepts(g, "{\"a\": 1"));
   EXPECT_FALSE(Prefix(g, "{} "));  // nothing after the value
 }
