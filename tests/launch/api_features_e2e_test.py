@@ -8,7 +8,8 @@ with the real clients.
    what the completion reports as its prompt. n = 3 completions of one prompt; logit_bias
    steering greedy decoding onto one token.
 2b. Structured outputs: response_format json_schema sampled n = 4 ways from the random model,
-   every choice ends and conforms; a structured_outputs choice; json_object; a schema keyword the
+   every choice ends and conforms; the client's chat.completions.parse with a Pydantic model; a
+   structured_outputs choice; json_object; a schema keyword the
    grammar cannot enforce is a 400 naming it.
 3. KServe gRPC (`tritonclient`): without the key UNAUTHENTICATED; with headers={"authorization":
    "Bearer KEY"} a stream equals `tessera generate`; server liveness needs no key.
@@ -23,16 +24,26 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Literal, Optional
 import urllib.error
 import urllib.request
 
 import e2e_util as u
 import numpy as np
 import openai
+import pydantic
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 TESSERA = os.path.abspath(sys.argv[1])
+
+
+class Form(pydantic.BaseModel):
+    """What client.chat.completions.parse turns into a strict json_schema."""
+    verdict: Literal["accept", "reject"]
+    score: int
+    weight: float
+    urgent: Optional[bool]
 KEY = "tk-e2e-0123456789"
 
 
@@ -149,6 +160,15 @@ def main():
                     isinstance(value["count"], int) and
                     isinstance(value.get("confidence", 0.5), (int, float)),
                     f"not the schema's: {choice.message.content!r}")
+        # The openai client's own structured outputs: a Pydantic model as response_format
+        # (strict schema: every field required, Optional as anyOf with null, a Literal as enum),
+        # parsed back into the model by the client.
+        parsed = client.chat.completions.parse(
+            model=u.MODEL, messages=[{"role": "user", "content": "fill the form"}],
+            max_tokens=150, temperature=1.0, seed=9, response_format=Form)
+        form = parsed.choices[0].message.parsed
+        u.check(isinstance(form, Form) and form.verdict in ("accept", "reject"),
+                f"parse(response_format=Form): {parsed.choices[0]}")
         picked = client.completions.create(
             model=u.MODEL, prompt="the cat", max_tokens=20, temperature=0,
             extra_body={"structured_outputs": {"choice": ["sat on the mat", "ran away"]}})
@@ -170,7 +190,8 @@ def main():
         except openai.BadRequestError as e:
             u.check("'pattern' is not supported" in str(e), f"pattern refusal: {e}")
         print("2b. structured outputs: json_schema (n = 4, sampled) always parses and conforms; "
-              "a choice; json_object; a pattern is refused by name", flush=True)
+              "the client's parse() with a Pydantic model; a choice; json_object; a pattern is "
+              "refused by name", flush=True)
 
         # 3. KServe gRPC.
         model_dir = os.path.join(work, "demo-model")
