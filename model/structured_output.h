@@ -5,19 +5,22 @@
 //
 // A Grammar is a tree of typed nodes compiled from a JSON schema (docs/decisions/0015): object
 // (properties, required, additionalProperties), array (items, prefixItems, minItems, maxItems),
-// string (minLength, maxLength), number, integer, boolean and null, enum and const (the values'
-// compact JSON text), anyOf/oneOf (alternatives; oneOf is not checked for exclusivity), allOf with
-// one schema, $ref into the document ($defs, definitions, recursion allowed), and type lists.
-// Keywords that constrain values in ways the grammar cannot express (pattern, minimum, ...) are
-// refused by name rather than ignored; annotations (title, description, format, ...) are ignored.
-// Objects whose schema lists properties take no others unless additionalProperties says so (as
-// OpenAI's strict mode and xgrammar); an object schema without properties takes any members.
+// string (minLength, maxLength, pattern: model/regex_dfa.h over the decoded text), number, integer,
+// boolean and null, enum and const (the values' compact JSON text), anyOf/oneOf (alternatives;
+// oneOf is not checked for exclusivity), allOf with one schema, $ref into the document ($defs,
+// definitions, recursion allowed), and type lists. Keywords that constrain values in ways the
+// grammar cannot express (minimum, multipleOf, ...) are refused by name rather than ignored;
+// annotations (title, description, format, ...) are ignored. Objects whose schema lists properties
+// take no others unless additionalProperties says so (as OpenAI's strict mode and xgrammar); an
+// object schema without properties takes any members.
 //
 // The JSON a matcher accepts: keys in any order, each at most once, required ones before '}';
 // keys and enum strings in their canonical escaping; where JSON allows whitespace, one space, or a
 // newline and an indent of at most kIndentPerLevel spaces or tabs per nesting level (pretty
 // printing; a model cannot pad a gap with more, which weak models do); numbers of at most
-// kMaxNumberDigits digits a part; nesting at most kMaxNesting deep; UTF-8 checked in strings.
+// kMaxNumberDigits digits a part and exponents of two; nesting at most kMaxNesting deep; strings of
+// well-formed UTF-8 with paired surrogate escapes, and no \u escapes in a string with a pattern.
+// A regex output is raw text that matches the expression whole.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +39,7 @@ struct StructuredOutput {
     kJsonObject = 1,  // any JSON object (response_format {"type": "json_object"})
     kJsonSchema = 2,  // spec: a JSON schema (response_format json_schema; vLLM's "json")
     kChoice = 3,      // spec: a JSON array of strings; the output is exactly one of them, raw
+    kRegex = 4,       // spec: a regular expression (model/regex_dfa.h) the whole output matches
   };
   Kind kind = Kind::kNone;
   std::string spec;

@@ -5,14 +5,25 @@
 #include <climits>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "model/regex_dfa.h"
 #include "model/structured_output.h"
 
 namespace tessera::model::internal {
 
-enum class NodeType : uint8_t { kObject, kArray, kString, kNumber, kInteger, kLiterals, kUnion };
+enum class NodeType : uint8_t {
+  kObject,
+  kArray,
+  kString,
+  kNumber,
+  kInteger,
+  kLiterals,
+  kUnion,
+  kRegex,  // raw text matching `pattern` whole (the regex kind)
+};
 
 // One value's grammar. Nodes point at one another (a $ref may make a cycle); all belong to their
 // Grammar.
@@ -33,6 +44,8 @@ struct GrammarNode {
   // kString: length in characters (code points; an escape is one).
   int32_t min_length = 0;
   int32_t max_length = INT32_MAX;
+  // kString: the decoded text must contain a match (JSON schema's pattern); kRegex: the DFA.
+  std::shared_ptr<const RegexDfa> pattern;
   // kLiterals: the exact byte strings allowed (compact JSON text, or raw choices), sorted, unique.
   std::vector<std::string> literals;
   // kUnion: any of these.

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "model/regex_dfa.h"
 #include "model/structured_output.h"
 #include "model/structured_output_internal.h"
 
@@ -36,7 +37,8 @@ enum Phase : uint8_t {
   kNumExp,
   kNumExpSign,
   kNumExpDigits,
-  kLit,  // in a literal (true, an enum's value, a choice)
+  kLit,        // in a literal (true, an enum's value, a choice)
+  kRegexText,  // in raw text under a regular expression (its DFA state in `hi`)
 };
 
 using Stack = std::vector<GrammarFrame>;
@@ -136,6 +138,83 @@ Lex LexString(GrammarFrame& f, uint8_t b) {
     f.pending = lead.first_lo | (lead.first_hi << 8);
   }
   return Lex::kChar;
+}
+
+// Runs a string's pattern over its decoded text: `b` was read in lexer state (lex_before,
+// utf8_before) and took the frame to its state now. Short escapes reach the DFA as the character
+// they stand for; \u escapes are refused (see below). False when no match can follow.
+bool FeedPattern(GrammarFrame& f, uint8_t b, uint8_t lex_before, uint8_t utf8_before) {
+  const RegexDfa& dfa = *f.node->pattern;
+  const auto feed = [&](uint32_t cp) {
+    uint8_t bytes[4];
+    int n = 0;
+    if (cp < 0x80) {
+      bytes[n++] = static_cast<uint8_t>(cp);
+    } else if (cp < 0x800) {
+      bytes[n++] = static_cast<uint8_t>(0xC0 | (cp >> 6));
+      bytes[n++] = static_cast<uint8_t>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      bytes[n++] = static_cast<uint8_t>(0xE0 | (cp >> 12));
+      bytes[n++] = static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F));
+      bytes[n++] = static_cast<uint8_t>(0x80 | (cp & 0x3F));
+    } else {
+      bytes[n++] = static_cast<uint8_t>(0xF0 | (cp >> 18));
+      bytes[n++] = static_cast<uint8_t>(0x80 | ((cp >> 12) & 0x3F));
+      bytes[n++] = static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F));
+      bytes[n++] = static_cast<uint8_t>(0x80 | (cp & 0x3F));
+    }
+    for (int i = 0; i < n && f.hi != RegexDfa::kDead; ++i) f.hi = dfa.Next(f.hi, bytes[i]);
+    return f.hi != RegexDfa::kDead;
+  };
+  if (utf8_before > 0) {  // a continuation byte, as it is
+    f.hi = dfa.Next(f.hi, b);
+    return f.hi != RegexDfa::kDead;
+  }
+  switch (lex_before) {
+    case kLexPlain:
+    case kLexFirstCont:
+      if (b == '\\') {  // only if a character a short escape stands for may come
+        for (const uint8_t c : {'"', '\\', '/', '\b', '\f', '\n', '\r', '\t'}) {
+          if (dfa.Next(f.hi, c) != RegexDfa::kDead) return true;
+        }
+        return false;
+      }
+      f.hi = dfa.Next(f.hi, b);
+      return f.hi != RegexDfa::kDead;
+    case kLexEscape:
+      switch (b) {
+        case 'u':
+          // No \u escapes under a pattern: whether one can match is known only at its last
+          // digit, too late to keep the output from a dead end. Characters come as UTF-8.
+          return false;
+        case 'b':
+          return feed('\b');
+        case 'f':
+          return feed('\f');
+        case 'n':
+          return feed('\n');
+        case 'r':
+          return feed('\r');
+        case 't':
+          return feed('\t');
+        default:
+          return feed(b);  // " \ /
+      }
+    case kLexHex: {
+      if (f.lex == kLexHex) return true;  // digits still to come
+      const auto unit = static_cast<uint32_t>(f.pending & 0xFFFF);
+      if (f.lex == kLexLowSlash) {  // a high surrogate: wait for its pair
+        f.lo = static_cast<int32_t>(unit);
+        return true;
+      }
+      if ((f.pending & kLowSurrogateBit) != 0) {
+        return feed(0x10000 + ((static_cast<uint32_t>(f.lo) - 0xD800) << 10) + (unit - 0xDC00));
+      }
+      return feed(unit);
+    }
+    default:
+      return true;  // the backslash and 'u' of a low surrogate
+  }
 }
 
 bool KeyPossible(const GrammarFrame& object) {
@@ -249,21 +328,35 @@ class Machine {
         }
         if (b == ']' && f.count >= f.node->min_items) return Complete(stack);
         return;
-      case kStr:
-        switch (LexString(f, b)) {
-          case Lex::kReject:
-            return;
-          case Lex::kChar:
-            if (f.count >= f.node->max_length) return;
-            ++f.count;
-            return Emit(stack);
-          case Lex::kMore:
-            return Emit(stack);
-          case Lex::kClose:
-            if (f.count < f.node->min_length) return;
-            return Complete(stack);
+      case kStr: {
+        const uint8_t lex_before = f.lex;
+        const uint8_t utf8_before = f.utf8;
+        const Lex lex = LexString(f, b);
+        if (lex == Lex::kReject) return;
+        if (lex == Lex::kClose) {
+          if (f.count < f.node->min_length) return;
+          if (f.node->pattern != nullptr && !f.node->pattern->Accepting(f.hi)) return;
+          return Complete(stack);
         }
+        if (lex == Lex::kChar) {
+          if (f.count >= f.node->max_length) return;
+          ++f.count;
+        }
+        if (f.node->pattern != nullptr && !FeedPattern(f, b, lex_before, utf8_before)) return;
+        return Emit(stack);
+      }
+      case kRegexText: {
+        const RegexDfa& dfa = *f.node->pattern;
+        if (dfa.Accepting(f.hi)) {  // the text may end here: the byte is then its parent's
+          Stack ended = stack;
+          Complete(ended, /*emit=*/false);
+          Feed(ended, b);
+        }
+        GrammarFrame& g = stack.back();
+        g.hi = dfa.Next(g.hi, b);
+        if (g.hi != RegexDfa::kDead) Emit(stack);
         return;
+      }
       case kLit: {
         if (LiteralComplete(f)) {  // the literal may end here: the byte is then its parent's
           Stack ended = stack;
@@ -307,6 +400,7 @@ class Machine {
       case NodeType::kString:
         if (b != '"') return;
         f.phase = kStr;
+        f.hi = node->pattern != nullptr ? node->pattern->start() : 0;
         return Push(stack, f);
       case NodeType::kNumber:
       case NodeType::kInteger:
@@ -321,6 +415,11 @@ class Machine {
         } else {
           return;
         }
+        return Push(stack, f);
+      case NodeType::kRegex:
+        f.phase = kRegexText;
+        f.hi = node->pattern->Next(node->pattern->start(), b);
+        if (f.hi == RegexDfa::kDead) return;
         return Push(stack, f);
       case NodeType::kLiterals:
         f.phase = kLit;
@@ -465,7 +564,7 @@ class Machine {
         return next(kNumExpDigits);
       case kNumExpDigits:
         if (IsDigit(b)) {
-          if (f.hi >= 4) break;
+          if (f.hi >= 2) break;  // |exponent| < 100: a double holds the value
           ++f.hi;
           return Emit(stack);
         }
@@ -555,7 +654,8 @@ bool GrammarMatcher::IsAcceptingState(const State& state) {
     if (end - begin == 1) {
       accepting = accepting || top.phase == kRootDone;
     } else if (end - begin == 2) {  // a number or literal at the root ends where the text ends
-      accepting = accepting || (top.phase == kLit && LiteralComplete(top)) || NumberComplete(top);
+      accepting = accepting || (top.phase == kLit && LiteralComplete(top)) || NumberComplete(top) ||
+                  (top.phase == kRegexText && top.node->pattern->Accepting(top.hi));
     }
   });
   return accepting;
@@ -567,7 +667,7 @@ bool GrammarMatcher::InPlainString() const {
   if (state_.ends.size() != 1) return false;
   const GrammarFrame& top = state_.frames.back();
   if (top.lex != 0 || top.utf8 != 0) return false;
-  if (top.phase == kStr) return top.node->max_length == INT32_MAX;
+  if (top.phase == kStr) return top.node->max_length == INT32_MAX && top.node->pattern == nullptr;
   return top.phase == kKey && top.lo >= top.hi && top.node->additional != nullptr;
 }
 

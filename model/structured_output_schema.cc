@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "model/json_util.h"
+#include "model/regex_dfa.h"
 #include "model/structured_output.h"
 #include "model/structured_output_internal.h"
 #include "nlohmann/json.hpp"
@@ -23,8 +24,7 @@ using nlohmann::json;
 namespace {
 
 // Keywords that constrain values in ways the grammar does not express: refused, never ignored.
-constexpr std::array<const char*, 22> kUnsupported = {"pattern",
-                                                      "minimum",
+constexpr std::array<const char*, 21> kUnsupported = {"minimum",
                                                       "maximum",
                                                       "exclusiveMinimum",
                                                       "exclusiveMaximum",
@@ -290,7 +290,8 @@ absl::StatusOr<const GrammarNode*> GrammarBuilder::Compile(const json& schema,
   } else if (schema.contains("items") || schema.contains("prefixItems") ||
              schema.contains("minItems") || schema.contains("maxItems")) {
     types.push_back("array");
-  } else if (schema.contains("minLength") || schema.contains("maxLength")) {
+  } else if (schema.contains("minLength") || schema.contains("maxLength") ||
+             schema.contains("pattern")) {
     types.push_back("string");
   } else {
     return Any();
@@ -315,6 +316,15 @@ absl::StatusOr<const GrammarNode*> GrammarBuilder::Typed(const std::string& type
     TESSERA_ASSIGN_OR_RETURN(node->max_length, Count(schema, "maxLength", at, INT32_MAX));
     if (node->min_length > node->max_length) {
       return Error(at, "minLength ", node->min_length, " exceeds maxLength ", node->max_length);
+    }
+    if (const auto it = schema.find("pattern"); it != schema.end()) {
+      if (!it->is_string()) {
+        return Error(Child(at, "pattern"), "must be a string, got ", internal::DescribeJson(*it));
+      }
+      absl::StatusOr<std::shared_ptr<const RegexDfa>> dfa =
+          RegexDfa::Compile(it->get<std::string>(), /*search=*/true);
+      if (!dfa.ok()) return Error(Child(at, "pattern"), dfa.status().message());
+      node->pattern = *std::move(dfa);
     }
     return node;
   }
@@ -496,9 +506,15 @@ absl::StatusOr<StructuredOutput> StructuredOutputFromVllmParams(absl::string_vie
       out = {StructuredOutput::Kind::kJsonObject, ""};
     } else if (key == "choice") {
       out = {StructuredOutput::Kind::kChoice, value.dump()};
-    } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
+    } else if (key == "regex") {
+      if (!value.is_string()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("regex: expected a string, got ", internal::DescribeJson(value)));
+      }
+      out = {StructuredOutput::Kind::kRegex, value.get<std::string>()};
+    } else if (key == "grammar" || key == "structural_tag") {
       return absl::InvalidArgumentError(
-          absl::StrCat(key, " is not supported (json, json_object and choice are)"));
+          absl::StrCat(key, " is not supported (json, json_object, choice and regex are)"));
     } else if (key == "backend" || key == "disable_fallback" || key == "disable_any_whitespace" ||
                key == "disable_additional_properties" || key == "whitespace_pattern" ||
                key == "backend_was_auto") {
@@ -533,6 +549,16 @@ absl::StatusOr<std::shared_ptr<const Grammar>> Grammar::Compile(const Structured
       TESSERA_ASSIGN_OR_RETURN(const GrammarNode* root, builder.Compile(schema, "", 0));
       TESSERA_RETURN_IF_ERROR(builder.CheckUnionCycles());
       return std::shared_ptr<const Grammar>(builder.Finish(root));
+    }
+    case StructuredOutput::Kind::kRegex: {
+      TESSERA_ASSIGN_OR_RETURN(std::shared_ptr<const RegexDfa> dfa,
+                               RegexDfa::Compile(spec.spec, /*search=*/false));
+      GrammarBuilder builder(nullptr);
+      GrammarNode* root = builder.New(NodeType::kRegex);
+      root->pattern = std::move(dfa);
+      std::unique_ptr<Grammar> grammar = builder.Finish(root);
+      grammar->leading_whitespace_ = false;
+      return std::shared_ptr<const Grammar>(std::move(grammar));
     }
     case StructuredOutput::Kind::kChoice: {
       TESSERA_ASSIGN_OR_RETURN(json choices, internal::ParseJson(spec.spec, "choice"));

@@ -271,10 +271,16 @@ absl::Status ParseStructuredOutput(const json& body, model::StructuredOutput& ou
   if (const json* choice = Field(body, "guided_choice")) {
     set("guided_choice", Kind::kChoice, choice->dump());
   }
-  for (const char* field : {"guided_regex", "guided_grammar"}) {
-    if (Field(body, field) != nullptr) {
-      return FieldError(field, "is not supported (guided_json and guided_choice are)");
+  if (const json* regex = Field(body, "guided_regex")) {
+    if (!regex->is_string()) {
+      return FieldError("guided_regex", absl::StrCat("expected a string, got ", TypeName(*regex)));
     }
+    set("guided_regex", Kind::kRegex, regex->get<std::string>());
+  }
+  if (Field(body, "guided_grammar") != nullptr) {
+    return FieldError("guided_grammar",
+                      "is not supported (guided_json, guided_choice and "
+                      "guided_regex are)");
   }
   if (given.size() > 1) {
     return FieldError(

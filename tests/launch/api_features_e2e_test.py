@@ -9,7 +9,7 @@ with the real clients.
    steering greedy decoding onto one token.
 2b. Structured outputs: response_format json_schema sampled n = 4 ways from the random model,
    every choice ends and conforms; the client's chat.completions.parse with a Pydantic model; a
-   structured_outputs choice; json_object; a schema keyword the
+   string pattern; a structured_outputs regex and choice; json_object; a schema keyword the
    grammar cannot enforce is a 400 naming it.
 3. KServe gRPC (`tritonclient`): without the key UNAUTHENTICATED; with headers={"authorization":
    "Bearer KEY"} a stream equals `tessera generate`; server liveness needs no key.
@@ -21,6 +21,7 @@ Usage: api_key_e2e_test.py TESSERA_BINARY
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,18 @@ def main():
         form = parsed.choices[0].message.parsed
         u.check(isinstance(form, Form) and form.verdict in ("accept", "reject"),
                 f"parse(response_format=Form): {parsed.choices[0]}")
+        zipped = client.chat.completions.create(
+            model=u.MODEL, messages=[{"role": "user", "content": "a zip code"}], max_tokens=40,
+            temperature=1.0, seed=2, response_format={"type": "json_schema", "json_schema": {
+                "name": "zip", "schema": {"type": "object", "properties": {
+                    "zip": {"type": "string", "pattern": "^[0-9]{5}$"}}, "required": ["zip"]}}})
+        value = json.loads(zipped.choices[0].message.content)
+        u.check(re.fullmatch(r"[0-9]{5}", value["zip"]) is not None, f"pattern: {value}")
+        dated = client.completions.create(
+            model=u.MODEL, prompt="the date:", max_tokens=20, temperature=1.0, seed=4,
+            extra_body={"structured_outputs": {"regex": r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]"}})
+        u.check(re.fullmatch(r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]", dated.choices[0].text)
+                is not None and dated.choices[0].finish_reason == "stop", f"regex: {dated}")
         picked = client.completions.create(
             model=u.MODEL, prompt="the cat", max_tokens=20, temperature=0,
             extra_body={"structured_outputs": {"choice": ["sat on the mat", "ran away"]}})
@@ -185,13 +198,13 @@ def main():
             client.chat.completions.create(
                 model=u.MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=5,
                 response_format={"type": "json_schema", "json_schema": {
-                    "name": "zip", "schema": {"type": "string", "pattern": "^[0-9]{5}$"}}})
-            u.fail("a schema with a pattern was accepted")
+                    "name": "n", "schema": {"type": "integer", "multipleOf": 3}}})
+            u.fail("a schema with multipleOf was accepted")
         except openai.BadRequestError as e:
-            u.check("'pattern' is not supported" in str(e), f"pattern refusal: {e}")
+            u.check("'multipleOf' is not supported" in str(e), f"multipleOf refusal: {e}")
         print("2b. structured outputs: json_schema (n = 4, sampled) always parses and conforms; "
-              "the client's parse() with a Pydantic model; a choice; json_object; a pattern is "
-              "refused by name", flush=True)
+              "the client's parse() with a Pydantic model; a pattern; a regex; a choice; "
+              "json_object; multipleOf is refused by name", flush=True)
 
         # 3. KServe gRPC.
         model_dir = os.path.join(work, "demo-model")

@@ -171,6 +171,9 @@ TEST(StructuredOutputTest, NumbersFollowJsonAndTheirType) {
   EXPECT_TRUE(Accepts(integer, "-42"));
   EXPECT_FALSE(Prefix(integer, "4.2"));
   EXPECT_FALSE(Prefix(integer, "4e2"));
+  // Exponents of two digits at most: a value a double holds (nlohmann refuses 5e309).
+  EXPECT_TRUE(Accepts(number, "-12345678901234567890.5e-99"));
+  EXPECT_FALSE(Prefix(number, "5e309"));
   EXPECT_TRUE(Prefix(integer, std::string(kMaxNumberDigits, '9')));
   EXPECT_FALSE(Prefix(integer, std::string(kMaxNumberDigits + 1, '9')));
   // A number at the root is complete whenever its digits are, and may still go on.
@@ -245,8 +248,11 @@ TEST(StructuredOutputTest, ChoiceIsRawText) {
 
 TEST(StructuredOutputTest, RefusesWhatItCannotEnforceByName) {
   EXPECT_THAT(CompileError(Kind::kJsonSchema,
-                           R"({"properties": {"zip": {"type": "string", "pattern": "^[0-9]+$"}}})"),
-              HasSubstr("/properties/zip/pattern: the keyword 'pattern' is not supported"));
+                           R"({"properties": {"zip": {"type": "string", "pattern": "(\\d"}}})"),
+              HasSubstr("/properties/zip/pattern: regex: a missing ')'"));
+  EXPECT_THAT(CompileError(Kind::kJsonSchema, R"({"type": "integer", "multipleOf": 3})"),
+              HasSubstr("'multipleOf' is not supported"));
+  EXPECT_THAT(CompileError(Kind::kRegex, "a(?=b)"), HasSubstr("look-around"));
   EXPECT_THAT(CompileError(Kind::kJsonSchema, R"({"type": "integer", "minimum": 0})"),
               HasSubstr("'minimum' is not supported"));
   EXPECT_THAT(CompileError(Kind::kJsonSchema, R"({"$ref": "#/$defs/missing"})"),
@@ -280,6 +286,33 @@ TEST(StructuredOutputTest, RefusesUnionsWiderThanTheBound) {
   auto g = Schema(wide + "]}");
   EXPECT_TRUE(Accepts(g, "199"));
   EXPECT_TRUE(Accepts(g, "null"));
+}
+
+// A string's pattern runs over its decoded text (short escapes as what they stand for); regex
+// outputs are raw text.
+TEST(StructuredOutputTest, PatternsAndRegexes) {
+  auto g = Schema(R"({"properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+                                     "tag": {"pattern": "x"}}})");
+  EXPECT_TRUE(Accepts(g, R"({"zip": "12345"})"));
+  EXPECT_FALSE(Prefix(g, R"({"zip": "\u)"));  // no \u escapes under a pattern: UTF-8 instead
+  EXPECT_FALSE(Prefix(g, R"({"zip": "1\)"));  // no short escape stands for a digit
+  EXPECT_FALSE(Prefix(g, R"({"zip": "1234a)"));
+  EXPECT_FALSE(Prefix(g, R"({"zip": "1234")"));  // the closing quote too early
+  EXPECT_FALSE(Prefix(g, R"({"zip": "123456)"));
+  EXPECT_TRUE(Accepts(g, R"({"tag": "a\nxb"})"));  // unanchored: a match anywhere
+  EXPECT_FALSE(Prefix(g, R"({"tag": "ab")"));
+  auto emoji = Schema(R"({"type": "string", "pattern": "^.$"})");
+  EXPECT_TRUE(Accepts(emoji, "\"\xf0\x9f\x98\x80\""));
+  EXPECT_FALSE(Accepts(emoji, R"("ab")"));
+  auto date = Compile(Kind::kRegex, "\\d{4}-\\d{2}-\\d{2}");
+  EXPECT_TRUE(Accepts(date, "2026-12-07"));
+  EXPECT_FALSE(Prefix(date, "\"2026"));
+  EXPECT_FALSE(Prefix(date, " 2026"));
+  EXPECT_FALSE(Accepts(date, "2026-12-0"));
+  GrammarMatcher matcher(Compile(Kind::kRegex, "ab+"));
+  ASSERT_TRUE(matcher.AdvanceBytes("ab"));
+  EXPECT_TRUE(matcher.IsAccepting());
+  EXPECT_TRUE(matcher.CanContinue());
 }
 
 TEST(StructuredOutputTest, AnnotationsAreIgnored) {
@@ -339,6 +372,9 @@ TEST(TokenConstraintTest, MaskAllowsExactlyTheTokensTheGrammarTakes) {
           "count": {"type": "integer"}, "why": {"type": "string", "maxLength": 12}},
           "required": ["answer", "count"]})"},
       {Kind::kChoice, R"(["the cat", "the dog", "a bird"])"},
+      {Kind::kRegex, "(the|a) [a-z]+ (sat|ran)\\.?"},
+      {Kind::kJsonSchema, R"({"properties": {"id": {"type": "string", "pattern": "^[a-f0-9]{4}$"},
+          "note": {"type": "string", "pattern": "e"}}, "required": ["id", "note"]})"},
   };
   std::mt19937 rng(11);
   for (const StructuredOutput& spec : specs) {
@@ -394,7 +430,7 @@ TEST(TokenConstraintTest, MaskAllowsExactlyTheTokensTheGrammarTakes) {
         text += (*vocabulary)->TokenBytes(pick);
       }
       EXPECT_TRUE((*constraint)->IsComplete()) << text;
-      if (spec.kind != Kind::kChoice) {
+      if (spec.kind != Kind::kChoice && spec.kind != Kind::kRegex) {
         EXPECT_TRUE(nlohmann::json::accept(text)) << text;
       }
     }

@@ -252,14 +252,14 @@ TEST_F(KServeTest, SamplingParametersCarryStructuredOutputs) {
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(frontend_.last_request().sampling.structured_output.kind, Kind::kJsonSchema);
   for (const char* bad :
-       {R"({"structured_outputs": {"regex": "a+"}})", R"({"structured_outputs": [1]})",
-        R"({"guided_decoding": {"json": {"type": "string", "pattern": "a"}}})",
+       {R"({"structured_outputs": {"grammar": "a"}})", R"({"structured_outputs": [1]})",
+        R"({"guided_decoding": {"json": {"type": "string", "pattern": "(a"}}})",
         R"({"structured_outputs": {"json_object": true, "choice": ["a"]}})"}) {
     r.sampling = bad;
     status = Infer(Build(r), &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
-    EXPECT_THAT(status.error_message(), ::testing::AnyOf(HasSubstr("structured_outputs"),
-                                                         HasSubstr("guided_decoding")))
+    EXPECT_THAT(status.error_message(),
+                ::testing::AnyOf(HasSubstr("structured_outputs"), HasSubstr("guided_decoding")))
         << bad;
   }
 }

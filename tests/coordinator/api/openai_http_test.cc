@@ -755,7 +755,7 @@ TEST_F(OpenAiHttpTest, StructuredOutputsReachTheRequestAndBadOnesNameTheField) {
       {{"prompt", "x"},
        {"response_format",
         {{"type", "json_schema"},
-         {"json_schema", {{"name", "r"}, {"schema", {{"type", "string"}, {"pattern", "^a"}}}}}}}},
+         {"json_schema", {{"name", "r"}, {"schema", {{"type", "string"}, {"pattern", "(^a"}}}}}}}},
       400, "response_format");
   ExpectError("/v1/completions", {{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}},
               400, "response_format");
@@ -765,17 +765,22 @@ TEST_F(OpenAiHttpTest, StructuredOutputsReachTheRequestAndBadOnesNameTheField) {
       "/v1/completions",
       {{"prompt", "x"}, {"response_format", {{"type", "json_object"}}}, {"guided_choice", {"a"}}},
       400, "response_format");
-  ExpectError("/v1/completions", {{"prompt", "x"}, {"structured_outputs", {{"regex", "a+"}}}}, 400,
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"structured_outputs", {{"grammar", "a"}}}}, 400,
               "structured_outputs");
-  ExpectError("/v1/completions", {{"prompt", "x"}, {"guided_regex", "a+"}}, 400, "guided_regex");
+  ExpectError("/v1/completions", {{"prompt", "x"}, {"guided_regex", "a(?=b)"}}, 400,
+              "guided_regex");
+  res = Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"guided_regex", "[ab]+"}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output,
+            (model::StructuredOutput{Kind::kRegex, "[ab]+"}));
   ExpectError("/v1/completions", {{"prompt", "x"}, {"guided_choice", json::array()}}, 400,
               "guided_choice");
-  httplib::Result bad = Post(
-      "/v1/completions",
-      {{"prompt", "x"},
-       {"guided_json", {{"properties", {{"zip", {{"type", "string"}, {"pattern", "[0-9]+"}}}}}}}});
+  httplib::Result bad =
+      Post("/v1/completions",
+           {{"prompt", "x"},
+            {"guided_json", {{"properties", {{"zip", {{"type", "string"}, {"multipleOf", 2}}}}}}}});
   ASSERT_EQ(bad->status, 400);
-  EXPECT_THAT(bad->body, HasSubstr("/properties/zip/pattern"));
+  EXPECT_THAT(bad->body, HasSubstr("/properties/zip/multipleOf"));
 }
 
 TEST_F(OpenAiHttpTest, PriorityReachesTheRequest) {

@@ -1,7 +1,8 @@
 // libFuzzer target: arbitrary bytes as a structured-output spec and an output to match against
-// it. The input is KIND-byte, then the spec up to the first NUL, then the output. Every spec must
-// compile or give a Status; every output byte must be taken or refused; an output the matcher
-// calls complete under a JSON grammar must be valid JSON. Built by scripts/run-fuzz.sh.
+// it. The input is a kind byte (modulo 4: json_object, json_schema, choice, regex), then the spec
+// up to the first NUL, then the output. Every spec must compile or give a Status; every output byte
+// must be taken or refused; an output the matcher calls complete under a JSON grammar must be valid
+// JSON. Built by scripts/run-fuzz.sh.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -15,7 +16,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string input(reinterpret_cast<const char*>(data) + 1, size - 1);
   const size_t nul = input.find('\0');
   StructuredOutput spec;
-  spec.kind = static_cast<StructuredOutput::Kind>(1 + data[0] % 3);
+  spec.kind = static_cast<StructuredOutput::Kind>(1 + data[0] % 4);
   spec.spec = input.substr(0, nul);
   const std::string output = nul == std::string::npos ? "" : input.substr(nul + 1);
   auto grammar = tessera::model::Grammar::Compile(spec);
@@ -25,7 +26,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const char c : output) {
     if (matcher.Advance(static_cast<uint8_t>(c))) taken += c;
   }
-  if (matcher.IsAccepting() && spec.kind != StructuredOutput::Kind::kChoice &&
+  if (matcher.IsAccepting() &&
+      (spec.kind == StructuredOutput::Kind::kJsonObject ||
+       spec.kind == StructuredOutput::Kind::kJsonSchema) &&
       !nlohmann::json::accept(taken)) {
     __builtin_trap();
   }
