@@ -48,10 +48,10 @@ struct StructuredOutput {
 
 // vLLM's StructuredOutputsParams (the request field structured_outputs, and SamplingParams'
 // structured_outputs / guided_decoding over KServe), as JSON text: one of json (a schema, as an
-// object or a string), json_object (true) and choice (a list of strings); false and null entries
-// are skipped, and vLLM's backend options are accepted and ignored. kInvalidArgument for regex,
-// grammar and structural_tag (not supported), several kinds, unknown fields, or none (kind
-// kNone is returned only when every entry is false or null). The spec is not compiled here.
+// object or a string), json_object (true), choice (a list of strings) and regex (a string);
+// false and null entries are skipped, and vLLM's backend options are accepted and ignored.
+// kInvalidArgument for grammar and structural_tag (not supported), several kinds, or unknown
+// fields; kind kNone when every entry is false or null. The spec is not compiled here.
 absl::StatusOr<StructuredOutput> StructuredOutputFromVllmParams(absl::string_view json_text);
 
 inline constexpr int32_t kIndentPerLevel = 4;

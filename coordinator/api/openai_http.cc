@@ -7,8 +7,9 @@
 //  - tools / tool_choice are refused with 400; image and audio content parts too. Other unknown
 //    fields are ignored, as vLLM does.
 //  - Structured outputs: response_format json_object and json_schema, structured_outputs json,
-//    json_object and choice, guided_json and guided_choice (model/structured_output.h says which
-//    schemas); regex and grammar kinds are refused with 400, and so is more than one ask.
+//    json_object, choice and regex, guided_json, guided_choice and guided_regex
+//    (model/structured_output.h says which schemas, model/regex_dfa.h which expressions); the
+//    grammar kind is refused with 400, and so is more than one ask.
 //  - Sampling defaults are the OpenAI API's (temperature 1, top_p 1); vLLM reads the model's
 //    generation_config.json for them, which the Frontend does not expose.
 //  - stop_reason is the stop token id when a stop_token_id ended the request, the stop string when
