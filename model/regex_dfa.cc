@@ -400,7 +400,7 @@ class Nfa {
     std::vector<std::pair<int, int>> edges;  // (byte set index, target)
     std::vector<int> eps;
   };
-  static constexpr int kMaxNfaStates = 100000;
+  static constexpr int kMaxNfaStates = 20000;
 
   int NewState() {
     states_.emplace_back();
@@ -463,10 +463,14 @@ class Nfa {
     return std::make_pair(s, a);
   }
 
-  void Closure(std::vector<int>& set) const {
+  // Work done so far, in NFA edges visited: Compile stops past kMaxWork.
+  int64_t work = 0;
+
+  void Closure(std::vector<int>& set) {
     std::vector<bool> in(states_.size(), false);
     for (const int s : set) in[static_cast<size_t>(s)] = true;
     for (size_t i = 0; i < set.size(); ++i) {
+      work += static_cast<int64_t>(states_[static_cast<size_t>(set[i])].eps.size()) + 1;
       for (const int t : states_[static_cast<size_t>(set[i])].eps) {
         if (!in[static_cast<size_t>(t)]) {
           in[static_cast<size_t>(t)] = true;
@@ -484,6 +488,9 @@ class Nfa {
   std::vector<State> states_;
   std::vector<ByteSet> sets_;
 };
+
+// About 0.1 s of subset construction: the most a request's expression may cost a server.
+constexpr int64_t kMaxWork = 30'000'000;
 
 }  // namespace
 
@@ -541,7 +548,12 @@ absl::StatusOr<std::shared_ptr<const RegexDfa>> RegexDfa::Compile(absl::string_v
     for (int c = 0; c < num_classes; ++c) {
       const auto byte = static_cast<size_t>(representative[static_cast<size_t>(c)]);
       std::vector<int> target;
+      if (nfa.work > kMaxWork) {
+        return absl::InvalidArgumentError(
+            "regex: too costly to compile (nested repetitions); simplify it");
+      }
       for (const int s : sets[d]) {
+        nfa.work += static_cast<int64_t>(nfa.states()[static_cast<size_t>(s)].edges.size()) + 1;
         for (const auto& [set, to] : nfa.states()[static_cast<size_t>(s)].edges) {
           if (nfa.sets()[static_cast<size_t>(set)].test(byte)) target.push_back(to);
         }

@@ -91,5 +91,17 @@ TEST(RegexDfaTest, RefusesWhatItDoesNotSupportByName) {
   EXPECT_THAT(Error("(a|b|c|d|e|f|g|h){40}x{1000}[a-z]{1000}"), HasSubstr("regex:"));
 }
 
+// Expressions whose automaton explodes are refused (a bounded amount of work), not built.
+TEST(RegexDfaTest, ExplodingExpressionsAreRefused) {
+  for (const char* pattern :
+       {"[ab]*a[ab]{30}", "((a|b)*c{100}){100}", "(x{1000}){1000}", ".{1000}.{1000}"}) {
+    auto dfa = RegexDfa::Compile(pattern, /*search=*/true);
+    EXPECT_FALSE(dfa.ok()) << pattern;
+    if (!dfa.ok()) {
+      EXPECT_THAT(std::string(dfa.status().message()), HasSubstr("regex:"));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tessera::model

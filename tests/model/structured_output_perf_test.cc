@@ -128,6 +128,13 @@ TEST(StructuredOutputPerfTest, MaskMillisecondsAtLlama3VocabularySize) {
       {"schema, after a key", schema, "{\"name\""},
       {"schema, in an integer", schema, "{\"name\": \"x\", \"age\": 4"},
       {"schema, in an enum", schema, "{\"name\": \"x\", \"age\": 4, \"tags\": [\"gr"},
+      {"schema, in a pattern",
+       {StructuredOutput::Kind::kJsonSchema,
+        R"({"type": "string", "pattern": "^[a-z ]+( [0-9]{3})?$"})"},
+       "\"hello wor"},
+      {"regex, mid-text",
+       {StructuredOutput::Kind::kRegex, "(the|a) [a-z]+ (sat|ran)( on the [a-z]+)?\\."},
+       "the cat sat on"},
   };
   std::vector<uint32_t> mask(vocabulary->mask_words());
   for (const auto& c : cases) {
