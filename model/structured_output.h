@@ -63,6 +63,8 @@ inline constexpr int32_t kMaxObjectProperties = 128;
 inline constexpr int32_t kMaxAlternatives = 256;
 inline constexpr int32_t kMaxParses = 1024;
 
+class RegexDfa;
+
 namespace internal {
 struct GrammarNode;
 // One level of a parse: the value being read, and how far (structured_output_matcher.cc).
@@ -127,6 +129,9 @@ class GrammarMatcher {
   // The output is inside a JSON string (or an object key that may be any string) with no length
   // limit, between characters: any plain text may follow (token_constraint.h).
   bool InPlainString() const;
+  // The output is inside a JSON string with a pattern and no length limit, between characters:
+  // which plain text may follow depends only on the pattern's DFA state, given here.
+  bool InPatternString(const RegexDfa** pattern, int32_t* state) const;
 
   // The state as alternative parses (an internal form that token_constraint.cc walks).
   struct State {

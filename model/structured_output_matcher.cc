@@ -663,6 +663,18 @@ bool GrammarMatcher::IsAcceptingState(const State& state) {
 
 bool GrammarMatcher::IsAccepting() const { return IsAcceptingState(state_); }
 
+bool GrammarMatcher::InPatternString(const RegexDfa** pattern, int32_t* state) const {
+  if (state_.ends.size() != 1) return false;
+  const GrammarFrame& top = state_.frames.back();
+  if (top.phase != kStr || top.lex != 0 || top.utf8 != 0 || top.node->pattern == nullptr ||
+      top.node->max_length != INT32_MAX) {
+    return false;
+  }
+  *pattern = top.node->pattern.get();
+  *state = top.hi;
+  return true;
+}
+
 bool GrammarMatcher::InPlainString() const {
   if (state_.ends.size() != 1) return false;
   const GrammarFrame& top = state_.frames.back();

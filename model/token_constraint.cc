@@ -116,12 +116,14 @@ std::unique_ptr<TokenVocabulary> TokenVocabulary::FromTokenBytes(
   vocabulary->plain_text_mask_.assign(static_cast<size_t>(vocabulary->mask_words()), 0u);
   std::vector<Entry> entries;
   std::vector<Entry> others;
+  std::vector<Entry> plain;
   for (int32_t id = 0; id < vocab_size; ++id) {
     const std::string& bytes = vocabulary->token_bytes_[id];
     if (bytes.empty()) continue;
     entries.push_back({bytes, id});
     if (IsPlainText(bytes)) {
       vocabulary->plain_text_mask_[id / 32] |= uint32_t{1} << (id % 32);
+      plain.push_back({bytes, id});
     } else {
       others.push_back({bytes, id});
     }
@@ -131,8 +133,10 @@ std::unique_ptr<TokenVocabulary> TokenVocabulary::FromTokenBytes(
   };
   std::sort(entries.begin(), entries.end(), by_bytes);
   std::sort(others.begin(), others.end(), by_bytes);
+  std::sort(plain.begin(), plain.end(), by_bytes);
   vocabulary->all_ = BuildTrie(entries);
   vocabulary->other_ = BuildTrie(others);
+  vocabulary->plain_ = BuildTrie(plain);
   return vocabulary;
 }
 
@@ -179,6 +183,20 @@ int32_t TokenConstraint::FillMask(absl::Span<uint32_t> mask) {
     const std::vector<uint32_t>& plain = vocabulary_.plain_text_mask();
     std::copy(plain.begin(), plain.end(), mask.begin());
     for (const uint32_t word : plain) allowed += std::popcount(word);
+    Walk(vocabulary_.other_than_plain_text(), 0, 0, mask, allowed);
+  } else if (std::pair<const RegexDfa*, int32_t> key;
+             matcher_.InPatternString(&key.first, &key.second)) {
+    // Which plain-text tokens fit depends on the pattern's state alone: walk them once for it.
+    auto it = pattern_masks_.find(key);
+    if (it == pattern_masks_.end()) {
+      if (pattern_masks_.size() >= kMaxCachedMasks) pattern_masks_.clear();
+      std::vector<uint32_t> plain(mask.size(), 0u);
+      int32_t count = 0;
+      Walk(vocabulary_.plain_text(), 0, 0, absl::MakeSpan(plain), count);
+      it = pattern_masks_.emplace(key, std::make_pair(std::move(plain), count)).first;
+    }
+    std::copy(it->second.first.begin(), it->second.first.end(), mask.begin());
+    allowed += it->second.second;
     Walk(vocabulary_.other_than_plain_text(), 0, 0, mask, allowed);
   } else {
     Walk(vocabulary_.trie(), 0, 0, mask, allowed);

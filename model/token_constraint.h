@@ -12,11 +12,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "model/regex_dfa.h"
 #include "model/structured_output.h"
 #include "model/tokenizer.h"
 
@@ -56,6 +59,9 @@ class TokenVocabulary {
   // limit): a precomputed mask, so that a walk visits only the other tokens (their own trie).
   const std::vector<uint32_t>& plain_text_mask() const { return plain_text_mask_; }
   const Trie& other_than_plain_text() const { return other_; }
+  // The plain-text tokens alone: under a string's pattern, which of them fit depends on the
+  // pattern's state only, so a constraint walks them once per state and keeps the mask.
+  const Trie& plain_text() const { return plain_; }
   // The bytes of `token` (empty for special tokens and ids without a token).
   const std::string& TokenBytes(int32_t token) const { return token_bytes_[token]; }
 
@@ -65,6 +71,7 @@ class TokenVocabulary {
   std::vector<std::string> token_bytes_;
   Trie all_;
   Trie other_;
+  Trie plain_;
   std::vector<uint32_t> plain_text_mask_;
 };
 
@@ -99,6 +106,12 @@ class TokenConstraint {
   std::vector<int32_t> end_tokens_;
   bool ended_ = false;                         // an end token was accepted
   std::vector<GrammarMatcher::State> states_;  // per trie depth, reused across masks
+  // Strings with a pattern: the plain-text tokens that fit, by (pattern, DFA state), with their
+  // count. Bounded: cleared when it holds kMaxCachedMasks.
+  static constexpr size_t kMaxCachedMasks = 64;
+  absl::flat_hash_map<std::pair<const RegexDfa*, int32_t>,
+                      std::pair<std::vector<uint32_t>, int32_t>>
+      pattern_masks_;
 };
 
 }  // namespace tessera::model
