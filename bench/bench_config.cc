@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 
 namespace tessera::bench {
 namespace {
@@ -103,6 +104,15 @@ absl::Status ValidateBenchConfig(const BenchConfig& config) {
   if (absl::Status s = check_slo(config.slos.e2el_ms, "e2el"); !s.ok()) return s;
   if (config.vocab_size < 0 || config.vocab_size > INT32_MAX) {
     return Invalid("--vocab-size", "must be in [1, 2^31) (0: ask the server)");
+  }
+  if (!config.structured_outputs.empty()) {
+    const nlohmann::json parsed =
+        nlohmann::json::parse(config.structured_outputs, nullptr, /*allow_exceptions=*/false);
+    if (!parsed.is_object()) {
+      return Invalid("--structured-outputs",
+                     "must be a JSON object (vLLM's StructuredOutputsParams), e.g. "
+                     "{\"regex\": \"[a-z]+\"}");
+    }
   }
   if (!(config.temperature >= 0) || std::isinf(config.temperature)) {
     return Invalid("--temperature", "must be >= 0");

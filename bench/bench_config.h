@@ -80,6 +80,9 @@ struct BenchConfig {
   int64_t vocab_size = 0;
   bool ignore_eos = true;  // exact output lengths (vLLM's --ignore-eos)
   double temperature = 0.0;
+  // vLLM's StructuredOutputsParams as JSON ({"json": {...}}, {"regex": "..."}, ...), sent with
+  // every request (OpenAI: structured_outputs; KServe: in sampling_parameters); empty: none.
+  std::string structured_outputs;
   int client_threads = 256;  // requests in flight at most when max_concurrency is 0
   absl::Duration request_timeout = absl::Minutes(10);  // per request, send to last token
   absl::Duration connect_timeout = absl::Seconds(10);  // server probes and metrics scrapes

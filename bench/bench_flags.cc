@@ -147,6 +147,9 @@ void AddBenchFlags(CLI::App& app, BenchFlags& flags) {
   app.add_flag("--ignore-eos,!--no-ignore-eos", flags.ignore_eos,
                "Generate exactly the output length (default on)");
   app.add_option("--temperature", flags.temperature)->capture_default_str();
+  app.add_option("--structured-outputs", flags.structured_outputs,
+                 "Ask every request for a structured output: vLLM's StructuredOutputsParams as "
+                 "JSON, e.g. '{\"json\": {...schema...}}' or '{\"regex\": \"[a-z]+\"}'");
   app.add_option("--client-threads", flags.client_threads,
                  "Requests in flight at most without --max-concurrency")
       ->capture_default_str();
@@ -211,6 +214,7 @@ absl::StatusOr<BenchConfig> BenchConfigFromFlags(const BenchFlags& flags) {
   config.vocab_size = flags.vocab_size;
   config.ignore_eos = flags.ignore_eos;
   config.temperature = flags.temperature;
+  config.structured_outputs = flags.structured_outputs;
   config.client_threads = flags.client_threads;
   if (!(flags.request_timeout_s > 0) || !(flags.connect_timeout_s > 0) ||
       std::isinf(flags.request_timeout_s) || std::isinf(flags.connect_timeout_s)) {

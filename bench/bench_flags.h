@@ -45,6 +45,7 @@ struct BenchFlags {
   int64_t vocab_size = 0;
   bool ignore_eos = true;
   double temperature = 0.0;
+  std::string structured_outputs;
   int client_threads = 256;
   double request_timeout_s = 600;
   double connect_timeout_s = 10;

@@ -27,6 +27,7 @@ struct ClientOptions {
   std::string model;  // empty: the first the server lists
   bool ignore_eos = true;
   double temperature = 0.0;
+  std::string structured_outputs;  // BenchConfig::structured_outputs
   absl::Duration request_timeout = absl::Minutes(10);
   absl::Duration connect_timeout = absl::Seconds(10);
   const Clock* clock = &RealClock::Get();  // MonotonicNow() times the responses

@@ -198,6 +198,10 @@ class KServeClient final : public RequestClient {
     nlohmann::json sampling = {{"max_tokens", spec.output_len},
                                {"temperature", options_.temperature},
                                {"ignore_eos", options_.ignore_eos}};
+    if (!options_.structured_outputs.empty()) {  // validated by ValidateBenchConfig
+      sampling["structured_outputs"] =
+          nlohmann::json::parse(options_.structured_outputs, nullptr, /*allow_exceptions=*/false);
+    }
     auto* params = request.add_inputs();
     params->set_name("sampling_parameters");
     params->set_datatype("BYTES");

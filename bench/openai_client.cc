@@ -182,14 +182,17 @@ class OpenAiClient final : public RequestClient {
 
  private:
   void SendOrThrow(const RequestSpec& spec, ResponseTimer& timer) {
-    const json body = {
-        {"model", info_.model},
-        {"prompt", spec.prompt},
-        {"max_tokens", spec.output_len},
-        {"temperature", options_.temperature},
-        {"ignore_eos", options_.ignore_eos},
-        {"stream", true},
-        {"stream_options", {{"include_usage", true}, {"continuous_usage_stats", true}}}};
+    json body = {{"model", info_.model},
+                 {"prompt", spec.prompt},
+                 {"max_tokens", spec.output_len},
+                 {"temperature", options_.temperature},
+                 {"ignore_eos", options_.ignore_eos},
+                 {"stream", true},
+                 {"stream_options", {{"include_usage", true}, {"continuous_usage_stats", true}}}};
+    if (!options_.structured_outputs.empty()) {
+      body["structured_outputs"] =  // validated by ValidateBenchConfig
+          json::parse(options_.structured_outputs, nullptr, /*allow_exceptions=*/false);
+    }
     const absl::Time deadline = absl::Now() + options_.request_timeout;
     httplib::Client client(options_.host, options_.port);
     client.set_connection_timeout(

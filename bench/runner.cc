@@ -248,6 +248,7 @@ absl::StatusOr<BenchResult> RunBench(const BenchConfig& config, ProgressSink* pr
   options.model = config.model;
   options.ignore_eos = config.ignore_eos;
   options.temperature = config.temperature;
+  options.structured_outputs = config.structured_outputs;
   options.request_timeout = config.request_timeout;
   options.connect_timeout = config.connect_timeout;
   options.api_key = config.api_key;

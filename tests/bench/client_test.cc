@@ -88,6 +88,18 @@ TEST_P(ClientTest, EveryRequestSucceedsWithExactTokenCounts) {
   }
 }
 
+// --structured-outputs reaches every request, over either API, as vLLM's StructuredOutputsParams.
+TEST_P(ClientTest, StructuredOutputsReachEveryRequest) {
+  BenchConfig config = Config();
+  config.request_rates = {kInfiniteRate};
+  config.structured_outputs = R"({"regex": "[a-z]+"})";
+  absl::StatusOr<BenchResult> result = RunBench(config, nullptr);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->runs[0].metrics.completed, 12);
+  EXPECT_EQ(frontend_.last_request().sampling.structured_output,
+            (model::StructuredOutput{model::StructuredOutput::Kind::kRegex, "[a-z]+"}));
+}
+
 TEST_P(ClientTest, RefusedRequestsCountAsFailed) {
   frontend_.generate_error = absl::ResourceExhaustedError("queue full");
   BenchConfig config = Config();

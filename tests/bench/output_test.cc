@@ -278,6 +278,9 @@ absl::Status ConfigError(const BenchFlags& flags) { return BenchConfigFromFlags(
 
 TEST(BenchFlagsTest, BadCombinationsNameTheFlag) {
   BenchFlags flags;
+  flags.structured_outputs = "[1]";
+  EXPECT_THAT(std::string(ConfigError(flags).message()), HasSubstr("--structured-outputs"));
+  flags = BenchFlags{};
   flags.dataset_name = "mooncake";
   EXPECT_THAT(std::string(ConfigError(flags).message()), HasSubstr("--dataset-path"));
   flags = BenchFlags{};

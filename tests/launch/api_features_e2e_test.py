@@ -14,7 +14,7 @@ with the real clients.
 3. KServe gRPC (`tritonclient`): without the key UNAUTHENTICATED; with headers={"authorization":
    "Bearer KEY"} a stream equals `tessera generate`; server liveness needs no key.
 4. `tessera bench` over both APIs: OPENAI_API_KEY (as vllm bench serve) completes every request,
-   without it bench fails and says why.
+   without it bench fails and says why. A --structured-outputs regex workload completes too.
 5. A key an Authorization header cannot carry is refused at start, naming the flag, not the key.
 
 Usage: api_key_e2e_test.py TESSERA_BINARY
@@ -246,8 +246,20 @@ def main():
             u.check(refused.returncode != 0 and ("401" in out or "UNAUTHENTICATED" in out or
                                                  "API key" in out),
                     f"bench {backend} without the key: {refused.returncode}\n{out[-1500:]}")
+        # A structured-output workload (vLLM's benchmark_serving_structured_output, in kind).
+        result = os.path.join(work, "bench-structured.json")
+        ran = subprocess.run(
+            [TESSERA, "bench", "--backend", "openai", "--port", str(ports["http"]),
+             "--metrics-url", "none", "--num-prompts", "6", "--random-input-len", "16",
+             "--random-output-len", "24", "--disable-tqdm", "--result-file", result,
+             "--structured-outputs", json.dumps({"regex": "[a-z]+( [a-z]+){0,3}\\."})],
+            capture_output=True, text=True, timeout=120, env=dict(os.environ, OPENAI_API_KEY=KEY))
+        u.check(ran.returncode == 0, f"bench --structured-outputs: {ran.stdout[-1500:]}"
+                f"{ran.stderr[-1500:]}")
+        run = json.load(open(result))["runs"][0]
+        u.check(run["completed"] == 6 and run["failed"] == 0, f"bench structured: {run}")
         print("4. tessera bench: every request with OPENAI_API_KEY over both APIs; refused "
-              "without", flush=True)
+              "without; a --structured-outputs workload", flush=True)
     finally:
         u.stop_serve(serve, work)
     print("PASS", flush=True)
