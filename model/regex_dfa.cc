@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "model/tokenizer_internal.h"
 
 namespace tessera::model {
 namespace {
@@ -77,22 +78,10 @@ ByteSet AsciiComplement(const ByteSet& set) {
   return out;
 }
 Re Utf8Of(uint32_t cp) {
+  std::string encoded;
+  internal::AppendUtf8(static_cast<char32_t>(cp), encoded);
   std::vector<Re> bytes;
-  if (cp < 0x80) {
-    bytes.push_back(Byte(static_cast<uint8_t>(cp)));
-  } else if (cp < 0x800) {
-    bytes.push_back(Byte(static_cast<uint8_t>(0xC0 | (cp >> 6))));
-    bytes.push_back(Byte(static_cast<uint8_t>(0x80 | (cp & 0x3F))));
-  } else if (cp < 0x10000) {
-    bytes.push_back(Byte(static_cast<uint8_t>(0xE0 | (cp >> 12))));
-    bytes.push_back(Byte(static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F))));
-    bytes.push_back(Byte(static_cast<uint8_t>(0x80 | (cp & 0x3F))));
-  } else {
-    bytes.push_back(Byte(static_cast<uint8_t>(0xF0 | (cp >> 18))));
-    bytes.push_back(Byte(static_cast<uint8_t>(0x80 | ((cp >> 12) & 0x3F))));
-    bytes.push_back(Byte(static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F))));
-    bytes.push_back(Byte(static_cast<uint8_t>(0x80 | (cp & 0x3F))));
-  }
+  for (const char c : encoded) bytes.push_back(Byte(static_cast<uint8_t>(c)));
   return Seq(std::move(bytes));
 }
 

@@ -7,6 +7,7 @@
 #include "model/regex_dfa.h"
 #include "model/structured_output.h"
 #include "model/structured_output_internal.h"
+#include "model/tokenizer_internal.h"
 
 namespace tessera::model {
 
@@ -146,24 +147,11 @@ Lex LexString(GrammarFrame& f, uint8_t b) {
 bool FeedPattern(GrammarFrame& f, uint8_t b, uint8_t lex_before, uint8_t utf8_before) {
   const RegexDfa& dfa = *f.node->pattern;
   const auto feed = [&](uint32_t cp) {
-    uint8_t bytes[4];
-    int n = 0;
-    if (cp < 0x80) {
-      bytes[n++] = static_cast<uint8_t>(cp);
-    } else if (cp < 0x800) {
-      bytes[n++] = static_cast<uint8_t>(0xC0 | (cp >> 6));
-      bytes[n++] = static_cast<uint8_t>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      bytes[n++] = static_cast<uint8_t>(0xE0 | (cp >> 12));
-      bytes[n++] = static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F));
-      bytes[n++] = static_cast<uint8_t>(0x80 | (cp & 0x3F));
-    } else {
-      bytes[n++] = static_cast<uint8_t>(0xF0 | (cp >> 18));
-      bytes[n++] = static_cast<uint8_t>(0x80 | ((cp >> 12) & 0x3F));
-      bytes[n++] = static_cast<uint8_t>(0x80 | ((cp >> 6) & 0x3F));
-      bytes[n++] = static_cast<uint8_t>(0x80 | (cp & 0x3F));
+    std::string bytes;
+    internal::AppendUtf8(static_cast<char32_t>(cp), bytes);
+    for (size_t k = 0; k < bytes.size() && f.hi != RegexDfa::kDead; ++k) {
+      f.hi = dfa.Next(f.hi, static_cast<uint8_t>(bytes[k]));
     }
-    for (int i = 0; i < n && f.hi != RegexDfa::kDead; ++i) f.hi = dfa.Next(f.hi, bytes[i]);
     return f.hi != RegexDfa::kDead;
   };
   if (utf8_before > 0) {  // a continuation byte, as it is

@@ -694,6 +694,30 @@ TEST_F(EngineFakeTest, AShutdownWithStepsInFlightReturnsEveryBlock) {
   EXPECT_EQ(c.kv_blocks_free + c.kv_blocks_cached, c.kv_blocks_total);
 }
 
+// An executor that samples a token the request's grammar refuses (the fake ignores masks) ends
+// that request with an internal error, without the token, and returns its blocks.
+TEST_F(EngineFakeTest, ATokenTheGrammarRefusesEndsTheRequestWithAnError) {
+  Request r = Req(4);
+  const int32_t sampled = FakeExecutor::NextToken(r.prompt, 100, SamplingRow{});
+  std::vector<std::string> bytes(100, "a");
+  bytes[(sampled + 1) % 100 < FakeExecutor::kFirstToken ? FakeExecutor::kFirstToken
+                                                        : (sampled + 1) % 100] = "zz";
+  std::unique_ptr<model::TokenVocabulary> vocabulary =
+      model::TokenVocabulary::FromTokenBytes(std::move(bytes));
+  options_.token_vocabulary = vocabulary.get();
+  std::unique_ptr<Engine> engine = Make();
+  r.sampling.structured_output = {model::StructuredOutput::Kind::kChoice, R"(["zz"])"};
+  auto stream = engine->Submit(r);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  absl::StatusOr<RequestOutput> out = (*stream)->Collect(kWait);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->status.code(), absl::StatusCode::kInternal) << out->status;
+  EXPECT_THAT(std::string(out->status.message()), HasSubstr("structured output"));
+  EXPECT_TRUE(out->token_ids.empty());
+  ASSERT_TRUE(engine->Shutdown(kWait).ok());
+  EXPECT_EQ(engine->counters().kv_blocks_in_use, 0);
+}
+
 TEST_F(EngineFakeTest, TooManyRequestsInFlightAreShed) {
   options_.max_requests_in_flight = 2;
   absl::Notification release;
