@@ -30,6 +30,9 @@ CXXFLAGS=(-std=c++20 -O1 -g -fno-omit-frame-pointer $SANITIZE -I"$ROOT")
 # shellcheck disable=SC2207
 ABSL_LIBS=($(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format absl_time \
   absl_synchronization absl_hash absl_raw_hash_set))
+# The tokenizer's text helpers (model/tokenizer_text.cc) that the grammar matcher shares need these.
+# shellcheck disable=SC2207
+TEXT_LIBS=($(pkg-config --libs libutf8proc libpcre2-8))
 
 mkdir -p "$BUILD_DIR/obj" "$BUILD_DIR/artifacts"
 
@@ -59,7 +62,8 @@ for entry in "${TARGETS[@]}"; do
   target="${entry#*/}"
   echo "run-fuzz: building $target"
   "$CXX" "${CXXFLAGS[@]}" -fsanitize=fuzzer "$ROOT/tests/${entry%%/*}/fuzz/$target.cc" \
-    "$BUILD_DIR/libmodel_fuzz.a" "${ABSL_LIBS[@]}" -lpthread -o "$BUILD_DIR/$target"
+    "$BUILD_DIR/libmodel_fuzz.a" "${ABSL_LIBS[@]}" "${TEXT_LIBS[@]}" -lpthread \
+    -o "$BUILD_DIR/$target"
 done
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
