@@ -9,10 +9,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/status_macros.h"
+#include "model/json_util.h"
 #include "model/tokenizer_internal.h"
 
 namespace tessera::model {
 namespace {
+
+using ojson = nlohmann::ordered_json;
 
 constexpr absl::string_view kSupported =
     "supported: Llama 3 and 3.1-3.3 (<|start_header_id|>), ChatML (Qwen2, Qwen2.5: <|im_start|>), "
@@ -117,6 +121,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromJinja(absl::string_view jinja, st
     t.format_ = qwen3 ? ChatFormat::kQwen3 : ChatFormat::kChatMl;
     if (!qwen3) t.default_system_ = FindDefaultSystemPrompt(jinja);
     t.tool_responses_ = absl::StrContains(jinja, "<tool_response>");
+    t.chatml_tools_ =
+        absl::StrContains(jinja, "<tools>") && absl::StrContains(jinja, "<tool_call>");
     return t;
   }
   if (absl::StrContains(jinja, "[INST]")) {
@@ -165,7 +171,26 @@ ChatTemplate ChatTemplate::ForFormat(ChatFormat format, std::string bos_token,
   t.eos_ = std::move(eos_token);
   t.default_system_ = std::move(default_system_prompt);
   t.tool_responses_ = format == ChatFormat::kQwen3;
+  t.chatml_tools_ = format == ChatFormat::kQwen3;
   return t;
+}
+
+bool ChatTemplate::supports_tools() const { return !tool_call_parser().empty(); }
+
+absl::string_view ChatTemplate::tool_call_parser() const {
+  switch (format_) {
+    case ChatFormat::kLlama31:
+      return "llama3_json";
+    case ChatFormat::kChatMl:
+    case ChatFormat::kQwen3:
+      return chatml_tools_ ? "hermes" : "";
+    case ChatFormat::kMistralV3:
+      return "mistral";
+    case ChatFormat::kLlama3:
+    case ChatFormat::kMistral:
+      return "";
+  }
+  return "";
 }
 
 absl::string_view ChatTemplate::name() const {
@@ -194,6 +219,53 @@ std::string LlamaTurn(absl::string_view role, absl::string_view content) {
 
 constexpr absl::string_view kLlamaAssistantHeader =
     "<|start_header_id|>assistant<|end_header_id|>\n\n";
+
+// Jinja's `tojson` as transformers defines it.
+std::string ToJson(const ojson& value, int indent = -1) {
+  return internal::PythonJsonDumps(value, indent);
+}
+
+// A tool call's function name and arguments (the protocol layer checked that both are there).
+std::string CallName(const ChatToolCall& call) {
+  const auto it = call.function.find("name");
+  return it != call.function.end() && it->is_string() ? it->get<std::string>() : "";
+}
+ojson CallArguments(const ChatToolCall& call) {
+  const auto it = call.function.find("arguments");
+  return it != call.function.end() ? *it : ojson::object();
+}
+
+// Qwen2.5 and Qwen3: the tools block of the system turn, around one JSON line per tool.
+constexpr absl::string_view kQwenToolsHead =
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
+    "provided with function signatures within <tools></tools> XML tags:\n<tools>";
+constexpr absl::string_view kQwenToolsTail =
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+    "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n";
+
+void AppendQwenTools(absl::Span<const ojson> tools, std::string& out) {
+  absl::StrAppend(&out, kQwenToolsHead);
+  for (const ojson& tool : tools) absl::StrAppend(&out, "\n", ToJson(tool));
+  absl::StrAppend(&out, kQwenToolsTail);
+}
+
+void AppendQwenToolCall(const ChatToolCall& call, bool string_arguments_raw, std::string& out) {
+  const ojson arguments = CallArguments(call);
+  absl::StrAppend(&out, "<tool_call>\n{\"name\": \"", CallName(call), "\", \"arguments\": ",
+                  string_arguments_raw && arguments.is_string() ? arguments.get<std::string>()
+                                                                : ToJson(arguments),
+                  "}\n</tool_call>");
+}
+
+// Mistral v0.3 checks the length of tool call ids (9 alphanumerics, as its tokenizer makes them).
+absl::Status CheckMistralCallId(absl::string_view id) {
+  if (id.size() != 9) {
+    return absl::InvalidArgumentError(
+        "Tool call IDs should be alphanumeric strings with length 9!");
+  }
+  return absl::OkStatus();
+}
 
 // <|im_start|>user ... blocks of consecutive tool messages, as Qwen2.5 and Qwen3 write them.
 void AppendToolResponse(absl::Span<const ChatMessage> messages, size_t i, std::string& out) {
@@ -230,13 +302,39 @@ absl::StatusOr<std::string> ChatTemplate::Apply(absl::Span<const ChatMessage> me
       } else if (date_is_today_) {
         date = absl::FormatTime("%d %b %Y", absl::Now(), absl::LocalTimeZone());
       }
+      const bool tools = !options.tools.empty();
       out = absl::StrCat(bos_, "<|start_header_id|>system<|end_header_id|>\n\n",
+                         tools ? "Environment: ipython\n" : "",
                          "Cutting Knowledge Date: December 2023\nToday Date: ", date, "\n\n",
                          system, "<|eot_id|>");
+      if (tools) {
+        // The tools go into the first message after the system message, whatever its role.
+        if (first == messages.size()) {
+          return absl::InvalidArgumentError(
+              "Cannot put tools in the first user message when there's no first user message!");
+        }
+        out +=
+            "<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, please "
+            "respond with a JSON for a function call with its proper arguments that best answers "
+            "the given prompt.\n\nRespond in the format {\"name\": function name, \"parameters\": "
+            "dictionary of argument name and its value}.Do not use variables.\n\n";
+        for (const ojson& tool : options.tools) absl::StrAppend(&out, ToJson(tool, 4), "\n\n");
+        absl::StrAppend(&out, Trim(messages[first].content), "<|eot_id|>");
+        ++first;
+      }
       for (size_t i = first; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
-        if (m.role == "tool" || m.role == "ipython") {
-          out += LlamaTurn("ipython", m.content);
+        if (!m.tool_calls.empty()) {
+          if (m.tool_calls.size() != 1) {
+            return absl::InvalidArgumentError(
+                "This model only supports single tool-calls at once!");
+          }
+          absl::StrAppend(&out, kLlamaAssistantHeader, "{\"name\": \"", CallName(m.tool_calls[0]),
+                          "\", \"parameters\": ", ToJson(CallArguments(m.tool_calls[0])),
+                          "}<|eot_id|>");
+        } else if (m.role == "tool" || m.role == "ipython") {
+          // A string is iterable to Jinja: the template writes it with tojson, quoted.
+          out += LlamaTurn("ipython", ToJson(ojson(m.content)));
         } else {
           out += LlamaTurn(m.role, Trim(m.content));
         }
@@ -245,13 +343,29 @@ absl::StatusOr<std::string> ChatTemplate::Apply(absl::Span<const ChatMessage> me
       return out;
     }
     case ChatFormat::kChatMl: {
-      if (messages[0].role != "system" && !default_system_.empty()) {
+      const bool tools = chatml_tools_ && !options.tools.empty();
+      const bool first_is_system = messages[0].role == "system";
+      if (tools) {
+        // Qwen2.5: the system turn (or the default one) followed by the tools.
+        absl::StrAppend(&out, "<|im_start|>system\n",
+                        first_is_system ? messages[0].content : default_system_, "\n\n");
+        AppendQwenTools(options.tools, out);
+      } else if (!first_is_system && !default_system_.empty()) {
         absl::StrAppend(&out, "<|im_start|>system\n", default_system_, "<|im_end|>\n");
       }
       for (size_t i = 0; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
+        if (tools && i == 0 && first_is_system) continue;  // in the tools' system turn
         if (m.role == "tool" && tool_responses_) {
           AppendToolResponse(messages, i, out);
+        } else if (m.role == "assistant" && chatml_tools_ && !m.tool_calls.empty()) {
+          out += "<|im_start|>assistant";
+          if (!m.content.empty()) absl::StrAppend(&out, "\n", m.content);
+          for (const ChatToolCall& call : m.tool_calls) {
+            out += "\n";
+            AppendQwenToolCall(call, /*string_arguments_raw=*/false, out);
+          }
+          out += "<|im_end|>\n";
         } else if (m.role == "system" || m.role == "user" || m.role == "assistant" ||
                    m.role == "tool") {
           absl::StrAppend(&out, "<|im_start|>", m.role, "\n", m.content, "<|im_end|>\n");
@@ -263,7 +377,11 @@ absl::StatusOr<std::string> ChatTemplate::Apply(absl::Span<const ChatMessage> me
       return out;
     }
     case ChatFormat::kQwen3: {
-      if (messages[0].role == "system") {
+      if (!options.tools.empty()) {
+        out += "<|im_start|>system\n";
+        if (messages[0].role == "system") absl::StrAppend(&out, messages[0].content, "\n\n");
+        AppendQwenTools(options.tools, out);
+      } else if (messages[0].role == "system") {
         absl::StrAppend(&out, "<|im_start|>system\n", messages[0].content, "<|im_end|>\n");
       }
       // The last user query that is not a tool response: thinking is kept after it only.
@@ -298,6 +416,10 @@ absl::StatusOr<std::string> ChatTemplate::Apply(absl::Span<const ChatMessage> me
                             StripNewlines(content, true, false));
           } else {
             absl::StrAppend(&out, "<|im_start|>assistant\n", content);
+          }
+          for (size_t k = 0; k < m.tool_calls.size(); ++k) {
+            if (k > 0 || !content.empty()) out += "\n";
+            AppendQwenToolCall(m.tool_calls[k], /*string_arguments_raw=*/true, out);
           }
           out += "<|im_end|>\n";
         } else if (m.role == "tool") {
@@ -339,10 +461,11 @@ absl::StatusOr<std::string> ChatTemplate::Apply(absl::Span<const ChatMessage> me
         loop = messages.subspan(1);
       }
       size_t index = 0;
+      const ChatMessage* last_user = nullptr;
       for (const ChatMessage& m : loop) {
-        if (m.role == "tool" || m.role == "tool_results") {
-          return UnknownRole(name(), m.role);
-        }
+        if (m.role == "user") last_user = &m;
+        // Tool results and tool calls do not take part in the alternation.
+        if (m.role == "tool" || m.role == "tool_results" || !m.tool_calls.empty()) continue;
         if ((m.role == "user") != (index % 2 == 0)) {
           return absl::InvalidArgumentError(
               "After the optional system message, conversation roles must alternate "
@@ -354,13 +477,51 @@ absl::StatusOr<std::string> ChatTemplate::Apply(absl::Span<const ChatMessage> me
       for (size_t i = 0; i < loop.size(); ++i) {
         const ChatMessage& m = loop[i];
         if (m.role == "user") {
+          // Jinja compares the messages as dicts: every user message equal to the last one.
+          if (!options.tools.empty() && last_user != nullptr && m.content == last_user->content &&
+              m.tool_calls.empty() && last_user->tool_calls.empty()) {
+            out += "[AVAILABLE_TOOLS] [";
+            for (size_t t = 0; t < options.tools.size(); ++t) {
+              out += "{\"type\": \"function\", \"function\": {";
+              const ojson& function = options.tools[t].contains("function")
+                                          ? options.tools[t]["function"]
+                                          : ojson::object();
+              bool first_item = true;
+              for (auto it = function.begin(); it != function.end(); ++it) {
+                if (it.key() == "return") continue;
+                if (!first_item) out += ", ";
+                first_item = false;
+                if (it->is_string()) {
+                  absl::StrAppend(&out, "\"", it.key(), "\": \"", it->get<std::string>(), "\"");
+                } else {
+                  absl::StrAppend(&out, "\"", it.key(), "\": ", ToJson(*it));
+                }
+              }
+              out += "}}";
+              out += t + 1 < options.tools.size() ? ", " : "]";
+            }
+            out += "[/AVAILABLE_TOOLS]";
+          }
           if (i + 1 == loop.size() && system.has_value()) {
             absl::StrAppend(&out, "[INST] ", *system, "\n\n", m.content, "[/INST]");
           } else {
             absl::StrAppend(&out, "[INST] ", m.content, "[/INST]");
           }
+        } else if (!m.tool_calls.empty()) {
+          out += "[TOOL_CALLS] [";
+          for (size_t k = 0; k < m.tool_calls.size(); ++k) {
+            const std::string function = ToJson(m.tool_calls[k].function);
+            TESSERA_RETURN_IF_ERROR(CheckMistralCallId(m.tool_calls[k].id));
+            absl::StrAppend(&out, absl::string_view(function).substr(0, function.size() - 1),
+                            ", \"id\": \"", m.tool_calls[k].id, "\"}");
+            out += k + 1 < m.tool_calls.size() ? ", " : absl::StrCat("]", eos_);
+          }
         } else if (m.role == "assistant") {
           absl::StrAppend(&out, " ", Trim(m.content), eos_);
+        } else if (m.role == "tool" || m.role == "tool_results") {
+          absl::StrAppend(&out, "[TOOL_RESULTS] {\"content\": ", m.content, ", ");
+          TESSERA_RETURN_IF_ERROR(CheckMistralCallId(m.tool_call_id));
+          absl::StrAppend(&out, "\"call_id\": \"", m.tool_call_id, "\"}[/TOOL_RESULTS]");
         } else {
           return absl::InvalidArgumentError(
               "Only user and assistant roles are supported, with the exception of an initial "

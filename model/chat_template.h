@@ -7,8 +7,13 @@
 // Supported: Llama 3 (3.0), Llama 3.1/3.2/3.3 (system block with "Cutting Knowledge Date"),
 // ChatML (Qwen2, Qwen2.5, and any template with <|im_start|>, with the default system prompt the
 // template carries), Qwen3 (ChatML with <think> handling and enable_thinking), Mistral [INST]
-// v0.1 (no system message) and v0.3 (system message joined to the last user message). Tools and
-// tool calls are not supported. A ChatTemplate is immutable and thread-safe.
+// v0.1 (no system message) and v0.3 (system message joined to the last user message).
+//
+// Tools, tool calls and tool results render where the template has them: Llama 3.1+ (JSON tools
+// in the first user message, one call per turn, results as ipython turns), Qwen2.5 and Qwen3
+// (<tools> in the system block, <tool_call> and <tool_response> blocks), Mistral v0.3
+// ([AVAILABLE_TOOLS], [TOOL_CALLS], [TOOL_RESULTS]). Templates without them ignore tools, as
+// Jinja does. A ChatTemplate is immutable and thread-safe.
 #pragma once
 
 #include <optional>
@@ -19,13 +24,24 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "model/tokenizer.h"
+#include "nlohmann/json.hpp"
 
 namespace tessera::model {
+
+// One tool call of an assistant message (OpenAI's tool_calls[i]).
+struct ChatToolCall {
+  std::string id;
+  // The call's "function" object as the client sent it, with "arguments" parsed from its JSON
+  // text (vLLM hands templates a dict); key order kept, since Mistral's template writes it whole.
+  nlohmann::ordered_json function;
+};
 
 struct ChatMessage {
   std::string role;  // "system", "user", "assistant" (and "tool" where the format has one)
   std::string content;
   std::optional<std::string> reasoning_content;  // Qwen3: the assistant's thinking, if separate
+  std::vector<ChatToolCall> tool_calls;          // assistant: the calls it made
+  std::string tool_call_id;                      // tool: the call this result answers
 };
 
 struct ChatTemplateOptions {
@@ -35,6 +51,10 @@ struct ChatTemplateOptions {
   // Llama 3.1+: the "Today Date" line ("26 Jul 2024" style). Unset: the template's own default
   // (3.1/3.3: its literal date; 3.2: today's date in the local time zone, as transformers does).
   std::optional<std::string> date_string;
+  // The tools offered (OpenAI's tools[i]: {"type": "function", "function": {"name",
+  // "description", "parameters"}}, missing fields null as vLLM's model_dump writes them). Empty:
+  // none.
+  std::vector<nlohmann::ordered_json> tools;
 };
 
 enum class ChatFormat {
@@ -67,6 +87,11 @@ class ChatTemplate {
                                     const ChatTemplateOptions& options) const;
 
   ChatFormat format() const { return format_; }
+  // The template renders tools and tool calls (see above).
+  bool supports_tools() const;
+  // vLLM's tool-call parser for what this format's models write when they call a tool:
+  // "llama3_json", "hermes" (Qwen2.5, Qwen3), "mistral"; empty when the format has no tools.
+  absl::string_view tool_call_parser() const;
   // "llama3", "llama3.1", "chatml", "qwen3", "mistral", "mistral-v0.3".
   absl::string_view name() const;
 
@@ -80,6 +105,7 @@ class ChatTemplate {
   std::string default_date_ = "26 Jul 2024";
   bool date_is_today_ = false;      // Llama 3.2: strftime_now
   bool tool_responses_ = false;     // ChatML: "tool" messages as <tool_response> blocks
+  bool chatml_tools_ = false;       // ChatML: <tools> in the system block, <tool_call> blocks
   std::string mistral_eos_suffix_;  // Mistral v0.1 variants append " " after eos_token
 };
 

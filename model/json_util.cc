@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <string>
@@ -137,6 +138,59 @@ std::string DescribeJson(const json& value) {
   std::string text = value.dump(-1, ' ', /*ensure_ascii=*/true, json::error_handler_t::replace);
   if (text.size() > kMaxChars) text = absl::StrCat(text.substr(0, kMaxChars), "...");
   return absl::StrCat(JsonTypeName(value), " ", text);
+}
+
+namespace {
+
+void AppendPythonJson(const nlohmann::ordered_json& value, int indent, int depth,
+                      std::string& out) {
+  const auto newline = [&](int level) {
+    out.push_back('\n');
+    out.append(static_cast<size_t>(indent) * static_cast<size_t>(level), ' ');
+  };
+  if (value.is_object() || value.is_array()) {
+    const bool object = value.is_object();
+    if (value.empty()) {
+      out += object ? "{}" : "[]";
+      return;
+    }
+    out.push_back(object ? '{' : '[');
+    bool first = true;
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      if (!first) out += indent < 0 ? ", " : ",";
+      first = false;
+      if (indent >= 0) newline(depth + 1);
+      if (object) {
+        out += nlohmann::ordered_json(it.key()).dump(
+            -1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+        out += ": ";
+      }
+      AppendPythonJson(*it, indent, depth + 1, out);
+    }
+    if (indent >= 0) newline(depth);
+    out.push_back(object ? '}' : ']');
+    return;
+  }
+  if (value.is_number_float()) {
+    const double x = value.get<double>();
+    if (std::isnan(x)) {
+      out += "NaN";
+      return;
+    }
+    if (std::isinf(x)) {
+      out += x > 0 ? "Infinity" : "-Infinity";
+      return;
+    }
+  }
+  out += value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+}  // namespace
+
+std::string PythonJsonDumps(const nlohmann::ordered_json& value, int indent) {
+  std::string out;
+  AppendPythonJson(value, indent, 0, out);
+  return out;
 }
 
 }  // namespace tessera::model::internal

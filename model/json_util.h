@@ -24,4 +24,10 @@ std::string JsonTypeName(const nlohmann::json& value);
 // The type and a short (truncated) rendering of `value`: `string "abc"`, `number -3`.
 std::string DescribeJson(const nlohmann::json& value);
 
+// Python's json.dumps(value, ensure_ascii=False, indent=indent) with the keys in the order they
+// came: what chat templates' `tojson` writes (transformers' override of Jinja's) and what vLLM's
+// tool-call parsers answer as "arguments". indent < 0: one line, ", " and ": " between items;
+// else one item a line, indented. Invalid UTF-8 in strings becomes U+FFFD.
+std::string PythonJsonDumps(const nlohmann::ordered_json& value, int indent = -1);
+
 }  // namespace tessera::model::internal

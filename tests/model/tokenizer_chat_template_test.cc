@@ -15,7 +15,8 @@
 namespace tessera::model {
 namespace {
 
-using json = nlohmann::json;
+// Ordered: key order matters where a template writes JSON it was given (tool calls).
+using json = nlohmann::ordered_json;
 using ::testing::HasSubstr;
 
 json ReadFixture() {
@@ -26,9 +27,19 @@ json ReadFixture() {
   return json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);
 }
 
+// The fixture's messages, read keeping key order (Mistral writes a tool call's function whole).
 std::vector<ChatMessage> Messages(const json& list) {
   std::vector<ChatMessage> messages;
-  for (const json& m : list) messages.push_back(ChatMessage{m["role"], m["content"], {}});
+  for (const json& m : list) {
+    ChatMessage message{m["role"], m["content"], {}};
+    if (m.contains("tool_calls")) {
+      for (const json& call : m["tool_calls"]) {
+        message.tool_calls.push_back(ChatToolCall{call["id"], call["function"]});
+      }
+    }
+    if (m.contains("tool_call_id")) message.tool_call_id = m["tool_call_id"];
+    messages.push_back(std::move(message));
+  }
   return messages;
 }
 
@@ -49,6 +60,9 @@ TEST(ChatTemplateTest, RendersAsTransformers) {
       options.add_generation_prompt = c["add_generation_prompt"];
       if (c.contains("enable_thinking")) options.enable_thinking = c["enable_thinking"];
       if (c.contains("date_string")) options.date_string = c["date_string"];
+      if (c.contains("tools") && c["tools"].is_array()) {
+        for (const json& tool : c["tools"]) options.tools.push_back(tool);
+      }
       auto text = chat->Apply(Messages(c["messages"]), options);
       const std::string where = absl::StrCat(name, " ", c.dump());
       if (c.contains("error")) {

@@ -3,7 +3,7 @@
 
 Run with the reference venv (tokenizers, transformers; both on PyPI):
 
-    /opt/refenv/bin/python tests/reference/make_tokenizer_fixtures.py
+    /opt/refenv/bin/python tests/reference/make_tokenizer_fixtures.py [--chat-templates]
 
 Real tokenizers cannot be downloaded here, so this trains small byte-level BPE tokenizers with the
 `tokenizers` package, configured the way the real ones are:
@@ -592,6 +592,76 @@ CONVERSATIONS = [
 ]
 
 
+# Tools as vLLM hands them to the template: each ChatCompletionToolsParam.model_dump(), so a
+# missing description or parameters is None (null) and the keys come in the model's order.
+TOOLS = [
+    {"type": "function",
+     "function": {"name": "get_weather", "description": "Current weather in a city",
+                  "parameters": {"type": "object",
+                                 "properties": {"city": {"type": "string"},
+                                                "unit": {"type": "string",
+                                                         "enum": ["celsius", "fahrenheit"]}},
+                                 "required": ["city"]}}},
+    {"type": "function",
+     "function": {"name": "now", "description": None, "parameters": None}},
+]
+
+# Conversations with tool calls, as vLLM hands them to the template: the arguments of each call
+# parsed from their JSON text into a dict, the keys of "function" in the order the client sent.
+TOOL_CONVERSATIONS = [
+    # Tools offered, nothing called yet.
+    [{"role": "system", "content": "You call tools."},
+     {"role": "user", "content": "Weather in Paris?"}],
+    [{"role": "user", "content": "What time is it?"}],
+    # One call, its result, and the model's turn again.
+    [{"role": "user", "content": "Weather in Paris?"},
+     {"role": "assistant", "content": "",
+      "tool_calls": [{"id": "abc123XYZ", "type": "function",
+                      "function": {"name": "get_weather",
+                                   "arguments": {"city": "Paris", "unit": "celsius"}}}]},
+     {"role": "tool", "tool_call_id": "abc123XYZ", "content": "{\"temp\": 21.5}"}],
+    # Two calls in one turn (the openai client's model_dump order: arguments before name), text
+    # beside them, non-ASCII and nested arguments, two results, then a follow-up question.
+    [{"role": "system", "content": "Be brief."},
+     {"role": "user", "content": "Paris and K\u00f8benhavn?"},
+     {"role": "assistant", "content": "Checking both.",
+      "tool_calls": [{"id": "call00001", "type": "function",
+                      "function": {"arguments": {"city": "Paris", "opts": {"days": [1, 2]}},
+                                   "name": "get_weather"}},
+                     {"id": "call00002", "type": "function",
+                      "function": {"arguments": {"city": "K\u00f8benhavn", "x": 0.25,
+                                                 "ok": True, "none": None},
+                                   "name": "get_weather"}}]},
+     {"role": "tool", "tool_call_id": "call00001", "content": "sunny"},
+     {"role": "tool", "tool_call_id": "call00002", "content": "rain"},
+     {"role": "assistant", "content": "Sunny in Paris, rain in K\u00f8benhavn."},
+     {"role": "user", "content": "Thanks"}],
+]
+
+
+def render_tool_cases(hf, fmt):
+    cases = []
+    for conv in TOOL_CONVERSATIONS:
+        for tools in (TOOLS, None):
+            if tools is None and not any("tool_calls" in m for m in conv):
+                continue
+            extra = {"date_string": "02 Jan 2025"} if fmt == "llama3.1" else {}
+            try:
+                text = hf.apply_chat_template(conv, tools=tools, tokenize=False,
+                                              add_generation_prompt=True, **extra)
+                error = None
+            except Exception as e:  # the template raised: too many calls, ids, roles
+                text, error = None, str(e)
+            case = {"messages": conv, "add_generation_prompt": True, "tools": tools}
+            case.update(extra)
+            if error is None:
+                case["expected"] = text
+            else:
+                case["error"] = error
+            cases.append(case)
+    return cases
+
+
 def render_chat_templates():
     from transformers import PreTrainedTokenizerFast
     base = Tokenizer(models.BPE())
@@ -625,6 +695,8 @@ def render_chat_templates():
                     else:
                         case["error"] = error
                     cases.append(case)
+        if name != "llama3.2":  # as llama3.1, but today's date without date_string
+            cases.extend(render_tool_cases(hf, fmt))
         out.append({"name": name, "chat_template": template, "bos_token": bos, "eos_token": eos,
                     "format": fmt, "cases": cases})
     write_json(os.path.join(OUT, "chat_templates.json"), out)
@@ -652,6 +724,9 @@ def record_real_llama3():
 
 
 def main():
+    if sys.argv[1:] == ["--chat-templates"]:  # only chat_templates.json
+        render_chat_templates()
+        return 0
     make_tokenizers()
     render_chat_templates()
     record_real_llama3()
