@@ -291,6 +291,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
     return absl::InvalidArgumentError("max_queued_requests must not be negative");
   }
   options.model.has_chat_template = chat.has_value();
+  options.model.tool_call_parser =
+      options.tool_call_parser.has_value()
+          ? *options.tool_call_parser
+          : std::string(chat.has_value() ? chat->tool_call_parser() : "");
   options.model.created_unix_s = absl::ToUnixSeconds(clock.Now());
   options.registry.model_name = options.model.name;
   options.registry.vocab_size = options.model.vocab_size;

@@ -38,6 +38,9 @@ struct ModelInfo {
   int32_t vocab_size = 0;
   int64_t created_unix_s = 0;  // when the coordinator started (OpenAI "created")
   bool has_chat_template = false;
+  // How tool_choice "auto" reads the model's tool calls: a parser of coordinator/api/tool_calls.h
+  // ("hermes", "llama3_json", "mistral"), by default the chat template's; empty: none.
+  std::string tool_call_parser;
 };
 
 struct GenerateRequest {

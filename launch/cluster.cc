@@ -138,7 +138,9 @@ std::vector<std::string> CoordinatorCommand(const Topology& t, const std::string
                                    "--lease-timeout",
                                    absl::StrCat(c.lease_timeout_s),
                                    "--drain-timeout",
-                                   absl::StrCat(c.drain_timeout_s)};
+                                   absl::StrCat(c.drain_timeout_s),
+                                   "--tool-call-parser",
+                                   c.tool_call_parser};
   if (c.max_model_len > 0) {
     argv.insert(argv.end(), {"--max-model-len", std::to_string(c.max_model_len)});
   }

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "coordinator/api/api_keys.h"
 #include "coordinator/api/kserve_server.h"
 #include "coordinator/api/openai_http.h"
+#include "coordinator/api/tool_calls.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/rpc/grpc_replica_client.h"
 #include "coordinator/rpc/registry_server.h"
@@ -48,7 +50,21 @@ struct CoordinatorFlags {
   std::string topology;               // the settings the command line does not give come from here
   bool check = false;                 // validate and exit
   std::vector<std::string> api_keys;  // --api-key, then $TESSERA_API_KEY
+  std::string tool_call_parser = "auto";
 };
+
+// --tool-call-parser: "auto" (the chat template's), "none", or a parser of tool_calls.h.
+absl::StatusOr<std::optional<std::string>> ToolCallParserOf(const CoordinatorFlags& flags) {
+  if (flags.tool_call_parser == "auto") return std::optional<std::string>();
+  if (flags.tool_call_parser == "none") return std::optional<std::string>("");
+  if (flags.tool_call_parser.empty() ||
+      !coordinator::api::IsToolCallParser(flags.tool_call_parser)) {
+    return absl::InvalidArgumentError(absl::StrCat("--tool-call-parser '", flags.tool_call_parser,
+                                                   "' is not one of auto, none, ",
+                                                   coordinator::api::kToolCallParsers));
+  }
+  return std::optional<std::string>(flags.tool_call_parser);
+}
 
 // The keys clients must present: --api-key (repeatable), else $TESSERA_API_KEY (what `tessera
 // serve --api-key` and `tessera launch --api-key` pass, so that no key shows in a process list).
@@ -80,12 +96,14 @@ absl::Status ApplyTopology(CoordinatorFlags& flags, const std::function<bool(con
   if (!given("--max-queued-requests")) flags.max_queued_requests = c.max_queued_requests;
   if (!given("--lease-timeout")) flags.lease_timeout_s = c.lease_timeout_s;
   if (!given("--drain-timeout")) flags.drain_timeout_s = c.drain_timeout_s;
+  if (!given("--tool-call-parser")) flags.tool_call_parser = c.tool_call_parser;
   return absl::OkStatus();
 }
 
 // --check: the flags, and the model when it is on this machine (its config and tokenizer load).
 absl::Status CheckCoordinator(const CoordinatorFlags& flags) {
   TESSERA_RETURN_IF_ERROR(ApiKeysOf(flags).status());
+  TESSERA_RETURN_IF_ERROR(ToolCallParserOf(flags).status());
   for (const auto& [name, port] :
        {std::pair<const char*, int>{"--port", flags.port}, {"--grpc-port", flags.grpc_port}}) {
     if (port < 0 || port > 65535) {
@@ -169,6 +187,7 @@ absl::Status RunCoordinator(const CoordinatorFlags& flags) {
                                                    config.max_position_embeddings));
   }
   options.max_queued_requests = flags.max_queued_requests;
+  TESSERA_ASSIGN_OR_RETURN(options.tool_call_parser, ToolCallParserOf(flags));
   if (!(flags.lease_timeout_s > 0)) {
     return absl::InvalidArgumentError("--lease-timeout must be positive");
   }
@@ -255,6 +274,11 @@ Command RegisterCoordinator(CLI::App& app) {
                   "Require \"Authorization: Bearer KEY\" (HTTP) or the metadata \"authorization: "
                   "Bearer KEY\" (gRPC) on every API call but health, metrics and version; "
                   "repeatable (default: $TESSERA_API_KEY)");
+  sub->add_option("--tool-call-parser", flags->tool_call_parser,
+                  "How tool_choice \"auto\" reads tool calls from the model's text: hermes "
+                  "(Qwen2.5, Qwen3), llama3_json (Llama 3.1+), mistral; auto: the chat "
+                  "template's; none: \"auto\" is refused")
+      ->capture_default_str();
   sub->add_flag("--check", flags->check,
                 "Validate the flags (and the model when it is here), print them and exit");
   return ExitCodeOf("coordinator", [flags, sub] {

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/net.h"
 #include "common/status_macros.h"
+#include "coordinator/api/tool_calls.h"
 #include "yaml-cpp/yaml.h"
 
 namespace tessera::launch {
@@ -262,6 +263,12 @@ absl::Status ValidateTopology(const Topology& t) {
   }
   if (!(c.lease_timeout_s > 0)) return Invalid("coordinator.lease_timeout_s", "must be > 0");
   if (c.drain_timeout_s < 0) return Invalid("coordinator.drain_timeout_s", "must be >= 0");
+  if (c.tool_call_parser != "auto" && c.tool_call_parser != "none" &&
+      (c.tool_call_parser.empty() || !coordinator::api::IsToolCallParser(c.tool_call_parser))) {
+    return Invalid("coordinator.tool_call_parser",
+                   absl::StrCat("'", c.tool_call_parser, "' is not one of auto, none, ",
+                                coordinator::api::kToolCallParsers));
+  }
   if (t.pools.empty()) return Invalid("pools", "at least one pool is needed");
   std::set<std::string> names;
   for (size_t i = 0; i < t.pools.size(); ++i) {
@@ -398,6 +405,7 @@ absl::StatusOr<Topology> ParseTopology(const std::string& yaml, const std::strin
     r.Read("max_queued_requests", t.coordinator.max_queued_requests);
     r.Read("lease_timeout_s", t.coordinator.lease_timeout_s);
     r.Read("drain_timeout_s", t.coordinator.drain_timeout_s);
+    r.Read("tool_call_parser", t.coordinator.tool_call_parser);
     r.Finish();
   }
   EngineFlags defaults;
@@ -458,6 +466,7 @@ CoordinatorSettings CoordinatorSettingsOf(const Topology& t) {
   s.max_queued_requests = c.max_queued_requests;
   s.lease_timeout_s = c.lease_timeout_s;
   s.drain_timeout_s = c.drain_timeout_s;
+  s.tool_call_parser = c.tool_call_parser;
   for (const TopologyPool& p : t.pools) {
     if (p.engine.max_model_len > 0 &&
         (s.max_model_len == 0 || p.engine.max_model_len < s.max_model_len)) {
@@ -535,6 +544,7 @@ std::string TopologyToYaml(const Topology& t) {
   out << YAML::Key << "max_queued_requests" << YAML::Value << c.max_queued_requests;
   out << YAML::Key << "lease_timeout_s" << YAML::Value << c.lease_timeout_s;
   out << YAML::Key << "drain_timeout_s" << YAML::Value << c.drain_timeout_s;
+  out << YAML::Key << "tool_call_parser" << YAML::Value << c.tool_call_parser;
   out << YAML::EndMap;
   out << YAML::Key << "pools" << YAML::Value << YAML::BeginSeq;
   for (const TopologyPool& p : t.pools) {

@@ -24,6 +24,9 @@ struct TopologyCoordinator {
   int64_t max_queued_requests = 256;
   double lease_timeout_s = 3.0;
   double drain_timeout_s = 30.0;
+  // tool_choice "auto": auto (the chat template's parser), none, or a parser of
+  // coordinator/api/tool_calls.h (hermes, llama3_json, mistral).
+  std::string tool_call_parser = "auto";
 };
 
 struct TopologyPool {
@@ -101,6 +104,7 @@ struct CoordinatorSettings {
   double lease_timeout_s = 3.0;
   double drain_timeout_s = 30.0;
   int32_t max_model_len = 0;  // the smallest any pool sets (what every pool can hold); 0: model's
+  std::string tool_call_parser = "auto";
 };
 CoordinatorSettings CoordinatorSettingsOf(const Topology& topology);
 

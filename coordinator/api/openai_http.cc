@@ -4,8 +4,13 @@
 //    parallel sampling; a batch of prompts in /v1/completions is answered with choice p * n + i
 //    for prompt p's i-th completion, as vLLM does. Usage counts each prompt once.
 //  - echo together with logprobs (prompt logprobs) is refused with 400; echo alone works.
-//  - tools / tool_choice are refused with 400; image and audio content parts too. Other unknown
-//    fields are ignored, as vLLM does.
+//  - Tool calling (tool_calls.h): tools, tool_choice none/auto/required/named and
+//    parallel_tool_calls. "auto" needs a tool-call parser (ModelInfo::tool_call_parser, from the
+//    chat template or the coordinator's --tool-call-parser); without one it is a 400, as vLLM
+//    without --enable-auto-tool-choice. Streamed calls arrive whole (one delta each, arguments
+//    included) where vLLM streams arguments piece by piece; clients that join deltas see the
+//    same calls. Image and audio content parts are refused with 400. Other unknown fields are
+//    ignored, as vLLM does.
 //  - Structured outputs: response_format json_object and json_schema, structured_outputs json,
 //    json_object, choice and regex, guided_json, guided_choice and guided_regex
 //    (model/structured_output.h says which schemas, model/regex_dfa.h which expressions); the
@@ -71,6 +76,8 @@ struct Job {
   int32_t chat_top_logprobs = 0;
   std::vector<GenerateRequest> requests;  // one per choice
   std::vector<std::string> echo;          // completions with echo: the prompt text per choice
+  ToolRequest tools;                      // chat: what the request asks of tools
+  std::string tool_parser;                // chat, tool_choice auto: the parser
 };
 
 // Per-choice progress while reading a stream.
@@ -82,7 +89,24 @@ struct ChoiceState {
   bool echoed = false;
   int64_t text_chars = 0;  // characters emitted so far (completions logprobs text_offset)
   Usage usage;
+  std::optional<ToolCallStream> tool_stream;  // chat streaming with tools: what is sent
 };
+
+json ToolCallJson(const ToolCall& call) {
+  return json{{"id", call.id},
+              {"type", "function"},
+              {"function", json{{"name", call.name}, {"arguments", call.arguments}}}};
+}
+
+// Parses the body again keeping key order, when it may hold tools or tool calls (the chat
+// template shows them as the client wrote them).
+std::optional<nlohmann::ordered_json> OrderedBody(const std::string& text) {
+  if (text.find("\"tool") == std::string::npos) return std::nullopt;
+  nlohmann::ordered_json body =
+      nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return std::nullopt;
+  return body;
+}
 
 json StopReason(const Job& job, const ChoiceOutput& output) {
   if (output.finish_reason != model::FinishReason::kStop) return nullptr;
@@ -244,7 +268,9 @@ class OpenAiHttpServer::Handlers {
   void Tokenize(const httplib::Request& req, httplib::Response& res) {
     absl::StatusOr<json> body = ParseBody(req.body);
     if (!body.ok()) return SendError(res, ErrorFromStatus(body.status()));
-    absl::StatusOr<TokenizeRequest> parsed = ParseTokenizeRequest(*body);
+    const std::optional<nlohmann::ordered_json> ordered = OrderedBody(req.body);
+    absl::StatusOr<TokenizeRequest> parsed =
+        ParseTokenizeRequest(*body, ordered.has_value() ? &*ordered : nullptr);
     if (!parsed.ok()) return SendError(res, ErrorFromStatus(parsed.status()));
     if (auto error = CheckModel(parsed->model)) return SendError(res, *error);
     std::string text;
@@ -456,8 +482,10 @@ class OpenAiHttpServer::Handlers {
   }
 
   // The JSON choice for the text/tokens [begin, end) just added to `choice`.
+  // `tool_delta`: a chat chunk's content and tool calls when the request has tools (else `text`).
   json ChoiceJson(const Job& job, const ChoiceState& choice, absl::string_view text, size_t begin,
-                  size_t end, bool chunk, bool final_chunk) const {
+                  size_t end, bool chunk, bool final_chunk,
+                  const ToolCallStream::Delta* tool_delta = nullptr) const {
     const ChoiceOutput& out = choice.output;
     json logprobs = nullptr;
     if (job.chat) {
@@ -465,14 +493,35 @@ class OpenAiHttpServer::Handlers {
         logprobs = ChatLogprobsJson(out, begin, end, job.chat_top_logprobs, MakeTokenText());
       }
       json result = {{"index", out.index}};
-      if (chunk) {
+      json finish_reason = final_chunk ? FinishReasonJson(out.finish_reason) : nullptr;
+      const bool stopped = out.finish_reason == model::FinishReason::kStop;
+      if (chunk && tool_delta != nullptr) {
+        json delta = json::object();
+        if (!tool_delta->content.empty() || tool_delta->tool_calls.empty()) {
+          delta["content"] = tool_delta->content;
+        }
+        if (!tool_delta->tool_calls.empty()) delta["tool_calls"] = tool_delta->tool_calls;
+        result["delta"] = std::move(delta);
+        if (final_chunk && choice.tool_stream->FinishAsToolCalls(stopped)) {
+          finish_reason = "tool_calls";
+        }
+      } else if (chunk) {
         result["delta"] = json{{"content", text}};
+      } else if (job.tools.choice != ToolRequest::Choice::kNone) {
+        const ToolCallResult calls = ExtractToolCalls(job.tools, job.tool_parser, text, stopped);
+        json tool_calls = json::array();
+        for (const ToolCall& call : calls.calls) tool_calls.push_back(ToolCallJson(call));
+        result["message"] =
+            json{{"role", "assistant"},
+                 {"content", calls.content.has_value() ? json(*calls.content) : json(nullptr)},
+                 {"tool_calls", std::move(tool_calls)}};
+        if (calls.finish_as_tool_calls) finish_reason = "tool_calls";
       } else {
         result["message"] =
             json{{"role", "assistant"}, {"content", text}, {"tool_calls", json::array()}};
       }
       result["logprobs"] = std::move(logprobs);
-      result["finish_reason"] = final_chunk ? FinishReasonJson(out.finish_reason) : nullptr;
+      result["finish_reason"] = std::move(finish_reason);
       if (final_chunk) result["stop_reason"] = StopReason(job, out);
       return result;
     }
@@ -505,9 +554,14 @@ class OpenAiHttpServer::Handlers {
     job->header.model = names_.front();
     absl::Status built;
     if (chat) {
-      absl::StatusOr<ChatRequest> parsed = ParseChatRequest(*body);
+      const std::optional<nlohmann::ordered_json> ordered = OrderedBody(req.body);
+      absl::StatusOr<ChatRequest> parsed =
+          ParseChatRequest(*body, ordered.has_value() ? &*ordered : nullptr);
       if (!parsed.ok()) return SendError(res, ErrorFromStatus(parsed.status()));
       if (auto error = CheckModel(parsed->common.model)) return SendError(res, *error);
+      if (absl::Status tools = PrepareTools(*parsed, *job); !tools.ok()) {
+        return SendError(res, ErrorFromStatus(tools));
+      }
       job->common = parsed->common;
       job->chat_logprobs = parsed->logprobs;
       job->chat_top_logprobs = parsed->top_logprobs;
@@ -549,6 +603,9 @@ class OpenAiHttpServer::Handlers {
       if (!stream.ok()) return SendError(res, ErrorFromStatus(stream.status()));
       (*choices)[i].stream = std::move(*stream);
       (*choices)[i].output.index = static_cast<int32_t>(i);
+      if (job->chat && job->common.stream && job->tools.choice != ToolRequest::Choice::kNone) {
+        (*choices)[i].tool_stream.emplace(job->tools, job->tool_parser);
+      }
     }
 
     if (job->common.stream) {
@@ -556,6 +613,25 @@ class OpenAiHttpServer::Handlers {
     } else {
       Collect(res, *job, *choices);
     }
+  }
+
+  // Tools of a chat request: the parser for "auto" (a 400 without one); hermes and mistral read
+  // markers that are special tokens in some vocabularies, so those stay in the text (vLLM's
+  // adjust_request does the same).
+  absl::Status PrepareTools(ChatRequest& parsed, Job& job) const {
+    job.tools = parsed.tools;
+    if (parsed.tools.choice != ToolRequest::Choice::kAuto) return absl::OkStatus();
+    job.tool_parser = frontend_.model().tool_call_parser;
+    if (job.tool_parser.empty()) {
+      return absl::InvalidArgumentError(
+          "tool_choice: \"auto\" needs a tool-call parser, and this model's chat template has "
+          "none; start the coordinator with --tool-call-parser (hermes, llama3_json, mistral), "
+          "or ask for tool_choice \"required\" or a named function");
+    }
+    if (job.tool_parser == "hermes" || job.tool_parser == "mistral") {
+      parsed.common.skip_special_tokens = false;
+    }
+    return absl::OkStatus();
   }
 
   // Non-streaming: read every choice to its end, then answer once.
@@ -707,7 +783,22 @@ class OpenAiHttpServer::Handlers {
     if (!job.chat && !choice.echoed) {
       text = job.echo[choice.output.index] + text;
     }
-    json chunk_choice = ChoiceJson(job, choice, text, begin, end, /*chunk=*/true, final_chunk);
+    std::optional<ToolCallStream::Delta> tool_delta;
+    if (choice.tool_stream.has_value()) {
+      tool_delta = choice.tool_stream->Add(text);
+      if (final_chunk) {
+        ToolCallStream::Delta tail = choice.tool_stream->Finish();
+        tool_delta->content += tail.content;
+        for (json& call : tail.tool_calls) tool_delta->tool_calls.push_back(std::move(call));
+      }
+      // Held back (a call's marker may be starting): nothing to send yet.
+      if (tool_delta->empty() && !final_chunk && !job.chat_logprobs) {
+        if (failed) return Finish(state, sink, ErrorFromStatus(choice.status));
+        return true;
+      }
+    }
+    json chunk_choice = ChoiceJson(job, choice, text, begin, end, /*chunk=*/true, final_chunk,
+                                   tool_delta.has_value() ? &*tool_delta : nullptr);
     choice.echoed = true;
     choice.text_chars += CodePointCount(text);
     std::optional<Usage> usage;
@@ -732,8 +823,7 @@ class OpenAiHttpServer::Handlers {
   std::atomic<uint64_t> id_counter_{0};
 };
 
-OpenAiHttpServer::OpenAiHttpServer(Frontend& frontend, OpenAiHttpOptions options)
-    : frontend_(frontend), options_(std::move(options)) {}
+OpenAiHttpServer::OpenAiHttpServer(OpenAiHttpOptions options) : options_(std::move(options)) {}
 
 absl::StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Create(
     Frontend& frontend, OpenAiHttpOptions options) {
@@ -751,7 +841,7 @@ absl::StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Create(
   if (options.poll_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("poll_interval: must be positive");
   }
-  std::unique_ptr<OpenAiHttpServer> server(new OpenAiHttpServer(frontend, std::move(options)));
+  std::unique_ptr<OpenAiHttpServer> server(new OpenAiHttpServer(std::move(options)));
   const OpenAiHttpOptions& opts = server->options_;
   server->handlers_ = std::make_unique<Handlers>(frontend, opts, server->shut_down_);
   try {

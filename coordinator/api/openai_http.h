@@ -88,9 +88,8 @@ class OpenAiHttpServer {
 
  private:
   class Handlers;
-  OpenAiHttpServer(Frontend& frontend, OpenAiHttpOptions options);
+  explicit OpenAiHttpServer(OpenAiHttpOptions options);
 
-  Frontend& frontend_;
   const OpenAiHttpOptions options_;
   std::unique_ptr<Handlers> handlers_;
   std::unique_ptr<httplib::Server> server_;

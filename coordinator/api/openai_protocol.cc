@@ -215,9 +215,6 @@ absl::Status ParseCommon(const json& body, CommonRequest& out) {
   TESSERA_RETURN_IF_ERROR(GetString(body, "cache_salt", salt));
   if (salt.has_value()) out.cache_salt = *salt;
 
-  if (const json* tools = Field(body, "tools"); tools != nullptr && !tools->empty()) {
-    return FieldError("tools", "tool calling is not supported by this server");
-  }
   return ParseStructuredOutput(body, s.structured_output);
 }
 
@@ -327,6 +324,8 @@ std::string LeadingField(absl::string_view message) {
                                            "chat_template_kwargs",
                                            "add_generation_prompt",
                                            "tools",
+                                           "tool_choice",
+                                           "parallel_tool_calls",
                                            "response_format",
                                            "body",
                                            "cache_salt",
@@ -540,8 +539,54 @@ absl::Status ParseTemplateOptions(const json& body, model::ChatTemplateOptions& 
   return absl::OkStatus();
 }
 
-// "messages": a non-empty list of {role, content (a string or text parts), reasoning_content}.
-absl::Status ParseMessages(const json& body, std::vector<model::ChatMessage>& out) {
+// An assistant message's tool_calls (`message` keeps the client's key order): each
+// {"id", "type": "function", "function": {"name", "arguments": JSON text}}, the arguments parsed
+// for the template (vLLM hands it a dict).
+absl::Status ParseToolCalls(const nlohmann::ordered_json& message, const std::string& where,
+                            std::vector<model::ChatToolCall>& out) {
+  const auto calls = message.find("tool_calls");
+  if (calls == message.end() || calls->is_null()) return absl::OkStatus();
+  if (!calls->is_array()) {
+    return FieldError("messages", where + ".tool_calls: expected a list of tool calls");
+  }
+  for (size_t k = 0; k < calls->size(); ++k) {
+    const nlohmann::ordered_json& call = (*calls)[k];
+    const std::string at = absl::StrCat(where, ".tool_calls[", k, "]");
+    const auto function = call.is_object() ? call.find("function") : call.end();
+    if (function == call.end() || !function->is_object()) {
+      return FieldError("messages", at + ".function: expected an object");
+    }
+    const auto name = function->find("name");
+    if (name == function->end() || !name->is_string()) {
+      return FieldError("messages", at + ".function.name: expected a string");
+    }
+    model::ChatToolCall parsed;
+    parsed.function = *function;
+    const auto arguments = function->find("arguments");
+    if (arguments == function->end() || arguments->is_null()) {
+      parsed.function["arguments"] = nlohmann::ordered_json::object();
+    } else if (arguments->is_string()) {
+      const std::string& text = arguments->get_ref<const std::string&>();
+      nlohmann::ordered_json value =
+          nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (value.is_discarded()) {
+        return FieldError("messages", at + ".function.arguments: not valid JSON");
+      }
+      parsed.function["arguments"] = std::move(value);
+    }
+    if (const auto id = call.find("id"); id != call.end() && !id->is_null()) {
+      if (!id->is_string()) return FieldError("messages", at + ".id: expected a string");
+      parsed.id = id->get<std::string>();
+    }
+    out.push_back(std::move(parsed));
+  }
+  return absl::OkStatus();
+}
+
+// "messages": a non-empty list of {role, content (a string or text parts), reasoning_content,
+// tool_calls, tool_call_id}; `ordered` is the same body with its key order.
+absl::Status ParseMessages(const json& body, const nlohmann::ordered_json& ordered,
+                           std::vector<model::ChatMessage>& out) {
   const json* messages = Field(body, "messages");
   if (messages == nullptr) return FieldError("messages", "required");
   if (!messages->is_array() || messages->empty()) {
@@ -584,6 +629,14 @@ absl::Status ParseMessages(const json& body, std::vector<model::ChatMessage>& ou
     absl::Status status = GetString(message, "reasoning_content", reasoning);
     if (!status.ok()) return FieldError("messages", absl::StrCat(where, ".", status.message()));
     parsed.reasoning_content = reasoning;
+    const auto& ordered_messages = ordered["messages"];
+    if (ordered_messages.is_array() && i < ordered_messages.size()) {
+      TESSERA_RETURN_IF_ERROR(ParseToolCalls(ordered_messages[i], where, parsed.tool_calls));
+    }
+    std::optional<std::string> tool_call_id;
+    status = GetString(message, "tool_call_id", tool_call_id);
+    if (!status.ok()) return FieldError("messages", absl::StrCat(where, ".", status.message()));
+    parsed.tool_call_id = tool_call_id.value_or("");
     out.push_back(std::move(parsed));
   }
   return absl::OkStatus();
@@ -591,9 +644,15 @@ absl::Status ParseMessages(const json& body, std::vector<model::ChatMessage>& ou
 
 }  // namespace
 
-absl::StatusOr<ChatRequest> ParseChatRequest(const json& body) {
+absl::StatusOr<ChatRequest> ParseChatRequest(const json& body,
+                                             const nlohmann::ordered_json* ordered) {
   ChatRequest out;
   TESSERA_RETURN_IF_ERROR(ParseCommon(body, out.common));
+  nlohmann::ordered_json sorted;
+  if (ordered == nullptr) {
+    sorted = nlohmann::ordered_json::parse(body.dump());
+    ordered = &sorted;
+  }
   std::optional<int32_t> max_tokens;
   TESSERA_RETURN_IF_ERROR(GetInt32(body, "max_tokens", max_tokens));
   std::optional<int32_t> max_completion_tokens;
@@ -621,12 +680,21 @@ absl::StatusOr<ChatRequest> ParseChatRequest(const json& body) {
 
   TESSERA_RETURN_IF_ERROR(ParseTemplateOptions(body, out.template_options));
   TESSERA_RETURN_IF_ERROR(GetBool(body, "add_special_tokens", out.add_special_tokens));
-  TESSERA_RETURN_IF_ERROR(ParseMessages(body, out.messages));
+  TESSERA_RETURN_IF_ERROR(ParseMessages(body, *ordered, out.messages));
+  TESSERA_RETURN_IF_ERROR(
+      ParseToolRequest(*ordered, out.tools, out.common.sampling.structured_output));
+  out.template_options.tools = out.tools.tools;
   return out;
 }
 
-absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(const json& body) {
+absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(const json& body,
+                                                     const nlohmann::ordered_json* ordered) {
   if (!body.is_object()) return FieldError("body", "expected a JSON object");
+  nlohmann::ordered_json sorted;
+  if (ordered == nullptr) {
+    sorted = nlohmann::ordered_json::parse(body.dump());
+    ordered = &sorted;
+  }
   TokenizeRequest out;
   TESSERA_RETURN_IF_ERROR(GetString(body, "model", out.model));
   TESSERA_RETURN_IF_ERROR(GetBool(body, "return_token_strs", out.return_token_strs));
@@ -641,7 +709,11 @@ absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(const json& body) {
     out.add_special_tokens = true;  // as a completion prompt
   } else {
     TESSERA_RETURN_IF_ERROR(ParseTemplateOptions(body, out.template_options));
-    TESSERA_RETURN_IF_ERROR(ParseMessages(body, out.messages));
+    TESSERA_RETURN_IF_ERROR(ParseMessages(body, *ordered, out.messages));
+    ToolRequest tools;
+    model::StructuredOutput unused;
+    TESSERA_RETURN_IF_ERROR(ParseToolRequest(*ordered, tools, unused));
+    out.template_options.tools = std::move(tools.tools);
     out.add_special_tokens = false;  // the template has them
   }
   TESSERA_RETURN_IF_ERROR(GetBool(body, "add_special_tokens", out.add_special_tokens));

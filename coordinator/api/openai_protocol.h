@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "coordinator/api/tool_calls.h"
 #include "coordinator/frontend.h"
 #include "model/chat_template.h"
 #include "model/sampling.h"
@@ -92,20 +93,24 @@ struct ChatRequest {
   std::vector<model::ChatMessage> messages;
   bool logprobs = false;
   int32_t top_logprobs = 0;
-  model::ChatTemplateOptions template_options;
-  bool add_special_tokens = false;  // the template has them already
+  model::ChatTemplateOptions template_options;  // .tools: tools.tools
+  bool add_special_tokens = false;              // the template has them already
+  ToolRequest tools;  // "required" and named functions also set common.sampling's structured output
 };
 
 // Defaults as vLLM's (temperature 1, max_tokens 16 for completions, unlimited for chat).
 absl::StatusOr<CompletionRequest> ParseCompletionRequest(const nlohmann::json& body);
-absl::StatusOr<ChatRequest> ParseChatRequest(const nlohmann::json& body);
+// `ordered`: the same body parsed keeping its key order (the tools and the tool calls in
+// `messages` reach the chat template as the client wrote them); null: taken from `body`.
+absl::StatusOr<ChatRequest> ParseChatRequest(const nlohmann::json& body,
+                                             const nlohmann::ordered_json* ordered = nullptr);
 
 // POST /tokenize (vLLM's): a completion prompt or a conversation run through the chat template.
 struct TokenizeRequest {
   std::optional<std::string> model;
-  std::optional<std::string> prompt;         // set: tokenize this text
-  std::vector<model::ChatMessage> messages;  // else: the chat template over these
-  model::ChatTemplateOptions template_options;
+  std::optional<std::string> prompt;            // set: tokenize this text
+  std::vector<model::ChatMessage> messages;     // else: the chat template over these
+  model::ChatTemplateOptions template_options;  // with the request's tools
   bool add_special_tokens = true;  // default true for a prompt, false for messages (as vLLM)
   bool return_token_strs = false;  // also answer each token's vocabulary string
 };
@@ -114,7 +119,8 @@ struct DetokenizeRequest {
   std::optional<std::string> model;
   std::vector<int32_t> tokens;
 };
-absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(const nlohmann::json& body);
+absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(
+    const nlohmann::json& body, const nlohmann::ordered_json* ordered = nullptr);
 absl::StatusOr<DetokenizeRequest> ParseDetokenizeRequest(const nlohmann::json& body);
 
 // ---- responses ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 #include "tests/coordinator/fake_frontend.h"
 
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,14 +14,21 @@ namespace {
 class FakeStream final : public GenerateStream {
  public:
   FakeStream(FakeFrontend& owner, GenerateRequest request, std::vector<int32_t> prompt,
-             absl::Duration token_delay, absl::Status fail_after_first)
+             absl::Duration token_delay, absl::Status fail_after_first,
+             std::optional<std::vector<int32_t>> script)
       : owner_(owner),
         request_(std::move(request)),
         prompt_(std::move(prompt)),
         expected_(FakeFrontend::ExpectedTokens(prompt_, request_.sampling.max_tokens)),
         token_delay_(token_delay),
         fail_after_first_(std::move(fail_after_first)),
-        decoder_(owner.tokenizer(), request_.skip_special_tokens) {}
+        decoder_(owner.tokenizer(), request_.skip_special_tokens) {
+    if (script.has_value()) {
+      stop_at_end_ = static_cast<int>(script->size()) <= request_.sampling.max_tokens;
+      if (!stop_at_end_) script->resize(static_cast<size_t>(request_.sampling.max_tokens));
+      expected_ = std::move(*script);
+    }
+  }
 
   ~FakeStream() override {
     if (!done_) Cancel();
@@ -52,7 +60,7 @@ class FakeStream final : public GenerateStream {
       event.top_logprobs.back().resize(request_.sampling.logprobs, {id + 2, -9.0f});
     }
     event.completion_tokens = next_;
-    bool stop = false;
+    bool stop = stop_at_end_ && next_ == static_cast<int>(expected_.size());
     for (int32_t s : request_.sampling.stop_token_ids) stop = stop || s == id;
     if (stop || next_ >= static_cast<int>(expected_.size())) {
       event.text += decoder_.Flush();
@@ -89,7 +97,8 @@ class FakeStream final : public GenerateStream {
   absl::Status fail_after_first_;
   model::IncrementalDecoder decoder_;
   int next_ = 0;
-  bool done_ = false;  // reader thread only
+  bool stop_at_end_ = false;  // a scripted output ends with stop
+  bool done_ = false;         // reader thread only
   std::atomic<bool> cancelled_{false};
 };
 
@@ -159,9 +168,14 @@ absl::StatusOr<std::unique_ptr<GenerateStream>> FakeFrontend::Generate(GenerateR
     last_request_ = request;
     requests_.push_back(request);
   }
+  std::optional<std::vector<int32_t>> script;
+  if (!scripted_output.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(script, tokenizer_->Encode(scripted_output, false));
+  }
   generated++;
-  return std::unique_ptr<GenerateStream>(new FakeStream(
-      *this, std::move(request), std::move(prompt), token_delay, fail_after_first_token));
+  return std::unique_ptr<GenerateStream>(new FakeStream(*this, std::move(request),
+                                                        std::move(prompt), token_delay,
+                                                        fail_after_first_token, std::move(script)));
 }
 
 absl::StatusOr<std::string> FakeFrontend::ApplyChatTemplate(

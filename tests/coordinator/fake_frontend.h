@@ -3,8 +3,9 @@
 // "generates" deterministically: token i of a request is `first_token + i` where first_token is
 // (last prompt id * 7 + 3) % 200 + 32, so outputs depend on the prompt and are printable text.
 // Finish reason: length after max_tokens, or stop when a generated token is in
-// sampling.stop_token_ids (stop strings are not matched here). Knobs let tests inject failures,
-// delays and admission errors; counters let them check cancellation. Thread-safe.
+// sampling.stop_token_ids (stop strings are not matched here) or a scripted output has ended. Knobs
+// let tests inject failures, delays and admission errors; counters let them check cancellation.
+// Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -29,6 +30,11 @@ class FakeFrontend final : public Frontend {
   absl::Duration token_delay = absl::ZeroDuration();  // real time between tokens
   absl::Status fail_after_first_token;                // non-OK: ends requests with it
   std::atomic<bool> ready{true};
+  // Non-empty: every request "generates" this text's tokens instead (then stops; or is cut at
+  // max_tokens), for tests of what APIs make of a model's text (tool calls).
+  std::string scripted_output;
+  // ModelInfo::tool_call_parser (the fake's chat template is Llama 3.0, which has none).
+  void set_tool_call_parser(std::string parser) { info_.tool_call_parser = std::move(parser); }
 
   // What happened.
   std::atomic<int> generated{0};  // Generate calls that succeeded

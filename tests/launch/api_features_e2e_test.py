@@ -11,6 +11,10 @@ with the real clients.
    every choice ends and conforms; the client's chat.completions.parse with a Pydantic model; a
    string pattern; a structured_outputs regex and choice; json_object; a schema keyword the
    grammar cannot enforce is a 400 naming it.
+2c. Tool calling (serve --tool-call-parser llama3_json): tool_choice "required" sampled n = 3
+   ways, streamed too, always ends in calls of the given tools whose arguments conform;
+   a named function; "auto" reading a call the model was steered to write (a json_schema) and
+   plain text; the conversation goes on with the calls and their results.
 3. KServe gRPC (`tritonclient`): without the key UNAUTHENTICATED; with headers={"authorization":
    "Bearer KEY"} a stream equals `tessera generate`; server liveness needs no key.
 4. `tessera bench` over both APIs: OPENAI_API_KEY (as vllm bench serve) completes every request,
@@ -77,7 +81,8 @@ def main():
             f"a bad key was not refused by name: {bad.returncode} {bad.stdout} {bad.stderr}")
 
     serve, ports = u.start_serve(TESSERA, work, ["--num-replicas", "1", "--max-num-seqs", "8",
-                                                 "--kv-cache-gib", "0.125"],
+                                                 "--kv-cache-gib", "0.125",
+                                                 "--tool-call-parser", "llama3_json"],
                                  env=dict(os.environ, TESSERA_API_KEY=KEY))
     try:
         base = f"http://127.0.0.1:{ports['http']}"
@@ -205,6 +210,94 @@ def main():
         print("2b. structured outputs: json_schema (n = 4, sampled) always parses and conforms; "
               "the client's parse() with a Pydantic model; a pattern; a regex; a choice; "
               "json_object; multipleOf is refused by name", flush=True)
+
+        # 2c. Tool calling.
+        tools = [{"type": "function", "function": {
+                     "name": "get_weather", "description": "Weather in a city",
+                     "parameters": {"type": "object", "properties": {
+                         "city": {"type": "string", "maxLength": 12},
+                         "unit": {"enum": ["celsius", "fahrenheit"]}},
+                         "required": ["city"], "additionalProperties": False}}},
+                 {"type": "function", "function": {"name": "now"}}]
+
+        def check_call(call, where):
+            u.check(call.type == "function" and call.id.startswith("chatcmpl-tool-"),
+                    f"{where}: {call}")
+            args = json.loads(call.function.arguments)
+            if call.function.name == "get_weather":
+                u.check(isinstance(args.get("city"), str) and
+                        set(args) <= {"city", "unit"} and
+                        args.get("unit", "celsius") in ("celsius", "fahrenheit"),
+                        f"{where}: arguments not the schema's: {call.function.arguments!r}")
+            else:
+                u.check(call.function.name == "now" and isinstance(args, dict),
+                        f"{where}: {call}")
+
+        weather = [{"role": "user", "content": "Weather in Oslo?"}]
+        required = client.chat.completions.create(
+            model=u.MODEL, messages=weather, tools=tools, tool_choice="required", n=3,
+            temperature=1.0, seed=11, max_tokens=900)
+        for choice in required.choices:
+            u.check(choice.finish_reason == "tool_calls" and choice.message.tool_calls,
+                    f"required: {choice}")
+            for call in choice.message.tool_calls:
+                check_call(call, "required")
+        streamed_calls, finish = {}, None
+        for chunk in client.chat.completions.create(
+                model=u.MODEL, messages=weather, tools=tools, tool_choice="required",
+                temperature=1.0, seed=12, max_tokens=900, stream=True):
+            for delta in chunk.choices[0].delta.tool_calls or []:
+                entry = streamed_calls.setdefault(delta.index, {"id": delta.id, "name": "",
+                                                                "arguments": ""})
+                entry["name"] += delta.function.name or ""
+                entry["arguments"] += delta.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        u.check(finish == "tool_calls" and streamed_calls, f"required, streamed: {finish}")
+        for entry in streamed_calls.values():
+            u.check(entry["name"] in ("get_weather", "now"), f"streamed call: {entry}")
+            json.loads(entry["arguments"])
+        named = client.chat.completions.create(
+            model=u.MODEL, messages=weather, tools=tools, temperature=1.0, seed=13,
+            max_tokens=200, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        u.check(named.choices[0].finish_reason == "stop" and
+                len(named.choices[0].message.tool_calls) == 1 and
+                named.choices[0].message.tool_calls[0].function.name == "get_weather",
+                f"named: {named.choices[0]}")
+        check_call(named.choices[0].message.tool_calls[0], "named")
+        # "auto": the model writes a Llama 3 JSON call (steered to by a schema), the parser
+        # reads it; without a call its text is the content.
+        call_schema = {"type": "object", "properties": {
+            "name": {"enum": ["get_weather"]},
+            "parameters": tools[0]["function"]["parameters"]},
+            "required": ["name", "parameters"], "additionalProperties": False}
+        auto = client.chat.completions.create(
+            model=u.MODEL, messages=weather, tools=tools, temperature=1.0, seed=14,
+            max_tokens=200, response_format={"type": "json_schema", "json_schema": {
+                "name": "call", "schema": call_schema}})
+        u.check(auto.choices[0].finish_reason == "tool_calls" and
+                auto.choices[0].message.content is None and
+                auto.choices[0].message.tool_calls[0].function.name == "get_weather",
+                f"auto: {auto.choices[0]}")
+        check_call(auto.choices[0].message.tool_calls[0], "auto")
+        prose = client.chat.completions.create(
+            model=u.MODEL, messages=weather, tools=tools, temperature=0, max_tokens=8,
+            extra_body={"structured_outputs": {"regex": "[a-z ]{8}"}})
+        u.check(not prose.choices[0].message.tool_calls and
+                prose.choices[0].message.content and
+                prose.choices[0].finish_reason in ("stop", "length"), f"auto, prose: {prose}")
+        # The conversation goes on: the calls and their results go back to the model.
+        message = named.choices[0].message
+        follow = client.chat.completions.create(
+            model=u.MODEL, tools=tools, tool_choice="none", max_tokens=4, messages=weather + [
+                message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": message.tool_calls[0].id,
+                 "content": json.dumps({"temp": 3})}])
+        u.check(follow.choices[0].message.content is not None and
+                follow.usage.prompt_tokens > required.usage.prompt_tokens,
+                f"follow-up: {follow}")
+        print("2c. tool calling: required (n = 3, sampled, and streamed) always calls the tools "
+              "with conforming arguments; a named function; auto reads a Llama 3 JSON call and "
+              "leaves prose as content; a conversation carries calls and results", flush=True)
 
         # 3. KServe gRPC.
         model_dir = os.path.join(work, "demo-model")

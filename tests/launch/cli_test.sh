@@ -132,6 +132,8 @@ expect_usage_error "fast not in {auto,simt,tensor-cores}" \
 expect_usage_error "--no-such-flag" generate --model "$WORK/m" --prompt-ids 1,2 --no-such-flag
 expect_usage_error "--log-level" --log-level loud generate --model "$WORK/m" --prompt-ids 1,2
 expect_error "backend 'tpu' is not cpu or cuda" bench-kernels --preset tiny --backend tpu
+expect_error "--tool-call-parser 'qwen' is not one of auto, none, hermes" \
+  coordinator --model "$WORK/m" --tool-call-parser qwen --check
 "$TESSERA" bench-engine --preset tiny --batch-sizes 1,2 --prompt-len 8 --decode-steps 2 \
   --copy-gib 0.01 --gemm-size 64 >"$WORK/engine.txt" 2>"$WORK/err" ||
   fail "bench-engine: $(cat "$WORK/err")"
