@@ -295,6 +295,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
       options.tool_call_parser.has_value()
           ? *options.tool_call_parser
           : std::string(chat.has_value() ? chat->tool_call_parser() : "");
+  options.model.reasoning_parser =
+      options.reasoning_parser.has_value()
+          ? *options.reasoning_parser
+          : std::string(chat.has_value() ? chat->reasoning_parser() : "");
   options.model.created_unix_s = absl::ToUnixSeconds(clock.Now());
   options.registry.model_name = options.model.name;
   options.registry.vocab_size = options.model.vocab_size;

@@ -41,6 +41,8 @@ struct CoordinatorOptions {
   ModelInfo model;  // name, root, max_model_len, vocab_size (created: set by Create)
   // model.tool_call_parser when set; unset: the chat template's (model::ChatTemplate).
   std::optional<std::string> tool_call_parser;
+  // model.reasoning_parser when set; unset: the chat template's.
+  std::optional<std::string> reasoning_parser;
   RegistryOptions registry;  // model_name and vocab_size are taken from `model`
   RouterOptions router;
   // Requests admitted beyond the sum of the live replicas' max_num_seqs.

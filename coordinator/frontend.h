@@ -41,6 +41,10 @@ struct ModelInfo {
   // How tool_choice "auto" reads the model's tool calls: a parser of coordinator/api/tool_calls.h
   // ("hermes", "llama3_json", "mistral"), by default the chat template's; empty: none.
   std::string tool_call_parser;
+  // How chat responses split a thinking model's reasoning from its answer: a parser of
+  // coordinator/api/reasoning.h ("qwen3", "deepseek_r1"), by default the chat template's; empty:
+  // none (all content).
+  std::string reasoning_parser;
 };
 
 struct GenerateRequest {

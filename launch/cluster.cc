@@ -140,7 +140,9 @@ std::vector<std::string> CoordinatorCommand(const Topology& t, const std::string
                                    "--drain-timeout",
                                    absl::StrCat(c.drain_timeout_s),
                                    "--tool-call-parser",
-                                   c.tool_call_parser};
+                                   c.tool_call_parser,
+                                   "--reasoning-parser",
+                                   c.reasoning_parser};
   if (c.max_model_len > 0) {
     argv.insert(argv.end(), {"--max-model-len", std::to_string(c.max_model_len)});
   }

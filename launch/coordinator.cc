@@ -21,6 +21,7 @@
 #include "coordinator/api/api_keys.h"
 #include "coordinator/api/kserve_server.h"
 #include "coordinator/api/openai_http.h"
+#include "coordinator/api/reasoning.h"
 #include "coordinator/api/tool_calls.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/rpc/grpc_replica_client.h"
@@ -51,6 +52,7 @@ struct CoordinatorFlags {
   bool check = false;                 // validate and exit
   std::vector<std::string> api_keys;  // --api-key, then $TESSERA_API_KEY
   std::string tool_call_parser = "auto";
+  std::string reasoning_parser = "auto";
 };
 
 // --tool-call-parser: "auto" (the chat template's), "none", or a parser of tool_calls.h.
@@ -64,6 +66,19 @@ absl::StatusOr<std::optional<std::string>> ToolCallParserOf(const CoordinatorFla
                                                    coordinator::api::kToolCallParsers));
   }
   return std::optional<std::string>(flags.tool_call_parser);
+}
+
+// --reasoning-parser: "auto" (the chat template's), "none", or a parser of reasoning.h.
+absl::StatusOr<std::optional<std::string>> ReasoningParserOf(const CoordinatorFlags& flags) {
+  if (flags.reasoning_parser == "auto") return std::optional<std::string>();
+  if (flags.reasoning_parser == "none") return std::optional<std::string>("");
+  if (flags.reasoning_parser.empty() ||
+      !coordinator::api::IsReasoningParser(flags.reasoning_parser)) {
+    return absl::InvalidArgumentError(absl::StrCat("--reasoning-parser '", flags.reasoning_parser,
+                                                   "' is not one of auto, none, ",
+                                                   coordinator::api::kReasoningParsers));
+  }
+  return std::optional<std::string>(flags.reasoning_parser);
 }
 
 // The keys clients must present: --api-key (repeatable), else $TESSERA_API_KEY (what `tessera
@@ -97,6 +112,7 @@ absl::Status ApplyTopology(CoordinatorFlags& flags, const std::function<bool(con
   if (!given("--lease-timeout")) flags.lease_timeout_s = c.lease_timeout_s;
   if (!given("--drain-timeout")) flags.drain_timeout_s = c.drain_timeout_s;
   if (!given("--tool-call-parser")) flags.tool_call_parser = c.tool_call_parser;
+  if (!given("--reasoning-parser")) flags.reasoning_parser = c.reasoning_parser;
   return absl::OkStatus();
 }
 
@@ -104,6 +120,7 @@ absl::Status ApplyTopology(CoordinatorFlags& flags, const std::function<bool(con
 absl::Status CheckCoordinator(const CoordinatorFlags& flags) {
   TESSERA_RETURN_IF_ERROR(ApiKeysOf(flags).status());
   TESSERA_RETURN_IF_ERROR(ToolCallParserOf(flags).status());
+  TESSERA_RETURN_IF_ERROR(ReasoningParserOf(flags).status());
   for (const auto& [name, port] :
        {std::pair<const char*, int>{"--port", flags.port}, {"--grpc-port", flags.grpc_port}}) {
     if (port < 0 || port > 65535) {
@@ -188,6 +205,7 @@ absl::Status RunCoordinator(const CoordinatorFlags& flags) {
   }
   options.max_queued_requests = flags.max_queued_requests;
   TESSERA_ASSIGN_OR_RETURN(options.tool_call_parser, ToolCallParserOf(flags));
+  TESSERA_ASSIGN_OR_RETURN(options.reasoning_parser, ReasoningParserOf(flags));
   if (!(flags.lease_timeout_s > 0)) {
     return absl::InvalidArgumentError("--lease-timeout must be positive");
   }
@@ -278,6 +296,10 @@ Command RegisterCoordinator(CLI::App& app) {
                   "How tool_choice \"auto\" reads tool calls from the model's text: hermes "
                   "(Qwen2.5, Qwen3), llama3_json (Llama 3.1+), mistral; auto: the chat "
                   "template's; none: \"auto\" is refused")
+      ->capture_default_str();
+  sub->add_option("--reasoning-parser", flags->reasoning_parser,
+                  "How chat responses split a thinking model's reasoning (message.reasoning) from "
+                  "its answer: qwen3, deepseek_r1; auto: the chat template's; none: all content")
       ->capture_default_str();
   sub->add_flag("--check", flags->check,
                 "Validate the flags (and the model when it is here), print them and exit");

@@ -46,6 +46,7 @@ struct ServeFlags {
   int64_t max_queued_requests = 256;
   double drain_timeout_s = 30.0;
   std::string tool_call_parser = "auto";
+  std::string reasoning_parser = "auto";
   double ready_timeout_s = 300.0;
   std::string work_dir;  // port files and the demo model; default: a fresh temp dir
 };
@@ -65,6 +66,7 @@ absl::StatusOr<Topology> ServeTopology(const ServeFlags& flags) {
   t.coordinator.max_queued_requests = flags.max_queued_requests;
   t.coordinator.drain_timeout_s = flags.drain_timeout_s;
   t.coordinator.tool_call_parser = flags.tool_call_parser;
+  t.coordinator.reasoning_parser = flags.reasoning_parser;
   const int num_mixed = flags.num_replicas >= 0
                             ? flags.num_replicas
                             : (flags.num_prefill + flags.num_decode > 0 ? 0 : 1);
@@ -182,6 +184,10 @@ Command RegisterServe(CLI::App& app) {
   sub->add_option("--tool-call-parser", flags->tool_call_parser,
                   "How tool_choice \"auto\" reads tool calls: hermes, llama3_json, mistral; auto: "
                   "the chat template's; none: \"auto\" is refused")
+      ->capture_default_str();
+  sub->add_option("--reasoning-parser", flags->reasoning_parser,
+                  "How chat responses split a thinking model's reasoning from its answer: qwen3, "
+                  "deepseek_r1; auto: the chat template's; none: all content")
       ->capture_default_str();
   sub->add_option("--drain-timeout", flags->drain_timeout_s,
                   "Seconds requests in flight get to finish at shutdown")

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/net.h"
 #include "common/status_macros.h"
+#include "coordinator/api/reasoning.h"
 #include "coordinator/api/tool_calls.h"
 #include "yaml-cpp/yaml.h"
 
@@ -269,6 +270,12 @@ absl::Status ValidateTopology(const Topology& t) {
                    absl::StrCat("'", c.tool_call_parser, "' is not one of auto, none, ",
                                 coordinator::api::kToolCallParsers));
   }
+  if (c.reasoning_parser != "auto" && c.reasoning_parser != "none" &&
+      (c.reasoning_parser.empty() || !coordinator::api::IsReasoningParser(c.reasoning_parser))) {
+    return Invalid("coordinator.reasoning_parser",
+                   absl::StrCat("'", c.reasoning_parser, "' is not one of auto, none, ",
+                                coordinator::api::kReasoningParsers));
+  }
   if (t.pools.empty()) return Invalid("pools", "at least one pool is needed");
   std::set<std::string> names;
   for (size_t i = 0; i < t.pools.size(); ++i) {
@@ -406,6 +413,7 @@ absl::StatusOr<Topology> ParseTopology(const std::string& yaml, const std::strin
     r.Read("lease_timeout_s", t.coordinator.lease_timeout_s);
     r.Read("drain_timeout_s", t.coordinator.drain_timeout_s);
     r.Read("tool_call_parser", t.coordinator.tool_call_parser);
+    r.Read("reasoning_parser", t.coordinator.reasoning_parser);
     r.Finish();
   }
   EngineFlags defaults;
@@ -467,6 +475,7 @@ CoordinatorSettings CoordinatorSettingsOf(const Topology& t) {
   s.lease_timeout_s = c.lease_timeout_s;
   s.drain_timeout_s = c.drain_timeout_s;
   s.tool_call_parser = c.tool_call_parser;
+  s.reasoning_parser = c.reasoning_parser;
   for (const TopologyPool& p : t.pools) {
     if (p.engine.max_model_len > 0 &&
         (s.max_model_len == 0 || p.engine.max_model_len < s.max_model_len)) {
@@ -545,6 +554,7 @@ std::string TopologyToYaml(const Topology& t) {
   out << YAML::Key << "lease_timeout_s" << YAML::Value << c.lease_timeout_s;
   out << YAML::Key << "drain_timeout_s" << YAML::Value << c.drain_timeout_s;
   out << YAML::Key << "tool_call_parser" << YAML::Value << c.tool_call_parser;
+  out << YAML::Key << "reasoning_parser" << YAML::Value << c.reasoning_parser;
   out << YAML::EndMap;
   out << YAML::Key << "pools" << YAML::Value << YAML::BeginSeq;
   for (const TopologyPool& p : t.pools) {

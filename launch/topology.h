@@ -27,6 +27,8 @@ struct TopologyCoordinator {
   // tool_choice "auto": auto (the chat template's parser), none, or a parser of
   // coordinator/api/tool_calls.h (hermes, llama3_json, mistral).
   std::string tool_call_parser = "auto";
+  // auto (the chat template's), none, or a parser of coordinator/api/reasoning.h.
+  std::string reasoning_parser = "auto";
 };
 
 struct TopologyPool {
@@ -105,6 +107,7 @@ struct CoordinatorSettings {
   double drain_timeout_s = 30.0;
   int32_t max_model_len = 0;  // the smallest any pool sets (what every pool can hold); 0: model's
   std::string tool_call_parser = "auto";
+  std::string reasoning_parser = "auto";
 };
 CoordinatorSettings CoordinatorSettingsOf(const Topology& topology);
 

@@ -175,6 +175,10 @@ ChatTemplate ChatTemplate::ForFormat(ChatFormat format, std::string bos_token,
   return t;
 }
 
+absl::string_view ChatTemplate::reasoning_parser() const {
+  return format_ == ChatFormat::kQwen3 ? "qwen3" : "";
+}
+
 bool ChatTemplate::supports_tools() const { return !tool_call_parser().empty(); }
 
 absl::string_view ChatTemplate::tool_call_parser() const {

@@ -92,6 +92,9 @@ class ChatTemplate {
   // vLLM's tool-call parser for what this format's models write when they call a tool:
   // "llama3_json", "hermes" (Qwen2.5, Qwen3), "mistral"; empty when the format has no tools.
   absl::string_view tool_call_parser() const;
+  // vLLM's reasoning parser for this format's models: "qwen3" (they open a <think> block);
+  // empty for formats whose models do not reason.
+  absl::string_view reasoning_parser() const;
   // "llama3", "llama3.1", "chatml", "qwen3", "mistral", "mistral-v0.3".
   absl::string_view name() const;
 

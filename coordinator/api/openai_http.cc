@@ -4,6 +4,11 @@
 //    parallel sampling; a batch of prompts in /v1/completions is answered with choice p * n + i
 //    for prompt p's i-th completion, as vLLM does. Usage counts each prompt once.
 //  - echo together with logprobs (prompt logprobs) is refused with 400; echo alone works.
+//  - Reasoning (reasoning.h): with a reasoning parser (ModelInfo::reasoning_parser, from the chat
+//    template or --reasoning-parser), chat responses carry the model's <think> block as
+//    message.reasoning and reasoning_content (vLLM's newer and older names), streamed as deltas
+//    of both; include_reasoning=false leaves it out. A structured output is enforced from the
+//    first token, reasoning included (vLLM waits for the end of the reasoning).
 //  - Tool calling (tool_calls.h): tools, tool_choice none/auto/required/named and
 //    parallel_tool_calls. "auto" needs a tool-call parser (ModelInfo::tool_call_parser, from the
 //    chat template or the coordinator's --tool-call-parser); without one it is a 400, as vLLM
@@ -47,6 +52,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "coordinator/api/openai_protocol.h"
+#include "coordinator/api/reasoning.h"
 
 namespace tessera::coordinator::api {
 namespace {
@@ -78,6 +84,16 @@ struct Job {
   std::vector<std::string> echo;          // completions with echo: the prompt text per choice
   ToolRequest tools;                      // chat: what the request asks of tools
   std::string tool_parser;                // chat, tool_choice auto: the parser
+  std::string reasoning_parser;           // chat: splits reasoning from content; empty: none
+  bool include_reasoning = true;          // chat: return the reasoning (vLLM's include_reasoning)
+};
+
+// What one chat chunk says when its text goes through a reasoning or tool-call parser.
+struct ChatDelta {
+  std::string reasoning;
+  std::string content;
+  json tool_calls = json::array();
+  bool empty() const { return reasoning.empty() && content.empty() && tool_calls.empty(); }
 };
 
 // Per-choice progress while reading a stream.
@@ -89,8 +105,39 @@ struct ChoiceState {
   bool echoed = false;
   int64_t text_chars = 0;  // characters emitted so far (completions logprobs text_offset)
   Usage usage;
-  std::optional<ToolCallStream> tool_stream;  // chat streaming with tools: what is sent
+  // Chat streaming: the parsers the text goes through, reasoning first (tools read the content).
+  std::optional<ReasoningStream> reasoning_stream;
+  std::optional<ToolCallStream> tool_stream;
 };
+
+// Runs a chat chunk's text through the choice's parsers (`final`: the last chunk, which also
+// takes what they held back).
+ChatDelta ParseChatText(ChoiceState& choice, absl::string_view text, bool final) {
+  ChatDelta out;
+  std::string content(text);
+  if (choice.reasoning_stream.has_value()) {
+    ReasoningStream::Delta r = choice.reasoning_stream->Add(text);
+    if (final) {
+      const ReasoningStream::Delta tail = choice.reasoning_stream->Finish();
+      r.reasoning += tail.reasoning;
+      r.content += tail.content;
+    }
+    out.reasoning = std::move(r.reasoning);
+    content = std::move(r.content);
+  }
+  if (choice.tool_stream.has_value()) {
+    ToolCallStream::Delta t = choice.tool_stream->Add(content);
+    if (final) {
+      ToolCallStream::Delta tail = choice.tool_stream->Finish();
+      t.content += tail.content;
+      for (json& call : tail.tool_calls) t.tool_calls.push_back(std::move(call));
+    }
+    content = std::move(t.content);
+    out.tool_calls = std::move(t.tool_calls);
+  }
+  out.content = std::move(content);
+  return out;
+}
 
 json ToolCallJson(const ToolCall& call) {
   return json{{"id", call.id},
@@ -482,10 +529,10 @@ class OpenAiHttpServer::Handlers {
   }
 
   // The JSON choice for the text/tokens [begin, end) just added to `choice`.
-  // `tool_delta`: a chat chunk's content and tool calls when the request has tools (else `text`).
+  // `chat_delta`: a chat chunk's parsed text when the request has parsers (else `text`).
   json ChoiceJson(const Job& job, const ChoiceState& choice, absl::string_view text, size_t begin,
                   size_t end, bool chunk, bool final_chunk,
-                  const ToolCallStream::Delta* tool_delta = nullptr) const {
+                  const ChatDelta* chat_delta = nullptr) const {
     const ChoiceOutput& out = choice.output;
     json logprobs = nullptr;
     if (job.chat) {
@@ -495,30 +542,45 @@ class OpenAiHttpServer::Handlers {
       json result = {{"index", out.index}};
       json finish_reason = final_chunk ? FinishReasonJson(out.finish_reason) : nullptr;
       const bool stopped = out.finish_reason == model::FinishReason::kStop;
-      if (chunk && tool_delta != nullptr) {
+      if (chunk && chat_delta != nullptr) {
         json delta = json::object();
-        if (!tool_delta->content.empty() || tool_delta->tool_calls.empty()) {
-          delta["content"] = tool_delta->content;
+        if (!chat_delta->reasoning.empty() && job.include_reasoning) {
+          delta["reasoning"] = chat_delta->reasoning;
+          delta["reasoning_content"] = chat_delta->reasoning;  // vLLM's older name
         }
-        if (!tool_delta->tool_calls.empty()) delta["tool_calls"] = tool_delta->tool_calls;
+        if (!chat_delta->content.empty() || (delta.empty() && chat_delta->tool_calls.empty())) {
+          delta["content"] = chat_delta->content;
+        }
+        if (!chat_delta->tool_calls.empty()) delta["tool_calls"] = chat_delta->tool_calls;
         result["delta"] = std::move(delta);
-        if (final_chunk && choice.tool_stream->FinishAsToolCalls(stopped)) {
+        if (final_chunk && choice.tool_stream.has_value() &&
+            choice.tool_stream->FinishAsToolCalls(stopped)) {
           finish_reason = "tool_calls";
         }
       } else if (chunk) {
         result["delta"] = json{{"content", text}};
-      } else if (job.tools.choice != ToolRequest::Choice::kNone) {
-        const ToolCallResult calls = ExtractToolCalls(job.tools, job.tool_parser, text, stopped);
-        json tool_calls = json::array();
-        for (const ToolCall& call : calls.calls) tool_calls.push_back(ToolCallJson(call));
-        result["message"] =
-            json{{"role", "assistant"},
-                 {"content", calls.content.has_value() ? json(*calls.content) : json(nullptr)},
-                 {"tool_calls", std::move(tool_calls)}};
-        if (calls.finish_as_tool_calls) finish_reason = "tool_calls";
       } else {
-        result["message"] =
-            json{{"role", "assistant"}, {"content", text}, {"tool_calls", json::array()}};
+        // The whole text: reasoning split off first, then tool calls read from the content.
+        ReasoningSplit split = SplitReasoning(job.reasoning_parser, text);
+        json message = {{"role", "assistant"}};
+        json tool_calls = json::array();
+        if (job.tools.choice != ToolRequest::Choice::kNone && split.content.has_value()) {
+          ToolCallResult calls =
+              ExtractToolCalls(job.tools, job.tool_parser, *split.content, stopped);
+          for (const ToolCall& call : calls.calls) tool_calls.push_back(ToolCallJson(call));
+          split.content = std::move(calls.content);
+          if (calls.finish_as_tool_calls) finish_reason = "tool_calls";
+        }
+        message["content"] = split.content.has_value() ? json(*split.content) : json(nullptr);
+        if (!job.reasoning_parser.empty()) {
+          const json reasoning = split.reasoning.has_value() && job.include_reasoning
+                                     ? json(*split.reasoning)
+                                     : json(nullptr);
+          message["reasoning"] = reasoning;
+          message["reasoning_content"] = reasoning;  // vLLM's older name
+        }
+        message["tool_calls"] = std::move(tool_calls);
+        result["message"] = std::move(message);
       }
       result["logprobs"] = std::move(logprobs);
       result["finish_reason"] = std::move(finish_reason);
@@ -562,6 +624,8 @@ class OpenAiHttpServer::Handlers {
       if (absl::Status tools = PrepareTools(*parsed, *job); !tools.ok()) {
         return SendError(res, ErrorFromStatus(tools));
       }
+      job->reasoning_parser = frontend_.model().reasoning_parser;
+      job->include_reasoning = parsed->include_reasoning;
       job->common = parsed->common;
       job->chat_logprobs = parsed->logprobs;
       job->chat_top_logprobs = parsed->top_logprobs;
@@ -603,6 +667,9 @@ class OpenAiHttpServer::Handlers {
       if (!stream.ok()) return SendError(res, ErrorFromStatus(stream.status()));
       (*choices)[i].stream = std::move(*stream);
       (*choices)[i].output.index = static_cast<int32_t>(i);
+      if (job->chat && job->common.stream && !job->reasoning_parser.empty()) {
+        (*choices)[i].reasoning_stream.emplace(job->reasoning_parser);
+      }
       if (job->chat && job->common.stream && job->tools.choice != ToolRequest::Choice::kNone) {
         (*choices)[i].tool_stream.emplace(job->tools, job->tool_parser);
       }
@@ -783,22 +850,18 @@ class OpenAiHttpServer::Handlers {
     if (!job.chat && !choice.echoed) {
       text = job.echo[choice.output.index] + text;
     }
-    std::optional<ToolCallStream::Delta> tool_delta;
-    if (choice.tool_stream.has_value()) {
-      tool_delta = choice.tool_stream->Add(text);
-      if (final_chunk) {
-        ToolCallStream::Delta tail = choice.tool_stream->Finish();
-        tool_delta->content += tail.content;
-        for (json& call : tail.tool_calls) tool_delta->tool_calls.push_back(std::move(call));
-      }
-      // Held back (a call's marker may be starting): nothing to send yet.
-      if (tool_delta->empty() && !final_chunk && !job.chat_logprobs) {
+    std::optional<ChatDelta> chat_delta;
+    if (choice.reasoning_stream.has_value() || choice.tool_stream.has_value()) {
+      chat_delta = ParseChatText(choice, text, final_chunk);
+      if (!job.include_reasoning) chat_delta->reasoning.clear();
+      // Held back (a marker may be starting): nothing to send yet.
+      if (chat_delta->empty() && !final_chunk && !job.chat_logprobs) {
         if (failed) return Finish(state, sink, ErrorFromStatus(choice.status));
         return true;
       }
     }
     json chunk_choice = ChoiceJson(job, choice, text, begin, end, /*chunk=*/true, final_chunk,
-                                   tool_delta.has_value() ? &*tool_delta : nullptr);
+                                   chat_delta.has_value() ? &*chat_delta : nullptr);
     choice.echoed = true;
     choice.text_chars += CodePointCount(text);
     std::optional<Usage> usage;

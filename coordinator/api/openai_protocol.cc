@@ -325,6 +325,7 @@ std::string LeadingField(absl::string_view message) {
                                            "add_generation_prompt",
                                            "tools",
                                            "tool_choice",
+                                           "include_reasoning",
                                            "parallel_tool_calls",
                                            "response_format",
                                            "body",
@@ -625,8 +626,10 @@ absl::Status ParseMessages(const json& body, const nlohmann::ordered_json& order
         return FieldError("messages", where + ".content: expected a string or a list of parts");
       }
     }
+    // vLLM's older name first, then its newer one (what its responses carry as both).
     std::optional<std::string> reasoning;
     absl::Status status = GetString(message, "reasoning_content", reasoning);
+    if (status.ok() && !reasoning.has_value()) status = GetString(message, "reasoning", reasoning);
     if (!status.ok()) return FieldError("messages", absl::StrCat(where, ".", status.message()));
     parsed.reasoning_content = reasoning;
     const auto& ordered_messages = ordered["messages"];
@@ -680,6 +683,7 @@ absl::StatusOr<ChatRequest> ParseChatRequest(const json& body,
 
   TESSERA_RETURN_IF_ERROR(ParseTemplateOptions(body, out.template_options));
   TESSERA_RETURN_IF_ERROR(GetBool(body, "add_special_tokens", out.add_special_tokens));
+  TESSERA_RETURN_IF_ERROR(GetBool(body, "include_reasoning", out.include_reasoning));
   TESSERA_RETURN_IF_ERROR(ParseMessages(body, *ordered, out.messages));
   TESSERA_RETURN_IF_ERROR(
       ParseToolRequest(*ordered, out.tools, out.common.sampling.structured_output));

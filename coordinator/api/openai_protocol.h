@@ -96,6 +96,7 @@ struct ChatRequest {
   model::ChatTemplateOptions template_options;  // .tools: tools.tools
   bool add_special_tokens = false;              // the template has them already
   ToolRequest tools;  // "required" and named functions also set common.sampling's structured output
+  bool include_reasoning = true;  // vLLM's: return the reasoning a reasoning parser splits off
 };
 
 // Defaults as vLLM's (temperature 1, max_tokens 16 for completions, unlimited for chat).

@@ -35,6 +35,7 @@ class FakeFrontend final : public Frontend {
   std::string scripted_output;
   // ModelInfo::tool_call_parser (the fake's chat template is Llama 3.0, which has none).
   void set_tool_call_parser(std::string parser) { info_.tool_call_parser = std::move(parser); }
+  void set_reasoning_parser(std::string parser) { info_.reasoning_parser = std::move(parser); }
 
   // What happened.
   std::atomic<int> generated{0};  // Generate calls that succeeded

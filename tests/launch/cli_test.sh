@@ -134,6 +134,8 @@ expect_usage_error "--log-level" --log-level loud generate --model "$WORK/m" --p
 expect_error "backend 'tpu' is not cpu or cuda" bench-kernels --preset tiny --backend tpu
 expect_error "--tool-call-parser 'qwen' is not one of auto, none, hermes" \
   coordinator --model "$WORK/m" --tool-call-parser qwen --check
+expect_error "--reasoning-parser 'r1' is not one of auto, none, qwen3" \
+  coordinator --model "$WORK/m" --reasoning-parser r1 --check
 "$TESSERA" bench-engine --preset tiny --batch-sizes 1,2 --prompt-len 8 --decode-steps 2 \
   --copy-gib 0.01 --gemm-size 64 >"$WORK/engine.txt" 2>"$WORK/err" ||
   fail "bench-engine: $(cat "$WORK/err")"

@@ -55,6 +55,15 @@ TEST(ChatTemplateTest, RendersAsTransformers) {
                                         entry["eos_token"]);
     ASSERT_TRUE(chat.ok()) << name << ": " << chat.status();
     EXPECT_EQ(chat->name(), entry["format"].get<std::string>()) << name;
+    // The parsers of each family (vLLM's names).
+    const std::string format = entry["format"];
+    EXPECT_EQ(chat->tool_call_parser(), format == "llama3.1"                   ? "llama3_json"
+                                        : format == "mistral-v0.3"             ? "mistral"
+                                        : name == "qwen2.5" || name == "qwen3" ? "hermes"
+                                                                               : "")
+        << name;
+    EXPECT_EQ(chat->supports_tools(), !chat->tool_call_parser().empty()) << name;
+    EXPECT_EQ(chat->reasoning_parser(), format == "qwen3" ? "qwen3" : "") << name;
     for (const json& c : entry["cases"]) {
       ChatTemplateOptions options;
       options.add_generation_prompt = c["add_generation_prompt"];

@@ -959,6 +959,86 @@ TEST_F(OpenAiHttpTest, ConversationsCarryToolCallsAndResults) {
   EXPECT_THAT(res->body, HasSubstr("messages[1].tool_calls[0].function.name"));
 }
 
+TEST_F(OpenAiHttpTest, AReasoningParserSplitsTheThinkingFromTheAnswer) {
+  frontend_.set_reasoning_parser("qwen3");
+  frontend_.scripted_output = "<think>\nTwo and two.\n</think>\n\nFour.";
+  const json request = {{"messages", {{{"role", "user"}, {"content", "2+2?"}}}},
+                        {"max_tokens", 100}};
+  httplib::Result res = Post("/v1/chat/completions", request);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json message = json::parse(res->body)["choices"][0]["message"];
+  EXPECT_EQ(message["reasoning"], "\nTwo and two.\n");
+  EXPECT_EQ(message["reasoning_content"], "\nTwo and two.\n");
+  EXPECT_EQ(message["content"], "\n\nFour.");
+
+  json streaming = request;
+  streaming["stream"] = true;
+  res = Post("/v1/chat/completions", streaming);
+  ASSERT_EQ(res->status, 200) << res->body;
+  std::string reasoning;
+  std::string content;
+  for (const std::string& event : SsePayloads(res->body)) {
+    if (event == "[DONE]") break;
+    const json delta = json::parse(event)["choices"][0]["delta"];
+    if (delta.contains("reasoning")) {
+      EXPECT_EQ(delta["reasoning"], delta["reasoning_content"]);
+      reasoning += delta["reasoning"].get<std::string>();
+    }
+    if (delta.contains("content")) content += delta["content"].get<std::string>();
+  }
+  EXPECT_EQ(reasoning, "\nTwo and two.\n");
+  EXPECT_EQ(content, "\n\nFour.");
+
+  json without = request;
+  without["include_reasoning"] = false;
+  res = Post("/v1/chat/completions", without);
+  message = json::parse(res->body)["choices"][0]["message"];
+  EXPECT_TRUE(message["reasoning"].is_null());
+  EXPECT_EQ(message["content"], "\n\nFour.");
+
+  // With tools, the calls are read from the answer, not from the thinking.
+  frontend_.set_tool_call_parser("hermes");
+  frontend_.scripted_output =
+      "<think>I could call <tool_call> here.</think><tool_call>{\"name\": \"get_weather\", "
+      "\"arguments\": {\"city\": \"Rome\"}}</tool_call>";
+  json tools = request;
+  tools["tools"] = WeatherTools();
+  for (const bool stream : {false, true}) {
+    tools["stream"] = stream;
+    res = Post("/v1/chat/completions", tools);
+    ASSERT_EQ(res->status, 200) << res->body;
+    if (stream) {
+      const JoinedStream joined = JoinChatStream(res->body);
+      ASSERT_EQ(joined.calls.size(), 1u) << res->body;
+      EXPECT_EQ(joined.calls[0]["arguments"], "{\"city\": \"Rome\"}");
+      EXPECT_EQ(joined.content, "");
+      EXPECT_EQ(joined.finish_reason, "tool_calls");
+    } else {
+      const json choice = json::parse(res->body)["choices"][0];
+      EXPECT_EQ(choice["message"]["reasoning"], "I could call <tool_call> here.");
+      EXPECT_TRUE(choice["message"]["content"].is_null());
+      ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u);
+      EXPECT_EQ(choice["finish_reason"], "tool_calls");
+    }
+  }
+}
+
+TEST_F(OpenAiHttpTest, ReasoningComesBackInTheConversation) {
+  // Either name of an assistant's reasoning is taken (the fake's Llama 3 template ignores it).
+  for (const char* name : {"reasoning", "reasoning_content"}) {
+    httplib::Result res =
+        Post("/v1/chat/completions", {{"messages",
+                                       {{{"role", "user"}, {"content", "Q"}},
+                                        {{"role", "assistant"}, {"content", "A"}, {name, "why"}},
+                                        {{"role", "user"}, {"content", "Q2"}}}},
+                                      {"max_tokens", 2}});
+    EXPECT_EQ(res->status, 200) << res->body;
+  }
+  ExpectError("/v1/chat/completions",
+              {{"messages", {{{"role", "assistant"}, {"content", "A"}, {"reasoning", 3}}}}}, 400,
+              "messages");
+}
+
 TEST_F(OpenAiHttpTest, PriorityReachesTheRequest) {
   httplib::Result res =
       Post("/v1/completions", {{"prompt", "Hi"}, {"max_tokens", 2}, {"priority", -3}});
