@@ -68,6 +68,12 @@ absl::Status ValidateSamplingParams(const SamplingParams& s, int32_t vocab_size)
       }
     }
   }
+  const int32_t start = s.structured_output.start_after_token;
+  if (start != -1 && (start < 0 || start >= vocab_size ||
+                      s.structured_output.kind == StructuredOutput::Kind::kNone)) {
+    return error("structured_output.start_after_token must be -1 or a token id in [0, ", vocab_size,
+                 ") of a structured output, got ", start);
+  }
   return absl::OkStatus();
 }
 

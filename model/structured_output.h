@@ -43,6 +43,10 @@ struct StructuredOutput {
   };
   Kind kind = Kind::kNone;
   std::string spec;
+  // >= 0: the output is free until this token is generated, and the grammar holds after it: a
+  // reasoning model thinks first and answers in the grammar after its "</think>" token (what
+  // vLLM does for reasoning models). -1: the grammar holds from the first token.
+  int32_t start_after_token = -1;
   bool operator==(const StructuredOutput&) const = default;
 };
 

@@ -145,8 +145,10 @@ absl::StatusOr<std::unique_ptr<TokenConstraint>> TokenConstraint::Create(
     std::vector<int32_t> end_tokens) {
   TESSERA_ASSIGN_OR_RETURN(std::shared_ptr<const Grammar> grammar, Grammar::Compile(spec));
   std::erase_if(end_tokens, [&](int32_t t) { return t < 0 || t >= vocabulary.vocab_size(); });
-  return std::unique_ptr<TokenConstraint>(
+  auto constraint = std::unique_ptr<TokenConstraint>(
       new TokenConstraint(std::move(grammar), vocabulary, std::move(end_tokens)));
+  constraint->start_after_token_ = spec.start_after_token;
+  return constraint;
 }
 
 TokenConstraint::TokenConstraint(std::shared_ptr<const Grammar> grammar,
@@ -174,6 +176,14 @@ void TokenConstraint::Walk(const TokenVocabulary::Trie& trie, uint32_t node, siz
 }
 
 int32_t TokenConstraint::FillMask(absl::Span<uint32_t> mask) {
+  if (waiting_for_start()) {
+    // Free until the start token: every token of the vocabulary.
+    std::fill(mask.begin(), mask.end(), 0u);
+    const int32_t vocab =
+        std::min<int32_t>(vocabulary_.vocab_size(), static_cast<int32_t>(mask.size()) * 32);
+    for (int32_t t = 0; t < vocab; ++t) mask[t / 32] |= 1u << (t % 32);
+    return vocab;
+  }
   std::fill(mask.begin(), mask.end(), 0u);
   if (ended_) return 0;
   int32_t allowed = 0;
@@ -213,6 +223,10 @@ int32_t TokenConstraint::FillMask(absl::Span<uint32_t> mask) {
 }
 
 absl::Status TokenConstraint::Accept(int32_t token) {
+  if (waiting_for_start()) {
+    if (token == start_after_token_) start_after_token_ = -1;  // the grammar holds from here
+    return absl::OkStatus();
+  }
   if (ended_) {
     return absl::InvalidArgumentError(
         absl::StrCat("token ", token, " after the end of the structured output"));
@@ -234,6 +248,7 @@ absl::Status TokenConstraint::Accept(int32_t token) {
 }
 
 bool TokenConstraint::IsTerminated() const {
+  if (waiting_for_start()) return false;
   return ended_ || (matcher_.IsAccepting() && !matcher_.CanContinue());
 }
 

@@ -93,7 +93,10 @@ class TokenConstraint {
   absl::Status Accept(int32_t token);
   // The output is complete and nothing may follow it: the request is done.
   bool IsTerminated() const;
-  bool IsComplete() const { return matcher_.IsAccepting(); }
+  bool IsComplete() const { return !waiting_for_start() && matcher_.IsAccepting(); }
+  // StructuredOutput::start_after_token has not been generated yet: every token may come (a
+  // reasoning model thinking), FillMask allows all, Accept takes anything.
+  bool waiting_for_start() const { return start_after_token_ >= 0; }
 
  private:
   TokenConstraint(std::shared_ptr<const Grammar> grammar, const TokenVocabulary& vocabulary,
@@ -105,6 +108,7 @@ class TokenConstraint {
   const TokenVocabulary& vocabulary_;
   std::vector<int32_t> end_tokens_;
   bool ended_ = false;                         // an end token was accepted
+  int32_t start_after_token_ = -1;             // >= 0: waiting for it (waiting_for_start)
   std::vector<GrammarMatcher::State> states_;  // per trie depth, reused across masks
   // Strings with a pattern: the plain-text tokens that fit, by (pattern, DFA state), with their
   // count. Bounded: cleared when it holds kMaxCachedMasks.

@@ -15,7 +15,7 @@ JOBS="${JOBS:-2}"
 # Each target is tests/<folder>/fuzz/<name>.cc, with seeds in tests/<folder>/fuzz/corpus/<name
 # without _fuzz> and an optional dictionary tests/<folder>/fuzz/*.dict.
 TARGETS=(model/safetensors_header_fuzz model/config_fuzz model/structured_output_fuzz
-  kvtransfer/ucx_wire_fuzz worker/replica_wire_fuzz)
+  kvtransfer/ucx_wire_fuzz worker/replica_wire_fuzz coordinator/chat_output_fuzz)
 
 if [ -z "${CXX:-}" ]; then
   if command -v clang++ >/dev/null; then CXX=clang++; else CXX=clang++-14; fi
@@ -39,7 +39,8 @@ mkdir -p "$BUILD_DIR/obj" "$BUILD_DIR/artifacts"
 # The library code under test, instrumented for coverage, in an archive so that only the objects
 # the targets need are linked.
 SOURCES=("$ROOT"/model/*.cc "$ROOT"/common/*.cc "$ROOT"/kvtransfer/ucx/wire.cc
-  "$ROOT"/worker/replica_wire.cc)
+  "$ROOT"/worker/replica_wire.cc "$ROOT"/coordinator/api/tool_calls.cc
+  "$ROOT"/coordinator/api/reasoning.cc)
 OBJECTS=()
 pids=()
 for src in "${SOURCES[@]}"; do
@@ -47,7 +48,8 @@ for src in "${SOURCES[@]}"; do
   obj="$BUILD_DIR/obj/${rel//\//_}.o"
   OBJECTS+=("$obj")
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$0" -nt "$obj" ] ||
-     [ -n "$(find "$ROOT/model" "$ROOT/common" "$ROOT/kvtransfer" "$ROOT/worker" -name '*.h' \
+     [ -n "$(find "$ROOT/model" "$ROOT/common" "$ROOT/kvtransfer" "$ROOT/worker" \
+       "$ROOT/coordinator/api" -name '*.h' \
        -newer "$obj" -print -quit)" ]; then
     "$CXX" "${CXXFLAGS[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj" &
     pids+=($!)

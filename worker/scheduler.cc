@@ -524,7 +524,7 @@ SamplingRow Scheduler::MakeSamplingRow(const Sequence& seq) const {
       }
     }
   }
-  if (seq.constraint != nullptr) {
+  if (seq.constraint != nullptr && !seq.constraint->waiting_for_start()) {
     row.allowed_mask.resize(static_cast<size_t>((vocab_size_ + 31) / 32));
     // A mask that allows nothing (the vocabulary cannot spell what must come) samples a token the
     // constraint then refuses: the request ends with that error in Update.

@@ -7,8 +7,8 @@
 //  - Reasoning (reasoning.h): with a reasoning parser (ModelInfo::reasoning_parser, from the chat
 //    template or --reasoning-parser), chat responses carry the model's <think> block as
 //    message.reasoning and reasoning_content (vLLM's newer and older names), streamed as deltas
-//    of both; include_reasoning=false leaves it out. A structured output is enforced from the
-//    first token, reasoning included (vLLM waits for the end of the reasoning).
+//    of both; include_reasoning=false leaves it out. A structured output is enforced after the
+//    end of the reasoning (the "</think>" token), as vLLM's; on /v1/chat/completions only.
 //  - Tool calling (tool_calls.h): tools, tool_choice none/auto/required/named and
 //    parallel_tool_calls. "auto" needs a tool-call parser (ModelInfo::tool_call_parser, from the
 //    chat template or the coordinator's --tool-call-parser); without one it is a 400, as vLLM
@@ -490,6 +490,7 @@ class OpenAiHttpServer::Handlers {
     if (!ids.ok()) return ids.status();
     GenerateRequest request = BaseRequest(parsed.common);
     request.add_special_tokens = parsed.add_special_tokens;
+    GateStructuredOutputOnReasoning(job, *prompt, request.sampling.structured_output);
     const size_t prompt_len = ids->size();
     request.prompt_token_ids = std::move(*ids);
     if (absl::Status status =
@@ -500,6 +501,16 @@ class OpenAiHttpServer::Handlers {
     job.requests.push_back(std::move(request));
     job.echo.emplace_back();
     return absl::OkStatus();
+  }
+
+  // With a reasoning parser, a structured output holds once the model has closed its <think>
+  // block, as vLLM does (GrammarStartToken).
+  void GateStructuredOutputOnReasoning(const Job& job, absl::string_view prompt,
+                                       model::StructuredOutput& structured) const {
+    if (structured.kind == model::StructuredOutput::Kind::kNone) return;
+    structured.start_after_token = GrammarStartToken(
+        job.reasoning_parser, prompt,
+        [this](absl::string_view text) { return frontend_.Tokenize(text, false); });
   }
 
   // n > 1: each prompt's request n times (prompt-major, so choice p * n + i is prompt p's i-th),

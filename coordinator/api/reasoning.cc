@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -47,6 +48,15 @@ ReasoningSplit SplitReasoning(absl::string_view parser, absl::string_view text) 
   out.reasoning = std::string(text.substr(0, end));
   if (end + kEnd.size() < text.size()) out.content = std::string(text.substr(end + kEnd.size()));
   return out;
+}
+
+int32_t GrammarStartToken(
+    absl::string_view parser, absl::string_view prompt,
+    const std::function<absl::StatusOr<std::vector<int32_t>>(absl::string_view)>& tokenize) {
+  if (parser.empty()) return -1;
+  if (absl::EndsWith(absl::StripTrailingAsciiWhitespace(prompt), kEnd)) return -1;
+  absl::StatusOr<std::vector<int32_t>> ids = tokenize(kEnd);
+  return ids.ok() && ids->size() == 1 ? ids->front() : -1;
 }
 
 ReasoningStream::ReasoningStream(std::string parser) : parser_(std::move(parser)) {

@@ -12,9 +12,13 @@
 // Tool-call parsing (tool_calls.h) reads the content only.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace tessera::coordinator::api {
@@ -28,6 +32,15 @@ struct ReasoningSplit {
 };
 // The whole output split (non-streaming). `parser` empty: all content.
 ReasoningSplit SplitReasoning(absl::string_view parser, absl::string_view text);
+
+// Where a structured output starts for a chat request to a reasoning model: after "</think>"
+// (vLLM enforces the grammar once the reasoning has ended), as model::StructuredOutput's
+// start_after_token. -1 (from the first token) without a parser, when the prompt has closed the
+// block already (Qwen3's enable_thinking=false), or when "</think>" is not one token of
+// `tokenize` (text to ids, no special tokens added).
+int32_t GrammarStartToken(
+    absl::string_view parser, absl::string_view prompt,
+    const std::function<absl::StatusOr<std::vector<int32_t>>(absl::string_view)>& tokenize);
 
 // The streaming counterpart, one per choice: joined, its deltas equal SplitReasoning's halves.
 class ReasoningStream {

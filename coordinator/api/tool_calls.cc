@@ -160,19 +160,6 @@ std::optional<std::vector<ToolCall>> MistralCalls(absl::string_view after_marker
   return calls;
 }
 
-// required: the forced list [{"name", "parameters"}, ...].
-std::optional<std::vector<ToolCall>> RequiredCalls(absl::string_view text) {
-  const std::optional<ojson> value = ParseJson(text);
-  if (!value.has_value() || !value->is_array()) return std::nullopt;
-  std::vector<ToolCall> calls;
-  for (const ojson& item : *value) {
-    std::optional<ToolCall> call = CallFrom(item, "", {"parameters"});
-    if (!call.has_value()) return std::nullopt;
-    calls.push_back(std::move(*call));
-  }
-  return calls;
-}
-
 // What a function without parameters takes: {} (vLLM's intent; xgrammar's strict mode, which
 // vLLM uses, reads a missing additionalProperties as false).
 ojson EmptyParameters() {
@@ -369,14 +356,18 @@ ToolCallResult ExtractToolCalls(const ToolRequest& request, absl::string_view pa
       result.content = "";
       result.calls.push_back(ToolCall{NewToolCallId(parser), request.function, std::string(text)});
       return result;
-    case Choice::kRequired:
-      calls = RequiredCalls(text);
-      if (!calls.has_value()) {
-        result.content = std::string(text);  // cut short: not a whole list
-        return result;
+    case Choice::kRequired: {
+      // The items of the forced list that closed, read as the stream reads them (a list cut by
+      // max_tokens gives the calls before the cut).
+      ToolCallStream stream(request, std::string(parser));
+      calls.emplace();
+      for (const nlohmann::json& call : stream.Add(text).tool_calls) {
+        calls->push_back(
+            ToolCall{call["id"], call["function"]["name"], call["function"]["arguments"]});
       }
       result.content = "";
       break;
+    }
     case Choice::kAuto: {
       size_t marker = absl::string_view::npos;
       if (parser == "hermes") {
@@ -561,6 +552,10 @@ void ToolCallStream::AddLlama(Delta& out) {
 
 ToolCallStream::Delta ToolCallStream::Finish() {
   Delta out;
+  if (choice_ == Choice::kNamed && calls_ == 0) {
+    // No text at all: still the call, with empty arguments (as the whole-text reading).
+    EmitCall(ToolCall{named_id_, function_, ""}, out);
+  }
   if (choice_ != Choice::kAuto) return out;
   switch (state_) {
     case State::kContent:

@@ -12,7 +12,8 @@
 //                   <|python_tag|> (Llama 3.1-3.3)
 //      mistral      [TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...] (Mistral v0.3)
 //  - "required": the output is forced (a structured output) to a JSON list of
-//    {"name": one of the tools, "parameters": its parameters' schema}, one call per item.
+//    {"name": one of the tools, "parameters": its parameters' schema}, one call per item (a list
+//    cut by max_tokens: the items before the cut).
 //  - a named function: the output is forced to that function's parameters; it is the call's
 //    arguments.
 //

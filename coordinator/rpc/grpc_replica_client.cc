@@ -49,6 +49,9 @@ void ToProto(const model::SamplingParams& s, v1::SamplingParams* p) {
     p->mutable_structured_output()->set_kind(
         static_cast<v1::StructuredOutput::Kind>(s.structured_output.kind));
     p->mutable_structured_output()->set_spec(s.structured_output.spec);
+    if (s.structured_output.start_after_token >= 0) {
+      p->mutable_structured_output()->set_start_after_token(s.structured_output.start_after_token);
+    }
   }
 }
 

@@ -454,5 +454,31 @@ TEST(TokenConstraintTest, RefusesTokensTheGrammarDoesNot) {
   EXPECT_TRUE(Allowed(mask, 511));
 }
 
+// A reasoning model thinks freely; the grammar holds from the token after its "</think>".
+TEST(TokenConstraintTest, StartAfterTokenLeavesTheOutputFreeUntilIt) {
+  std::unique_ptr<Tokenizer> tokenizer = TestTokenizer();
+  auto vocabulary = TokenVocabulary::Create(*tokenizer, 512);
+  ASSERT_TRUE(vocabulary.ok());
+  const auto id = [&](const char* text) { return tokenizer->Encode(text, false)->at(0); };
+  StructuredOutput spec{Kind::kJsonObject, ""};
+  spec.start_after_token = id("#");
+  auto constraint = TokenConstraint::Create(spec, **vocabulary, {511});
+  ASSERT_TRUE(constraint.ok());
+  EXPECT_TRUE((*constraint)->waiting_for_start());
+  std::vector<uint32_t> mask((*vocabulary)->mask_words());
+  EXPECT_EQ((*constraint)->FillMask(absl::MakeSpan(mask)), 512);
+  ASSERT_TRUE((*constraint)->Accept(id("[")).ok());  // anything while thinking
+  EXPECT_FALSE((*constraint)->IsTerminated());
+  EXPECT_FALSE((*constraint)->IsComplete());
+  ASSERT_TRUE((*constraint)->Accept(id("#")).ok());
+  EXPECT_FALSE((*constraint)->waiting_for_start());
+  EXPECT_THAT((*constraint)->Accept(id("[")).message(), HasSubstr("not allowed"));
+  EXPECT_LT((*constraint)->FillMask(absl::MakeSpan(mask)), 512);
+  EXPECT_TRUE(Allowed(mask, id("{")));
+  ASSERT_TRUE((*constraint)->Accept(id("{")).ok());
+  ASSERT_TRUE((*constraint)->Accept(id("}")).ok());
+  EXPECT_TRUE((*constraint)->IsTerminated());
+}
+
 }  // namespace
 }  // namespace tessera::model

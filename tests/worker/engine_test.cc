@@ -448,6 +448,61 @@ TEST_F(EngineModelTest, StructuredOutputsHoldWhateverTheModelPrefers) {
               HasSubstr("need the model's tokenizer"));
 }
 
+// A reasoning model's grammar holds after its end-of-thinking token (start_after_token): before
+// it the output is the model's own, after it the schema's.
+TEST_F(EngineModelTest, StructuredOutputsWaitForTheEndOfReasoning) {
+  auto files = model::MakeByteLevelTokenizerFiles(300);
+  ASSERT_TRUE(files.ok()) << files.status();
+  auto tokenizer = model::Tokenizer::FromJson(files->tokenizer_json, "test");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  config_.vocab_size = 300;
+  config_.eos_token_ids = {files->eos_token_id};
+  weights_ = model::MakeRandomWeights(config_, DataType::kF32, /*seed=*/12, /*init_std=*/0.5f);
+  auto vocabulary = model::TokenVocabulary::Create(**tokenizer, 300);
+  ASSERT_TRUE(vocabulary.ok()) << vocabulary.status();
+  EngineSetup setup;
+  setup.token_vocabulary = vocabulary->get();
+  ModelEngine engine(config_, *weights_, setup);
+  const int32_t end_of_thinking = (*tokenizer)->Encode("#", false)->at(0);
+  model::StructuredOutput schema{model::StructuredOutput::Kind::kJsonSchema,
+                                 R"({"type": "object", "properties": {"n": {"type": "integer"}},
+                                     "required": ["n"]})"};
+  schema.start_after_token = end_of_thinking;
+  std::vector<Request> requests = RandomRequests(3, /*seed=*/44, /*max_prompt=*/12);
+  for (Request& r : requests) {
+    r.sampling.ignore_eos = false;
+    r.sampling.max_tokens = 60;
+    r.sampling.structured_output = schema;
+  }
+  // The bias makes the model end its thinking at once; then it answers in the grammar.
+  requests[0].sampling.logit_bias = {{end_of_thinking, 100.0f}};
+  requests[1].sampling.logit_bias = {{end_of_thinking, 100.0f}};
+  requests[1].sampling.temperature = 1.0f;
+  requests[1].sampling.seed = 3;
+  // Never ends its thinking: never constrained, as the same request without a grammar.
+  requests[2].sampling.logit_bias = {{end_of_thinking, -100.0f}};
+  requests[2].sampling.max_tokens = 12;
+  const std::vector<RequestOutput> outputs = Together(*engine, requests);
+  for (size_t i = 0; i < 2; ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status;
+    std::vector<int32_t> ids = outputs[i].token_ids;
+    ASSERT_FALSE(ids.empty());
+    EXPECT_EQ(ids.front(), end_of_thinking);
+    ids.erase(ids.begin());
+    if (!ids.empty() && ids.back() == files->eos_token_id) ids.pop_back();
+    auto text = (*tokenizer)->Decode(ids, /*skip_special_tokens=*/false);
+    ASSERT_TRUE(text.ok());
+    SCOPED_TRACE(absl::StrCat("request ", i, ": ", *text));
+    EXPECT_EQ(outputs[i].finish_reason, FinishReason::kStop);
+    const nlohmann::json value = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(value.is_object());
+    EXPECT_TRUE(value["n"].is_number_integer());
+  }
+  Request free = requests[2];
+  free.sampling.structured_output = {};
+  EXPECT_EQ(outputs[2].token_ids, Alone({free})[0].token_ids);
+}
+
 // --- The FakeExecutor behind the engine: time, failures, shutdown ---------------------------
 
 ExecutorLimits FakeLimits() {

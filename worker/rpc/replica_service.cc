@@ -125,6 +125,14 @@ absl::StatusOr<Request> RequestFromProto(const v1::GenerateRequest& request,
       }
       s.structured_output.kind = static_cast<model::StructuredOutput::Kind>(so.kind());
       s.structured_output.spec = so.spec();
+      if (so.has_start_after_token()) {
+        if (so.start_after_token() < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("sampling: structured_output.start_after_token must be >= 0, got ",
+                           so.start_after_token()));
+        }
+        s.structured_output.start_after_token = so.start_after_token();
+      }
     }
   }
   return out;

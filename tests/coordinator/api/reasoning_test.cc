@@ -80,6 +80,21 @@ TEST(ReasoningStreamTest, JoinedDeltasMatchTheSplit) {
   }
 }
 
+TEST(GrammarStartTokenTest, AfterTheEndOfThinkingUnlessThePromptEndedIt) {
+  const auto one_token = [](absl::string_view text) -> absl::StatusOr<std::vector<int32_t>> {
+    return std::vector<int32_t>{text == "</think>" ? 151668 : 7};
+  };
+  const auto bytes = [](absl::string_view text) -> absl::StatusOr<std::vector<int32_t>> {
+    return std::vector<int32_t>(text.size(), 1);
+  };
+  EXPECT_EQ(GrammarStartToken("qwen3", "<|im_start|>assistant\n", one_token), 151668);
+  EXPECT_EQ(GrammarStartToken("deepseek_r1", "<｜Assistant｜><think>\n", one_token), 151668);
+  // enable_thinking=false: the prompt closed the block; the grammar holds from the start.
+  EXPECT_EQ(GrammarStartToken("qwen3", "assistant\n<think>\n\n</think>\n\n", one_token), -1);
+  EXPECT_EQ(GrammarStartToken("", "assistant\n", one_token), -1);
+  EXPECT_EQ(GrammarStartToken("qwen3", "assistant\n", bytes), -1);  // not one token
+}
+
 TEST(ReasoningStreamTest, HoldsBackOnlyWhatMayBeAMarker) {
   ReasoningStream stream("qwen3");
   EXPECT_TRUE(stream.Add("<th").reasoning.empty());  // may be <think>

@@ -274,11 +274,13 @@ TEST(ExtractToolCallsTest, RequiredAndNamed) {
   EXPECT_EQ(r.calls[0].arguments, "{\"city\": \"Paris\"}");
   EXPECT_EQ(r.content, "");
   EXPECT_TRUE(r.finish_as_tool_calls);
-  // Cut by max_tokens: not a list, returned as text.
-  const ToolCallResult cut = ExtractToolCalls(required, "", "[{\"name\": \"get_wea", false);
-  EXPECT_TRUE(cut.calls.empty());
-  EXPECT_EQ(cut.content, "[{\"name\": \"get_wea");
-  EXPECT_FALSE(cut.finish_as_tool_calls);
+  // Cut by max_tokens: the calls that closed before the cut.
+  const ToolCallResult cut = ExtractToolCalls(
+      required, "", "[{\"name\": \"now\", \"parameters\": {}}, {\"name\": \"get_wea", false);
+  ASSERT_EQ(cut.calls.size(), 1u);
+  EXPECT_EQ(cut.calls[0].name, "now");
+  EXPECT_EQ(cut.content, "");
+  EXPECT_FALSE(cut.finish_as_tool_calls);  // finish_reason stays "length"
 
   ToolRequest named = Auto();
   named.choice = Choice::kNamed;

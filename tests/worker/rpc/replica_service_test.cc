@@ -224,6 +224,15 @@ TEST_F(ReplicaServiceTest, BadRequestsAreInvalidArgumentWithTheEnginesMessage) {
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(parsed->sampling.structured_output,
             (model::StructuredOutput{model::StructuredOutput::Kind::kChoice, R"(["a"])"}));
+  // A reasoning model's grammar waits for its end-of-thinking token; a negative id is refused.
+  shaped.mutable_sampling()->mutable_structured_output()->set_start_after_token(9);
+  parsed = RequestFromProto(shaped, absl::InfiniteDuration());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->sampling.structured_output.start_after_token, 9);
+  shaped.mutable_sampling()->mutable_structured_output()->set_start_after_token(-2);
+  EXPECT_THAT(std::string(RequestFromProto(shaped, absl::InfiniteDuration()).status().message()),
+              HasSubstr("start_after_token must be >= 0"));
+  shaped.mutable_sampling()->mutable_structured_output()->clear_start_after_token();
   shaped.mutable_sampling()->mutable_structured_output()->set_kind(
       static_cast<v1::StructuredOutput::Kind>(9));
   EXPECT_THAT(std::string(RequestFromProto(shaped, absl::InfiniteDuration()).status().message()),
