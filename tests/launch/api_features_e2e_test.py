@@ -43,6 +43,12 @@ from tritonclient.utils import InferenceServerException
 TESSERA = os.path.abspath(sys.argv[1])
 
 
+class GetWeather(pydantic.BaseModel):
+    """A tool for the client's parse() (openai.pydantic_function_tool: a strict function)."""
+    city: str = pydantic.Field(max_length=12)
+    unit: Literal["celsius", "fahrenheit"]
+
+
 class Form(pydantic.BaseModel):
     """What client.chat.completions.parse turns into a strict json_schema."""
     verdict: Literal["accept", "reject"]
@@ -264,6 +270,15 @@ def main():
                 named.choices[0].message.tool_calls[0].function.name == "get_weather",
                 f"named: {named.choices[0]}")
         check_call(named.choices[0].message.tool_calls[0], "named")
+        # The client's own tool helpers: a Pydantic model as a strict function tool, its arguments
+        # parsed back into the model by parse().
+        helped = client.chat.completions.parse(
+            model=u.MODEL, messages=weather, tools=[openai.pydantic_function_tool(GetWeather)],
+            tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=15,
+            max_tokens=400)
+        call = helped.choices[0].message.tool_calls[0]
+        u.check(isinstance(call.function.parsed_arguments, GetWeather),
+                f"parse() with a function tool: {helped.choices[0]}")
         # "auto": the model writes a Llama 3 JSON call (steered to by a schema), the parser
         # reads it; without a call its text is the content.
         call_schema = {"type": "object", "properties": {
@@ -296,7 +311,8 @@ def main():
                 follow.usage.prompt_tokens > required.usage.prompt_tokens,
                 f"follow-up: {follow}")
         print("2c. tool calling: required (n = 3, sampled, and streamed) always calls the tools "
-              "with conforming arguments; a named function; auto reads a Llama 3 JSON call and "
+              "with conforming arguments; a named function; the client's parse() with a "
+              "pydantic_function_tool; auto reads a Llama 3 JSON call and "
               "leaves prose as content; a conversation carries calls and results", flush=True)
 
         # 3. KServe gRPC.
