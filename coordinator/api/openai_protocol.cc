@@ -540,6 +540,26 @@ absl::Status ParseTemplateOptions(const json& body, model::ChatTemplateOptions& 
   return absl::OkStatus();
 }
 
+// The fields of `body` that tools and tool calls are read from, for a caller that has no copy
+// with the client's key order (the keys come sorted then): tools, tool_choice,
+// parallel_tool_calls, and messages when one holds tool calls. Most requests have none: {}.
+nlohmann::ordered_json ToolFields(const json& body) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  if (!body.is_object()) return out;
+  for (const char* key : {"tools", "tool_choice", "parallel_tool_calls"}) {
+    if (const auto it = body.find(key); it != body.end()) out[key] = nlohmann::ordered_json(*it);
+  }
+  if (const auto messages = body.find("messages"); messages != body.end() && messages->is_array()) {
+    for (const json& m : *messages) {
+      if (m.is_object() && m.contains("tool_calls")) {
+        out["messages"] = nlohmann::ordered_json(*messages);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
 // An assistant message's tool_calls (`message` keeps the client's key order): each
 // {"id", "type": "function", "function": {"name", "arguments": JSON text}}, the arguments parsed
 // for the template (vLLM hands it a dict).
@@ -632,9 +652,10 @@ absl::Status ParseMessages(const json& body, const nlohmann::ordered_json& order
     if (status.ok() && !reasoning.has_value()) status = GetString(message, "reasoning", reasoning);
     if (!status.ok()) return FieldError("messages", absl::StrCat(where, ".", status.message()));
     parsed.reasoning_content = reasoning;
-    const auto& ordered_messages = ordered["messages"];
-    if (ordered_messages.is_array() && i < ordered_messages.size()) {
-      TESSERA_RETURN_IF_ERROR(ParseToolCalls(ordered_messages[i], where, parsed.tool_calls));
+    if (const auto ordered_messages = ordered.find("messages"); ordered_messages != ordered.end() &&
+                                                                ordered_messages->is_array() &&
+                                                                i < ordered_messages->size()) {
+      TESSERA_RETURN_IF_ERROR(ParseToolCalls((*ordered_messages)[i], where, parsed.tool_calls));
     }
     std::optional<std::string> tool_call_id;
     status = GetString(message, "tool_call_id", tool_call_id);
@@ -653,7 +674,7 @@ absl::StatusOr<ChatRequest> ParseChatRequest(const json& body,
   TESSERA_RETURN_IF_ERROR(ParseCommon(body, out.common));
   nlohmann::ordered_json sorted;
   if (ordered == nullptr) {
-    sorted = nlohmann::ordered_json::parse(body.dump());
+    sorted = ToolFields(body);
     ordered = &sorted;
   }
   std::optional<int32_t> max_tokens;
@@ -696,7 +717,7 @@ absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(const json& body,
   if (!body.is_object()) return FieldError("body", "expected a JSON object");
   nlohmann::ordered_json sorted;
   if (ordered == nullptr) {
-    sorted = nlohmann::ordered_json::parse(body.dump());
+    sorted = ToolFields(body);
     ordered = &sorted;
   }
   TokenizeRequest out;

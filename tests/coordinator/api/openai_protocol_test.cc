@@ -60,6 +60,45 @@ TEST(OpenAiProtocolTest, ChatTemplateKwargsAndParts) {
   EXPECT_FALSE(parsed->common.max_tokens.has_value());
 }
 
+// Tools and tool calls reach the template in the client's key order when the caller has it, and
+// in sorted order otherwise; arguments arrive parsed.
+TEST(OpenAiProtocolTest, ToolsAndToolCallsKeepTheClientsKeyOrder) {
+  const std::string text = R"({"messages": [
+      {"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+          "function": {"name": "f", "arguments": "{\"z\": 1, \"a\": [true]}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "ok"}],
+    "tools": [{"type": "function", "function": {"name": "f",
+        "parameters": {"type": "object", "properties": {"z": {}, "a": {}}}}}],
+    "tool_choice": "none", "include_reasoning": false})";
+  const json body = json::parse(text);
+  const nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(text);
+  absl::StatusOr<ChatRequest> chat = ParseChatRequest(body, &ordered);
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  ASSERT_EQ(chat->messages.size(), 3u);
+  ASSERT_EQ(chat->messages[1].tool_calls.size(), 1u);
+  EXPECT_EQ(chat->messages[1].tool_calls[0].id, "c1");
+  EXPECT_EQ(chat->messages[1].tool_calls[0].function.dump(),
+            R"({"name":"f","arguments":{"z":1,"a":[true]}})");
+  EXPECT_EQ(chat->messages[1].content, "");
+  EXPECT_EQ(chat->messages[2].tool_call_id, "c1");
+  ASSERT_EQ(chat->template_options.tools.size(), 1u);
+  EXPECT_EQ(chat->template_options.tools[0]["function"]["parameters"]["properties"].dump(),
+            R"({"z":{},"a":{}})");
+  EXPECT_EQ(chat->tools.choice, ToolRequest::Choice::kNone);
+  EXPECT_FALSE(chat->include_reasoning);
+  // Without the ordered copy: the same, the body's keys sorted (the arguments are their own text).
+  chat = ParseChatRequest(body);
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  EXPECT_EQ(chat->messages[1].tool_calls[0].function.dump(),
+            R"({"arguments":{"z":1,"a":[true]},"name":"f"})");
+  // A request without tools has none, and its messages no calls.
+  chat = ParseChatRequest(json::parse(R"({"messages": [{"role": "user", "content": "Hi"}]})"));
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  EXPECT_TRUE(chat->template_options.tools.empty());
+  EXPECT_TRUE(chat->messages[0].tool_calls.empty());
+}
+
 TEST(OpenAiProtocolTest, DumpReplacesInvalidUtf8) {
   EXPECT_EQ(Dump(json{{"t", std::string("a\xff")}}), "{\"t\":\"a\xEF\xBF\xBD\"}");
 }
