@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "common/logging.h"
 #include "common/net.h"
 #include "common/status_macros.h"
@@ -55,30 +56,29 @@ struct CoordinatorFlags {
   std::string reasoning_parser = "auto";
 };
 
-// --tool-call-parser: "auto" (the chat template's), "none", or a parser of tool_calls.h.
-absl::StatusOr<std::optional<std::string>> ToolCallParserOf(const CoordinatorFlags& flags) {
-  if (flags.tool_call_parser == "auto") return std::optional<std::string>();
-  if (flags.tool_call_parser == "none") return std::optional<std::string>("");
-  if (flags.tool_call_parser.empty() ||
-      !coordinator::api::IsToolCallParser(flags.tool_call_parser)) {
-    return absl::InvalidArgumentError(absl::StrCat("--tool-call-parser '", flags.tool_call_parser,
-                                                   "' is not one of auto, none, ",
-                                                   coordinator::api::kToolCallParsers));
+// A parser flag (--tool-call-parser, --reasoning-parser): "auto" is the chat template's parser
+// (unset), "none" is none (""), anything else must be one `known` takes.
+absl::StatusOr<std::optional<std::string>> ParserFlag(absl::string_view flag,
+                                                      const std::string& value,
+                                                      bool (*known)(absl::string_view),
+                                                      absl::string_view names) {
+  if (value == "auto") return std::optional<std::string>();
+  if (value == "none") return std::optional<std::string>("");
+  if (value.empty() || !known(value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", value, "' is not one of auto, none, ", names));
   }
-  return std::optional<std::string>(flags.tool_call_parser);
+  return std::optional<std::string>(value);
 }
 
-// --reasoning-parser: "auto" (the chat template's), "none", or a parser of reasoning.h.
+absl::StatusOr<std::optional<std::string>> ToolCallParserOf(const CoordinatorFlags& flags) {
+  return ParserFlag("--tool-call-parser", flags.tool_call_parser,
+                    coordinator::api::IsToolCallParser, coordinator::api::kToolCallParsers);
+}
+
 absl::StatusOr<std::optional<std::string>> ReasoningParserOf(const CoordinatorFlags& flags) {
-  if (flags.reasoning_parser == "auto") return std::optional<std::string>();
-  if (flags.reasoning_parser == "none") return std::optional<std::string>("");
-  if (flags.reasoning_parser.empty() ||
-      !coordinator::api::IsReasoningParser(flags.reasoning_parser)) {
-    return absl::InvalidArgumentError(absl::StrCat("--reasoning-parser '", flags.reasoning_parser,
-                                                   "' is not one of auto, none, ",
-                                                   coordinator::api::kReasoningParsers));
-  }
-  return std::optional<std::string>(flags.reasoning_parser);
+  return ParserFlag("--reasoning-parser", flags.reasoning_parser,
+                    coordinator::api::IsReasoningParser, coordinator::api::kReasoningParsers);
 }
 
 // The keys clients must present: --api-key (repeatable), else $TESSERA_API_KEY (what `tessera

@@ -41,29 +41,34 @@ std::optional<ojson> ParseJson(absl::string_view text) {
   return value;
 }
 
+// One byte of JSON text against `state` (0: outside strings, 1: in one, 2: after a backslash in
+// one): +1 when it opens an object or array, -1 when it closes one, 0 otherwise (strings and
+// their escapes are skipped; nothing else is checked).
+int JsonNestingStep(char c, int& state) {
+  if (state == 2) {
+    state = 1;
+  } else if (state == 1) {
+    if (c == '\\') state = 2;
+    if (c == '"') state = 0;
+  } else if (c == '"') {
+    state = 1;
+  } else if (c == '{' || c == '[') {
+    return 1;
+  } else if (c == '}' || c == ']') {
+    return -1;
+  }
+  return 0;
+}
+
 // Where the JSON object or array starting at text[begin] ends (one past it), or npos when the
-// text ends first. Strings and their escapes are skipped; nothing else is checked.
+// text ends first.
 size_t JsonValueEnd(absl::string_view text, size_t begin) {
   int depth = 0;
-  bool in_string = false;
-  bool escape = false;
+  int state = 0;
   for (size_t i = begin; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (escape) {
-        escape = false;
-      } else if (c == '\\') {
-        escape = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      ++depth;
-    } else if (c == '}' || c == ']') {
-      if (--depth == 0) return i + 1;
-    }
+    const int step = JsonNestingStep(text[i], state);
+    depth += step;
+    if (step < 0 && depth == 0) return i + 1;
   }
   return absl::string_view::npos;
 }
@@ -456,22 +461,12 @@ ToolCallStream::Delta ToolCallStream::Add(absl::string_view text) {
 void ToolCallStream::AddRequired(Delta& out) {
   for (; scanned_ < pending_.size(); ++scanned_) {
     const char c = pending_[scanned_];
-    if (in_string_) {
-      if (escape_) {
-        escape_ = false;
-      } else if (c == '\\') {
-        escape_ = true;
-      } else if (c == '"') {
-        in_string_ = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string_ = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth_ == 2 && c == '{') element_start_ = scanned_;
-    } else if (c == '}' || c == ']') {
-      if (--depth_ == 1 && c == '}') {
+    const int step = JsonNestingStep(c, json_state_);
+    depth_ += step;
+    if (step > 0) {
+      if (depth_ == 2 && c == '{') element_start_ = scanned_;
+    } else if (step < 0) {
+      if (depth_ == 1 && c == '}') {
         const std::optional<ojson> item = ParseJson(
             absl::string_view(pending_).substr(element_start_, scanned_ + 1 - element_start_));
         if (item.has_value()) {

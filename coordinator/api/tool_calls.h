@@ -106,9 +106,8 @@ class ToolCallStream {
   State state_ = State::kContent;
   std::string pending_;  // text not yet sent (or sent and kept, for the required list)
   size_t scanned_ = 0;   // required: how far pending_ has been scanned
-  int depth_ = 0;
-  bool in_string_ = false;
-  bool escape_ = false;
+  int depth_ = 0;        // required: nesting of the list's items
+  int json_state_ = 0;   // required: inside a string (1), after its backslash (2), or not (0)
   size_t element_start_ = 0;
   int calls_ = 0;
   std::string named_id_;

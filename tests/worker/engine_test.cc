@@ -106,6 +106,23 @@ class EngineModelTest : public ::testing::Test {
     return requests;
   }
 
+  // A 300-token byte-level tokenizer (files_, tokenizer_) and its vocabulary (vocabulary_) for
+  // structured outputs, with the model's vocabulary and EOS made to match.
+  void UseByteLevelVocabulary() {
+    auto files = model::MakeByteLevelTokenizerFiles(300);
+    ASSERT_TRUE(files.ok()) << files.status();
+    files_ = *files;
+    auto tokenizer = model::Tokenizer::FromJson(files_.tokenizer_json, "test");
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    tokenizer_ = *std::move(tokenizer);
+    config_.vocab_size = 300;
+    config_.eos_token_ids = {files_.eos_token_id};
+    weights_ = model::MakeRandomWeights(config_, DataType::kF32, /*seed=*/12, /*init_std=*/0.5f);
+    auto vocabulary = model::TokenVocabulary::Create(*tokenizer_, 300);
+    ASSERT_TRUE(vocabulary.ok()) << vocabulary.status();
+    vocabulary_ = *std::move(vocabulary);
+  }
+
   // Every request alone: one at a time, no prefix cache.
   std::vector<RequestOutput> Alone(const std::vector<Request>& requests) {
     EngineSetup setup;
@@ -166,6 +183,9 @@ class EngineModelTest : public ::testing::Test {
 
   model::ModelConfig config_;
   std::unique_ptr<model::InMemoryWeights> weights_;
+  model::ByteLevelTokenizerFiles files_;  // UseByteLevelVocabulary
+  std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<model::TokenVocabulary> vocabulary_;
 };
 
 TEST_F(EngineModelTest, SixtyFourRequestsAtRandomTimesMatchEachAlone) {
@@ -389,17 +409,9 @@ TEST_F(EngineModelTest, LogitBiasSteersAndBansTokensInABatch) {
 // greedy, every output that ends is a value of its grammar, and a request without one beside them
 // is unchanged.
 TEST_F(EngineModelTest, StructuredOutputsHoldWhateverTheModelPrefers) {
-  auto files = model::MakeByteLevelTokenizerFiles(300);
-  ASSERT_TRUE(files.ok()) << files.status();
-  auto tokenizer = model::Tokenizer::FromJson(files->tokenizer_json, "test");
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  config_.vocab_size = 300;
-  config_.eos_token_ids = {files->eos_token_id};
-  weights_ = model::MakeRandomWeights(config_, DataType::kF32, /*seed=*/12, /*init_std=*/0.5f);
-  auto vocabulary = model::TokenVocabulary::Create(**tokenizer, 300);
-  ASSERT_TRUE(vocabulary.ok()) << vocabulary.status();
+  ASSERT_NO_FATAL_FAILURE(UseByteLevelVocabulary());
   EngineSetup setup;
-  setup.token_vocabulary = vocabulary->get();
+  setup.token_vocabulary = vocabulary_.get();
   ModelEngine engine(config_, *weights_, setup);
   using Kind = model::StructuredOutput::Kind;
   const model::StructuredOutput schema{Kind::kJsonSchema, R"({"type": "object",
@@ -423,8 +435,8 @@ TEST_F(EngineModelTest, StructuredOutputsHoldWhateverTheModelPrefers) {
   for (size_t i = 0; i < 7; ++i) {
     ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status;
     std::vector<int32_t> ids = outputs[i].token_ids;
-    if (!ids.empty() && ids.back() == files->eos_token_id) ids.pop_back();
-    auto text = (*tokenizer)->Decode(ids, /*skip_special_tokens=*/false);
+    if (!ids.empty() && ids.back() == files_.eos_token_id) ids.pop_back();
+    auto text = tokenizer_->Decode(ids, /*skip_special_tokens=*/false);
     ASSERT_TRUE(text.ok());
     SCOPED_TRACE(absl::StrCat("request ", i, ": ", *text));
     ASSERT_EQ(outputs[i].finish_reason, FinishReason::kStop);
@@ -451,19 +463,11 @@ TEST_F(EngineModelTest, StructuredOutputsHoldWhateverTheModelPrefers) {
 // A reasoning model's grammar holds after its end-of-thinking token (start_after_token): before
 // it the output is the model's own, after it the schema's.
 TEST_F(EngineModelTest, StructuredOutputsWaitForTheEndOfReasoning) {
-  auto files = model::MakeByteLevelTokenizerFiles(300);
-  ASSERT_TRUE(files.ok()) << files.status();
-  auto tokenizer = model::Tokenizer::FromJson(files->tokenizer_json, "test");
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  config_.vocab_size = 300;
-  config_.eos_token_ids = {files->eos_token_id};
-  weights_ = model::MakeRandomWeights(config_, DataType::kF32, /*seed=*/12, /*init_std=*/0.5f);
-  auto vocabulary = model::TokenVocabulary::Create(**tokenizer, 300);
-  ASSERT_TRUE(vocabulary.ok()) << vocabulary.status();
+  ASSERT_NO_FATAL_FAILURE(UseByteLevelVocabulary());
   EngineSetup setup;
-  setup.token_vocabulary = vocabulary->get();
+  setup.token_vocabulary = vocabulary_.get();
   ModelEngine engine(config_, *weights_, setup);
-  const int32_t end_of_thinking = (*tokenizer)->Encode("#", false)->at(0);
+  const int32_t end_of_thinking = tokenizer_->Encode("#", false)->at(0);
   model::StructuredOutput schema{model::StructuredOutput::Kind::kJsonSchema,
                                  R"({"type": "object", "properties": {"n": {"type": "integer"}},
                                      "required": ["n"]})"};
@@ -489,8 +493,8 @@ TEST_F(EngineModelTest, StructuredOutputsWaitForTheEndOfReasoning) {
     ASSERT_FALSE(ids.empty());
     EXPECT_EQ(ids.front(), end_of_thinking);
     ids.erase(ids.begin());
-    if (!ids.empty() && ids.back() == files->eos_token_id) ids.pop_back();
-    auto text = (*tokenizer)->Decode(ids, /*skip_special_tokens=*/false);
+    if (!ids.empty() && ids.back() == files_.eos_token_id) ids.pop_back();
+    auto text = tokenizer_->Decode(ids, /*skip_special_tokens=*/false);
     ASSERT_TRUE(text.ok());
     SCOPED_TRACE(absl::StrCat("request ", i, ": ", *text));
     EXPECT_EQ(outputs[i].finish_reason, FinishReason::kStop);
