@@ -555,7 +555,7 @@ class OpenAiHttpServer::Handlers {
       const bool stopped = out.finish_reason == model::FinishReason::kStop;
       if (chunk && chat_delta != nullptr) {
         json delta = json::object();
-        if (!chat_delta->reasoning.empty() && job.include_reasoning) {
+        if (!chat_delta->reasoning.empty()) {  // Pump cleared it without include_reasoning
           delta["reasoning"] = chat_delta->reasoning;
           delta["reasoning_content"] = chat_delta->reasoning;  // vLLM's older name
         }

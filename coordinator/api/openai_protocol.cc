@@ -560,6 +560,15 @@ nlohmann::ordered_json ToolFields(const json& body) {
   return out;
 }
 
+// `ordered` when the caller has it, else ToolFields(body) kept in `storage`.
+const nlohmann::ordered_json* OrderedOrToolFields(const json& body,
+                                                  const nlohmann::ordered_json* ordered,
+                                                  nlohmann::ordered_json& storage) {
+  if (ordered != nullptr) return ordered;
+  storage = ToolFields(body);
+  return &storage;
+}
+
 // An assistant message's tool_calls (`message` keeps the client's key order): each
 // {"id", "type": "function", "function": {"name", "arguments": JSON text}}, the arguments parsed
 // for the template (vLLM hands it a dict).
@@ -673,10 +682,7 @@ absl::StatusOr<ChatRequest> ParseChatRequest(const json& body,
   ChatRequest out;
   TESSERA_RETURN_IF_ERROR(ParseCommon(body, out.common));
   nlohmann::ordered_json sorted;
-  if (ordered == nullptr) {
-    sorted = ToolFields(body);
-    ordered = &sorted;
-  }
+  ordered = OrderedOrToolFields(body, ordered, sorted);
   std::optional<int32_t> max_tokens;
   TESSERA_RETURN_IF_ERROR(GetInt32(body, "max_tokens", max_tokens));
   std::optional<int32_t> max_completion_tokens;
@@ -716,10 +722,7 @@ absl::StatusOr<TokenizeRequest> ParseTokenizeRequest(const json& body,
                                                      const nlohmann::ordered_json* ordered) {
   if (!body.is_object()) return FieldError("body", "expected a JSON object");
   nlohmann::ordered_json sorted;
-  if (ordered == nullptr) {
-    sorted = ToolFields(body);
-    ordered = &sorted;
-  }
+  ordered = OrderedOrToolFields(body, ordered, sorted);
   TokenizeRequest out;
   TESSERA_RETURN_IF_ERROR(GetString(body, "model", out.model));
   TESSERA_RETURN_IF_ERROR(GetBool(body, "return_token_strs", out.return_token_strs));

@@ -8,20 +8,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "coordinator/api/markers.h"
 
 namespace tessera::coordinator::api {
 namespace {
 
 constexpr absl::string_view kStart = "<think>";
 constexpr absl::string_view kEnd = "</think>";
-
-// The longest end of `text` that is a proper beginning of `marker`.
-size_t MarkerPrefixAtEnd(absl::string_view text, absl::string_view marker) {
-  for (size_t n = std::min(text.size(), marker.size() - 1); n > 0; --n) {
-    if (absl::EndsWith(text, marker.substr(0, n))) return n;
-  }
-  return 0;
-}
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "coordinator/api/markers.h"
 #include "model/json_util.h"
 
 namespace tessera::coordinator::api {
@@ -86,14 +87,6 @@ std::optional<ToolCall> CallFrom(const ojson& value, absl::string_view parser,
                     model::internal::PythonJsonDumps(*arguments)};
   }
   return std::nullopt;
-}
-
-// The longest end of `text` that is a proper beginning of `marker` (it may become the marker).
-size_t MarkerPrefixAtEnd(absl::string_view text, absl::string_view marker) {
-  for (size_t n = std::min(text.size(), marker.size() - 1); n > 0; --n) {
-    if (absl::EndsWith(text, marker.substr(0, n))) return n;
-  }
-  return 0;
 }
 
 // hermes: every <tool_call> block (the last may be unclosed) must hold a call.
